@@ -1,0 +1,10 @@
+"""The one place that mounts every domain router under /v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from crm_api.customer.endpoints import router as customers
+
+router = APIRouter(prefix="/v1")
+router.include_router(customers)

@@ -1,0 +1,82 @@
+"""Writing the audit trail: one event per mutation, in the mutation's own transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_api.authz.types import Principal
+from crm_api.logs import request_id_var
+from crm_api.models.audit_event import AuditEvent
+
+MASK = "***"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def diff(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    sensitive: Iterable[str] = (),
+    ignore: Iterable[str] = ("updated_at", "version"),
+) -> dict[str, dict[str, Any]]:
+    """Field-level ``{field: {"before": old, "after": new}}`` of what changed."""
+    before = before or {}
+    after = after or {}
+    hidden, skipped = set(sensitive), set(ignore)
+    changes: dict[str, dict[str, Any]] = {}
+    for key in sorted(set(before) | set(after)):
+        if key in skipped:
+            continue
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if key in hidden:
+            old = MASK if old is not None else None
+            new = MASK if new is not None else None
+        changes[key] = {"before": _jsonable(old), "after": _jsonable(new)}
+    return changes
+
+
+def record(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    action: str,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    changes: dict[str, Any],
+    owner_id: uuid.UUID | None = None,
+    org_unit_id: uuid.UUID | None = None,
+) -> AuditEvent:
+    event = AuditEvent(
+        actor_type=principal.kind.value,
+        actor_id=principal.id,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        owner_id=owner_id,
+        org_unit_id=org_unit_id,
+        changes=changes,
+        request_id=request_id_var.get(),
+    )
+    session.add(event)
+    return event

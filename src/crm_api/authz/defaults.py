@@ -1,0 +1,72 @@
+"""Built-in roles and their default grants ``(resource, action, scope)``.
+
+Loaded into ``authz_rules`` by the first migration; administrators edit them afterwards
+through the roles API. ``*`` matches any resource or action.
+"""
+
+from __future__ import annotations
+
+BUSINESS = ("customers", "contacts")
+SETTINGS = ("users", "org_units", "roles", "api_clients")
+
+BUILTIN_ROLES: dict[str, str] = {
+    "admin": "System administrator: everything, everywhere.",
+    "executive": "Company leader: every business record; settings read-only.",
+    "sales_manager": "Leads a sales team: records of their org unit and everything below it.",
+    "sales_rep": "Sells: their own customers and contacts.",
+    "service_agent": "Serves customers: reads every customer, edits contacts.",
+    "marketer": "Segments and campaigns: reads and exports every customer.",
+    "staff": "General user: their own records.",
+    "partner": "API client of a partner or storefront: its own records only.",
+}
+
+
+def _grants(resources: tuple[str, ...], actions: tuple[str, ...], scope: str) -> list[tuple[str, str, str]]:
+    return [(r, a, scope) for r in resources for a in actions]
+
+
+CRUD = ("read", "create", "update", "delete")
+
+DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
+    "admin": [("*", "*", "all")],
+    "executive": [
+        *_grants(BUSINESS, (*CRUD, "export", "assign", "read_sensitive"), "all"),
+        ("audit_events", "read", "all"),
+        *_grants(SETTINGS, ("read",), "all"),
+    ],
+    "sales_manager": [
+        *_grants(BUSINESS, (*CRUD, "export", "assign", "read_sensitive"), "org_subtree"),
+        ("audit_events", "read", "org_subtree"),
+        ("users", "read", "org_subtree"),
+        ("org_units", "read", "all"),
+    ],
+    "sales_rep": [
+        *_grants(BUSINESS, CRUD, "own"),
+        ("audit_events", "read", "own"),
+        ("users", "read", "org_unit"),
+        ("org_units", "read", "all"),
+    ],
+    "service_agent": [
+        ("customers", "read", "all"),
+        *_grants(("contacts",), ("read", "create", "update"), "all"),
+        ("org_units", "read", "all"),
+    ],
+    "marketer": [
+        *_grants(BUSINESS, ("read", "export"), "all"),
+        ("org_units", "read", "all"),
+    ],
+    "staff": [
+        *_grants(BUSINESS, ("read", "create", "update"), "own"),
+    ],
+    "partner": [
+        *_grants(BUSINESS, ("read", "create", "update"), "own"),
+    ],
+}
+
+
+def default_policy_rows() -> list[dict[str, str]]:
+    return [
+        {"ptype": "p", "v0": role, "v1": res, "v2": act, "v3": scope, "v4": ""}
+        for role, grants in DEFAULT_GRANTS.items()
+        for res, act, scope in grants
+    ]

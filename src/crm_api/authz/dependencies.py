@@ -1,0 +1,71 @@
+"""The one authorization choke point: ``require(resource, action)``.
+
+Every route declares it (a test fails for a route without one). It resolves the caller's
+widest scope for the action; no grant at all is 403. The resulting :class:`Access` is what
+repositories turn into SQL, so out-of-scope records are simply not found (404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, Request
+
+from crm_api.auth.dependencies import CurrentPrincipal
+from crm_api.authz.enforcer import PolicyEngine
+from crm_api.authz.types import Access, Action
+from crm_api.errors import Forbidden
+
+#: Marker attribute the route-coverage test looks for.
+PERMISSION_ATTR = "__crm_permission__"
+
+
+def get_policy(request: Request) -> PolicyEngine:
+    engine: PolicyEngine = request.app.state.policy
+    return engine
+
+
+def require(resource: str, action: Action | str) -> Any:
+    action_name = action.value if isinstance(action, Action) else action
+
+    async def dependency(request: Request, principal: CurrentPrincipal) -> Access:
+        policy = get_policy(request)
+        scope = policy.scope_for(principal, resource, action_name)
+        if scope is None:
+            raise Forbidden(
+                f"Your role does not allow '{action_name}' on '{resource}'.",
+                code="permission_denied",
+                resource=resource,
+                action=action_name,
+            )
+        sensitive = policy.scope_for(principal, resource, Action.read_sensitive.value) is not None
+        return Access(principal, resource, action_name, scope, sensitive)
+
+    setattr(dependency, PERMISSION_ATTR, (resource, action_name))
+    dependency.__name__ = f"require_{resource}_{action_name}".replace("-", "_")
+    return Depends(dependency)
+
+
+def optional(resource: str, action: Action | str) -> Any:
+    """The caller's access for a secondary action (``assign`` while creating, say), or
+    ``None``: for handlers whose behaviour widens with a permission. Not a route guard."""
+    action_name = action.value if isinstance(action, Action) else action
+
+    async def dependency(request: Request, principal: CurrentPrincipal) -> Access | None:
+        policy = get_policy(request)
+        scope = policy.scope_for(principal, resource, action_name)
+        if scope is None:
+            return None
+        return Access(principal, resource, action_name, scope, False)
+
+    return Depends(dependency)
+
+
+def public() -> Any:
+    """Marks a route as deliberately open (health, metrics, token issuance)."""
+
+    async def dependency() -> None:
+        return None
+
+    setattr(dependency, PERMISSION_ATTR, ("public", "public"))
+    return Depends(dependency)

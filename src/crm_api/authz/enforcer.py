@@ -1,0 +1,162 @@
+"""The Casbin policy engine, loaded from ``authz_rules`` and kept fresh by polling
+``authz_state.version`` (a background task per worker, never per request).
+
+Decisions are memoized per (subject, resource, action) and dropped whenever the policy
+version moves, so a request costs a dict lookup; Casbin itself answers each question once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from importlib import resources
+from typing import Any
+
+import casbin
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crm_api.authz.scope import merge
+from crm_api.authz.types import SCOPE_RANK, Principal, PrincipalKind, Scope, ScopeKind
+
+logger = logging.getLogger("crm_api.authz")
+
+_SCOPES_WIDEST_FIRST = sorted(ScopeKind, key=SCOPE_RANK.__getitem__, reverse=True)
+
+
+def subject_of(principal: Principal) -> str:
+    if principal.kind is PrincipalKind.api_client:
+        return f"client:{principal.id}"
+    return f"user:{principal.id}"
+
+
+def load_model() -> casbin.Model:
+    model = casbin.Model()
+    model.load_model_from_text(
+        resources.files("crm_api.authz").joinpath("model.conf").read_text(encoding="utf-8")
+    )
+    return model
+
+
+class PolicyEngine:
+    def __init__(self) -> None:
+        self.enforcer = casbin.Enforcer(load_model())
+        self.enforcer.enable_auto_save(False)
+        self.version: int = -1
+        self._cache: dict[tuple[str, str, str], Scope | None] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.listeners: list[Any] = []
+
+    # --- loading -------------------------------------------------------------------
+    async def load(self, engine: AsyncEngine) -> None:
+        from crm_api.models.authz_rule import AuthzRule, AuthzState
+
+        async with engine.connect() as conn:
+            version = (await conn.execute(select(AuthzState.version))).scalar_one_or_none()
+            rows = (
+                await conn.execute(
+                    select(
+                        AuthzRule.ptype, AuthzRule.v0, AuthzRule.v1, AuthzRule.v2,
+                        AuthzRule.v3, AuthzRule.v4,
+                    )
+                )
+            ).all()
+        enforcer = casbin.Enforcer(load_model())
+        enforcer.enable_auto_save(False)
+        p_rules = [[r.v0, r.v1, r.v2, r.v3, r.v4] for r in rows if r.ptype == "p"]
+        g_rules = [[r.v0, r.v1] for r in rows if r.ptype == "g"]
+        if p_rules:
+            enforcer.add_policies(p_rules)
+        if g_rules:
+            enforcer.add_grouping_policies(g_rules)
+        self.enforcer = enforcer
+        self._cache = {}
+        self.version = version if version is not None else 0
+        for listener in self.listeners:
+            listener()
+
+    async def current_version(self, engine: AsyncEngine) -> int:
+        async with engine.connect() as conn:
+            value = (
+                await conn.execute(text("SELECT version FROM authz_state WHERE id = 1"))
+            ).scalar_one_or_none()
+        return int(value or 0)
+
+    async def refresh_if_changed(self, engine: AsyncEngine) -> bool:
+        if await self.current_version(engine) != self.version:
+            await self.load(engine)
+            return True
+        return False
+
+    def start_polling(self, engine: AsyncEngine, interval_s: float) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.refresh_if_changed(engine)
+                except Exception:  # keep serving with the last good policy
+                    logger.warning("policy refresh failed", exc_info=True)
+
+        self._task = asyncio.create_task(loop(), name="authz-policy-poll")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- decisions -------------------------------------------------------------------
+    def scope_for(self, principal: Principal, resource: str, action: str) -> Scope | None:
+        """The widest scope ``principal`` holds for ``action`` on ``resource``; ``None``
+        when no role grants it (→ 403)."""
+        if principal.kind is PrincipalKind.system:
+            return Scope(frozenset({ScopeKind.all}))
+        if (
+            principal.token_permissions is not None
+            and (resource, action) not in principal.token_permissions
+            and (resource, "*") not in principal.token_permissions
+        ):
+            return None
+        subject = subject_of(principal)
+        key = (subject, resource, action)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        scope = self._decide(subject, resource, action)
+        self._cache[key] = scope
+        return scope
+
+    def _decide(self, subject: str, resource: str, action: str) -> Scope | None:
+        granted: list[tuple[ScopeKind, list[uuid.UUID]]] = []
+        for kind in _SCOPES_WIDEST_FIRST:
+            if self.enforcer.enforce(subject, resource, action, kind.value):
+                if kind is ScopeKind.all:
+                    return Scope(frozenset({ScopeKind.all}))
+                granted.append((kind, self._custom_units(subject, resource, action)
+                                if kind is ScopeKind.custom else []))
+        return merge(granted)
+
+    def _custom_units(self, subject: str, resource: str, action: str) -> list[uuid.UUID]:
+        roles = set(self.enforcer.get_implicit_roles_for_user(subject)) | {subject}
+        units: list[uuid.UUID] = []
+        for sub, obj, act, scope, raw in self.enforcer.get_policy():
+            if (
+                sub in roles
+                and obj in (resource, "*")
+                and act in (action, "*")
+                and scope == ScopeKind.custom.value
+            ):
+                for part in raw.split("|"):
+                    with contextlib.suppress(ValueError):
+                        units.append(uuid.UUID(part))
+        return units
+
+    def roles_of(self, principal: Principal) -> list[str]:
+        if principal.kind is PrincipalKind.system:
+            return ["admin"]
+        return sorted(
+            r for r in self.enforcer.get_implicit_roles_for_user(subject_of(principal))
+        )

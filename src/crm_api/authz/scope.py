@@ -1,0 +1,78 @@
+"""Scope → SQL. The one place a principal's scope becomes a predicate.
+
+The same function yields the ``WHERE`` clause of lists, searches, counts and exports and the
+check on a single record, so the two cannot disagree. Nothing here loads rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, false, or_, select, true
+
+from crm_api.authz.types import Access, Scope, ScopeKind
+
+
+def merge(scopes: Iterable[tuple[ScopeKind, Iterable[Any]]]) -> Scope | None:
+    kinds: set[ScopeKind] = set()
+    units: set[Any] = set()
+    for kind, unit_ids in scopes:
+        kinds.add(kind)
+        if kind is ScopeKind.custom:
+            units.update(unit_ids)
+    if not kinds:
+        return None
+    if ScopeKind.all in kinds:
+        return Scope(frozenset({ScopeKind.all}))
+    return Scope(frozenset(kinds), frozenset(units))
+
+
+def scope_clause(
+    access: Access,
+    owner_col: ColumnElement[Any] | None,
+    org_unit_col: ColumnElement[Any] | None,
+) -> ColumnElement[bool]:
+    """A boolean SQL expression true exactly for the rows ``access`` covers.
+
+    ``owner_col``/``org_unit_col`` name the row's owner and org unit. A principal missing
+    what a scope needs (no org unit for ``org_unit``, say) matches nothing: fail closed.
+    """
+    from crm_api.models.org_unit import OrgUnit
+    from crm_api.models.user import User
+
+    scope, principal = access.scope, access.principal
+    if scope.is_all:
+        return true()
+    clauses: list[ColumnElement[bool]] = []
+    for kind in scope.kinds:
+        if kind is ScopeKind.own and owner_col is not None:
+            clauses.append(owner_col == principal.id)
+        elif kind is ScopeKind.subordinates and owner_col is not None:
+            clauses.append(owner_col == principal.id)
+            if principal.manager_path:
+                clauses.append(
+                    owner_col.in_(
+                        select(User.id).where(
+                            User.manager_path.startswith(principal.manager_path, autoescape=True)
+                        )
+                    )
+                )
+        elif kind is ScopeKind.org_unit and org_unit_col is not None:
+            if principal.org_unit_id is not None:
+                clauses.append(org_unit_col == principal.org_unit_id)
+        elif kind is ScopeKind.org_subtree and org_unit_col is not None:
+            if principal.org_path:
+                clauses.append(
+                    org_unit_col.in_(
+                        select(OrgUnit.id).where(
+                            OrgUnit.path.startswith(principal.org_path, autoescape=True)
+                        )
+                    )
+                )
+        elif kind is ScopeKind.custom and org_unit_col is not None:
+            if scope.unit_ids:
+                clauses.append(org_unit_col.in_(sorted(scope.unit_ids)))
+    if not clauses:
+        return false()
+    return or_(*clauses) if len(clauses) > 1 else clauses[0]

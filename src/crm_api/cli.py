@@ -1,0 +1,123 @@
+"""``crm-api`` (also ``python -m crm_api``): serve, migrate, seed-demo, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from crm_api.config import get_settings
+
+OPENAPI_PATH = Path("openapi/openapi.json")
+
+
+def _url() -> str:
+    from crm_api.db.engine import resolve_database_url
+
+    return resolve_database_url(get_settings())
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from crm_api.db.migrate import upgrade
+
+    upgrade(_url())
+    print("database migrated to head")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from crm_api.seed import seed_demo
+
+    created = asyncio.run(seed_demo(_url(), customers=args.customers))
+    print(f"demo data: {created}")
+    return 0
+
+
+def render_openapi() -> str:
+    from crm_api.main import create_app
+
+    app = create_app()
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    document = render_openapi()
+    path = Path(args.output)
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != document:
+            print(f"{path} is out of date: run `crm-api openapi`", file=sys.stderr)
+            return 1
+        print(f"{path} matches the app")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from crm_api.db.migrate import upgrade
+    from crm_api.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    url = _url()  # starts the embedded cluster when no URL is configured
+    upgrade(url)
+    embedded = settings.database_url is None
+    if embedded or settings.demo_data:
+        from crm_api.seed import seed_demo
+
+        asyncio.run(seed_demo(url, customers=args.demo_customers, only_if_empty=True))
+    host, port = args.host or settings.host, args.port or settings.port
+    print(f"crm-api on http://{host}:{port}  (interactive docs: http://{host}:{port}/docs)")
+    if embedded:
+        print(f"embedded PostgreSQL in {settings.data_dir.resolve() / 'pg'}")
+    import os
+
+    os.environ["CRM_DATABASE_URL"] = url  # workers join the same cluster
+    uvicorn.run(
+        "crm_api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crm-api", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate, then run the API server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--demo-customers", type=int, default=200)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database to the latest schema")
+    migrate.set_defaults(func=cmd_migrate)
+
+    seed = sub.add_parser("seed-demo", help="load the demo org tree, users and customers")
+    seed.add_argument("--customers", type=int, default=200)
+    seed.set_defaults(func=cmd_seed)
+
+    openapi = sub.add_parser("openapi", help="write (or --check) openapi/openapi.json")
+    openapi.add_argument("--check", action="store_true")
+    openapi.add_argument("--output", default=str(OPENAPI_PATH))
+    openapi.set_defaults(func=cmd_openapi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

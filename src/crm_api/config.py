@@ -1,0 +1,105 @@
+"""Typed settings. Nothing else in the codebase reads ``os.environ``.
+
+Every setting can be given as an environment variable with the ``CRM_`` prefix or in a
+``.env`` file. ``CRM_ENV=production`` refuses unsafe defaults (no database URL, a missing
+or weak signing key, demo data, wildcard CORS).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CRM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Environment = Environment.development
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: PostgreSQL URL (``postgresql+asyncpg://…``). Unset: an embedded cluster in ``data_dir``.
+    database_url: str | None = None
+    #: Where the embedded PostgreSQL cluster and the generated signing key live.
+    data_dir: Path = Path(".crm-data")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_recycle_s: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    db_echo: bool = False
+    #: Load the demo data set (org tree, one user per role, customers) at start-up.
+    demo_data: bool = False
+    #: Requests with a larger body get 413 before the body is read.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_query_string_bytes: int = Field(default=4096, ge=256)
+    #: Concurrent requests a worker serves; the rest get 503 quickly instead of piling up.
+    max_concurrent_requests: int = Field(default=256, ge=1)
+    log_level: str = "INFO"
+    log_json: bool = True
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    require_if_match: bool = False
+
+    # --- tokens (issue: identity and access) ---
+    jwt_signing_key: SecretStr | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str = "crm-api"
+    jwt_audience: str = "crm-api"
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=60)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_s: int = Field(default=300, ge=1)
+    #: How often a worker re-reads policies and principals if no notification arrived.
+    authz_poll_interval_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_cors(cls, data: object) -> object:
+        if isinstance(data, dict):
+            value = data.get("cors_origins")
+            if isinstance(value, str):
+                data["cors_origins"] = [v.strip() for v in value.split(",") if v.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env is not Environment.production:
+            return self
+        problems: list[str] = []
+        if not self.database_url:
+            problems.append("CRM_DATABASE_URL must point at a PostgreSQL server")
+        key = self.jwt_signing_key.get_secret_value() if self.jwt_signing_key else ""
+        if len(key) < 32 or key.lower() in {"changeme", "secret", "change-me"}:
+            problems.append("CRM_JWT_SIGNING_KEY must be set to at least 32 random characters")
+        if self.demo_data:
+            problems.append("CRM_DEMO_DATA must be off")
+        if "*" in self.cors_origins:
+            problems.append("CRM_CORS_ORIGINS must not be '*'")
+        if self.db_echo:
+            problems.append("CRM_DB_ECHO must be off (it logs parameters)")
+        if problems:
+            raise ValueError("unsafe production settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.production
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

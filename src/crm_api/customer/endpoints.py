@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from crm_api.authz.dependencies import optional, require
+from crm_api.authz.types import Access, Action
+from crm_api.config import get_settings
+from crm_api.customer import service
+from crm_api.customer.schemas import Customer, CustomerCreate, CustomerListQuery, CustomerUpdate
+from crm_api.db.session import ReadConnection, WriteSession
+from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
+from crm_api.kit.responses import json_response
+from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.schemas import Page
+
+router = APIRouter(prefix="/customers", tags=["customers"])
+
+R = "customers"
+CustomersRead = Annotated[Access, require(R, Action.read)]
+CustomersCreate = Annotated[Access, require(R, Action.create)]
+CustomersUpdate = Annotated[Access, require(R, Action.update)]
+CustomersDelete = Annotated[Access, require(R, Action.delete)]
+CustomersPurge = Annotated[Access, require(R, Action.purge)]
+CustomersAssign = Annotated[Access | None, optional(R, Action.assign)]
+
+
+def _with_etag(row: dict[str, object], status: int = 200, location: str | None = None) -> Response:
+    headers = {"ETag": etag(int(row["version"]))}  # type: ignore[call-overload]
+    if location:
+        headers["Location"] = location
+    return json_response(row, status, headers)
+
+
+@router.get(
+    "", operation_id="customers_list", summary="List customers",
+    response_model=Page[Customer], responses=problems(400),
+)
+async def list_customers(
+    access: CustomersRead, conn: ReadConnection, query: Annotated[CustomerListQuery, Query()]
+) -> Response:
+    """Customers in your data scope, filtered and sorted, one cursor page at a time."""
+    return json_response(await service.list_customers(conn, access, query))
+
+
+@router.post(
+    "", operation_id="customers_create", summary="Create a customer", status_code=201,
+    response_model=Customer, responses={**problems(409), 201: {"headers": ETAG_HEADER}},
+)
+async def create_customer(
+    request: Request, body: CustomerCreate, access: CustomersCreate, assign: CustomersAssign,
+    session: WriteSession, idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create a customer. Send `Idempotency-Key` to make retries safe. A duplicate
+    `external_ref` or `tax_number` is a 409 naming the existing customer."""
+
+    async def produce() -> Response:
+        row = await service.create_customer(session, access, assign, body)
+        return _with_etag(row, 201, f"/v1/customers/{row['id']}")
+
+    return await idempotent(
+        session, access.principal, idempotency_key, method="POST",
+        path=request.url.path, body=body, produce=produce,
+    )
+
+
+@router.get(
+    "/{customer_id}", operation_id="customers_get", summary="Get a customer",
+    response_model=Customer, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+)
+async def get_customer(customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection) -> Response:
+    return _with_etag(await service.get_customer(conn, access, customer_id))
+
+
+@router.patch(
+    "/{customer_id}", operation_id="customers_update", summary="Update a customer",
+    response_model=Customer, responses=problems(404, 409, 412, 428),
+)
+async def update_customer(
+    customer_id: uuid.UUID, body: CustomerUpdate, access: CustomersUpdate,
+    assign: CustomersAssign, session: WriteSession, if_match: IfMatch = None,
+) -> Response:
+    """Change the fields sent. With `If-Match`, a stale version is a 412."""
+    row = await service.update_customer(
+        session, access, assign, customer_id, body, if_match,
+        require_if_match=get_settings().require_if_match,
+    )
+    return _with_etag(row)
+
+
+@router.delete(
+    "/{customer_id}", operation_id="customers_delete", summary="Delete a customer (restorable)",
+    status_code=204, responses=problems(404, 412, 428),
+)
+async def delete_customer(
+    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession, if_match: IfMatch = None
+) -> Response:
+    await service.delete_customer(
+        session, access, customer_id, if_match, require_if_match=get_settings().require_if_match
+    )
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{customer_id}/restore", operation_id="customers_restore", summary="Restore a deleted customer",
+    response_model=Customer, responses=problems(404, 409),
+)
+async def restore_customer(
+    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession
+) -> Response:
+    return _with_etag(await service.restore_customer(session, access, customer_id))
+
+
+@router.post(
+    "/{customer_id}/purge", operation_id="customers_purge",
+    summary="Remove a deleted customer for good", status_code=204, responses=problems(404),
+)
+async def purge_customer(
+    customer_id: uuid.UUID, access: CustomersPurge, session: WriteSession
+) -> Response:
+    """Admin only. The customer must be deleted first; its contacts go with it."""
+    await service.purge_customer(session, access, customer_id)
+    return Response(status_code=204)

@@ -1,0 +1,129 @@
+"""All SQL of customers. Every statement starts from :func:`scoped`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_api.authz.scope import scope_clause
+from crm_api.authz.types import Access
+from crm_api.customer.schemas import CustomerListQuery, CustomerSort
+from crm_api.kit.filtering import contains_pattern, one_of, time_range
+from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.models.contact import Contact
+from crm_api.models.customer import Customer
+
+COLUMNS = columns_of(Customer)
+SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    CustomerSort.created_at: Customer.created_at,
+    CustomerSort.updated_at: Customer.updated_at,
+    CustomerSort.name: Customer.name,
+}
+
+
+def scope_of(access: Access) -> ColumnElement[bool]:
+    return scope_clause(access, Customer.owner_id, Customer.org_unit_id)
+
+
+def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
+    """Customers ``access`` covers; live ones, or only the trash with ``deleted``."""
+    live = Customer.deleted_at.is_not(None) if deleted else Customer.deleted_at.is_(None)
+    return select(*COLUMNS).where(live, scope_of(access))
+
+
+def _search(term: str) -> ColumnElement[bool]:
+    pattern = contains_pattern(term)
+    contact_match = exists().where(
+        Contact.customer_id == Customer.id,
+        Contact.deleted_at.is_(None),
+        Contact.name.ilike(pattern),
+    )
+    return (
+        Customer.name.ilike(pattern)
+        | Customer.email.ilike(pattern)
+        | Customer.phone.ilike(pattern)
+        | contact_match
+    )
+
+
+def filtered(access: Access, query: CustomerListQuery) -> Select[Any]:
+    stmt = scoped(access, deleted=query.deleted)
+    clauses: list[ColumnElement[bool] | None] = [
+        one_of(Customer.type, query.type),
+        one_of(Customer.lifecycle_stage, query.lifecycle_stage),
+        one_of(Customer.grade, query.grade),
+        one_of(Customer.region, query.region),
+        one_of(Customer.industry, query.industry),
+        one_of(Customer.source, query.source),
+        one_of(Customer.owner_id, query.owner_id),
+        one_of(Customer.org_unit_id, query.org_unit_id),
+        Customer.external_ref == query.external_ref if query.external_ref else None,
+        Customer.tags.contains(query.tag) if query.tag else None,
+        _search(query.q) if query.q else None,
+        *time_range(Customer.created_at, query.created_after, query.created_before),
+        *time_range(Customer.updated_at, query.updated_after, query.updated_before),
+    ]
+    present = [c for c in clauses if c is not None]
+    return stmt.where(and_(*present)) if present else stmt
+
+
+async def list_page(executor: Executor, access: Access, query: CustomerListQuery) -> dict[str, Any]:
+    return await fetch_page(
+        executor, filtered(access, query), SORT_COLUMNS, Customer.id, query.page(CustomerSort)
+    )
+
+
+async def get_row(
+    executor: Executor, access: Access, customer_id: uuid.UUID
+) -> dict[str, Any] | None:
+    row = (
+        await executor.execute(scoped(access).where(Customer.id == customer_id))
+    ).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def lock(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID, *, deleted: bool = False
+) -> Customer | None:
+    """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it."""
+    live = Customer.deleted_at.is_not(None) if deleted else Customer.deleted_at.is_(None)
+    stmt = (
+        select(Customer)
+        .where(Customer.id == customer_id, live, scope_of(access))
+        .with_for_update()
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_duplicate(
+    session: AsyncSession,
+    *,
+    external_ref: str | None,
+    tax_number: str | None,
+    exclude_id: uuid.UUID | None = None,
+) -> tuple[str, uuid.UUID] | None:
+    """The first existing customer sharing ``external_ref`` (any) or ``tax_number``
+    (live ones), as ``(field, id)``."""
+    checks: list[tuple[str, ColumnElement[bool]]] = []
+    if external_ref is not None:
+        checks.append(("external_ref", Customer.external_ref == external_ref))
+    if tax_number is not None:
+        checks.append(
+            ("tax_number", and_(Customer.tax_number == tax_number, Customer.deleted_at.is_(None)))
+        )
+    for field, clause in checks:
+        stmt = select(Customer.id).where(clause)
+        if exclude_id is not None:
+            stmt = stmt.where(Customer.id != exclude_id)
+        found = (await session.execute(stmt.limit(1))).scalar_one_or_none()
+        if found is not None:
+            return field, found
+    return None
+
+
+async def is_visible(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> bool:
+    stmt = select(Customer.id).where(Customer.id == customer_id, scope_of(access))
+    return (await session.execute(stmt)).scalar_one_or_none() is not None

@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from crm_api.kit.pagination import ListQuery
+from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.types import CustomFields, Email, Phone, Tag, Tags, UtcDatetime, Website
+
+
+class CustomerType(StrEnum):
+    company = "company"
+    individual = "individual"
+
+
+class LifecycleStage(StrEnum):
+    lead = "lead"
+    prospect = "prospect"
+    customer = "customer"
+    churned = "churned"
+
+
+class Grade(StrEnum):
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class OwnershipType(StrEnum):
+    state_owned = "state_owned"
+    private = "private"
+    foreign = "foreign"
+    joint_venture = "joint_venture"
+    collective = "collective"
+    individual = "individual"
+    other = "other"
+
+
+class CompanySize(StrEnum):
+    s1_10 = "1-10"
+    s11_50 = "11-50"
+    s51_200 = "51-200"
+    s201_1000 = "201-1000"
+    s1001_5000 = "1001-5000"
+    s5000_plus = "5000+"
+
+
+class Source(StrEnum):
+    web = "web"
+    referral = "referral"
+    partner = "partner"
+    event = "event"
+    campaign = "campaign"
+    cold_call = "cold_call"
+    storefront = "storefront"
+    import_ = "import"
+    other = "other"
+
+
+class CustomerSort(StrEnum):
+    created_at = "created_at"
+    updated_at = "updated_at"
+    name = "name"
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200, examples=["上海明远贸易有限公司"])]
+CreditLevel = Annotated[
+    int, Field(ge=1, le=5, description="1 (lowest) … 5 (highest).", examples=[4])
+]
+Str100 = Annotated[str, Field(max_length=100)]
+Str200 = Annotated[str, Field(max_length=200)]
+Str64 = Annotated[str, Field(min_length=1, max_length=64)]
+Notes = Annotated[str, Field(max_length=10_000)]
+ExternalRef = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=200,
+        description="Your system's id for this customer; unique.", examples=["shop-cust-10042"],
+    ),
+]
+
+
+class CustomerCreate(InputModel):
+    name: Name
+    type: CustomerType = CustomerType.company
+    lifecycle_stage: LifecycleStage = LifecycleStage.lead
+    grade: Grade | None = None
+    credit_level: CreditLevel | None = None
+    industry: Str100 | None = Field(default=None, examples=["制造业"])
+    region: Str100 | None = Field(default=None, examples=["华东"])
+    address: Annotated[str, Field(max_length=500)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    website: Website | None = None
+    bank_name: Str200 | None = None
+    bank_account: Str64 | None = Field(default=None, description="Sensitive.")
+    tax_number: Str64 | None = Field(
+        default=None, description="Sensitive. Unique among live customers."
+    )
+    ownership_type: OwnershipType | None = None
+    size: CompanySize | None = None
+    source: Source | None = None
+    tags: Tags = Field(default_factory=list)
+    custom_fields: CustomFields = Field(default_factory=dict)
+    owner_id: uuid.UUID | None = Field(
+        default=None,
+        description="Defaults to the caller. Another user needs the `assign` permission.",
+    )
+    org_unit_id: uuid.UUID | None = Field(
+        default=None, description="Defaults to the owner's org unit; needs `assign` to set."
+    )
+    external_ref: ExternalRef | None = None
+    notes: Notes | None = None
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "上海明远贸易有限公司",
+                    "type": "company",
+                    "lifecycle_stage": "prospect",
+                    "grade": "B",
+                    "industry": "制造业",
+                    "region": "华东",
+                    "phone": "+86 21 5555 0101",
+                    "email": "info@mingyuan.example.cn",
+                    "tags": ["vip"],
+                    "external_ref": "shop-cust-10042",
+                }
+            ]
+        }
+    }
+
+
+class CustomerUpdate(InputModel):
+    """Only the fields sent are changed; ``null`` clears an optional field."""
+
+    name: Name | None = None
+    type: CustomerType | None = None
+    lifecycle_stage: LifecycleStage | None = None
+    grade: Grade | None = None
+    credit_level: CreditLevel | None = None
+    industry: Str100 | None = None
+    region: Str100 | None = None
+    address: Annotated[str, Field(max_length=500)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    website: Website | None = None
+    bank_name: Str200 | None = None
+    bank_account: Str64 | None = None
+    tax_number: Str64 | None = None
+    ownership_type: OwnershipType | None = None
+    size: CompanySize | None = None
+    source: Source | None = None
+    tags: Tags | None = None
+    custom_fields: CustomFields | None = None
+    owner_id: uuid.UUID | None = None
+    org_unit_id: uuid.UUID | None = None
+    external_ref: ExternalRef | None = None
+    notes: Notes | None = None
+
+    model_config = {"json_schema_extra": {"examples": [{"lifecycle_stage": "customer", "grade": "A"}]}}
+
+
+#: Fields that may not be set to null by PATCH.
+NOT_NULLABLE = frozenset({"name", "type", "lifecycle_stage", "tags", "custom_fields", "owner_id"})
+
+
+class Customer(OutputModel):
+    id: uuid.UUID
+    name: str
+    type: CustomerType
+    lifecycle_stage: LifecycleStage
+    grade: Grade | None
+    credit_level: int | None
+    industry: str | None
+    region: str | None
+    address: str | None
+    phone: str | None
+    email: str | None
+    website: str | None
+    bank_name: str | None
+    bank_account: str | None = Field(description="Masked (`****1234`) without read_sensitive.")
+    tax_number: str | None = Field(description="Masked without read_sensitive.")
+    ownership_type: OwnershipType | None
+    size: CompanySize | None
+    source: Source | None
+    tags: list[str]
+    custom_fields: dict[str, Any]
+    owner_id: uuid.UUID
+    org_unit_id: uuid.UUID | None
+    external_ref: str | None
+    notes: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    version: int
+
+
+class CustomerListQuery(ListQuery):
+    sort: str = Field(
+        default="-created_at",
+        max_length=200,
+        description="Comma-separated keys, `-` for descending: created_at, updated_at, name.",
+    )
+    q: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Free text over name, phone, e-mail and contact names (substring, any script).",
+    )
+    type: list[CustomerType] | None = None
+    lifecycle_stage: list[LifecycleStage] | None = None
+    grade: list[Grade] | None = None
+    region: list[Str100] | None = Field(default=None, max_length=50)
+    industry: list[Str100] | None = Field(default=None, max_length=50)
+    source: list[Source] | None = None
+    owner_id: list[uuid.UUID] | None = Field(default=None, max_length=50)
+    org_unit_id: list[uuid.UUID] | None = Field(default=None, max_length=50)
+    tag: list[Tag] | None = Field(
+        default=None, max_length=20, description="Customers carrying all of these tags."
+    )
+    external_ref: ExternalRef | None = None
+    created_after: UtcDatetime | None = None
+    created_before: UtcDatetime | None = None
+    updated_after: UtcDatetime | None = None
+    updated_before: UtcDatetime | None = None
+    deleted: bool = Field(
+        default=False, description="List soft-deleted customers (the trash) instead."
+    )

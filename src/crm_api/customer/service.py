@@ -1,0 +1,270 @@
+"""Customers: business rules. No HTTP here, and no commit (the request owns the transaction).
+
+Raises: ``NotFound`` (``customer_not_found``, also for records outside the caller's scope),
+``Conflict`` (``customer_duplicate``), ``Forbidden`` (``assign_not_allowed``),
+``PreconditionFailed`` (stale If-Match), ``UnprocessableEntity`` (bad references).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from crm_api.audit import service as audit
+from crm_api.authz.types import Access, PrincipalKind
+from crm_api.customer import repository as repo
+from crm_api.customer.schemas import NOT_NULLABLE, CustomerCreate, CustomerListQuery, CustomerUpdate
+from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.filtering import mask
+from crm_api.kit.repository import to_dict
+from crm_api.models.customer import Customer
+from crm_api.user import service as users
+
+RESOURCE = "customers"
+SENSITIVE = ("bank_account", "tax_number")
+
+
+def not_found(customer_id: uuid.UUID) -> NotFound:
+    return NotFound(f"No customer {customer_id}.", code="customer_not_found")
+
+
+def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
+    """What the caller may see of a row: sensitive fields masked without read_sensitive."""
+    if not access.sensitive:
+        for field in SENSITIVE:
+            row[field] = mask(row[field])
+    return row
+
+
+async def list_customers(
+    conn: AsyncConnection, access: Access, query: CustomerListQuery
+) -> dict[str, Any]:
+    page = await repo.list_page(conn, access, query)
+    page["data"] = [present(r, access) for r in page["data"]]
+    return page
+
+
+async def get_customer(conn: AsyncConnection, access: Access, customer_id: uuid.UUID) -> dict[str, Any]:
+    row = await repo.get_row(conn, access, customer_id)
+    if row is None:
+        raise not_found(customer_id)
+    return present(row, access)
+
+
+async def _duplicate_check(
+    session: AsyncSession,
+    access: Access,
+    external_ref: str | None,
+    tax_number: str | None,
+    exclude_id: uuid.UUID | None = None,
+) -> None:
+    found = await repo.find_duplicate(
+        session, external_ref=external_ref, tax_number=tax_number, exclude_id=exclude_id
+    )
+    if found is None:
+        return
+    field, existing_id = found
+    # Name the existing record only to a caller allowed to see it (no existence leak).
+    visible = await repo.is_visible(session, access, existing_id)
+    raise Conflict(
+        f"A customer with this {field} already exists.",
+        code="customer_duplicate",
+        field=field,
+        existing_id=str(existing_id) if visible else None,
+    )
+
+
+async def _resolve_owner(
+    session: AsyncSession,
+    access: Access,
+    assign: Access | None,
+    owner_id: uuid.UUID | None,
+    org_unit_id: uuid.UUID | None,
+) -> tuple[uuid.UUID, uuid.UUID | None]:
+    principal = access.principal
+    acting_user = principal.id if principal.kind is PrincipalKind.user else None
+    if owner_id is None:
+        if acting_user is None:
+            raise UnprocessableEntity(
+                "owner_id is required when the caller is not a user.",
+                code="owner_required",
+                errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
+            )
+        owner_id = acting_user
+    if (owner_id != acting_user or org_unit_id is not None) and assign is None:
+        raise Forbidden(
+            "Setting another owner or the org unit needs the 'assign' permission.",
+            code="assign_not_allowed",
+        )
+    owner = await users.get_active_user(session, owner_id)
+    if owner is None:
+        raise UnprocessableEntity(
+            "owner_id is not an active user.",
+            code="invalid_owner",
+            errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
+        )
+    return owner_id, org_unit_id if org_unit_id is not None else owner.org_unit_id
+
+
+async def _flush(session: AsyncSession, access: Access, customer: Customer) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        # A concurrent insert won the unique index between our check and our write.
+        text = str(exc.orig)
+        field = "external_ref" if "external_ref" in text else "tax_number" if "tax_number" in text else None
+        if field is None:
+            if "org_unit" in text:
+                raise UnprocessableEntity(
+                    "org_unit_id does not exist.", code="invalid_org_unit",
+                    errors=[{"field": "org_unit_id", "code": "invalid_reference", "message": "no such org unit"}],
+                ) from exc
+            raise
+        raise Conflict(
+            f"A customer with this {field} already exists.",
+            code="customer_duplicate",
+            field=field,
+        ) from exc
+
+
+async def create_customer(
+    session: AsyncSession, access: Access, assign: Access | None, data: CustomerCreate
+) -> dict[str, Any]:
+    await _duplicate_check(session, access, data.external_ref, data.tax_number)
+    owner_id, org_unit_id = await _resolve_owner(
+        session, access, assign, data.owner_id, data.org_unit_id
+    )
+    values = data.model_dump(exclude={"owner_id", "org_unit_id"})
+    now = datetime.now(UTC)
+    customer = Customer(
+        id=uuid.uuid4(), owner_id=owner_id, org_unit_id=org_unit_id,
+        created_at=now, updated_at=now, version=1, **values,
+    )
+    session.add(customer)
+    await _flush(session, access, customer)
+    after = to_dict(customer, repo.COLUMNS)
+    audit.record(
+        session, access.principal, action="create", resource_type=RESOURCE,
+        resource_id=customer.id, changes=audit.diff(None, after, SENSITIVE),
+        owner_id=owner_id, org_unit_id=org_unit_id,
+    )
+    return present(after, access)
+
+
+async def update_customer(
+    session: AsyncSession,
+    access: Access,
+    assign: Access | None,
+    customer_id: uuid.UUID,
+    patch: CustomerUpdate,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
+) -> dict[str, Any]:
+    customer = await repo.lock(session, access, customer_id)
+    if customer is None:
+        raise not_found(customer_id)
+    check_if_match(if_match, customer.version, required=require_if_match)
+    changes = patch.model_dump(exclude_unset=True)
+    nulled = sorted(k for k, v in changes.items() if v is None and k in NOT_NULLABLE)
+    if nulled:
+        raise UnprocessableEntity(
+            "These fields cannot be null.", code="validation_error",
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"} for f in nulled],
+        )
+    before = to_dict(customer, repo.COLUMNS)
+    if "owner_id" in changes or "org_unit_id" in changes:
+        if assign is None:
+            raise Forbidden(
+                "Changing the owner or org unit needs the 'assign' permission.",
+                code="assign_not_allowed",
+            )
+        if "owner_id" in changes and changes["owner_id"] != customer.owner_id:
+            owner = await users.get_active_user(session, changes["owner_id"])
+            if owner is None:
+                raise UnprocessableEntity(
+                    "owner_id is not an active user.", code="invalid_owner",
+                    errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
+                )
+            changes.setdefault("org_unit_id", owner.org_unit_id)
+    ext = changes.get("external_ref") if "external_ref" in changes else None
+    tax = changes.get("tax_number") if "tax_number" in changes else None
+    if (ext and ext != customer.external_ref) or (tax and tax != customer.tax_number):
+        await _duplicate_check(session, access, ext, tax, exclude_id=customer.id)
+    for key, value in changes.items():
+        setattr(customer, key, value)
+    diff = audit.diff(before, {**before, **changes}, SENSITIVE)
+    if not diff:
+        return present(before, access)
+    customer.updated_at = datetime.now(UTC)
+    await _flush(session, access, customer)
+    after = to_dict(customer, repo.COLUMNS)
+    audit.record(
+        session, access.principal, action="update", resource_type=RESOURCE,
+        resource_id=customer.id, changes=diff,
+        owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
+    )
+    return present(after, access)
+
+
+async def delete_customer(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID, if_match: str | None,
+    *, require_if_match: bool,
+) -> None:
+    customer = await repo.lock(session, access, customer_id)
+    if customer is None:
+        raise not_found(customer_id)
+    check_if_match(if_match, customer.version, required=require_if_match)
+    now = datetime.now(UTC)
+    customer.deleted_at = now
+    customer.updated_at = now
+    await session.flush()
+    audit.record(
+        session, access.principal, action="delete", resource_type=RESOURCE,
+        resource_id=customer.id, changes={"deleted_at": {"before": None, "after": now.isoformat()}},
+        owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
+    )
+
+
+async def restore_customer(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID
+) -> dict[str, Any]:
+    customer = await repo.lock(session, access, customer_id, deleted=True)
+    if customer is None:
+        raise NotFound(f"No deleted customer {customer_id}.", code="customer_not_found")
+    if customer.tax_number:
+        await _duplicate_check(session, access, None, customer.tax_number, exclude_id=customer.id)
+    before = customer.deleted_at
+    customer.deleted_at = None
+    customer.updated_at = datetime.now(UTC)
+    await _flush(session, access, customer)
+    audit.record(
+        session, access.principal, action="restore", resource_type=RESOURCE,
+        resource_id=customer.id,
+        changes={"deleted_at": {"before": before.isoformat() if before else None, "after": None}},
+        owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
+    )
+    return present(to_dict(customer, repo.COLUMNS), access)
+
+
+async def purge_customer(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> None:
+    """Remove a soft-deleted customer (and its contacts) for good."""
+    customer = await repo.lock(session, access, customer_id, deleted=True)
+    if customer is None:
+        raise NotFound(
+            f"No deleted customer {customer_id}; delete it before purging.",
+            code="customer_not_found",
+        )
+    before = to_dict(customer, repo.COLUMNS)
+    await session.delete(customer)
+    await session.flush()
+    audit.record(
+        session, access.principal, action="purge", resource_type=RESOURCE,
+        resource_id=customer_id, changes=audit.diff(before, None, SENSITIVE),
+        owner_id=before["owner_id"], org_unit_id=before["org_unit_id"],
+    )

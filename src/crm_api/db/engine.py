@@ -1,0 +1,66 @@
+"""Engine and session factories.
+
+Two ways into the database, by purpose:
+
+* writes use an :class:`AsyncSession` whose transaction the request owns (one commit after
+  the handler, see :mod:`crm_api.db.session`);
+* reads use an autocommit connection: a single statement, no BEGIN/ROLLBACK round trips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from crm_api.config import Settings
+from crm_api.db.embedded import start_embedded
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        url = settings.database_url
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return url
+    return start_embedded(settings.data_dir)
+
+
+@dataclass(slots=True)
+class Database:
+    engine: AsyncEngine
+    read_engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    url: str
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def create_database(settings: Settings, url: str | None = None) -> Database:
+    url = url or resolve_database_url(settings)
+    server_settings = {
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "lock_timeout": str(settings.db_lock_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+        "application_name": "crm-api",
+        "timezone": "UTC",
+    }
+    engine = create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_recycle=settings.db_pool_recycle_s,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        echo=settings.db_echo,
+        connect_args={"server_settings": server_settings},
+    )
+    read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return Database(engine=engine, read_engine=read_engine, sessionmaker=sessionmaker, url=url)

@@ -1,0 +1,44 @@
+"""Request-scoped database access.
+
+``WriteSession``: one transaction per request, committed once right after the handler
+returns (``scope="function"``: before the response is sent, so a failed commit is the
+client's error response, never a 201 for data that was not saved). Services never commit.
+
+``ReadConnection``: an autocommit connection for single-statement reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from crm_api.db.engine import Database
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    db = get_database(request)
+    async with db.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+async def _read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    db = get_database(request)
+    async with db.read_engine.connect() as conn:
+        yield conn
+
+
+WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+ReadConnection = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]

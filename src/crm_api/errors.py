@@ -1,0 +1,275 @@
+"""Errors carry their HTTP status and a stable machine-readable ``code``; one place renders
+them as RFC 9457 ``application/problem+json``.
+
+Services raise these; handlers never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from crm_api.logs import request_id_var
+
+logger = logging.getLogger("crm_api.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://crm-api.dev/problems/"
+
+
+class ProblemError(Exception):
+    """Base of every expected failure. Subclasses set ``status`` and a default ``code``."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str | None = None
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class BadRequest(ProblemError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ProblemError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str | None = "Authentication required.", **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="crm-api"'})
+        super().__init__(detail, **kw)
+
+
+class Forbidden(ProblemError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ProblemError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ProblemError):
+    status, code = 409, "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class PreconditionFailed(ProblemError):
+    status, code = 412, "precondition_failed"
+
+
+class PreconditionRequired(ProblemError):
+    status, code = 428, "precondition_required"
+
+
+class PayloadTooLarge(ProblemError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, code = 415, "unsupported_media_type"
+
+
+class UnprocessableEntity(ProblemError):
+    status, code = 422, "validation_error"
+
+
+class TooManyRequests(ProblemError):
+    status, code = 429, "rate_limited"
+
+
+class ServiceUnavailable(ProblemError):
+    status, code = 503, "service_unavailable"
+
+
+def problem_body(
+    status: int,
+    code: str,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    instance: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    try:
+        default_title = HTTPStatus(status).phrase
+    except ValueError:
+        default_title = "Error"
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + code,
+        "title": title or default_title,
+        "status": status,
+        "detail": detail or title or default_title,
+        "instance": instance,
+        "code": code,
+        "request_id": request_id_var.get(),
+    }
+    body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    **extra: Any,
+) -> Response:
+    body = problem_body(status, code, detail, instance=instance, **extra)
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+_STARLETTE_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _loc_to_field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        where, rest = parts[0], parts[1:]
+        return ".".join(rest) if where == "body" and rest else ".".join([where, *rest])
+    return ".".join(parts)
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        code = str(err.get("type", "invalid"))
+        if code == "extra_forbidden":
+            code = "unknown_field"
+        out.append(
+            {
+                "field": _loc_to_field(tuple(err.get("loc", ()))),
+                "code": code,
+                "message": str(err.get("msg", "invalid value")),
+            }
+        )
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.detail,
+            headers=exc.headers,
+            instance=request.url.path,
+            **exc.extra,
+        )
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = validation_errors(exc)
+        json_invalid = any(e["code"] == "json_invalid" for e in errors)
+        return problem_response(
+            400 if json_invalid else 422,
+            "malformed_json" if json_invalid else "validation_error",
+            "The request body is not valid JSON."
+            if json_invalid
+            else "The request has invalid or unknown fields.",
+            instance=request.url.path,
+            errors=errors,
+        )
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STARLETTE_CODES.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        if exc.status_code == 404:
+            detail = "No such resource or route."
+        return problem_response(
+            exc.status_code,
+            code,
+            detail,
+            headers=dict(exc.headers or {}),
+            instance=request.url.path,
+        )
+
+    async def on_integrity(request: Request, exc: Exception) -> Response:
+        # Expected conflicts are raised explicitly by services; this is the safety net.
+        logger.warning("integrity error reached the safety net", exc_info=exc)
+        return problem_response(
+            409,
+            "conflict",
+            "The change conflicts with existing data.",
+            instance=request.url.path,
+        )
+
+    async def on_dbapi(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(
+            getattr(getattr(exc, "orig", None), "__cause__", None), "sqlstate", None
+        )
+        if sqlstate in {"55P03", "40P01", "40001"}:  # lock timeout, deadlock, serialization
+            return problem_response(
+                409,
+                "concurrent_update",
+                "The record is being changed by another request; retry.",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
+        if sqlstate == "57014":  # statement timeout
+            return problem_response(
+                503, "query_timeout", "The query took too long.", instance=request.url.path
+            )
+        if sqlstate and sqlstate.startswith("22"):  # data exception: bad input reached SQL
+            return problem_response(
+                422, "invalid_value", "A value is out of range.", instance=request.url.path
+            )
+        return await on_unexpected(request, exc)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.error("unhandled error", exc_info=exc)
+        return problem_response(
+            500,
+            "internal_error",
+            "An unexpected error occurred. Quote the request id when reporting it.",
+            instance=request.url.path,
+        )
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(IntegrityError, on_integrity)
+    app.add_exception_handler(DBAPIError, on_dbapi)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,45 @@
+"""Small builders for typed list filters; every resource composes its WHERE from these."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement
+
+
+def escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def contains_pattern(term: str) -> str:
+    """An ILIKE pattern matching ``term`` anywhere. Substring matching (not word
+    tokenizing) is what makes Chinese and other unsegmented scripts searchable."""
+    return f"%{escape_like(term)}%"
+
+
+def one_of(column: ColumnElement[Any], values: Sequence[Any] | None) -> ColumnElement[bool] | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return column == values[0]
+    return column.in_(list(values))
+
+
+def time_range(
+    column: ColumnElement[Any], after: datetime | None, before: datetime | None
+) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if after is not None:
+        clauses.append(column >= after)
+    if before is not None:
+        clauses.append(column < before)
+    return clauses
+
+
+def mask(value: str | None) -> str | None:
+    """``****1234``: enough to recognise a value, not enough to use it."""
+    if value is None:
+        return None
+    return "****" + value[-4:] if len(value) > 6 else "****"

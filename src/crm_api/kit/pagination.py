@@ -1,0 +1,177 @@
+"""Keyset (cursor) pagination over whitelisted sort keys, with a stable ``id`` tie-break.
+
+A cursor is the sort spec plus the last row's sort values, base64url-encoded JSON. It is
+opaque to clients; a cursor that does not decode, or that was made for another sort, is a
+400 ``invalid_cursor``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement, Select, and_, or_, tuple_
+
+from crm_api.errors import BadRequest
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    name: str
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    limit: int
+    cursor: str | None
+    sort: tuple[SortKey, ...]
+    include_total: bool
+
+
+class ListQuery(BaseModel):
+    """Query parameters every list endpoint shares. Resources subclass it to add their
+    filters; unknown query parameters are rejected with 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(
+        default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT,
+        description=f"Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT}); out of range is a 422.",
+    )
+    cursor: str | None = Field(
+        default=None, max_length=1024, description="`next_cursor` of the previous page."
+    )
+    sort: str = Field(
+        default="-created_at", max_length=200,
+        description="Comma-separated sort keys, `-` for descending; see the resource's list.",
+    )
+    include_total: bool = Field(
+        default=False, description="Also count all matches (costs a second query)."
+    )
+
+    def page(self, sort_enum: type[StrEnum]) -> PageParams:
+        return PageParams(
+            self.limit, self.cursor, parse_sort(self.sort, sort_enum), self.include_total
+        )
+
+
+def parse_sort(raw: str, sort_enum: type[StrEnum]) -> tuple[SortKey, ...]:
+    from crm_api.errors import UnprocessableEntity
+
+    keys: list[SortKey] = []
+    seen: set[str] = set()
+    valid = {m.value for m in sort_enum}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        desc = part.startswith("-")
+        name = part.lstrip("-+")
+        if name not in valid or name in seen:
+            raise UnprocessableEntity(
+                f"Cannot sort by {part!r}. Allowed keys: {', '.join(sorted(valid))}.",
+                code="invalid_sort",
+                errors=[{"field": "query.sort", "code": "invalid_sort", "message": part}],
+            )
+        seen.add(name)
+        keys.append(SortKey(name, desc))
+    if not keys:
+        raise UnprocessableEntity("sort must name at least one key.", code="invalid_sort")
+    return tuple(keys)
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        return datetime.fromisoformat(value["t"])
+    return value
+
+
+def encode_cursor(sort: Sequence[SortKey], row: Mapping[str, Any]) -> str:
+    payload = {
+        "s": [("-" if k.descending else "") + k.name for k in sort],
+        "v": [_encode_value(row[k.name]) for k in sort],
+        "id": str(row["id"]),
+    }
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: Sequence[SortKey]) -> tuple[list[Any], uuid.UUID]:
+    invalid = BadRequest(
+        "The cursor is malformed or was issued for a different sort.", code="invalid_cursor"
+    )
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        payload = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+        expected = [("-" if k.descending else "") + k.name for k in sort]
+        if not isinstance(payload, dict) or payload.get("s") != expected:
+            raise invalid
+        values = [_decode_value(v) for v in payload["v"]]
+        if len(values) != len(sort):
+            raise invalid
+        return values, uuid.UUID(payload["id"])
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise invalid from exc
+
+
+def apply_keyset(
+    stmt: Select[Any],
+    columns: Mapping[str, ColumnElement[Any]],
+    id_column: ColumnElement[Any],
+    params: PageParams,
+) -> Select[Any]:
+    """Order ``stmt`` by the sort keys plus id, continue after the cursor, fetch limit+1."""
+    sort = params.sort
+    # the id tie-break follows the direction of the last key, so one index serves both
+    id_desc = sort[-1].descending
+    order = [columns[k.name].desc() if k.descending else columns[k.name].asc() for k in sort]
+    order.append(id_column.desc() if id_desc else id_column.asc())
+    if params.cursor:
+        values, last_id = decode_cursor(params.cursor, sort)
+        cols = [columns[k.name] for k in sort]
+        for col, value in zip(cols, values, strict=True):
+            if not isinstance(value, col.type.python_type):
+                raise BadRequest("The cursor is malformed.", code="invalid_cursor")
+        directions = [k.descending for k in sort] + [id_desc]
+        if len(set(directions)) == 1:
+            # one direction: a row comparison, which PostgreSQL answers from one index
+            left = tuple_(*cols, id_column)
+            right = tuple_(*values, last_id)
+            stmt = stmt.where(left < right if directions[0] else left > right)
+        else:
+            all_cols = [*cols, id_column]
+            all_vals = [*values, last_id]
+            clauses: list[ColumnElement[bool]] = []
+            for i, col in enumerate(all_cols):
+                eqs = [all_cols[j] == all_vals[j] for j in range(i)]
+                cmp = col < all_vals[i] if directions[i] else col > all_vals[i]
+                clauses.append(and_(*eqs, cmp))
+            stmt = stmt.where(or_(*clauses))
+    return stmt.order_by(*order).limit(params.limit + 1)
+
+
+def page_envelope(
+    rows: list[dict[str, Any]], params: PageParams, total: int | None = None
+) -> dict[str, Any]:
+    has_more = len(rows) > params.limit
+    data = rows[: params.limit]
+    next_cursor = encode_cursor(params.sort, data[-1]) if has_more and data else None
+    return {"data": data, "next_cursor": next_cursor, "has_more": has_more, "total": total}

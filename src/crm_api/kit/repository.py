@@ -1,0 +1,39 @@
+"""Helpers every domain repository uses: column sets, row → dict, scoped lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import DeclarativeBase
+
+from crm_api.kit.pagination import PageParams, apply_keyset, page_envelope
+
+Executor = AsyncConnection | AsyncSession
+
+
+def columns_of(model: type[DeclarativeBase]) -> list[ColumnElement[Any]]:
+    return list(model.__table__.columns)  # type: ignore[attr-defined]
+
+
+def to_dict(obj: Any, columns: Iterable[ColumnElement[Any]]) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in columns}  # type: ignore[attr-defined]
+
+
+async def fetch_page(
+    executor: Executor,
+    stmt: Select[Any],
+    sort_columns: dict[str, ColumnElement[Any]],
+    id_column: ColumnElement[Any],
+    params: PageParams,
+) -> dict[str, Any]:
+    """Run a scoped, filtered statement as one keyset page (plus an opt-in count)."""
+    total = None
+    if params.include_total:
+        count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
+        total = (await executor.execute(count_stmt)).scalar_one()
+    paged = apply_keyset(stmt, sort_columns, id_column, params)
+    rows = [dict(r) for r in (await executor.execute(paged)).mappings()]
+    return page_envelope(rows, params, total)

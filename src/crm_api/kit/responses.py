@@ -1,0 +1,47 @@
+"""Fast JSON rendering: rows become dicts and go straight through orjson.
+
+Routes still declare their pydantic response model for the OpenAPI contract; returning a
+:class:`JSONResponse` from here skips FastAPI's re-validation and default encoder, the
+largest per-request cost on list endpoints (DESIGN §6). A contract test validates real
+responses against the declared models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "bytes") and hasattr(value, "hex"):  # asyncpg's own UUID type
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_default, option=_OPTS)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        dumps(content), status_code=status_code, headers=headers, media_type="application/json"
+    )

@@ -1,0 +1,56 @@
+"""Schema bases shared by every domain."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class InputModel(BaseModel):
+    """Request bodies: unknown fields are rejected (422), strings are stripped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class OutputModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    """The one list envelope. ``next_cursor`` is opaque; pass it back as ``cursor``."""
+
+    data: list[T]
+    next_cursor: str | None = Field(
+        default=None, description="Cursor for the next page; null on the last page."
+    )
+    has_more: bool = Field(description="Whether another page follows.")
+    total: int | None = Field(
+        default=None, description="Number of matching records; only with `include_total=true`."
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str = Field(examples=["https://crm-api.dev/problems/customer_not_found"])
+    title: str = Field(examples=["Not Found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["No customer with that id."])
+    instance: str | None = Field(default=None, examples=["/v1/customers/5d0c…"])
+    code: str = Field(examples=["customer_not_found"])
+    request_id: str | None = Field(default=None, examples=["9f1c2e4b7a2d4c1e8f0a1b2c3d4e5f60"])
+    errors: list[FieldError] | None = None
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["email"])
+    code: str = Field(examples=["value_error"])
+    message: str = Field(examples=["value is not a valid email address"])
+
+
+Problem.model_rebuild()
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]

@@ -1,0 +1,61 @@
+"""Reusable validated field types (``Annotated``), with descriptions and examples."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, EmailStr, Field
+
+_PHONE = re.compile(r"^\+?[0-9][0-9 ()\-.]*(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$")
+
+
+def _phone(value: str) -> str:
+    digits = sum(ch.isdigit() for ch in value.split("x")[0].split("ext")[0])
+    if not _PHONE.match(value) or not 5 <= digits <= 17:
+        raise ValueError("not a valid phone number (digits, spaces, + ( ) - . and ext allowed)")
+    return value
+
+
+def _website(value: str) -> str:
+    if not re.match(r"^https?://[^\s/$.?#][^\s]*$", value, re.IGNORECASE):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > 16_384:
+        raise ValueError("custom_fields must be at most 16 KiB of JSON")
+    if len(value) > 100:
+        raise ValueError("custom_fields may have at most 100 keys")
+    return value
+
+
+def _tags(value: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for tag in value:
+        seen.setdefault(tag.strip(), None)
+    return list(seen)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Phone = Annotated[
+    str, Field(max_length=40, examples=["+86 138 0013 8000"]), AfterValidator(_phone)
+]
+Email = Annotated[EmailStr, Field(max_length=320, examples=["li.wei@example.cn"])]
+Website = Annotated[
+    str, Field(max_length=500, examples=["https://example.com"]), AfterValidator(_website)
+]
+Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^,\s][^,]*$")]
+Tags = Annotated[list[Tag], Field(max_length=50, examples=[["vip", "华东"]]), AfterValidator(_tags)]
+CustomFields = Annotated[
+    dict[str, Any],
+    Field(description="Free-form JSON object (≤100 keys, ≤16 KiB).", examples=[{"erp_id": "C-1"}]),
+    AfterValidator(_json_object),
+]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]

@@ -1,0 +1,85 @@
+"""``create_app()``: the lifespan builds the database engine and the policy engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from crm_api import __version__
+from crm_api.api import router as api_router
+from crm_api.authz.enforcer import PolicyEngine
+from crm_api.config import Settings, get_settings
+from crm_api.db.engine import create_database
+from crm_api.db.migrate import head_revision
+from crm_api.errors import install_error_handlers
+from crm_api.health import router as health_router
+from crm_api.logs import configure_logging
+from crm_api.middleware import RequestMiddleware
+
+logger = logging.getLogger("crm_api")
+
+DESCRIPTION = """
+A headless CRM: customers, contacts and the rest of the relationship, behind one typed API.
+
+* **Errors** are RFC 9457 `application/problem+json` with a stable `code` and a `request_id`.
+* **Lists** use cursor pagination: `limit` (1–200, default 50), `cursor`, `sort`; the
+  envelope is `{data, next_cursor, has_more}`.
+* **Writes**: `POST` accepts `Idempotency-Key`; `PATCH`/`DELETE` accept `If-Match` with the
+  `ETag` of a `GET` (stale → 412). Deletes are soft and restorable.
+* **Access**: each role holds actions on resources over a data scope; records outside your
+  scope answer 404.
+"""
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = create_database(settings, database_url)
+        policy = PolicyEngine()
+        await policy.load(db.engine)
+        policy.start_polling(db.engine, settings.authz_poll_interval_s)
+        app.state.db = db
+        app.state.policy = policy
+        app.state.settings = settings
+        app.state.migration_head = head_revision()
+        logger.info("crm-api started", extra={"embedded": settings.database_url is None})
+        try:
+            yield
+        finally:
+            await policy.stop()
+            await db.dispose()
+
+    configure_logging(settings.log_level, settings.log_json)
+    app = FastAPI(
+        title="crm-api",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
+        )
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_query_string_bytes=settings.max_query_string_bytes,
+        max_concurrent=settings.max_concurrent_requests,
+    )
+    return app

@@ -1,0 +1,216 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
+
+One middleware does the per-request work in a fixed order: request id, query-string and
+body-size limits, a concurrency cap, Prometheus metrics and the access log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_api.errors import problem_body
+from crm_api.logs import request_id_var
+
+logger = logging.getLogger("crm_api.access")
+
+REQUESTS = Counter(
+    "crm_http_requests_total", "HTTP requests", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "crm_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a streamed body passes the cap. An HTTPException, so
+    FastAPI's body parsing re-raises it untouched and the problem handler renders 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The body exceeds {limit} bytes.")
+
+
+async def _send_problem(send: Send, status: int, code: str, detail: str) -> None:
+    import orjson
+
+    body = orjson.dumps(problem_body(status, code, detail))
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_query_string_bytes: int,
+        max_concurrent: int,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_qs = max_query_string_bytes
+        self.semaphore = asyncio.Semaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        rid = incoming if incoming and _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status_holder: list[int] = [500]
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            if len(scope.get("query_string", b"")) > self.max_qs:
+                status_holder[0] = 414
+                await _send_problem(
+                    send_wrapper, 414, "query_too_long", f"The query string exceeds {self.max_qs} bytes."
+                )
+                return
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body:
+                status_holder[0] = 413
+                await _send_problem(
+                    send_wrapper, 413, "payload_too_large", f"The body exceeds {self.max_body} bytes."
+                )
+                return
+            if scope["method"] in _BODY_METHODS and _has_body(scope) and not _json_or_form(scope):
+                status_holder[0] = 415
+                await _send_problem(
+                    send_wrapper, 415, "unsupported_media_type",
+                    "Send the body as application/json.",
+                )
+                return
+            if self.semaphore.locked():
+                status_holder[0] = 503
+                await _send_problem(
+                    send_wrapper, 503, "overloaded", "The server is at capacity; retry shortly."
+                )
+                return
+            async with self.semaphore:
+                await self._call_limited(scope, receive, send_wrapper, status_holder)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status_holder[0])).inc()
+            LATENCY.labels(method, route).observe(elapsed)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status_holder[0],
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(token)
+
+    async def _call_limited(
+        self, scope: Scope, receive: Receive, send: Send, status_holder: list[int]
+    ) -> None:
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge(self.max_body)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                status_holder[0] = 413
+                await _send_problem(
+                    send, 413, "payload_too_large", f"The body exceeds {self.max_body} bytes."
+                )
+        except Exception:
+            # Last line of defence, inside the request-id context: log, answer a bare 500.
+            logger.exception("unhandled error")
+            if not response_started:
+                status_holder[0] = 500
+                await _send_problem(
+                    send, 500, "internal_error",
+                    "An unexpected error occurred. Quote the request id when reporting it.",
+                )
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_ACCEPTED_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def _json_or_form(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media in _ACCEPTED_TYPES or media.endswith(b"+json")
+    return False
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"

@@ -1,0 +1,12 @@
+"""All ORM classes, imported here so Alembic and the app share one metadata."""
+
+from crm_api.db.base import Base
+from crm_api.models.audit_event import AuditEvent
+from crm_api.models.authz_rule import AuthzRule, AuthzState
+from crm_api.models.contact import Contact
+from crm_api.models.customer import Customer
+from crm_api.models.idempotency_key import IdempotencyKey
+from crm_api.models.org_unit import OrgUnit
+from crm_api.models.user import User
+
+__all__ = ["AuditEvent", "AuthzRule", "AuthzState", "Base", "Contact", "Customer", "IdempotencyKey", "OrgUnit", "User"]

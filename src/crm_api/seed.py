@@ -1,0 +1,146 @@
+"""Demo data: an org tree, one user per built-in role (known passwords, demo only) and a few
+hundred customers with contacts, names mixed Chinese and English."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from crm_api.auth.passwords import hash_password
+from crm_api.models import AuthzRule, AuthzState, Contact, Customer, OrgUnit, User
+
+DEMO_PASSWORD = "demo-pass-2026"
+
+ORG_TREE = [
+    # (key, parent key, name, kind)
+    ("group", None, "明远集团 Mingyuan Group", "group"),
+    ("sh", "group", "上海明远贸易有限公司", "company"),
+    ("bj", "group", "Mingyuan Beijing Ltd.", "company"),
+    ("sh-east", "sh", "华东销售部 East Sales", "branch"),
+    ("sh-east-t1", "sh-east", "Team Pudong 浦东组", "team"),
+    ("sh-east-t2", "sh-east", "Team Minhang 闵行组", "team"),
+    ("bj-north", "bj", "华北销售部 North Sales", "branch"),
+    ("bj-service", "bj", "客户服务中心 Service Center", "office"),
+]
+
+DEMO_USERS = [
+    # (role, email, name, org key, manager role)
+    ("admin", "admin@demo.crm", "系统管理员 Admin", "group", None),
+    ("executive", "exec@demo.crm", "王总 Wang Wei", "group", None),
+    ("sales_manager", "manager@demo.crm", "李娜 Li Na", "sh-east", "executive"),
+    ("sales_rep", "rep@demo.crm", "张伟 Zhang Wei", "sh-east-t1", "sales_manager"),
+    ("service_agent", "service@demo.crm", "Emily Chen", "bj-service", "executive"),
+    ("marketer", "marketing@demo.crm", "Oliver Smith", "sh", "executive"),
+    ("staff", "staff@demo.crm", "刘洋 Liu Yang", "sh-east-t2", "sales_manager"),
+    ("partner", "partner@demo.crm", "Storefront Partner", "sh", None),
+]
+
+CN_NAMES = ["明远", "华信", "东方", "金桥", "长城", "新世纪", "蓝天", "恒通", "瑞丰", "嘉禾"]
+CN_SUFFIX = ["贸易有限公司", "科技股份有限公司", "制造有限公司", "物流集团", "电子有限公司"]
+EN_NAMES = ["Acme", "Globex", "Initech", "Umbrella", "Stark", "Wayne", "Hooli", "Vandelay"]
+EN_SUFFIX = ["Ltd.", "Inc.", "GmbH", "Trading Co.", "Logistics"]
+PEOPLE = ["王芳", "李强", "陈静", "赵磊", "Anna Müller", "James Brown", "佐藤 健", "María García"]
+REGIONS = ["华东", "华北", "华南", "West", "Europe"]
+INDUSTRIES = ["制造业", "零售", "Software", "Logistics", "Finance"]
+
+
+async def seed_demo(url: str, customers: int = 200, only_if_empty: bool = False) -> dict[str, Any]:
+    engine = create_async_engine(url)
+    try:
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+        async with maker() as session, session.begin():
+            if only_if_empty:
+                existing = (await session.execute(select(func.count()).select_from(User))).scalar_one()
+                if existing:
+                    return {"skipped": "database already has users"}
+            units = await _org_tree(session)
+            users = await _users(session, units)
+            count = await _customers(session, users, customers)
+            await session.execute(
+                update(AuthzState).where(AuthzState.id == 1).values(version=AuthzState.version + 1)
+            )
+        return {"org_units": len(units), "users": len(users), "customers": count,
+                "password": DEMO_PASSWORD}
+    finally:
+        await engine.dispose()
+
+
+async def _org_tree(session: AsyncSession) -> dict[str, OrgUnit]:
+    units: dict[str, OrgUnit] = {}
+    for key, parent, name, kind in ORG_TREE:
+        unit_id = uuid.uuid4()
+        parent_unit = units.get(parent) if parent else None
+        path = (parent_unit.path if parent_unit else "/") + f"{unit_id}/"
+        unit = OrgUnit(
+            id=unit_id, name=name, kind=kind, parent_id=parent_unit.id if parent_unit else None,
+            path=path, depth=path.count("/") - 2,
+        )
+        session.add(unit)
+        units[key] = unit
+    await session.flush()
+    return units
+
+
+async def _users(session: AsyncSession, units: dict[str, OrgUnit]) -> dict[str, User]:
+    users: dict[str, User] = {}
+    password_hash = hash_password(DEMO_PASSWORD)
+    for role, email, name, org_key, manager_role in DEMO_USERS:
+        user_id = uuid.uuid4()
+        manager = users.get(manager_role) if manager_role else None
+        user = User(
+            id=user_id, email=email, display_name=name, org_unit_id=units[org_key].id,
+            manager_id=manager.id if manager else None,
+            manager_path=(manager.manager_path if manager else "/") + f"{user_id}/",
+            password_hash=password_hash,
+        )
+        session.add(user)
+        await session.flush()
+        session.add(AuthzRule(ptype="g", v0=f"user:{user_id}", v1=role))
+        users[role] = user
+    await session.flush()
+    return users
+
+
+async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> int:
+    rng = random.Random(2026)
+    owners = [users[r] for r in ("sales_rep", "sales_manager", "staff", "executive", "partner")]
+    now = datetime.now(UTC)
+    contacts: list[Contact] = []
+    for i in range(n):
+        owner = rng.choice(owners)
+        chinese = rng.random() < 0.6
+        name = (
+            f"{rng.choice(CN_NAMES)}{rng.choice(CN_SUFFIX)}" if chinese
+            else f"{rng.choice(EN_NAMES)} {rng.choice(EN_SUFFIX)}"
+        ) + f" #{i + 1}"
+        created = now - timedelta(days=rng.randint(0, 720), minutes=rng.randint(0, 1440))
+        customer = Customer(
+            id=uuid.uuid4(), name=name, type=rng.choice(["company", "company", "individual"]),
+            lifecycle_stage=rng.choice(["lead", "prospect", "customer", "customer", "churned"]),
+            grade=rng.choice(["A", "B", "C", "D", None]), credit_level=rng.randint(1, 5),
+            industry=rng.choice(INDUSTRIES), region=rng.choice(REGIONS),
+            phone=f"+86 21 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
+            email=f"contact{i}@example.com", tags=rng.sample(["vip", "重点", "new", "渠道"], k=rng.randint(0, 2)),
+            custom_fields={}, owner_id=owner.id, org_unit_id=owner.org_unit_id,
+            tax_number=f"91310000{rng.randint(10**9, 10**10 - 1)}" if rng.random() < 0.5 else None,
+            bank_account=f"6222{rng.randint(10**11, 10**12 - 1)}" if rng.random() < 0.5 else None,
+            source=rng.choice(["web", "referral", "partner", "event", "storefront"]),
+            created_at=created, updated_at=created, version=1,
+        )
+        session.add(customer)
+        for j in range(rng.randint(1, 3)):
+            contacts.append(Contact(
+                id=uuid.uuid4(), customer_id=customer.id, name=rng.choice(PEOPLE),
+                title=rng.choice(["采购经理", "CEO", "Buyer", "财务总监"]),
+                email=f"p{i}-{j}@example.com", is_primary=(j == 0),
+                created_at=created, updated_at=created, version=1,
+            ))
+    await session.flush()  # customers first: no ORM relationship orders the inserts
+    session.add_all(contacts)
+    await session.flush()
+    return n
