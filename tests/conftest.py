@@ -1,0 +1,152 @@
+"""Test fixtures: a real PostgreSQL, migrated by Alembic, reset between tests.
+
+Which server: ``CRM_TEST_DATABASE_URL`` when set (CI points it at the machine's PostgreSQL
+service and must fail, not skip, when it is unreachable); otherwise an embedded cluster
+started through ``pgserver`` in ``.crm-data/test``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from crm_api.config import Environment, Settings
+from crm_api.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Tables emptied between tests (everything but the migration marker and the policy seed,
+#: which is restored to the defaults).
+_KEEP = {"alembic_version"}
+
+
+def _test_url() -> str:
+    url = os.environ.get("CRM_TEST_DATABASE_URL")
+    if url:
+        if url.startswith("postgresql://"):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return url
+    if os.environ.get("CI"):
+        pytest.exit("CI=true but CRM_TEST_DATABASE_URL is not set", returncode=3)
+    from crm_api.db.embedded import start_embedded
+
+    return start_embedded(ROOT / ".crm-data" / "test", database="crm_test")
+
+
+async def _prepare_schema(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+    except OSError as exc:
+        pytest.exit(f"PostgreSQL at {url} is unreachable: {exc}", returncode=3)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = _test_url()
+    asyncio.run(_prepare_schema(url))
+    from crm_api.db.migrate import upgrade
+
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(
+        env=Environment.test,
+        database_url=database_url,
+        log_level="WARNING",
+        db_pool_size=10,
+        authz_poll_interval_s=0.2,
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, database_url)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+async def reset_database(engine: AsyncEngine) -> None:
+    from crm_api.authz.defaults import default_policy_rows
+
+    async with engine.begin() as conn:
+        tables = (
+            await conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            )
+        ).scalars().all()
+        doomed = [t for t in tables if t not in _KEEP]
+        if doomed:
+            await conn.execute(text(f"TRUNCATE {', '.join(doomed)} RESTART IDENTITY CASCADE"))
+        await conn.execute(text("INSERT INTO authz_state (id, version) VALUES (1, 1)"))
+        rows = default_policy_rows()
+        await conn.execute(
+            text(
+                "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) "
+                "VALUES (gen_random_uuid(), :ptype, :v0, :v1, :v2, :v3, :v4, '')"
+            ),
+            rows,
+        )
+
+
+@pytest.fixture(autouse=True)
+async def _clean(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test that touches the database starts from the migrated, seeded state."""
+    if "engine" in request.fixturenames or "client" in request.fixturenames:
+        eng: AsyncEngine = request.getfixturevalue("engine")
+        await reset_database(eng)
+        application: FastAPI | None = (
+            request.getfixturevalue("app") if "app" in request.fixturenames else None
+        )
+        if application is not None:
+            await application.state.policy.load(application.state.db.engine)
+    yield
+
+
+@pytest.fixture
+async def client(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+async def count_rows(engine: AsyncEngine, table: str, where: str = "TRUE") -> int:
+    async with engine.connect() as conn:
+        return int(
+            (await conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"))).scalar_one()
+        )
+
+
+def problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert ``response`` is an RFC 9457 problem with ``status`` (and ``code``)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "code", "request_id"} <= body.keys()
+    if code is not None:
+        assert body["code"] == code, body
+    return body
