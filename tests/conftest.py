@@ -70,6 +70,7 @@ def settings(database_url: str) -> Settings:
         env=Environment.test,
         database_url=database_url,
         log_level="WARNING",
+        jwt_signing_key="test-signing-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         db_pool_size=10,
         authz_poll_interval_s=0.2,
     )
@@ -90,7 +91,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def reset_database(engine: AsyncEngine) -> None:
-    from crm_api.authz.defaults import default_policy_rows
+    from crm_api.authz.defaults import BUILTIN_ROLES, default_policy_rows
 
     async with engine.begin() as conn:
         tables = (
@@ -102,6 +103,13 @@ async def reset_database(engine: AsyncEngine) -> None:
         if doomed:
             await conn.execute(text(f"TRUNCATE {', '.join(doomed)} RESTART IDENTITY CASCADE"))
         await conn.execute(text("INSERT INTO authz_state (id, version) VALUES (1, 1)"))
+        await conn.execute(
+            text(
+                "INSERT INTO roles (id, name, description, builtin, version) "
+                "VALUES (gen_random_uuid(), :name, :description, true, 1)"
+            ),
+            [{"name": n, "description": d} for n, d in BUILTIN_ROLES.items()],
+        )
         rows = default_policy_rows()
         await conn.execute(
             text(
@@ -126,11 +134,68 @@ async def _clean(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     yield
 
 
-@pytest.fixture
-async def client(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+def token_for(app: FastAPI, user: dict[str, Any], token_type: str = "access", **extra: Any) -> str:
+    """A valid access token for a factory-made user (or API client: ``kind="client"``)."""
+    from crm_api.auth import tokens
+
+    settings: Settings = app.state.settings
+    kind = "client" if user.get("kind") == "service" else "user"
+    token, _ = tokens.issue(
+        app.state.keyring, subject=f"{kind}:{user['id']}", token_type=token_type,
+        ttl_s=600, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+        jti=extra.pop("jti", None), extra=extra or None,
+    )
+    return token
+
+
+def _http_client(app: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+    return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
+
+
+@pytest.fixture
+async def admin_user(app: FastAPI, engine: AsyncEngine) -> dict[str, Any]:
+    from factories.identity import make_org_unit, make_user
+
+    root = await make_org_unit(engine, "Head office", kind="group")
+    return await make_user(engine, roles=("admin",), org_unit=root, email="admin@test.crm")
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, engine: AsyncEngine, admin_user: dict[str, Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client authenticated as an administrator (role ``admin``, scope all)."""
+    await app.state.policy.load(engine)
+    async with _http_client(
+        app, {"Authorization": f"Bearer {token_for(app, admin_user)}"}
+    ) as c:
         yield c
+
+
+@pytest.fixture
+async def anon_client(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async with _http_client(app) as c:
+        yield c
+
+
+@pytest.fixture
+async def client_for(
+    app: FastAPI, engine: AsyncEngine
+) -> AsyncIterator[Any]:
+    """``await client_for(user)``: an HTTP client authenticated as that user. Reloads the
+    policy first, so roles given to freshly made users are in force."""
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(user: dict[str, Any], **token_extra: Any) -> httpx.AsyncClient:
+        await app.state.policy.load(engine)
+        c = _http_client(app, {"Authorization": f"Bearer {token_for(app, user, **token_extra)}"})
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.aclose()
 
 
 async def count_rows(engine: AsyncEngine, table: str, where: str = "TRUE") -> int:

@@ -55,8 +55,12 @@ class Settings(BaseSettings):
     require_if_match: bool = False
 
     # --- tokens (issue: identity and access) ---
+    #: HS256: a random secret of ≥32 characters. RS256/ES256: a PEM private key. Unset
+    #: outside production: generated once and kept in ``data_dir/jwt-signing.key``.
     jwt_signing_key: SecretStr | None = None
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: str = Field(default="HS256", pattern="^(HS256|HS384|HS512|RS256|ES256)$")
+    #: Keys retired by a rotation, still accepted for verification (same algorithm).
+    jwt_previous_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     jwt_issuer: str = "crm-api"
     jwt_audience: str = "crm-api"
     access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
@@ -70,9 +74,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_cors(cls, data: object) -> object:
         if isinstance(data, dict):
-            value = data.get("cors_origins")
-            if isinstance(value, str):
-                data["cors_origins"] = [v.strip() for v in value.split(",") if v.strip()]
+            for name in ("cors_origins", "jwt_previous_keys"):
+                value = data.get(name)
+                if isinstance(value, str):
+                    data[name] = [v.strip() for v in value.split(",") if v.strip()]
         return data
 
     @model_validator(mode="after")
@@ -83,7 +88,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             problems.append("CRM_DATABASE_URL must point at a PostgreSQL server")
         key = self.jwt_signing_key.get_secret_value() if self.jwt_signing_key else ""
-        if len(key) < 32 or key.lower() in {"changeme", "secret", "change-me"}:
+        if len(key) < 32 or "change" in key.lower() or len(set(key)) < 10:
             problems.append("CRM_JWT_SIGNING_KEY must be set to at least 32 random characters")
         if self.demo_data:
             problems.append("CRM_DEMO_DATA must be off")

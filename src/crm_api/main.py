@@ -11,6 +11,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from crm_api import __version__
 from crm_api.api import router as api_router
+from crm_api.auth.keys import keyring_from_settings
+from crm_api.auth.principals import PrincipalResolver
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.config import Settings, get_settings
 from crm_api.db.engine import create_database
@@ -42,10 +44,15 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = create_database(settings, database_url)
         policy = PolicyEngine()
+        principals = PrincipalResolver(db.engine)
+        policy.listeners.append(principals.clear)
         await policy.load(db.engine)
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
+        principals.start()
         app.state.db = db
         app.state.policy = policy
+        app.state.principals = principals
+        app.state.keyring = keyring_from_settings(settings)
         app.state.settings = settings
         app.state.migration_head = head_revision()
         logger.info("crm-api started", extra={"embedded": settings.database_url is None})
@@ -53,6 +60,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             yield
         finally:
             await policy.stop()
+            await principals.stop()
             await db.dispose()
 
     configure_logging(settings.log_level, settings.log_json)

@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from crm_api.auth.dependencies import CurrentPrincipal
 from crm_api.authz.enforcer import PolicyEngine
-from crm_api.authz.types import Access, Action
+from crm_api.authz.types import Access, Action, Principal
 from crm_api.errors import Forbidden
 
 #: Marker attribute the route-coverage test looks for.
@@ -58,6 +58,16 @@ def optional(resource: str, action: Action | str) -> Any:
             return None
         return Access(principal, resource, action_name, scope, False)
 
+    return Depends(dependency)
+
+
+def authenticated() -> Any:
+    """Any valid token, whatever its grants (``/v1/me``): the caller acts on themself."""
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        return principal
+
+    setattr(dependency, PERMISSION_ATTR, ("self", "authenticated"))
     return Depends(dependency)
 
 

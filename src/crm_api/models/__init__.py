@@ -6,7 +6,29 @@ from crm_api.models.authz_rule import AuthzRule, AuthzState
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 from crm_api.models.idempotency_key import IdempotencyKey
+from crm_api.models.identity import (
+    ApiClient,
+    LoginThrottle,
+    PersonalAccessToken,
+    RefreshToken,
+    Role,
+)
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
 
-__all__ = ["AuditEvent", "AuthzRule", "AuthzState", "Base", "Contact", "Customer", "IdempotencyKey", "OrgUnit", "User"]
+__all__ = [
+    "ApiClient",
+    "AuditEvent",
+    "AuthzRule",
+    "AuthzState",
+    "Base",
+    "Contact",
+    "Customer",
+    "IdempotencyKey",
+    "LoginThrottle",
+    "OrgUnit",
+    "PersonalAccessToken",
+    "RefreshToken",
+    "Role",
+    "User",
+]

@@ -26,6 +26,8 @@ class User(IdMixin, TimestampMixin, VersionMixin, Base):
     #: ``/<top manager id>/…/<own id>/``: everyone reporting to U, directly or not, has a
     #: path starting with U's path (the ``subordinates`` scope is one prefix predicate).
     manager_path: Mapped[str] = mapped_column(Text(collation="C"))
+    #: ``person`` (logs in) or ``service`` (the account behind an API client).
+    kind: Mapped[str] = mapped_column(String(10), default="person", server_default="person")
     password_hash: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     #: Tokens issued before this instant are refused (deactivation, password change).

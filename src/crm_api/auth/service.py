@@ -1,0 +1,221 @@
+"""Token issuance: password and client-credentials grants, rotating refresh tokens, logout.
+
+Failures that must outlive the request's rolled-back transaction (a failed-login count, a
+refresh-token family revoked on reuse) are written through a separate short transaction.
+
+Raises ``Unauthorized`` (``invalid_grant``/``invalid_client``) and ``TooManyRequests``
+(``too_many_attempts``): the same answer, after the same work, for an unknown user and a
+wrong password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from crm_api.auth import tokens
+from crm_api.auth.keys import KeyRing
+from crm_api.auth.passwords import verify_password
+from crm_api.config import Settings
+from crm_api.errors import TooManyRequests, Unauthorized
+from crm_api.models import ApiClient, LoginThrottle, RefreshToken, User
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    refresh_token: str | None = None
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invalid_grant() -> Unauthorized:
+    return Unauthorized("Invalid credentials.", code="invalid_grant", headers={})
+
+
+def access_token_for(
+    keyring: KeyRing, settings: Settings, subject: str, extra: dict[str, object] | None = None
+) -> tuple[str, int]:
+    token, _ = tokens.issue(
+        keyring, subject=subject, token_type="access", ttl_s=settings.access_token_ttl_s,
+        issuer=settings.jwt_issuer, audience=settings.jwt_audience, extra=extra,
+    )
+    return token, settings.access_token_ttl_s
+
+
+async def _new_refresh_token(
+    session: AsyncSession, settings: Settings, user_id: uuid.UUID, family_id: uuid.UUID
+) -> str:
+    raw = "rt_" + secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            id=uuid.uuid4(), family_id=family_id, user_id=user_id, token_hash=_hash(raw),
+            expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_s),
+        )
+    )
+    await session.flush()
+    return raw
+
+
+# --- password grant ---------------------------------------------------------------------
+async def _check_throttle(engine: AsyncEngine, key: str) -> None:
+    async with engine.connect() as conn:
+        locked_until = (
+            await conn.execute(select(LoginThrottle.locked_until).where(LoginThrottle.key == key))
+        ).scalar_one_or_none()
+    now = datetime.now(UTC)
+    if locked_until is not None and locked_until > now:
+        wait = int((locked_until - now).total_seconds()) + 1
+        raise TooManyRequests(
+            "Too many failed logins; try again later.", code="too_many_attempts",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+async def _record_failure(engine: AsyncEngine, settings: Settings, key: str) -> None:
+    now = datetime.now(UTC)
+    window = timedelta(seconds=settings.login_lockout_s)
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                insert(LoginThrottle)
+                .values(key=key, failures=1, window_started_at=now)
+                .on_conflict_do_update(
+                    index_elements=[LoginThrottle.key],
+                    set_={
+                        "failures": case(
+                            (LoginThrottle.window_started_at < now - window, 1),
+                            else_=LoginThrottle.failures + 1,
+                        ),
+                        "window_started_at": case(
+                            (LoginThrottle.window_started_at < now - window, now),
+                            else_=LoginThrottle.window_started_at,
+                        ),
+                    },
+                )
+                .returning(LoginThrottle.failures)
+            )
+        ).scalar_one()
+        if row >= settings.login_max_failures:
+            await conn.execute(
+                update(LoginThrottle)
+                .where(LoginThrottle.key == key)
+                .values(locked_until=now + window, failures=0, window_started_at=now)
+            )
+
+
+async def _clear_failures(session: AsyncSession, key: str) -> None:
+    await session.execute(
+        update(LoginThrottle).where(LoginThrottle.key == key).values(failures=0, locked_until=None)
+    )
+
+
+async def password_grant(
+    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings,
+    username: str, password: str,
+) -> IssuedTokens:
+    key = username.strip().lower()
+    await _check_throttle(engine, key)
+    user = (
+        await session.execute(
+            select(User).where(func.lower(User.email) == key, User.kind == "person")
+        )
+    ).scalar_one_or_none()
+    # Always verify (against a dummy hash for unknown users): equal time, equal answer.
+    ok = verify_password(user.password_hash if user else None, password)
+    if user is None or not ok or not user.active:
+        await _record_failure(engine, settings, key)
+        raise invalid_grant()
+    await _clear_failures(session, key)
+    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
+    refresh = await _new_refresh_token(session, settings, user.id, uuid.uuid4())
+    return IssuedTokens(access, ttl, refresh)
+
+
+# --- client credentials -----------------------------------------------------------------
+async def client_credentials_grant(
+    session: AsyncSession, keyring: KeyRing, settings: Settings, client_id: str, secret: str
+) -> IssuedTokens:
+    row = (
+        await session.execute(
+            select(ApiClient, User.active)
+            .join(User, User.id == ApiClient.user_id)
+            .where(ApiClient.client_id == client_id)
+        )
+    ).first()
+    client = row[0] if row else None
+    now = datetime.now(UTC)
+    ok = verify_password(client.secret_hash if client else None, secret)
+    if not ok and client is not None and client.previous_secret_hash and (
+        client.previous_secret_expires_at and client.previous_secret_expires_at > now
+    ):
+        ok = verify_password(client.previous_secret_hash, secret)
+    if client is None or not ok or not client.active or not row[1]:
+        raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
+    client.last_used_at = now
+    access, ttl = access_token_for(
+        keyring, settings, f"client:{client.user_id}", {"cid": client.client_id}
+    )
+    return IssuedTokens(access, ttl)
+
+
+# --- refresh rotation -----------------------------------------------------------------
+async def _revoke_family(engine: AsyncEngine, family_id: uuid.UUID) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+
+
+async def refresh_grant(
+    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str
+) -> IssuedTokens:
+    stored = (
+        await session.execute(
+            select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)).with_for_update()
+        )
+    ).scalar_one_or_none()
+    now = datetime.now(UTC)
+    if stored is None or stored.revoked_at is not None or stored.expires_at <= now:
+        raise invalid_grant()
+    if stored.used_at is not None:
+        # Reuse of a rotated token: someone has a copy. Revoke every token of the family.
+        await _revoke_family(engine, stored.family_id)
+        raise Unauthorized(
+            "Refresh token reuse detected; the session was revoked.", code="invalid_grant",
+            headers={},
+        )
+    user = (await session.execute(select(User).where(User.id == stored.user_id))).scalar_one()
+    if not user.active or stored.created_at < user.tokens_valid_after:
+        raise invalid_grant()
+    stored.used_at = now
+    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
+    refresh = await _new_refresh_token(session, settings, user.id, stored.family_id)
+    return IssuedTokens(access, ttl, refresh)
+
+
+async def logout(session: AsyncSession, raw: str) -> None:
+    """Revoke the refresh token's whole family. Unknown tokens are ignored (idempotent)."""
+    family = (
+        await session.execute(
+            select(RefreshToken.family_id).where(RefreshToken.token_hash == _hash(raw))
+        )
+    ).scalar_one_or_none()
+    if family is not None:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )

@@ -1,0 +1,101 @@
+"""Identity tables: roles, API clients, refresh tokens, personal access tokens, login throttling."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm_api.db.base import Base, IdMixin, TimestampMixin, VersionMixin, utcnow
+
+
+class Role(IdMixin, TimestampMixin, VersionMixin, Base):
+    """A named role. Its grants are Casbin ``p`` rows in ``authz_rules`` (v0 = name)."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+
+    __table_args__ = (Index("uq_roles_name", "name", unique=True),)
+
+
+class ApiClient(IdMixin, TimestampMixin, VersionMixin, Base):
+    """A machine caller (partner, storefront) using the OAuth2 client-credentials grant.
+
+    Each client acts through a service-account row in ``users`` (``user_id``), so records
+    it creates have an owner and the ``own`` scope means "this client's records"."""
+
+    __tablename__ = "api_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    #: After a rotation the old secret keeps working until this instant (grace period).
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(255))
+    previous_secret_expires_at: Mapped[datetime | None]
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    last_used_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("uq_api_clients_client_id", "client_id", unique=True),
+        Index("ix_api_clients_user_id", "user_id"),
+    )
+
+
+class RefreshToken(IdMixin, Base):
+    """A rotating refresh token, stored as a SHA-256 hash. Each use replaces it with a new one
+    in the same ``family_id``; presenting a used one again revokes the whole family."""
+
+    __tablename__ = "refresh_tokens"
+
+    family_id: Mapped[uuid.UUID]
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("uq_refresh_tokens_hash", "token_hash", unique=True),
+        Index("ix_refresh_tokens_family", "family_id"),
+        Index("ix_refresh_tokens_user", "user_id"),
+    )
+
+
+class PersonalAccessToken(IdMixin, Base):
+    """An operator's long-lived token for scripts, limited to a subset of the user's own
+    permissions. The token itself is a signed JWT (``typ: pat``, ``jti`` = this id); the row
+    makes it listable, revocable and records when it was last used."""
+
+    __tablename__ = "personal_access_tokens"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    #: ``[[resource, action], …]`` the token may use (each must also be granted to the user).
+    permissions: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_personal_access_tokens_user", "user_id"),)
+
+
+class LoginThrottle(Base):
+    """Failed password logins per (lower-cased) username; the same for unknown and real
+    accounts, so the lock-out itself reveals nothing."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
