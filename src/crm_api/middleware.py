@@ -28,7 +28,7 @@ REQUESTS = Counter(
 LATENCY = Histogram(
     "crm_http_request_duration_seconds",
     "HTTP request latency",
-    ["method", "route"],
+    ["method", "route", "status"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
@@ -125,7 +125,7 @@ class RequestMiddleware:
             route = _route_template(scope)
             method = scope["method"]
             REQUESTS.labels(method, route, str(status_holder[0])).inc()
-            LATENCY.labels(method, route).observe(elapsed)
+            LATENCY.labels(method, route, str(status_holder[0])).observe(elapsed)
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "request",
