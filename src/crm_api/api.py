@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from crm_api.audit.endpoints import router as audit_events
 from crm_api.auth.endpoints import me_router
 from crm_api.auth.endpoints import router as auth
+from crm_api.contact.endpoints import customer_router as customer_contacts
+from crm_api.contact.endpoints import router as contacts
 from crm_api.customer.endpoints import router as customers
 
 router = APIRouter(prefix="/v1")
 router.include_router(auth)
 router.include_router(me_router)
 router.include_router(customers)
+router.include_router(customer_contacts)
+router.include_router(contacts)
+router.include_router(audit_events)

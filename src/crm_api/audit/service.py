@@ -1,4 +1,6 @@
-"""Writing the audit trail: one event per mutation, in the mutation's own transaction."""
+"""The audit trail: one event per mutation, written in the mutation's own transaction
+(:func:`record`), and read back within the reader's data scope (:func:`list_events`,
+:func:`get_event`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.types import Principal
+from crm_api.audit import repository as repo
+from crm_api.audit.schemas import AuditEventListQuery
+from crm_api.authz.types import Access, Principal
+from crm_api.errors import NotFound
+from crm_api.kit.repository import Executor
 from crm_api.logs import request_id_var
 from crm_api.models.audit_event import AuditEvent
 
@@ -80,3 +86,17 @@ def record(
     )
     session.add(event)
     return event
+
+
+async def list_events(
+    executor: Executor, access: Access, query: AuditEventListQuery
+) -> dict[str, Any]:
+    return await repo.list_page(executor, access, query)
+
+
+async def get_event(executor: Executor, access: Access, event_id: uuid.UUID) -> dict[str, Any]:
+    """One event; 404 ``audit_event_not_found`` when missing or outside the scope."""
+    row = await repo.get_row(executor, access, event_id)
+    if row is None:
+        raise NotFound(f"No audit event {event_id}.", code="audit_event_not_found")
+    return row

@@ -1,0 +1,61 @@
+"""All SQL of reading the audit log. Every statement starts from :func:`scoped`.
+
+Events carry the affected record's owner and org unit as of the change, so the same scope
+function that filters records filters their history. Events of records without an owner
+(users, roles, policy) are visible only to an ``all`` scope.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, select
+
+from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
+from crm_api.authz.scope import scope_clause
+from crm_api.authz.types import Access
+from crm_api.kit.filtering import one_of, time_range
+from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.models.audit_event import AuditEvent
+
+COLUMNS = columns_of(AuditEvent)
+#: Table columns (typed ``ColumnElement``, which the kit and authz helpers take).
+a = AuditEvent.__table__.c
+SORT_COLUMNS: dict[str, ColumnElement[Any]] = {AuditEventSort.occurred_at: a.occurred_at}
+
+
+def scoped(access: Access) -> Select[Any]:
+    """Events ``access`` covers."""
+    return select(*COLUMNS).where(scope_clause(access, a.owner_id, a.org_unit_id))
+
+
+def filtered(access: Access, query: AuditEventListQuery) -> Select[Any]:
+    stmt = scoped(access)
+    clauses: list[ColumnElement[bool] | None] = [
+        one_of(a.resource_type, query.resource_type),
+        a.resource_id == query.resource_id if query.resource_id else None,
+        a.actor_id == query.actor_id if query.actor_id else None,
+        one_of(a.action, query.action),
+        *time_range(a.occurred_at, query.occurred_after, query.occurred_before),
+    ]
+    present = [c for c in clauses if c is not None]
+    return stmt.where(and_(*present)) if present else stmt
+
+
+async def list_page(
+    executor: Executor, access: Access, query: AuditEventListQuery
+) -> dict[str, Any]:
+    return await fetch_page(
+        executor, filtered(access, query), SORT_COLUMNS, a.id,
+        query.page(AuditEventSort),
+    )
+
+
+async def get_row(
+    executor: Executor, access: Access, event_id: uuid.UUID
+) -> dict[str, Any] | None:
+    row = (
+        await executor.execute(scoped(access).where(a.id == event_id))
+    ).mappings().first()
+    return dict(row) if row is not None else None

@@ -1,0 +1,201 @@
+"""All SQL of contacts.
+
+Contacts have no owner of their own: a contact is visible exactly when its customer is
+(live, and inside the caller's scope on the ``contacts`` resource). That predicate,
+:func:`customer_in_scope`, is built by :func:`crm_api.authz.scope.scope_clause` and is part
+of every statement that finds a contact or a customer for the caller (lists, single reads,
+locks), so they cannot disagree, and nothing is filtered in Python. The two helpers that
+take no ``Access`` (:func:`demote_primary`, :func:`has_primary`) only run once the
+customer has been found that way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_api.authz.scope import scope_clause
+from crm_api.authz.types import Access
+from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
+from crm_api.kit.filtering import contains_pattern, one_of, time_range
+from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.models.contact import Contact
+from crm_api.models.customer import Customer
+
+COLUMNS = columns_of(Contact)
+#: Table columns (typed ``ColumnElement``, which the kit and authz helpers take).
+c = Contact.__table__.c
+cu = Customer.__table__.c
+SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    ContactSort.created_at: c.created_at,
+    ContactSort.updated_at: c.updated_at,
+    ContactSort.name: c.name,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """The customer a contact belongs to, as far as contacts need it: its id, and the
+    owner and org unit its contacts' audit events are filed under."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    org_unit_id: uuid.UUID | None
+
+
+def customer_in_scope(access: Access) -> ColumnElement[bool]:
+    """Live customers ``access`` covers (a predicate on ``customers``)."""
+    return and_(cu.deleted_at.is_(None), scope_clause(access, cu.owner_id, cu.org_unit_id))
+
+
+def visible(access: Access) -> ColumnElement[bool]:
+    """Contacts whose customer ``access`` covers: the contacts' scope predicate.
+
+    An ``IN`` over customers rather than a correlated ``EXISTS``: PostgreSQL plans both as
+    the same semi-join here, but this one also reads (and compiles) on its own, as the
+    access explainer shows it."""
+    return c.customer_id.in_(select(cu.id).where(customer_in_scope(access)))
+
+
+def _live(deleted: bool) -> ColumnElement[bool]:
+    return Contact.deleted_at.is_not(None) if deleted else Contact.deleted_at.is_(None)
+
+
+def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
+    """Contacts ``access`` covers; live ones, or only the trash with ``deleted``."""
+    return select(*COLUMNS).where(_live(deleted), visible(access))
+
+
+def _primary(wanted: bool | None) -> ColumnElement[bool] | None:
+    # A bare column (not ``= :param``) so the planner can match the partial
+    # ``uq_contacts_one_primary`` index.
+    if wanted is None:
+        return None
+    return c.is_primary if wanted else ~c.is_primary
+
+
+def _search(term: str) -> ColumnElement[bool]:
+    pattern = contains_pattern(term)
+    # ``mobile`` is deliberately not searched: matching on it would reveal a masked value.
+    return Contact.name.ilike(pattern) | Contact.email.ilike(pattern) | Contact.phone.ilike(pattern)
+
+
+def filtered(
+    access: Access,
+    query: CustomerContactListQuery,
+    customer_id: uuid.UUID | None = None,
+) -> Select[Any]:
+    """The scoped statement narrowed by the query's filters (and to one customer when
+    listing under ``/customers/{id}/contacts``)."""
+    stmt = scoped(access, deleted=query.deleted)
+    ids = query.customer_id if isinstance(query, ContactListQuery) else None
+    clauses: list[ColumnElement[bool] | None] = [
+        Contact.customer_id == customer_id if customer_id is not None else None,
+        one_of(c.customer_id, ids),
+        Contact.email == query.email if query.email else None,
+        _primary(query.is_primary),
+        _search(query.q) if query.q else None,
+        *time_range(c.created_at, query.created_after, query.created_before),
+        *time_range(c.updated_at, query.updated_after, query.updated_before),
+    ]
+    present = [c for c in clauses if c is not None]
+    return stmt.where(and_(*present)) if present else stmt
+
+
+async def list_page(
+    executor: Executor,
+    access: Access,
+    query: CustomerContactListQuery,
+    customer_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    return await fetch_page(
+        executor, filtered(access, query, customer_id), SORT_COLUMNS, c.id,
+        query.page(ContactSort),
+    )
+
+
+async def get_row(
+    executor: Executor, access: Access, contact_id: uuid.UUID
+) -> dict[str, Any] | None:
+    row = (
+        await executor.execute(scoped(access).where(Contact.id == contact_id))
+    ).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def lock(
+    session: AsyncSession, access: Access, contact_id: uuid.UUID, *, deleted: bool = False
+) -> tuple[Contact, Parent] | None:
+    """The ORM row, locked ``FOR UPDATE`` (the contact only, not its customer), and its
+    customer, if ``access`` covers it. The join carries the same predicate as
+    :func:`visible`; it also yields the owner the audit event is filed under."""
+    stmt = (
+        select(Contact, Customer.owner_id, Customer.org_unit_id)
+        .join(Customer, Customer.id == Contact.customer_id)
+        .where(Contact.id == contact_id, _live(deleted), customer_in_scope(access))
+        .with_for_update(of=Contact)
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        return None
+    contact = row[0]
+    return contact, Parent(contact.customer_id, row.owner_id, row.org_unit_id)
+
+
+async def find_parent(
+    executor: Executor, access: Access, customer_id: uuid.UUID, *, for_primary: bool = False
+) -> Parent | None:
+    """The live customer ``customer_id`` if ``access`` covers it.
+
+    With ``for_primary`` the customer row is locked ``FOR NO KEY UPDATE``: whoever changes
+    which contact is primary holds it until commit, so two such changes for one customer
+    run one after the other instead of racing into the one-primary unique index. (That
+    lock does not conflict with the ``KEY SHARE`` lock plain contact inserts take.)"""
+    stmt = select(Customer.id, Customer.owner_id, Customer.org_unit_id).where(
+        Customer.id == customer_id, customer_in_scope(access)
+    )
+    if for_primary:
+        stmt = stmt.with_for_update(key_share=True)
+    row = (await executor.execute(stmt)).first()
+    return Parent(row.id, row.owner_id, row.org_unit_id) if row is not None else None
+
+
+async def demote_primary(
+    session: AsyncSession, customer_id: uuid.UUID, *, keep: uuid.UUID | None, now: datetime
+) -> list[uuid.UUID]:
+    """Clear ``is_primary`` on the customer's live primary contact (other than ``keep``),
+    moving its ``version`` like any other change. Returns the ids demoted (at most one).
+
+    Run it before the new primary is flushed, with the customer locked by
+    :func:`find_parent` (``for_primary``)."""
+    conditions = [
+        Contact.customer_id == customer_id,
+        Contact.is_primary,
+        Contact.deleted_at.is_(None),
+    ]
+    if keep is not None:
+        conditions.append(Contact.id != keep)
+    stmt = (
+        update(Contact)
+        .where(*conditions)
+        .values(is_primary=False, version=Contact.version + 1, updated_at=now)
+        .returning(Contact.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def has_primary(session: AsyncSession, customer_id: uuid.UUID) -> bool:
+    stmt = select(
+        exists().where(
+            Contact.customer_id == customer_id,
+            Contact.is_primary,
+            Contact.deleted_at.is_(None),
+        )
+    )
+    return bool((await session.execute(stmt)).scalar())
