@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from crm_api.auth.passwords import hash_password
-from crm_api.models import AuthzRule, AuthzState, Contact, Customer, OrgUnit, User
+from crm_api.authz.defaults import BUILTIN_ROLES
+from crm_api.models import AuthzRule, AuthzState, Contact, Customer, OrgUnit, Role, User
 
 DEMO_PASSWORD = "demo-pass-2026"
 
@@ -55,19 +57,39 @@ async def seed_demo(url: str, customers: int = 200, only_if_empty: bool = False)
         maker = async_sessionmaker(engine, expire_on_commit=False)
         async with maker() as session, session.begin():
             if only_if_empty:
-                existing = (await session.execute(select(func.count()).select_from(User))).scalar_one()
+                existing = (
+                    await session.execute(select(func.count()).select_from(User))
+                ).scalar_one()
                 if existing:
                     return {"skipped": "database already has users"}
+            await _roles(session)
             units = await _org_tree(session)
             users = await _users(session, units)
             count = await _customers(session, users, customers)
             await session.execute(
-                update(AuthzState).where(AuthzState.id == 1).values(version=AuthzState.version + 1)
+                update(AuthzState)
+                .where(AuthzState.id == 1)
+                .values(version=AuthzState.version + 1, changed_at=func.now())
             )
         return {"org_units": len(units), "users": len(users), "customers": count,
                 "password": DEMO_PASSWORD}
     finally:
         await engine.dispose()
+
+
+async def _roles(session: AsyncSession) -> None:
+    """A ``roles`` row for every role a demo user gets (the migrations create the built-in
+    ones; a database seeded some other way gets them here), so ``g`` rows never name a role
+    the roles API does not know."""
+    wanted = {role for role, *_ in DEMO_USERS}
+    rows = [
+        {"id": uuid.uuid4(), "name": name, "description": BUILTIN_ROLES.get(name),
+         "builtin": name in BUILTIN_ROLES, "version": 1}
+        for name in sorted(wanted | set(BUILTIN_ROLES))
+    ]
+    await session.execute(
+        insert(Role).values(rows).on_conflict_do_nothing(index_elements=[Role.name])
+    )
 
 
 async def _org_tree(session: AsyncSession) -> dict[str, OrgUnit]:
@@ -125,7 +147,8 @@ async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> i
             grade=rng.choice(["A", "B", "C", "D", None]), credit_level=rng.randint(1, 5),
             industry=rng.choice(INDUSTRIES), region=rng.choice(REGIONS),
             phone=f"+86 21 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
-            email=f"contact{i}@example.com", tags=rng.sample(["vip", "重点", "new", "渠道"], k=rng.randint(0, 2)),
+            email=f"contact{i}@example.com",
+            tags=rng.sample(["vip", "重点", "new", "渠道"], k=rng.randint(0, 2)),
             custom_fields={}, owner_id=owner.id, org_unit_id=owner.org_unit_id,
             tax_number=f"91310000{rng.randint(10**9, 10**10 - 1)}" if rng.random() < 0.5 else None,
             bank_account=f"6222{rng.randint(10**11, 10**12 - 1)}" if rng.random() < 0.5 else None,

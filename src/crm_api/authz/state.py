@@ -55,5 +55,12 @@ async def _policy_session(request: Request, session: WriteSession) -> AsyncSessi
     return session
 
 
+async def settle() -> None:
+    """Wait for the post-commit policy reloads still running (tests, shutdown): a reload
+    racing a ``TRUNCATE`` of the policy tables can deadlock with it."""
+    while _PENDING:
+        await asyncio.gather(*list(_PENDING), return_exceptions=True)
+
+
 #: The request's write session, for handlers whose changes may alter access decisions.
 PolicySession = Annotated[AsyncSession, Depends(_policy_session)]

@@ -9,7 +9,15 @@ from crm_api.authz.dependencies import optional, require
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
 from crm_api.customer import service
-from crm_api.customer.schemas import Customer, CustomerCreate, CustomerListQuery, CustomerUpdate
+from crm_api.customer.schemas import (
+    Customer,
+    CustomerCreate,
+    CustomerListQuery,
+    CustomerTransfer,
+    CustomerTransferOne,
+    CustomerUpdate,
+    TransferResult,
+)
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
@@ -124,3 +132,37 @@ async def purge_customer(
     """Admin only. The customer must be deleted first; its contacts go with it."""
     await service.purge_customer(session, access, customer_id)
     return Response(status_code=204)
+
+
+# --- transfer ------------------------------------------------------------------------------
+CustomersTransfer = Annotated[Access, require(R, Action.assign)]
+
+
+@router.post(
+    "/transfer", operation_id="customers_transfer",
+    summary="Hand a user's customers to another user", response_model=TransferResult,
+    responses=problems(),
+)
+async def transfer_customers(
+    body: CustomerTransfer, access: CustomersTransfer, session: WriteSession
+) -> Response:
+    """What happens when a rep leaves: `from_user_id`'s customers (all, or `customer_ids`)
+    get `to_user_id` as owner and their org unit. Needs `customers:assign`; only customers
+    inside your assign scope move, and `to_user_id` must be inside it too. One audit event
+    per customer. Safe to repeat: customers already moved are not moved again."""
+    return json_response(await service.transfer_customers(session, access, body))
+
+
+@router.post(
+    "/{customer_id}/transfer", operation_id="customers_transfer_one",
+    summary="Hand a customer to another user", response_model=Customer,
+    responses=problems(404, 412),
+)
+async def transfer_customer(
+    customer_id: uuid.UUID, body: CustomerTransferOne, access: CustomersTransfer,
+    session: WriteSession, if_match: IfMatch = None,
+) -> Response:
+    """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer."""
+    return _with_etag(
+        await service.transfer_customer(session, access, customer_id, body, if_match)
+    )

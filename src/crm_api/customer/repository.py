@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.scope import scope_clause
@@ -13,6 +13,7 @@ from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit.filtering import contains_pattern, one_of, time_range
 from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.transfer import Moved, Owned, audit_moves, reassign
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 
@@ -129,3 +130,35 @@ async def find_duplicate(
 async def is_visible(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> bool:
     stmt = select(Customer.id).where(Customer.id == customer_id, scope_of(access))
     return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+# --- transfer ----------------------------------------------------------------------------
+OWNED = Owned.of(Customer, "customers")
+
+
+async def transfer(
+    session: AsyncSession,
+    access: Access,
+    *,
+    to_owner: uuid.UUID,
+    to_org_unit: uuid.UUID | None,
+    from_owner: uuid.UUID | None = None,
+    ids: list[uuid.UUID] | None = None,
+) -> list[Moved]:
+    """Move the live customers ``access`` covers to ``to_owner`` in one statement, with one
+    audit event per customer."""
+    moved = await reassign(
+        session, access, OWNED, to_owner=to_owner, to_org_unit=to_org_unit,
+        from_owner=from_owner, ids=ids,
+    )
+    await audit_moves(session, access, OWNED, moved, to_owner=to_owner, to_org_unit=to_org_unit)
+    return moved
+
+
+async def count_contacts(session: AsyncSession, customer_ids: list[uuid.UUID]) -> int:
+    if not customer_ids:
+        return 0
+    stmt = select(func.count()).where(
+        Contact.customer_id.in_(customer_ids), Contact.deleted_at.is_(None)
+    )
+    return int((await session.execute(stmt)).scalar_one())

@@ -233,3 +233,43 @@ class CustomerListQuery(ListQuery):
     deleted: bool = Field(
         default=False, description="List soft-deleted customers (the trash) instead."
     )
+
+
+class CustomerTransfer(InputModel):
+    """Hand one user's customers to another (a rep leaves, a territory changes hands)."""
+
+    from_user_id: uuid.UUID = Field(description="The current owner (may be deactivated).")
+    to_user_id: uuid.UUID = Field(
+        description="The new owner: an active user inside your `assign` scope."
+    )
+    customer_ids: list[uuid.UUID] | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="Only these of `from_user_id`'s customers; omit for all of them.",
+    )
+    include_contacts: bool = Field(
+        default=True,
+        description="Contacts have no owner of their own: they are visible through their "
+        "customer, so they always follow it. With true the response also counts them.",
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{
+                "from_user_id": "0b8f1d7e-6a55-4c1e-9f4e-3d2a1b0c9e8f",
+                "to_user_id": "5c3e2a1b-0d9f-4e8a-b7c6-1f2e3d4c5b6a",
+            }]
+        }
+    }
+
+
+class CustomerTransferOne(InputModel):
+    to_user_id: uuid.UUID = Field(
+        description="The new owner: an active user inside your `assign` scope."
+    )
+
+
+class TransferResult(OutputModel):
+    transferred: int = Field(description="Customers that changed hands.")
+    contacts: int | None = Field(
+        description="Live contacts that followed their customers (with `include_contacts`)."
+    )

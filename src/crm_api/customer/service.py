@@ -17,12 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from crm_api.audit import service as audit
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.customer import repository as repo
-from crm_api.customer.schemas import NOT_NULLABLE, CustomerCreate, CustomerListQuery, CustomerUpdate
+from crm_api.customer.schemas import (
+    NOT_NULLABLE,
+    CustomerCreate,
+    CustomerListQuery,
+    CustomerTransfer,
+    CustomerTransferOne,
+    CustomerUpdate,
+)
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.filtering import mask
 from crm_api.kit.repository import to_dict
+from crm_api.kit.transfer import position_in_scope
 from crm_api.models.customer import Customer
+from crm_api.models.user import User
 from crm_api.user import service as users
 
 RESOURCE = "customers"
@@ -268,3 +277,68 @@ async def purge_customer(session: AsyncSession, access: Access, customer_id: uui
         resource_id=customer_id, changes=audit.diff(before, None, SENSITIVE),
         owner_id=before["owner_id"], org_unit_id=before["org_unit_id"],
     )
+
+
+# --- transfer ----------------------------------------------------------------------------
+async def _new_owner(session: AsyncSession, access: Access, to_user_id: uuid.UUID) -> User:
+    """An active user a record may be handed to: inside the caller's ``assign`` scope, so
+    nobody can push records to where they could not reach them."""
+    to_user = await users.get_active_user(session, to_user_id)
+    if to_user is None or not await position_in_scope(
+        session, access, to_user.id, to_user.org_unit_id
+    ):
+        raise UnprocessableEntity(
+            "to_user_id is not an active user within your assign scope.", code="invalid_owner",
+            errors=[{"field": "to_user_id", "code": "invalid_reference",
+                     "message": "no such active user in your scope"}],
+        )
+    return to_user
+
+
+async def transfer_customers(
+    session: AsyncSession, access: Access, data: CustomerTransfer
+) -> dict[str, Any]:
+    """Hand ``from_user_id``'s live customers (all, or those listed) to ``to_user_id``:
+    owner and org unit change, ``version`` moves, one audit event per customer. Only the
+    customers inside the caller's ``assign`` scope move; the others are left alone."""
+    if data.from_user_id == data.to_user_id:
+        raise UnprocessableEntity(
+            "from_user_id and to_user_id are the same user.", code="same_user",
+            errors=[{"field": "to_user_id", "code": "same_user",
+                     "message": "same as from_user_id"}],
+        )
+    if await users.find_user(session, data.from_user_id) is None:
+        raise UnprocessableEntity(
+            "from_user_id is not a user.", code="invalid_user",
+            errors=[{"field": "from_user_id", "code": "invalid_reference",
+                     "message": "no such user"}],
+        )
+    to_user = await _new_owner(session, access, data.to_user_id)
+    moved = await repo.transfer(
+        session, access, to_owner=to_user.id, to_org_unit=to_user.org_unit_id,
+        from_owner=data.from_user_id,
+        ids=list(dict.fromkeys(data.customer_ids)) if data.customer_ids else None,
+    )
+    contacts = None
+    if data.include_contacts:
+        contacts = await repo.count_contacts(session, [m.id for m in moved])
+    return {"transferred": len(moved), "contacts": contacts}
+
+
+async def transfer_customer(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID, data: CustomerTransferOne,
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Hand one customer to ``to_user_id``; the customer as it now is."""
+    customer = await repo.lock(session, access, customer_id)
+    if customer is None:
+        raise not_found(customer_id)
+    check_if_match(if_match, customer.version, required=False)
+    to_user = await _new_owner(session, access, data.to_user_id)
+    await repo.transfer(
+        session, access, to_owner=to_user.id, to_org_unit=to_user.org_unit_id, ids=[customer_id]
+    )
+    row = await repo.get_row(session, access, customer_id)
+    if row is None:  # pragma: no cover - the new owner is inside the caller's scope
+        raise not_found(customer_id)
+    return present(row, access)

@@ -1,15 +1,304 @@
-"""Users: business rules. Other domains call these, never the users' SQL."""
+"""Users: business rules. Other domains call these, never the users' SQL. No HTTP here, and
+no commit (the request owns the transaction).
+
+Every change to a user bumps the policy version: workers cache user facts (active, org
+unit, reporting line, roles, when tokens were last revoked) and drop them on a new version.
+
+Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Conflict``
+(``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``),
+``Forbidden`` (``assign_not_allowed``), ``UnprocessableEntity`` (``weak_password``,
+``unknown_role``, ``invalid_org_unit``, ``invalid_manager``), ``PreconditionFailed``.
+"""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from crm_api.audit import service as audit
+from crm_api.auth.passwords import hash_password, policy_violations
+from crm_api.authz.state import bump_policy_version
+from crm_api.authz.types import Access
+from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.transfer import position_in_scope
 from crm_api.models.user import User
+from crm_api.org_unit import service as org_units
+from crm_api.role import service as roles
+from crm_api.user import repository as repo
+from crm_api.user.schemas import NOT_NULLABLE, UserCreate, UserListQuery, UserUpdate
+
+RESOURCE = "users"
+#: What the audit trail records of a user (never the hash).
+AUDITED = (
+    "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
+)
 
 
 async def get_active_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     stmt = select(User).where(User.id == user_id, User.active.is_(True))
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """Any user, active or not (for handing a departed user's records over)."""
+    return (await session.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+
+
+def not_found(user_id: uuid.UUID) -> NotFound:
+    return NotFound(f"No user {user_id}.", code="user_not_found")
+
+
+def _snapshot(user: User, role_names: list[str]) -> dict[str, Any]:
+    return {**{k: getattr(user, k) for k in AUDITED}, "roles": role_names}
+
+
+def _present(user: User, role_names: list[str]) -> dict[str, Any]:
+    return {
+        "id": user.id, "email": user.email, "display_name": user.display_name,
+        "phone": user.phone, "kind": user.kind, "org_unit_id": user.org_unit_id,
+        "manager_id": user.manager_id, "roles": role_names, "active": user.active,
+        "created_at": user.created_at, "updated_at": user.updated_at, "version": user.version,
+    }
+
+
+async def list_users(conn: AsyncConnection, access: Access, query: UserListQuery) -> dict[str, Any]:
+    return await repo.list_page(conn, access, query)
+
+
+async def get_user(conn: AsyncConnection, access: Access, user_id: uuid.UUID) -> dict[str, Any]:
+    row = await repo.get_row(conn, access, user_id)
+    if row is None:
+        raise not_found(user_id)
+    return row
+
+
+# --- checks ------------------------------------------------------------------------------
+def _check_password(password: str, email: str) -> str:
+    violations = policy_violations(password, email)
+    if violations:
+        raise UnprocessableEntity(
+            "The password does not meet the policy: " + "; ".join(violations) + ".",
+            code="weak_password",
+            errors=[{"field": "password", "code": "password_policy", "message": v}
+                    for v in violations],
+        )
+    return hash_password(password)
+
+
+async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID | None) -> None:
+    if await repo.email_taken(session, email, exclude_id):
+        raise Conflict("Another user has this e-mail address.", code="email_taken", field="email")
+
+
+async def _check_roles(session: AsyncSession, assign: Access | None, names: list[str]) -> None:
+    if assign is None:
+        raise Forbidden("Changing roles needs the 'assign' permission on users.",
+                        code="assign_not_allowed")
+    unknown = await roles.unknown_roles(session, names)
+    if unknown:
+        raise UnprocessableEntity(
+            "Unknown role(s): " + ", ".join(unknown) + ".", code="unknown_role",
+            errors=[{"field": "roles", "code": "unknown_role", "message": n} for n in unknown],
+        )
+
+
+async def _check_org_unit(
+    session: AsyncSession, access: Access, user_id: uuid.UUID, org_unit_id: uuid.UUID | None
+) -> None:
+    """The unit must be active, and the user, placed there, inside the caller's scope."""
+    if org_unit_id is not None and await org_units.get_active_unit(session, org_unit_id) is None:
+        raise UnprocessableEntity(
+            "org_unit_id is not an active org unit.", code="invalid_org_unit",
+            errors=[{"field": "org_unit_id", "code": "invalid_reference",
+                     "message": "no such active org unit"}],
+        )
+    if not await position_in_scope(session, access, user_id, org_unit_id):
+        raise UnprocessableEntity(
+            "org_unit_id is outside your scope on users.", code="invalid_org_unit",
+            errors=[{"field": "org_unit_id", "code": "out_of_scope",
+                     "message": "you could not reach a user placed there"}],
+        )
+
+
+async def _manager(session: AsyncSession, manager_id: uuid.UUID) -> User:
+    manager = await repo.active_user_for_share(session, manager_id)
+    if manager is None:
+        raise UnprocessableEntity(
+            "manager_id is not an active user.", code="invalid_manager",
+            errors=[{"field": "manager_id", "code": "invalid_reference",
+                     "message": "no such active user"}],
+        )
+    return manager
+
+
+async def _flush(session: AsyncSession) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if "email" in str(exc.orig):
+            raise Conflict(
+                "Another user has this e-mail address.", code="email_taken", field="email"
+            ) from exc
+        raise
+
+
+# --- writes ------------------------------------------------------------------------------
+async def create_user(
+    session: AsyncSession, access: Access, assign: Access | None, data: UserCreate
+) -> dict[str, Any]:
+    user_id = uuid.uuid4()
+    password_hash = (
+        _check_password(data.password.get_secret_value(), data.email) if data.password else None
+    )
+    await _check_email(session, data.email, None)
+    if data.roles:
+        await _check_roles(session, assign, data.roles)
+    await _check_org_unit(session, access, user_id, data.org_unit_id)
+    manager_path = f"/{user_id}/"
+    if data.manager_id is not None:
+        await repo.lock_reporting_lines(session)
+        manager = await _manager(session, data.manager_id)
+        manager_path = f"{manager.manager_path}{user_id}/"
+    now = datetime.now(UTC)
+    user = User(
+        id=user_id, email=data.email, display_name=data.display_name, phone=data.phone,
+        org_unit_id=data.org_unit_id, manager_id=data.manager_id, manager_path=manager_path,
+        kind="person", password_hash=password_hash, active=True, tokens_valid_after=now,
+        created_at=now, updated_at=now, version=1,
+    )
+    session.add(user)
+    await _flush(session)
+    role_names = sorted(set(data.roles))
+    await repo.replace_roles(session, repo.subject(user_id, "person"), role_names)
+    changes = audit.diff(None, _snapshot(user, role_names))
+    if password_hash:
+        changes["password"] = {"before": None, "after": audit.MASK}
+    audit.record(
+        session, access.principal, action="create", resource_type=RESOURCE,
+        resource_id=user_id, changes=changes,
+    )
+    await bump_policy_version(session)
+    return _present(user, role_names)
+
+
+async def _lock_person(session: AsyncSession, access: Access, user_id: uuid.UUID) -> User:
+    user = await repo.lock(session, access, user_id)
+    if user is None:
+        raise not_found(user_id)
+    if user.kind == "service":
+        raise Conflict(
+            "This is the account behind an API client; manage it through the API client.",
+            code="service_account",
+        )
+    return user
+
+
+async def update_user(
+    session: AsyncSession, access: Access, assign: Access | None, user_id: uuid.UUID,
+    patch: UserUpdate, if_match: str | None, *, require_if_match: bool,
+) -> dict[str, Any]:
+    changes = patch.model_dump(exclude_unset=True)
+    nulled = sorted(k for k, v in changes.items() if v is None and k in NOT_NULLABLE)
+    if nulled:
+        raise UnprocessableEntity(
+            "These fields cannot be null.", code="validation_error",
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                    for f in nulled],
+        )
+    if "manager_id" in changes:
+        await repo.lock_reporting_lines(session)  # before the row lock: one order everywhere
+    user = await _lock_person(session, access, user_id)
+    check_if_match(if_match, user.version, required=require_if_match)
+    subject = repo.subject(user.id, user.kind)
+    current_roles = await repo.roles_of(session, subject)
+    before = _snapshot(user, current_roles)
+    new_roles = current_roles
+    if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
+        new_roles = sorted(set(changes["roles"]))
+        await _check_roles(session, assign, new_roles)
+    if "email" in changes and changes["email"].lower() != user.email.lower():
+        await _check_email(session, changes["email"], user.id)
+    if "org_unit_id" in changes and changes["org_unit_id"] != user.org_unit_id:
+        await _check_org_unit(session, access, user.id, changes["org_unit_id"])
+    old_prefix = user.manager_path
+    new_prefix = old_prefix
+    if "manager_id" in changes and changes["manager_id"] != user.manager_id:
+        manager_id = changes["manager_id"]
+        if manager_id is None:
+            new_prefix = f"/{user.id}/"
+        else:
+            manager = await _manager(session, manager_id)
+            if manager.manager_path.startswith(old_prefix):
+                raise Conflict(
+                    "A user cannot report to themself or to someone who reports to them.",
+                    code="invalid_manager", manager_id=str(manager_id),
+                )
+            new_prefix = f"{manager.manager_path}{user.id}/"
+    password = changes.pop("password", None)
+    password_hash = None
+    if password is not None:
+        password_hash = _check_password(
+            password.get_secret_value(), changes.get("email", user.email)
+        )
+    for key in ("email", "display_name", "phone", "org_unit_id", "manager_id"):
+        if key in changes:
+            setattr(user, key, changes[key])
+    after = _snapshot(user, new_roles)
+    diff = audit.diff(before, after)
+    if password_hash is not None:
+        diff["password"] = {"before": audit.MASK, "after": audit.MASK}
+    if not diff:
+        return _present(user, current_roles)
+    now = datetime.now(UTC)
+    user.updated_at = now
+    if password_hash is not None:
+        user.password_hash = password_hash
+        user.tokens_valid_after = func.now()  # type: ignore[assignment]
+    user.manager_path = new_prefix
+    await _flush(session)
+    if new_prefix != old_prefix:
+        diff["reports_moved"] = {
+            "before": None, "after": await repo.move_reports(session, old_prefix, new_prefix)
+        }
+    if new_roles != current_roles:
+        await repo.replace_roles(session, subject, new_roles)
+    audit.record(
+        session, access.principal, action="update", resource_type=RESOURCE,
+        resource_id=user.id, changes=diff,
+    )
+    await bump_policy_version(session)
+    await session.refresh(user, ["tokens_valid_after", "updated_at", "version"])
+    return _present(user, new_roles)
+
+
+async def set_active(
+    session: AsyncSession, access: Access, user_id: uuid.UUID, active: bool,
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Deactivate (every token of the user stops working at once) or reactivate."""
+    user = await _lock_person(session, access, user_id)
+    check_if_match(if_match, user.version, required=False)
+    role_names = await repo.roles_of(session, repo.subject(user.id, user.kind))
+    if user.active is active:
+        return _present(user, role_names)
+    if not active and user.id == access.principal.id:
+        raise Conflict("You cannot deactivate yourself.", code="cannot_deactivate_self")
+    user.active = active
+    user.updated_at = datetime.now(UTC)
+    if not active:
+        user.tokens_valid_after = func.now()  # type: ignore[assignment]
+    await session.flush()
+    audit.record(
+        session, access.principal, action="activate" if active else "deactivate",
+        resource_type=RESOURCE, resource_id=user.id,
+        changes={"active": {"before": not active, "after": active}},
+    )
+    await bump_policy_version(session)
+    await session.refresh(user, ["tokens_valid_after", "updated_at", "version"])
+    return _present(user, role_names)

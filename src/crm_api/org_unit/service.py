@@ -1,0 +1,237 @@
+"""Org units: business rules. No HTTP here, and no commit (the request owns the transaction).
+
+The tree is stored as a materialized path, so moving a unit rewrites the paths of its whole
+subtree in one statement, and every data scope built on the tree (``org_subtree``) follows
+at once. Changes to the tree's shape bump the policy version: principals cache their unit's
+path.
+
+Raises: ``NotFound`` (``org_unit_not_found``, also outside the caller's scope),
+``Conflict`` (``invalid_move``, ``org_unit_in_use``, ``parent_inactive``),
+``Forbidden`` (``root_not_allowed``), ``UnprocessableEntity`` (``invalid_parent``),
+``PreconditionFailed`` (stale If-Match).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from crm_api.audit import service as audit
+from crm_api.authz.state import bump_policy_version
+from crm_api.authz.types import Access, Scope, ScopeKind
+from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.repository import to_dict
+from crm_api.models.org_unit import OrgUnit
+from crm_api.org_unit import repository as repo
+from crm_api.org_unit.schemas import OrgUnitCreate, OrgUnitListQuery, OrgUnitUpdate
+
+RESOURCE = "org_units"
+
+
+def not_found(unit_id: uuid.UUID) -> NotFound:
+    return NotFound(f"No org unit {unit_id}.", code="org_unit_not_found")
+
+
+def _invalid_parent(message: str) -> UnprocessableEntity:
+    return UnprocessableEntity(
+        "parent_id does not name an org unit you may use.", code="invalid_parent",
+        errors=[{"field": "parent_id", "code": "invalid_reference", "message": message}],
+    )
+
+
+async def list_org_units(
+    conn: AsyncConnection, access: Access, query: OrgUnitListQuery
+) -> dict[str, Any]:
+    return await repo.list_page(conn, access, query)
+
+
+async def get_org_unit(conn: AsyncConnection, access: Access, unit_id: uuid.UUID) -> dict[str, Any]:
+    row = await repo.get_row(conn, access, unit_id)
+    if row is None:
+        raise not_found(unit_id)
+    return row
+
+
+async def create_org_unit(
+    session: AsyncSession, access: Access, data: OrgUnitCreate
+) -> dict[str, Any]:
+    """A new unit under a parent the caller's create scope covers; a root needs scope all."""
+    await repo.lock_tree(session)
+    unit_id = uuid.uuid4()
+    if data.parent_id is None:
+        if not access.scope.is_all:
+            raise Forbidden(
+                "Creating a root unit needs scope 'all' on org_units.", code="root_not_allowed"
+            )
+        path = f"/{unit_id}/"
+    else:
+        parent = await repo.find_in_scope(session, access, data.parent_id)
+        if parent is None:
+            raise _invalid_parent("no such org unit in your scope")
+        if not parent.active:
+            raise Conflict(
+                "The parent unit is deactivated.", code="parent_inactive",
+                parent_id=str(parent.id),
+            )
+        path = f"{parent.path}{unit_id}/"
+    now = datetime.now(UTC)
+    unit = OrgUnit(
+        id=unit_id, name=data.name, kind=data.kind.value, parent_id=data.parent_id, path=path,
+        depth=path.count("/") - 2, active=True, created_at=now, updated_at=now, version=1,
+    )
+    session.add(unit)
+    await session.flush()
+    after = to_dict(unit, repo.COLUMNS)
+    audit.record(
+        session, access.principal, action="create", resource_type=RESOURCE,
+        resource_id=unit_id, changes=audit.diff(None, after),
+    )
+    return after
+
+
+async def update_org_unit(
+    session: AsyncSession, access: Access, unit_id: uuid.UUID, patch: OrgUnitUpdate,
+    if_match: str | None, *, require_if_match: bool,
+) -> dict[str, Any]:
+    unit = await repo.lock(session, access, unit_id)
+    if unit is None:
+        raise not_found(unit_id)
+    check_if_match(if_match, unit.version, required=require_if_match)
+    changes = patch.model_dump(exclude_unset=True, mode="json")
+    nulled = sorted(k for k, v in changes.items() if v is None)
+    if nulled:
+        raise UnprocessableEntity(
+            "These fields cannot be null.", code="validation_error",
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                    for f in nulled],
+        )
+    before = to_dict(unit, repo.COLUMNS)
+    diff = audit.diff(before, {**before, **changes})
+    if not diff:
+        return before
+    for key, value in changes.items():
+        setattr(unit, key, value)
+    unit.updated_at = datetime.now(UTC)
+    await session.flush()
+    audit.record(
+        session, access.principal, action="update", resource_type=RESOURCE,
+        resource_id=unit.id, changes=diff,
+    )
+    return to_dict(unit, repo.COLUMNS)
+
+
+async def move_org_unit(
+    session: AsyncSession, access: Access, unit_id: uuid.UUID, parent_id: uuid.UUID | None,
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Put a unit (with everything below it) under another parent, or make it a root.
+    Under itself or one of its descendants is a 409 ``invalid_move``."""
+    await repo.lock_tree(session)
+    unit = await repo.lock(session, access, unit_id)
+    if unit is None:
+        raise not_found(unit_id)
+    check_if_match(if_match, unit.version, required=False)
+    if parent_id == unit.parent_id:
+        return to_dict(unit, repo.COLUMNS)
+    if parent_id is None:
+        if not access.scope.is_all:
+            raise Forbidden(
+                "Making a unit a root needs scope 'all' on org_units.", code="root_not_allowed"
+            )
+        new_prefix = f"/{unit.id}/"
+    else:
+        parent = await repo.find_in_scope(session, access, parent_id)
+        if parent is None:
+            raise _invalid_parent("no such org unit in your scope")
+        if parent.path.startswith(unit.path):
+            raise Conflict(
+                "A unit cannot move under itself or a unit below it.", code="invalid_move",
+                parent_id=str(parent_id),
+            )
+        if not parent.active:
+            raise Conflict(
+                "The new parent unit is deactivated.", code="parent_inactive",
+                parent_id=str(parent_id),
+            )
+        new_prefix = f"{parent.path}{unit.id}/"
+    before = to_dict(unit, repo.COLUMNS)
+    old_prefix = before["path"]
+    depth_delta = (new_prefix.count("/") - 2) - unit.depth
+    moved = await repo.move_subtree(
+        session, unit.id, parent_id, old_prefix, new_prefix, depth_delta
+    )
+    refreshed = await repo.lock(session, access_all(access), unit.id)
+    assert refreshed is not None
+    after = to_dict(refreshed, repo.COLUMNS)
+    changes = audit.diff(before, after)
+    changes["units_moved"] = {"before": None, "after": moved}
+    audit.record(
+        session, access.principal, action="move", resource_type=RESOURCE,
+        resource_id=unit.id, changes=changes,
+    )
+    await bump_policy_version(session)
+    return after
+
+
+def access_all(access: Access) -> Access:
+    """The same caller over every unit: for re-reading a row already authorized, whose
+    position may have just left the caller's scope (moved out of their subtree)."""
+    return Access(access.principal, access.resource, access.action,
+                  Scope(frozenset({ScopeKind.all})), access.sensitive)
+
+
+async def set_active(
+    session: AsyncSession, access: Access, unit_id: uuid.UUID, active: bool,
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Deactivate (refused while active child units or active users remain, naming how
+    many) or reactivate (refused under a deactivated parent)."""
+    await repo.lock_tree(session)
+    unit = await repo.lock(session, access, unit_id)
+    if unit is None:
+        raise not_found(unit_id)
+    check_if_match(if_match, unit.version, required=False)
+    if unit.active is active:
+        return to_dict(unit, repo.COLUMNS)
+    if not active:
+        children, users = await repo.count_active_dependents(session, unit.id)
+        if children or users:
+            raise Conflict(
+                f"The unit still has {children} active child unit(s) and {users} active "
+                "user(s); move or deactivate them first.",
+                code="org_unit_in_use", active_children=children, active_users=users,
+            )
+    elif unit.parent_id is not None:
+        parent = await repo.find_in_scope(session, access_all(access), unit.parent_id)
+        if parent is not None and not parent.active:
+            raise Conflict(
+                "The parent unit is deactivated; activate it first.", code="parent_inactive",
+                parent_id=str(parent.id),
+            )
+    unit.active = active
+    unit.updated_at = datetime.now(UTC)
+    await session.flush()
+    audit.record(
+        session, access.principal, action="activate" if active else "deactivate",
+        resource_type=RESOURCE, resource_id=unit.id,
+        changes={"active": {"before": not active, "after": active}},
+    )
+    await bump_policy_version(session)
+    return to_dict(unit, repo.COLUMNS)
+
+
+# --- for other domains ---------------------------------------------------------------------
+async def missing_units(session: AsyncSession, unit_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """The ids among ``unit_ids`` that name no org unit."""
+    found = await repo.existing_ids(session, unit_ids)
+    return [u for u in unit_ids if u not in found]
+
+
+async def get_active_unit(session: AsyncSession, unit_id: uuid.UUID) -> OrgUnit | None:
+    """An active unit, kept from being deactivated or moved until the transaction ends
+    (for placing a user in it)."""
+    return await repo.active_for_share(session, unit_id)

@@ -1,0 +1,247 @@
+"""Roles and their grants: business rules. No HTTP here, and no commit.
+
+A grant is a Casbin ``p`` row ``(role, resource, action, scope, units)``. Every change to
+grants (and deleting a role) bumps the policy version in the same transaction, so every
+worker enforces it within the poll interval.
+
+Raises: ``NotFound`` (``role_not_found``, ``grant_not_found``), ``Conflict``
+(``role_exists``, ``role_builtin``, ``role_in_use``, ``grant_exists``, ``grant_protected``),
+``UnprocessableEntity`` (``unknown_resource``, ``unknown_action``, ``invalid_org_unit``),
+``PreconditionFailed`` (stale If-Match).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from crm_api.audit import service as audit
+from crm_api.authz import catalog
+from crm_api.authz.state import bump_policy_version
+from crm_api.authz.types import Access, ScopeKind
+from crm_api.errors import Conflict, NotFound, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.repository import to_dict
+from crm_api.models.identity import Role
+from crm_api.org_unit import service as org_units
+from crm_api.role import repository as repo
+from crm_api.role.schemas import GrantCreate, GrantListQuery, RoleCreate, RoleListQuery, RoleUpdate
+
+RESOURCE = "roles"
+#: The grant that keeps the system administrable.
+PROTECTED_GRANT = ("admin", "*", "*", ScopeKind.all.value)
+ACTIONS = catalog.ACTIONS | {"*"}
+
+
+def not_found(role_id: uuid.UUID) -> NotFound:
+    return NotFound(f"No role {role_id}.", code="role_not_found")
+
+
+def present_grant(row: dict[str, Any]) -> dict[str, Any]:
+    units = row.pop("units", "") or ""
+    row["org_unit_ids"] = [u for u in units.split("|") if u]
+    return row
+
+
+async def list_roles(conn: AsyncConnection, access: Access, query: RoleListQuery) -> dict[str, Any]:
+    return await repo.list_page(conn, access, query)
+
+
+async def get_role(conn: AsyncConnection, access: Access, role_id: uuid.UUID) -> dict[str, Any]:
+    row = await repo.get_row(conn, access, role_id)
+    if row is None:
+        raise not_found(role_id)
+    return row
+
+
+async def unknown_roles(session: AsyncSession, names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are not roles (the rest are locked against deletion
+    until the caller's transaction ends)."""
+    wanted = set(names)
+    return sorted(wanted - await repo.existing_names(session, wanted))
+
+
+async def create_role(session: AsyncSession, access: Access, data: RoleCreate) -> dict[str, Any]:
+    if await repo.name_exists(session, data.name):
+        raise Conflict(f"A role named {data.name!r} exists.", code="role_exists", name=data.name)
+    now = datetime.now(UTC)
+    role = Role(
+        id=uuid.uuid4(), name=data.name, description=data.description, builtin=False,
+        created_at=now, updated_at=now, version=1,
+    )
+    session.add(role)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent create won the unique index
+        raise Conflict(
+            f"A role named {data.name!r} exists.", code="role_exists", name=data.name
+        ) from exc
+    after = to_dict(role, repo.COLUMNS)
+    audit.record(
+        session, access.principal, action="create", resource_type=RESOURCE,
+        resource_id=role.id, changes=audit.diff(None, after),
+    )
+    return after
+
+
+async def update_role(
+    session: AsyncSession, access: Access, role_id: uuid.UUID, patch: RoleUpdate,
+    if_match: str | None, *, require_if_match: bool,
+) -> dict[str, Any]:
+    role = await repo.lock(session, access, role_id)
+    if role is None:
+        raise not_found(role_id)
+    check_if_match(if_match, role.version, required=require_if_match)
+    before = to_dict(role, repo.COLUMNS)
+    changes = patch.model_dump(exclude_unset=True)
+    diff = audit.diff(before, {**before, **changes})
+    if not diff:
+        return before
+    for key, value in changes.items():
+        setattr(role, key, value)
+    role.updated_at = datetime.now(UTC)
+    await session.flush()
+    audit.record(
+        session, access.principal, action="update", resource_type=RESOURCE,
+        resource_id=role.id, changes=diff,
+    )
+    return to_dict(role, repo.COLUMNS)
+
+
+async def delete_role(
+    session: AsyncSession, access: Access, role_id: uuid.UUID, if_match: str | None,
+    *, require_if_match: bool,
+) -> None:
+    """Remove a custom role nobody holds, with its grants. Built-in roles stay (409
+    ``role_builtin``); a role still held is 409 ``role_in_use`` naming how many hold it."""
+    role = await repo.lock(session, access, role_id)
+    if role is None:
+        raise not_found(role_id)
+    check_if_match(if_match, role.version, required=require_if_match)
+    if role.builtin:
+        raise Conflict(f"{role.name!r} is a built-in role.", code="role_builtin")
+    held = await repo.holders(session, role.name)
+    if held:
+        raise Conflict(
+            f"{held} user(s) or API client(s) hold {role.name!r}; take it from them first.",
+            code="role_in_use", holders=held,
+        )
+    before = to_dict(role, repo.COLUMNS)
+    grants = [present_grant(g) for g in await repo.all_grants(session, role.name)]
+    await repo.delete_policy_rows(session, role.name)
+    await session.delete(role)
+    await session.flush()
+    changes = audit.diff(before, None)
+    changes["grants"] = {"before": [_grant_summary(g) for g in grants], "after": None}
+    audit.record(
+        session, access.principal, action="delete", resource_type=RESOURCE,
+        resource_id=role_id, changes=changes,
+    )
+    await bump_policy_version(session)
+
+
+# --- grants ------------------------------------------------------------------------------
+async def _role(
+    executor: AsyncConnection | AsyncSession, access: Access, role_id: uuid.UUID
+) -> dict[str, Any]:
+    row = await repo.get_row(executor, access, role_id)
+    if row is None:
+        raise not_found(role_id)
+    return row
+
+
+async def list_grants(
+    conn: AsyncConnection, access: Access, role_id: uuid.UUID, query: GrantListQuery
+) -> dict[str, Any]:
+    role = await _role(conn, access, role_id)
+    page = await repo.grants_page(conn, role["name"], query)
+    page["data"] = [present_grant(r) for r in page["data"]]
+    return page
+
+
+def _invalid(field: str, code: str, message: str) -> UnprocessableEntity:
+    return UnprocessableEntity(
+        message, code=code, errors=[{"field": field, "code": code, "message": message}]
+    )
+
+
+async def add_grant(
+    session: AsyncSession, access: Access, role_id: uuid.UUID, data: GrantCreate,
+    known_resources: frozenset[str],
+) -> dict[str, Any]:
+    """Grant the role ``action`` on ``resource`` over ``scope``. The same (resource,
+    action, scope) twice is a 409 ``grant_exists``."""
+    role = await repo.lock(session, access, role_id)
+    if role is None:
+        raise not_found(role_id)
+    if data.resource != "*" and data.resource not in known_resources:
+        raise _invalid(
+            "resource", "unknown_resource",
+            f"Unknown resource {data.resource!r}; known: {', '.join(sorted(known_resources))}.",
+        )
+    if data.action not in ACTIONS:
+        raise _invalid(
+            "action", "unknown_action",
+            f"Unknown action {data.action!r}; known: {', '.join(sorted(ACTIONS))}.",
+        )
+    units = sorted(set(data.org_unit_ids or []))
+    if units:
+        missing = await org_units.missing_units(session, units)
+        if missing:
+            raise UnprocessableEntity(
+                "Some org_unit_ids are not org units.", code="invalid_org_unit",
+                errors=[{"field": "org_unit_ids", "code": "invalid_reference",
+                         "message": f"no org unit {m}"} for m in missing],
+            )
+    row = await repo.insert_grant(
+        session, role.name, data.resource, data.action, data.scope.value,
+        "|".join(str(u) for u in units),
+    )
+    if row is None:
+        raise Conflict(
+            f"{role.name!r} already holds {data.action!r} on {data.resource!r} with scope "
+            f"{data.scope.value!r}; delete that grant to change it.",
+            code="grant_exists",
+        )
+    grant = present_grant(row)
+    audit.record(
+        session, access.principal, action="grant_create", resource_type=RESOURCE,
+        resource_id=role.id, changes={"grant": {"before": None, "after": _grant_summary(grant)}},
+    )
+    await bump_policy_version(session)
+    return grant
+
+
+def _grant_summary(grant: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(grant["id"]), "resource": grant["resource"], "action": grant["action"],
+        "scope": grant["scope"], "org_unit_ids": [str(u) for u in grant["org_unit_ids"]],
+    }
+
+
+async def remove_grant(
+    session: AsyncSession, access: Access, role_id: uuid.UUID, grant_id: uuid.UUID
+) -> None:
+    role = await repo.lock(session, access, role_id)
+    if role is None:
+        raise not_found(role_id)
+    row = await repo.get_grant(session, role.name, grant_id)
+    if row is None:
+        raise NotFound(f"Role {role.name!r} has no grant {grant_id}.", code="grant_not_found")
+    grant = present_grant(row)
+    if (role.name, grant["resource"], grant["action"], grant["scope"]) == PROTECTED_GRANT:
+        raise Conflict(
+            "The admin role's full grant keeps the system administrable; it cannot be removed.",
+            code="grant_protected",
+        )
+    await repo.delete_grant(session, grant_id)
+    audit.record(
+        session, access.principal, action="grant_delete", resource_type=RESOURCE,
+        resource_id=role.id, changes={"grant": {"before": _grant_summary(grant), "after": None}},
+    )
+    await bump_policy_version(session)

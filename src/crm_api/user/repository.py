@@ -1,0 +1,183 @@
+"""All SQL of users. Reads start from :func:`scoped`: a user is a record owned by itself
+in its own org unit, so ``own`` means yourself and the org scopes go by the user's unit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_api.authz.scope import scope_clause
+from crm_api.authz.types import Access
+from crm_api.kit.filtering import contains_pattern, one_of
+from crm_api.kit.repository import Executor, fetch_page
+from crm_api.models.authz_rule import AuthzRule
+from crm_api.models.user import User
+from crm_api.user.schemas import UserListQuery, UserSort
+
+T = User.__table__
+#: What a caller may see of a user: never the password hash.
+PUBLIC_COLUMNS = [
+    T.c[name] for name in (
+        "id", "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
+        "created_at", "updated_at", "version",
+    )
+]
+SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    UserSort.created_at: T.c.created_at,
+    UserSort.display_name: T.c.display_name,
+    UserSort.email: T.c.email,
+}
+#: Advisory lock serializing changes to the reporting lines (``manager_path``).
+REPORTING_LOCK = 0x7265706F7274696E  # "reportin"
+
+
+def subject_of_row() -> ColumnElement[str]:
+    """The Casbin subject of the user row: ``client:<id>`` behind API clients, else
+    ``user:<id>``."""
+    return case(
+        (T.c.kind == "service", literal("client:")), else_=literal("user:")
+    ) + cast(T.c.id, String)
+
+
+def subject(user_id: uuid.UUID, kind: str) -> str:
+    return f"{'client' if kind == 'service' else 'user'}:{user_id}"
+
+
+def _roles_column() -> ColumnElement[Any]:
+    names = (
+        select(AuthzRule.v1)
+        .where(AuthzRule.ptype == "g", AuthzRule.v0 == subject_of_row())
+        .order_by(AuthzRule.v1)
+        .scalar_subquery()
+    )
+    return func.array(names).label("roles")
+
+
+def scope_of(access: Access) -> ColumnElement[bool]:
+    return scope_clause(access, T.c.id, T.c.org_unit_id)
+
+
+def scoped(access: Access) -> Select[Any]:
+    return select(*PUBLIC_COLUMNS, _roles_column()).where(scope_of(access))
+
+
+def filtered(access: Access, query: UserListQuery) -> Select[Any]:
+    stmt = scoped(access).where(T.c.kind == query.kind.value)
+    clauses: list[ColumnElement[bool] | None] = [
+        one_of(T.c.org_unit_id, query.org_unit_id),
+        T.c.manager_id == query.manager_id if query.manager_id else None,
+        T.c.active.is_(query.active) if query.active is not None else None,
+    ]
+    if query.q:
+        pattern = contains_pattern(query.q)
+        clauses.append(T.c.email.ilike(pattern) | T.c.display_name.ilike(pattern))
+    if query.role:
+        clauses.append(
+            subject_of_row().in_(
+                select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == query.role)
+            )
+        )
+    present = [c for c in clauses if c is not None]
+    return stmt.where(and_(*present)) if present else stmt
+
+
+async def list_page(executor: Executor, access: Access, query: UserListQuery) -> dict[str, Any]:
+    return await fetch_page(
+        executor, filtered(access, query), SORT_COLUMNS, T.c.id, query.page(UserSort)
+    )
+
+
+async def get_row(executor: Executor, access: Access, user_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (await executor.execute(scoped(access).where(T.c.id == user_id))).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def lock(session: AsyncSession, access: Access, user_id: uuid.UUID) -> User | None:
+    """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it."""
+    stmt = (
+        select(User)
+        .where(User.id == user_id, scope_of(access))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_reporting_lines(session: AsyncSession) -> None:
+    await session.execute(select(func.pg_advisory_xact_lock(REPORTING_LOCK)))
+
+
+async def active_user_for_share(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """An active user, locked ``FOR SHARE`` (a manager being referenced)."""
+    stmt = (
+        select(User)
+        .where(User.id == user_id, User.active.is_(True))
+        .with_for_update(read=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def email_taken(
+    session: AsyncSession, email: str, exclude_id: uuid.UUID | None = None
+) -> bool:
+    stmt = select(T.c.id).where(func.lower(T.c.email) == email.lower())
+    if exclude_id is not None:
+        stmt = stmt.where(T.c.id != exclude_id)
+    return (await session.execute(stmt.limit(1))).first() is not None
+
+
+async def roles_of(session: AsyncSession, subject_name: str) -> list[str]:
+    stmt = (
+        select(AuthzRule.v1)
+        .where(AuthzRule.ptype == "g", AuthzRule.v0 == subject_name)
+        .order_by(AuthzRule.v1)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def replace_roles(session: AsyncSession, subject_name: str, roles: Iterable[str]) -> None:
+    """The subject's ``g`` rows become exactly ``roles``."""
+    await session.execute(
+        delete(AuthzRule).where(AuthzRule.ptype == "g", AuthzRule.v0 == subject_name)
+    )
+    rows = [
+        {"id": uuid.uuid4(), "ptype": "g", "v0": subject_name, "v1": role,
+         "v2": "", "v3": "", "v4": "", "v5": ""}
+        for role in sorted(set(roles))
+    ]
+    if rows:
+        await session.execute(insert(AuthzRule.__table__), rows)
+
+
+async def move_reports(
+    session: AsyncSession, old_prefix: str, new_prefix: str
+) -> int:
+    """Rewrite ``manager_path`` of everyone reporting (directly or not) to the user whose
+    path was ``old_prefix``, in one UPDATE. Returns how many rows moved."""
+    stmt = (
+        update(T)
+        .where(T.c.manager_path.startswith(old_prefix, autoescape=True))
+        .values(
+            manager_path=literal(new_prefix) + func.substring(T.c.manager_path, len(old_prefix) + 1)
+        )
+    )
+    result = await session.execute(stmt)
+    return int(result.rowcount)  # type: ignore[attr-defined]
