@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -185,6 +186,16 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+def _allowed_methods(request: Request) -> str:
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(route.methods or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
@@ -217,11 +228,20 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         if exc.status_code == 404:
             detail = "No such resource or route."
+        elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's body reader failed below json.JSONDecodeError (not UTF-8, nested
+            # past the recursion limit, an integer of more than 4300 digits): still bad JSON.
+            code, detail = "malformed_json", "The request body is not valid JSON."
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only (GET
+            # for PUT /v1/customers/{id}); RFC 9110 wants every method the resource has.
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
         return problem_response(
             exc.status_code,
             code,
             detail,
-            headers=dict(exc.headers or {}),
+            headers=headers,
             instance=request.url.path,
         )
 

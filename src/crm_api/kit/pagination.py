@@ -48,7 +48,7 @@ class ListQuery(BaseModel):
 
     limit: int = Field(
         default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT,
-        description=f"Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT}); out of range is a 422.",
+        description=f"Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT}); out of range is a 422.",  # noqa: RUF001
     )
     cursor: str | None = Field(
         default=None, max_length=1024, description="`next_cursor` of the previous page."
@@ -87,7 +87,10 @@ def parse_sort(raw: str, sort_enum: type[StrEnum]) -> tuple[SortKey, ...]:
         seen.add(name)
         keys.append(SortKey(name, desc))
     if not keys:
-        raise UnprocessableEntity("sort must name at least one key.", code="invalid_sort")
+        raise UnprocessableEntity(
+            "sort must name at least one key.", code="invalid_sort",
+            errors=[{"field": "query.sort", "code": "invalid_sort", "message": "empty"}],
+        )
     return tuple(keys)
 
 
@@ -101,7 +104,12 @@ def _encode_value(value: Any) -> Any:
 
 def _decode_value(value: Any) -> Any:
     if isinstance(value, dict) and "t" in value:
-        return datetime.fromisoformat(value["t"])
+        decoded = datetime.fromisoformat(value["t"])
+        if decoded.tzinfo is None:  # never issued: every timestamp column is timezone-aware
+            raise ValueError("naive timestamp in cursor")
+        return decoded
+    if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise ValueError("NUL in cursor")
     return value
 
 
@@ -125,7 +133,7 @@ def decode_cursor(cursor: str, sort: Sequence[SortKey]) -> tuple[list[Any], uuid
         if not isinstance(payload, dict) or payload.get("s") != expected:
             raise invalid
         values = [_decode_value(v) for v in payload["v"]]
-        if len(values) != len(sort):
+        if len(values) != len(sort) or not isinstance(payload["id"], str):
             raise invalid
         return values, uuid.UUID(payload["id"])
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError) as exc:

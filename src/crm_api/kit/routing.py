@@ -34,4 +34,6 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-ETAG_HEADER = {"ETag": {"description": "Current version, for If-Match.", "schema": {"type": "string"}}}
+ETAG_HEADER = {
+    "ETag": {"description": "Current version, for If-Match.", "schema": {"type": "string"}}
+}

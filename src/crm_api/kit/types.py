@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -25,8 +26,31 @@ def _website(value: str) -> str:
     return value
 
 
+def _storable(value: Any) -> None:
+    """What jsonb refuses although Python parsed it: NaN/Infinity and NUL characters."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("custom_fields may not hold NaN or Infinity (not JSON)")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("custom_fields may not hold NUL characters")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+
+
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > 16_384:
+    # Python's parser accepts more than JSON: NaN/Infinity, integers past 64 bits, any
+    # nesting. orjson (which renders responses) refuses the last two with a TypeError,
+    # which pydantic would not turn into a validation error: a 500 instead of a 422.
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"custom_fields cannot be stored as JSON: {exc}") from None
+    _storable(value)
+    if len(encoded) > 16_384:
         raise ValueError("custom_fields must be at most 16 KiB of JSON")
     if len(value) > 100:
         raise ValueError("custom_fields may have at most 100 keys")
