@@ -109,7 +109,18 @@ async def find_duplicate(
     exclude_id: uuid.UUID | None = None,
 ) -> tuple[str, uuid.UUID] | None:
     """The first existing customer sharing ``external_ref`` (any) or ``tax_number``
-    (live ones), as ``(field, id)``."""
+    (live ones), as ``(field, id)``.
+
+    First takes a transaction-scoped advisory lock per value, so concurrent writers of one
+    value queue here: the second looks only after the first has committed, and sees its
+    row (READ COMMITTED: a new snapshot per statement). Without it both find nothing and
+    the loser hits the unique index, whose 409 cannot name the existing customer."""
+    keys = [f"customers.{name}:{value}" for name, value in
+            (("external_ref", external_ref), ("tax_number", tax_number)) if value is not None]
+    if keys:  # one statement; always in this order, so two writers cannot deadlock
+        await session.execute(
+            select(*(func.pg_advisory_xact_lock(func.hashtextextended(k, 0)) for k in keys))
+        )
     checks: list[tuple[str, ColumnElement[bool]]] = []
     if external_ref is not None:
         checks.append(("external_ref", Customer.external_ref == external_ref))
