@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from crm_api.api_client.endpoints import router as api_clients
 from crm_api.audit.endpoints import router as audit_events
 from crm_api.auth.endpoints import me_router
 from crm_api.auth.endpoints import router as auth
+from crm_api.auth.pat_endpoints import router as me_tokens
 from crm_api.authz.endpoints import router as authz
 from crm_api.contact.endpoints import customer_router as customer_contacts
 from crm_api.contact.endpoints import router as contacts
@@ -18,6 +20,8 @@ from crm_api.user.endpoints import router as users
 router = APIRouter(prefix="/v1")
 router.include_router(auth)
 router.include_router(me_router)
+router.include_router(me_tokens)
+router.include_router(api_clients)
 router.include_router(customers)
 router.include_router(customer_contacts)
 router.include_router(contacts)

@@ -1,4 +1,4 @@
-"""``crm-api`` (also ``python -m crm_api``): serve, migrate, seed-demo, openapi."""
+"""``crm-api`` (also ``python -m crm_api``): serve, migrate, seed-demo, create-admin, openapi."""
 
 from __future__ import annotations
 
@@ -32,6 +32,42 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     created = asyncio.run(seed_demo(_url(), customers=args.customers))
     print(f"demo data: {created}")
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    """Create the first administrator (or give an existing person ``admin``). Prompts for
+    what is not given; with both ``--email`` and ``--password`` it never reads the
+    terminal, so deploy scripts can run it. Assumes a migrated database."""
+    import getpass
+
+    from crm_api.auth.bootstrap import BootstrapError, ensure_admin
+    from crm_api.auth.passwords import POLICY, policy_violations
+
+    email = (args.email or input("E-mail: ")).strip()
+    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
+        print(f"not an e-mail address: {email!r}", file=sys.stderr)
+        return 2
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 2
+    problems = policy_violations(password, email)
+    if problems:
+        print(f"password rejected: {'; '.join(problems)}. Policy: {POLICY}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(ensure_admin(_url(), email, password, args.name))
+    except BootstrapError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if result.created:
+        print(f"created administrator {email} ({result.user_id})")
+    else:
+        note = "given the admin role" if result.role_added else "already an administrator"
+        print(f"user {email} already exists ({result.user_id}): {note}; password unchanged")
     return 0
 
 
@@ -110,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed-demo", help="load the demo org tree, users and customers")
     seed.add_argument("--customers", type=int, default=200)
     seed.set_defaults(func=cmd_seed)
+
+    admin = sub.add_parser(
+        "create-admin", help="create an administrator (idempotent; prompts for what is missing)"
+    )
+    admin.add_argument("--email")
+    admin.add_argument("--password", help="omit to be prompted (keeps it out of shell history)")
+    admin.add_argument("--name", help="display name (default: the e-mail's local part)")
+    admin.set_defaults(func=cmd_create_admin)
 
     openapi = sub.add_parser("openapi", help="write (or --check) openapi/openapi.json")
     openapi.add_argument("--check", action="store_true")

@@ -60,7 +60,8 @@ async def _token_request(request: Request) -> TokenRequest:
         raise UnprocessableEntity(
             "The token request is invalid.", code="invalid_request",
             errors=[
-                {"field": ".".join(str(p) for p in e["loc"]), "code": e["type"], "message": e["msg"]}
+                {"field": ".".join(str(p) for p in e["loc"]), "code": e["type"],
+                 "message": e["msg"]}
                 for e in exc.errors()
             ],
         ) from exc

@@ -162,7 +162,14 @@ async def client_credentials_grant(
         ok = verify_password(client.previous_secret_hash, secret)
     if client is None or not ok or not client.active or not row[1]:
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
-    client.last_used_at = now
+    # A plain UPDATE, not an attribute change: a token request must not move the client's
+    # version (its ETag) or updated_at, which belong to administrative edits.
+    await session.execute(
+        update(ApiClient)
+        .where(ApiClient.id == client.id)
+        .values(last_used_at=now, updated_at=ApiClient.updated_at)
+        .execution_options(synchronize_session=False)
+    )
     access, ttl = access_token_for(
         keyring, settings, f"client:{client.user_id}", {"cid": client.client_id}
     )
@@ -170,11 +177,17 @@ async def client_credentials_grant(
 
 
 # --- refresh rotation -----------------------------------------------------------------
-async def _revoke_family(engine: AsyncEngine, family_id: uuid.UUID) -> None:
+async def _revoke_family(engine: AsyncEngine, family_id: uuid.UUID, spent_id: uuid.UUID) -> None:
+    # ``spent_id`` is locked FOR UPDATE by the request's own transaction: touching it from
+    # this second transaction would wait on ourselves until lock_timeout. It is spent
+    # already, so every later presentation of it lands here again.
     async with engine.begin() as conn:
         await conn.execute(
             update(RefreshToken)
-            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .where(
+                RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None),
+                RefreshToken.id != spent_id,
+            )
             .values(revoked_at=datetime.now(UTC))
         )
 
@@ -192,7 +205,7 @@ async def refresh_grant(
         raise invalid_grant()
     if stored.used_at is not None:
         # Reuse of a rotated token: someone has a copy. Revoke every token of the family.
-        await _revoke_family(engine, stored.family_id)
+        await _revoke_family(engine, stored.family_id, stored.id)
         raise Unauthorized(
             "Refresh token reuse detected; the session was revoked.", code="invalid_grant",
             headers={},

@@ -1,0 +1,259 @@
+"""API clients: business rules. No HTTP here, and no commit (the request owns the
+transaction). Every mutation bumps the policy version in the same transaction, so each
+worker reloads the client's roles and drops its cached principal.
+
+A client acts through a service account (``users.kind = 'service'``, no password) whose
+id is the principal id; its roles are Casbin ``g`` rows on ``client:<that id>``.
+
+Raises: ``NotFound`` (``api_client_not_found``, also outside the caller's scope),
+``UnprocessableEntity`` (``unknown_role``, ``invalid_org_unit``, ``null_not_allowed``),
+``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``), ``PreconditionFailed``
+(stale If-Match).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from crm_api.api_client import repository as repo
+from crm_api.api_client.schemas import (
+    ApiClientCreate,
+    ApiClientListQuery,
+    ApiClientUpdate,
+    RotateSecret,
+)
+from crm_api.audit import service as audit
+from crm_api.auth.passwords import hash_password
+from crm_api.authz.state import bump_policy_version
+from crm_api.authz.types import Access
+from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.models import ApiClient, User
+
+RESOURCE = "api_clients"
+
+
+def not_found(client_id: uuid.UUID) -> NotFound:
+    return NotFound(f"No API client {client_id}.", code="api_client_not_found")
+
+
+def _new_client_id() -> str:
+    return "cli_" + secrets.token_hex(12)
+
+
+def _new_secret() -> str:
+    # URL-safe alphabet: no ':' so it survives HTTP Basic, no '+'/'/' for form encoding.
+    return "cs_" + secrets.token_urlsafe(32)
+
+
+async def _check_roles(
+    session: AsyncSession, roles: Iterable[str], grantable: frozenset[str] | None
+) -> list[str]:
+    """``roles`` deduplicated, each an existing role the caller may hand out.
+
+    ``grantable`` is ``None`` for a caller holding ``api_clients:manage`` (any role);
+    otherwise the caller's own roles: nobody can mint a client more powerful than themself.
+    """
+    wanted = sorted(set(roles))
+    missing = sorted(set(wanted) - await repo.existing_roles(session, wanted))
+    if missing:
+        raise UnprocessableEntity(
+            "Unknown role: " + ", ".join(missing), code="unknown_role",
+            errors=[{"field": "roles", "code": "unknown_role", "message": m} for m in missing],
+        )
+    if grantable is not None:
+        denied = sorted(set(wanted) - grantable)
+        if denied:
+            raise Forbidden(
+                "You can only give a client roles you hold yourself: " + ", ".join(denied),
+                code="role_not_grantable",
+            )
+    return wanted
+
+
+async def list_clients(
+    conn: AsyncConnection, access: Access, query: ApiClientListQuery
+) -> dict[str, Any]:
+    return await repo.list_page(conn, access, query)
+
+
+async def get_client(conn: AsyncConnection, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
+    row = await repo.get_row(conn, access, client_id)
+    if row is None:
+        raise not_found(client_id)
+    return row
+
+
+async def _reload(session: AsyncSession, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
+    await session.flush()
+    row = await repo.get_row(session, access, client_id)
+    assert row is not None  # locked or created within the caller's scope just now
+    return row
+
+
+async def create_client(
+    session: AsyncSession, access: Access, data: ApiClientCreate, grantable: frozenset[str] | None
+) -> dict[str, Any]:
+    """Create the client, its service account and its role rows; the returned row carries
+    ``client_secret``, which is never stored or shown again."""
+    roles = await _check_roles(session, data.roles, grantable)
+    if data.org_unit_id is not None and not await repo.org_unit_active(session, data.org_unit_id):
+        raise UnprocessableEntity(
+            "org_unit_id is not an active org unit.", code="invalid_org_unit",
+            errors=[{"field": "org_unit_id", "code": "invalid_reference",
+                     "message": "no such active org unit"}],
+        )
+    if not await repo.covers(session, access, data.org_unit_id):
+        raise Forbidden(
+            "Your scope does not cover clients in that org unit.", code="org_unit_out_of_scope"
+        )
+    user_id, client_pk = uuid.uuid4(), uuid.uuid4()
+    public_id, secret = _new_client_id(), _new_secret()
+    session.add(
+        User(
+            id=user_id, email=f"{public_id}@api-clients.invalid", display_name=data.name,
+            org_unit_id=data.org_unit_id, manager_path=f"/{user_id}/", kind="service",
+            password_hash=None, active=True,
+        )
+    )
+    await session.flush()  # the user row first: no ORM relationship orders the inserts
+    session.add(
+        ApiClient(
+            id=client_pk, client_id=public_id, name=data.name,
+            secret_hash=hash_password(secret), user_id=user_id, active=True,
+        )
+    )
+    await repo.set_roles(session, user_id, roles)
+    await bump_policy_version(session)
+    row = await _reload(session, access, client_pk)
+    audit.record(
+        session, access.principal, action="create", resource_type=RESOURCE,
+        resource_id=client_pk,
+        changes=audit.diff(None, {k: row[k] for k in ("client_id", "name", "user_id", "roles",
+                                                      "org_unit_id", "active")}),
+        owner_id=user_id, org_unit_id=data.org_unit_id,
+    )
+    return {**row, "client_secret": secret}
+
+
+async def _locked(
+    session: AsyncSession, access: Access, client_id: uuid.UUID, if_match: str | None,
+    require_if_match: bool,
+) -> tuple[ApiClient, User]:
+    found = await repo.lock(session, access, client_id)
+    if found is None:
+        raise not_found(client_id)
+    check_if_match(if_match, found[0].version, required=require_if_match)
+    return found
+
+
+def _set_active(client: ApiClient, user: User, active: bool, now: datetime) -> None:
+    client.active = active
+    user.active = active
+    if not active:
+        # Every token issued so far dies with the deactivation, even after a reactivation.
+        # Rounded up to the next whole second because a token's ``iat`` has whole seconds:
+        # a token issued earlier in this very second must not come back on reactivation
+        # (and an inactive client cannot be issued new ones meanwhile).
+        user.tokens_valid_after = now.replace(microsecond=0) + timedelta(seconds=1)
+
+
+async def update_client(
+    session: AsyncSession, access: Access, client_id: uuid.UUID, patch: ApiClientUpdate,
+    grantable: frozenset[str] | None, if_match: str | None, *, require_if_match: bool,
+) -> dict[str, Any]:
+    changes = patch.model_dump(exclude_unset=True)
+    nulled = sorted(k for k, v in changes.items() if v is None)
+    if nulled:
+        raise UnprocessableEntity(
+            "These fields cannot be null.", code="validation_error",
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                    for f in nulled],
+        )
+    client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    before: dict[str, Any] = {"name": client.name, "active": client.active,
+              "roles": await repo.roles_of(session, user.id)}
+    after = dict(before)
+    if "roles" in changes:
+        after["roles"] = await _check_roles(session, changes["roles"], grantable)
+    after.update({k: changes[k] for k in ("name", "active") if k in changes})
+    diff = audit.diff(before, after)
+    if not diff:
+        return await _reload(session, access, client_id)
+    now = datetime.now(UTC)
+    if "name" in diff:
+        client.name = user.display_name = after["name"]
+    if "active" in diff:
+        _set_active(client, user, after["active"], now)
+    if "roles" in diff:
+        await repo.set_roles(session, user.id, after["roles"])
+    client.updated_at = now  # also moves the version (and ETag) for a roles-only change
+    await bump_policy_version(session)
+    audit.record(
+        session, access.principal, action="update", resource_type=RESOURCE,
+        resource_id=client.id, changes=diff, owner_id=user.id, org_unit_id=user.org_unit_id,
+    )
+    return await _reload(session, access, client_id)
+
+
+async def deactivate_client(
+    session: AsyncSession, access: Access, client_id: uuid.UUID, if_match: str | None,
+    *, require_if_match: bool,
+) -> None:
+    """Soft delete: the client can no longer get tokens and the ones it has stop working.
+    Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing."""
+    client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    if not client.active and not user.active:
+        return
+    now = datetime.now(UTC)
+    _set_active(client, user, False, now)
+    client.updated_at = now
+    await bump_policy_version(session)
+    await session.flush()
+    audit.record(
+        session, access.principal, action="delete", resource_type=RESOURCE,
+        resource_id=client.id, changes={"active": {"before": True, "after": False}},
+        owner_id=user.id, org_unit_id=user.org_unit_id,
+    )
+
+
+async def rotate_secret(
+    session: AsyncSession, access: Access, client_id: uuid.UUID, body: RotateSecret,
+    if_match: str | None, *, require_if_match: bool,
+) -> dict[str, Any]:
+    """A new secret, returned once. With a grace period the replaced secret keeps working
+    until it ends (one previous secret at most: rotating again ends the earlier grace).
+    Access tokens already issued stay valid until they expire."""
+    client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    now = datetime.now(UTC)
+    secret = _new_secret()
+    before_expiry = client.previous_secret_expires_at
+    if body.grace_period_s > 0:
+        client.previous_secret_hash = client.secret_hash
+        client.previous_secret_expires_at = now + timedelta(seconds=body.grace_period_s)
+    else:
+        client.previous_secret_hash = None
+        client.previous_secret_expires_at = None
+    client.secret_hash = hash_password(secret)
+    client.updated_at = now
+    await bump_policy_version(session)
+    audit.record(
+        session, access.principal, action="rotate_secret", resource_type=RESOURCE,
+        resource_id=client.id,
+        changes={
+            "client_secret": {"before": audit.MASK, "after": audit.MASK},
+            **audit.diff(
+                {"previous_secret_expires_at": before_expiry},
+                {"previous_secret_expires_at": client.previous_secret_expires_at},
+            ),
+        },
+        owner_id=user.id, org_unit_id=user.org_unit_id,
+    )
+    row = await _reload(session, access, client_id)
+    return {**row, "client_secret": secret}

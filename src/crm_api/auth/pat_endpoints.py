@@ -1,0 +1,82 @@
+"""``/v1/me/tokens``: the caller's personal access tokens."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from crm_api.auth import pat
+from crm_api.auth.schemas import (
+    PersonalAccessToken,
+    PersonalAccessTokenCreate,
+    PersonalAccessTokenCreated,
+    PersonalAccessTokenListQuery,
+)
+from crm_api.authz.dependencies import authenticated, get_policy
+from crm_api.authz.state import PolicySession
+from crm_api.authz.types import Principal
+from crm_api.db.session import ReadConnection, WriteSession
+from crm_api.kit.responses import json_response
+from crm_api.kit.routing import problems
+from crm_api.kit.schemas import Page
+
+router = APIRouter(prefix="/me/tokens", tags=["me"])
+
+Caller = Annotated[Principal, authenticated()]
+
+
+@router.post(
+    "", operation_id="me_tokens_create", summary="Create a personal access token",
+    status_code=201, response_model=PersonalAccessTokenCreated, responses=problems(),
+)
+async def create_personal_access_token(
+    request: Request, body: PersonalAccessTokenCreate, principal: Caller, session: WriteSession
+) -> Response:
+    """The token (a bearer token for scripts) is in this response only. Each permission
+    must be one you hold (422 `permission_not_held`); without an expiry it lasts 365 days.
+    API clients, and callers using a personal access token, get 403 `pat_not_allowed`."""
+    state = request.app.state
+    row = await pat.create_token(
+        session, principal, get_policy(request), state.keyring, state.settings, body
+    )
+    return json_response(
+        row, 201,
+        {"Location": f"/v1/me/tokens/{row['id']}", "Cache-Control": "no-store",
+         "Pragma": "no-cache"},
+    )
+
+
+@router.get(
+    "", operation_id="me_tokens_list", summary="List your personal access tokens",
+    response_model=Page[PersonalAccessToken], responses=problems(400),
+)
+async def list_personal_access_tokens(
+    principal: Caller, conn: ReadConnection,
+    query: Annotated[PersonalAccessTokenListQuery, Query()],
+) -> Response:
+    return json_response(await pat.list_tokens(conn, principal, query))
+
+
+@router.get(
+    "/{token_id}", operation_id="me_tokens_get", summary="Get a personal access token",
+    response_model=PersonalAccessToken, responses=problems(404),
+)
+async def get_personal_access_token(
+    token_id: uuid.UUID, principal: Caller, conn: ReadConnection
+) -> Response:
+    return json_response(await pat.get_token(conn, principal, token_id))
+
+
+@router.delete(
+    "/{token_id}", operation_id="me_tokens_revoke", summary="Revoke a personal access token",
+    status_code=204, responses=problems(404),
+)
+async def revoke_personal_access_token(
+    token_id: uuid.UUID, principal: Caller, session: PolicySession
+) -> Response:
+    """Stops the token everywhere within the policy poll interval (at once on this worker).
+    Idempotent."""
+    await pat.revoke_token(session, principal, token_id)
+    return Response(status_code=204)
