@@ -218,7 +218,8 @@ async def explain(
 def compile_sql(clause: ColumnElement[bool]) -> str:
     """The clause as PostgreSQL receives it, values inlined (asyncpg's dialect: no
     ``%`` doubling), on one line."""
-    compiled = clause.compile(dialect=PGDialect_asyncpg(), compile_kwargs={"literal_binds": True})
+    dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+    compiled = clause.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     return " ".join(str(compiled).split())
 
 

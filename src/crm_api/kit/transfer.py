@@ -25,6 +25,12 @@ from crm_api.logs import request_id_var
 from crm_api.models.audit_event import AuditEvent
 
 
+def cast_table(model: Any) -> Table:
+    """A mapped class's :class:`Table` (typed as such: ``__table__`` is a ``FromClause``)."""
+    table: Table = model.__table__
+    return table
+
+
 @dataclass(frozen=True, slots=True)
 class Owned:
     """Where a resource keeps its owner: the table and the names of its columns."""
@@ -38,7 +44,7 @@ class Owned:
 
     @classmethod
     def of(cls, model: Any, resource: str, **columns: Any) -> Owned:
-        return cls(model.__table__, resource, **columns)
+        return cls(cast_table(model), resource, **columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ async def audit_moves(
                 "changes": changes, "request_id": request_id,
             }
         )
-    await session.execute(insert(AuditEvent.__table__), rows)  # type: ignore[arg-type]
+    await session.execute(insert(cast_table(AuditEvent)), rows)
 
 
 async def position_in_scope(

@@ -14,6 +14,7 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.kit.filtering import contains_pattern, one_of
 from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.transfer import cast_table
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
 from crm_api.org_unit.schemas import OrgUnitListQuery, OrgUnitSort
@@ -110,7 +111,7 @@ async def move_subtree(
     ``path = new_prefix || substring(path from len(old_prefix) + 1)``; the unit itself also
     gets its new parent. Every rewritten row's ``version`` moves (its path is part of what
     a GET returns). Returns the number of units rewritten, the unit included."""
-    t = OrgUnit.__table__
+    t = cast_table(OrgUnit)
     stmt = (
         update(t)
         .where(t.c.path.startswith(old_prefix, autoescape=True))

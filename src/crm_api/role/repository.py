@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_api.authz.types import Access
 from crm_api.kit.filtering import contains_pattern
 from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.transfer import cast_table
 from crm_api.models.authz_rule import AuthzRule
 from crm_api.models.identity import Role
 from crm_api.role.schemas import GrantListQuery, GrantSort, RoleListQuery, RoleSort
 
 COLUMNS = columns_of(Role)
-R = Role.__table__
-A = AuthzRule.__table__
+R = cast_table(Role)
+A = cast_table(AuthzRule)
 SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
     RoleSort.name: R.c.name,
     RoleSort.created_at: R.c.created_at,

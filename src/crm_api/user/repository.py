@@ -27,11 +27,12 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.kit.filtering import contains_pattern, one_of
 from crm_api.kit.repository import Executor, fetch_page
+from crm_api.kit.transfer import cast_table
 from crm_api.models.authz_rule import AuthzRule
 from crm_api.models.user import User
 from crm_api.user.schemas import UserListQuery, UserSort
 
-T = User.__table__
+T = cast_table(User)
 #: What a caller may see of a user: never the password hash.
 PUBLIC_COLUMNS = [
     T.c[name] for name in (
@@ -164,7 +165,7 @@ async def replace_roles(session: AsyncSession, subject_name: str, roles: Iterabl
         for role in sorted(set(roles))
     ]
     if rows:
-        await session.execute(insert(AuthzRule.__table__), rows)
+        await session.execute(insert(cast_table(AuthzRule)), rows)
 
 
 async def move_reports(

@@ -259,7 +259,7 @@ async def update_user(
     user.updated_at = now
     if password_hash is not None:
         user.password_hash = password_hash
-        user.tokens_valid_after = func.now()  # type: ignore[assignment]
+        user.tokens_valid_after = func.now()
     user.manager_path = new_prefix
     await _flush(session)
     if new_prefix != old_prefix:
@@ -292,7 +292,7 @@ async def set_active(
     user.active = active
     user.updated_at = datetime.now(UTC)
     if not active:
-        user.tokens_valid_after = func.now()  # type: ignore[assignment]
+        user.tokens_valid_after = func.now()
     await session.flush()
     audit.record(
         session, access.principal, action="activate" if active else "deactivate",
