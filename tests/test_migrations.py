@@ -1,0 +1,151 @@
+"""Migrations: one head, every step reversible, and the models agree with the migrated schema.
+
+Runs on a scratch database of its own (created and dropped here), so the shared test
+database and other sessions on the server are never touched. Plain (sync) tests: Alembic's
+environment runs its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from crm_api.db.migrate import alembic_config, downgrade, migrations_dir, upgrade
+from crm_api.models import Base
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("postgresql+asyncpg://"))
+
+
+async def _admin(url: str, sql: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def scratch_url(database_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test server; dropped afterwards."""
+    name = f"crm_migrations_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(database_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(text(sql))).all()]
+    finally:
+        await engine.dispose()
+
+
+_SCHEMA = {
+    "columns": """SELECT table_name, column_name, data_type, is_nullable, column_default,
+                  character_maximum_length FROM information_schema.columns
+                  WHERE table_schema = 'public' ORDER BY 1, 2""",
+    "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes"
+               " WHERE schemaname = 'public' ORDER BY 1, 2",
+    "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+                      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                      ORDER BY 1, 2""",
+    "types": "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
+             " AND typtype IN ('e', 'd', 'c') AND typrelid = 0 ORDER BY 1",
+    "sequences": "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1",
+    "functions": "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+                 " ORDER BY 1",
+}
+
+
+def _schema(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {k: asyncio.run(_query(url, sql)) for k, sql in _SCHEMA.items()}
+
+
+def test_single_head_and_linear_history():
+    script = _script()
+    heads = script.get_heads()
+    assert len(heads) == 1, f"several alembic heads: {heads} (merge them)"
+    revisions = list(script.walk_revisions())
+    assert len(revisions) >= 1
+    assert sum(1 for r in revisions if r.down_revision is None) == 1, "several roots"
+    for rev in revisions:
+        assert not rev.is_merge_point or rev.revision in heads
+        assert isinstance(rev.down_revision, str | None), f"{rev.revision} merges branches"
+    # dated file names (STYLE.md): YYYYMMDD_NNNN_slug.py
+    names = sorted(p.name for p in (migrations_dir() / "versions").glob("*.py"))
+    assert len(names) == len(revisions), names
+    for name in names:
+        assert re.fullmatch(r"\d{8}_\d{4}_[a-z0-9_]+\.py", name), name
+
+
+def test_upgrade_downgrade_round_trip(scratch_url):
+    upgrade(scratch_url)
+    migrated = _schema(scratch_url)
+    head = _script().get_current_head()
+    assert asyncio.run(_query(scratch_url, "SELECT version_num FROM alembic_version")) == [
+        (head,)
+    ]
+    # the seed data a migration writes comes back with it
+    seeded = asyncio.run(_query(scratch_url, "SELECT count(*) FROM authz_rules"))[0][0]
+    assert seeded > 0
+
+    downgrade(scratch_url, "base")
+    empty = _schema(scratch_url)
+    leftovers = {  # everything but Alembic's own bookkeeping table
+        kind: [row for row in rows if row[0] != "alembic_version"]
+        for kind, rows in empty.items()
+    }
+    assert not any(leftovers.values()), f"downgrade to base left behind: {leftovers}"
+
+    # back up one revision at a time, each step down and up again (a "stairway"): every
+    # downgrade undoes exactly its upgrade
+    for rev in reversed(list(_script().walk_revisions())):
+        upgrade(scratch_url, rev.revision)
+        at_rev = _schema(scratch_url)
+        downgrade(scratch_url, rev.down_revision or "base")
+        upgrade(scratch_url, rev.revision)
+        assert _schema(scratch_url) == at_rev, f"{rev.revision} does not round-trip"
+    assert _schema(scratch_url) == migrated
+    assert asyncio.run(_query(scratch_url, "SELECT count(*) FROM authz_rules"))[0][0] == seeded
+
+
+def _diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection,
+        opts={"compare_type": True, "compare_server_default": True},
+    )
+    return compare_metadata(context, Base.metadata)
+
+
+def test_models_match_migrations(scratch_url):
+    """No pending autogenerate diff: every model change comes with its migration."""
+    upgrade(scratch_url)
+
+    async def run() -> list[Any]:
+        engine = create_async_engine(scratch_url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(_diff)
+        finally:
+            await engine.dispose()
+
+    diff = asyncio.run(run())
+    assert diff == [], "models and migrations disagree:\n" + "\n".join(map(str, diff))
