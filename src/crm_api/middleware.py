@@ -95,14 +95,16 @@ class RequestMiddleware:
             if len(scope.get("query_string", b"")) > self.max_qs:
                 status_holder[0] = 414
                 await _send_problem(
-                    send_wrapper, 414, "query_too_long", f"The query string exceeds {self.max_qs} bytes."
+                    send_wrapper, 414, "query_too_long",
+                    f"The query string exceeds {self.max_qs} bytes.",
                 )
                 return
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body:
                 status_holder[0] = 413
                 await _send_problem(
-                    send_wrapper, 413, "payload_too_large", f"The body exceeds {self.max_body} bytes."
+                    send_wrapper, 413, "payload_too_large",
+                    f"The body exceeds {self.max_body} bytes.",
                 )
                 return
             if scope["method"] in _BODY_METHODS and _has_body(scope) and not _json_or_form(scope):
@@ -211,6 +213,10 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _route_template(scope: Scope) -> str:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
+    # FastAPI keeps an included router's routes as they were declared and puts that route,
+    # without the prefixes it was mounted under, in scope["route"] ("/customers/{id}" for
+    # /v1/customers/{id}). The route as mounted is its effective route context.
+    fastapi_scope: Any = scope.get("fastapi")
+    effective = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+    path = getattr(effective, "path_format", None) or getattr(scope.get("route"), "path", None)
     return str(path) if path else "unmatched"
