@@ -7,7 +7,10 @@ last process that started it exits.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from urllib.parse import parse_qs, urlparse
 
 logger = logging.getLogger("crm_api.db")
@@ -15,14 +18,33 @@ logger = logging.getLogger("crm_api.db")
 _servers: dict[Path, object] = {}
 
 
+def _exit_on_sigterm() -> None:
+    """pgserver stops the cluster from an ``atexit`` hook, which a plain SIGTERM (the
+    default action kills the process) never runs: ``docker stop``, systemd or a supervisor
+    would leave the cluster running. Turn SIGTERM into a normal exit instead. Only when
+    nobody else handles it (uvicorn captures it while serving, restores this handler and
+    re-raises the signal when it is done), and only where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def _exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def start_embedded(data_dir: Path, database: str = "crm") -> str:
-    """Start (or join) the embedded cluster and return an asyncpg SQLAlchemy URL for ``database``."""
+    """Start (or join) the embedded cluster and return an asyncpg SQLAlchemy URL for
+    ``database``. The cluster stops when the last process using it exits, SIGTERM included."""
     import pgserver  # heavy import: only when the embedded default is used
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _servers.get(pgdata)
     if server is None:
+        _exit_on_sigterm()
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
         _servers[pgdata] = server
     uri = server.get_uri()  # type: ignore[attr-defined]
