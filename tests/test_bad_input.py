@@ -247,7 +247,7 @@ async def test_bad_cursor_is_400(client, existing):
 
 async def test_bad_sort_and_limit_are_422(client, existing):
     for sort in ("colour", "-colour", "name,name", "name,-name", ",", "", "owner_id",
-                 "id;drop", "name,,colour", "s" * 201):
+                 "id;drop", "name,,colour", "--name", "+-name", "-+name", "- name", "s" * 201):
         code = "validation_error" if len(sort) > 200 else "invalid_sort"
         body = bad(await client.get("/v1/customers", params={"sort": sort}), 422, code, sort)
         assert body["errors"], body

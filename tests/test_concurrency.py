@@ -217,3 +217,37 @@ async def test_same_tax_number_exactly_one_created(client, engine):
             assert body["field"] == "tax_number"
             assert body["existing_id"] == created[0].json()["id"], body
     assert await count_rows(engine, "customers") == 1
+
+
+async def test_write_blocked_past_the_lock_timeout(client, engine, app, settings, database_url):
+    """A row held by a long transaction: the write gives up at lock_timeout with a 409
+    asking to retry (or, past statement_timeout, a 503), and changes nothing."""
+    from crm_api.db.engine import create_database
+
+    customer = await create_customer(client, await _owner(engine))
+    url = f"/v1/customers/{customer['id']}"
+    real = app.state.db
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(
+                text("SELECT 1 FROM customers WHERE id = :id FOR UPDATE"), {"id": customer["id"]}
+            )
+            for update, status, code in (
+                ({"db_lock_timeout_ms": 200}, 409, "concurrent_update"),
+                ({"db_lock_timeout_ms": 0, "db_statement_timeout_ms": 200}, 503, "query_timeout"),
+            ):
+                app.state.db = create_database(settings.model_copy(update=update), database_url)
+                try:
+                    response = await client.patch(url, json={"grade": "A"})
+                    problem(response, status, code)
+                    if status == 409:
+                        assert response.headers["retry-after"] == "1"
+                finally:
+                    await app.state.db.dispose()
+                    app.state.db = real
+            await holder.rollback()
+    finally:
+        app.state.db = real
+    final = (await client.get(url)).json()
+    assert final["version"] == 1 and final["grade"] is None
+    assert await count_rows(engine, "audit_events", "action = 'update'") == 0

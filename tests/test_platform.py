@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,28 @@ async def test_readyz_503_when_database_unreachable(anon_client, app, settings):
         await app.state.db.dispose()
         app.state.db = real
     assert (await anon_client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_503_quickly_when_database_hangs(anon_client, app, settings):
+    """A server that accepts connections but never answers (a hung host, a dead proxy)
+    is reported within the pool timeout, not after asyncpg's default minute."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes handshakes; nothing ever reads or answers
+    port = silent.getsockname()[1]
+    real = app.state.db
+    app.state.db = create_database(
+        settings.model_copy(update={"db_pool_timeout_s": 1.0}),
+        f"postgresql+asyncpg://postgres@127.0.0.1:{port}/hung",
+    )
+    try:
+        started = time.monotonic()
+        problem(await anon_client.get("/readyz"), 503, "database_unavailable")
+        assert time.monotonic() - started < 10
+    finally:
+        await app.state.db.dispose()
+        app.state.db = real
+        silent.close()
 
 
 # --- metrics and request ids --------------------------------------------------------------

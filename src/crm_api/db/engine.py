@@ -59,7 +59,9 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         pool_recycle=settings.db_pool_recycle_s,
         pool_pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
-        connect_args={"server_settings": server_settings},
+        # asyncpg waits 60 s by default for a server that accepts but never answers (a hung
+        # host, a dead proxy): bound opening a connection like waiting for a pooled one.
+        connect_args={"server_settings": server_settings, "timeout": settings.db_pool_timeout_s},
     )
     read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)

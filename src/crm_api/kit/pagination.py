@@ -77,7 +77,7 @@ def parse_sort(raw: str, sort_enum: type[StrEnum]) -> tuple[SortKey, ...]:
         if not part:
             continue
         desc = part.startswith("-")
-        name = part.lstrip("-+")
+        name = part[1:] if part[0] in "-+" else part  # one sign at most: "--name" is invalid
         if name not in valid or name in seen:
             raise UnprocessableEntity(
                 f"Cannot sort by {part!r}. Allowed keys: {', '.join(sorted(valid))}.",
