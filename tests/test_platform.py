@@ -164,6 +164,39 @@ async def test_request_id_echoed_or_generated(client):
     assert problem(big, 414, "query_too_long")["request_id"] == "qs-1"
 
 
+async def test_cors_headers_on_every_answer(settings):
+    """Browser apps must be able to read every answer, the middleware's own problems
+    included (413 and 414 are produced before the app is reached)."""
+    from crm_api.main import create_app
+
+    origin = "https://app.example.com"
+    app = create_app(settings.model_copy(update={"cors_origins": [origin], "max_body_bytes": 1024}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as http:
+        preflight = await http.options("/v1/customers/x", headers={
+            "Origin": origin, "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "If-Match, Idempotency-Key, Content-Type",
+        })
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert "PATCH" in preflight.headers["access-control-allow-methods"]
+        allowed = preflight.headers["access-control-allow-headers"]
+        assert "If-Match" in allowed and "Idempotency-Key" in allowed
+        answers = [
+            await http.get("/healthz", headers={"Origin": origin}),
+            await http.post("/v1/customers", content=b"x" * 2048,
+                            headers={"Origin": origin, "Content-Type": "application/json"}),
+            await http.get("/v1/customers", params={"q": "x" * 5000},
+                           headers={"Origin": origin}),
+        ]
+        assert [a.status_code for a in answers] == [200, 413, 414]
+        for answer in answers:
+            assert answer.headers["access-control-allow-origin"] == origin, answer.headers
+            assert "X-Request-ID" in answer.headers["access-control-expose-headers"]
+        stranger = await http.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in stranger.headers
+
+
 async def test_overload_is_a_quick_503():
     """Past the concurrency cap, requests are refused at once instead of queueing."""
     release = asyncio.Event()

@@ -34,7 +34,7 @@ A headless CRM: customers, contacts and the rest of the relationship, behind one
   `ETag` of a `GET` (stale → 412). Deletes are soft and restorable.
 * **Access**: each role holds actions on resources over a data scope; records outside your
   scope answer 404.
-"""
+"""  # noqa: RUF001
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
@@ -76,18 +76,22 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
-        )
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_query_string_bytes=settings.max_query_string_bytes,
         max_concurrent=settings.max_concurrent_requests,
     )
+    if settings.cors_origins:
+        # Outermost (added last): the problems RequestMiddleware answers itself (413, 414,
+        # 415, 503, 500) need CORS headers too, or a browser app cannot read them.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID",
+            ],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
+        )
     return app
