@@ -96,6 +96,8 @@ async def test_malformed_json_is_400(client, existing):
         body = bad(await client.post("/v1/customers", content=raw, headers=JSON), 400,
                    "malformed_json", raw[:20])
         assert body["detail"] == "The request body is not valid JSON.", body
+        assert body.get("errors") in (None, [{"field": "body", "code": "json_invalid",
+                                              "message": "JSON decode error"}]), body
         bad(await client.patch(url, content=raw, headers=JSON), 400, "malformed_json", raw[:20])
 
 
@@ -262,6 +264,9 @@ async def test_bad_filters_are_422(client, existing):
         ({"created_after": "yesterday"}, "query.created_after"),
         ({"created_after": "2024-01-01T00:00:00"}, "query.created_after"),  # naive
         ({"updated_before": "2024-13-01T00:00:00Z"}, "query.updated_before"),
+        # valid timestamps whose UTC instant falls outside years 1-9999
+        ({"created_after": "9999-12-31T23:59:59-23:59"}, "query.created_after"),
+        ({"updated_before": "0001-01-01T00:00:00+14:00"}, "query.updated_before"),
         ({"grade": "Z"}, "query.grade"),
         ({"lifecycle_stage": "zombie"}, "query.lifecycle_stage"),
         ({"owner_id": "me"}, "query.owner_id"),

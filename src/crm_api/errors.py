@@ -176,9 +176,12 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
         code = str(err.get("type", "invalid"))
         if code == "extra_forbidden":
             code = "unknown_field"
+        loc = tuple(err.get("loc", ()))
+        if code == "json_invalid":  # loc is ("body", <character offset>): name the body
+            loc = ("body",)
         out.append(
             {
-                "field": _loc_to_field(tuple(err.get("loc", ()))),
+                "field": _loc_to_field(loc),
                 "code": code,
                 "message": str(err.get("msg", "invalid value")),
             }

@@ -65,7 +65,10 @@ def _tags(value: list[str]) -> list[str]:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-05:00 is past year 9999 in UTC: not a 500
+        raise ValueError("timestamp out of range once converted to UTC") from None
 
 
 Phone = Annotated[
