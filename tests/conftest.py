@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from crm_api.config import Environment, Settings
@@ -91,6 +92,20 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def reset_database(engine: AsyncEngine) -> None:
+    """Empty every table and restore the seed. Retried on deadlock: the app's background
+    policy reload reads authz_state then authz_rules in one transaction, and TRUNCATE can
+    lock them in the other order (PostgreSQL then aborts one of the two)."""
+    for attempt in range(5):
+        try:
+            await _reset_database(engine)
+            return
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == 4:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _reset_database(engine: AsyncEngine) -> None:
     from crm_api.authz.defaults import BUILTIN_ROLES, default_policy_rows
 
     async with engine.begin() as conn:
