@@ -48,7 +48,9 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok", "database": "ok", "migration": current})
 
 
-@router.get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=True,
-            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=True,
+    response_class=Response, responses={200: {"content": {"text/plain": {}}}},
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -79,7 +79,9 @@ async def create_customer(
     "/{customer_id}", operation_id="customers_get", summary="Get a customer",
     response_model=Customer, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
-async def get_customer(customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection) -> Response:
+async def get_customer(
+    customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection
+) -> Response:
     return _with_etag(await service.get_customer(conn, access, customer_id))
 
 
@@ -113,7 +115,8 @@ async def delete_customer(
 
 
 @router.post(
-    "/{customer_id}/restore", operation_id="customers_restore", summary="Restore a deleted customer",
+    "/{customer_id}/restore", operation_id="customers_restore",
+    summary="Restore a deleted customer",
     response_model=Customer, responses=problems(404, 409),
 )
 async def restore_customer(

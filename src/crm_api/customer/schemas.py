@@ -164,7 +164,9 @@ class CustomerUpdate(InputModel):
     external_ref: ExternalRef | None = None
     notes: Notes | None = None
 
-    model_config = {"json_schema_extra": {"examples": [{"lifecycle_stage": "customer", "grade": "A"}]}}
+    model_config = {
+        "json_schema_extra": {"examples": [{"lifecycle_stage": "customer", "grade": "A"}]}
+    }
 
 
 #: Fields that may not be set to null by PATCH.
