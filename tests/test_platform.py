@@ -360,6 +360,24 @@ def test_every_route_declares_its_permission(app: FastAPI):
     assert len(checked) >= 10
 
 
+def test_every_enforced_resource_is_grantable(app: FastAPI):
+    """Roles may be granted exactly the resources some route enforces (plus defaults)."""
+    from crm_api.authz.catalog import known_resources
+
+    enforced = set()
+    for route in iter_route_contexts(app.routes):
+        pending = list(getattr(route, "dependant", None).dependencies if hasattr(
+            route, "dependant") and route.dependant else [])
+        while pending:
+            dep = pending.pop()
+            marker = getattr(dep.call, PERMISSION_ATTR, None)
+            if marker and marker[0] not in {"self", "public"}:
+                enforced.add(marker[0])
+            pending.extend(dep.dependencies)
+    assert {"customers", "contacts", "authz"} <= enforced
+    assert enforced <= known_resources(app), enforced - known_resources(app)
+
+
 def test_route_walk_sees_an_unguarded_route(app: FastAPI):
     """The check above can fail: a route added without a permission is caught."""
     from fastapi import APIRouter

@@ -4,7 +4,7 @@ default grants) and the actions of :class:`~crm_api.authz.types.Action`."""
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from crm_api.authz.defaults import DEFAULT_GRANTS
 from crm_api.authz.dependencies import PERMISSION_ATTR
@@ -22,8 +22,10 @@ def known_resources(app: FastAPI) -> frozenset[str]:
     if cached is not None:
         return cached
     found = {res for grants in DEFAULT_GRANTS.values() for res, _, _ in grants if res != "*"}
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
+    # iter_route_contexts: app.routes holds included routers, not their routes (FastAPI
+    # keeps an included router whole); this walks the routes as mounted.
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute):
             continue
         pending = list(route.dependant.dependencies)
         while pending:

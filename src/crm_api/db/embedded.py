@@ -38,14 +38,14 @@ def _exit_on_sigterm() -> None:
 def start_embedded(data_dir: Path, database: str = "crm") -> str:
     """Start (or join) the embedded cluster and return an asyncpg SQLAlchemy URL for
     ``database``. The cluster stops when the last process using it exits, SIGTERM included."""
-    import pgserver  # heavy import: only when the embedded default is used
+    from pgserver.postgres_server import get_server  # heavy: only for the embedded default
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _servers.get(pgdata)
     if server is None:
         _exit_on_sigterm()
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
         _servers[pgdata] = server
     uri = server.get_uri()  # type: ignore[attr-defined]
     socket_dir = parse_qs(urlparse(uri).query)["host"][0]
