@@ -333,14 +333,21 @@ def test_committed_openapi_matches_the_app():
     )
 
 
-def _has_permission(dependant: Any) -> bool:
+def _markers(dependant: Any) -> list[tuple[str, str]]:
+    """The permission markers anywhere in a route's dependency tree."""
+    found = []
     pending = list(dependant.dependencies)
     while pending:
         dep = pending.pop()
-        if getattr(dep.call, PERMISSION_ATTR, None):
-            return True
+        marker = getattr(dep.call, PERMISSION_ATTR, None)
+        if marker:
+            found.append(marker)
         pending.extend(dep.dependencies)
-    return False
+    return found
+
+
+def _has_permission(dependant: Any) -> bool:
+    return bool(_markers(dependant))
 
 
 def test_every_route_declares_its_permission(app: FastAPI):
@@ -364,16 +371,13 @@ def test_every_enforced_resource_is_grantable(app: FastAPI):
     """Roles may be granted exactly the resources some route enforces (plus defaults)."""
     from crm_api.authz.catalog import known_resources
 
-    enforced = set()
-    for route in iter_route_contexts(app.routes):
-        pending = list(getattr(route, "dependant", None).dependencies if hasattr(
-            route, "dependant") and route.dependant else [])
-        while pending:
-            dep = pending.pop()
-            marker = getattr(dep.call, PERMISSION_ATTR, None)
-            if marker and marker[0] not in {"self", "public"}:
-                enforced.add(marker[0])
-            pending.extend(dep.dependencies)
+    enforced = {
+        resource
+        for route in iter_route_contexts(app.routes)
+        if getattr(route, "dependant", None) is not None
+        for resource, _ in _markers(route.dependant)
+        if resource not in {"self", "public"}
+    }
     assert {"customers", "contacts", "authz"} <= enforced
     assert enforced <= known_resources(app), enforced - known_resources(app)
 
