@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from crm_api.auth.dependencies import CurrentPrincipal
 from crm_api.authz.enforcer import PolicyEngine
+from crm_api.authz.scope import contains
 from crm_api.authz.types import Access, Action, Principal
 from crm_api.errors import Forbidden
 
@@ -38,8 +39,11 @@ def require(resource: str, action: Action | str) -> Any:
                 resource=resource,
                 action=action_name,
             )
-        sensitive = policy.scope_for(principal, resource, Action.read_sensitive.value) is not None
-        return Access(principal, resource, action_name, scope, sensitive)
+        # read_sensitive has a scope of its own: a caller reading more widely than it may
+        # see sensitive fields gets them masked outside that scope (see sensitive_clause)
+        sensitive_scope = policy.scope_for(principal, resource, Action.read_sensitive.value)
+        sensitive = sensitive_scope is not None and contains(sensitive_scope, scope)
+        return Access(principal, resource, action_name, scope, sensitive, sensitive_scope)
 
     setattr(dependency, PERMISSION_ATTR, (resource, action_name))
     dependency.__name__ = f"require_{resource}_{action_name}".replace("-", "_")

@@ -7,6 +7,7 @@ check on a single record, so the two cannot disagree. Nothing here loads rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, or_, select, true
@@ -26,6 +27,40 @@ def merge(scopes: Iterable[tuple[ScopeKind, Iterable[Any]]]) -> Scope | None:
     if ScopeKind.all in kinds:
         return Scope(frozenset({ScopeKind.all}))
     return Scope(frozenset(kinds), frozenset(units))
+
+
+def contains(outer: Scope, inner: Scope) -> bool:
+    """Whether ``outer`` covers every record ``inner`` does, whatever the data: ``own`` lies
+    within ``subordinates``, ``org_unit`` within ``org_subtree``, a custom unit list within
+    a larger one. Conservative: anything else (a custom list against ``org_subtree``, say)
+    counts as not contained."""
+    if outer.is_all:
+        return True
+    if inner.is_all:
+        return False
+    wider = {ScopeKind.own: ScopeKind.subordinates, ScopeKind.org_unit: ScopeKind.org_subtree}
+    for kind in inner.kinds:
+        if kind is ScopeKind.custom:
+            if kind in outer.kinds and inner.unit_ids <= outer.unit_ids:
+                continue
+        elif kind in outer.kinds or wider.get(kind) in outer.kinds:
+            continue
+        return False
+    return True
+
+
+def sensitive_clause(
+    access: Access,
+    owner_col: ColumnElement[Any] | None,
+    org_unit_col: ColumnElement[Any] | None,
+) -> ColumnElement[bool]:
+    """True for the rows whose sensitive fields ``access`` may show unmasked: those inside
+    the caller's ``read_sensitive`` scope (which may be narrower than what it reads)."""
+    if access.sensitive:
+        return true()
+    if access.sensitive_scope is None:
+        return false()
+    return scope_clause(replace(access, scope=access.sensitive_scope), owner_col, org_unit_col)
 
 
 def scope_clause(

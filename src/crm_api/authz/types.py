@@ -110,5 +110,9 @@ class Access:
     resource: str
     action: str
     scope: Scope
-    #: Whether the caller may see the resource's sensitive fields unmasked.
+    #: Whether the caller may see the resource's sensitive fields unmasked on *every*
+    #: record ``scope`` reaches (its ``read_sensitive`` scope contains ``scope``).
     sensitive: bool = False
+    #: The caller's ``read_sensitive`` scope on the resource (``None``: not granted): where
+    #: sensitive fields may be shown when ``sensitive`` is false, decided per record.
+    sensitive_scope: Scope | None = None

@@ -8,6 +8,7 @@ Raises: ``NotFound`` (``customer_not_found``, also for records outside the calle
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,11 +44,24 @@ def not_found(customer_id: uuid.UUID) -> NotFound:
 
 
 def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
-    """What the caller may see of a row: sensitive fields masked without read_sensitive."""
-    if not access.sensitive:
+    """What the caller may see of a row: sensitive fields masked outside the caller's
+    read_sensitive scope (rows read through the repository carry the per-row flag)."""
+    if not row.pop(repo.UNMASKED, access.sensitive):
         for field in SENSITIVE:
             row[field] = mask(row[field])
     return row
+
+
+async def present_one(
+    session: AsyncSession, access: Access, row: dict[str, Any]
+) -> dict[str, Any]:
+    """:func:`present` for a row just written (no flag read with it)."""
+    if not access.sensitive and access.sensitive_scope is not None:
+        row[repo.UNMASKED] = await position_in_scope(
+            session, replace(access, scope=access.sensitive_scope),
+            row["owner_id"], row["org_unit_id"],
+        )
+    return present(row, access)
 
 
 async def list_customers(
@@ -96,7 +110,11 @@ async def _resolve_owner(
     org_unit_id: uuid.UUID | None,
 ) -> tuple[uuid.UUID, uuid.UUID | None]:
     principal = access.principal
-    acting_user = principal.id if principal.kind is PrincipalKind.user else None
+    # an API client acts through its service account: that user id is the principal's id,
+    # so what it creates is its own, like a person's
+    acting_user = (
+        principal.id if principal.kind in (PrincipalKind.user, PrincipalKind.api_client) else None
+    )
     if owner_id is None:
         if acting_user is None:
             raise UnprocessableEntity(
@@ -117,7 +135,34 @@ async def _resolve_owner(
             code="invalid_owner",
             errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
         )
-    return owner_id, org_unit_id if org_unit_id is not None else owner.org_unit_id
+    unit = org_unit_id if org_unit_id is not None else owner.org_unit_id
+    if assign is not None and (owner_id != acting_user or org_unit_id is not None):
+        await _check_assign_scope(
+            session, assign, owner_id, unit, unit_chosen=org_unit_id is not None
+        )
+    return owner_id, unit
+
+
+async def _check_assign_scope(
+    session: AsyncSession, assign: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None,
+    *, unit_chosen: bool,
+) -> None:
+    """A record may be given only to where the assigner could reach it: the owner and org
+    unit it gets must lie inside the ``assign`` scope (as for transfers). 422, not 403, so
+    users and units outside the scope read like ones that do not exist."""
+    if await position_in_scope(session, assign, owner_id, org_unit_id):
+        return
+    if unit_chosen:
+        raise UnprocessableEntity(
+            "org_unit_id is not an org unit within your assign scope.", code="invalid_org_unit",
+            errors=[{"field": "org_unit_id", "code": "invalid_reference",
+                     "message": "no such org unit in your scope"}],
+        )
+    raise UnprocessableEntity(
+        "owner_id is not an active user within your assign scope.", code="invalid_owner",
+        errors=[{"field": "owner_id", "code": "invalid_reference",
+                 "message": "no such active user in your scope"}],
+    )
 
 
 async def _flush(session: AsyncSession, access: Access, customer: Customer) -> None:
@@ -162,7 +207,7 @@ async def create_customer(
         resource_id=customer.id, changes=audit.diff(None, after, SENSITIVE),
         owner_id=owner_id, org_unit_id=org_unit_id,
     )
-    return present(after, access)
+    return await present_one(session, access, after)
 
 
 async def update_customer(
@@ -201,6 +246,12 @@ async def update_customer(
                     errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
                 )
             changes.setdefault("org_unit_id", owner.org_unit_id)
+        owner_id = changes.get("owner_id", customer.owner_id)
+        unit = changes.get("org_unit_id", customer.org_unit_id)
+        if (owner_id, unit) != (customer.owner_id, customer.org_unit_id):
+            await _check_assign_scope(
+                session, assign, owner_id, unit, unit_chosen="org_unit_id" in patch.model_fields_set
+            )
     ext = changes.get("external_ref") if "external_ref" in changes else None
     tax = changes.get("tax_number") if "tax_number" in changes else None
     if (ext and ext != customer.external_ref) or (tax and tax != customer.tax_number):
@@ -209,7 +260,7 @@ async def update_customer(
         setattr(customer, key, value)
     diff = audit.diff(before, {**before, **changes}, SENSITIVE)
     if not diff:
-        return present(before, access)
+        return await present_one(session, access, before)
     customer.updated_at = datetime.now(UTC)
     await _flush(session, access, customer)
     after = to_dict(customer, repo.COLUMNS)
@@ -218,7 +269,7 @@ async def update_customer(
         resource_id=customer.id, changes=diff,
         owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
     )
-    return present(after, access)
+    return await present_one(session, access, after)
 
 
 async def delete_customer(
@@ -258,7 +309,7 @@ async def restore_customer(
         changes={"deleted_at": {"before": before.isoformat() if before else None, "after": None}},
         owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
     )
-    return present(to_dict(customer, repo.COLUMNS), access)
+    return await present_one(session, access, to_dict(customer, repo.COLUMNS))
 
 
 async def purge_customer(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> None:
