@@ -1,0 +1,356 @@
+"""``python -m bench breakdown``: where a request's CPU goes, layer by layer, in-process.
+
+Runs the app (``create_app()`` with its lifespan) inside this process, without HTTP, and
+times the same request with more and more of the stack, one request at a time, counting
+CPU (``time.process_time``) rather than wall time so the figures survive a noisy
+machine. Each step is measured ``--rounds`` times and the fastest round is kept.
+
+The layers, for get-by-id and for the list page:
+
+1. ``asyncpg``: pool acquire, the app's SQL, rows to dicts (the floor, one at a time);
+2. ``SQLAlchemy``: ``read_engine.connect()`` + the repository function, pre-ping on/off;
+3. ``ASGI app``: the whole FastAPI app (routing, middleware, auth, authz, SQL, orjson);
+   also with the principal dependency replaced by a fixed principal (auth cost), and
+   ``/healthz`` and an unmatched ``/v1`` path (framework and routing cost).
+
+The uvicorn/HTTP layer is what ``bench run`` adds on top (its "app: python ms").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench import asyncpg_url, sqlalchemy_url
+from bench.load import LIST_PATH, RESULTS, SCENARIOS, Runner, _no_reset, scenario_statement
+
+
+async def _cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int, rounds: int) -> float:
+    for _ in range(min(50, n)):
+        await fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for _ in range(n):
+            await fn()
+        best = min(best, (time.process_time() - t0) / n)
+    return best * 1000
+
+
+def _returning(value: Any) -> Callable[[], Awaitable[Any]]:
+    async def dependency() -> Any:
+        return value
+
+    return dependency
+
+
+class _Asgi:
+    """Calls an ASGI app directly (no sockets), the way uvicorn would."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token
+        self.status: set[int] = set()
+
+    async def get(self, path: str) -> None:
+        p, _, qs = path.partition("?")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": p, "raw_path": p.encode(), "query_string": qs.encode(),
+            "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+            "headers": [(b"host", b"127.0.0.1"),
+                        (b"authorization", f"Bearer {self.token}".encode())],
+            "state": {},
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.status.add(message["status"])
+
+        await self.app(scope, receive, send)
+
+
+async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
+    from crm_api.auth.dependencies import get_principal
+    from crm_api.config import Settings
+    from crm_api.customer import repository as repo
+    from crm_api.customer.schemas import CustomerListQuery
+    from crm_api.db.engine import create_database
+    from crm_api.main import create_app
+
+    args = argparse.Namespace(database_url=url, client="python", token=None, sample=1000,
+                              search_term="华信")
+    runner = Runner(args)
+    url = asyncpg_url(url)
+    get_sc = next(s for s in SCENARIOS if s.name == "get")
+    list_sc = next(s for s in SCENARIOS if s.name == "list")
+    conn = await asyncpg.connect(url)
+    try:
+        login = await runner.load_login(conn, get_sc.login)
+        ids, _ = await runner.ids_for(conn, get_sc)
+        get_st = await scenario_statement(login.access, get_sc, get_sc.path)
+        list_st = await scenario_statement(login.access, list_sc, LIST_PATH)
+    finally:
+        await conn.close()
+    one_id = uuid.UUID(ids[0])
+    out: list[tuple[str, float]] = []
+
+    async def measure(label: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        ms = await _cpu_per_call(fn, n, rounds)
+        out.append((label, ms))
+        print(f"  {label:<62} {ms:7.3f} ms", flush=True)
+
+    # 1. the floor, one request at a time
+    pool = await asyncpg.create_pool(url, min_size=2, max_size=2, reset=_no_reset)
+
+    async def floor(sql: str, params: list[Any]) -> None:
+        async with pool.acquire() as c:
+            [dict(r) for r in await c.fetch(sql, *params)]
+
+    get_params = list(get_st.params)
+    assert get_st.id_param is not None
+    get_params[get_st.id_param] = one_id
+    await measure("get  asyncpg: acquire + SQL + dicts (floor)",
+                  lambda: floor(get_st.sql, get_params))
+    await measure("list asyncpg: acquire + SQL + dicts (floor)",
+                  lambda: floor(list_st.sql, list_st.params))
+    await pool.close()
+
+    # 2. SQLAlchemy Core on the app's read engine
+    query = CustomerListQuery.model_validate(
+        {"limit": 50, "lifecycle_stage": ["customer"], "sort": "-created_at"})
+    for pre_ping in (True, False):
+        settings = Settings(database_url=sqlalchemy_url(url), db_pool_pre_ping=pre_ping,
+                            db_pool_size=2, db_max_overflow=0)
+        db = create_database(settings)
+        tag = "on" if pre_ping else "off"
+
+        async def checkout(db: Any = db) -> None:
+            async with db.read_engine.connect():
+                pass
+
+        async def sa_get(db: Any = db) -> None:
+            async with db.read_engine.connect() as c:
+                await repo.get_row(c, login.access, one_id)
+
+        async def sa_list(db: Any = db) -> None:
+            async with db.read_engine.connect() as c:
+                await repo.list_page(c, login.access, query)
+
+        await measure(f"SQLAlchemy: read_engine.connect() only, pre-ping {tag}", checkout)
+        await measure(f"get  SQLAlchemy: connect + repository.get_row, pre-ping {tag}", sa_get)
+        await measure(f"list SQLAlchemy: connect + repository.list_page, pre-ping {tag}",
+                      sa_list)
+        await db.dispose()
+
+    # 3. the whole ASGI app, in-process
+    signing_key = "bench-breakdown-" + uuid.uuid4().hex + uuid.uuid4().hex
+    for pre_ping in ("true", "false"):
+        os.environ.update(CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
+                          CRM_DB_POOL_SIZE="2", CRM_DB_MAX_OVERFLOW="0",
+                          CRM_DB_POOL_PRE_PING=pre_ping, CRM_JWT_SIGNING_KEY=signing_key)
+        from crm_api.config import get_settings
+
+        get_settings.cache_clear()
+        app = create_app()
+        startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await startup.put({"type": "lifespan.startup"})
+        lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"},
+                                            "state": {}}, startup.get, events.put))
+        started = await events.get()
+        if started["type"] != "lifespan.startup.complete":
+            raise SystemExit(f"app start-up failed: {started}")
+
+        class _Server:  # what Runner.mint_token needs
+            signing_key = os.environ["CRM_JWT_SIGNING_KEY"]
+            data_dir = get_settings().data_dir
+
+        token = runner.mint_token(login, _Server())  # type: ignore[arg-type]
+        client = _Asgi(app, token)
+        tag = "pre-ping " + ("on" if pre_ping == "true" else "off")
+        if pre_ping == "true":
+            await measure("ASGI app: GET /healthz (framework + middleware)",
+                          partial(client.get, "/healthz"))
+            await measure("ASGI app: GET /v1/customers/x/y (routing miss → 404)",
+                          partial(client.get, "/v1/customers/x/y"))
+        await measure(f"get  ASGI app: GET /v1/customers/{{id}}, {tag}",
+                      partial(client.get, f"/v1/customers/{one_id}"))
+        await measure(f"list ASGI app: GET {LIST_PATH[:34]}…, {tag}",
+                      partial(client.get, LIST_PATH))
+        if pre_ping == "true":
+            st = app.state
+            from crm_api.auth import tokens
+
+            claims = tokens.verify(st.keyring, token, issuer=st.settings.jwt_issuer,
+                                   audience=st.settings.jwt_audience,
+                                   token_types=frozenset({"access"}))
+            principal = await st.principals.resolve(claims)
+
+            app.dependency_overrides[get_principal] = _returning(principal)
+            await measure(f"get  ASGI app, principal dependency stubbed, {tag}",
+                          partial(client.get, f"/v1/customers/{one_id}"))
+            await measure(f"list ASGI app, principal dependency stubbed, {tag}",
+                          partial(client.get, LIST_PATH))
+            app.dependency_overrides.clear()
+        if client.status - {200, 404}:
+            raise SystemExit(f"unexpected statuses {client.status}")
+        await startup.put({"type": "lifespan.shutdown"})
+        await events.get()
+        await lifespan
+    return out
+
+
+# --- where the time goes: py-spy samples of the in-process app, grouped by layer ---------
+#: (bucket, pattern over "function (file:line)") — a sample goes to the bucket of its
+#: deepest matching frame, except that anything under the pre-ping counts as pre-ping.
+BUCKETS: list[tuple[str, str]] = [
+    ("routing (FastAPI route matching)",
+     r"^(\S+\.)?(_match|matches|_get_routes_version|effective_candidates|_handle_selected) "),
+    ("FastAPI dependency machinery", r"^(solve_dependencies|_solve_generator|"
+     r"_asynccontextmanager_with_shielded_exit|run_endpoint_function) "),
+    ("query parameters → CustomerListQuery", r"^(request_params_to_args|_validate_value\w*|"
+     r"_get_multidict_value) "),
+    ("crm middleware (request id, limits, metrics, log)", r"^RequestMiddleware\."),
+    ("authentication (bearer, token cache, principal)",
+     r"^(get_principal|HTTPBearer\.__call__|_verify_cached|PrincipalResolver\.resolve) "),
+    ("authorization (require → scope)", r"^(require\.<locals>\.dependency|"
+     r"PolicyEngine\.scope_for) "),
+    ("statement building (scope, filters, keyset)",
+     r"^(filtered|scoped|apply_keyset|scope_clause|scope_of|one_of) \(crm_api"),
+    ("DB connection checkout + return (SQLAlchemy pool)",
+     r"^(_read_connection|AsyncConnection\.start|AsyncConnection\.close|Engine\.connect|"
+     r"Connection\.close|_run_to_completion|_ConnectionFairy\.\w+|\w*raw_connection) "),
+    ("SQLAlchemy execute + result rows",
+     r"^(get_row|fetch_page|AsyncConnection\.execute|Connection\.execute \(sqlalchemy|"
+     r"AsyncAdapt_asyncpg_cursor\.\w+|\w*Result\w*\.\w+ \(sqlalchemy)"),
+    ("SQLAlchemy compile cache key", r"^(\S+\.)?(_generate_cache_key|_compile_w_cache) "),
+    ("asyncpg driver (protocol, codecs; the floor pays this too)", r"\(asyncpg/"),
+    ("jsonb → dict (json.loads, SQLAlchemy's asyncpg codec; the floor keeps text)",
+     r"^(\S+\.)?(_jsonb_decoder|_json_decoder) |\(json/"),
+    ("event loop (uvloop: I/O, wake-ups, task switches)", r"^Runner\.run \(asyncio"),
+    ("response: masking, ETag, orjson",
+     r"^(json_response|dumps|_with_etag|present|page_envelope|encode_cursor) "),
+]
+PRE_PING = ("pre-ping (BEGIN; ping; ROLLBACK)",
+            r"^(\S+\.)?(_async_ping|do_ping|_do_ping_w_event) ")
+
+
+def bucket_samples(raw_path: str) -> list[tuple[str, float]]:
+    import re
+    from collections import Counter
+
+    patterns = [(name, re.compile(rx)) for name, rx in BUCKETS]
+    pre_ping = re.compile(PRE_PING[1])
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in Path(raw_path).read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, n_text = line.rstrip().rpartition(" ")
+        if not n_text.isdigit():
+            continue
+        n = int(n_text)
+        total += n
+        frames = stack.split(";")
+        chosen = "other (Starlette/FastAPI plumbing, asyncio, uvloop)"
+        if any(pre_ping.search(f) for f in frames):
+            chosen = PRE_PING[0]
+        else:
+            for frame in reversed(frames):
+                hit = next((b for b, rx in patterns if rx.search(frame)), None)
+                if hit:
+                    chosen = hit
+                    break
+        counts[chosen] += n
+    return [(k, v / total) for k, v in counts.most_common()] if total else []
+
+
+async def profile_app(url: str, seconds: float) -> None:
+    """The whole app in-process, get then list, each for ``seconds`` under py-spy."""
+    import shutil
+    import subprocess
+    import sys
+
+    from crm_api.config import get_settings
+    from crm_api.main import create_app
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not shutil.which(spy):
+        raise SystemExit("py-spy not found (pip install py-spy)")
+    args = argparse.Namespace(database_url=url, client="python", token=None, sample=1000,
+                              search_term="华信")
+    runner = Runner(args)
+    get_sc = next(s for s in SCENARIOS if s.name == "get")
+    conn = await asyncpg.connect(asyncpg_url(url))
+    try:
+        login = await runner.load_login(conn, get_sc.login)
+        ids, _ = await runner.ids_for(conn, get_sc)
+    finally:
+        await conn.close()
+    os.environ.update(CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
+                      CRM_DB_POOL_SIZE="4", CRM_DB_MAX_OVERFLOW="0",
+                      CRM_JWT_SIGNING_KEY="bench-profile-" + uuid.uuid4().hex * 2)
+    get_settings.cache_clear()
+    app = create_app()
+    startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await startup.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"},
+                                        "state": {}}, startup.get, events.put))
+    await events.get()
+
+    class _Server:
+        signing_key = os.environ["CRM_JWT_SIGNING_KEY"]
+        data_dir = get_settings().data_dir
+
+    client = _Asgi(app, runner.mint_token(login, _Server()))  # type: ignore[arg-type]
+    tmp = RESULTS
+    tmp.mkdir(parents=True, exist_ok=True)
+    for label, path_of in (("get", lambda: f"/v1/customers/{ids[hash(time.time()) % len(ids)]}"),
+                           ("list", lambda: LIST_PATH)):
+        for _ in range(100):
+            await client.get(path_of())
+        out = tmp / f"py-spy-inprocess-{label}.txt"
+        proc = subprocess.Popen(  # noqa: ASYNC220 - py-spy samples this very process
+            [spy, "record", "-p", str(os.getpid()), "-d", str(int(seconds)), "-r", "400",
+             "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + seconds + 1.5
+        done = 0
+        cpu0 = time.process_time()
+        while time.monotonic() < deadline:
+            await client.get(path_of())
+            done += 1
+        cpu = time.process_time() - cpu0
+        proc.wait(30)
+        print(f"\n{label}: {done} requests, {cpu / done * 1000:.3f} ms CPU each "
+              f"(in-process, one at a time, no HTTP)")
+        for name, share in bucket_samples(str(out)):
+            print(f"  {share:6.1%}  {name}")
+        print(f"  (raw samples: {out})")
+    await startup.put({"type": "lifespan.shutdown"})
+    await events.get()
+    await lifespan
+
+
+def breakdown_command(url: str, n: int, rounds: int, profile: float = 0) -> int:
+    import uvloop
+
+    if profile:
+        uvloop.run(profile_app(url, profile))
+        return 0
+    print(f"CPU per request, one at a time, best of {rounds} x {n} "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    uvloop.run(breakdown(url, n, rounds))
+    return 0
