@@ -139,6 +139,12 @@ async def _reset_database(engine: AsyncEngine) -> None:
 async def _clean(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Every test that touches the database starts from the migrated, seeded state."""
     if "engine" in request.fixturenames or "client" in request.fixturenames:
+        from crm_api.authz.state import settle
+
+        # A policy reload the previous test's last write started may still be running:
+        # let it finish before TRUNCATE takes the policy tables (the deadlock retry in
+        # reset_database stays as the safety net for the periodic poller).
+        await settle()
         eng: AsyncEngine = request.getfixturevalue("engine")
         await reset_database(eng)
         application: FastAPI | None = (
