@@ -157,11 +157,9 @@ def _set_active(client: ApiClient, user: User, active: bool, now: datetime) -> N
     client.active = active
     user.active = active
     if not active:
-        # Every token issued so far dies with the deactivation, even after a reactivation.
-        # Rounded up to the next whole second because a token's ``iat`` has whole seconds:
-        # a token issued earlier in this very second must not come back on reactivation
-        # (and an inactive client cannot be issued new ones meanwhile).
-        user.tokens_valid_after = now.replace(microsecond=0) + timedelta(seconds=1)
+        # Every token issued so far dies with the deactivation, even after a reactivation
+        # (compared to the microsecond, so a token issued right after a reactivation works).
+        user.tokens_valid_after = now
 
 
 async def update_client(

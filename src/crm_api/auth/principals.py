@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +24,13 @@ from crm_api.authz.types import Principal, PrincipalKind
 from crm_api.models import OrgUnit, PersonalAccessToken, User
 
 logger = logging.getLogger("crm_api.auth")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_us(when: datetime) -> int:
+    """Microseconds since the epoch, exactly (``timestamp()`` is a float)."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 class Rejected(Exception):
@@ -38,7 +45,8 @@ class _UserFacts:
     org_unit_id: uuid.UUID | None
     org_path: str | None
     manager_path: str
-    valid_after: int
+    #: ``users.tokens_valid_after`` in microseconds since the epoch.
+    valid_after_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,7 @@ class PrincipalResolver:
             facts = _UserFacts(
                 name=row.display_name, kind=row.kind, active=row.active,
                 org_unit_id=row.org_unit_id, org_path=row.path, manager_path=row.manager_path,
-                valid_after=int(row.tokens_valid_after.timestamp()),
+                valid_after_us=_epoch_us(row.tokens_valid_after),
             )
         self._users[user_id] = facts
         return facts
@@ -119,7 +127,8 @@ class PrincipalResolver:
         facts = await self._user(subject_id)
         if facts is None or not facts.active:
             raise Rejected("subject inactive or unknown")
-        if claims.issued_at < facts.valid_after:
+        if claims.issued_at_us <= facts.valid_after_us:
+            # Minted at or before the revocation instant, to the microsecond.
             raise Rejected("token revoked")
         kind = PrincipalKind.api_client if kind_text == "client" else PrincipalKind.user
         if (kind is PrincipalKind.api_client) != (facts.kind == "service"):

@@ -211,7 +211,7 @@ async def refresh_grant(
             headers={},
         )
     user = (await session.execute(select(User).where(User.id == stored.user_id))).scalar_one()
-    if not user.active or stored.created_at < user.tokens_valid_after:
+    if not user.active or stored.created_at <= user.tokens_valid_after:
         raise invalid_grant()
     stored.used_at = now
     access, ttl = access_token_for(keyring, settings, f"user:{user.id}")

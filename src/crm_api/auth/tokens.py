@@ -4,6 +4,12 @@ python-jose's defaults are unsafe (no claim required, any ``alg`` accepted unles
 missing ``aud`` passes). Here: the key is chosen by ``kid`` from our own key ring, the
 algorithm is pinned to that key's, and exp/iat/nbf/aud/iss/sub/jti and our ``typ`` are all
 required. Swapping the JWT library touches this file only.
+
+Revocation (``users.tokens_valid_after``) is compared in microseconds: ``iat`` stays the
+standard whole-second claim, and the private ``iat_us`` claim carries the same instant to
+the microsecond, so a token minted earlier in the very second of a revocation is refused
+and one minted right after it is accepted. A token without ``iat_us`` counts from the start
+of its ``iat`` second (fail closed).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from crm_api.auth.keys import KeyRing
 
 ALLOWED_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "RS256", "ES256"})
 _REQUIRED = ("exp", "iat", "nbf", "aud", "iss", "sub", "jti")
+#: Private claim: the issue instant in microseconds since the epoch (``iat`` to the µs).
+ISSUED_AT_US = "iat_us"
+_US = 1_000_000
 
 
 class InvalidToken(Exception):
@@ -32,6 +41,8 @@ class Claims:
     token_type: str
     jti: str
     issued_at: int
+    #: ``issued_at`` to the microsecond, for exact comparison with a revocation instant.
+    issued_at_us: int
     expires_at: int
     extra: dict[str, Any]
 
@@ -47,7 +58,8 @@ def issue(
     jti: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, Claims]:
-    now = int(time.time())
+    now_us = time.time_ns() // 1000
+    now = now_us // _US
     key = keyring.current
     claims: dict[str, Any] = {
         **(extra or {}),
@@ -59,6 +71,7 @@ def issue(
         "exp": now + ttl_s,
         "jti": jti or uuid.uuid4().hex,
         "typ": token_type,
+        ISSUED_AT_US: now_us,
     }
     token = jwt.encode(claims, key.signing, algorithm=key.algorithm, headers={"kid": key.kid})
     return token, _claims(claims)
@@ -105,16 +118,24 @@ def verify(
         raise InvalidToken("wrong token type")
     if not isinstance(claims.get("iat"), int) or not isinstance(claims.get("exp"), int):
         raise InvalidToken("bad time claims")
+    issued_us = claims.get(ISSUED_AT_US)
+    if issued_us is not None and (
+        not isinstance(issued_us, int) or isinstance(issued_us, bool)
+        or issued_us // _US != claims["iat"]
+    ):
+        raise InvalidToken("iat_us disagrees with iat")
     return _claims(claims)
 
 
 def _claims(raw: dict[str, Any]) -> Claims:
-    reserved = {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "typ"}
+    reserved = {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "typ", ISSUED_AT_US}
+    issued_at = int(raw["iat"])
     return Claims(
         subject=str(raw["sub"]),
         token_type=str(raw["typ"]),
         jti=str(raw["jti"]),
-        issued_at=int(raw["iat"]),
+        issued_at=issued_at,
+        issued_at_us=int(raw.get(ISSUED_AT_US, issued_at * _US)),
         expires_at=int(raw["exp"]),
         extra={k: v for k, v in raw.items() if k not in reserved},
     )

@@ -16,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -259,7 +259,8 @@ async def update_user(
     user.updated_at = now
     if password_hash is not None:
         user.password_hash = password_hash
-        user.tokens_valid_after = func.now()
+        # The app's clock, the one tokens are minted by: compared to the microsecond.
+        user.tokens_valid_after = now
     user.manager_path = new_prefix
     await _flush(session)
     if new_prefix != old_prefix:
@@ -292,7 +293,8 @@ async def set_active(
     user.active = active
     user.updated_at = datetime.now(UTC)
     if not active:
-        user.tokens_valid_after = func.now()
+        # The app's clock, the one tokens are minted by: compared to the microsecond.
+        user.tokens_valid_after = user.updated_at
     await session.flush()
     audit.record(
         session, access.principal, action="activate" if active else "deactivate",
