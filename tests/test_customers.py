@@ -280,3 +280,26 @@ async def test_failed_requests_are_not_replayed(client, engine):
                               headers=headers)
     assert fixed.status_code == 201, fixed.text
     assert await count_rows(engine, "idempotency_keys") == 1
+
+
+async def test_patch_sending_the_unchanged_owner_needs_no_assign(client, client_for, engine):
+    """A client that GETs a customer and PATCHes it back whole is not asking to reassign it:
+    ``assign`` is needed only when owner_id or org_unit_id actually change."""
+    world = await _world(engine)
+    elsewhere = await make_org_unit(engine, "Elsewhere")
+    customer = await create_customer(client, world["rep"])
+    url = f"/v1/customers/{customer['id']}"
+    as_rep = await client_for(world["rep"])  # sales_rep: update (own), no assign
+    got = (await as_rep.get(url)).json()
+    same = await as_rep.patch(url, json={
+        "name": "Renamed", "owner_id": got["owner_id"], "org_unit_id": got["org_unit_id"],
+    })
+    assert same.status_code == 200, same.text
+    assert same.json()["name"] == "Renamed" and same.json()["owner_id"] == got["owner_id"]
+    problem(await as_rep.patch(url, json={"owner_id": str(world["owner"]["id"])}), 403,
+            "assign_not_allowed")
+    problem(await as_rep.patch(url, json={"owner_id": got["owner_id"],
+                                          "org_unit_id": str(elsewhere["id"])}),
+            403, "assign_not_allowed")
+    stored = (await as_rep.get(url)).json()
+    assert (stored["owner_id"], stored["org_unit_id"]) == (got["owner_id"], got["org_unit_id"])

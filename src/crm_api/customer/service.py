@@ -232,7 +232,9 @@ async def update_customer(
             errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"} for f in nulled],
         )
     before = to_dict(customer, repo.COLUMNS)
-    if "owner_id" in changes or "org_unit_id" in changes:
+    # Only a real change needs ``assign``: a client that GETs the customer and PATCHes it
+    # back whole sends the current owner_id and org_unit_id unchanged.
+    if any(k in changes and changes[k] != before[k] for k in ("owner_id", "org_unit_id")):
         if assign is None:
             raise Forbidden(
                 "Changing the owner or org unit needs the 'assign' permission.",
