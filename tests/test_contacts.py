@@ -51,10 +51,21 @@ async def test_outsider_sees_nothing_of_other_reps_contacts(client, client_for, 
         await as_rep.get(f"/v1/customers/{theirs['id']}/contacts"), 404, "customer_not_found"
     )
     before = await count_rows(engine, "contacts")
-    problem(
-        await as_rep.post("/v1/contacts", json={"customer_id": theirs["id"], "name": "x"}),
-        404, "customer_not_found",
-    )
+    # A customer named in the body is a bad reference (422), told apart from a customer
+    # that does not exist by nothing at all; in the path it is a 404.
+    out_of_scope, unknown = [
+        problem(
+            await as_rep.post("/v1/contacts", json={"customer_id": str(cid), "name": "x"}),
+            422, "invalid_customer",
+        )
+        for cid in (theirs["id"], uuid.uuid4())
+    ]
+    assert out_of_scope["errors"] == [
+        {"field": "customer_id", "code": "invalid_reference",
+         "message": "no such customer in your scope"},
+    ]
+    for key in ("title", "detail", "errors"):
+        assert out_of_scope[key] == unknown[key]
     problem(
         await as_rep.post(f"/v1/customers/{theirs['id']}/contacts", json={"name": "x"}),
         404, "customer_not_found",
@@ -211,6 +222,10 @@ async def test_contacts_of_a_deleted_customer_disappear_with_it(client, engine):
     assert (await client.get("/v1/contacts")).json()["data"] == []
     problem(
         await client.post("/v1/contacts", json={"customer_id": customer["id"], "name": "x"}),
+        422, "invalid_customer",
+    )
+    problem(
+        await client.post(f"/v1/customers/{customer['id']}/contacts", json={"name": "x"}),
         404, "customer_not_found",
     )
     assert (await client.post(f"/v1/customers/{customer['id']}/restore")).status_code == 200
@@ -422,7 +437,7 @@ async def test_bad_input_is_refused_and_nothing_written(client, engine):
         ({**good, "is_primary": "sometimes"}, 422, "validation_error"),
         ({"name": "x"}, 422, "validation_error"),
         ({**good, "customer_id": "not-a-uuid"}, 422, "validation_error"),
-        ({**good, "customer_id": str(uuid.uuid4())}, 404, "customer_not_found"),
+        ({**good, "customer_id": str(uuid.uuid4())}, 422, "invalid_customer"),
         ([good], 422, "validation_error"),
     ]
     for body, status, code in cases:

@@ -80,15 +80,15 @@ async def list_contacts(
 
 @router.post(
     "", operation_id="contacts_create", summary="Create a contact", status_code=201,
-    response_model=Contact, responses={**problems(400, 404, 409), **_CREATED},
+    response_model=Contact, responses={**problems(400, 409), **_CREATED},
 )
 async def create_contact(
     request: Request, body: ContactCreate, access: ContactsCreate, session: WriteSession,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """Create a contact of `customer_id` (404 `customer_not_found` if you cannot see that
-    customer). `is_primary: true` demotes the customer's previous primary contact. Send
-    `Idempotency-Key` to make retries safe."""
+    """Create a contact of `customer_id` (422 `invalid_customer` if you cannot see that
+    customer, as for any bad reference in a body). `is_primary: true` demotes the
+    customer's previous primary contact. Send `Idempotency-Key` to make retries safe."""
     return await _create(request, session, access, body.customer_id, body, idempotency_key)
 
 

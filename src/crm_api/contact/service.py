@@ -8,10 +8,11 @@ At most one live contact per customer is primary. Making a contact primary demot
 previous one in the same transaction (with an audit event of its own), holding the
 customer's row lock so two such changes cannot race.
 
-Raises: ``NotFound`` (``contact_not_found``; ``customer_not_found`` for a customer that is
-missing, deleted or outside the caller's scope), ``PreconditionFailed`` (stale If-Match),
-``PreconditionRequired`` (If-Match required by settings), ``UnprocessableEntity`` (null for
-a required field), ``Conflict`` (``primary_contact_conflict``, a safety net only).
+Raises: ``NotFound`` (``contact_not_found``; ``customer_not_found`` for a customer in the
+URL path that is missing, deleted or outside the caller's scope), ``PreconditionFailed``
+(stale If-Match), ``PreconditionRequired`` (If-Match required by settings),
+``UnprocessableEntity`` (null for a required field; ``invalid_customer`` for such a customer
+named in the request body), ``Conflict`` (``primary_contact_conflict``, a safety net only).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from crm_api.contact import repository as repo
 from crm_api.contact.repository import Parent
 from crm_api.contact.schemas import (
     NOT_NULLABLE,
+    ContactCreate,
     ContactListQuery,
     ContactUpdate,
     CustomerContactCreate,
@@ -50,6 +52,17 @@ def not_found(contact_id: uuid.UUID) -> NotFound:
 
 def customer_not_found(customer_id: uuid.UUID) -> NotFound:
     return NotFound(f"No customer {customer_id}.", code="customer_not_found")
+
+
+def invalid_customer() -> UnprocessableEntity:
+    """A ``customer_id`` in a request body that is missing, deleted or outside the caller's
+    scope: a bad reference (422, like a customer's unknown ``owner_id``), worded the same
+    whichever it is so it reveals nothing."""
+    return UnprocessableEntity(
+        "customer_id is not a customer within your scope.", code="invalid_customer",
+        errors=[{"field": "customer_id", "code": "invalid_reference",
+                 "message": "no such customer in your scope"}],
+    )
 
 
 def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
@@ -91,9 +104,11 @@ async def get_contact(
 
 
 # --- writes ------------------------------------------------------------------------------
-async def _flush(session: AsyncSession, customer_id: uuid.UUID) -> None:
+async def _flush(
+    session: AsyncSession, customer_id: uuid.UUID, missing: Exception | None = None
+) -> None:
     """Flush, turning the constraint violations a concurrent writer could still cause into
-    the errors the API documents."""
+    the errors the API documents (``missing`` when the customer went away)."""
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -104,7 +119,7 @@ async def _flush(session: AsyncSession, customer_id: uuid.UUID) -> None:
                 code="primary_contact_conflict",
             ) from exc
         if "fk_contacts_customer_id_customers" in text:
-            raise customer_not_found(customer_id) from exc
+            raise (missing or customer_not_found(customer_id)) from exc
         raise
 
 
@@ -126,11 +141,15 @@ async def create_contact(
     session: AsyncSession, access: Access, customer_id: uuid.UUID, data: CustomerContactCreate
 ) -> dict[str, Any]:
     """Create a contact of ``customer_id``, which must be live and inside the caller's
-    contacts scope (else 404 ``customer_not_found``). ``data`` may be a
-    :class:`ContactCreate`; its ``customer_id`` is the one passed here."""
+    contacts scope: else 404 ``customer_not_found`` when it comes from the URL path, 422
+    ``invalid_customer`` when ``data`` is a :class:`ContactCreate` (it names the customer
+    in the body; its ``customer_id`` is the one passed here)."""
+    missing = (
+        invalid_customer() if isinstance(data, ContactCreate) else customer_not_found(customer_id)
+    )
     parent = await repo.find_parent(session, access, customer_id, for_primary=data.is_primary)
     if parent is None:
-        raise customer_not_found(customer_id)
+        raise missing
     now = datetime.now(UTC)
     if data.is_primary:
         await _demote_primary(session, access, parent, keep=None, now=now)
@@ -140,7 +159,7 @@ async def create_contact(
         deleted_at=None, version=1, **values,
     )
     session.add(contact)
-    await _flush(session, parent.id)
+    await _flush(session, parent.id, missing)
     after = to_dict(contact, repo.COLUMNS)
     audit.record(
         session, access.principal, action="create", resource_type=RESOURCE,
