@@ -8,7 +8,8 @@ machine. Each step is measured ``--rounds`` times and the fastest round is kept.
 The layers, for get-by-id and for the list page:
 
 1. ``asyncpg``: pool acquire, the app's SQL, rows to dicts (the floor, one at a time);
-2. ``SQLAlchemy``: ``read_engine.connect()`` + the repository function, pre-ping on/off;
+2. ``reader``: the app's read pool (``crm_api.db.reader``: SQLAlchemy-compiled statement
+   on asyncpg) + the repository function;
 3. ``ASGI app``: the whole FastAPI app (routing, middleware, auth, authz, SQL, orjson);
    also with the principal dependency replaced by a fixed principal (auth cost), and
    ``/healthz`` and an unmatched ``/v1`` path (framework and routing cost).
@@ -128,36 +129,32 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
                   lambda: floor(list_st.sql, list_st.params))
     await pool.close()
 
-    # 2. SQLAlchemy Core on the app's read engine
+    # 2. the app's read path: reader pool + repository functions
     query = CustomerListQuery.model_validate(
         {"limit": 50, "lifecycle_stage": ["customer"], "sort": "-created_at"})
-    for pre_ping in (True, False):
-        settings = Settings(database_url=sqlalchemy_url(url), db_pool_pre_ping=pre_ping,
-                            db_pool_size=2, db_max_overflow=0)
-        db = create_database(settings)
-        tag = "on" if pre_ping else "off"
+    settings = Settings(database_url=sqlalchemy_url(url), db_read_pool_size=2)
+    db = create_database(settings)
 
-        async def checkout(db: Any = db) -> None:
-            async with db.read_engine.connect():
-                pass
+    async def checkout() -> None:
+        async with db.reads.connect():
+            pass
 
-        async def sa_get(db: Any = db) -> None:
-            async with db.read_engine.connect() as c:
-                await repo.get_row(c, login.access, one_id)
+    async def rd_get() -> None:
+        async with db.reads.connect() as c:
+            await repo.get_row(c, login.access, one_id)
 
-        async def sa_list(db: Any = db) -> None:
-            async with db.read_engine.connect() as c:
-                await repo.list_page(c, login.access, query)
+    async def rd_list() -> None:
+        async with db.reads.connect() as c:
+            await repo.list_page(c, login.access, query)
 
-        await measure(f"SQLAlchemy: read_engine.connect() only, pre-ping {tag}", checkout)
-        await measure(f"get  SQLAlchemy: connect + repository.get_row, pre-ping {tag}", sa_get)
-        await measure(f"list SQLAlchemy: connect + repository.list_page, pre-ping {tag}",
-                      sa_list)
-        await db.dispose()
+    await measure("reader: reads.connect() only", checkout)
+    await measure("get  reader: connect + repository.get_row", rd_get)
+    await measure("list reader: connect + repository.list_page", rd_list)
+    await db.dispose()
 
     # 3. the whole ASGI app, in-process
     signing_key = "bench-breakdown-" + uuid.uuid4().hex + uuid.uuid4().hex
-    for pre_ping in ("true", "false"):
+    for pre_ping in ("true",):  # reads no longer use the engine; pre-ping only on writes
         os.environ.update(CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
                           CRM_DB_POOL_SIZE="2", CRM_DB_MAX_OVERFLOW="0",
                           CRM_DB_POOL_PRE_PING=pre_ping, CRM_JWT_SIGNING_KEY=signing_key)

@@ -180,7 +180,8 @@ class AppServer:
     process group; always stopped (SIGTERM, then SIGKILL) by :meth:`stop`."""
 
     def __init__(self, db_url: str, pool_size: int, env: dict[str, str], log_dir: Path,
-                 label: str = "app") -> None:
+                 label: str = "app", workers: int = 1) -> None:
+        self.workers = workers
         self.port = free_port()
         self.signing_key = secrets.token_urlsafe(48)
         self.data_dir = Path(tempfile.mkdtemp(prefix="crm-bench-"))
@@ -189,6 +190,7 @@ class AppServer:
             "CRM_DATABASE_URL": sqlalchemy_url(db_url),
             "CRM_LOG_LEVEL": "WARNING",
             "CRM_DB_POOL_SIZE": str(pool_size),
+            "CRM_DB_READ_POOL_SIZE": str(pool_size),
             "CRM_DB_MAX_OVERFLOW": "0",
             "CRM_JWT_SIGNING_KEY": self.signing_key,
             "CRM_ACCESS_TOKEN_TTL_S": "86400",
@@ -206,7 +208,7 @@ class AppServer:
 
     def start(self, timeout_s: float = 60.0) -> None:
         cmd = [sys.executable, "-m", "uvicorn", "crm_api.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
                "--no-access-log", "--log-level", "warning"]
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
@@ -231,6 +233,21 @@ class AppServer:
             time.sleep(0.3)
         raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s. {last}\n"
                            f"{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        """The server process and, with several workers, the worker processes (its
+        process group)."""
+        assert self.proc is not None
+        group = os.getpgid(self.proc.pid)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == group:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found or [self.proc.pid]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -615,7 +632,8 @@ class Runner:
         assert self.server is not None and self.server.proc is not None
         a = self.args
         pg_pids = asyncio.run(backend_pids(self.db_url, "crm-api")) if measure_cpu else []
-        cpu0, pg0 = proc_cpu_s([self.server.proc.pid]), proc_cpu_s(pg_pids)
+        server_pids = self.server.pids()
+        cpu0, pg0 = proc_cpu_s(server_pids), proc_cpu_s(pg_pids)
         if self.wrk:
             stats = run_wrk(self.wrk, self.server.port, job, seconds, a.concurrency,
                             a.threads, self.run_id)
@@ -624,7 +642,7 @@ class Runner:
             stats = asyncio.run(_py_client(self.server.port, job, seconds, a.concurrency,
                                            self.run_id, ids))
         if measure_cpu and stats.requests:
-            cpu = proc_cpu_s([self.server.proc.pid]) - cpu0
+            cpu = proc_cpu_s(server_pids) - cpu0
             stats.cpu_ms_per_req = round(cpu * 1000 / stats.requests, 3)
             stats.pg_cpu_ms_per_req = round((proc_cpu_s(pg_pids) - pg0) * 1000
                                             / stats.requests, 3)
@@ -701,8 +719,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before each measured run")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median counts")
-    p.add_argument("--pool-size", type=int, default=12,
-                   help="CRM_DB_POOL_SIZE (max overflow 0), and the floor's pool size")
+    p.add_argument("--pool-size", type=int, default=5,
+                   help="CRM_DB_POOL_SIZE and CRM_DB_READ_POOL_SIZE per worker (max overflow "
+                        "0), and the floor's pool size")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--token", help="bearer token for every request (default: mint one per "
@@ -836,8 +856,9 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
             "pool_size": args.pool_size, "max_overflow": 0,
             "client": "wrk" if runner.wrk else "python asyncio",
             "wrk_threads": args.threads if runner.wrk else None,
-            "server": "uvicorn crm_api.main:create_app --factory --workers 1 (uvloop, "
-                      "httptools), CRM_LOG_LEVEL=WARNING",
+            "server": f"uvicorn crm_api.main:create_app --factory --workers {args.workers} "
+                      "(uvloop, httptools), CRM_LOG_LEVEL=WARNING",
+            "workers": args.workers,
             "server_env": _env_pairs(args.server_env),
         },
         "dataset": {k: v for k, v in info.items() if k != "explain"},
@@ -851,7 +872,7 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
     print(f"\ndataset: {results['dataset']}")
 
     def start_server(env: dict[str, str], label: str) -> AppServer:
-        server = AppServer(url, args.pool_size, env, RESULTS, label)
+        server = AppServer(url, args.pool_size, env, RESULTS, label, args.workers)
         runner.servers.append(server)
         print(f"starting uvicorn on 127.0.0.1:{server.port} ({label}) …", flush=True)
         server.start()

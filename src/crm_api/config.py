@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: Where the embedded PostgreSQL cluster and the generated signing key live.
     data_dir: Path = Path(".crm-data")
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    #: Write connections (ORM sessions) per worker. Small pools are faster on a small box:
+    #: every busy backend competes with the workers for the same cores (docs/benchmarks.md).
+    db_pool_size: int = Field(default=5, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
+    #: Connections per worker of the read pool (asyncpg, see ``crm_api.db.reader``).
+    db_read_pool_size: int = Field(default=5, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
     db_pool_pre_ping: bool = True

@@ -10,11 +10,13 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -258,10 +260,14 @@ def install_error_handlers(app: FastAPI) -> None:
             instance=request.url.path,
         )
 
-    async def on_dbapi(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, DBAPIError)
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(
-            getattr(getattr(exc, "orig", None), "__cause__", None), "sqlstate", None
+    async def on_database(request: Request, exc: Exception) -> Response:
+        # SQLAlchemy wraps driver errors (DBAPIError.orig, its __cause__ the asyncpg
+        # error); the read path (crm_api.db.reader) raises asyncpg's errors directly.
+        orig = getattr(exc, "orig", None)
+        sqlstate = (
+            getattr(exc, "sqlstate", None)
+            or getattr(orig, "sqlstate", None)
+            or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
         )
         if sqlstate in {"55P03", "40P01", "40001"}:  # lock timeout, deadlock, serialization
             return problem_response(
@@ -279,6 +285,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return problem_response(
                 422, "invalid_value", "A value is out of range.", instance=request.url.path
             )
+        if sqlstate is None and isinstance(
+            exc, OSError | TimeoutError | asyncpg.InterfaceError | SQLAlchemyTimeoutError
+        ):  # no connection to be had: refused, lost, or none free within the pool timeout
+            logger.warning("database unavailable", exc_info=exc)
+            return problem_response(
+                503, "database_unavailable", "The database is not reachable; retry.",
+                instance=request.url.path, headers={"Retry-After": "1"},
+            )
         return await on_unexpected(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -294,5 +308,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(IntegrityError, on_integrity)
-    app.add_exception_handler(DBAPIError, on_dbapi)
+    for database_error in (
+        DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyTimeoutError,
+        OSError, TimeoutError,
+    ):
+        app.add_exception_handler(database_error, on_database)
     app.add_exception_handler(Exception, on_unexpected)

@@ -35,7 +35,7 @@ async def readyz(request: Request) -> Response:
     db: Database = request.app.state.db
     head: str | None = request.app.state.migration_head
     try:
-        async with db.read_engine.connect() as conn:
+        async with db.reads.connect() as conn:
             current = (
                 await conn.execute(text("SELECT version_num FROM alembic_version"))
             ).scalar_one_or_none()

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.api_client import repository as repo
 from crm_api.api_client.schemas import (
@@ -32,6 +32,7 @@ from crm_api.audit import service as audit
 from crm_api.auth.passwords import hash_password
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
+from crm_api.db.reader import Reader
 from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.models import ApiClient, User
@@ -78,12 +79,12 @@ async def _check_roles(
 
 
 async def list_clients(
-    conn: AsyncConnection, access: Access, query: ApiClientListQuery
+    conn: Reader, access: Access, query: ApiClientListQuery
 ) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
-async def get_client(conn: AsyncConnection, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
+async def get_client(conn: Reader, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, access, client_id)
     if row is None:
         raise not_found(client_id)

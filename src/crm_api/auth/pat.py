@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.auth import tokens
@@ -32,6 +32,7 @@ from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Principal, PrincipalKind
 from crm_api.config import Settings
+from crm_api.db.reader import Reader
 from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.repository import fetch_page
 from crm_api.models import PersonalAccessToken
@@ -129,7 +130,7 @@ async def create_token(
 
 
 async def list_tokens(
-    conn: AsyncConnection, principal: Principal, query: PersonalAccessTokenListQuery
+    conn: Reader, principal: Principal, query: PersonalAccessTokenListQuery
 ) -> dict[str, Any]:
     stmt = select(*COLUMNS).where(PersonalAccessToken.user_id == principal.id)
     if not query.include_revoked:
@@ -143,7 +144,7 @@ async def list_tokens(
 
 
 async def get_token(
-    conn: AsyncConnection, principal: Principal, token_id: uuid.UUID
+    conn: Reader, principal: Principal, token_id: uuid.UUID
 ) -> dict[str, Any]:
     row = (
         await conn.execute(

@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, exists, func, select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import SCOPE_RANK, Access, Principal, PrincipalKind, Scope, ScopeKind
+from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, UnprocessableEntity
 from crm_api.models.audit_event import AuditEvent
 from crm_api.models.authz_rule import AuthzRule
@@ -106,7 +106,7 @@ def scoped_for(resource: str) -> Scoped:
 
 
 async def principal_of(
-    conn: AsyncConnection, caller: Access, user_id: uuid.UUID
+    conn: Reader, caller: Access, user_id: uuid.UUID
 ) -> tuple[Principal, bool]:
     """The principal ``user_id`` would be, built from the same facts the token resolver
     caches; the user must be inside the caller's scope (else 404)."""
@@ -140,7 +140,7 @@ def describe(scope: Scope) -> dict[str, Any]:
 
 
 async def _via(
-    conn: AsyncConnection, roles: list[str], resource: str, action: str
+    conn: Reader, roles: list[str], resource: str, action: str
 ) -> list[dict[str, Any]]:
     if not roles:
         return []
@@ -167,7 +167,7 @@ def _single(access: Access, kind: ScopeKind) -> Access:
 
 
 async def _check_record(
-    conn: AsyncConnection, caller: Access, access: Access | None, resource: str,
+    conn: Reader, caller: Access, access: Access | None, resource: str,
     record_id: uuid.UUID,
 ) -> dict[str, Any]:
     scoped, id_col = scoped_for(resource)
@@ -196,7 +196,7 @@ async def _check_record(
 
 
 async def explain(
-    conn: AsyncConnection, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
+    conn: Reader, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
     resource: str, action: str, record_id: uuid.UUID | None,
 ) -> dict[str, Any]:
     principal, active = await principal_of(conn, caller, user_id)
@@ -224,7 +224,7 @@ def compile_sql(clause: ColumnElement[bool]) -> str:
 
 
 async def visibility(
-    conn: AsyncConnection, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
+    conn: Reader, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
     resource: str, action: str,
 ) -> dict[str, Any]:
     scoped, _ = scoped_for(resource)

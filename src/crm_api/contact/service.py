@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.authz.types import Access
@@ -36,6 +36,7 @@ from crm_api.contact.schemas import (
     CustomerContactCreate,
     CustomerContactListQuery,
 )
+from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.filtering import mask
@@ -75,7 +76,7 @@ def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
 
 # --- reads -------------------------------------------------------------------------------
 async def list_contacts(
-    conn: AsyncConnection, access: Access, query: ContactListQuery
+    conn: Reader, access: Access, query: ContactListQuery
 ) -> dict[str, Any]:
     page = await repo.list_page(conn, access, query)
     page["data"] = [present(r, access) for r in page["data"]]
@@ -83,7 +84,7 @@ async def list_contacts(
 
 
 async def list_customer_contacts(
-    conn: AsyncConnection, access: Access, customer_id: uuid.UUID, query: CustomerContactListQuery
+    conn: Reader, access: Access, customer_id: uuid.UUID, query: CustomerContactListQuery
 ) -> dict[str, Any]:
     """One customer's contacts. A customer the caller cannot see is a 404, not an empty
     page, so a client can tell "no contacts" from "wrong customer"."""
@@ -95,7 +96,7 @@ async def list_customer_contacts(
 
 
 async def get_contact(
-    conn: AsyncConnection, access: Access, contact_id: uuid.UUID
+    conn: Reader, access: Access, contact_id: uuid.UUID
 ) -> dict[str, Any]:
     row = await repo.get_row(conn, access, contact_id)
     if row is None:

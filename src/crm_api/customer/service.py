@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.authz.types import Access, PrincipalKind
@@ -26,6 +26,7 @@ from crm_api.customer.schemas import (
     CustomerTransferOne,
     CustomerUpdate,
 )
+from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.filtering import mask
@@ -65,14 +66,14 @@ async def present_one(
 
 
 async def list_customers(
-    conn: AsyncConnection, access: Access, query: CustomerListQuery
+    conn: Reader, access: Access, query: CustomerListQuery
 ) -> dict[str, Any]:
     page = await repo.list_page(conn, access, query)
     page["data"] = [present(r, access) for r in page["data"]]
     return page
 
 
-async def get_customer(conn: AsyncConnection, access: Access, customer_id: uuid.UUID) -> dict[str, Any]:
+async def get_customer(conn: Reader, access: Access, customer_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, access, customer_id)
     if row is None:
         raise not_found(customer_id)

@@ -4,7 +4,8 @@ Two ways into the database, by purpose:
 
 * writes use an :class:`AsyncSession` whose transaction the request owns (one commit after
   the handler, see :mod:`crm_api.db.session`);
-* reads use an autocommit connection: a single statement, no BEGIN/ROLLBACK round trips.
+* reads use :mod:`crm_api.db.reader`: statements compiled by SQLAlchemy, run on an asyncpg
+  pool of their own in autocommit (no BEGIN/ROLLBACK round trips, no ORM layers).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 
 from crm_api.config import Settings
 from crm_api.db.embedded import start_embedded
+from crm_api.db.reader import ReadPool
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -34,11 +36,12 @@ def resolve_database_url(settings: Settings) -> str:
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine
-    read_engine: AsyncEngine
+    reads: ReadPool
     sessionmaker: async_sessionmaker[AsyncSession]
     url: str
 
     async def dispose(self) -> None:
+        await self.reads.close()
         await self.engine.dispose()
 
 
@@ -63,6 +66,10 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         # host, a dead proxy): bound opening a connection like waiting for a pooled one.
         connect_args={"server_settings": server_settings, "timeout": settings.db_pool_timeout_s},
     )
-    read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    reads = ReadPool(
+        url, engine.dialect, size=settings.db_read_pool_size,
+        acquire_timeout=settings.db_pool_timeout_s, recycle_s=settings.db_pool_recycle_s,
+        server_settings=server_settings,
+    )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    return Database(engine=engine, read_engine=read_engine, sessionmaker=sessionmaker, url=url)
+    return Database(engine=engine, reads=reads, sessionmaker=sessionmaker, url=url)

@@ -4,7 +4,8 @@
 returns (``scope="function"``: before the response is sent, so a failed commit is the
 client's error response, never a 201 for data that was not saved). Services never commit.
 
-``ReadConnection``: an autocommit connection for single-statement reads.
+``ReadConnection``: a :class:`~crm_api.db.reader.Reader` (asyncpg, autocommit) for
+requests that only read.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.db.engine import Database
+from crm_api.db.reader import Reader
 
 
 def get_database(request: Request) -> Database:
@@ -34,11 +36,11 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-async def _read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+async def _read_connection(request: Request) -> AsyncIterator[Reader]:
     db = get_database(request)
-    async with db.read_engine.connect() as conn:
-        yield conn
+    async with db.reads.connect() as reader:
+        yield reader
 
 
 WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
-ReadConnection = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]
+ReadConnection = Annotated[Reader, Depends(_read_connection, scope="function")]

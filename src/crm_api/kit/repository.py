@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
+from crm_api.db.reader import Reader
 from crm_api.kit.pagination import PageParams, apply_keyset, page_envelope
 
-Executor = AsyncConnection | AsyncSession
+Executor = Reader | AsyncSession
 
 
 def columns_of(model: type[DeclarativeBase]) -> list[ColumnElement[Any]]:

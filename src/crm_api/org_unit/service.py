@@ -17,11 +17,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, Scope, ScopeKind
+from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.repository import to_dict
@@ -44,12 +45,12 @@ def _invalid_parent(message: str) -> UnprocessableEntity:
 
 
 async def list_org_units(
-    conn: AsyncConnection, access: Access, query: OrgUnitListQuery
+    conn: Reader, access: Access, query: OrgUnitListQuery
 ) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
-async def get_org_unit(conn: AsyncConnection, access: Access, unit_id: uuid.UUID) -> dict[str, Any]:
+async def get_org_unit(conn: Reader, access: Access, unit_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, access, unit_id)
     if row is None:
         raise not_found(unit_id)

@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.authz import catalog
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, ScopeKind
+from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.repository import to_dict
@@ -48,11 +49,11 @@ def present_grant(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def list_roles(conn: AsyncConnection, access: Access, query: RoleListQuery) -> dict[str, Any]:
+async def list_roles(conn: Reader, access: Access, query: RoleListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
-async def get_role(conn: AsyncConnection, access: Access, role_id: uuid.UUID) -> dict[str, Any]:
+async def get_role(conn: Reader, access: Access, role_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, access, role_id)
     if row is None:
         raise not_found(role_id)
@@ -147,7 +148,7 @@ async def delete_role(
 
 # --- grants ------------------------------------------------------------------------------
 async def _role(
-    executor: AsyncConnection | AsyncSession, access: Access, role_id: uuid.UUID
+    executor: Reader | AsyncSession, access: Access, role_id: uuid.UUID
 ) -> dict[str, Any]:
     row = await repo.get_row(executor, access, role_id)
     if row is None:
@@ -156,7 +157,7 @@ async def _role(
 
 
 async def list_grants(
-    conn: AsyncConnection, access: Access, role_id: uuid.UUID, query: GrantListQuery
+    conn: Reader, access: Access, role_id: uuid.UUID, query: GrantListQuery
 ) -> dict[str, Any]:
     role = await _role(conn, access, role_id)
     page = await repo.grants_page(conn, role["name"], query)

@@ -18,12 +18,13 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.auth.passwords import hash_password, policy_violations
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
+from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.transfer import position_in_scope
@@ -67,11 +68,11 @@ def _present(user: User, role_names: list[str]) -> dict[str, Any]:
     }
 
 
-async def list_users(conn: AsyncConnection, access: Access, query: UserListQuery) -> dict[str, Any]:
+async def list_users(conn: Reader, access: Access, query: UserListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
-async def get_user(conn: AsyncConnection, access: Access, user_id: uuid.UUID) -> dict[str, Any]:
+async def get_user(conn: Reader, access: Access, user_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, access, user_id)
     if row is None:
         raise not_found(user_id)

@@ -1,0 +1,325 @@
+"""The read path: SQLAlchemy builds and compiles statements, asyncpg runs them.
+
+Reads are single autocommit statements. Running them through SQLAlchemy's
+``AsyncConnection`` cost more CPU than the query itself (docs/benchmarks.md: pool
+checkout in a greenlet, connection events, the execution context and result rows,
+~0.6 ms per get and ~0.9 ms per list against 0.12 / 0.5 ms for asyncpg alone). Here the
+statement is still built with SQLAlchemy and compiled through its compiled cache, exactly
+as an ``execute()`` would, and then run on a plain asyncpg pool:
+
+* asyncpg's pool is a FIFO queue, checks liveness without a round trip (a connection the
+  server closed is replaced on acquire) and, with the reset below, releases without one;
+* statements use asyncpg's per-connection prepared statement cache;
+* ``jsonb`` is decoded with orjson.
+
+:class:`ReadResult` offers the part of SQLAlchemy's ``Result`` the repositories use, so a
+repository function runs unchanged on a :class:`Reader` (requests that only read) or on
+an ``AsyncSession`` (inside a write transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+from weakref import WeakKeyDictionary
+
+import asyncpg
+import orjson
+from sqlalchemy import Executable
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import LRUCache
+
+
+def _loads(data: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits: the standard parser takes them
+        return json.loads(bytes(data))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # The same wire formats as SQLAlchemy's asyncpg dialect sets up (its bind processors
+    # hand JSON over as text), decoded with orjson.
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary",
+        encoder=lambda text: b"\x01" + text.encode(), decoder=lambda raw: _loads(raw[1:]),
+    )
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", format="binary", encoder=str.encode, decoder=_loads,
+    )
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL: a round trip per request). A reader runs single autocommit statements and sets
+    no session state; a connection left in a transaction (a cancelled request) is reset
+    the thorough way."""
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What running one compiled statement needs, worked out once per compiled form."""
+
+    sql: str
+    positions: tuple[str, ...]
+    bind: dict[str, Callable[[Any], Any]]
+    keys: tuple[str, ...]
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]
+    expanding: bool
+
+
+class Statements:
+    """Compiles statements the way ``Connection.execute`` does (same dialect, same cache
+    keys), for execution by asyncpg. One per database."""
+
+    def __init__(self, dialect: Dialect, size: int = 500) -> None:
+        self.dialect = dialect
+        self._compiled: LRUCache[Any, Any] = LRUCache(size)
+        self._plans: WeakKeyDictionary[SQLCompiler, _Plan] = WeakKeyDictionary()
+
+    def prepare(self, stmt: Executable) -> tuple[str, list[Any], _Plan]:
+        element = cast(ClauseElement, stmt)
+        compiled, extracted, collected, _ = element._compile_w_cache(
+            self.dialect, compiled_cache=self._compiled, column_keys=[]
+        )
+        compiled = cast(SQLCompiler, compiled)
+        plan = self._plans.get(compiled)
+        if plan is None:
+            plan = self._plans[compiled] = self._plan(compiled)
+        params = compiled.construct_params(
+            extracted_parameters=extracted, escape_names=False, _collected_params=collected
+        )
+        sql, positions, bind = plan.sql, plan.positions, plan.bind
+        if plan.expanding:  # IN (...) lists: rendered per parameter set
+            state = compiled._process_parameters_for_postcompile(params)
+            sql, params = state.statement, state.parameters
+            positions = tuple(state.positiontup or ())
+            bind = {**bind, **state.processors}
+        args = [bind[k](params[k]) if k in bind else params[k] for k in positions]
+        return sql, args, plan
+
+    def _plan(self, compiled: SQLCompiler) -> _Plan:
+        dialect = self.dialect
+        results = []
+        for i, column in enumerate(compiled._result_columns):
+            processor = column.type._cached_result_processor(dialect, None)
+            if processor is not None:
+                results.append((i, processor))
+        return _Plan(
+            sql=compiled.string,
+            positions=tuple(compiled.positiontup or ()),
+            bind={k: v for k, v in compiled._bind_processors.items() if callable(v)},
+            keys=tuple(c.keyname for c in compiled._result_columns),
+            results=tuple(results),
+            expanding=bool(compiled.literal_execute_params or compiled.post_compile_params),
+        )
+
+
+class ReadResult:
+    """Rows of one statement, with the subset of SQLAlchemy's ``Result`` API the
+    repositories use: ``keys``, ``all``, ``first``, ``one``, ``one_or_none``, ``scalar``,
+    ``scalar_one``, ``scalar_one_or_none``, ``scalars().all()``, ``mappings()`` and
+    iteration. Rows are tuples that also answer by column name (``row.email``)."""
+
+    __slots__ = ("_keys", "_rows")
+
+    def __init__(self, keys: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        self._keys = keys
+        self._rows = rows
+
+    def keys(self) -> tuple[str, ...]:
+        return self._keys
+
+    def _row_type(self) -> type[Row]:
+        return _row_class(self._keys)
+
+    def all(self) -> list[Row]:
+        cls = self._row_type()
+        return [cls(r) for r in self._rows]
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.all())
+
+    def first(self) -> Row | None:
+        return self._row_type()(self._rows[0]) if self._rows else None
+
+    def one_or_none(self) -> Row | None:
+        if len(self._rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self.first()
+
+    def one(self) -> Row:
+        row = self.one_or_none()
+        if row is None:
+            raise NoResultFound("No row was found when one was required")
+        return row
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return row[0] if row is not None else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> _Scalars:
+        return _Scalars([r[0] for r in self._rows])
+
+    def mappings(self) -> _Mappings:
+        keys = self._keys
+        return _Mappings([dict(zip(keys, r, strict=True)) for r in self._rows])
+
+
+class Row(tuple[Any, ...]):
+    """A result row: a tuple whose columns are also attributes."""
+
+    __slots__ = ()
+    _index: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[self._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return {k: self[i] for k, i in self._index.items()}
+
+
+_ROW_CLASSES: dict[tuple[str, ...], type[Row]] = {}
+
+
+def _row_class(keys: tuple[str, ...]) -> type[Row]:
+    cls = _ROW_CLASSES.get(keys)
+    if cls is None:
+        if len(_ROW_CLASSES) > 1000:
+            _ROW_CLASSES.clear()
+        index = {k: i for i, k in reversed(list(enumerate(keys)))}
+        cls = _ROW_CLASSES[keys] = type("Row", (Row,), {"__slots__": (), "_index": index})
+    return cls
+
+
+@dataclass(frozen=True, slots=True)
+class _Scalars:
+    values: list[Any]
+
+    def all(self) -> list[Any]:
+        return self.values
+
+    def first(self) -> Any:
+        return self.values[0] if self.values else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mappings:
+    rows: list[dict[str, Any]]
+
+    def all(self) -> list[dict[str, Any]]:
+        return self.rows
+
+    def first(self) -> dict[str, Any] | None:
+        return self.rows[0] if self.rows else None
+
+    def one_or_none(self) -> dict[str, Any] | None:
+        if len(self.rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self.first()
+
+    def one(self) -> dict[str, Any]:
+        row = self.one_or_none()
+        if row is None:
+            raise NoResultFound("No row was found when one was required")
+        return row
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+
+class Reader:
+    """One pooled asyncpg connection, for the statements of one request."""
+
+    __slots__ = ("_conn", "_statements")
+
+    def __init__(self, conn: asyncpg.Connection, statements: Statements) -> None:
+        self._conn = conn
+        self._statements = statements
+
+    async def execute(self, stmt: Executable) -> ReadResult:
+        sql, args, plan = self._statements.prepare(stmt)
+        records = await self._conn.fetch(sql, *args)
+        if plan.results:
+            rows = [_processed(r, plan.results) for r in records]
+        else:
+            rows = [tuple(r) for r in records]
+        keys = plan.keys if plan.keys else (tuple(records[0].keys()) if records else ())
+        return ReadResult(keys, rows)
+
+
+def _processed(
+    record: Sequence[Any], processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+) -> tuple[Any, ...]:
+    values = list(record)
+    for i, processor in processors:
+        values[i] = processor(values[i])
+    return tuple(values)
+
+
+class ReadPool:
+    """An asyncpg pool for reads, opened on first use (so building a :class:`Database`
+    needs no running loop and no reachable server) and closed with the database."""
+
+    def __init__(
+        self, url: str, dialect: Dialect, *, size: int, acquire_timeout: float,
+        recycle_s: float, server_settings: dict[str, str],
+    ) -> None:
+        sa_url = make_url(url)
+        self._dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._size = size
+        self._acquire_timeout = acquire_timeout
+        self._recycle_s = recycle_s
+        self._server_settings = server_settings
+        self._pool: asyncpg.Pool | None = None
+        self._opening: asyncio.Lock | None = None
+        self.statements = Statements(dialect)
+
+    async def _open(self) -> asyncpg.Pool:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=0, max_size=self._size, init=_init_connection,
+                    reset=_reset, timeout=self._acquire_timeout,
+                    max_inactive_connection_lifetime=self._recycle_s if self._recycle_s > 0 else 0,
+                    server_settings=self._server_settings,
+                )
+        return self._pool
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Reader]:
+        pool = self._pool or await self._open()
+        async with pool.acquire(timeout=self._acquire_timeout) as conn:
+            yield Reader(conn, self.statements)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except (TimeoutError, OSError):
+                pool.terminate()
