@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from crm_api import __version__
-from crm_api.api import router as api_router
+from crm_api import __version__, api
 from crm_api.auth.keys import keyring_from_settings
 from crm_api.auth.principals import PrincipalResolver
 from crm_api.authz.enforcer import PolicyEngine
@@ -19,6 +18,7 @@ from crm_api.db.engine import create_database
 from crm_api.db.migrate import head_revision
 from crm_api.errors import install_error_handlers
 from crm_api.health import router as health_router
+from crm_api.kit.routing import document_query_models
 from crm_api.logs import configure_logging
 from crm_api.middleware import RequestMiddleware
 
@@ -74,8 +74,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    api.mount(app)
     app.include_router(health_router)
-    app.include_router(api_router)
+    document_query_models(app)
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.api_client import service
 from crm_api.api_client.schemas import (
@@ -27,7 +27,7 @@ from crm_api.config import get_settings
 from crm_api.db.session import ReadConnection
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/api-clients", tags=["api-clients"])
@@ -65,7 +65,9 @@ def _with_etag(
     response_model=Page[ApiClient], responses=problems(400),
 )
 async def list_api_clients(
-    access: ApiClientsRead, conn: ReadConnection, query: Annotated[ApiClientListQuery, Query()]
+    access: ApiClientsRead,
+    conn: ReadConnection,
+    query: Annotated[ApiClientListQuery, query_model(ApiClientListQuery)]
 ) -> Response:
     return json_response(await service.list_clients(conn, access, query))
 

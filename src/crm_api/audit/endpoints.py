@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from crm_api.audit import service
 from crm_api.audit.schemas import AuditEvent, AuditEventListQuery
@@ -14,7 +14,7 @@ from crm_api.authz.dependencies import require
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems
+from crm_api.kit.routing import problems, query_model
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/audit-events", tags=["audit"])
@@ -28,7 +28,7 @@ AuditEventsRead = Annotated[Access, require("audit_events", Action.read)]
 )
 async def list_audit_events(
     access: AuditEventsRead, conn: ReadConnection,
-    query: Annotated[AuditEventListQuery, Query()],
+    query: Annotated[AuditEventListQuery, query_model(AuditEventListQuery)],
 ) -> Response:
     """Who changed what, newest first: the events of records in your data scope (their
     owner and org unit at the time of the change)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.auth import pat
 from crm_api.auth.schemas import (
@@ -19,7 +19,7 @@ from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Principal
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems
+from crm_api.kit.routing import problems, query_model
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/me/tokens", tags=["me"])
@@ -54,7 +54,7 @@ async def create_personal_access_token(
 )
 async def list_personal_access_tokens(
     principal: Caller, conn: ReadConnection,
-    query: Annotated[PersonalAccessTokenListQuery, Query()],
+    query: Annotated[PersonalAccessTokenListQuery, query_model(PersonalAccessTokenListQuery)],
 ) -> Response:
     return json_response(await pat.list_tokens(conn, principal, query))
 

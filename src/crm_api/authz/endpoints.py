@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz import explain as service
 from crm_api.authz.dependencies import get_policy, require
@@ -13,7 +13,7 @@ from crm_api.authz.schemas import ExplainQuery, Explanation, Visibility, Visibil
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems
+from crm_api.kit.routing import problems, query_model
 
 router = APIRouter(prefix="/authz", tags=["access control"])
 
@@ -35,7 +35,7 @@ AuthzManage = Annotated[Access, require("authz", Action.manage)]
 )
 async def explain(
     request: Request, access: AuthzManage, conn: ReadConnection,
-    query: Annotated[ExplainQuery, Query()],
+    query: Annotated[ExplainQuery, query_model(ExplainQuery)],
 ) -> Response:
     """Whether `user_id` may `action` on `resource`, over which scope, through which
     grants; with `record_id`, whether that record is inside the scope and why — decided by
@@ -54,7 +54,7 @@ async def explain(
 )
 async def visibility(
     request: Request, access: AuthzManage, conn: ReadConnection,
-    query: Annotated[VisibilityQuery, Query()],
+    query: Annotated[VisibilityQuery, query_model(VisibilityQuery)],
 ) -> Response:
     """The user's scope on `resource`, the SQL predicate their queries get (values
     inlined) and how many records it covers now."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import require
 from crm_api.authz.types import Access, Action
@@ -28,7 +28,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
@@ -71,7 +71,9 @@ async def _create(
     response_model=Page[Contact], responses=problems(400),
 )
 async def list_contacts(
-    access: ContactsRead, conn: ReadConnection, query: Annotated[ContactListQuery, Query()]
+    access: ContactsRead,
+    conn: ReadConnection,
+    query: Annotated[ContactListQuery, query_model(ContactListQuery)]
 ) -> Response:
     """Contacts of the customers in your data scope, filtered and sorted, one cursor page
     at a time. `deleted=true` lists the trash."""
@@ -165,7 +167,7 @@ async def purge_contact(
 )
 async def list_customer_contacts(
     customer_id: uuid.UUID, access: ContactsRead, conn: ReadConnection,
-    query: Annotated[CustomerContactListQuery, Query()],
+    query: Annotated[CustomerContactListQuery, query_model(CustomerContactListQuery)],
 ) -> Response:
     """404 `customer_not_found` when the customer is missing, deleted or outside your
     scope; an empty page means the customer has no (matching) contacts."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import optional, require
 from crm_api.authz.types import Access, Action
@@ -22,7 +22,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -48,7 +48,9 @@ def _with_etag(row: dict[str, object], status: int = 200, location: str | None =
     response_model=Page[Customer], responses=problems(400),
 )
 async def list_customers(
-    access: CustomersRead, conn: ReadConnection, query: Annotated[CustomerListQuery, Query()]
+    access: CustomersRead,
+    conn: ReadConnection,
+    query: Annotated[CustomerListQuery, query_model(CustomerListQuery)]
 ) -> Response:
     """Customers in your data scope, filtered and sorted, one cursor page at a time."""
     return json_response(await service.list_customers(conn, access, query))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import require
 from crm_api.authz.state import PolicySession
@@ -13,7 +13,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.org_unit import service
 from crm_api.org_unit.schemas import (
@@ -44,7 +44,9 @@ def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = No
     response_model=Page[OrgUnit], responses=problems(400),
 )
 async def list_org_units(
-    access: OrgUnitsRead, conn: ReadConnection, query: Annotated[OrgUnitListQuery, Query()]
+    access: OrgUnitsRead,
+    conn: ReadConnection,
+    query: Annotated[OrgUnitListQuery, query_model(OrgUnitListQuery)]
 ) -> Response:
     """Units in your scope, in tree order by default (`sort=path`)."""
     return json_response(await service.list_org_units(conn, access, query))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.catalog import known_resources
 from crm_api.authz.dependencies import require
@@ -14,7 +14,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.role import service
 from crm_api.role.schemas import (
@@ -48,7 +48,9 @@ def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = No
     response_model=Page[Role], responses=problems(400),
 )
 async def list_roles(
-    access: RolesRead, conn: ReadConnection, query: Annotated[RoleListQuery, Query()]
+    access: RolesRead,
+    conn: ReadConnection,
+    query: Annotated[RoleListQuery, query_model(RoleListQuery)]
 ) -> Response:
     return json_response(await service.list_roles(conn, access, query))
 
@@ -118,7 +120,7 @@ async def delete_role(
 )
 async def list_grants(
     role_id: uuid.UUID, access: RolesRead, conn: ReadConnection,
-    query: Annotated[GrantListQuery, Query()],
+    query: Annotated[GrantListQuery, query_model(GrantListQuery)],
 ) -> Response:
     return json_response(await service.list_grants(conn, access, role_id, query))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import optional, require
 from crm_api.authz.state import PolicySession
@@ -13,7 +13,7 @@ from crm_api.db.session import ReadConnection
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.user import service
 from crm_api.user.schemas import User, UserCreate, UserListQuery, UserUpdate
@@ -39,7 +39,9 @@ def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = No
     response_model=Page[User], responses=problems(400),
 )
 async def list_users(
-    access: UsersRead, conn: ReadConnection, query: Annotated[UserListQuery, Query()]
+    access: UsersRead,
+    conn: ReadConnection,
+    query: Annotated[UserListQuery, query_model(UserListQuery)]
 ) -> Response:
     """Users in your scope (`own` is yourself; org scopes go by the user's org unit).
     The accounts behind API clients are listed only with `kind=service`."""
