@@ -8,8 +8,8 @@ machine. Each step is measured ``--rounds`` times and the fastest round is kept.
 The layers, for get-by-id and for the list page:
 
 1. ``asyncpg``: pool acquire, the app's SQL, rows to dicts (the floor, one at a time);
-2. ``reader``: the app's read pool (``crm_api.db.reader``: SQLAlchemy-compiled statement
-   on asyncpg) + the repository function;
+2. ``reader``: the repository function on the app's reader (``crm_api.db.reader``:
+   SQLAlchemy-compiled statement run on the asyncpg read pool);
 3. ``ASGI app``: the whole FastAPI app (routing, middleware, auth, authz, SQL, orjson);
    also with the principal dependency replaced by a fixed principal (auth cost), and
    ``/healthz`` and an unmatched ``/v1`` path (framework and routing cost).
@@ -135,21 +135,14 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     settings = Settings(database_url=sqlalchemy_url(url), db_read_pool_size=2)
     db = create_database(settings)
 
-    async def checkout() -> None:
-        async with db.reads.connect():
-            pass
-
     async def rd_get() -> None:
-        async with db.reads.connect() as c:
-            await repo.get_row(c, login.access, one_id)
+        await repo.get_row(db.reads.reader, login.access, one_id)
 
     async def rd_list() -> None:
-        async with db.reads.connect() as c:
-            await repo.list_page(c, login.access, query)
+        await repo.list_page(db.reads.reader, login.access, query)
 
-    await measure("reader: reads.connect() only", checkout)
-    await measure("get  reader: connect + repository.get_row", rd_get)
-    await measure("list reader: connect + repository.list_page", rd_list)
+    await measure("get  reader: repository.get_row (build, compile, acquire, run)", rd_get)
+    await measure("list reader: repository.list_page (build, compile, acquire, run)", rd_list)
     await db.dispose()
 
     # 3. the whole ASGI app, in-process

@@ -121,6 +121,42 @@ async def test_scope_predicate_is_sql_over_the_customer(client, engine):
         assert (await repository.list_page(conn, closed, ContactListQuery()))["data"] == []
 
 
+async def test_mobile_shown_per_row_within_the_read_sensitive_scope(client, client_for, engine):
+    """read_sensitive on contacts narrower than read (here org_subtree against all): each
+    contact's mobile is shown exactly when its customer lies in the read_sensitive scope, in
+    lists, single reads and the answers to writes alike."""
+    root = await make_org_unit(engine, "Root", kind="company")
+    east = await make_org_unit(engine, "East", parent=root)
+    west = await make_org_unit(engine, "West", parent=root)
+    manager = await make_user(engine, roles=("sales_manager", "service_agent"), org_unit=east)
+    customers = {
+        "east": await create_customer(client, await make_user(engine, org_unit=east)),
+        "west": await create_customer(client, await make_user(engine, org_unit=west)),
+    }
+    as_manager = await client_for(manager)
+    mobile = "+86 139 0000 5678"
+    expected = {"east": mobile, "west": "****5678"}
+    made = {}
+    for name, customer in customers.items():
+        response = await as_manager.post(
+            "/v1/contacts", json={"customer_id": customer["id"], "name": name, "mobile": mobile}
+        )
+        assert response.status_code == 201, response.text
+        made[name] = response.json()
+    assert {n: c["mobile"] for n, c in made.items()} == expected
+    listed = (await as_manager.get("/v1/contacts")).json()["data"]
+    assert {c["name"]: c["mobile"] for c in listed} == expected
+    for name, contact in made.items():
+        url = f"/v1/contacts/{contact['id']}"
+        assert (await as_manager.get(url)).json()["mobile"] == expected[name]
+        nested = await as_manager.get(f"/v1/customers/{customers[name]['id']}/contacts")
+        assert [c["mobile"] for c in nested.json()["data"]] == [expected[name]]
+        patched = await as_manager.patch(url, json={"title": "采购经理"})
+        assert patched.status_code == 200 and patched.json()["mobile"] == expected[name]
+        unchanged = await as_manager.patch(url, json={"title": "采购经理"})
+        assert unchanged.json()["mobile"] == expected[name]
+
+
 def test_present_masks_mobile_without_read_sensitive():
     principal = Principal(
         kind=PrincipalKind.user, id=uuid.uuid4(), name="u", roles=frozenset()

@@ -35,10 +35,9 @@ async def readyz(request: Request) -> Response:
     db: Database = request.app.state.db
     head: str | None = request.app.state.migration_head
     try:
-        async with db.reads.connect() as conn:
-            current = (
-                await conn.execute(text("SELECT version_num FROM alembic_version"))
-            ).scalar_one_or_none()
+        current = (
+            await db.reads.reader.execute(text("SELECT version_num FROM alembic_version"))
+        ).scalar_one_or_none()
     except Exception:
         return problem_response(503, "database_unavailable", "The database is not reachable.")
     if head is not None and current != head:

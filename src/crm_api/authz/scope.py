@@ -2,17 +2,27 @@
 
 The same function yields the ``WHERE`` clause of lists, searches, counts and exports and the
 check on a single record, so the two cannot disagree. Nothing here loads rows.
+
+Sensitive fields follow the same rule: :func:`sensitive_clause` is selected with each row as
+its :data:`UNMASKED` flag (:func:`with_unmasked`), evaluated on the owner and org unit of a
+row just written (:func:`unmasked_for`), and :func:`mask_sensitive` applies the flag.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy import ColumnElement, Select, Uuid, false, literal, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access, Scope, ScopeKind
+from crm_api.kit.filtering import mask
+
+#: Key of the per-row "sensitive fields may be shown" flag in rows read for a response.
+UNMASKED = "_unmasked"
 
 
 def merge(scopes: Iterable[tuple[ScopeKind, Iterable[Any]]]) -> Scope | None:
@@ -63,6 +73,41 @@ def sensitive_clause(
     return scope_clause(replace(access, scope=access.sensitive_scope), owner_col, org_unit_col)
 
 
+def per_row_sensitive(access: Access) -> bool:
+    """Whether showing sensitive fields depends on the row: ``read_sensitive`` is granted
+    over less than ``access`` reaches. Otherwise :func:`sensitive_clause` is a constant."""
+    return not access.sensitive and access.sensitive_scope is not None
+
+
+def with_unmasked(stmt: Select[Any], unmasked: ColumnElement[bool]) -> Select[Any]:
+    """``stmt`` plus the :data:`UNMASKED` flag, ``unmasked`` being :func:`sensitive_clause`
+    over the owner and org unit that decide the row's scope."""
+    return stmt.add_columns(unmasked.label(UNMASKED))
+
+
+async def unmasked_for(
+    session: AsyncSession, access: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None
+) -> bool:
+    """The :data:`UNMASKED` flag of a record owned by ``owner_id`` in ``org_unit_id`` (a row
+    just written, read with no flag): :func:`sensitive_clause` evaluated on the values, with
+    no round trip when the answer is the same for every row."""
+    if not per_row_sensitive(access):
+        return access.sensitive
+    clause = sensitive_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
+    return bool((await session.execute(select(clause))).scalar())
+
+
+def mask_sensitive(
+    row: dict[str, Any], access: Access, fields: Iterable[str]
+) -> dict[str, Any]:
+    """``row`` with ``fields`` masked unless its :data:`UNMASKED` flag (taken out of the row)
+    says they may be shown; a row without the flag is judged by ``access.sensitive``."""
+    if not row.pop(UNMASKED, access.sensitive):
+        for field in fields:
+            row[field] = mask(row[field])
+    return row
+
+
 def scope_clause(
     access: Access,
     owner_col: ColumnElement[Any] | None,
@@ -105,9 +150,8 @@ def scope_clause(
                         )
                     )
                 )
-        elif kind is ScopeKind.custom and org_unit_col is not None:
-            if scope.unit_ids:
-                clauses.append(org_unit_col.in_(sorted(scope.unit_ids)))
+        elif kind is ScopeKind.custom and org_unit_col is not None and scope.unit_ids:
+            clauses.append(org_unit_col.in_(sorted(scope.unit_ids)))
     if not clauses:
         return false()
     return or_(*clauses) if len(clauses) > 1 else clauses[0]

@@ -19,7 +19,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause
+from crm_api.authz.scope import (
+    per_row_sensitive,
+    scope_clause,
+    sensitive_clause,
+    with_unmasked,
+)
 from crm_api.authz.types import Access
 from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
 from crm_api.kit.filtering import contains_pattern, one_of, time_range
@@ -59,7 +64,21 @@ def visible(access: Access) -> ColumnElement[bool]:
     An ``IN`` over customers rather than a correlated ``EXISTS``: PostgreSQL plans both as
     the same semi-join here, but this one also reads (and compiles) on its own, as the
     access explainer shows it."""
-    return c.customer_id.in_(select(cu.id).where(customer_in_scope(access)))
+    return _of_customers(customer_in_scope(access))
+
+
+def unmasked(access: Access) -> ColumnElement[bool]:
+    """Contacts whose ``mobile`` ``access`` may show: their customer lies in the caller's
+    read_sensitive scope on contacts (the per-row flag read with every row for a response;
+    the service masks the rest). Built like :func:`visible`; a constant, with no subquery,
+    when the answer is the same for every row."""
+    flag = sensitive_clause(access, cu.owner_id, cu.org_unit_id)
+    return _of_customers(flag) if per_row_sensitive(access) else flag
+
+
+def _of_customers(customers: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Contacts of the customers matching ``customers`` (a predicate on ``customers``)."""
+    return c.customer_id.in_(select(cu.id).where(customers))
 
 
 def _live(deleted: bool) -> ColumnElement[bool]:
@@ -114,17 +133,16 @@ async def list_page(
     customer_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     return await fetch_page(
-        executor, filtered(access, query, customer_id), SORT_COLUMNS, c.id,
-        query.page(ContactSort),
+        executor, with_unmasked(filtered(access, query, customer_id), unmasked(access)),
+        SORT_COLUMNS, c.id, query.page(ContactSort),
     )
 
 
 async def get_row(
     executor: Executor, access: Access, contact_id: uuid.UUID
 ) -> dict[str, Any] | None:
-    row = (
-        await executor.execute(scoped(access).where(Contact.id == contact_id))
-    ).mappings().first()
+    stmt = with_unmasked(scoped(access).where(Contact.id == contact_id), unmasked(access))
+    row = (await executor.execute(stmt)).mappings().first()
     return dict(row) if row is not None else None
 
 

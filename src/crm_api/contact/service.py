@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access
 from crm_api.contact import repository as repo
 from crm_api.contact.repository import Parent
@@ -39,7 +40,6 @@ from crm_api.contact.schemas import (
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
-from crm_api.kit.filtering import mask
 from crm_api.kit.repository import to_dict
 from crm_api.models.contact import Contact
 
@@ -67,11 +67,19 @@ def invalid_customer() -> UnprocessableEntity:
 
 
 def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
-    """What the caller may see of a row: ``mobile`` masked without read_sensitive."""
-    if not access.sensitive:
-        for field in SENSITIVE:
-            row[field] = mask(row[field])
-    return row
+    """What the caller may see of a row: ``mobile`` masked outside the caller's
+    read_sensitive scope, which reaches a contact through its customer (rows read through
+    the repository carry the per-row flag)."""
+    return mask_sensitive(row, access, SENSITIVE)
+
+
+async def present_one(
+    session: AsyncSession, access: Access, row: dict[str, Any], parent: Parent
+) -> dict[str, Any]:
+    """:func:`present` for a row just written (no flag read with it), judged by its
+    customer's owner and org unit."""
+    row[UNMASKED] = await unmasked_for(session, access, parent.owner_id, parent.org_unit_id)
+    return present(row, access)
 
 
 # --- reads -------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ async def create_contact(
         resource_id=contact.id, changes=audit.diff(None, after, SENSITIVE),
         owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
     )
-    return present(after, access)
+    return await present_one(session, access, after, parent)
 
 
 async def update_contact(
@@ -199,7 +207,7 @@ async def update_contact(
     before = to_dict(contact, repo.COLUMNS)
     changes = {k: v for k, v in sent.items() if before[k] != v}
     if not changes:
-        return present(before, access)
+        return await present_one(session, access, before, parent)
     now = datetime.now(UTC)
     if changes.get("is_primary") is True:
         # Demote first, then flush this one: the partial unique index never sees two.
@@ -216,7 +224,7 @@ async def update_contact(
         resource_id=contact.id, changes=audit.diff(before, after, SENSITIVE),
         owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
     )
-    return present(after, access)
+    return await present_one(session, access, after, parent)
 
 
 async def delete_contact(
@@ -266,7 +274,7 @@ async def restore_contact(
         resource_id=contact.id, changes=audit.diff(before, after, SENSITIVE),
         owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
     )
-    return present(after, access)
+    return await present_one(session, access, after, parent)
 
 
 async def purge_contact(session: AsyncSession, access: Access, contact_id: uuid.UUID) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause, sensitive_clause
+from crm_api.authz.scope import scope_clause, sensitive_clause, with_unmasked
 from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit.filtering import contains_pattern, one_of, time_range
@@ -29,16 +29,11 @@ def scope_of(access: Access) -> ColumnElement[bool]:
     return scope_clause(access, Customer.owner_id, Customer.org_unit_id)
 
 
-#: Key of the per-row "sensitive fields may be shown" flag in rows read for a response.
-UNMASKED = "_unmasked"
-
-
-def with_unmasked(stmt: Select[Any], access: Access) -> Select[Any]:
-    """``stmt`` plus the :data:`UNMASKED` flag: whether the row lies in the caller's
-    read_sensitive scope (the service masks the rest)."""
+def unmasked(access: Access) -> ColumnElement[bool]:
+    """Customers whose sensitive fields ``access`` may show (the per-row flag read with
+    every row for a response; the service masks the rest)."""
     t = Customer.__table__.c
-    flag = sensitive_clause(access, t.owner_id, t.org_unit_id)
-    return stmt.add_columns(flag.label(UNMASKED))
+    return sensitive_clause(access, t.owner_id, t.org_unit_id)
 
 
 def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
@@ -87,7 +82,8 @@ def filtered(access: Access, query: CustomerListQuery) -> Select[Any]:
 
 async def list_page(executor: Executor, access: Access, query: CustomerListQuery) -> dict[str, Any]:
     return await fetch_page(
-        executor, with_unmasked(filtered(access, query), access), SORT_COLUMNS, Customer.id,
+        executor, with_unmasked(filtered(access, query), unmasked(access)), SORT_COLUMNS,
+        Customer.id,
         query.page(CustomerSort),
     )
 
@@ -95,7 +91,7 @@ async def list_page(executor: Executor, access: Access, query: CustomerListQuery
 async def get_row(
     executor: Executor, access: Access, customer_id: uuid.UUID
 ) -> dict[str, Any] | None:
-    stmt = with_unmasked(scoped(access).where(Customer.id == customer_id), access)
+    stmt = with_unmasked(scoped(access).where(Customer.id == customer_id), unmasked(access))
     row = (await executor.execute(stmt)).mappings().first()
     return dict(row) if row is not None else None
 

@@ -8,7 +8,6 @@ Raises: ``NotFound`` (``customer_not_found``, also for records outside the calle
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.customer import repository as repo
 from crm_api.customer.schemas import (
@@ -29,7 +29,6 @@ from crm_api.customer.schemas import (
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
-from crm_api.kit.filtering import mask
 from crm_api.kit.repository import to_dict
 from crm_api.kit.transfer import position_in_scope
 from crm_api.models.customer import Customer
@@ -47,21 +46,14 @@ def not_found(customer_id: uuid.UUID) -> NotFound:
 def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
     """What the caller may see of a row: sensitive fields masked outside the caller's
     read_sensitive scope (rows read through the repository carry the per-row flag)."""
-    if not row.pop(repo.UNMASKED, access.sensitive):
-        for field in SENSITIVE:
-            row[field] = mask(row[field])
-    return row
+    return mask_sensitive(row, access, SENSITIVE)
 
 
 async def present_one(
     session: AsyncSession, access: Access, row: dict[str, Any]
 ) -> dict[str, Any]:
     """:func:`present` for a row just written (no flag read with it)."""
-    if not access.sensitive and access.sensitive_scope is not None:
-        row[repo.UNMASKED] = await position_in_scope(
-            session, replace(access, scope=access.sensitive_scope),
-            row["owner_id"], row["org_unit_id"],
-        )
+    row[UNMASKED] = await unmasked_for(session, access, row["owner_id"], row["org_unit_id"])
     return present(row, access)
 
 

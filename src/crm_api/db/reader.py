@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 import asyncpg
 import orjson
-from sqlalchemy import Executable
+from sqlalchemy import ARRAY, Executable
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -111,6 +110,8 @@ class Statements:
         dialect = self.dialect
         results = []
         for i, column in enumerate(compiled._result_columns):
+            if _native_array(column.type, dialect):
+                continue  # asyncpg returns the list the processor would rebuild
             processor = column.type._cached_result_processor(dialect, None)
             if processor is not None:
                 results.append((i, processor))
@@ -122,6 +123,13 @@ class Statements:
             results=tuple(results),
             expanding=bool(compiled.literal_execute_params or compiled.post_compile_params),
         )
+
+
+def _native_array(type_: Any, dialect: Dialect) -> bool:
+    """An ARRAY of a type without a result processor of its own, read as a list."""
+    if not isinstance(type_, ARRAY) or type_.as_tuple or type_.dimensions not in (None, 1):
+        return False
+    return type_.item_type._cached_result_processor(dialect, None) is None
 
 
 class ReadResult:
@@ -251,17 +259,18 @@ class _Mappings:
 
 
 class Reader:
-    """One pooled asyncpg connection, for the statements of one request."""
+    """Runs read statements, each on a connection borrowed from the read pool for just
+    that statement (reads are single autocommit statements: holding a connection across a
+    request's other work would only make the small pool wait)."""
 
-    __slots__ = ("_conn", "_statements")
+    __slots__ = ("_pool",)
 
-    def __init__(self, conn: asyncpg.Connection, statements: Statements) -> None:
-        self._conn = conn
-        self._statements = statements
+    def __init__(self, pool: ReadPool) -> None:
+        self._pool = pool
 
     async def execute(self, stmt: Executable) -> ReadResult:
-        sql, args, plan = self._statements.prepare(stmt)
-        records = await self._conn.fetch(sql, *args)
+        sql, args, plan = self._pool.statements.prepare(stmt)
+        records = await self._pool.fetch(sql, args)
         if plan.results:
             rows = [_processed(r, plan.results) for r in records]
         else:
@@ -296,6 +305,8 @@ class ReadPool:
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
         self.statements = Statements(dialect)
+        #: Stateless: one per pool, handed to every request (``ReadConnection``).
+        self.reader = Reader(self)
 
     async def _open(self) -> asyncpg.Pool:
         if self._opening is None:
@@ -310,11 +321,10 @@ class ReadPool:
                 )
         return self._pool
 
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[Reader]:
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
         pool = self._pool or await self._open()
         async with pool.acquire(timeout=self._acquire_timeout) as conn:
-            yield Reader(conn, self.statements)
+            return await conn.fetch(sql, *args)
 
     async def close(self) -> None:
         if self._pool is not None:

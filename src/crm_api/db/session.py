@@ -4,8 +4,8 @@
 returns (``scope="function"``: before the response is sent, so a failed commit is the
 client's error response, never a 201 for data that was not saved). Services never commit.
 
-``ReadConnection``: a :class:`~crm_api.db.reader.Reader` (asyncpg, autocommit) for
-requests that only read.
+``ReadConnection``: the :class:`~crm_api.db.reader.Reader` (asyncpg, autocommit, a pooled
+connection per statement) for requests that only read.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-async def _read_connection(request: Request) -> AsyncIterator[Reader]:
-    db = get_database(request)
-    async with db.reads.connect() as reader:
-        yield reader
+async def _read_connection(request: Request) -> Reader:
+    # Not a generator: the reader borrows a pooled connection per statement, so there is
+    # nothing to release after the handler (and FastAPI's generator dependencies cost).
+    return get_database(request).reads.reader
 
 
 WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
-ReadConnection = Annotated[Reader, Depends(_read_connection, scope="function")]
+ReadConnection = Annotated[Reader, Depends(_read_connection)]

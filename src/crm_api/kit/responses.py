@@ -9,19 +9,28 @@ responses against the declared models.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import uuid
 from decimal import Decimal
 from typing import Any
 
+import asyncpg.pgproto.pgproto
 import orjson
 from starlette.responses import Response
 
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
+#: asyncpg's own UUID type (a uuid.UUID subclass, which orjson only serializes natively
+#: when the type is exactly uuid.UUID): the most frequent value by far in read responses.
+_PG_UUID = asyncpg.pgproto.pgproto.UUID
+
+
 def _default(value: Any) -> Any:
+    if type(value) is _PG_UUID:
+        return str(value)
     if isinstance(value, Decimal):
         return str(value)
-    if hasattr(value, "bytes") and hasattr(value, "hex"):  # asyncpg's own UUID type
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, set | frozenset):
         return sorted(value)
