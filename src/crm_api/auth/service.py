@@ -160,7 +160,7 @@ async def client_credentials_grant(
         client.previous_secret_expires_at and client.previous_secret_expires_at > now
     ):
         ok = verify_password(client.previous_secret_hash, secret)
-    if client is None or not ok or not client.active or not row[1]:
+    if row is None or client is None or not ok or not client.active or not row[1]:
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
     # A plain UPDATE, not an attribute change: a token request must not move the client's
     # version (its ETag) or updated_at, which belong to administrative edits.

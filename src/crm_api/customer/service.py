@@ -126,7 +126,8 @@ async def _resolve_owner(
         raise UnprocessableEntity(
             "owner_id is not an active user.",
             code="invalid_owner",
-            errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
+            errors=[{"field": "owner_id", "code": "invalid_reference",
+                     "message": "no such active user"}],
         )
     unit = org_unit_id if org_unit_id is not None else owner.org_unit_id
     if assign is not None and (owner_id != acting_user or org_unit_id is not None):
@@ -164,12 +165,17 @@ async def _flush(session: AsyncSession, access: Access, customer: Customer) -> N
     except IntegrityError as exc:
         # A concurrent insert won the unique index between our check and our write.
         text = str(exc.orig)
-        field = "external_ref" if "external_ref" in text else "tax_number" if "tax_number" in text else None
+        field = (
+            "external_ref" if "external_ref" in text
+            else "tax_number" if "tax_number" in text
+            else None
+        )
         if field is None:
             if "org_unit" in text:
                 raise UnprocessableEntity(
                     "org_unit_id does not exist.", code="invalid_org_unit",
-                    errors=[{"field": "org_unit_id", "code": "invalid_reference", "message": "no such org unit"}],
+                    errors=[{"field": "org_unit_id", "code": "invalid_reference",
+                             "message": "no such org unit"}],
                 ) from exc
             raise
         raise Conflict(
@@ -222,7 +228,8 @@ async def update_customer(
     if nulled:
         raise UnprocessableEntity(
             "These fields cannot be null.", code="validation_error",
-            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"} for f in nulled],
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                    for f in nulled],
         )
     before = to_dict(customer, repo.COLUMNS)
     # Only a real change needs ``assign``: a client that GETs the customer and PATCHes it
@@ -238,7 +245,8 @@ async def update_customer(
             if owner is None:
                 raise UnprocessableEntity(
                     "owner_id is not an active user.", code="invalid_owner",
-                    errors=[{"field": "owner_id", "code": "invalid_reference", "message": "no such active user"}],
+                    errors=[{"field": "owner_id", "code": "invalid_reference",
+                             "message": "no such active user"}],
                 )
             changes.setdefault("org_unit_id", owner.org_unit_id)
         owner_id = changes.get("owner_id", customer.owner_id)
