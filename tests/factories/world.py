@@ -374,9 +374,20 @@ async def restore(engine: AsyncEngine) -> None:
         for table in reversed(tables):
             await conn.execute(text(f"DELETE FROM public.{table}"))
         for table in tables:
-            await conn.execute(
-                text(f"INSERT INTO public.{table} SELECT * FROM {SNAPSHOT_SCHEMA}.{table}")
+            # generated columns (the search columns) cannot be written: PostgreSQL
+            # recomputes them
+            columns = ", ".join(
+                f'"{name}"' for name in (await conn.execute(
+                    text("SELECT column_name FROM information_schema.columns"
+                         " WHERE table_schema = 'public' AND table_name = :t"
+                         " AND is_generated = 'NEVER' ORDER BY ordinal_position"),
+                    {"t": table},
+                )).scalars()
             )
+            await conn.execute(text(
+                f"INSERT INTO public.{table} ({columns})"
+                f" SELECT {columns} FROM {SNAPSHOT_SCHEMA}.{table}"
+            ))
 
 
 async def drop_snapshot(engine: AsyncEngine) -> None:

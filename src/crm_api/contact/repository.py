@@ -27,12 +27,20 @@ from crm_api.authz.scope import (
 )
 from crm_api.authz.types import Access
 from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
-from crm_api.kit.filtering import contains_pattern, one_of, time_range
+from crm_api.kit.filtering import (
+    FIELD_SEPARATOR,
+    contains_lowered,
+    contains_pattern,
+    one_of,
+    time_range,
+)
 from crm_api.kit.repository import Executor, columns_of, fetch_page
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 
-COLUMNS = columns_of(Contact)
+#: What a row read for a response, an audit diff or a write carries: every column but the
+#: internal, generated search columns.
+COLUMNS = [c for c in columns_of(Contact) if c.key not in ("search_name", "search_text")]
 #: Table columns (typed ``ColumnElement``, which the kit and authz helpers take).
 c = Contact.__table__.c
 cu = Customer.__table__.c
@@ -99,8 +107,14 @@ def _primary(wanted: bool | None) -> ColumnElement[bool] | None:
 
 
 def _search(term: str) -> ColumnElement[bool]:
+    """``q``: the term in the name, e-mail or work phone, any case, anywhere; one LIKE over
+    the generated, lower()ed ``search_text`` (migration 0003).
+
+    ``mobile`` is deliberately not searched: matching on it would reveal a masked value."""
+    if FIELD_SEPARATOR not in term:
+        return contains_lowered(c.search_text, term)
+    # could match across two fields of search_text: field by field (same rows, slower)
     pattern = contains_pattern(term)
-    # ``mobile`` is deliberately not searched: matching on it would reveal a masked value.
     return Contact.name.ilike(pattern) | Contact.email.ilike(pattern) | Contact.phone.ilike(pattern)
 
 

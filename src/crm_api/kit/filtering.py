@@ -6,7 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, func
+
+#: Joins the fields of a generated search column (``search_text``). A term without it can
+#: only match inside one field, so one LIKE over the column finds what one ILIKE per field
+#: found; a term with it (nobody types U+001F) has to be matched field by field.
+FIELD_SEPARATOR = "\x1f"
 
 
 def escape_like(term: str) -> str:
@@ -17,6 +22,17 @@ def contains_pattern(term: str) -> str:
     """An ILIKE pattern matching ``term`` anywhere. Substring matching (not word
     tokenizing) is what makes Chinese and other unsegmented scripts searchable."""
     return f"%{escape_like(term)}%"
+
+
+def contains_lowered(column: ColumnElement[str], term: str) -> ColumnElement[bool]:
+    """``column`` contains ``term`` in any letter case, for a ``column`` PostgreSQL stores
+    lower()ed: ``column LIKE '%' || lower(term) || '%'``, wildcards in ``term`` literal.
+
+    Folding the term in SQL, with the same ``lower()`` that built the column, means Python's
+    and PostgreSQL's ideas of case (É/é, non-Latin scripts) can never disagree. It is what
+    ILIKE does on a UTF-8 database (lower() both sides, then LIKE) minus the per-row
+    lower(); LIKE on Chinese text is also 2-4x cheaper than ILIKE."""
+    return column.like("%" + func.lower(escape_like(term)) + "%")
 
 
 def one_of(column: ColumnElement[Any], values: Sequence[Any] | None) -> ColumnElement[bool] | None:
