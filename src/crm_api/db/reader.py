@@ -304,6 +304,7 @@ class ReadPool:
         self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
+        self._turns = asyncio.Semaphore(size)
         self.statements = Statements(dialect)
         #: Stateless: one per pool, handed to every request (``ReadConnection``).
         self.reader = Reader(self)
@@ -323,8 +324,21 @@ class ReadPool:
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
         pool = self._pool or await self._open()
-        async with pool.acquire(timeout=self._acquire_timeout) as conn:
-            return await conn.fetch(sql, *args)
+        # Waiting happens here, first come first served: asyncio.Queue, which asyncpg's
+        # pool waits on, hands a freed connection to whoever asks next, and a waiter that
+        # loses it goes to the back of the line (p99 several times p50 under load).
+        if not self._turns.locked():
+            await self._turns.acquire()  # free: no wait, no timer
+        else:
+            try:
+                await asyncio.wait_for(self._turns.acquire(), self._acquire_timeout)
+            except TimeoutError:
+                raise TimeoutError("no read connection became free in time") from None
+        try:
+            async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                return await conn.fetch(sql, *args)
+        finally:
+            self._turns.release()
 
     async def close(self) -> None:
         if self._pool is not None:
