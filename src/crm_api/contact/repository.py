@@ -93,9 +93,14 @@ def _live(deleted: bool) -> ColumnElement[bool]:
     return Contact.deleted_at.is_not(None) if deleted else Contact.deleted_at.is_(None)
 
 
+#: Built once (select() coerces every column anew each time).
+_LIVE = select(*COLUMNS).where(_live(False))
+_TRASH = select(*COLUMNS).where(_live(True))
+
+
 def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
     """Contacts ``access`` covers; live ones, or only the trash with ``deleted``."""
-    return select(*COLUMNS).where(_live(deleted), visible(access))
+    return (_TRASH if deleted else _LIVE).where(visible(access))
 
 
 def _primary(wanted: bool | None) -> ColumnElement[bool] | None:

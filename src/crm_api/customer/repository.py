@@ -44,10 +44,14 @@ def unmasked(access: Access) -> ColumnElement[bool]:
     return sensitive_clause(access, t.owner_id, t.org_unit_id)
 
 
+#: Built once: select() coerces each of the 28 columns anew (~0.1 ms per request).
+_LIVE = select(*COLUMNS).where(Customer.deleted_at.is_(None))
+_TRASH = select(*COLUMNS).where(Customer.deleted_at.is_not(None))
+
+
 def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
     """Customers ``access`` covers; live ones, or only the trash with ``deleted``."""
-    live = Customer.deleted_at.is_not(None) if deleted else Customer.deleted_at.is_(None)
-    return select(*COLUMNS).where(live, scope_of(access))
+    return (_TRASH if deleted else _LIVE).where(scope_of(access))
 
 
 def _search(term: str) -> ColumnElement[bool]:
