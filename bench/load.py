@@ -92,6 +92,10 @@ SCENARIOS: list[Scenario] = [
              floor="list", explain=True, groups=("roles",)),
     Scenario("get_rep", "get one of the rep's customers", "/v1/customers/{id}",
              login="rep@bench.crm", ids="own", floor="get", groups=("roles",)),
+    # What uvicorn + FastAPI + our middleware cost with no auth and no SQL: the ceiling of
+    # any endpoint of this stack on this machine (run with --scenarios healthz).
+    Scenario("healthz", "framework ceiling: GET /healthz (no auth, no SQL)", "/healthz",
+             groups=("ceiling",)),
 ]
 
 
