@@ -15,7 +15,17 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Uuid, false, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    Uuid,
+    false,
+    literal,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access, Scope, ScopeKind
@@ -61,8 +71,8 @@ def contains(outer: Scope, inner: Scope) -> bool:
 
 def sensitive_clause(
     access: Access,
-    owner_col: ColumnElement[Any] | None,
-    org_unit_col: ColumnElement[Any] | None,
+    owner_col: SQLColumnExpression[Any] | None,
+    org_unit_col: SQLColumnExpression[Any] | None,
 ) -> ColumnElement[bool]:
     """True for the rows whose sensitive fields ``access`` may show unmasked: those inside
     the caller's ``read_sensitive`` scope (which may be narrower than what it reads)."""
@@ -110,8 +120,8 @@ def mask_sensitive(
 
 def scope_clause(
     access: Access,
-    owner_col: ColumnElement[Any] | None,
-    org_unit_col: ColumnElement[Any] | None,
+    owner_col: SQLColumnExpression[Any] | None,
+    org_unit_col: SQLColumnExpression[Any] | None,
 ) -> ColumnElement[bool]:
     """A boolean SQL expression true exactly for the rows ``access`` covers.
 

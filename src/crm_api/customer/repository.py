@@ -18,6 +18,7 @@ from crm_api.kit.filtering import (
     one_of,
     time_range,
 )
+from crm_api.kit.pagination import SortColumn
 from crm_api.kit.repository import Executor, columns_of, fetch_page
 from crm_api.kit.transfer import Moved, Owned, audit_moves, reassign
 from crm_api.models.contact import Contact
@@ -26,7 +27,7 @@ from crm_api.models.customer import Customer
 #: What a row read for a response, an audit diff or a write carries: every column but the
 #: internal, generated ``search_text``.
 COLUMNS = [c for c in columns_of(Customer) if c.key != "search_text"]
-SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+SORT_COLUMNS: dict[str, SortColumn] = {
     CustomerSort.created_at: Customer.created_at,
     CustomerSort.updated_at: Customer.updated_at,
     CustomerSort.name: Customer.name,

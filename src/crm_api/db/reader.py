@@ -100,7 +100,8 @@ class Statements:
         sql, positions, bind = plan.sql, plan.positions, plan.bind
         if plan.expanding:  # IN (...) lists: rendered per parameter set
             state = compiled._process_parameters_for_postcompile(params)
-            sql, params = state.statement, state.parameters
+            # state.parameters is typed Mapping (a dict at runtime); params is only read below
+            sql, params = state.statement, state.parameters  # type: ignore[assignment]
             positions = tuple(state.positiontup or ())
             bind = {**bind, **state.processors}
         args = [bind[k](params[k]) if k in bind else params[k] for k in positions]
@@ -336,7 +337,7 @@ class ReadPool:
                 raise TimeoutError("no read connection became free in time") from None
         try:
             async with pool.acquire(timeout=self._acquire_timeout) as conn:
-                return await conn.fetch(sql, *args)
+                return await conn.fetch(sql, *args)  # type: ignore[no-any-return]  # untyped
         finally:
             self._turns.release()
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func
+from sqlalchemy import ColumnElement, SQLColumnExpression, func
 
 #: Joins the fields of a generated search column (``search_text``). A term without it can
 #: only match inside one field, so one LIKE over the column finds what one ILIKE per field
@@ -35,7 +35,9 @@ def contains_lowered(column: ColumnElement[str], term: str) -> ColumnElement[boo
     return column.like("%" + func.lower(escape_like(term)) + "%")
 
 
-def one_of(column: ColumnElement[Any], values: Sequence[Any] | None) -> ColumnElement[bool] | None:
+def one_of(
+    column: SQLColumnExpression[Any], values: Sequence[object] | None
+) -> ColumnElement[bool] | None:
     if not values:
         return None
     if len(values) == 1:
@@ -44,7 +46,7 @@ def one_of(column: ColumnElement[Any], values: Sequence[Any] | None) -> ColumnEl
 
 
 def time_range(
-    column: ColumnElement[Any], after: datetime | None, before: datetime | None
+    column: SQLColumnExpression[Any], after: datetime | None, before: datetime | None
 ) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     if after is not None:

@@ -14,16 +14,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, and_, or_, tuple_
+from sqlalchemy.orm import QueryableAttribute
 
 from crm_api.errors import BadRequest
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+
+#: A sort or tie-break column: a Core column (``Customer.__table__.c.name``) or a mapped
+#: attribute (``Customer.name``). Not ``SQLColumnExpression``, which covers both but has no
+#: ``.type``, and a cursor value is checked against the column's ``.type``.
+SortColumn: TypeAlias = ColumnElement[Any] | QueryableAttribute[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +148,8 @@ def decode_cursor(cursor: str, sort: Sequence[SortKey]) -> tuple[list[Any], uuid
 
 def apply_keyset(
     stmt: Select[Any],
-    columns: Mapping[str, ColumnElement[Any]],
-    id_column: ColumnElement[Any],
+    columns: Mapping[str, SortColumn],
+    id_column: SortColumn,
     params: PageParams,
 ) -> Select[Any]:
     """Order ``stmt`` by the sort keys plus id, continue after the cursor, fetch limit+1."""

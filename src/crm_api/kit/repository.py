@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.elements import KeyedColumnElement
 
 from crm_api.db.reader import Reader
-from crm_api.kit.pagination import PageParams, apply_keyset, page_envelope
+from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
 
 Executor = Reader | AsyncSession
 
 
-def columns_of(model: type[DeclarativeBase]) -> list[ColumnElement[Any]]:
-    return list(model.__table__.columns)  # type: ignore[attr-defined]
+def columns_of(model: type[DeclarativeBase]) -> list[KeyedColumnElement[Any]]:
+    return list(model.__table__.columns)
 
 
-def to_dict(obj: Any, columns: Iterable[ColumnElement[Any]]) -> dict[str, Any]:
-    return {c.key: getattr(obj, c.key) for c in columns}  # type: ignore[attr-defined]
+def to_dict(obj: Any, columns: Iterable[KeyedColumnElement[Any]]) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in columns}
 
 
 async def fetch_page(
     executor: Executor,
     stmt: Select[Any],
-    sort_columns: dict[str, ColumnElement[Any]],
-    id_column: ColumnElement[Any],
+    sort_columns: Mapping[str, SortColumn],
+    id_column: SortColumn,
     params: PageParams,
 ) -> dict[str, Any]:
     """Run a scoped, filtered statement as one keyset page (plus an opt-in count)."""
