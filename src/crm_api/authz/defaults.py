@@ -21,7 +21,9 @@ BUILTIN_ROLES: dict[str, str] = {
 }
 
 
-def _grants(resources: tuple[str, ...], actions: tuple[str, ...], scope: str) -> list[tuple[str, str, str]]:
+def _grants(
+    resources: tuple[str, ...], actions: tuple[str, ...], scope: str
+) -> list[tuple[str, str, str]]:
     return [(r, a, scope) for r in resources for a in actions]
 
 

@@ -8,8 +8,8 @@ responses against the declared models.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
