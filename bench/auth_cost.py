@@ -43,8 +43,8 @@ async def main(url: str) -> None:
     startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await startup.put({"type": "lifespan.startup"})
-    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                       startup.get, events.put))
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    lifespan = asyncio.create_task(app(scope, startup.get, events.put))
     await events.get()
     assert not lifespan.done()
 
