@@ -332,12 +332,16 @@ class ReadPool:
             await self._turns.acquire()  # free: no wait, no timer
         else:
             try:
-                await asyncio.wait_for(self._turns.acquire(), self._acquire_timeout)
+                async with asyncio.timeout(self._acquire_timeout):
+                    await self._turns.acquire()
             except TimeoutError:
                 raise TimeoutError("no read connection became free in time") from None
         try:
-            async with pool.acquire(timeout=self._acquire_timeout) as conn:
-                return await conn.fetch(sql, *args)  # type: ignore[no-any-return]  # untyped
+            # A turn means a pooled connection is free (the turns are as many as the pool's
+            # connections), so no acquire timeout: asyncpg wraps one in a task per call.
+            # Opening a new connection is bounded by the connect timeout.
+            async with pool.acquire() as conn:
+                return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
         finally:
             self._turns.release()
 
