@@ -211,12 +211,15 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "crm_api.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
-               "--no-access-log", "--log-level", "warning"]
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if self.workers == 1:
+            cmd = [sys.executable, "-m", "uvicorn", "crm_api.main:create_app", "--factory",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                   "--no-access-log", "--log-level", "warning"]
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        else:
+            self._start_reuseport(log)
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
@@ -237,6 +240,40 @@ class AppServer:
             time.sleep(0.3)
         raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s. {last}\n"
                            f"{self.log_tail()}")
+
+    def _start_reuseport(self, log: Any) -> None:
+        """N single-worker uvicorn processes, each on its own SO_REUSEPORT socket of one
+        port, in one process group. ``uvicorn --workers N`` shares one listening socket,
+        and whichever worker wakes first accepts a whole batch: wrk's 32 connections often
+        all landed on one worker while the other idled (server CPU 1.0 of 2 cores). With a
+        socket each, the kernel spreads connections over the workers."""
+        sockets = []
+        for _ in range(self.workers):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+            sockets.append(sock)
+        script = (
+            "import socket, sys, uvicorn; "
+            "s = socket.socket(fileno=int(sys.argv[1])); "
+            "uvicorn.Server(uvicorn.Config('crm_api.main:create_app', factory=True, "
+            "access_log=False, log_level='warning')).run(sockets=[s])"
+        )
+        try:
+            for i, sock in enumerate(sockets):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", script, str(sock.fileno())], cwd=ROOT, env=self.env,
+                    stdout=log, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
+                    process_group=0 if i == 0 else self.proc.pid,  # type: ignore[union-attr]
+                )
+                if i == 0:
+                    self.proc = proc
+        finally:
+            for sock in sockets:
+                sock.close()
 
     def pids(self) -> list[int]:
         """The server process and, with several workers, the worker processes (its
@@ -860,8 +897,10 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
             "pool_size": args.pool_size, "max_overflow": 0,
             "client": "wrk" if runner.wrk else "python asyncio",
             "wrk_threads": args.threads if runner.wrk else None,
-            "server": f"uvicorn crm_api.main:create_app --factory --workers {args.workers} "
-                      "(uvloop, httptools), CRM_LOG_LEVEL=WARNING",
+            "server": ("uvicorn crm_api.main:create_app --factory --workers 1"
+                       if args.workers == 1 else
+                       f"{args.workers} uvicorn processes, one SO_REUSEPORT socket each")
+                      + " (uvloop, httptools), CRM_LOG_LEVEL=WARNING",
             "workers": args.workers,
             "server_env": _env_pairs(args.server_env),
         },
