@@ -23,7 +23,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import asyncpg
@@ -133,6 +133,20 @@ def _native_array(type_: Any, dialect: Dialect) -> bool:
     return type_.item_type._cached_result_processor(dialect, None) is None
 
 
+T = TypeVar("T")
+
+
+def _at_most_one(rows: Sequence[object]) -> None:
+    if len(rows) > 1:
+        raise MultipleResultsFound("Multiple rows were found when one or none was required")
+
+
+def _required(row: T | None) -> T:
+    if row is None:
+        raise NoResultFound("No row was found when one was required")
+    return row
+
+
 class ReadResult:
     """Rows of one statement, with the subset of SQLAlchemy's ``Result`` API the
     repositories use: ``keys``, ``all``, ``first``, ``one``, ``one_or_none``, ``scalar``,
@@ -162,15 +176,11 @@ class ReadResult:
         return self._row_type()(self._rows[0]) if self._rows else None
 
     def one_or_none(self) -> Row | None:
-        if len(self._rows) > 1:
-            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        _at_most_one(self._rows)
         return self.first()
 
     def one(self) -> Row:
-        row = self.one_or_none()
-        if row is None:
-            raise NoResultFound("No row was found when one was required")
-        return row
+        return _required(self.one_or_none())
 
     def scalar(self) -> Any:
         return self._rows[0][0] if self._rows else None
@@ -245,15 +255,11 @@ class _Mappings:
         return self.rows[0] if self.rows else None
 
     def one_or_none(self) -> dict[str, Any] | None:
-        if len(self.rows) > 1:
-            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        _at_most_one(self.rows)
         return self.first()
 
     def one(self) -> dict[str, Any]:
-        row = self.one_or_none()
-        if row is None:
-            raise NoResultFound("No row was found when one was required")
-        return row
+        return _required(self.one_or_none())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows)
