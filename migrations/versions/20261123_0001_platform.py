@@ -12,13 +12,88 @@ from alembic import op
 
 import uuid
 
-from crm_api.authz.defaults import default_policy_rows
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: The built-in roles' default grants as of this revision (role, resource, action, scope).
+#: Literal on purpose: a migration never imports live application code, or later
+#: changes to the defaults would silently differ between fresh and upgraded databases.
+_DEFAULT_GRANTS: list[tuple[str, str, str, str]] = [
+    ('admin', '*', '*', 'all'),
+    ('executive', 'customers', 'read', 'all'),
+    ('executive', 'customers', 'create', 'all'),
+    ('executive', 'customers', 'update', 'all'),
+    ('executive', 'customers', 'delete', 'all'),
+    ('executive', 'customers', 'export', 'all'),
+    ('executive', 'customers', 'assign', 'all'),
+    ('executive', 'customers', 'read_sensitive', 'all'),
+    ('executive', 'contacts', 'read', 'all'),
+    ('executive', 'contacts', 'create', 'all'),
+    ('executive', 'contacts', 'update', 'all'),
+    ('executive', 'contacts', 'delete', 'all'),
+    ('executive', 'contacts', 'export', 'all'),
+    ('executive', 'contacts', 'assign', 'all'),
+    ('executive', 'contacts', 'read_sensitive', 'all'),
+    ('executive', 'audit_events', 'read', 'all'),
+    ('executive', 'users', 'read', 'all'),
+    ('executive', 'org_units', 'read', 'all'),
+    ('executive', 'roles', 'read', 'all'),
+    ('executive', 'api_clients', 'read', 'all'),
+    ('sales_manager', 'customers', 'read', 'org_subtree'),
+    ('sales_manager', 'customers', 'create', 'org_subtree'),
+    ('sales_manager', 'customers', 'update', 'org_subtree'),
+    ('sales_manager', 'customers', 'delete', 'org_subtree'),
+    ('sales_manager', 'customers', 'export', 'org_subtree'),
+    ('sales_manager', 'customers', 'assign', 'org_subtree'),
+    ('sales_manager', 'customers', 'read_sensitive', 'org_subtree'),
+    ('sales_manager', 'contacts', 'read', 'org_subtree'),
+    ('sales_manager', 'contacts', 'create', 'org_subtree'),
+    ('sales_manager', 'contacts', 'update', 'org_subtree'),
+    ('sales_manager', 'contacts', 'delete', 'org_subtree'),
+    ('sales_manager', 'contacts', 'export', 'org_subtree'),
+    ('sales_manager', 'contacts', 'assign', 'org_subtree'),
+    ('sales_manager', 'contacts', 'read_sensitive', 'org_subtree'),
+    ('sales_manager', 'audit_events', 'read', 'org_subtree'),
+    ('sales_manager', 'users', 'read', 'org_subtree'),
+    ('sales_manager', 'org_units', 'read', 'all'),
+    ('sales_rep', 'customers', 'read', 'own'),
+    ('sales_rep', 'customers', 'create', 'own'),
+    ('sales_rep', 'customers', 'update', 'own'),
+    ('sales_rep', 'customers', 'delete', 'own'),
+    ('sales_rep', 'contacts', 'read', 'own'),
+    ('sales_rep', 'contacts', 'create', 'own'),
+    ('sales_rep', 'contacts', 'update', 'own'),
+    ('sales_rep', 'contacts', 'delete', 'own'),
+    ('sales_rep', 'audit_events', 'read', 'own'),
+    ('sales_rep', 'users', 'read', 'org_unit'),
+    ('sales_rep', 'org_units', 'read', 'all'),
+    ('service_agent', 'customers', 'read', 'all'),
+    ('service_agent', 'contacts', 'read', 'all'),
+    ('service_agent', 'contacts', 'create', 'all'),
+    ('service_agent', 'contacts', 'update', 'all'),
+    ('service_agent', 'org_units', 'read', 'all'),
+    ('marketer', 'customers', 'read', 'all'),
+    ('marketer', 'customers', 'export', 'all'),
+    ('marketer', 'contacts', 'read', 'all'),
+    ('marketer', 'contacts', 'export', 'all'),
+    ('marketer', 'org_units', 'read', 'all'),
+    ('staff', 'customers', 'read', 'own'),
+    ('staff', 'customers', 'create', 'own'),
+    ('staff', 'customers', 'update', 'own'),
+    ('staff', 'contacts', 'read', 'own'),
+    ('staff', 'contacts', 'create', 'own'),
+    ('staff', 'contacts', 'update', 'own'),
+    ('partner', 'customers', 'read', 'own'),
+    ('partner', 'customers', 'create', 'own'),
+    ('partner', 'customers', 'update', 'own'),
+    ('partner', 'contacts', 'read', 'own'),
+    ('partner', 'contacts', 'create', 'own'),
+    ('partner', 'contacts', 'update', 'own'),
+]
 
 
 def upgrade() -> None:
@@ -193,7 +268,12 @@ def upgrade() -> None:
         *(sa.column(f"v{i}", sa.String) for i in range(6)),
     )
     op.bulk_insert(
-        rules, [{"id": uuid.uuid4(), "v5": "", **row} for row in default_policy_rows()]
+        rules,
+        [
+            {"id": uuid.uuid4(), "ptype": "p", "v0": role, "v1": res, "v2": act, "v3": scope,
+             "v4": "", "v5": ""}
+            for role, res, act, scope in _DEFAULT_GRANTS
+        ],
     )
 
 

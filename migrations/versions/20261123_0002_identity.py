@@ -12,13 +12,24 @@ from alembic import op
 
 import uuid
 
-from crm_api.authz.defaults import BUILTIN_ROLES
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0002'
 down_revision: str | None = '0001'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: The built-in roles as of this revision (literal: migrations never import live code).
+_BUILTIN_ROLES: dict[str, str] = {
+    'admin': 'System administrator: everything, everywhere.',
+    'executive': 'Company leader: every business record; settings read-only.',
+    'sales_manager': 'Leads a sales team: records of their org unit and everything below it.',
+    'sales_rep': 'Sells: their own customers and contacts.',
+    'service_agent': 'Serves customers: reads every customer, edits contacts.',
+    'marketer': 'Segments and campaigns: reads and exports every customer.',
+    'staff': 'General user: their own records.',
+    'partner': 'API client of a partner or storefront: its own records only.',
+}
 
 
 def upgrade() -> None:
@@ -98,7 +109,7 @@ def upgrade() -> None:
         roles,
         [
             {"id": uuid.uuid4(), "name": name, "description": text, "builtin": True}
-            for name, text in BUILTIN_ROLES.items()
+            for name, text in _BUILTIN_ROLES.items()
         ],
     )
 
