@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz.masking import reject_masked, resolve_masked
 from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.customer import repository as repo
@@ -188,6 +189,7 @@ async def _flush(session: AsyncSession, access: Access, customer: Customer) -> N
 async def create_customer(
     session: AsyncSession, access: Access, assign: Access | None, data: CustomerCreate
 ) -> dict[str, Any]:
+    reject_masked(data.model_dump(include=set(SENSITIVE)), SENSITIVE)
     await _duplicate_check(session, access, data.external_ref, data.tax_number)
     owner_id, org_unit_id = await _resolve_owner(
         session, access, assign, data.owner_id, data.org_unit_id
@@ -232,6 +234,10 @@ async def update_customer(
                     for f in nulled],
         )
     before = to_dict(customer, repo.COLUMNS)
+    changes = await resolve_masked(
+        session, access, changes, before, SENSITIVE,
+        owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
+    )
     # Only a real change needs ``assign``: a client that GETs the customer and PATCHes it
     # back whole sends the current owner_id and org_unit_id unchanged.
     if any(k in changes and changes[k] != before[k] for k in ("owner_id", "org_unit_id")):
