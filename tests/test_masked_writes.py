@@ -202,3 +202,46 @@ async def test_short_values_and_both_customer_fields_at_once(client, client_for,
     refused = problem(await as_rep.patch(url, json=body), 422, "masked_value")
     assert [e["field"] for e in refused["errors"]] == ["tax_number"]
     assert (await _stored(engine, "customers", customer["id"]))["grade"] == "A"
+
+
+async def test_masking_decided_per_record_is_honoured_per_record(client, client_for, engine):
+    """A caller updating more widely than it may see sensitive fields gets them masked on
+    some records only: a write-back is "unchanged" exactly where it was shown a mask, and
+    a mask sent for a record it sees in full is refused."""
+    root = await make_org_unit(engine, "Root", kind="group")
+    home = await make_org_unit(engine, "Home", parent=root)
+    away = await make_org_unit(engine, "Away", parent=root)
+    role = (await client.post("/v1/roles", json={"name": "wide_editor"})).json()
+    for resource in ("customers", "contacts"):
+        for action, scope in (("read", "all"), ("update", "all"), ("read_sensitive", "org_unit")):
+            granted = await client.post(f"/v1/roles/{role['id']}/grants", json={
+                "resource": resource, "action": action, "scope": scope})
+            assert granted.status_code == 201, granted.text
+    editor = await make_user(engine, roles=("wide_editor",), org_unit=home)
+    local = await create_customer(client, await make_user(engine, org_unit=home),
+                                  bank_account="6222021001123443445")
+    remote = await create_customer(client, await make_user(engine, org_unit=away),
+                                   bank_account="6222029999000011112")
+    remote_contact = await create_contact(client, remote, mobile="+86 139 1234 5678")
+    as_editor = await client_for(editor)
+    local_url, remote_url = f"/v1/customers/{local['id']}", f"/v1/customers/{remote['id']}"
+    contact_url = f"/v1/contacts/{remote_contact['id']}"
+    assert (await as_editor.get(local_url)).json()["bank_account"] == "6222021001123443445"
+    shown = (await as_editor.get(remote_url)).json()
+    assert shown["bank_account"] == "****1112"
+    response = await as_editor.patch(remote_url, json={**_writable("customers", shown),
+                                                       "notes": "n"})
+    assert response.status_code == 200, response.text
+    shown_contact = (await as_editor.get(contact_url)).json()
+    assert shown_contact["mobile"] == "****5678"
+    response = await as_editor.patch(contact_url, json={**_writable("contacts", shown_contact),
+                                                        "notes": "n"})
+    assert response.status_code == 200, response.text
+    problem(await as_editor.patch(local_url, json={"bank_account": "****3445"}),
+            422, "masked_value")
+    assert (await _stored(engine, "customers", remote["id"]))["bank_account"] == (
+        "6222029999000011112")
+    assert (await _stored(engine, "contacts", remote_contact["id"]))["mobile"] == (
+        "+86 139 1234 5678")
+    assert (await _stored(engine, "customers", local["id"]))["bank_account"] == (
+        "6222021001123443445")
