@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from crm_api.authz.masking import AllowMasked
 from crm_api.kit.pagination import ListQuery
 from crm_api.kit.schemas import InputModel, OutputModel
 from crm_api.kit.types import Email, Phone, UtcDatetime
@@ -31,7 +32,9 @@ IsPrimary = Annotated[
     ),
 ]
 Mobile = Annotated[
-    Phone, Field(description="Personal mobile phone. Sensitive: masked without read_sensitive.")
+    Phone,
+    Field(description="Personal mobile phone. Sensitive: masked without read_sensitive."),
+    AllowMasked,  # a masked value sent back means "unchanged" (authz/masking.py)
 ]
 
 

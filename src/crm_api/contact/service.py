@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz.masking import reject_masked, resolve_masked
 from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access
 from crm_api.contact import repository as repo
@@ -153,6 +154,7 @@ async def create_contact(
     contacts scope: else 404 ``customer_not_found`` when it comes from the URL path, 422
     ``invalid_customer`` when ``data`` is a :class:`ContactCreate` (it names the customer
     in the body; its ``customer_id`` is the one passed here)."""
+    reject_masked(data.model_dump(include=set(SENSITIVE)), SENSITIVE)
     missing = (
         invalid_customer() if isinstance(data, ContactCreate) else customer_not_found(customer_id)
     )
@@ -205,6 +207,11 @@ async def update_contact(
             ],
         )
     before = to_dict(contact, repo.COLUMNS)
+    # the masking of a contact is its customer's: judged on the customer's owner and unit
+    sent = await resolve_masked(
+        session, access, sent, before, SENSITIVE,
+        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
+    )
     changes = {k: v for k, v in sent.items() if before[k] != v}
     if not changes:
         return await present_one(session, access, before, parent)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz.masking import reject_masked, resolve_masked
 from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.customer import repository as repo
@@ -30,7 +31,7 @@ from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.repository import to_dict
-from crm_api.kit.transfer import position_in_scope
+from crm_api.kit.transfer import check_placement, invalid_owner
 from crm_api.models.customer import Customer
 from crm_api.models.user import User
 from crm_api.user import service as users
@@ -102,6 +103,8 @@ async def _resolve_owner(
     owner_id: uuid.UUID | None,
     org_unit_id: uuid.UUID | None,
 ) -> tuple[uuid.UUID, uuid.UUID | None]:
+    """Owner and org unit of a new customer: the caller and their unit unless the body
+    names others, which needs ``assign`` and must satisfy :func:`check_placement`."""
     principal = access.principal
     # an API client acts through its service account: that user id is the principal's id,
     # so what it creates is its own, like a person's
@@ -116,47 +119,19 @@ async def _resolve_owner(
                 errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
             )
         owner_id = acting_user
-    if (owner_id != acting_user or org_unit_id is not None) and assign is None:
+    chosen = owner_id != acting_user or org_unit_id is not None
+    if chosen and assign is None:
         raise Forbidden(
             "Setting another owner or the org unit needs the 'assign' permission.",
             code="assign_not_allowed",
         )
     owner = await users.get_active_user(session, owner_id)
     if owner is None:
-        raise UnprocessableEntity(
-            "owner_id is not an active user.",
-            code="invalid_owner",
-            errors=[{"field": "owner_id", "code": "invalid_reference",
-                     "message": "no such active user"}],
-        )
+        raise invalid_owner()
     unit = org_unit_id if org_unit_id is not None else owner.org_unit_id
-    if assign is not None and (owner_id != acting_user or org_unit_id is not None):
-        await _check_assign_scope(
-            session, assign, owner_id, unit, unit_chosen=org_unit_id is not None
-        )
+    if assign is not None and chosen:
+        await check_placement(session, assign, owner, unit)
     return owner_id, unit
-
-
-async def _check_assign_scope(
-    session: AsyncSession, assign: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None,
-    *, unit_chosen: bool,
-) -> None:
-    """A record may be given only to where the assigner could reach it: the owner and org
-    unit it gets must lie inside the ``assign`` scope (as for transfers). 422, not 403, so
-    users and units outside the scope read like ones that do not exist."""
-    if await position_in_scope(session, assign, owner_id, org_unit_id):
-        return
-    if unit_chosen:
-        raise UnprocessableEntity(
-            "org_unit_id is not an org unit within your assign scope.", code="invalid_org_unit",
-            errors=[{"field": "org_unit_id", "code": "invalid_reference",
-                     "message": "no such org unit in your scope"}],
-        )
-    raise UnprocessableEntity(
-        "owner_id is not an active user within your assign scope.", code="invalid_owner",
-        errors=[{"field": "owner_id", "code": "invalid_reference",
-                 "message": "no such active user in your scope"}],
-    )
 
 
 async def _flush(session: AsyncSession, access: Access, customer: Customer) -> None:
@@ -188,6 +163,7 @@ async def _flush(session: AsyncSession, access: Access, customer: Customer) -> N
 async def create_customer(
     session: AsyncSession, access: Access, assign: Access | None, data: CustomerCreate
 ) -> dict[str, Any]:
+    reject_masked(data.model_dump(include=set(SENSITIVE)), SENSITIVE)
     await _duplicate_check(session, access, data.external_ref, data.tax_number)
     owner_id, org_unit_id = await _resolve_owner(
         session, access, assign, data.owner_id, data.org_unit_id
@@ -232,29 +208,32 @@ async def update_customer(
                     for f in nulled],
         )
     before = to_dict(customer, repo.COLUMNS)
+    changes = await resolve_masked(
+        session, access, changes, before, SENSITIVE,
+        owner_id=customer.owner_id, org_unit_id=customer.org_unit_id,
+    )
     # Only a real change needs ``assign``: a client that GETs the customer and PATCHes it
     # back whole sends the current owner_id and org_unit_id unchanged.
-    if any(k in changes and changes[k] != before[k] for k in ("owner_id", "org_unit_id")):
+    owner_changed = "owner_id" in changes and changes["owner_id"] != customer.owner_id
+    unit_changed = "org_unit_id" in changes and changes["org_unit_id"] != customer.org_unit_id
+    if owner_changed or unit_changed:
         if assign is None:
             raise Forbidden(
                 "Changing the owner or org unit needs the 'assign' permission.",
                 code="assign_not_allowed",
             )
-        if "owner_id" in changes and changes["owner_id"] != customer.owner_id:
+        if owner_changed:
             owner = await users.get_active_user(session, changes["owner_id"])
             if owner is None:
-                raise UnprocessableEntity(
-                    "owner_id is not an active user.", code="invalid_owner",
-                    errors=[{"field": "owner_id", "code": "invalid_reference",
-                             "message": "no such active user"}],
-                )
+                raise invalid_owner()
             changes.setdefault("org_unit_id", owner.org_unit_id)
-        owner_id = changes.get("owner_id", customer.owner_id)
-        unit = changes.get("org_unit_id", customer.org_unit_id)
-        if (owner_id, unit) != (customer.owner_id, customer.org_unit_id):
-            await _check_assign_scope(
-                session, assign, owner_id, unit, unit_chosen="org_unit_id" in patch.model_fields_set
-            )
+        else:
+            # the current owner stays (even if deactivated since); only the unit moves
+            owner = await users.find_user(session, customer.owner_id)
+        await check_placement(
+            session, assign, owner, changes.get("org_unit_id", customer.org_unit_id),
+            check_owner=owner_changed,
+        )
     ext = changes.get("external_ref") if "external_ref" in changes else None
     tax = changes.get("tax_number") if "tax_number" in changes else None
     if (ext and ext != customer.external_ref) or (tax and tax != customer.tax_number):
@@ -335,17 +314,14 @@ async def purge_customer(session: AsyncSession, access: Access, customer_id: uui
 
 # --- transfer ----------------------------------------------------------------------------
 async def _new_owner(session: AsyncSession, access: Access, to_user_id: uuid.UUID) -> User:
-    """An active user a record may be handed to: inside the caller's ``assign`` scope, so
-    nobody can push records to where they could not reach them."""
+    """An active user a record may be handed to, with their own org unit: the rule of
+    every owner change (:func:`check_placement`)."""
     to_user = await users.get_active_user(session, to_user_id)
-    if to_user is None or not await position_in_scope(
-        session, access, to_user.id, to_user.org_unit_id
-    ):
-        raise UnprocessableEntity(
-            "to_user_id is not an active user within your assign scope.", code="invalid_owner",
-            errors=[{"field": "to_user_id", "code": "invalid_reference",
-                     "message": "no such active user in your scope"}],
-        )
+    if to_user is None:
+        raise invalid_owner("to_user_id")
+    await check_placement(
+        session, access, to_user, to_user.org_unit_id, owner_field="to_user_id"
+    )
     return to_user
 
 

@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Table, Uuid, and_, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
+from crm_api.errors import UnprocessableEntity
 from crm_api.logs import request_id_var
 from crm_api.models.audit_event import AuditEvent
 
@@ -151,3 +152,70 @@ async def position_in_scope(
         access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid())
     )
     return bool((await session.execute(select(clause))).scalar())
+
+
+class Assignee(Protocol):
+    """A user records can be given to (a :class:`~crm_api.models.user.User`)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def org_unit_id(self) -> uuid.UUID | None: ...
+
+
+def invalid_owner(field: str = "owner_id") -> UnprocessableEntity:
+    return UnprocessableEntity(
+        f"{field} is not an active user within your assign scope.", code="invalid_owner",
+        errors=[{"field": field, "code": "invalid_reference",
+                 "message": "no such active user in your scope"}],
+    )
+
+
+def invalid_org_unit(field: str = "org_unit_id") -> UnprocessableEntity:
+    return UnprocessableEntity(
+        f"{field} is not an org unit within your assign scope.", code="invalid_org_unit",
+        errors=[{"field": field, "code": "invalid_reference",
+                 "message": "no such org unit in your scope"}],
+    )
+
+
+async def check_placement(
+    session: AsyncSession,
+    assign: Access,
+    owner: Assignee | None,
+    org_unit_id: uuid.UUID | None,
+    *,
+    check_owner: bool = True,
+    owner_field: str = "owner_id",
+    unit_field: str = "org_unit_id",
+) -> None:
+    """The rule for every write that sets a record's owner or org unit (create, update,
+    transfer): a record may be given only to where the assigner could reach it.
+
+    - the owner (``None``: not an active user) must be inside the ``assign`` scope — a
+      record of theirs in their own unit would be covered by it; skipped with
+      ``check_owner=False`` when the write keeps the current owner;
+    - the org unit must be the owner's, or inside the scope by its unit terms alone
+      (``org_unit``, ``org_subtree``, ``custom``, ``all``): an owner-based scope does not
+      let the assigner put records into arbitrary units.
+
+    One round trip. Raises 422 ``invalid_owner`` (``owner_field``) or ``invalid_org_unit``
+    (``unit_field``): 422, not 403, so users and units outside the scope read like ones
+    that do not exist."""
+    if owner is None:
+        raise invalid_owner(owner_field)
+    unit_free = org_unit_id != owner.org_unit_id
+    if not check_owner and not unit_free:
+        return
+    checks = [
+        scope_clause(assign, literal(owner.id, Uuid()), literal(owner.org_unit_id, Uuid()))
+        if check_owner else literal(True),
+        scope_clause(assign, None, literal(org_unit_id, Uuid())) if unit_free else literal(True),
+    ]
+    row = (await session.execute(select(*checks))).one()
+    owner_ok, unit_ok = row[0], row[1]
+    if not owner_ok:
+        raise invalid_owner(owner_field)
+    if not unit_ok:
+        raise invalid_org_unit(unit_field)
