@@ -4,10 +4,14 @@ no commit (the request owns the transaction).
 Every change to a user bumps the policy version: workers cache user facts (active, org
 unit, reporting line, roles, when tokens were last revoked) and drop them on a new version.
 
+Roles are conferred through :mod:`crm_api.authz.delegation` (nobody gives what they do
+not hold, nor widens their own access).
+
 Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Conflict``
 (``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``),
-``Forbidden`` (``assign_not_allowed``), ``UnprocessableEntity`` (``weak_password``,
-``unknown_role``, ``invalid_org_unit``, ``invalid_manager``), ``PreconditionFailed``.
+``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``),
+``UnprocessableEntity`` (``weak_password``, ``unknown_role``, ``invalid_org_unit``,
+``invalid_manager``), ``PreconditionFailed``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.auth.passwords import hash_password, policy_violations
+from crm_api.authz import delegation
+from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
@@ -97,16 +103,31 @@ async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID 
         raise Conflict("Another user has this e-mail address.", code="email_taken", field="email")
 
 
-async def _check_roles(session: AsyncSession, assign: Access | None, names: list[str]) -> None:
+async def _check_roles(
+    session: AsyncSession, policy: PolicyEngine, assign: Access | None, user_id: uuid.UUID,
+    org_unit_id: uuid.UUID | None, current: list[str], new: list[str],
+) -> None:
+    """Changing a user's roles from ``current`` to ``new``: needs ``users:assign`` over the
+    user (placed in ``org_unit_id``), existing roles, and authority to confer every role
+    given or taken (:func:`crm_api.authz.delegation.check_roles`)."""
     if assign is None:
         raise Forbidden("Changing roles needs the 'assign' permission on users.",
                         code="assign_not_allowed")
-    unknown = await roles.unknown_roles(session, names)
+    unknown = await roles.unknown_roles(session, new)
     if unknown:
         raise UnprocessableEntity(
             "Unknown role(s): " + ", ".join(unknown) + ".", code="unknown_role",
             errors=[{"field": "roles", "code": "unknown_role", "message": n} for n in unknown],
         )
+    if not await position_in_scope(session, assign, user_id, org_unit_id):
+        raise Forbidden(
+            "Your 'assign' scope on users does not cover this user.", code="assign_not_allowed"
+        )
+    await delegation.check_roles(
+        session, policy, assign.principal,
+        added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
+        to_self=user_id == assign.principal.id,
+    )
 
 
 async def _check_org_unit(
@@ -151,7 +172,8 @@ async def _flush(session: AsyncSession) -> None:
 
 # --- writes ------------------------------------------------------------------------------
 async def create_user(
-    session: AsyncSession, access: Access, assign: Access | None, data: UserCreate
+    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    data: UserCreate,
 ) -> dict[str, Any]:
     user_id = uuid.uuid4()
     password_hash = (
@@ -159,7 +181,9 @@ async def create_user(
     )
     await _check_email(session, data.email, None)
     if data.roles:
-        await _check_roles(session, assign, data.roles)
+        await _check_roles(
+            session, policy, assign, user_id, data.org_unit_id, [], sorted(set(data.roles))
+        )
     await _check_org_unit(session, access, user_id, data.org_unit_id)
     manager_path = f"/{user_id}/"
     if data.manager_id is not None:
@@ -201,7 +225,8 @@ async def _lock_person(session: AsyncSession, access: Access, user_id: uuid.UUID
 
 
 async def update_user(
-    session: AsyncSession, access: Access, assign: Access | None, user_id: uuid.UUID,
+    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    user_id: uuid.UUID,
     patch: UserUpdate, if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
@@ -222,7 +247,10 @@ async def update_user(
     new_roles = current_roles
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
-        await _check_roles(session, assign, new_roles)
+        await _check_roles(
+            session, policy, assign, user.id, changes.get("org_unit_id", user.org_unit_id),
+            current_roles, new_roles,
+        )
     if "email" in changes and changes["email"].lower() != user.email.lower():
         await _check_email(session, changes["email"], user.id)
     if "org_unit_id" in changes and changes["org_unit_id"] != user.org_unit_id:
