@@ -5,11 +5,12 @@ Every change to a user bumps the policy version: workers cache user facts (activ
 unit, reporting line, roles, when tokens were last revoked) and drop them on a new version.
 
 Roles are conferred through :mod:`crm_api.authz.delegation` (nobody gives what they do
-not hold, nor widens their own access).
+not hold, nor widens their own access), and the last active administrator keeps the
+``admin`` role and stays active (:func:`_keep_an_admin`).
 
 Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Conflict``
-(``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``),
-``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``),
+(``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``,
+``last_admin``), ``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``),
 ``UnprocessableEntity`` (``weak_password``, ``unknown_role``, ``invalid_org_unit``,
 ``invalid_manager``), ``PreconditionFailed``.
 """
@@ -41,6 +42,7 @@ from crm_api.user import repository as repo
 from crm_api.user.schemas import NOT_NULLABLE, UserCreate, UserListQuery, UserUpdate
 
 RESOURCE = "users"
+ADMIN_ROLE = delegation.ADMIN_ROLE
 #: What the audit trail records of a user (never the hash).
 AUDITED = (
     "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
@@ -128,6 +130,18 @@ async def _check_roles(
         added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
         to_self=user_id == assign.principal.id,
     )
+
+
+async def _keep_an_admin(session: AsyncSession, user: User) -> None:
+    """Refuse (409 ``last_admin``) leaving no active person holding ``admin`` by taking it
+    from, or deactivating, ``user``. The advisory lock makes concurrent demotions take
+    turns, and each counts the others after the previous one committed."""
+    await repo.lock_admins(session)
+    if await repo.other_active_admins(session, user.id) == 0:
+        raise Conflict(
+            "This is the last active administrator; make another user an administrator "
+            "first.", code="last_admin", user_id=str(user.id),
+        )
 
 
 async def _check_org_unit(
@@ -251,6 +265,8 @@ async def update_user(
             session, policy, assign, user.id, changes.get("org_unit_id", user.org_unit_id),
             current_roles, new_roles,
         )
+        if ADMIN_ROLE in current_roles and ADMIN_ROLE not in new_roles and user.active:
+            await _keep_an_admin(session, user)
     if "email" in changes and changes["email"].lower() != user.email.lower():
         await _check_email(session, changes["email"], user.id)
     if "org_unit_id" in changes and changes["org_unit_id"] != user.org_unit_id:
@@ -319,6 +335,8 @@ async def set_active(
         return _present(user, role_names)
     if not active and user.id == access.principal.id:
         raise Conflict("You cannot deactivate yourself.", code="cannot_deactivate_self")
+    if not active and ADMIN_ROLE in role_names:
+        await _keep_an_admin(session, user)
     user.active = active
     user.updated_at = datetime.now(UTC)
     if not active:
