@@ -331,3 +331,31 @@ async def test_personal_access_token_carries_only_held_permissions(client_for, e
     ok = await as_rep.post("/v1/me/tokens", json={
         "name": "x", "permissions": [{"resource": "customers", "action": "read"}]})
     assert ok.status_code == 201, ok.text
+
+
+# --- reporting lines -----------------------------------------------------------------------
+async def test_nobody_brings_others_into_their_own_reporting_line(client, client_for, engine,
+                                                                   tree):
+    """``subordinates`` goes by the reporting line: adopting a report hands the caller that
+    user's records, so only someone above (or an administrator) may do it."""
+    await make_role(engine, "line_lead", *USERS_ADMIN, ("customers", "read", "subordinates"))
+    lead = await make_user(engine, roles=("line_lead",), org_unit=tree["east"])
+    sub = await make_user(engine, roles=(), org_unit=tree["east_team"], manager=lead)
+    subsub = await make_user(engine, roles=(), org_unit=tree["east_team"], manager=sub)
+    stranger = await make_user(engine, roles=(), org_unit=tree["east_team"])
+    as_lead = await client_for(lead)
+    body = problem(await as_lead.patch(f"/v1/users/{stranger['id']}",
+                                       json={"manager_id": str(sub["id"])}),
+                   403, "grant_not_allowed")
+    assert body["reason"] == "self"
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT manager_id FROM users WHERE id = :i"),
+                                   {"i": stranger["id"]})).scalar() is None
+    # moves within the line, and out of it, are fine
+    within = await as_lead.patch(f"/v1/users/{subsub['id']}", json={"manager_id": str(lead["id"])})
+    assert within.status_code == 200, within.text
+    out = await as_lead.patch(f"/v1/users/{subsub['id']}", json={"manager_id": None})
+    assert out.status_code == 200, out.text
+    # an administrator may
+    ok = await client.patch(f"/v1/users/{stranger['id']}", json={"manager_id": str(lead["id"])})
+    assert ok.status_code == 200, ok.text

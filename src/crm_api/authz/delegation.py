@@ -11,8 +11,9 @@ The rule (docs/access-model.md, "Delegation"):
 * Taking a role away needs the same authority as giving it: a holder of ``users:assign``
   cannot strip roles it could not have handed out.
 * Nobody widens their own access: adding a role to yourself (or to the API client you are)
-  or a grant to a role you hold is refused. Administrators are exempt — nothing widens
-  ``*``/``*``/``all`` — and keep full ability to administer.
+  or a grant to a role you hold is refused, and so is bringing someone into your own
+  reporting line (which hands you their records under ``subordinates``). Administrators
+  are exempt — nothing widens ``*``/``*``/``all`` — and keep full ability to administer.
 
 Every refusal is a 403 problem: ``role_not_grantable`` for roles, ``grant_not_allowed``
 for grants and token permissions, each naming what was refused in ``refused``.
@@ -221,6 +222,25 @@ async def check_grant_edit(
             f"You can only grant what you hold, over no wider a scope: {grant.describe()}.",
             code="grant_not_allowed", refused=[grant.describe()], reason="not_held",
         )
+
+
+def check_reporting_line(
+    policy: PolicyEngine, principal: Principal, old_path: str, new_path: str
+) -> None:
+    """Refuse (403 ``grant_not_allowed``) moving a user (``manager_path`` ``old_path`` →
+    ``new_path``) into the caller's own reporting line: the caller's ``subordinates``
+    scope would then cover that user's records. Moves within the line, out of it, or
+    elsewhere are fine; administrators are exempt."""
+    mine = principal.manager_path
+    if not mine or not new_path.startswith(mine) or old_path.startswith(mine):
+        return
+    if is_admin(policy, principal):
+        return
+    raise Forbidden(
+        "You cannot bring a user into your own reporting line: it would widen your access "
+        "to their records. Ask someone above you.",
+        code="grant_not_allowed", refused=["manager_id"], reason="self",
+    )
 
 
 def check_token_permissions(

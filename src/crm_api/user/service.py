@@ -285,6 +285,7 @@ async def update_user(
                     code="invalid_manager", manager_id=str(manager_id),
                 )
             new_prefix = f"{manager.manager_path}{user.id}/"
+        delegation.check_reporting_line(policy, access.principal, old_prefix, new_prefix)
     password = changes.pop("password", None)
     password_hash = None
     if password is not None:
