@@ -301,8 +301,9 @@ async def test_update_and_rotate_reject_bad_input(client, engine):
     assert prev is None
 
 
-async def test_role_escalation_needs_manage(client, client_for, engine):
-    """A caller with api_clients:create but not :manage can only hand out its own roles."""
+async def test_role_escalation_is_refused(client, client_for, engine):
+    """A caller with api_clients:create can only hand out roles whose every grant it holds
+    (see test_delegation.py for the whole rule)."""
     await _make_role(engine, "ops", ("api_clients", "create", "all"),
                      ("api_clients", "read", "all"))
     ops = await client_for(await make_user(engine, roles=("ops", "partner")))

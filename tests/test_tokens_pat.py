@@ -104,7 +104,7 @@ async def test_permissions_must_be_held_now(client_for, engine, rep):
             await owner.post("/v1/me/tokens", json={
                 "name": "x", "permissions": [{"resource": r, "action": a} for r, a in perms],
             }),
-            422, "permission_not_held",
+            403, "grant_not_allowed",
         )
         assert body["errors"][0]["field"] == f"permissions.{len(perms) - 1}"
     assert await count_rows(engine, "personal_access_tokens") == 0

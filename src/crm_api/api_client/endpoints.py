@@ -20,7 +20,7 @@ from crm_api.api_client.schemas import (
     ApiClientWithSecret,
     RotateSecret,
 )
-from crm_api.authz.dependencies import get_policy, optional, require
+from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
@@ -37,16 +37,8 @@ ApiClientsRead = Annotated[Access, require(R, Action.read)]
 ApiClientsCreate = Annotated[Access, require(R, Action.create)]
 ApiClientsUpdate = Annotated[Access, require(R, Action.update)]
 ApiClientsDelete = Annotated[Access, require(R, Action.delete)]
-ApiClientsManage = Annotated[Access | None, optional(R, Action.manage)]
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _grantable(request: Request, access: Access, manage: Access | None) -> frozenset[str] | None:
-    """Roles the caller may hand out: any with ``manage``, else only the caller's own."""
-    if manage is not None:
-        return None
-    return frozenset(get_policy(request).roles_of(access.principal))
 
 
 def _with_etag(
@@ -78,13 +70,12 @@ async def list_api_clients(
     responses={**problems(), 201: {"headers": ETAG_HEADER}},
 )
 async def create_api_client(
-    request: Request, body: ApiClientCreate, access: ApiClientsCreate,
-    manage: ApiClientsManage, session: PolicySession,
+    request: Request, body: ApiClientCreate, access: ApiClientsCreate, session: PolicySession,
 ) -> Response:
     """Returns `client_id` and `client_secret`; the secret is shown only in this response.
-    Roles must exist (422 `unknown_role`); without `api_clients:manage` you may only give
-    roles you hold yourself (403 `role_not_grantable`)."""
-    row = await service.create_client(session, access, body, _grantable(request, access, manage))
+    Roles must exist (422 `unknown_role`); you may only give roles whose every grant you
+    hold yourself over no wider a scope (403 `role_not_grantable`)."""
+    row = await service.create_client(session, get_policy(request), access, body)
     return _with_etag(row, 201, f"/v1/api-clients/{row['id']}", secret=True)
 
 
@@ -104,12 +95,13 @@ async def get_api_client(
 )
 async def update_api_client(
     request: Request, client_id: uuid.UUID, body: ApiClientUpdate, access: ApiClientsUpdate,
-    manage: ApiClientsManage, session: PolicySession, if_match: IfMatch = None,
+    session: PolicySession, if_match: IfMatch = None,
 ) -> Response:
     """Rename, replace the roles, or (de)activate. Deactivating stops the client's tokens
-    at once; reactivating lets it request new ones."""
+    at once; reactivating lets it request new ones. Roles given or taken must be ones you
+    could give (403 `role_not_grantable`)."""
     row = await service.update_client(
-        session, access, client_id, body, _grantable(request, access, manage), if_match,
+        session, get_policy(request), access, client_id, body, if_match,
         require_if_match=get_settings().require_if_match,
     )
     return _with_etag(row)

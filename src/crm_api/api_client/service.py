@@ -9,6 +9,10 @@ Raises: ``NotFound`` (``api_client_not_found``, also outside the caller's scope)
 ``UnprocessableEntity`` (``unknown_role``, ``invalid_org_unit``, ``null_not_allowed``),
 ``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``), ``PreconditionFailed``
 (stale If-Match).
+
+Roles are conferred through :func:`crm_api.authz.delegation.check_roles`, like users'
+roles: only roles whose every grant the caller holds over no wider a scope, and never to
+the client the caller is.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from crm_api.api_client.schemas import (
 )
 from crm_api.audit import service as audit
 from crm_api.auth.passwords import hash_password
+from crm_api.authz import delegation
+from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
@@ -54,13 +60,12 @@ def _new_secret() -> str:
 
 
 async def _check_roles(
-    session: AsyncSession, roles: Iterable[str], grantable: frozenset[str] | None
+    session: AsyncSession, policy: PolicyEngine, access: Access, roles: Iterable[str],
+    current: Iterable[str] = (), client_user_id: uuid.UUID | None = None,
 ) -> list[str]:
-    """``roles`` deduplicated, each an existing role the caller may hand out.
-
-    ``grantable`` is ``None`` for a caller holding ``api_clients:manage`` (any role);
-    otherwise the caller's own roles: nobody can mint a client more powerful than themself.
-    """
+    """``roles`` deduplicated, each an existing role; the change from ``current`` must be
+    one the caller may make (403 ``role_not_grantable``): nobody can mint or widen a
+    client more powerful than themself, nor widen the client they are."""
     wanted = sorted(set(roles))
     missing = sorted(set(wanted) - await repo.existing_roles(session, wanted))
     if missing:
@@ -68,13 +73,11 @@ async def _check_roles(
             "Unknown role: " + ", ".join(missing), code="unknown_role",
             errors=[{"field": "roles", "code": "unknown_role", "message": m} for m in missing],
         )
-    if grantable is not None:
-        denied = sorted(set(wanted) - grantable)
-        if denied:
-            raise Forbidden(
-                "You can only give a client roles you hold yourself: " + ", ".join(denied),
-                code="role_not_grantable",
-            )
+    await delegation.check_roles(
+        session, policy, access.principal,
+        added=sorted(set(wanted) - set(current)), removed=sorted(set(current) - set(wanted)),
+        to_self=client_user_id is not None and client_user_id == access.principal.id,
+    )
     return wanted
 
 
@@ -99,11 +102,11 @@ async def _reload(session: AsyncSession, access: Access, client_id: uuid.UUID) -
 
 
 async def create_client(
-    session: AsyncSession, access: Access, data: ApiClientCreate, grantable: frozenset[str] | None
+    session: AsyncSession, policy: PolicyEngine, access: Access, data: ApiClientCreate
 ) -> dict[str, Any]:
     """Create the client, its service account and its role rows; the returned row carries
     ``client_secret``, which is never stored or shown again."""
-    roles = await _check_roles(session, data.roles, grantable)
+    roles = await _check_roles(session, policy, access, data.roles)
     if data.org_unit_id is not None and not await repo.org_unit_active(session, data.org_unit_id):
         raise UnprocessableEntity(
             "org_unit_id is not an active org unit.", code="invalid_org_unit",
@@ -164,8 +167,8 @@ def _set_active(client: ApiClient, user: User, active: bool, now: datetime) -> N
 
 
 async def update_client(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, patch: ApiClientUpdate,
-    grantable: frozenset[str] | None, if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
+    patch: ApiClientUpdate, if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
     nulled = sorted(k for k, v in changes.items() if v is None)
@@ -180,7 +183,9 @@ async def update_client(
               "roles": await repo.roles_of(session, user.id)}
     after = dict(before)
     if "roles" in changes:
-        after["roles"] = await _check_roles(session, changes["roles"], grantable)
+        after["roles"] = await _check_roles(
+            session, policy, access, changes["roles"], before["roles"], user.id
+        )
     after.update({k: changes[k] for k in ("name", "active") if k in changes})
     diff = audit.diff(before, after)
     if not diff:

@@ -7,8 +7,9 @@ narrows the caller's grants to the stored subset, so a token also loses whatever
 owner's roles lose. No HTTP here, and no commit.
 
 Raises: ``Forbidden`` (``pat_not_allowed``: API clients, or a caller already using a
-personal access token), ``UnprocessableEntity`` (``permission_not_held``,
-``invalid_expiry``), ``NotFound`` (``token_not_found``, also for other users' tokens).
+personal access token; ``grant_not_allowed``: a permission the caller does not hold, the
+shared delegation check), ``UnprocessableEntity`` (``invalid_expiry``), ``NotFound``
+(``token_not_found``, also for other users' tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from crm_api.auth.schemas import (
     PersonalAccessTokenListQuery,
     PersonalAccessTokenSort,
 )
+from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Principal, PrincipalKind
@@ -95,17 +97,10 @@ async def create_token(
 
     No policy-version bump: a new row makes no cached fact stale."""
     _check_caller(principal)
+    delegation.check_token_permissions(
+        policy, principal, [(p.resource, p.action) for p in data.permissions]
+    )
     wanted = sorted({(p.resource, p.action) for p in data.permissions})
-    denied = [
-        f"permissions.{i}" for i, p in enumerate(data.permissions)
-        if policy.scope_for(principal, p.resource, p.action) is None
-    ]
-    if denied:
-        raise UnprocessableEntity(
-            "You can only give a token permissions you hold.", code="permission_not_held",
-            errors=[{"field": f, "code": "permission_not_held", "message": "not granted to you"}
-                    for f in denied],
-        )
     now = datetime.now(UTC).replace(microsecond=0)
     expires_at = _expiry(data, now)
     token_row = PersonalAccessToken(

@@ -35,7 +35,7 @@ async def create_personal_access_token(
     request: Request, body: PersonalAccessTokenCreate, principal: Caller, session: WriteSession
 ) -> Response:
     """The token (a bearer token for scripts) is in this response only. Each permission
-    must be one you hold (422 `permission_not_held`); without an expiry it lasts 365 days.
+    must be one you hold (403 `grant_not_allowed`); without an expiry it lasts 365 days.
     API clients, and callers using a personal access token, get 403 `pat_not_allowed`."""
     state = request.app.state
     row = await pat.create_token(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.catalog import known_resources
-from crm_api.authz.dependencies import require
+from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
@@ -135,11 +135,15 @@ async def create_grant(
 ) -> Response:
     """`action` on `resource` over `scope` (`custom` takes `org_unit_ids`). Every worker
     enforces it within the policy poll interval. The same grant twice is 409
-    `grant_exists`; an unknown resource or action is 422."""
+    `grant_exists`; an unknown resource or action is 422. You may grant only what you
+    hold over no wider a scope, never to a role you hold, and only administrators edit
+    the `admin` role (403 `grant_not_allowed`)."""
     resources = known_resources(request.app)
 
     async def produce() -> Response:
-        row = await service.add_grant(session, access, role_id, body, resources)
+        row = await service.add_grant(
+            session, get_policy(request), access, role_id, body, resources
+        )
         return json_response(row, 201, {"Location": f"/v1/roles/{role_id}/grants/{row['id']}"})
 
     return await idempotent(
@@ -153,8 +157,9 @@ async def create_grant(
     summary="Withdraw a grant", status_code=204, responses=problems(404, 409),
 )
 async def delete_grant(
-    role_id: uuid.UUID, grant_id: uuid.UUID, access: RolesUpdate, session: PolicySession
+    request: Request, role_id: uuid.UUID, grant_id: uuid.UUID, access: RolesUpdate,
+    session: PolicySession,
 ) -> Response:
     """The admin role's `*`/`*`/`all` grant cannot be withdrawn (409 `grant_protected`)."""
-    await service.remove_grant(session, access, role_id, grant_id)
+    await service.remove_grant(session, get_policy(request), access, role_id, grant_id)
     return Response(status_code=204)

@@ -4,7 +4,12 @@ A grant is a Casbin ``p`` row ``(role, resource, action, scope, units)``. Every 
 grants (and deleting a role) bumps the policy version in the same transaction, so every
 worker enforces it within the poll interval.
 
-Raises: ``NotFound`` (``role_not_found``, ``grant_not_found``), ``Conflict``
+Grant edits go through :func:`crm_api.authz.delegation.check_grant_edit`: an editor grants
+only what it holds, over no wider a scope, never to a role it holds itself, and only an
+administrator touches the ``admin`` role.
+
+Raises: ``Forbidden`` (``grant_not_allowed``), ``NotFound`` (``role_not_found``,
+``grant_not_found``), ``Conflict``
 (``role_exists``, ``role_builtin``, ``role_in_use``, ``grant_exists``, ``grant_protected``),
 ``UnprocessableEntity`` (``unknown_resource``, ``unknown_action``, ``invalid_org_unit``),
 ``PreconditionFailed`` (stale If-Match).
@@ -21,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
-from crm_api.authz import catalog
+from crm_api.authz import catalog, delegation
+from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, ScopeKind
 from crm_api.db.reader import Reader
@@ -172,8 +178,8 @@ def _invalid(field: str, code: str, message: str) -> UnprocessableEntity:
 
 
 async def add_grant(
-    session: AsyncSession, access: Access, role_id: uuid.UUID, data: GrantCreate,
-    known_resources: frozenset[str],
+    session: AsyncSession, policy: PolicyEngine, access: Access, role_id: uuid.UUID,
+    data: GrantCreate, known_resources: frozenset[str],
 ) -> dict[str, Any]:
     """Grant the role ``action`` on ``resource`` over ``scope``. The same (resource,
     action, scope) twice is a 409 ``grant_exists``."""
@@ -199,6 +205,10 @@ async def add_grant(
                 errors=[{"field": "org_unit_ids", "code": "invalid_reference",
                          "message": f"no org unit {m}"} for m in missing],
             )
+    await delegation.check_grant_edit(
+        session, policy, access.principal, role.name,
+        delegation.Grant(data.resource, data.action, data.scope, frozenset(units)),
+    )
     row = await repo.insert_grant(
         session, role.name, data.resource, data.action, data.scope.value,
         "|".join(str(u) for u in units),
@@ -226,11 +236,13 @@ def _grant_summary(grant: dict[str, Any]) -> dict[str, Any]:
 
 
 async def remove_grant(
-    session: AsyncSession, access: Access, role_id: uuid.UUID, grant_id: uuid.UUID
+    session: AsyncSession, policy: PolicyEngine, access: Access, role_id: uuid.UUID,
+    grant_id: uuid.UUID,
 ) -> None:
     role = await repo.lock(session, access, role_id)
     if role is None:
         raise not_found(role_id)
+    await delegation.check_grant_edit(session, policy, access.principal, role.name, None)
     row = await repo.get_grant(session, role.name, grant_id)
     if row is None:
         raise NotFound(f"Role {role.name!r} has no grant {grant_id}.", code="grant_not_found")

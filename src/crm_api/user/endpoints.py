@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.authz.dependencies import optional, require
+from crm_api.authz.dependencies import get_policy, optional, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
@@ -61,7 +61,7 @@ async def create_user(
     needs `users:assign`."""
 
     async def produce() -> Response:
-        row = await service.create_user(session, access, assign, body)
+        row = await service.create_user(session, get_policy(request), access, assign, body)
         return _with_etag(row, 201, f"/v1/users/{row['id']}")
 
     return await idempotent(
@@ -83,14 +83,14 @@ async def get_user(user_id: uuid.UUID, access: UsersRead, conn: ReadConnection) 
     response_model=User, responses=problems(404, 409, 412, 428),
 )
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdate, access: UsersUpdate, assign: UsersAssign,
-    session: PolicySession, if_match: IfMatch = None,
+    request: Request, user_id: uuid.UUID, body: UserUpdate, access: UsersUpdate,
+    assign: UsersAssign, session: PolicySession, if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent; `roles` replaces the user's roles (needs `users:assign`). A
     new `manager_id` moves everyone reporting to the user along (a cycle is 409
     `invalid_manager`); a new `password` ends every existing session."""
     row = await service.update_user(
-        session, access, assign, user_id, body, if_match,
+        session, get_policy(request), access, assign, user_id, body, if_match,
         require_if_match=get_settings().require_if_match,
     )
     return _with_etag(row)

@@ -47,6 +47,8 @@ SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
 }
 #: Advisory lock serializing changes to the reporting lines (``manager_path``).
 REPORTING_LOCK = 0x7265706F7274696E  # "reportin"
+#: Advisory lock serializing what could leave no active administrator.
+ADMINS_LOCK = 0x6C61737461646D69  # "lastadmi"
 
 
 def subject_of_row() -> ColumnElement[str]:
@@ -123,6 +125,22 @@ async def lock(session: AsyncSession, access: Access, user_id: uuid.UUID) -> Use
 
 async def lock_reporting_lines(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(REPORTING_LOCK)))
+
+
+async def lock_admins(session: AsyncSession) -> None:
+    await session.execute(select(func.pg_advisory_xact_lock(ADMINS_LOCK)))
+
+
+async def other_active_admins(session: AsyncSession, user_id: uuid.UUID) -> int:
+    """Active people other than ``user_id`` holding the ``admin`` role (API clients'
+    service accounts do not count: they cannot sign in to repair anything)."""
+    stmt = select(func.count()).select_from(T).where(
+        T.c.kind == "person", T.c.active.is_(True), T.c.id != user_id,
+        subject_of_row().in_(
+            select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == "admin")
+        ),
+    )
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def active_user_for_share(session: AsyncSession, user_id: uuid.UUID) -> User | None:

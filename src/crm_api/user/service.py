@@ -4,10 +4,15 @@ no commit (the request owns the transaction).
 Every change to a user bumps the policy version: workers cache user facts (active, org
 unit, reporting line, roles, when tokens were last revoked) and drop them on a new version.
 
+Roles are conferred through :mod:`crm_api.authz.delegation` (nobody gives what they do
+not hold, nor widens their own access), and the last active administrator keeps the
+``admin`` role and stays active (:func:`_keep_an_admin`).
+
 Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Conflict``
-(``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``),
-``Forbidden`` (``assign_not_allowed``), ``UnprocessableEntity`` (``weak_password``,
-``unknown_role``, ``invalid_org_unit``, ``invalid_manager``), ``PreconditionFailed``.
+(``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``,
+``last_admin``), ``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``),
+``UnprocessableEntity`` (``weak_password``, ``unknown_role``, ``invalid_org_unit``,
+``invalid_manager``), ``PreconditionFailed``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.auth.passwords import hash_password, policy_violations
+from crm_api.authz import delegation
+from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
@@ -35,6 +42,7 @@ from crm_api.user import repository as repo
 from crm_api.user.schemas import NOT_NULLABLE, UserCreate, UserListQuery, UserUpdate
 
 RESOURCE = "users"
+ADMIN_ROLE = delegation.ADMIN_ROLE
 #: What the audit trail records of a user (never the hash).
 AUDITED = (
     "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
@@ -97,15 +105,42 @@ async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID 
         raise Conflict("Another user has this e-mail address.", code="email_taken", field="email")
 
 
-async def _check_roles(session: AsyncSession, assign: Access | None, names: list[str]) -> None:
+async def _check_roles(
+    session: AsyncSession, policy: PolicyEngine, assign: Access | None, user_id: uuid.UUID,
+    org_unit_id: uuid.UUID | None, current: list[str], new: list[str],
+) -> None:
+    """Changing a user's roles from ``current`` to ``new``: needs ``users:assign`` over the
+    user (placed in ``org_unit_id``), existing roles, and authority to confer every role
+    given or taken (:func:`crm_api.authz.delegation.check_roles`)."""
     if assign is None:
         raise Forbidden("Changing roles needs the 'assign' permission on users.",
                         code="assign_not_allowed")
-    unknown = await roles.unknown_roles(session, names)
+    unknown = await roles.unknown_roles(session, new)
     if unknown:
         raise UnprocessableEntity(
             "Unknown role(s): " + ", ".join(unknown) + ".", code="unknown_role",
             errors=[{"field": "roles", "code": "unknown_role", "message": n} for n in unknown],
+        )
+    if not await position_in_scope(session, assign, user_id, org_unit_id):
+        raise Forbidden(
+            "Your 'assign' scope on users does not cover this user.", code="assign_not_allowed"
+        )
+    await delegation.check_roles(
+        session, policy, assign.principal,
+        added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
+        to_self=user_id == assign.principal.id,
+    )
+
+
+async def _keep_an_admin(session: AsyncSession, user: User) -> None:
+    """Refuse (409 ``last_admin``) leaving no active person holding ``admin`` by taking it
+    from, or deactivating, ``user``. The advisory lock makes concurrent demotions take
+    turns, and each counts the others after the previous one committed."""
+    await repo.lock_admins(session)
+    if await repo.other_active_admins(session, user.id) == 0:
+        raise Conflict(
+            "This is the last active administrator; make another user an administrator "
+            "first.", code="last_admin", user_id=str(user.id),
         )
 
 
@@ -151,7 +186,8 @@ async def _flush(session: AsyncSession) -> None:
 
 # --- writes ------------------------------------------------------------------------------
 async def create_user(
-    session: AsyncSession, access: Access, assign: Access | None, data: UserCreate
+    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    data: UserCreate,
 ) -> dict[str, Any]:
     user_id = uuid.uuid4()
     password_hash = (
@@ -159,7 +195,9 @@ async def create_user(
     )
     await _check_email(session, data.email, None)
     if data.roles:
-        await _check_roles(session, assign, data.roles)
+        await _check_roles(
+            session, policy, assign, user_id, data.org_unit_id, [], sorted(set(data.roles))
+        )
     await _check_org_unit(session, access, user_id, data.org_unit_id)
     manager_path = f"/{user_id}/"
     if data.manager_id is not None:
@@ -201,7 +239,8 @@ async def _lock_person(session: AsyncSession, access: Access, user_id: uuid.UUID
 
 
 async def update_user(
-    session: AsyncSession, access: Access, assign: Access | None, user_id: uuid.UUID,
+    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    user_id: uuid.UUID,
     patch: UserUpdate, if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
@@ -222,7 +261,12 @@ async def update_user(
     new_roles = current_roles
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
-        await _check_roles(session, assign, new_roles)
+        await _check_roles(
+            session, policy, assign, user.id, changes.get("org_unit_id", user.org_unit_id),
+            current_roles, new_roles,
+        )
+        if ADMIN_ROLE in current_roles and ADMIN_ROLE not in new_roles and user.active:
+            await _keep_an_admin(session, user)
     if "email" in changes and changes["email"].lower() != user.email.lower():
         await _check_email(session, changes["email"], user.id)
     if "org_unit_id" in changes and changes["org_unit_id"] != user.org_unit_id:
@@ -241,6 +285,7 @@ async def update_user(
                     code="invalid_manager", manager_id=str(manager_id),
                 )
             new_prefix = f"{manager.manager_path}{user.id}/"
+        delegation.check_reporting_line(policy, access.principal, old_prefix, new_prefix)
     password = changes.pop("password", None)
     password_hash = None
     if password is not None:
@@ -291,6 +336,8 @@ async def set_active(
         return _present(user, role_names)
     if not active and user.id == access.principal.id:
         raise Conflict("You cannot deactivate yourself.", code="cannot_deactivate_self")
+    if not active and ADMIN_ROLE in role_names:
+        await _keep_an_admin(session, user)
     user.active = active
     user.updated_at = datetime.now(UTC)
     if not active:
