@@ -146,7 +146,7 @@ async def test_backup_wipe_restore_drill(
     code, out, err = await crm_api(database_url, "backup", str(archive))
     assert code == 0, err
     assert archive.stat().st_size > 0 and "backed up" in out
-    assert not list(tmp_path.glob("*.partial"))
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("*.partial")))
 
     # Restoring over live data is refused: one line, exit code 2, nothing touched.
     code, out, err = await crm_api(database_url, "restore", str(archive))
