@@ -48,8 +48,8 @@ def ensure_installed() -> None:
         [*pip, "install", "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements.lock")],
         check=True,
     )
-    subprocess.run([*pip, "install", "--no-deps", "-e", str(ROOT)],
-                   check=True)
+    # The lock holds every extra's packages (dev tools, pgserver for the embedded default).
+    subprocess.run([*pip, "install", "--no-deps", "-e", f"{ROOT}[embedded,dev]"], check=True)
     stamp_file.write_text(_stamp())
 
 

@@ -263,3 +263,24 @@ def test_a_database_not_named_for_tests_is_refused_and_left_alone(database_url: 
         asyncio.run(_admin(precious, "SELECT * FROM keep_me"))  # still there
     finally:
         asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_create_admin_in_production_mode_on_a_fresh_database(database_url: str,
+                                                             tmp_path: Path) -> None:
+    """README's `docker run --env-file crm.env … create-admin`: production mode, a signing
+    key from the env file, a database nobody has migrated yet. Run twice: idempotent."""
+    name = f"crm_fresh_{uuid.uuid4().hex[:8]}_test"
+    asyncio.run(_admin(database_url, f'CREATE DATABASE "{name}"'))
+    fresh = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    key = "k3y-" + uuid.uuid4().hex + uuid.uuid4().hex
+    try:
+        for expected in ("created administrator", "already an administrator"):
+            result = crm_api(
+                "create-admin", "--email", "you@example.com",
+                "--password", "Correct-horse-battery-2026", cwd=tmp_path,
+                CRM_ENV="production", CRM_DATABASE_URL=fresh, CRM_JWT_SIGNING_KEY=key,
+            )
+            assert result.returncode == 0, result.stderr
+            assert expected in result.stdout
+    finally:
+        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

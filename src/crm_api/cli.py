@@ -62,7 +62,7 @@ def upgrade_quietly(url: str) -> None:
 def cmd_create_admin(args: argparse.Namespace) -> int:
     """Create the first administrator (or give an existing person ``admin``). Prompts for
     what is not given; with both ``--email`` and ``--password`` it never reads the
-    terminal, so deploy scripts can run it. Assumes a migrated database."""
+    terminal, so deploy scripts can run it. Migrates the database to head first."""
     import getpass
 
     from crm_api.auth.bootstrap import BootstrapError, ensure_admin
@@ -82,8 +82,10 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     if problems:
         print(f"password rejected: {'; '.join(problems)}. Policy: {POLICY}", file=sys.stderr)
         return 2
+    url = _url()
+    upgrade_quietly(url)  # a fresh database (first `docker run … create-admin`) gets the schema
     try:
-        result = asyncio.run(ensure_admin(_url(), email, password, args.name))
+        result = asyncio.run(ensure_admin(url, email, password, args.name))
     except BootstrapError as exc:
         print(str(exc), file=sys.stderr)
         return 2
