@@ -92,6 +92,15 @@ def test_production_without_a_signing_key_is_one_line(tmp_path: Path) -> None:
     assert "invalid settings" in line and "CRM_JWT_SIGNING_KEY" in line
 
 
+def test_seed_demo_is_refused_in_production(tmp_path: Path) -> None:
+    result = crm_api(
+        "seed-demo", cwd=tmp_path, CRM_ENV="production", CRM_DATABASE_URL=UNREACHABLE,
+        CRM_JWT_SIGNING_KEY="k3y-" + uuid.uuid4().hex + uuid.uuid4().hex,
+    )
+    assert result.returncode == 2
+    assert "refused with CRM_ENV=production" in _one_line(result.stderr)
+
+
 def test_no_database_url_and_no_embedded_postgresql(tmp_path: Path) -> None:
     """The Docker image has no pgserver: forgetting CRM_DATABASE_URL must say what to do."""
     code = (

@@ -14,15 +14,14 @@ from crm_api.config import get_settings
 OPENAPI_PATH = Path("openapi/openapi.json")
 
 
-def _url(check: bool = True) -> str:
-    """The database URL (starting the embedded cluster when none is configured); with
-    ``check``, fail early with :class:`DatabaseUnavailable` when it cannot be reached."""
+def _url() -> str:
+    """The database URL (starting the embedded cluster when none is configured), checked
+    to answer: :class:`DatabaseUnavailable` (one line for the user) when it does not."""
     from crm_api.db.check import check_database
     from crm_api.db.engine import resolve_database_url
 
     url = resolve_database_url(get_settings())
-    if check:
-        check_database(url)
+    check_database(url)
     return url
 
 
@@ -37,8 +36,12 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     from crm_api.seed import seed_demo
 
+    if get_settings().is_production:
+        print("crm-api seed-demo: refused with CRM_ENV=production (the demo users share a "
+              "published password)", file=sys.stderr)
+        return 2
     url = _url()
-    upgrade_quietly(url)
+    _migrate(url)
     result = asyncio.run(seed_demo(url, customers=args.customers, progress=_progress))
     print(
         f"demo data: {result['org_units']} org units ({result['new_org_units']} new), "
@@ -52,8 +55,8 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def upgrade_quietly(url: str) -> None:
-    """Migrate to head (a no-op when already there)."""
+def _migrate(url: str) -> None:
+    """Migrate to head (a no-op when already there; waits for a migration in progress)."""
     from crm_api.db.migrate import upgrade
 
     upgrade(url)
@@ -83,7 +86,7 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
         print(f"password rejected: {'; '.join(problems)}. Policy: {POLICY}", file=sys.stderr)
         return 2
     url = _url()
-    upgrade_quietly(url)  # a fresh database (first `docker run … create-admin`) gets the schema
+    _migrate(url)  # a fresh database (first `docker run … create-admin`) gets the schema
     try:
         result = asyncio.run(ensure_admin(url, email, password, args.name))
     except BootstrapError as exc:

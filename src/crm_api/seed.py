@@ -103,7 +103,8 @@ async def seed_demo(
                 .values(version=AuthzState.version + 1, changed_at=func.now())
             )
         return {"org_units": len(units), "users": len(users), "new_org_units": new_units,
-                "new_users": new_users, "customers_added": count, "password": DEMO_PASSWORD}
+                "new_users": new_users, "customers": count, "customers_added": count,
+                "password": DEMO_PASSWORD}
     finally:
         await engine.dispose()
 
