@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -47,14 +48,58 @@ def ensure_installed() -> None:
         [*pip, "install", "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements.lock")],
         check=True,
     )
-    subprocess.run([*pip, "install", "--no-deps", "-e", str(ROOT)],
-                   check=True)
+    # The lock holds every extra's packages (dev tools, pgserver for the embedded default).
+    subprocess.run([*pip, "install", "--no-deps", "-e", f"{ROOT}[embedded,dev]"], check=True)
     stamp_file.write_text(_stamp())
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``args`` and return its exit code. SIGTERM, SIGINT and SIGHUP sent to dev.py are
+    passed on to the child, and dev.py waits for it to finish: ``kill -TERM`` on dev.py
+    stops the server (and its embedded PostgreSQL) instead of orphaning them."""
     merged = {**os.environ, **(env or {})}
-    return subprocess.run(args, cwd=ROOT, env=merged).returncode
+    child = subprocess.Popen(args, cwd=ROOT, env=merged)
+    forwarded = (signal.SIGTERM, signal.SIGINT) + (
+        (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+    )
+
+    def forward(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and _terminal_sends_to_group():
+            return  # Ctrl+C already reached the child: a second one would cut its clean-up
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # only if a handler above could not be installed
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _terminal_sends_to_group() -> bool:
+    """Whether we run in the terminal's foreground process group (then the terminal's
+    Ctrl+C goes to the child as well, and must not be sent twice)."""
+    try:
+        return os.name == "posix" and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def replace_with(args: list[str]) -> int:
+    """Become ``args`` (POSIX ``exec``): the server then *is* the process a supervisor or
+    ``kill`` sees, gets every signal directly, and reads the terminal for prompts
+    (``create-admin``). Elsewhere, :func:`run` it."""
+    if os.name != "posix":
+        return run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(ROOT)
+    os.execv(args[0], args)
 
 
 def main() -> int:
@@ -64,7 +109,7 @@ def main() -> int:
         return 0
     ensure_installed()
     if command == "serve":
-        return run([str(BIN / "crm-api"), "serve", *rest])
+        return replace_with([str(BIN / "crm-api"), "serve", *rest])
     if command == "test":
         code = run([str(PY), "-m", "pytest", *rest])
         if code == 5:
@@ -78,7 +123,7 @@ def main() -> int:
     if command == "bench":
         return run([str(PY), "-m", "bench", *rest])
     if command == "crm-api":
-        return run([str(BIN / "crm-api"), *rest])
+        return replace_with([str(BIN / "crm-api"), *rest])
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -3,6 +3,11 @@
 Which server: ``CRM_TEST_DATABASE_URL`` when set (CI points it at the machine's PostgreSQL
 service and must fail, not skip, when it is unreachable); otherwise an embedded cluster
 started through ``pgserver`` in ``.crm-data/test``.
+
+The suite drops and recreates the ``public`` schema of that database. So it refuses a
+database whose name does not say it is one for tests (no ``test`` in it) unless
+``CRM_TEST_DATABASE_ALLOW_ANY=1``, and a database it cannot reach ends the run at once
+with one clear line (exit code 3) instead of an error per test.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -30,17 +36,51 @@ ROOT = Path(__file__).resolve().parents[1]
 _KEEP = {"alembic_version"}
 
 
+#: Exit codes of a run stopped before any test: no usable database, or one refused.
+EXIT_NO_DATABASE = 3
+EXIT_NOT_A_TEST_DATABASE = 4
+
+
 def _test_url() -> str:
     url = os.environ.get("CRM_TEST_DATABASE_URL")
     if url:
-        if url.startswith("postgresql://"):
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+asyncpg://" + url.split("://", 1)[1]
         return url
     if os.environ.get("CI"):
-        pytest.exit("CI=true but CRM_TEST_DATABASE_URL is not set", returncode=3)
-    from crm_api.db.embedded import start_embedded
+        pytest.exit("CI=true but CRM_TEST_DATABASE_URL is not set", returncode=EXIT_NO_DATABASE)
+    from crm_api.db.embedded import EmbeddedUnavailable, start_embedded
 
-    return start_embedded(ROOT / ".crm-data" / "test", database="crm_test")
+    try:
+        return start_embedded(ROOT / ".crm-data" / "test", database="crm_test")
+    except EmbeddedUnavailable as exc:
+        pytest.exit(f"no test database: {exc}", returncode=EXIT_NO_DATABASE)
+
+
+def _refuse_non_test_database(url: str) -> None:
+    """The suite wipes the schema: never point it at a real database by mistake."""
+    try:
+        name = make_url(url).database or ""
+    except Exception as exc:  # an unparsable URL: say so once
+        pytest.exit(f"CRM_TEST_DATABASE_URL is not a database URL: {exc}",
+                    returncode=EXIT_NO_DATABASE)
+    if "test" in name.lower() or os.environ.get("CRM_TEST_DATABASE_ALLOW_ANY") == "1":
+        return
+    pytest.exit(
+        f"refusing to run the tests on database {name!r}: the suite drops and recreates its "
+        "schema. Use a database whose name contains 'test' (e.g. crm_test), or set "
+        "CRM_TEST_DATABASE_ALLOW_ANY=1 if this one really is disposable",
+        returncode=EXIT_NOT_A_TEST_DATABASE,
+    )
+
+
+def _require_reachable(url: str) -> None:
+    from crm_api.db.check import DatabaseUnavailable, check_database
+
+    try:
+        check_database(url, within_s=10)
+    except DatabaseUnavailable as exc:
+        pytest.exit(f"test database unavailable: {exc}", returncode=EXIT_NO_DATABASE)
 
 
 async def _prepare_schema(url: str) -> None:
@@ -49,8 +89,6 @@ async def _prepare_schema(url: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(text("DROP SCHEMA public CASCADE"))
             await conn.execute(text("CREATE SCHEMA public"))
-    except OSError as exc:
-        pytest.exit(f"PostgreSQL at {url} is unreachable: {exc}", returncode=3)
     finally:
         await engine.dispose()
 
@@ -58,6 +96,8 @@ async def _prepare_schema(url: str) -> None:
 @pytest.fixture(scope="session")
 def database_url() -> str:
     url = _test_url()
+    _refuse_non_test_database(url)
+    _require_reachable(url)
     asyncio.run(_prepare_schema(url))
     from crm_api.db.migrate import upgrade
 

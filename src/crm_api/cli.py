@@ -1,4 +1,5 @@
-"""``crm-api`` (also ``python -m crm_api``): serve, migrate, seed-demo, create-admin, openapi."""
+"""``crm-api`` (also ``python -m crm_api``): serve, migrate, seed-demo, create-admin, backup,
+restore, openapi."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ OPENAPI_PATH = Path("openapi/openapi.json")
 
 
 def _url() -> str:
+    """The database URL (starting the embedded cluster when none is configured), checked
+    to answer: :class:`DatabaseUnavailable` (one line for the user) when it does not."""
+    from crm_api.db.check import check_database
     from crm_api.db.engine import resolve_database_url
 
-    return resolve_database_url(get_settings())
+    url = resolve_database_url(get_settings())
+    check_database(url)
+    return url
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -30,15 +36,36 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     from crm_api.seed import seed_demo
 
-    created = asyncio.run(seed_demo(_url(), customers=args.customers))
-    print(f"demo data: {created}")
+    if get_settings().is_production:
+        print("crm-api seed-demo: refused with CRM_ENV=production (the demo users share a "
+              "published password)", file=sys.stderr)
+        return 2
+    url = _url()
+    _migrate(url)
+    result = asyncio.run(seed_demo(url, customers=args.customers, progress=_progress))
+    print(
+        f"demo data: {result['org_units']} org units ({result['new_org_units']} new), "
+        f"{result['users']} users ({result['new_users']} new), "
+        f"{result['customers_added']} customers added; demo password {result['password']}"
+    )
     return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _migrate(url: str) -> None:
+    """Migrate to head (a no-op when already there; waits for a migration in progress)."""
+    from crm_api.db.migrate import upgrade
+
+    upgrade(url)
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     """Create the first administrator (or give an existing person ``admin``). Prompts for
     what is not given; with both ``--email`` and ``--password`` it never reads the
-    terminal, so deploy scripts can run it. Assumes a migrated database."""
+    terminal, so deploy scripts can run it. Migrates the database to head first."""
     import getpass
 
     from crm_api.auth.bootstrap import BootstrapError, ensure_admin
@@ -58,8 +85,10 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     if problems:
         print(f"password rejected: {'; '.join(problems)}. Policy: {POLICY}", file=sys.stderr)
         return 2
+    url = _url()
+    _migrate(url)  # a fresh database (first `docker run … create-admin`) gets the schema
     try:
-        result = asyncio.run(ensure_admin(_url(), email, password, args.name))
+        result = asyncio.run(ensure_admin(url, email, password, args.name))
     except BootstrapError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -68,6 +97,30 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     else:
         note = "given the admin role" if result.role_added else "already an administrator"
         print(f"user {email} already exists ({result.user_id}): {note}; password unchanged")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from crm_api.db.backup import backup
+
+    outcome = backup(_url(), Path(args.file))
+    size = outcome.file.stat().st_size
+    print(
+        f"backed up database {outcome.database} to {outcome.file} ({size:,} bytes, "
+        f"{outcome.tool.path.name} {outcome.tool.major}, server {outcome.server_major})"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from crm_api.db.backup import restore
+
+    outcome = restore(_url(), Path(args.file), force=args.force)
+    print(
+        f"restored {outcome.file} into database {outcome.database} "
+        f"({outcome.tool.path.name} {outcome.tool.major}, server {outcome.server_major}); "
+        "run `crm-api migrate` if the backup is from an older version"
+    )
     return 0
 
 
@@ -108,7 +161,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if embedded or settings.demo_data:
         from crm_api.seed import seed_demo
 
-        asyncio.run(seed_demo(url, customers=args.demo_customers, only_if_empty=True))
+        asyncio.run(seed_demo(
+            url, customers=args.demo_customers, only_if_empty=True, progress=_progress
+        ))
     host, port = args.host or settings.host, args.port or settings.port
     print(f"crm-api on http://{host}:{port}  (interactive docs: http://{host}:{port}/docs)")
     if embedded:
@@ -144,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     seed = sub.add_parser("seed-demo", help="load the demo org tree, users and customers")
-    seed.add_argument("--customers", type=int, default=200)
+    seed.add_argument(
+        "--customers", type=int, metavar="N",
+        help="add N more demo customers (default: 200 on a database without demo data, "
+        "none when it is already there: re-running is a no-op)",
+    )
     seed.set_defaults(func=cmd_seed)
 
     admin = sub.add_parser(
@@ -155,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--name", help="display name (default: the e-mail's local part)")
     admin.set_defaults(func=cmd_create_admin)
 
+    dump = sub.add_parser(
+        "backup", help="dump the database into FILE (pg_dump custom format)"
+    )
+    dump.add_argument("file", metavar="FILE")
+    dump.set_defaults(func=cmd_backup)
+
+    load = sub.add_parser(
+        "restore", help="restore FILE (from `backup`) into an empty database"
+    )
+    load.add_argument("file", metavar="FILE")
+    load.add_argument(
+        "--force", action="store_true",
+        help="replace what the database holds (default: refuse unless it is empty)",
+    )
+    load.set_defaults(func=cmd_restore)
+
     openapi = sub.add_parser("openapi", help="write (or --check) openapi/openapi.json")
     openapi.add_argument("--check", action="store_true")
     openapi.add_argument("--output", default=str(OPENAPI_PATH))
@@ -162,6 +237,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings_problem(exc: Exception) -> str:
+    """One line from a settings ``ValidationError`` (pydantic prints a screenful)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"CRM_{field.upper()}: {message}" if field else message)
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Failures an operator can act on (settings refused, database
+    unreachable, embedded PostgreSQL not installed, a refused restore) end with one line on
+    stderr and a non-zero exit code (2: refused or misconfigured, 1: failed), not a
+    traceback."""
+    from pydantic import ValidationError
+
+    from crm_api.db.backup import BackupError
+    from crm_api.db.check import DatabaseUnavailable
+    from crm_api.db.embedded import EmbeddedUnavailable
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"crm-api: invalid settings: {_settings_problem(exc)}", file=sys.stderr)
+        return 2
+    except (DatabaseUnavailable, EmbeddedUnavailable) as exc:
+        print(f"crm-api: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, EmbeddedUnavailable) else 1
+    except BackupError as exc:
+        print(f"crm-api {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -11,7 +11,15 @@ import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+#: Record attributes that are not extra fields (``color_message`` is uvicorn's copy of the
+#: message with terminal colour codes: noise in a JSON line).
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+#: Libraries that narrate routine work at INFO: pgserver logs every command line it runs
+#: and its whole output (initdb, pg_ctl) as one multi-line message, Casbin prints its
+#: model on every load. Only their warnings and errors (a cluster that fails to start)
+#: are worth a line; our own "embedded PostgreSQL running" says where the cluster is.
+_CHATTY = ("pgserver", "casbin", "casbin.policy", "casbin.enforcer", "casbin.role_manager")
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,5 +51,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # Access logs are replaced by our own one-line-per-request log in the middleware.
     logging.getLogger("uvicorn.access").disabled = True

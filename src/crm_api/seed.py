@@ -1,10 +1,16 @@
 """Demo data: an org tree, one user per built-in role (known passwords, demo only) and a few
-hundred customers with contacts, names mixed Chinese and English."""
+hundred customers with contacts, names mixed Chinese and English.
+
+Seeding is idempotent: the org units (by name under their parent) and users (by e-mail)
+that already exist are reused, never inserted twice, so ``crm-api seed-demo`` can run after
+``serve`` has loaded the demo data, or twice. Customers are added only when asked for
+(``customers``), numbered on from the demo customers already there."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,7 +57,22 @@ REGIONS = ["华东", "华北", "华南", "West", "Europe"]
 INDUSTRIES = ["制造业", "零售", "Software", "Logistics", "Finance"]
 
 
-async def seed_demo(url: str, customers: int = 200, only_if_empty: bool = False) -> dict[str, Any]:
+#: Customers a fresh demo database gets when no number is asked for.
+DEFAULT_CUSTOMERS = 200
+
+
+async def seed_demo(
+    url: str,
+    customers: int | None = None,
+    only_if_empty: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Load the demo data set; safe to repeat.
+
+    ``customers``: how many customers to add. ``None`` means the default set on a database
+    without demo users, and none on one that has them (re-running is a no-op).
+    ``only_if_empty``: do nothing at all when the database has any user (``serve`` on a
+    database someone already uses). ``progress`` receives one line before the slow part."""
     engine = create_async_engine(url)
     try:
         maker = async_sessionmaker(engine, expire_on_commit=False)
@@ -62,19 +83,41 @@ async def seed_demo(url: str, customers: int = 200, only_if_empty: bool = False)
                 ).scalar_one()
                 if existing:
                     return {"skipped": "database already has users"}
+            # One seeding at a time (serve and seed-demo started together): the checks
+            # for existing rows below must not race each other.
+            await session.execute(select(func.pg_advisory_xact_lock(_SEED_LOCK)))
+            had_demo = await _demo_user_count(session) > 0
+            wanted = customers if customers is not None else (
+                0 if had_demo else DEFAULT_CUSTOMERS
+            )
+            if progress is not None:
+                what = f"{wanted} customers" if wanted else "no new customers"
+                progress(f"loading demo data ({what}) …")
             await _roles(session)
-            units = await _org_tree(session)
-            users = await _users(session, units)
-            count = await _customers(session, users, customers)
+            units, new_units = await _org_tree(session)
+            users, new_users = await _users(session, units)
+            count = await _customers(session, users, wanted)
             await session.execute(
                 update(AuthzState)
                 .where(AuthzState.id == 1)
                 .values(version=AuthzState.version + 1, changed_at=func.now())
             )
-        return {"org_units": len(units), "users": len(users), "customers": count,
+        return {"org_units": len(units), "users": len(users), "new_org_units": new_units,
+                "new_users": new_users, "customers": count, "customers_added": count,
                 "password": DEMO_PASSWORD}
     finally:
         await engine.dispose()
+
+
+#: Advisory lock key taken while seeding (arbitrary, stable: "crm-seed").
+_SEED_LOCK = 0x63726D2D73656564
+
+
+async def _demo_user_count(session: AsyncSession) -> int:
+    emails = [email for _, email, *_ in DEMO_USERS]
+    return int((await session.execute(
+        select(func.count()).select_from(User).where(func.lower(User.email).in_(emails))
+    )).scalar_one())
 
 
 async def _roles(session: AsyncSession) -> None:
@@ -92,11 +135,25 @@ async def _roles(session: AsyncSession) -> None:
     )
 
 
-async def _org_tree(session: AsyncSession) -> dict[str, OrgUnit]:
+async def _org_tree(session: AsyncSession) -> tuple[dict[str, OrgUnit], int]:
+    """The demo tree's units: the existing ones (same name under the same parent) and
+    the missing ones created. Returns the units by key and how many were created."""
     units: dict[str, OrgUnit] = {}
+    created = 0
     for key, parent, name, kind in ORG_TREE:
-        unit_id = uuid.uuid4()
         parent_unit = units.get(parent) if parent else None
+        parent_id = parent_unit.id if parent_unit else None
+        found = (await session.execute(
+            select(OrgUnit).where(
+                OrgUnit.name == name,
+                OrgUnit.parent_id == parent_id if parent_id else OrgUnit.parent_id.is_(None),
+            ).order_by(OrgUnit.created_at).limit(1)
+        )).scalar_one_or_none()
+        if found is not None:
+            units[key] = found
+            continue
+        created += 1
+        unit_id = uuid.uuid4()
         path = (parent_unit.path if parent_unit else "/") + f"{unit_id}/"
         unit = OrgUnit(
             id=unit_id, name=name, kind=kind, parent_id=parent_unit.id if parent_unit else None,
@@ -104,14 +161,29 @@ async def _org_tree(session: AsyncSession) -> dict[str, OrgUnit]:
         )
         session.add(unit)
         units[key] = unit
-    await session.flush()
-    return units
+        await session.flush()
+    return units, created
 
 
-async def _users(session: AsyncSession, units: dict[str, OrgUnit]) -> dict[str, User]:
+async def _users(
+    session: AsyncSession, units: dict[str, OrgUnit]
+) -> tuple[dict[str, User], int]:
+    """The demo users: existing ones (by e-mail, left as they are: their password or
+    roles may have been changed on purpose) and the missing ones created with their
+    role. Returns the users by role and how many were created."""
     users: dict[str, User] = {}
-    password_hash = hash_password(DEMO_PASSWORD)
+    password_hash: str | None = None
+    created = 0
     for role, email, name, org_key, manager_role in DEMO_USERS:
+        found = (await session.execute(
+            select(User).where(func.lower(User.email) == email.lower())
+        )).scalar_one_or_none()
+        if found is not None:
+            users[role] = found
+            continue
+        created += 1
+        if password_hash is None:
+            password_hash = hash_password(DEMO_PASSWORD)
         user_id = uuid.uuid4()
         manager = users.get(manager_role) if manager_role else None
         user = User(
@@ -125,15 +197,23 @@ async def _users(session: AsyncSession, units: dict[str, OrgUnit]) -> dict[str, 
         session.add(AuthzRule(ptype="g", v0=f"user:{user_id}", v1=role))
         users[role] = user
     await session.flush()
-    return users
+    return users, created
 
 
 async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> int:
-    rng = random.Random(2026)
+    """Add ``n`` customers (with contacts) owned by the demo users, numbered after the
+    demo customers already there, so names, e-mails and tax numbers stay unique."""
+    if n <= 0:
+        return 0
     owners = [users[r] for r in ("sales_rep", "sales_manager", "staff", "executive", "partner")]
+    first = int((await session.execute(
+        select(func.count()).select_from(Customer)
+        .where(Customer.owner_id.in_([u.id for u in owners]))
+    )).scalar_one())
+    rng = random.Random(2026 + first)
     now = datetime.now(UTC)
     contacts: list[Contact] = []
-    for i in range(n):
+    for i in range(first, first + n):
         owner = rng.choice(owners)
         chinese = rng.random() < 0.6
         name = (
@@ -150,7 +230,8 @@ async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> i
             email=f"contact{i}@example.com",
             tags=rng.sample(["vip", "重点", "new", "渠道"], k=rng.randint(0, 2)),
             custom_fields={}, owner_id=owner.id, org_unit_id=owner.org_unit_id,
-            tax_number=f"91310000{rng.randint(10**9, 10**10 - 1)}" if rng.random() < 0.5 else None,
+            # Unique per demo number (a live tax number is unique): 9131000 + 11 digits.
+            tax_number=f"9131000{7 * 10**10 + i:011d}" if rng.random() < 0.5 else None,
             bank_account=f"6222{rng.randint(10**11, 10**12 - 1)}" if rng.random() < 0.5 else None,
             source=rng.choice(["web", "referral", "partner", "event", "storefront"]),
             created_at=created, updated_at=created, version=1,

@@ -9,13 +9,42 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import warnings
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 logger = logging.getLogger("crm_api.db")
 
 _servers: dict[Path, object] = {}
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """No database URL is configured and the embedded PostgreSQL is not installed."""
+
+
+def _import_get_server() -> Any:
+    """``pgserver.postgres_server.get_server``, imported quietly.
+
+    pgserver is the optional ``embedded`` extra (the Docker image leaves it out). On import
+    it resolves a runtime directory for its lock file through platformdirs, which warns
+    ``XDG_RUNTIME_DIR is not set`` (every CLI call in a container or over ``sudo``) and
+    then uses a private fallback directory that works; the warning says nothing a user
+    can act on, so it is not shown."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from pgserver.postgres_server import get_server
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("pgserver"):
+            raise
+        raise EmbeddedUnavailable(
+            "CRM_DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "set CRM_DATABASE_URL=postgresql://user:password@host:5432/db, or install "
+            "the embedded extra (pip install 'crm-api[embedded]'; dev.py does)"
+        ) from exc
+    return get_server
 
 
 def _exit_on_sigterm() -> None:
@@ -38,8 +67,7 @@ def _exit_on_sigterm() -> None:
 def start_embedded(data_dir: Path, database: str = "crm") -> str:
     """Start (or join) the embedded cluster and return an asyncpg SQLAlchemy URL for
     ``database``. The cluster stops when the last process using it exits, SIGTERM included."""
-    from pgserver.postgres_server import get_server  # heavy: only for the embedded default
-
+    get_server = _import_get_server()  # heavy: only for the embedded default
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _servers.get(pgdata)
