@@ -1,0 +1,157 @@
+"""No escalation by acting on someone stronger (issue #7, item 2, continued): whoever may
+edit users, org units or API clients cannot take over, move or switch on a principal that
+holds more than they do — setting an administrator's password is logging in as one — nor
+move their own position, or bring people and units under it, to widen their own access.
+The rule is the delegation module's: everything the target holds must be something the
+caller could confer, judged from where the target stands (before and after the change)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+
+from conftest import problem
+from crm_api.authz.state import settle
+from factories.api_clients import bearer, create_pat
+from factories.identity import make_org_unit, make_user
+from test_delegation import USERS_ADMIN, make_role
+
+PASSWORD = "correct-horse-battery-9"
+
+
+@pytest.fixture(autouse=True)
+async def _settled(app, engine) -> AsyncIterator[None]:
+    yield
+    await settle()
+    await app.state.policy.refresh_if_changed(engine)
+
+
+@pytest.fixture
+async def tree(engine):
+    root = await make_org_unit(engine, "Root", kind="group")
+    east = await make_org_unit(engine, "East", parent=root)
+    east_team = await make_org_unit(engine, "East team", parent=east)
+    west = await make_org_unit(engine, "West", parent=root)
+    west_team = await make_org_unit(engine, "West team", parent=west)
+    return {"root": root, "east": east, "east_team": east_team, "west": west,
+            "west_team": west_team}
+
+
+async def column(engine, table: str, name: str, row_id) -> object:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(f"SELECT {name} FROM {table} WHERE id = :i"),
+                                   {"i": row_id})).scalar()
+
+
+def outranks(response, field: str | None = None) -> dict:
+    body = problem(response, 403, "grant_not_allowed")
+    assert body["reason"] == "target_outranks", body
+    if field is not None:
+        assert field in body["fields"], body
+    return body
+
+
+# --- (a) acting on a more-privileged user ----------------------------------------------
+async def test_nobody_takes_over_an_administrator_in_their_subtree(client, client_for, engine,
+                                                                   tree):
+    """users read/update/assign over org_subtree, an admin inside that subtree: password,
+    e-mail, manager, unit and the active flag are all refused; nothing is written."""
+    await make_role(engine, "team_lead", *USERS_ADMIN, ("customers", "read", "org_subtree"))
+    lead = await make_user(engine, roles=("team_lead",), org_unit=tree["east"])
+    admin = await make_user(engine, roles=("admin",), org_unit=tree["east_team"])
+    await make_user(engine, roles=("admin",), org_unit=tree["root"])  # not the last admin
+    peer = await make_user(engine, roles=(), org_unit=tree["east_team"])
+    peer_boss = await make_user(engine, roles=(), org_unit=tree["east_team"])
+    as_lead = await client_for(lead)
+    url = f"/v1/users/{admin['id']}"
+    version = await column(engine, "users", "version", admin["id"])
+    for field, value in (("password", PASSWORD), ("email", "mine@example.com"),
+                         ("manager_id", str(lead["id"])), ("org_unit_id", str(tree["east"]["id"]))):
+        body = outranks(await as_lead.patch(url, json={field: value}), field)
+        assert body["refused"] == ["admin"]
+    outranks(await as_lead.post(f"{url}/deactivate"), "active")
+    assert await column(engine, "users", "version", admin["id"]) == version
+    assert await column(engine, "users", "active", admin["id"]) is True
+    # what does not hand over the account stays allowed
+    renamed = await as_lead.patch(url, json={"display_name": "Boss", "phone": "+1 555 0100"})
+    assert renamed.status_code == 200, renamed.text
+    # an inactive administrator cannot be switched back on either
+    await client.post(f"{url}/deactivate")
+    outranks(await as_lead.post(f"{url}/activate"), "active")
+    assert await column(engine, "users", "active", admin["id"]) is False
+    # someone holding no more than the lead: all of it is fine
+    for field, value in (("password", PASSWORD), ("email", "peer@example.com"),
+                         ("manager_id", str(peer_boss["id"])),
+                         ("org_unit_id", str(tree["east"]["id"]))):
+        ok = await as_lead.patch(f"/v1/users/{peer['id']}", json={field: value})
+        assert ok.status_code == 200, (field, ok.text)
+    assert (await as_lead.post(f"/v1/users/{peer['id']}/deactivate")).status_code == 200
+    # an administrator may do all of it
+    assert (await client.patch(url, json={"password": PASSWORD})).status_code == 200
+    assert (await client.post(f"{url}/activate")).status_code == 200
+
+
+async def test_a_target_outranks_by_any_single_grant(client_for, engine, tree):
+    """Not only admins: one grant the caller lacks (an action, or a wider scope) is enough,
+    and a relative scope is read from where the target stands."""
+    await make_role(engine, "hr", ("users", "read", "all"), ("users", "update", "all"),
+                    ("customers", "read", "org_subtree"))
+    await make_role(engine, "exporter", ("customers", "export", "own"))
+    await make_role(engine, "subtree_reader", ("customers", "read", "org_subtree"))
+    hr = await make_user(engine, roles=("hr",), org_unit=tree["east"])
+    as_hr = await client_for(hr)
+    exporter = await make_user(engine, roles=("exporter",), org_unit=tree["east_team"])
+    body = outranks(await as_hr.patch(f"/v1/users/{exporter['id']}",
+                                      json={"password": PASSWORD}), "password")
+    assert body["refused"] == ["exporter"]
+    assert "export on customers over own" in body["detail"]
+    # same role, different places: under the caller's subtree it is within what hr holds,
+    # in West it reaches customers hr cannot read
+    below = await make_user(engine, roles=("subtree_reader",), org_unit=tree["east_team"])
+    beside = await make_user(engine, roles=("subtree_reader",), org_unit=tree["west"])
+    ok = await as_hr.patch(f"/v1/users/{below['id']}", json={"password": PASSWORD})
+    assert ok.status_code == 200, ok.text
+    outranks(await as_hr.patch(f"/v1/users/{beside['id']}", json={"password": PASSWORD}))
+    # moving the one below to West would make them reach past hr: judged after the move too
+    outranks(await as_hr.patch(f"/v1/users/{below['id']}",
+                               json={"org_unit_id": str(tree["west"]["id"])}), "org_unit_id")
+    assert await column(engine, "users", "org_unit_id", below["id"]) == tree["east_team"]["id"]
+
+
+async def test_nobody_moves_themself_up_the_tree(client_for, engine, tree):
+    """Your own unit anchors your org scopes: moving yourself to the root would widen
+    ``org_subtree`` to everything."""
+    await make_role(engine, "hr", ("users", "read", "all"), ("users", "update", "all"),
+                    ("customers", "read", "org_subtree"))
+    hr = await make_user(engine, roles=("hr",), org_unit=tree["east"])
+    as_hr = await client_for(hr)
+    outranks(await as_hr.patch(f"/v1/users/{hr['id']}",
+                               json={"org_unit_id": str(tree["root"]["id"])}), "org_unit_id")
+    assert await column(engine, "users", "org_unit_id", hr["id"]) == tree["east"]["id"]
+    # down into one's own subtree narrows: fine; so is changing one's own password
+    down = await as_hr.patch(f"/v1/users/{hr['id']}",
+                             json={"org_unit_id": str(tree["east_team"]["id"])})
+    assert down.status_code == 200, down.text
+    own = await as_hr.patch(f"/v1/users/{hr['id']}", json={"password": PASSWORD})
+    assert own.status_code == 200, own.text
+
+
+async def test_a_narrowed_token_cannot_take_over_its_owner(anon_client, client_for, engine,
+                                                           tree):
+    """A personal access token limited to users:read/update would otherwise set its
+    owner's password and sign in with everything the owner holds."""
+    await make_role(engine, "team_lead", *USERS_ADMIN, ("customers", "read", "org_subtree"))
+    lead = await make_user(engine, roles=("team_lead",), org_unit=tree["east"])
+    as_lead = await client_for(lead)
+    pat = await create_pat(as_lead, ("users", "read"), ("users", "update"))
+    headers = bearer(pat["token"])
+    hash_before = await column(engine, "users", "password_hash", lead["id"])
+    body = outranks(await anon_client.patch(f"/v1/users/{lead['id']}",
+                                            json={"password": PASSWORD}, headers=headers))
+    assert body["refused"] == ["team_lead"]
+    assert await column(engine, "users", "password_hash", lead["id"]) == hash_before
+    # signed in properly, the owner may
+    ok = await as_lead.patch(f"/v1/users/{lead['id']}", json={"password": PASSWORD})
+    assert ok.status_code == 200, ok.text
