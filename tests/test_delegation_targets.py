@@ -155,3 +155,71 @@ async def test_a_narrowed_token_cannot_take_over_its_owner(anon_client, client_f
     # signed in properly, the owner may
     ok = await as_lead.patch(f"/v1/users/{lead['id']}", json={"password": PASSWORD})
     assert ok.status_code == 200, ok.text
+
+
+# --- (b) org-unit moves ------------------------------------------------------------------
+async def test_nobody_moves_units_under_themself(client, client_for, engine, tree):
+    """A unit coming into the caller's subtree from outside hands the caller its people and
+    records (every ``org_subtree`` grant follows the tree)."""
+    await make_role(engine, "reorg", ("org_units", "read", "all"),
+                    ("org_units", "update", "custom", [tree["east"]["id"], tree["west"]["id"],
+                                                       tree["west_team"]["id"],
+                                                       tree["root"]["id"]]),
+                    ("customers", "read", "org_subtree"))
+    planner = await make_user(engine, roles=("reorg",), org_unit=tree["east"])
+    as_planner = await client_for(planner)
+    path_before = await column(engine, "org_units", "path", tree["west_team"]["id"])
+    body = problem(await as_planner.post(f"/v1/org-units/{tree['west_team']['id']}/move",
+                                         json={"parent_id": str(tree["east"]["id"])}),
+                   403, "grant_not_allowed")
+    assert body["reason"] == "self"
+    assert await column(engine, "org_units", "path", tree["west_team"]["id"]) == path_before
+    # an administrator may
+    ok = await client.post(f"/v1/org-units/{tree['west_team']['id']}/move",
+                           json={"parent_id": str(tree["east"]["id"])})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_nobody_moves_the_unit_they_stand_in(client_for, engine, tree):
+    """Re-parenting a unit that contains your own unit moves you: that is for someone
+    above you."""
+    await make_role(engine, "reorg", ("org_units", "read", "all"),
+                    ("org_units", "update", "custom", [tree["east"]["id"], tree["west"]["id"],
+                                                       tree["root"]["id"]]))
+    member = await make_user(engine, roles=("reorg",), org_unit=tree["east_team"])
+    as_member = await client_for(member)
+    body = problem(await as_member.post(f"/v1/org-units/{tree['east']['id']}/move",
+                                        json={"parent_id": str(tree["west"]["id"])}),
+                   403, "grant_not_allowed")
+    assert body["reason"] == "self"
+    assert await column(engine, "org_units", "parent_id", tree["east"]["id"]) \
+        == tree["root"]["id"]
+
+
+async def test_units_move_only_from_and_to_places_in_scope(client_for, engine, tree):
+    """The unit, where it comes from and where it goes must all be inside the caller's
+    org_units:update scope."""
+    await make_role(engine, "east_admin", ("org_units", "read", "all"),
+                    ("org_units", "update", "org_subtree"), ("org_units", "create", "org_subtree"))
+    await make_role(engine, "picker", ("org_units", "read", "all"),
+                    ("org_units", "update", "custom", [tree["west_team"]["id"],
+                                                       tree["east_team"]["id"]]))
+    boss = await make_user(engine, roles=("east_admin",), org_unit=tree["east"])
+    as_boss = await client_for(boss)
+    # the picker may update West team and East team, but not West, where West team sits
+    picker = await make_user(engine, roles=("picker",), org_unit=None)
+    body = problem(await (await client_for(picker)).post(
+        f"/v1/org-units/{tree['west_team']['id']}/move",
+        json={"parent_id": str(tree["east_team"]["id"])}), 403, "grant_not_allowed")
+    assert body["reason"] == "source_out_of_scope"
+    assert await column(engine, "org_units", "parent_id", tree["west_team"]["id"]) \
+        == tree["west"]["id"]
+    # within East, a reorganisation is the boss's to make
+    sub = (await as_boss.post("/v1/org-units", json={
+        "name": "Desk", "kind": "team", "parent_id": str(tree["east_team"]["id"])})).json()
+    moved = await as_boss.post(f"/v1/org-units/{sub['id']}/move",
+                               json={"parent_id": str(tree["east"]["id"])})
+    assert moved.status_code == 200, moved.text
+    # but East itself sits under Root, outside: moving it is refused
+    problem(await as_boss.post(f"/v1/org-units/{tree['east']['id']}/move",
+                               json={"parent_id": str(sub["id"])}), 403, "grant_not_allowed")
