@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from conftest import problem
 from crm_api.authz.state import settle
-from factories.api_clients import bearer, create_pat
+from factories.api_clients import bearer, create_api_client, create_pat
 from factories.identity import make_org_unit, make_user
-from test_delegation import USERS_ADMIN, make_role
+from test_delegation import USERS_ADMIN, make_role, role_id, roles_in_db
 
 PASSWORD = "correct-horse-battery-9"
 
@@ -223,3 +223,61 @@ async def test_units_move_only_from_and_to_places_in_scope(client_for, engine, t
     # but East itself sits under Root, outside: moving it is refused
     problem(await as_boss.post(f"/v1/org-units/{tree['east']['id']}/move",
                                json={"parent_id": str(sub["id"])}), 403, "grant_not_allowed")
+
+
+# --- (c) the rest, tried as an attacker ------------------------------------------------
+async def test_api_client_secret_of_a_stronger_client_cannot_be_rotated(client, client_for,
+                                                                         engine, tree):
+    """Rotating a client's secret hands the caller that client's credentials; switching a
+    stronger client back on, or off, is acting on it too."""
+    await make_role(engine, "integrator", ("api_clients", "read", "all"),
+                    ("api_clients", "create", "all"), ("api_clients", "update", "all"),
+                    ("api_clients", "delete", "all"), ("customers", "read", "org_subtree"))
+    await make_role(engine, "wide_reader", ("customers", "read", "all"))
+    await make_role(engine, "own_reader", ("customers", "read", "own"))
+    user = await make_user(engine, roles=("integrator",), org_unit=tree["east"])
+    as_user = await client_for(user)
+    strong = await create_api_client(client, name="strong", roles=["wide_reader"])
+    url = f"/v1/api-clients/{strong['id']}"
+    hash_before = await column(engine, "api_clients", "secret_hash", strong["id"])
+    body = outranks(await as_user.post(f"{url}/rotate-secret", json={}), "client_secret")
+    assert body["refused"] == ["wide_reader"]
+    assert await column(engine, "api_clients", "secret_hash", strong["id"]) == hash_before
+    outranks(await as_user.delete(url), "active")
+    await client.delete(url)
+    outranks(await as_user.patch(url, json={"active": True}), "active")
+    assert await column(engine, "api_clients", "active", strong["id"]) is False
+    renamed = await as_user.patch(url, json={"name": "still strong"})
+    assert renamed.status_code == 200, renamed.text
+    # a client holding no more than the caller: its own to rotate
+    weak = await create_api_client(as_user, name="weak", roles=["own_reader"],
+                                   org_unit_id=str(tree["east_team"]["id"]))
+    rotated = await as_user.post(f"/v1/api-clients/{weak['id']}/rotate-secret", json={})
+    assert rotated.status_code == 200, rotated.text
+
+
+async def test_a_token_loses_what_its_owner_loses(anon_client, client, client_for, engine, tree):
+    """A personal access token is narrowed to its owner's grants at use: after the owner's
+    roles shrink, the token no longer reaches what it was created for."""
+    manager = await make_user(engine, roles=("sales_manager",), org_unit=tree["east"])
+    pat = await create_pat(await client_for(manager), ("customers", "read"), ("users", "read"))
+    headers = bearer(pat["token"])
+    assert (await anon_client.get("/v1/users", headers=headers)).status_code == 200
+    changed = await client.patch(f"/v1/users/{manager['id']}", json={"roles": ["staff"]})
+    assert changed.status_code == 200, changed.text
+    await settle()
+    problem(await anon_client.get("/v1/users", headers=headers), 403, "permission_denied")
+    assert (await anon_client.get("/v1/customers", headers=headers)).status_code == 200
+    assert await roles_in_db(engine, f"user:{manager['id']}") == ["staff"]
+
+
+async def test_built_in_roles_cannot_be_hijacked(client, client_for, engine, tree):
+    """No second ``admin`` role, no renaming a built-in one, no deleting it."""
+    await make_role(engine, "role_admin", ("roles", "read", "all"), ("roles", "create", "all"),
+                    ("roles", "update", "all"), ("roles", "delete", "all"))
+    as_editor = await client_for(await make_user(engine, roles=("role_admin",),
+                                                 org_unit=tree["east"]))
+    problem(await as_editor.post("/v1/roles", json={"name": "admin"}), 409, "role_exists")
+    admin_role = await role_id(client, "admin")
+    problem(await as_editor.patch(f"/v1/roles/{admin_role}", json={"name": "boss"}), 422)
+    problem(await as_editor.delete(f"/v1/roles/{admin_role}"), 409, "role_builtin")

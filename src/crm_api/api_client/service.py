@@ -7,12 +7,13 @@ id is the principal id; its roles are Casbin ``g`` rows on ``client:<that id>``.
 
 Raises: ``NotFound`` (``api_client_not_found``, also outside the caller's scope),
 ``UnprocessableEntity`` (``unknown_role``, ``invalid_org_unit``, ``null_not_allowed``),
-``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``), ``PreconditionFailed``
-(stale If-Match).
+``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``, ``grant_not_allowed``),
+``PreconditionFailed`` (stale If-Match).
 
 Roles are conferred through :func:`crm_api.authz.delegation.check_roles`, like users'
 roles: only roles whose every grant the caller holds over no wider a scope, and never to
-the client the caller is.
+the client the caller is. Its secret and active flag change only for a caller who could
+confer every role it holds (:func:`_check_target`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,22 @@ async def _check_roles(
         to_self=client_user_id is not None and client_user_id == access.principal.id,
     )
     return wanted
+
+
+async def _check_target(
+    session: AsyncSession, policy: PolicyEngine, access: Access, user: User, fields: list[str]
+) -> None:
+    """Rotating a client's secret hands the caller its credentials, and switching it on or
+    off decides whether it acts: either needs that the caller could confer every role the
+    client holds (:func:`crm_api.authz.delegation.check_target`, 403
+    ``grant_not_allowed``)."""
+    await delegation.check_target(
+        session, policy, access.principal, roles=await repo.roles_of(session, user.id),
+        positions=[await delegation.position_of(
+            session, user.id, user.manager_path, user.org_unit_id
+        )],
+        fields=fields,
+    )
 
 
 async def list_clients(
@@ -187,6 +204,8 @@ async def update_client(
             session, policy, access, changes["roles"], before["roles"], user.id
         )
     after.update({k: changes[k] for k in ("name", "active") if k in changes})
+    if after["active"] != before["active"]:
+        await _check_target(session, policy, access, user, ["active"])
     diff = audit.diff(before, after)
     if not diff:
         return await _reload(session, access, client_id)
@@ -207,14 +226,16 @@ async def update_client(
 
 
 async def deactivate_client(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, if_match: str | None,
-    *, require_if_match: bool,
+    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
+    if_match: str | None, *, require_if_match: bool,
 ) -> None:
     """Soft delete: the client can no longer get tokens and the ones it has stop working.
-    Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing."""
+    Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing.
+    A client holding more than the caller could give is not the caller's to switch off."""
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
     if not client.active and not user.active:
         return
+    await _check_target(session, policy, access, user, ["active"])
     now = datetime.now(UTC)
     _set_active(client, user, False, now)
     client.updated_at = now
@@ -228,13 +249,15 @@ async def deactivate_client(
 
 
 async def rotate_secret(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, body: RotateSecret,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
+    body: RotateSecret, if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     """A new secret, returned once. With a grace period the replaced secret keeps working
     until it ends (one previous secret at most: rotating again ends the earlier grace).
-    Access tokens already issued stay valid until they expire."""
+    Access tokens already issued stay valid until they expire. The secret is the client's
+    credential: only for a caller who could confer everything the client holds."""
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    await _check_target(session, policy, access, user, ["client_secret"])
     now = datetime.now(UTC)
     secret = _new_secret()
     before_expiry = client.previous_secret_expires_at
