@@ -281,3 +281,32 @@ async def test_built_in_roles_cannot_be_hijacked(client, client_for, engine, tre
     admin_role = await role_id(client, "admin")
     problem(await as_editor.patch(f"/v1/roles/{admin_role}", json={"name": "boss"}), 422)
     problem(await as_editor.delete(f"/v1/roles/{admin_role}"), 409, "role_builtin")
+
+
+async def test_relative_scopes_are_conferred_only_where_the_caller_reaches(client_for, engine,
+                                                                         tree):
+    """An ``org_subtree`` grant given to someone in West reaches West: a caller holding it
+    over East (however wide its users:assign or api_clients scope) does not hold that. For
+    an API client it would be the caller's own access: whoever makes a client holds its
+    secret."""
+    await make_role(engine, "hr", ("users", "read", "all"), ("users", "update", "all"),
+                    ("users", "assign", "all"), ("api_clients", "read", "all"),
+                    ("api_clients", "create", "all"), ("customers", "read", "org_subtree"))
+    await make_role(engine, "subtree_reader", ("customers", "read", "org_subtree"))
+    hr = await make_user(engine, roles=("hr",), org_unit=tree["east"])
+    as_hr = await client_for(hr)
+    west_user = await make_user(engine, roles=(), org_unit=tree["west"])
+    east_user = await make_user(engine, roles=(), org_unit=tree["east_team"])
+    body = problem(await as_hr.patch(f"/v1/users/{west_user['id']}",
+                                     json={"roles": ["subtree_reader"]}), 403,
+                   "role_not_grantable")
+    assert body["refused"] == ["subtree_reader"]
+    ok = await as_hr.patch(f"/v1/users/{east_user['id']}", json={"roles": ["subtree_reader"]})
+    assert ok.status_code == 200, ok.text
+    problem(await as_hr.post("/v1/api-clients", json={
+        "name": "west bot", "roles": ["subtree_reader"],
+        "org_unit_id": str(tree["west"]["id"])}), 403, "role_not_grantable")
+    made = await as_hr.post("/v1/api-clients", json={
+        "name": "east bot", "roles": ["subtree_reader"],
+        "org_unit_id": str(tree["east_team"]["id"])})
+    assert made.status_code == 201, made.text

@@ -62,11 +62,13 @@ def _new_secret() -> str:
 
 async def _check_roles(
     session: AsyncSession, policy: PolicyEngine, access: Access, roles: Iterable[str],
-    current: Iterable[str] = (), client_user_id: uuid.UUID | None = None,
+    at: delegation.Position, current: Iterable[str] = (),
 ) -> list[str]:
     """``roles`` deduplicated, each an existing role; the change from ``current`` must be
     one the caller may make (403 ``role_not_grantable``): nobody can mint or widen a
-    client more powerful than themself, nor widen the client they are."""
+    client more powerful than themself, nor widen the client they are. The relative
+    scopes are judged where the client stands (``at``): whoever makes a client holds its
+    secret, so what it reaches must lie within what the caller reaches."""
     wanted = sorted(set(roles))
     missing = sorted(set(wanted) - await repo.existing_roles(session, wanted))
     if missing:
@@ -77,7 +79,7 @@ async def _check_roles(
     await delegation.check_roles(
         session, policy, access.principal,
         added=sorted(set(wanted) - set(current)), removed=sorted(set(current) - set(wanted)),
-        to_self=client_user_id is not None and client_user_id == access.principal.id,
+        to_self=at.user_id == access.principal.id, at=at,
     )
     return wanted
 
@@ -123,7 +125,11 @@ async def create_client(
 ) -> dict[str, Any]:
     """Create the client, its service account and its role rows; the returned row carries
     ``client_secret``, which is never stored or shown again."""
-    roles = await _check_roles(session, policy, access, data.roles)
+    user_id, client_pk = uuid.uuid4(), uuid.uuid4()
+    roles = await _check_roles(
+        session, policy, access, data.roles,
+        await delegation.position_of(session, user_id, f"/{user_id}/", data.org_unit_id),
+    )
     if data.org_unit_id is not None and not await repo.org_unit_active(session, data.org_unit_id):
         raise UnprocessableEntity(
             "org_unit_id is not an active org unit.", code="invalid_org_unit",
@@ -134,7 +140,6 @@ async def create_client(
         raise Forbidden(
             "Your scope does not cover clients in that org unit.", code="org_unit_out_of_scope"
         )
-    user_id, client_pk = uuid.uuid4(), uuid.uuid4()
     public_id, secret = _new_client_id(), _new_secret()
     session.add(
         User(
@@ -201,7 +206,9 @@ async def update_client(
     after = dict(before)
     if "roles" in changes:
         after["roles"] = await _check_roles(
-            session, policy, access, changes["roles"], before["roles"], user.id
+            session, policy, access, changes["roles"],
+            await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id),
+            before["roles"],
         )
     after.update({k: changes[k] for k in ("name", "active") if k in changes})
     if after["active"] != before["active"]:

@@ -282,9 +282,11 @@ async def check_target(
 async def check_roles(
     session: AsyncSession, policy: PolicyEngine, principal: Principal, *,
     added: Sequence[str], removed: Sequence[str] = (), to_self: bool,
+    at: Position | None = None,
 ) -> None:
     """Refuse (403 ``role_not_grantable``) giving ``added`` or taking ``removed`` unless
-    the principal could confer each of those roles, and adding any role to itself."""
+    the principal could confer each of those roles on a receiver standing at ``at`` (see
+    :func:`covers`), and adding any role to itself."""
     changed = sorted(set(added) | set(removed))
     if not changed:
         return
@@ -296,7 +298,7 @@ async def check_roles(
             "You cannot give yourself roles: " + ", ".join(sorted(set(added))) + ".",
             code="role_not_grantable", refused=sorted(set(added)), reason="self",
         )
-    refused = await _unconferrable(session, policy, principal, changed, (None,))
+    refused = await _unconferrable(session, policy, principal, changed, (at,))
     if refused:
         raise Forbidden(
             "You can only give or take roles whose every grant you hold yourself, over no "

@@ -110,7 +110,7 @@ async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID 
 
 async def _check_roles(
     session: AsyncSession, policy: PolicyEngine, assign: Access | None, user_id: uuid.UUID,
-    org_unit_id: uuid.UUID | None, current: list[str], new: list[str],
+    org_unit_id: uuid.UUID | None, manager_path: str, current: list[str], new: list[str],
 ) -> None:
     """Changing a user's roles from ``current`` to ``new``: needs ``users:assign`` over the
     user (placed in ``org_unit_id``), existing roles, and authority to confer every role
@@ -132,6 +132,7 @@ async def _check_roles(
         session, policy, assign.principal,
         added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
         to_self=user_id == assign.principal.id,
+        at=await delegation.position_of(session, user_id, manager_path, org_unit_id),
     )
 
 
@@ -221,16 +222,17 @@ async def create_user(
         _check_password(data.password.get_secret_value(), data.email) if data.password else None
     )
     await _check_email(session, data.email, None)
-    if data.roles:
-        await _check_roles(
-            session, policy, assign, user_id, data.org_unit_id, [], sorted(set(data.roles))
-        )
-    await _check_org_unit(session, access, user_id, data.org_unit_id)
     manager_path = f"/{user_id}/"
     if data.manager_id is not None:
         await repo.lock_reporting_lines(session)
         manager = await _manager(session, data.manager_id)
         manager_path = f"{manager.manager_path}{user_id}/"
+    if data.roles:
+        await _check_roles(
+            session, policy, assign, user_id, data.org_unit_id, manager_path, [],
+            sorted(set(data.roles)),
+        )
+    await _check_org_unit(session, access, user_id, data.org_unit_id)
     now = datetime.now(UTC)
     user = User(
         id=user_id, email=data.email, display_name=data.display_name, phone=data.phone,
@@ -288,8 +290,8 @@ async def update_user(
     new_roles = current_roles
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
-        await _check_roles(
-            session, policy, assign, user.id, changes.get("org_unit_id", user.org_unit_id),
+        await _check_roles(  # where the user stands: a move is judged by _check_target
+            session, policy, assign, user.id, user.org_unit_id, user.manager_path,
             current_roles, new_roles,
         )
         if ADMIN_ROLE in current_roles and ADMIN_ROLE not in new_roles and user.active:
