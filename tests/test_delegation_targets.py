@@ -310,3 +310,25 @@ async def test_relative_scopes_are_conferred_only_where_the_caller_reaches(clien
         "name": "east bot", "roles": ["subtree_reader"],
         "org_unit_id": str(tree["east_team"]["id"])})
     assert made.status_code == 201, made.text
+
+
+async def test_a_relative_grant_is_added_only_where_the_role_is_held_within_reach(
+    client, client_for, engine, tree
+):
+    """Adding ``org_subtree`` to a role takes effect at once wherever its holders stand:
+    an editor holding it over East cannot hand it to the role's holders in West."""
+    await make_role(engine, "role_editor", ("roles", "read", "all"), ("roles", "update", "all"),
+                    ("customers", "read", "org_subtree"))
+    await make_role(engine, "east_desk", ("customers", "read", "own"))
+    await make_role(engine, "west_desk", ("customers", "read", "own"))
+    await make_user(engine, roles=("east_desk",), org_unit=tree["east_team"])
+    await make_user(engine, roles=("west_desk",), org_unit=tree["west"])
+    as_editor = await client_for(await make_user(engine, roles=("role_editor",),
+                                                 org_unit=tree["east"]))
+    grant = {"resource": "customers", "action": "read", "scope": "org_subtree"}
+    body = problem(await as_editor.post(f"/v1/roles/{await role_id(client, 'west_desk')}/grants",
+                                        json=grant), 403, "grant_not_allowed")
+    assert body["reason"] == "not_held"
+    ok = await as_editor.post(f"/v1/roles/{await role_id(client, 'east_desk')}/grants",
+                              json=grant)
+    assert ok.status_code == 201, ok.text

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import String, case, cast, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.enforcer import PolicyEngine
@@ -314,8 +314,10 @@ async def check_grant_edit(
     grant: Grant | None,
 ) -> None:
     """Refuse (403 ``grant_not_allowed``) editing the grants of ``role``: adding ``grant``
-    (``None``: a removal) needs the grant held (see :func:`refused_grants`) and the role
-    not held by the editor; any edit of the ``admin`` role needs an administrator."""
+    (``None``: a removal) needs the grant held (see :func:`refused_grants`) — a relative
+    grant also where each current holder of the role stands, since it takes effect there
+    at once — and the role not held by the editor; any edit of the ``admin`` role needs
+    an administrator."""
     if is_admin(policy, principal):
         return
     if role == ADMIN_ROLE:
@@ -330,11 +332,36 @@ async def check_grant_edit(
             f"You hold {role!r}: adding to its grants would widen your own access.",
             code="grant_not_allowed", refused=[grant.describe()], reason="self",
         )
-    if await refused_grants(session, policy, principal, [grant]):
-        raise Forbidden(
-            f"You can only grant what you hold, over no wider a scope: {grant.describe()}.",
-            code="grant_not_allowed", refused=[grant.describe()], reason="not_held",
-        )
+    positions: list[Position | None] = [None]
+    if grant.scope in LADDER and grant.scope is not ScopeKind.all:
+        positions += await holder_positions(session, role)
+    for at in positions:
+        if await refused_grants(session, policy, principal, [grant], at):
+            raise Forbidden(
+                f"You can only grant what you hold, over no wider a scope: {grant.describe()}"
+                + (" (read where the role's holders stand)" if at is not None else "") + ".",
+                code="grant_not_allowed", refused=[grant.describe()], reason="not_held",
+            )
+
+
+async def holder_positions(session: AsyncSession, role: str) -> list[Position]:
+    """Where each current holder of ``role`` (user or API client) stands: a relative grant
+    added to the role is read at each of them."""
+    from crm_api.models.authz_rule import AuthzRule
+    from crm_api.models.org_unit import OrgUnit
+    from crm_api.models.user import User
+
+    subject = case(
+        (User.kind == "service", literal("client:")), else_=literal("user:")
+    ) + cast(User.id, String)
+    stmt = (
+        select(User.id, User.manager_path, User.org_unit_id, OrgUnit.path)
+        .outerjoin(OrgUnit, OrgUnit.id == User.org_unit_id)
+        .where(subject.in_(
+            select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == role)
+        ))
+    )
+    return [Position(*row) for row in (await session.execute(stmt)).all()]
 
 
 def check_reporting_line(
