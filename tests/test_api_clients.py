@@ -306,11 +306,14 @@ async def test_role_escalation_is_refused(client, client_for, engine):
     (see test_delegation.py for the whole rule)."""
     await _make_role(engine, "ops", ("api_clients", "create", "all"),
                      ("api_clients", "read", "all"))
-    ops = await client_for(await make_user(engine, roles=("ops", "partner")))
+    unit = await make_org_unit(engine, "Shop", kind="team")
+    ops = await client_for(await make_user(engine, roles=("ops", "sales_manager"), org_unit=unit))
     denied = await ops.post("/v1/api-clients", json={"name": "x", "roles": ["admin"]})
     problem(denied, 403, "role_not_grantable")
     assert await count_rows(engine, "api_clients") == 0
-    allowed = await ops.post("/v1/api-clients", json={"name": "x", "roles": ["partner"]})
+    # the client's `own` records must lie within the caller's reach: placed in its unit
+    allowed = await ops.post("/v1/api-clients", json={"name": "x", "roles": ["partner"],
+                                                      "org_unit_id": str(unit["id"])})
     assert allowed.status_code == 201, allowed.text
 
 

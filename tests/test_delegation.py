@@ -283,7 +283,7 @@ async def test_grant_edits_cannot_widen_a_role_the_editor_holds(client, client_f
 async def test_api_client_roles_are_checked_grant_by_grant(client, client_for, engine, tree):
     await make_role(engine, "integrator", ("api_clients", "read", "all"),
                     ("api_clients", "create", "all"), ("api_clients", "update", "all"),
-                    ("customers", "read", "own"))
+                    ("customers", "read", "org_unit"))
     await make_role(engine, "wide_reader", ("customers", "read", "all"))
     await make_role(engine, "own_reader", ("customers", "read", "own"))
     user = await make_user(engine, roles=("integrator",), org_unit=tree["east"])
@@ -292,14 +292,20 @@ async def test_api_client_roles_are_checked_grant_by_grant(client, client_for, e
         "name": "x", "roles": ["wide_reader"]}), 403, "role_not_grantable")
     assert body["refused"] == ["wide_reader"]
     assert await count_rows(engine, "api_clients") == 0
-    # a role it does not hold, but whose every grant it holds: allowed
-    made = await as_user.post("/v1/api-clients", json={"name": "x", "roles": ["own_reader"]})
+    # a role it does not hold, but whose every grant it holds where the client stands (its
+    # own unit): allowed; a client placed in West would reach records the caller does not
+    problem(await as_user.post("/v1/api-clients", json={
+        "name": "x", "roles": ["own_reader"], "org_unit_id": str(tree["west"]["id"])}),
+        403, "role_not_grantable")
+    made = await as_user.post("/v1/api-clients", json={
+        "name": "x", "roles": ["own_reader"], "org_unit_id": str(tree["east"]["id"])})
     assert made.status_code == 201, made.text
     url = f"/v1/api-clients/{made.json()['id']}"
     problem(await as_user.patch(url, json={"roles": ["wide_reader"]}), 403,
             "role_not_grantable")
     # a client made by an admin with roles beyond the caller's cannot be stripped by it
-    strong = await create_api_client(client, name="strong", roles=["wide_reader"])
+    strong = await create_api_client(client, name="strong", roles=["wide_reader"],
+                                     org_unit_id=str(tree["east"]["id"]))
     body = problem(await as_user.patch(f"/v1/api-clients/{strong['id']}",
                                        json={"roles": ["own_reader"]}), 403, "role_not_grantable")
     assert body["refused"] == ["wide_reader"]

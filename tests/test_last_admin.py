@@ -83,9 +83,11 @@ async def test_last_admin_cannot_be_deactivated(client_for, engine, unit):
     # an API client holding admin is no administrator a person can sign in as
     await create_api_client(as_admin, name="ops bot", roles=["admin"])
     problem(await as_hr.post(f"/v1/users/{admin['id']}/deactivate"), 409, "last_admin")
-    # a second active administrator: now it may go
+    # a second active administrator: now it may go (at an administrator's hand: hr may not
+    # switch off someone holding more than it could give, test_delegation_targets.py)
     second = await make_user(engine, roles=("admin",), org_unit=unit)
-    done = await as_hr.post(f"/v1/users/{admin['id']}/deactivate")
+    problem(await as_hr.post(f"/v1/users/{admin['id']}/deactivate"), 403, "grant_not_allowed")
+    done = await (await client_for(second)).post(f"/v1/users/{admin['id']}/deactivate")
     assert done.status_code == 200, done.text
     assert await active_admins(engine) == 1
     # the admin role of an inactive user can be taken (it is not an active holder)

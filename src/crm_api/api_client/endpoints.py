@@ -113,13 +113,14 @@ async def update_api_client(
     responses=problems(404, 412, 428),
 )
 async def delete_api_client(
-    client_id: uuid.UUID, access: ApiClientsDelete, session: PolicySession,
+    request: Request, client_id: uuid.UUID, access: ApiClientsDelete, session: PolicySession,
     if_match: IfMatch = None,
 ) -> Response:
     """The client can no longer get tokens and those it holds stop working. Restore with
     `PATCH {"active": true}`."""
     await service.deactivate_client(
-        session, access, client_id, if_match, require_if_match=get_settings().require_if_match
+        session, get_policy(request), access, client_id, if_match,
+        require_if_match=get_settings().require_if_match,
     )
     return Response(status_code=204)
 
@@ -130,13 +131,13 @@ async def delete_api_client(
     responses={**problems(404, 412, 428), 200: {"headers": ETAG_HEADER}},
 )
 async def rotate_api_client_secret(
-    client_id: uuid.UUID, access: ApiClientsUpdate, session: PolicySession,
+    request: Request, client_id: uuid.UUID, access: ApiClientsUpdate, session: PolicySession,
     body: RotateSecret | None = None, if_match: IfMatch = None,
 ) -> Response:
     """The new secret is shown only in this response. With `grace_period_s` the old one
     keeps working that long (for rolling the change out); otherwise it stops at once."""
     row = await service.rotate_secret(
-        session, access, client_id, body or RotateSecret(), if_match,
+        session, get_policy(request), access, client_id, body or RotateSecret(), if_match,
         require_if_match=get_settings().require_if_match,
     )
     return _with_etag(row, secret=True)

@@ -7,12 +7,13 @@ id is the principal id; its roles are Casbin ``g`` rows on ``client:<that id>``.
 
 Raises: ``NotFound`` (``api_client_not_found``, also outside the caller's scope),
 ``UnprocessableEntity`` (``unknown_role``, ``invalid_org_unit``, ``null_not_allowed``),
-``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``), ``PreconditionFailed``
-(stale If-Match).
+``Forbidden`` (``role_not_grantable``, ``org_unit_out_of_scope``, ``grant_not_allowed``),
+``PreconditionFailed`` (stale If-Match).
 
 Roles are conferred through :func:`crm_api.authz.delegation.check_roles`, like users'
 roles: only roles whose every grant the caller holds over no wider a scope, and never to
-the client the caller is.
+the client the caller is. Its secret and active flag change only for a caller who could
+confer every role it holds (:func:`_check_target`).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def _new_secret() -> str:
 
 async def _check_roles(
     session: AsyncSession, policy: PolicyEngine, access: Access, roles: Iterable[str],
-    current: Iterable[str] = (), client_user_id: uuid.UUID | None = None,
+    at: delegation.Position, current: Iterable[str] = (),
 ) -> list[str]:
     """``roles`` deduplicated, each an existing role; the change from ``current`` must be
     one the caller may make (403 ``role_not_grantable``): nobody can mint or widen a
-    client more powerful than themself, nor widen the client they are."""
+    client more powerful than themself, nor widen the client they are. The relative
+    scopes are judged where the client stands (``at``): whoever makes a client holds its
+    secret, so what it reaches must lie within what the caller reaches."""
     wanted = sorted(set(roles))
     missing = sorted(set(wanted) - await repo.existing_roles(session, wanted))
     if missing:
@@ -76,9 +79,25 @@ async def _check_roles(
     await delegation.check_roles(
         session, policy, access.principal,
         added=sorted(set(wanted) - set(current)), removed=sorted(set(current) - set(wanted)),
-        to_self=client_user_id is not None and client_user_id == access.principal.id,
+        to_self=at.user_id == access.principal.id, at=at,
     )
     return wanted
+
+
+async def _check_target(
+    session: AsyncSession, policy: PolicyEngine, access: Access, user: User, fields: list[str]
+) -> None:
+    """Rotating a client's secret hands the caller its credentials, and switching it on or
+    off decides whether it acts: either needs that the caller could confer every role the
+    client holds (:func:`crm_api.authz.delegation.check_target`, 403
+    ``grant_not_allowed``)."""
+    await delegation.check_target(
+        session, policy, access.principal, roles=await repo.roles_of(session, user.id),
+        positions=[await delegation.position_of(
+            session, user.id, user.manager_path, user.org_unit_id
+        )],
+        fields=fields,
+    )
 
 
 async def list_clients(
@@ -106,7 +125,11 @@ async def create_client(
 ) -> dict[str, Any]:
     """Create the client, its service account and its role rows; the returned row carries
     ``client_secret``, which is never stored or shown again."""
-    roles = await _check_roles(session, policy, access, data.roles)
+    user_id, client_pk = uuid.uuid4(), uuid.uuid4()
+    roles = await _check_roles(
+        session, policy, access, data.roles,
+        await delegation.position_of(session, user_id, f"/{user_id}/", data.org_unit_id),
+    )
     if data.org_unit_id is not None and not await repo.org_unit_active(session, data.org_unit_id):
         raise UnprocessableEntity(
             "org_unit_id is not an active org unit.", code="invalid_org_unit",
@@ -117,7 +140,6 @@ async def create_client(
         raise Forbidden(
             "Your scope does not cover clients in that org unit.", code="org_unit_out_of_scope"
         )
-    user_id, client_pk = uuid.uuid4(), uuid.uuid4()
     public_id, secret = _new_client_id(), _new_secret()
     session.add(
         User(
@@ -184,9 +206,13 @@ async def update_client(
     after = dict(before)
     if "roles" in changes:
         after["roles"] = await _check_roles(
-            session, policy, access, changes["roles"], before["roles"], user.id
+            session, policy, access, changes["roles"],
+            await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id),
+            before["roles"],
         )
     after.update({k: changes[k] for k in ("name", "active") if k in changes})
+    if after["active"] != before["active"]:
+        await _check_target(session, policy, access, user, ["active"])
     diff = audit.diff(before, after)
     if not diff:
         return await _reload(session, access, client_id)
@@ -207,14 +233,16 @@ async def update_client(
 
 
 async def deactivate_client(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, if_match: str | None,
-    *, require_if_match: bool,
+    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
+    if_match: str | None, *, require_if_match: bool,
 ) -> None:
     """Soft delete: the client can no longer get tokens and the ones it has stop working.
-    Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing."""
+    Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing.
+    A client holding more than the caller could give is not the caller's to switch off."""
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
     if not client.active and not user.active:
         return
+    await _check_target(session, policy, access, user, ["active"])
     now = datetime.now(UTC)
     _set_active(client, user, False, now)
     client.updated_at = now
@@ -228,13 +256,15 @@ async def deactivate_client(
 
 
 async def rotate_secret(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, body: RotateSecret,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
+    body: RotateSecret, if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     """A new secret, returned once. With a grace period the replaced secret keeps working
     until it ends (one previous secret at most: rotating again ends the earlier grace).
-    Access tokens already issued stay valid until they expire."""
+    Access tokens already issued stay valid until they expire. The secret is the client's
+    credential: only for a caller who could confer everything the client holds."""
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    await _check_target(session, policy, access, user, ["client_secret"])
     now = datetime.now(UTC)
     secret = _new_secret()
     before_expiry = client.previous_secret_expires_at

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.authz.dependencies import require
+from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
@@ -105,12 +105,18 @@ async def update_org_unit(
     response_model=OrgUnit, responses=problems(404, 409, 412),
 )
 async def move_org_unit(
-    org_unit_id: uuid.UUID, body: OrgUnitMove, access: OrgUnitsUpdate, session: PolicySession,
-    if_match: IfMatch = None,
+    request: Request, org_unit_id: uuid.UUID, body: OrgUnitMove, access: OrgUnitsUpdate,
+    session: PolicySession, if_match: IfMatch = None,
 ) -> Response:
     """Every unit below moves along (one statement rewrites their paths), and every
-    `org_subtree` scope follows at once. Under itself or a descendant: 409 `invalid_move`."""
-    row = await service.move_org_unit(session, access, org_unit_id, body.parent_id, if_match)
+    `org_subtree` scope follows at once. Under itself or a descendant: 409 `invalid_move`.
+    Your scope must cover the unit, its current parent and the new one (else 403
+    `grant_not_allowed`, `reason: source_out_of_scope`, or 422 `invalid_parent`); moving
+    a unit into your own subtree, or the unit you belong to, is 403 `grant_not_allowed`
+    with `reason: self` (administrators excepted)."""
+    row = await service.move_org_unit(
+        session, get_policy(request), access, org_unit_id, body.parent_id, if_match
+    )
     return _with_etag(row)
 
 

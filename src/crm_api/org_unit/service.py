@@ -7,7 +7,8 @@ path.
 
 Raises: ``NotFound`` (``org_unit_not_found``, also outside the caller's scope),
 ``Conflict`` (``invalid_move``, ``org_unit_in_use``, ``parent_inactive``),
-``Forbidden`` (``root_not_allowed``), ``UnprocessableEntity`` (``invalid_parent``),
+``Forbidden`` (``root_not_allowed``, ``grant_not_allowed``),
+``UnprocessableEntity`` (``invalid_parent``),
 ``PreconditionFailed`` (stale If-Match).
 """
 
@@ -20,6 +21,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.authz import delegation
+from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, Scope, ScopeKind
 from crm_api.db.reader import Reader
@@ -126,11 +129,18 @@ async def update_org_unit(
 
 
 async def move_org_unit(
-    session: AsyncSession, access: Access, unit_id: uuid.UUID, parent_id: uuid.UUID | None,
-    if_match: str | None,
+    session: AsyncSession, policy: PolicyEngine, access: Access, unit_id: uuid.UUID,
+    parent_id: uuid.UUID | None, if_match: str | None,
 ) -> dict[str, Any]:
     """Put a unit (with everything below it) under another parent, or make it a root.
-    Under itself or one of its descendants is a 409 ``invalid_move``."""
+    Under itself or one of its descendants is a 409 ``invalid_move``.
+
+    Moving hands the unit's people and records to the new parent's ancestors (every
+    ``org_subtree`` grant follows the tree), so the caller's scope must cover the unit,
+    where it comes from (its current parent; a root: scope ``all``) and where it goes,
+    else 403 ``grant_not_allowed`` (``reason: source_out_of_scope``) or
+    ``invalid_parent``; and nobody moves a unit into their own subtree or moves the unit
+    they stand in (:func:`crm_api.authz.delegation.check_unit_move`, ``reason: self``)."""
     await repo.lock_tree(session)
     unit = await repo.lock(session, access, unit_id)
     if unit is None:
@@ -138,6 +148,15 @@ async def move_org_unit(
     check_if_match(if_match, unit.version, required=False)
     if parent_id == unit.parent_id:
         return to_dict(unit, repo.COLUMNS)
+    if not access.scope.is_all and (
+        unit.parent_id is None
+        or await repo.find_in_scope(session, access, unit.parent_id, share=False) is None
+    ):
+        raise Forbidden(
+            "The unit sits under a parent outside your scope on org units: moving it out "
+            "is for someone whose scope covers where it is now.",
+            code="grant_not_allowed", refused=["parent_id"], reason="source_out_of_scope",
+        )
     if parent_id is None:
         if not access.scope.is_all:
             raise Forbidden(
@@ -159,6 +178,7 @@ async def move_org_unit(
                 parent_id=str(parent_id),
             )
         new_prefix = f"{parent.path}{unit.id}/"
+    delegation.check_unit_move(policy, access.principal, unit.path, new_prefix)
     before = to_dict(unit, repo.COLUMNS)
     old_prefix = before["path"]
     depth_delta = (new_prefix.count("/") - 2) - unit.depth

@@ -88,7 +88,10 @@ async def update_user(
 ) -> Response:
     """Change the fields sent; `roles` replaces the user's roles (needs `users:assign`). A
     new `manager_id` moves everyone reporting to the user along (a cycle is 409
-    `invalid_manager`); a new `password` ends every existing session."""
+    `invalid_manager`); a new `password` ends every existing session. Changing the
+    `password`, `email`, `manager_id` or `org_unit_id` of a user holding more than you
+    could give (judged where they stand and where the change puts them) is 403
+    `grant_not_allowed` with `reason: target_outranks`."""
     row = await service.update_user(
         session, get_policy(request), access, assign, user_id, body, if_match,
         require_if_match=get_settings().require_if_match,
@@ -101,11 +104,16 @@ async def update_user(
     response_model=User, responses=problems(404, 409, 412),
 )
 async def deactivate_user(
-    user_id: uuid.UUID, access: UsersUpdate, session: PolicySession, if_match: IfMatch = None
+    request: Request, user_id: uuid.UUID, access: UsersUpdate, session: PolicySession,
+    if_match: IfMatch = None,
 ) -> Response:
     """The user can no longer log in, and every token already issued stops working at once.
-    Their records stay theirs: hand them over with `POST /v1/customers/transfer`."""
-    return _with_etag(await service.set_active(session, access, user_id, False, if_match))
+    Their records stay theirs: hand them over with `POST /v1/customers/transfer`. A user
+    holding more than you could give is not yours to switch off (403 `grant_not_allowed`,
+    `reason: target_outranks`)."""
+    return _with_etag(
+        await service.set_active(session, get_policy(request), access, user_id, False, if_match)
+    )
 
 
 @router.post(
@@ -113,6 +121,11 @@ async def deactivate_user(
     response_model=User, responses=problems(404, 409, 412),
 )
 async def activate_user(
-    user_id: uuid.UUID, access: UsersUpdate, session: PolicySession, if_match: IfMatch = None
+    request: Request, user_id: uuid.UUID, access: UsersUpdate, session: PolicySession,
+    if_match: IfMatch = None,
 ) -> Response:
-    return _with_etag(await service.set_active(session, access, user_id, True, if_match))
+    """Refused (403 `grant_not_allowed`, `reason: target_outranks`) for a user holding
+    more than you could give."""
+    return _with_etag(
+        await service.set_active(session, get_policy(request), access, user_id, True, if_match)
+    )

@@ -5,12 +5,15 @@ Every change to a user bumps the policy version: workers cache user facts (activ
 unit, reporting line, roles, when tokens were last revoked) and drop them on a new version.
 
 Roles are conferred through :mod:`crm_api.authz.delegation` (nobody gives what they do
-not hold, nor widens their own access), and the last active administrator keeps the
-``admin`` role and stays active (:func:`_keep_an_admin`).
+not hold, nor widens their own access), a user's credentials, e-mail, active flag,
+manager and unit change only for a caller who could confer everything the user holds
+(:func:`_check_target`), and the last active administrator keeps the ``admin`` role and
+stays active (:func:`_keep_an_admin`).
 
 Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Conflict``
 (``email_taken``, ``invalid_manager``, ``service_account``, ``cannot_deactivate_self``,
-``last_admin``), ``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``),
+``last_admin``), ``Forbidden`` (``assign_not_allowed``, ``role_not_grantable``,
+``grant_not_allowed``),
 ``UnprocessableEntity`` (``weak_password``, ``unknown_role``, ``invalid_org_unit``,
 ``invalid_manager``), ``PreconditionFailed``.
 """
@@ -107,7 +110,7 @@ async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID 
 
 async def _check_roles(
     session: AsyncSession, policy: PolicyEngine, assign: Access | None, user_id: uuid.UUID,
-    org_unit_id: uuid.UUID | None, current: list[str], new: list[str],
+    org_unit_id: uuid.UUID | None, manager_path: str, current: list[str], new: list[str],
 ) -> None:
     """Changing a user's roles from ``current`` to ``new``: needs ``users:assign`` over the
     user (placed in ``org_unit_id``), existing roles, and authority to confer every role
@@ -129,6 +132,7 @@ async def _check_roles(
         session, policy, assign.principal,
         added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
         to_self=user_id == assign.principal.id,
+        at=await delegation.position_of(session, user_id, manager_path, org_unit_id),
     )
 
 
@@ -160,6 +164,30 @@ async def _check_org_unit(
             errors=[{"field": "org_unit_id", "code": "out_of_scope",
                      "message": "you could not reach a user placed there"}],
         )
+
+
+async def _check_target(
+    session: AsyncSession, policy: PolicyEngine, access: Access, user: User,
+    role_names: set[str], *, new_manager_path: str, new_org_unit_id: uuid.UUID | None,
+    fields: list[str],
+) -> None:
+    """Changing ``fields`` (credentials, e-mail, active flag, manager, unit) of ``user``,
+    who holds ``role_names``, needs that the caller could confer all of them, where the
+    user stands now and where the change puts them
+    (:func:`crm_api.authz.delegation.check_target`, 403 ``grant_not_allowed``)."""
+    if not fields:
+        return
+    positions = [await delegation.position_of(
+        session, user.id, user.manager_path, user.org_unit_id
+    )]
+    if (new_manager_path, new_org_unit_id) != (user.manager_path, user.org_unit_id):
+        positions.append(await delegation.position_of(
+            session, user.id, new_manager_path, new_org_unit_id
+        ))
+    await delegation.check_target(
+        session, policy, access.principal, roles=role_names, positions=positions,
+        fields=fields,
+    )
 
 
 async def _manager(session: AsyncSession, manager_id: uuid.UUID) -> User:
@@ -194,16 +222,17 @@ async def create_user(
         _check_password(data.password.get_secret_value(), data.email) if data.password else None
     )
     await _check_email(session, data.email, None)
-    if data.roles:
-        await _check_roles(
-            session, policy, assign, user_id, data.org_unit_id, [], sorted(set(data.roles))
-        )
-    await _check_org_unit(session, access, user_id, data.org_unit_id)
     manager_path = f"/{user_id}/"
     if data.manager_id is not None:
         await repo.lock_reporting_lines(session)
         manager = await _manager(session, data.manager_id)
         manager_path = f"{manager.manager_path}{user_id}/"
+    if data.roles:
+        await _check_roles(
+            session, policy, assign, user_id, data.org_unit_id, manager_path, [],
+            sorted(set(data.roles)),
+        )
+    await _check_org_unit(session, access, user_id, data.org_unit_id)
     now = datetime.now(UTC)
     user = User(
         id=user_id, email=data.email, display_name=data.display_name, phone=data.phone,
@@ -261,8 +290,8 @@ async def update_user(
     new_roles = current_roles
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
-        await _check_roles(
-            session, policy, assign, user.id, changes.get("org_unit_id", user.org_unit_id),
+        await _check_roles(  # where the user stands: a move is judged by _check_target
+            session, policy, assign, user.id, user.org_unit_id, user.manager_path,
             current_roles, new_roles,
         )
         if ADMIN_ROLE in current_roles and ADMIN_ROLE not in new_roles and user.active:
@@ -285,6 +314,18 @@ async def update_user(
                     code="invalid_manager", manager_id=str(manager_id),
                 )
             new_prefix = f"{manager.manager_path}{user.id}/"
+    await _check_target(
+        session, policy, access, user, set(current_roles) | set(new_roles),
+        new_manager_path=new_prefix, new_org_unit_id=changes.get("org_unit_id", user.org_unit_id),
+        fields=[f for f, moved in (
+            ("password", changes.get("password") is not None),
+            ("email", "email" in changes and changes["email"] != user.email),
+            ("manager_id", new_prefix != old_prefix),
+            ("org_unit_id", "org_unit_id" in changes
+             and changes["org_unit_id"] != user.org_unit_id),
+        ) if moved],
+    )
+    if new_prefix != old_prefix:
         delegation.check_reporting_line(policy, access.principal, old_prefix, new_prefix)
     password = changes.pop("password", None)
     password_hash = None
@@ -325,10 +366,12 @@ async def update_user(
 
 
 async def set_active(
-    session: AsyncSession, access: Access, user_id: uuid.UUID, active: bool,
-    if_match: str | None,
+    session: AsyncSession, policy: PolicyEngine, access: Access, user_id: uuid.UUID,
+    active: bool, if_match: str | None,
 ) -> dict[str, Any]:
-    """Deactivate (every token of the user stops working at once) or reactivate."""
+    """Deactivate (every token of the user stops working at once) or reactivate; either
+    needs that the user holds nothing the caller could not confer (403
+    ``grant_not_allowed``)."""
     user = await _lock_person(session, access, user_id)
     check_if_match(if_match, user.version, required=False)
     role_names = await repo.roles_of(session, repo.subject(user.id, user.kind))
@@ -338,6 +381,10 @@ async def set_active(
         raise Conflict("You cannot deactivate yourself.", code="cannot_deactivate_self")
     if not active and ADMIN_ROLE in role_names:
         await _keep_an_admin(session, user)
+    await _check_target(
+        session, policy, access, user, set(role_names), new_manager_path=user.manager_path,
+        new_org_unit_id=user.org_unit_id, fields=["active"],
+    )
     user.active = active
     user.updated_at = datetime.now(UTC)
     if not active:
