@@ -3,9 +3,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, Strict, model_validator
 
 from crm_api.kit.pagination import ListQuery
 from crm_api.kit.schemas import InputModel, OutputModel
@@ -80,7 +80,7 @@ class PersonalAccessTokenCreate(InputModel):
     expires_at: UtcDatetime | None = Field(
         default=None, description="When the token stops working (at most 10 years ahead)."
     )
-    expires_in_days: int | None = Field(
+    expires_in_days: Annotated[int, Strict()] | None = Field(
         default=None, ge=1, le=3650, description="Alternative to `expires_at`."
     )
 
@@ -92,6 +92,14 @@ class PersonalAccessTokenCreate(InputModel):
 
     model_config = {
         "json_schema_extra": {
+            # _one_expiry, as a schema: not both given as non-null values.
+            "not": {
+                "required": ["expires_at", "expires_in_days"],
+                "properties": {
+                    "expires_at": {"not": {"type": "null"}},
+                    "expires_in_days": {"not": {"type": "null"}},
+                },
+            },
             "examples": [
                 {
                     "name": "nightly export",
