@@ -63,8 +63,10 @@ class Me(OutputModel):
 
 # --- personal access tokens -------------------------------------------------------------
 class TokenPermission(InputModel):
-    """One ``(resource, action)`` a personal access token may use; ``*`` as the action
-    means every action the user holds on that resource."""
+    """One ``(resource, action)`` a personal access token may use. ``*`` as the action
+    means every action on that resource, so, like any other permission, the user must hold
+    it: a role granting ``*`` there (admin's ``*`` on everything). Whoever holds only some
+    actions lists them."""
 
     resource: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["customers"])
     action: str = Field(pattern=r"^(\*|[a-z][a-z0-9_]{0,63})$", examples=["read"])
