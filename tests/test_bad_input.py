@@ -106,8 +106,11 @@ async def test_wrong_types_are_422(client, existing):
     cases = [
         ({"name": 5}, "name", "string_type"),
         ({"name": ["a"]}, "name", "string_type"),
-        ({"credit_level": "high"}, "credit_level", "int_parsing"),
-        ({"credit_level": 2.5}, "credit_level", "int_from_float"),
+        # strict: JSON integers only (no "3", 3.0 or true)
+        ({"credit_level": "high"}, "credit_level", "int_type"),
+        ({"credit_level": 2.5}, "credit_level", "int_type"),
+        ({"credit_level": "3"}, "credit_level", "int_type"),
+        ({"credit_level": True}, "credit_level", "int_type"),
         ({"tags": "vip"}, "tags", "list_type"),
         ({"tags": [1]}, "tags.0", "string_type"),
         ({"custom_fields": [1]}, "custom_fields", "dict_type"),

@@ -6,9 +6,17 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from crm_api import __version__, api
 from crm_api.auth.keys import keyring_from_settings
@@ -19,7 +27,7 @@ from crm_api.db.engine import create_database
 from crm_api.db.migrate import head_revision
 from crm_api.errors import install_error_handlers
 from crm_api.health import router as health_router
-from crm_api.kit.routing import document_query_models
+from crm_api.kit.routing import document_problems, document_query_models
 from crm_api.logs import configure_logging
 from crm_api.middleware import RequestMiddleware
 
@@ -77,14 +85,17 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served by _mount_docs from local assets
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
     api.mount(app)
     app.include_router(health_router)
+    _mount_docs(app)
     document_query_models(app)
+    document_problems(app)
+    _declare_password_flow(app)
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -104,3 +115,81 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
     return app
+
+
+#: Where the Swagger UI / ReDoc assets of the pinned ``fastapi-offline`` package are served.
+DOCS_STATIC = "/docs/static"
+#: The OAuth2 security scheme that lets Swagger UI's "Authorize" log in with a password.
+PASSWORD_SCHEME = "OAuth2Password"
+TOKEN_URL = "/v1/auth/token"
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their assets served from the pinned
+    ``fastapi-offline`` package instead of a CDN, so the docs work without internet (and
+    without a third party seeing who reads them)."""
+    assert app.openapi_url is not None
+    openapi_url = app.openapi_url
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    app.mount(
+        DOCS_STATIC,
+        StaticFiles(packages=[("fastapi_offline", "static")]),
+        name="docs-static",
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            # Keep the token across reloads of the page.
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def _declare_password_flow(app: FastAPI) -> None:
+    """Beside the bearer scheme, declare the OAuth2 password flow of ``/v1/auth/token``, so
+    Swagger UI's "Authorize" can log in with a user's e-mail and password (the README's
+    demo accounts). Either scheme carries the same bearer token: each operation that takes
+    the bearer token accepts one *or* the other."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[PASSWORD_SCHEME] = {
+            "type": "oauth2",
+            "description": "Log in with a user's e-mail and password; the access token is "
+            "then sent as a bearer token.",
+            "flows": {"password": {"tokenUrl": TOKEN_URL, "scopes": {}}},
+        }
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                security = operation.get("security")
+                if security and {PASSWORD_SCHEME: []} not in security:
+                    security.append({PASSWORD_SCHEME: []})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -10,10 +10,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import MISSING, Field, Strict
 
 from crm_api.kit.pagination import ListQuery
-from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 
 ClientName = Annotated[
     str, Field(min_length=1, max_length=200, examples=["Storefront (shop.example.com)"])
@@ -49,15 +49,15 @@ class ApiClientUpdate(InputModel):
     """Only the fields sent change. ``roles`` replaces the whole list; ``active: false``
     stops every token the client holds, ``true`` lets it ask for new ones."""
 
-    name: ClientName | None = None
-    roles: RoleList | None = None
-    active: bool | None = None
+    name: Omittable[ClientName] = MISSING
+    roles: Omittable[RoleList] = MISSING
+    active: Omittable[Annotated[bool, Strict()]] = MISSING
 
     model_config = {"json_schema_extra": {"examples": [{"roles": ["partner", "marketer"]}]}}
 
 
 class RotateSecret(InputModel):
-    grace_period_s: int = Field(
+    grace_period_s: Annotated[int, Strict()] = Field(
         default=0, ge=0, le=MAX_GRACE_S,
         description="Seconds the previous secret keeps working (0: it stops at once).",
         examples=[3600],

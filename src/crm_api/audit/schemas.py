@@ -18,6 +18,20 @@ class AuditEventSort(StrEnum):
     occurred_at = "occurred_at"
 
 
+class AuditResource(StrEnum):
+    """The resources whose changes are audited (each domain service's ``RESOURCE``); a
+    filter on anything else is a 422, not a silently empty list. A new audited domain adds
+    its name here (tests/test_contract.py checks every service's ``RESOURCE`` is listed)."""
+
+    api_clients = "api_clients"
+    contacts = "contacts"
+    customers = "customers"
+    org_units = "org_units"
+    personal_access_tokens = "personal_access_tokens"
+    roles = "roles"
+    users = "users"
+
+
 class AuditEvent(OutputModel):
     """One mutation: who did what to which record, when, and under which request."""
 
@@ -54,7 +68,7 @@ class AuditEventListQuery(ListQuery):
         max_length=200,
         description="`occurred_at` or `-occurred_at` (default, newest first).",
     )
-    resource_type: list[Name40] | None = Field(
+    resource_type: list[AuditResource] | None = Field(
         default=None, max_length=20, examples=[["contacts"]],
         description="Events of these resources (e.g. `customers`, `contacts`).",
     )

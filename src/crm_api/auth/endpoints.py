@@ -137,6 +137,23 @@ async def logout(body: RefreshRequest, session: WriteSession) -> Response:
     return Response(status_code=204)
 
 
+def _token_part(
+    resource: str, action: str, token: frozenset[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """What of a role's grant ``(resource, action)`` (either may be ``*``) a personal access
+    token may use: ``customers:*`` on the token keeps every customers grant, and narrows an
+    admin's ``*:*`` to ``customers:*``; ``customers:read`` narrows it to ``customers:read``."""
+    part = []
+    for t_resource, t_action in sorted(token):
+        if resource not in ("*", t_resource):
+            continue
+        if t_action == "*":
+            part.append((t_resource, action))
+        elif action in ("*", t_action):
+            part.append((t_resource, t_action))
+    return part
+
+
 @me_router.get(
     "", operation_id="me_get", summary="The caller, with effective permissions",
     response_model=Me, responses=problems(),
@@ -151,15 +168,16 @@ async def get_me(
     for role, resource, action, scope, units in policy.enforcer.get_implicit_permissions_for_user(
         subject
     ):
-        if principal.token_permissions is not None and (resource, action) not in (
-            principal.token_permissions
-        ):
-            continue
-        grants.append(
+        usable = (
+            [(resource, action)] if principal.token_permissions is None
+            else _token_part(resource, action, principal.token_permissions)
+        )
+        grants.extend(
             Grant(
-                role=role, resource=resource, action=action, scope=scope,
+                role=role, resource=res, action=act, scope=scope,
                 org_unit_ids=[u for u in units.split("|") if u],
             ).model_dump(mode="json")
+            for res, act in usable
         )
     user = (
         await conn.execute(

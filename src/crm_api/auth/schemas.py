@@ -3,9 +3,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, Strict, model_validator
 
 from crm_api.kit.pagination import ListQuery
 from crm_api.kit.schemas import InputModel, OutputModel
@@ -63,8 +63,10 @@ class Me(OutputModel):
 
 # --- personal access tokens -------------------------------------------------------------
 class TokenPermission(InputModel):
-    """One ``(resource, action)`` a personal access token may use; ``*`` as the action
-    means every action the user holds on that resource."""
+    """One ``(resource, action)`` a personal access token may use. ``*`` as the action
+    means every action on that resource, so, like any other permission, the user must hold
+    it: a role granting ``*`` there (admin's ``*`` on everything). Whoever holds only some
+    actions lists them."""
 
     resource: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["customers"])
     action: str = Field(pattern=r"^(\*|[a-z][a-z0-9_]{0,63})$", examples=["read"])
@@ -80,7 +82,7 @@ class PersonalAccessTokenCreate(InputModel):
     expires_at: UtcDatetime | None = Field(
         default=None, description="When the token stops working (at most 10 years ahead)."
     )
-    expires_in_days: int | None = Field(
+    expires_in_days: Annotated[int, Strict()] | None = Field(
         default=None, ge=1, le=3650, description="Alternative to `expires_at`."
     )
 
@@ -92,6 +94,14 @@ class PersonalAccessTokenCreate(InputModel):
 
     model_config = {
         "json_schema_extra": {
+            # _one_expiry, as a schema: not both given as non-null values.
+            "not": {
+                "required": ["expires_at", "expires_in_days"],
+                "properties": {
+                    "expires_at": {"not": {"type": "null"}},
+                    "expires_in_days": {"not": {"type": "null"}},
+                },
+            },
             "examples": [
                 {
                     "name": "nightly export",

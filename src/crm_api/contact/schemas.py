@@ -7,11 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import MISSING, Field, Strict
 
 from crm_api.authz.masking import AllowMasked
 from crm_api.kit.pagination import ListQuery
-from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import Email, Phone, UtcDatetime
 
 
@@ -26,6 +26,7 @@ Str200 = Annotated[str, Field(max_length=200)]
 Notes = Annotated[str, Field(max_length=10_000)]
 IsPrimary = Annotated[
     bool,
+    Strict(),  # JSON true/false only: "yes" or 1 is a 422
     Field(
         description="The customer's main contact. At most one live contact per customer is "
         "primary: making this one primary demotes the previous one.",
@@ -91,13 +92,13 @@ class ContactUpdate(InputModel):
     """Only the fields sent are changed; ``null`` clears an optional field. A contact
     cannot move to another customer (delete it and create it there)."""
 
-    name: ContactName | None = None
+    name: Omittable[ContactName] = MISSING
     title: Str200 | None = None
     department: Str200 | None = None
     phone: Phone | None = None
     mobile: Mobile | None = None
     email: Email | None = None
-    is_primary: IsPrimary | None = None
+    is_primary: Omittable[IsPrimary] = MISSING
     notes: Notes | None = None
 
     model_config = {"json_schema_extra": {"examples": [{"title": "采购总监", "is_primary": True}]}}

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.authz.dependencies import optional, require
+from crm_api.authz.dependencies import optional, public, require
 from crm_api.authz.types import Access, Action
 from crm_api.config import get_settings
 from crm_api.customer import service
@@ -22,7 +22,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, problems, query_model, reserve_path
 from crm_api.kit.schemas import Page
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -41,6 +41,10 @@ def _with_etag(row: dict[str, object], status: int = 200, location: str | None =
     if location:
         headers["Location"] = location
     return json_response(row, status, headers)
+
+
+# Before the /{customer_id} routes, which would take "transfer" for an id (422).
+reserve_path(router, "/transfer", "POST", dependencies=[public()])
 
 
 @router.get(

@@ -5,10 +5,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import MISSING, Field, Strict
 
 from crm_api.kit.pagination import ListQuery
-from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import CustomFields, Email, Phone, Tag, Tags, UtcDatetime, Website
 
 
@@ -70,7 +70,7 @@ class CustomerSort(StrEnum):
 
 Name = Annotated[str, Field(min_length=1, max_length=200, examples=["上海明远贸易有限公司"])]
 CreditLevel = Annotated[
-    int, Field(ge=1, le=5, description="1 (lowest) … 5 (highest).", examples=[4])
+    int, Strict(), Field(ge=1, le=5, description="1 (lowest) … 5 (highest).", examples=[4])
 ]
 Str100 = Annotated[str, Field(max_length=100)]
 Str200 = Annotated[str, Field(max_length=200)]
@@ -138,11 +138,13 @@ class CustomerCreate(InputModel):
 
 
 class CustomerUpdate(InputModel):
-    """Only the fields sent are changed; ``null`` clears an optional field."""
+    """Only the fields sent are changed; ``null`` clears an optional field. The fields
+    without ``null`` in their schema (name, type, lifecycle_stage, tags, custom_fields,
+    owner_id) may be omitted but not cleared."""
 
-    name: Name | None = None
-    type: CustomerType | None = None
-    lifecycle_stage: LifecycleStage | None = None
+    name: Omittable[Name] = MISSING
+    type: Omittable[CustomerType] = MISSING
+    lifecycle_stage: Omittable[LifecycleStage] = MISSING
     grade: Grade | None = None
     credit_level: CreditLevel | None = None
     industry: Str100 | None = None
@@ -157,9 +159,9 @@ class CustomerUpdate(InputModel):
     ownership_type: OwnershipType | None = None
     size: CompanySize | None = None
     source: Source | None = None
-    tags: Tags | None = None
-    custom_fields: CustomFields | None = None
-    owner_id: uuid.UUID | None = None
+    tags: Omittable[Tags] = MISSING
+    custom_fields: Omittable[CustomFields] = MISSING
+    owner_id: Omittable[uuid.UUID] = MISSING
     org_unit_id: uuid.UUID | None = None
     external_ref: ExternalRef | None = None
     notes: Notes | None = None
@@ -248,7 +250,7 @@ class CustomerTransfer(InputModel):
         default=None, min_length=1, max_length=1000,
         description="Only these of `from_user_id`'s customers; omit for all of them.",
     )
-    include_contacts: bool = Field(
+    include_contacts: Annotated[bool, Strict()] = Field(
         default=True,
         description="Contacts have no owner of their own: they are visible through their "
         "customer, so they always follow it. With true the response also counts them.",

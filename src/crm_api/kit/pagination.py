@@ -12,7 +12,7 @@ import binascii
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
@@ -113,7 +113,12 @@ def _decode_value(value: Any) -> Any:
         decoded = datetime.fromisoformat(value["t"])
         if decoded.tzinfo is None:  # never issued: every timestamp column is timezone-aware
             raise ValueError("naive timestamp in cursor")
-        return decoded
+        try:
+            # asyncpg sends timestamptz as UTC: 9999-12-31T23:00-05:00 or 0001-01-01T00:00+01:00
+            # parse but fall outside Python's datetime range there (a 500 before).
+            return decoded.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp out of range in cursor") from None
     if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
         raise ValueError("NUL in cursor")
     return value

@@ -5,11 +5,12 @@ from __future__ import annotations
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
 
+from crm_api.errors import ProblemError
 from crm_api.kit.schemas import Problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,6 +23,7 @@ _DESCRIPTIONS = {
     409: "Conflict (duplicate, invalid state transition, concurrent change).",
     412: "If-Match does not match the current version.",
     413: "Request body too large.",
+    414: "Query string too long.",
     415: "Body is not application/json.",
     422: "Validation failed; see `errors`.",
     428: "If-Match required.",
@@ -30,16 +32,84 @@ _DESCRIPTIONS = {
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the given problem statuses (plus 401/403/422 always)."""
+    """OpenAPI ``responses`` for the given problem statuses (plus 401/403/422 always).
+
+    FastAPI documents ``model`` under ``application/json``; :func:`document_problems`
+    moves it to ``application/problem+json``, the content type errors are answered with."""
     wanted = sorted({401, 403, 422, *statuses})
     return {
-        s: {
-            "model": Problem,
-            "description": _DESCRIPTIONS.get(s, "Error"),
-            "content": {"application/problem+json": {}},
-        }
-        for s in wanted
+        s: {"model": Problem, "description": _DESCRIPTIONS.get(s, "Error")} for s in wanted
     }
+
+
+PROBLEM_JSON = "application/problem+json"
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+#: Answered by the request middleware or the body parser for any operation with a body.
+_BODY_PROBLEMS = (400, 413, 415)
+#: Answered by the request middleware for any operation with query parameters.
+_QUERY_PROBLEMS = (414,)
+
+
+def document_problems(app: FastAPI) -> None:
+    """Wrap ``app.openapi`` so that the document says what the app answers on errors:
+
+    * every error response (4xx/5xx) is ``application/problem+json`` with the ``Problem``
+      schema (and not ``application/json``, which errors never are), so generated clients
+      type their errors;
+    * every operation with a body documents 400 (``malformed_json``), 413 and 415, which
+      the body parser and the request middleware answer before any handler runs;
+    * every operation with query parameters documents 414 (``query_too_long``).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                extra: list[int] = []
+                if "requestBody" in operation:
+                    extra.extend(_BODY_PROBLEMS)
+                if any(p.get("in") == "query" for p in operation.get("parameters", ())):
+                    extra.extend(_QUERY_PROBLEMS)
+                for status in extra:
+                    responses.setdefault(
+                        str(status), {"description": _DESCRIPTIONS.get(status, "Error")}
+                    )
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        response["content"] = {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class MethodNotAllowed(ProblemError):
+    status, code = 405, "method_not_allowed"
+
+
+def reserve_path(
+    router: APIRouter, path: str, *allowed: str, dependencies: list[Any]
+) -> None:
+    """Answer 405 (with ``Allow``) for the other methods of a literal ``path`` that a
+    sibling ``/{id}`` route would otherwise capture: ``GET /customers/transfer`` matched
+    ``GET /customers/{customer_id}`` and answered 422 on the id. Call it before the
+    ``/{id}`` routes are added (the first full match wins). ``dependencies``: the
+    route's permission marker (``[public()]``: it only refuses)."""
+    others = sorted({"GET", "PATCH", "PUT", "DELETE", "POST"} - set(allowed))
+    allow = ", ".join(sorted(allowed))
+
+    async def method_not_allowed(request: Request) -> None:
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed here; use {allow}.", headers={"Allow": allow}
+        )
+
+    router.add_api_route(
+        path, method_not_allowed, methods=others, include_in_schema=False,
+        dependencies=dependencies,
+    )
 
 
 ETAG_HEADER = {

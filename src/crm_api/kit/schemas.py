@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import MISSING, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise PydanticCustomError("null_not_allowed", "may be omitted but not null")
+    return value
+
+
+Omittable = Annotated[T | MISSING, BeforeValidator(_not_null)]
+"""An update (PATCH) field that may be left out but not cleared: ``Omittable[Name] =
+MISSING``. Its schema is ``Name``'s, without ``null`` and not required, so the contract says
+what the API does; ``null`` is a 422 ``null_not_allowed``. Left out, the field is unset
+(``model_dump(exclude_unset=True)`` omits it, as it omits every field not sent)."""
 
 
 class InputModel(BaseModel):

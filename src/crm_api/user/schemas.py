@@ -5,10 +5,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import MISSING, Field, SecretStr
 
 from crm_api.kit.pagination import ListQuery
-from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import Email, Phone
 from crm_api.role.schemas import RoleName
 
@@ -65,13 +65,13 @@ class UserUpdate(InputModel):
     """Only the fields sent are changed. A new password (or org unit, manager or roles) takes
     effect at once; a new password also ends every session of the user."""
 
-    email: Email | None = None
-    display_name: DisplayName | None = None
+    email: Omittable[Email] = MISSING
+    display_name: Omittable[DisplayName] = MISSING
     phone: Phone | None = None
     org_unit_id: uuid.UUID | None = None
     manager_id: uuid.UUID | None = None
-    roles: Roles | None = None
-    password: Password | None = None
+    roles: Omittable[Roles] = MISSING
+    password: Omittable[Password] = MISSING
 
 
 #: Fields that may not be set to null by PATCH.
