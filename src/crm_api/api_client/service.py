@@ -29,6 +29,7 @@ from crm_api.api_client.schemas import (
     RotateSecret,
 )
 from crm_api.audit import service as audit
+from crm_api.auth import clock
 from crm_api.auth.passwords import hash_password
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
@@ -185,7 +186,7 @@ async def update_client(
     diff = audit.diff(before, after)
     if not diff:
         return await _reload(session, access, client_id)
-    now = datetime.now(UTC)
+    now = clock.now()
     if "name" in diff:
         client.name = user.display_name = after["name"]
     if "active" in diff:
@@ -210,7 +211,7 @@ async def deactivate_client(
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
     if not client.active and not user.active:
         return
-    now = datetime.now(UTC)
+    now = clock.now()
     _set_active(client, user, False, now)
     client.updated_at = now
     await bump_policy_version(session)
