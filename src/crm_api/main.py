@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         policy = PolicyEngine()
         principals = PrincipalResolver(db.engine)
         policy.listeners.append(principals.clear)
-        await policy.load(db.engine)
+        policy.session_listeners.append(principals.revoked_sessions.load)
+        await policy.refresh_if_changed(db.engine)  # the policy and the revoked sessions
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
         principals.start()
         app.state.db = db

@@ -107,7 +107,8 @@ async def issue_token(request: Request, session: WriteSession) -> Response:
         if not body.refresh_token:
             raise _missing("refresh_token")
         issued = await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token
+            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            app.principals.revoked_sessions,
         )
     return _tokens(issued)
 
@@ -122,7 +123,8 @@ async def refresh(request: Request, body: RefreshRequest, session: WriteSession)
     app = request.app.state
     return _tokens(
         await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token
+            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            app.principals.revoked_sessions,
         )
     )
 
@@ -131,9 +133,14 @@ async def refresh(request: Request, body: RefreshRequest, session: WriteSession)
     "/logout", operation_id="auth_logout", summary="End a session", status_code=204,
     dependencies=[public()], responses=problems(),
 )
-async def logout(body: RefreshRequest, session: WriteSession) -> Response:
-    """Revokes the refresh token and every token rotated from it. Idempotent."""
-    await service.logout(session, body.refresh_token)
+async def logout(request: Request, body: RefreshRequest, session: WriteSession) -> Response:
+    """Ends the session: revokes the refresh token, every token rotated from it, and the
+    access tokens the session issued (refused by every worker within about a second).
+    Idempotent."""
+    app = request.app.state
+    await service.logout(
+        session, app.settings, body.refresh_token, app.principals.revoked_sessions
+    )
     return Response(status_code=204)
 
 

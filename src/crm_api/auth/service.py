@@ -6,6 +6,10 @@ refresh-token family revoked on reuse) are written through a separate short tran
 Raises ``Unauthorized`` (``invalid_grant``/``invalid_client``) and ``TooManyRequests``
 (``too_many_attempts``): the same answer, after the same work, for an unknown user and a
 wrong password.
+
+A password login starts a session (a refresh-token family); its access tokens carry the
+family id as ``sid`` so that logout and reuse detection can end them too
+(``auth/sessions.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from crm_api.auth import tokens
+from crm_api.auth import clock, repository, sessions, tokens
 from crm_api.auth.keys import KeyRing
 from crm_api.auth.passwords import verify_password
+from crm_api.auth.sessions import RevokedSessions
 from crm_api.config import Settings
 from crm_api.errors import TooManyRequests, Unauthorized
 from crm_api.models import ApiClient, LoginThrottle, RefreshToken, User
@@ -57,10 +62,11 @@ async def _new_refresh_token(
     session: AsyncSession, settings: Settings, user_id: uuid.UUID, family_id: uuid.UUID
 ) -> str:
     raw = "rt_" + secrets.token_urlsafe(32)
+    now = clock.now()
     session.add(
         RefreshToken(
             id=uuid.uuid4(), family_id=family_id, user_id=user_id, token_hash=_hash(raw),
-            expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_s),
+            created_at=now, expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
         )
     )
     await session.flush()
@@ -137,8 +143,9 @@ async def password_grant(
         await _record_failure(engine, settings, key)
         raise invalid_grant()
     await _clear_failures(session, key)
-    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
-    refresh = await _new_refresh_token(session, settings, user.id, uuid.uuid4())
+    family = uuid.uuid4()  # the session: its access tokens carry it as ``sid``
+    access, ttl = access_token_for(keyring, settings, f"user:{user.id}", {"sid": str(family)})
+    refresh = await _new_refresh_token(session, settings, user.id, family)
     return IssuedTokens(access, ttl, refresh)
 
 
@@ -177,35 +184,40 @@ async def client_credentials_grant(
 
 
 # --- refresh rotation -----------------------------------------------------------------
-async def _revoke_family(engine: AsyncEngine, family_id: uuid.UUID, spent_id: uuid.UUID) -> None:
+async def _revoke_family(
+    engine: AsyncEngine, settings: Settings, revoked: RevokedSessions | None,
+    family_id: uuid.UUID, spent_id: uuid.UUID,
+) -> None:
     # ``spent_id`` is locked FOR UPDATE by the request's own transaction: touching it from
     # this second transaction would wait on ourselves until lock_timeout. It is spent
     # already, so every later presentation of it lands here again.
+    now = clock.now()
+    until = sessions.revoked_until(now, settings.access_token_ttl_s)
     async with engine.begin() as conn:
-        await conn.execute(
-            update(RefreshToken)
-            .where(
-                RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None),
-                RefreshToken.id != spent_id,
-            )
-            .values(revoked_at=datetime.now(UTC))
-        )
+        await repository.revoke_family(conn, family_id, now, spare=spent_id)
+        await repository.revoke_session(conn, family_id, now, until)
+    if revoked is not None:
+        revoked.add(family_id, until)
 
 
 async def refresh_grant(
-    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str
+    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str,
+    revoked: RevokedSessions | None = None,
 ) -> IssuedTokens:
+    """Raises ``Unauthorized`` (``invalid_grant``). Presenting a spent token again is reuse:
+    the whole session ends, its access tokens included (on every worker within the poll
+    interval, at once in this one: ``revoked``)."""
     stored = (
         await session.execute(
             select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)).with_for_update()
         )
     ).scalar_one_or_none()
-    now = datetime.now(UTC)
+    now = clock.now()
     if stored is None or stored.revoked_at is not None or stored.expires_at <= now:
         raise invalid_grant()
     if stored.used_at is not None:
         # Reuse of a rotated token: someone has a copy. Revoke every token of the family.
-        await _revoke_family(engine, stored.family_id, stored.id)
+        await _revoke_family(engine, settings, revoked, stored.family_id, stored.id)
         raise Unauthorized(
             "Refresh token reuse detected; the session was revoked.", code="invalid_grant",
             headers={},
@@ -214,21 +226,32 @@ async def refresh_grant(
     if not user.active or stored.created_at <= user.tokens_valid_after:
         raise invalid_grant()
     stored.used_at = now
-    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
+    access, ttl = access_token_for(
+        keyring, settings, f"user:{user.id}", {"sid": str(stored.family_id)}
+    )
     refresh = await _new_refresh_token(session, settings, user.id, stored.family_id)
     return IssuedTokens(access, ttl, refresh)
 
 
-async def logout(session: AsyncSession, raw: str) -> None:
-    """Revoke the refresh token's whole family. Unknown tokens are ignored (idempotent)."""
+async def logout(
+    session: AsyncSession, settings: Settings, raw: str, revoked: RevokedSessions | None = None
+) -> None:
+    """End the refresh token's session: every token of its family, and the access tokens it
+    issued (``revoked``, this worker's set, learns it when the request commits; the others
+    on their next poll). Unknown tokens are ignored (idempotent)."""
     family = (
         await session.execute(
             select(RefreshToken.family_id).where(RefreshToken.token_hash == _hash(raw))
         )
     ).scalar_one_or_none()
-    if family is not None:
-        await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
+    if family is None:
+        return
+    now = clock.now()
+    until = sessions.revoked_until(now, settings.access_token_ttl_s)
+    await repository.revoke_family(session, family, now)
+    await repository.revoke_session(session, family, now, until)
+    if revoked is not None:
+        event.listen(
+            session.sync_session, "after_commit", lambda _: revoked.add(family, until),
+            once=True,
         )

@@ -1,4 +1,5 @@
-"""Identity tables: roles, API clients, refresh tokens, personal access tokens, login throttling."""
+"""Identity tables: roles, API clients, refresh tokens, revoked sessions, personal access
+tokens, login throttling."""
 
 from __future__ import annotations
 
@@ -68,6 +69,24 @@ class RefreshToken(IdMixin, Base):
         Index("ix_refresh_tokens_family", "family_id"),
         Index("ix_refresh_tokens_user", "user_id"),
     )
+
+
+class RevokedSession(Base):
+    """A login session ended early: by logout or by refresh-token reuse detection.
+
+    A session is a refresh-token family; its access tokens carry the family id as ``sid``.
+    Every worker keeps the unexpired rows in memory (``auth/sessions.py``) and refuses
+    their access tokens without a query per request. ``expires_at`` is the revocation plus
+    the access-token lifetime: after it no access token of the session can be valid, and
+    the row is deleted."""
+
+    __tablename__ = "revoked_sessions"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    revoked_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_revoked_sessions_expires_at", "expires_at"),)
 
 
 class PersonalAccessToken(IdMixin, Base):
