@@ -1,7 +1,8 @@
 """Token issuance: password and client-credentials grants, rotating refresh tokens, logout.
 
-Failures that must outlive the request's rolled-back transaction (a failed-login count, a
-refresh-token family revoked on reuse) are written through a separate short transaction.
+Writes that must outlive the request's rolled-back transaction (a login attempt's count, a
+refresh-token family revoked on reuse) go through a separate short transaction. Password
+and secret checks run in threads (``PasswordChecker``), never on the event loop.
 
 Raises ``Unauthorized`` (``invalid_grant``/``invalid_client``) and ``TooManyRequests``
 (``too_many_attempts``): the same answer, after the same work, for an unknown user and a
@@ -18,19 +19,18 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import case, event, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from crm_api.auth import clock, repository, sessions, tokens
+from crm_api.auth import clock, repository, sessions, throttle, tokens
 from crm_api.auth.keys import KeyRing
-from crm_api.auth.passwords import verify_password
+from crm_api.auth.passwords import PasswordChecker
 from crm_api.auth.sessions import RevokedSessions
 from crm_api.config import Settings
-from crm_api.errors import TooManyRequests, Unauthorized
-from crm_api.models import ApiClient, LoginThrottle, RefreshToken, User
+from crm_api.errors import Unauthorized
+from crm_api.models import ApiClient, RefreshToken, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,75 +74,26 @@ async def _new_refresh_token(
 
 
 # --- password grant ---------------------------------------------------------------------
-async def _check_throttle(engine: AsyncEngine, key: str) -> None:
-    async with engine.connect() as conn:
-        locked_until = (
-            await conn.execute(select(LoginThrottle.locked_until).where(LoginThrottle.key == key))
-        ).scalar_one_or_none()
-    now = datetime.now(UTC)
-    if locked_until is not None and locked_until > now:
-        wait = int((locked_until - now).total_seconds()) + 1
-        raise TooManyRequests(
-            "Too many failed logins; try again later.", code="too_many_attempts",
-            headers={"Retry-After": str(wait)},
-        )
-
-
-async def _record_failure(engine: AsyncEngine, settings: Settings, key: str) -> None:
-    now = datetime.now(UTC)
-    window = timedelta(seconds=settings.login_lockout_s)
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                insert(LoginThrottle)
-                .values(key=key, failures=1, window_started_at=now)
-                .on_conflict_do_update(
-                    index_elements=[LoginThrottle.key],
-                    set_={
-                        "failures": case(
-                            (LoginThrottle.window_started_at < now - window, 1),
-                            else_=LoginThrottle.failures + 1,
-                        ),
-                        "window_started_at": case(
-                            (LoginThrottle.window_started_at < now - window, now),
-                            else_=LoginThrottle.window_started_at,
-                        ),
-                    },
-                )
-                .returning(LoginThrottle.failures)
-            )
-        ).scalar_one()
-        if row >= settings.login_max_failures:
-            await conn.execute(
-                update(LoginThrottle)
-                .where(LoginThrottle.key == key)
-                .values(locked_until=now + window, failures=0, window_started_at=now)
-            )
-
-
-async def _clear_failures(session: AsyncSession, key: str) -> None:
-    await session.execute(
-        update(LoginThrottle).where(LoginThrottle.key == key).values(failures=0, locked_until=None)
-    )
-
-
 async def password_grant(
     session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings,
-    username: str, password: str,
+    checker: PasswordChecker, username: str, password: str, client: str,
 ) -> IssuedTokens:
-    key = username.strip().lower()
-    await _check_throttle(engine, key)
-    user = (
-        await session.execute(
-            select(User).where(func.lower(User.email) == key, User.kind == "person")
-        )
-    ).scalar_one_or_none()
+    """``client`` is the caller's throttle identity (``auth/client_ip.py``). Raises
+    ``Unauthorized`` (``invalid_grant``), ``TooManyRequests`` (``too_many_attempts``) or
+    ``ServiceUnavailable`` (``login_busy``: no password-check slot free)."""
+    email = username.strip().lower()
+    now = clock.now()
+    # Neither lookup nor counting holds a connection during the ~200 ms password check.
+    async with engine.connect() as conn:
+        user = await repository.person_for_login(conn, email)
+    keys = throttle.keys_for(settings, client, user.id if user else None, email)
+    await throttle.reserve(engine, settings, keys, now)
     # Always verify (against a dummy hash for unknown users): equal time, equal answer.
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await checker.verify(user.password_hash if user else None, password)
     if user is None or not ok or not user.active:
-        await _record_failure(engine, settings, key)
+        await throttle.expire(engine, now)  # the attempt stays counted: it failed
         raise invalid_grant()
-    await _clear_failures(session, key)
+    await throttle.succeeded(session, keys)
     family = uuid.uuid4()  # the session: its access tokens carry it as ``sid``
     access, ttl = access_token_for(keyring, settings, f"user:{user.id}", {"sid": str(family)})
     refresh = await _new_refresh_token(session, settings, user.id, family)
@@ -151,7 +102,8 @@ async def password_grant(
 
 # --- client credentials -----------------------------------------------------------------
 async def client_credentials_grant(
-    session: AsyncSession, keyring: KeyRing, settings: Settings, client_id: str, secret: str
+    session: AsyncSession, keyring: KeyRing, settings: Settings, checker: PasswordChecker,
+    client_id: str, secret: str,
 ) -> IssuedTokens:
     row = (
         await session.execute(
@@ -161,12 +113,12 @@ async def client_credentials_grant(
         )
     ).first()
     client = row[0] if row else None
-    now = datetime.now(UTC)
-    ok = verify_password(client.secret_hash if client else None, secret)
+    now = clock.now()
+    ok = await checker.verify(client.secret_hash if client else None, secret)
     if not ok and client is not None and client.previous_secret_hash and (
         client.previous_secret_expires_at and client.previous_secret_expires_at > now
     ):
-        ok = verify_password(client.previous_secret_hash, secret)
+        ok = await checker.verify(client.previous_secret_hash, secret)
     if row is None or client is None or not ok or not client.active or not row[1]:
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
     # A plain UPDATE, not an attribute change: a token request must not move the client's

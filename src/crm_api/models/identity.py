@@ -109,12 +109,25 @@ class PersonalAccessToken(IdMixin, Base):
 
 
 class LoginThrottle(Base):
-    """Failed password logins per (lower-cased) username; the same for unknown and real
-    accounts, so the lock-out itself reveals nothing."""
+    """Login attempts per throttle key (``auth/throttle.py``): a client IP (``ip:…``), an
+    account (``acct:<user id>``) or an account from one IP (``acct_ip:<user id>|…``; an
+    unknown username is keyed by a digest and treated the same, so the lock-out itself
+    reveals nothing).
+
+    An attempt is counted before the password is checked (atomically, so a burst cannot
+    get more checks than the limit) and given back when it succeeds."""
 
     __tablename__ = "login_throttle"
 
     key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    #: Attempts in the current window, failed or still being checked.
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(default=utcnow)
     locked_until: Mapped[datetime | None]
+    #: Lock-outs so far: an account+IP pair's next lock-out lasts 2**lockouts times longer.
+    lockouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When the row stops mattering (window and lock over, plus the back-off memory); rows
+    #: past it are deleted.
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_login_throttle_expires_at", "expires_at"),)
