@@ -53,7 +53,10 @@ class PasswordChecker:
         """``verify_password`` in a thread. Raises ``ServiceUnavailable`` (``login_busy``)
         when no slot frees up within ``wait_s``."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+            # ``timeout`` rather than ``wait_for``: on 3.11 a timeout landing just as the
+            # semaphore was granted could lose the slot; cancelling ``acquire`` is safe.
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
         except TimeoutError:
             raise ServiceUnavailable(
                 "Too many logins are being checked; retry in a moment.", code="login_busy",
