@@ -228,7 +228,7 @@ async def test_stale_rows_are_deleted(app, tune, engine, person, from_ip, checke
 
 
 async def test_password_checks_run_in_threads_with_bounded_concurrency(
-    app, app_state, client, person, from_ip, monkeypatch
+    app, app_state, engine, client, person, from_ip, monkeypatch
 ):
     app_state("passwords", PasswordChecker(1, 0.05))
     entered, release = threading.Event(), threading.Event()
@@ -256,6 +256,11 @@ async def test_password_checks_run_in_threads_with_bounded_concurrency(
         busy = await _login(from_ip(OWNER), "other@example.com", WRONG)
         problem(busy, 503, "login_busy")
         assert busy.headers["retry-after"] == "1"
+        # An attempt that was never checked is no failure.
+        assert await count_rows(engine, "login_throttle", f"key LIKE '%{OWNER}'") == 2
+        assert await count_rows(
+            engine, "login_throttle", f"key LIKE '%{OWNER}' AND failures > 0"
+        ) == 0
     finally:
         release.set()
         response = await slow

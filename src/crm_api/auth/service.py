@@ -29,7 +29,7 @@ from crm_api.auth.keys import KeyRing
 from crm_api.auth.passwords import PasswordChecker
 from crm_api.auth.sessions import RevokedSessions
 from crm_api.config import Settings
-from crm_api.errors import Unauthorized
+from crm_api.errors import ServiceUnavailable, Unauthorized
 from crm_api.models import ApiClient, RefreshToken, User
 
 
@@ -89,7 +89,11 @@ async def password_grant(
     keys = throttle.keys_for(settings, client, user.id if user else None, email)
     await throttle.reserve(engine, settings, keys, now)
     # Always verify (against a dummy hash for unknown users): equal time, equal answer.
-    ok = await checker.verify(user.password_hash if user else None, password)
+    try:
+        ok = await checker.verify(user.password_hash if user else None, password)
+    except ServiceUnavailable:
+        await throttle.unchecked(engine, keys)  # busy: not a guess, so not counted
+        raise
     if user is None or not ok or not user.active:
         await throttle.expire(engine, now)  # the attempt stays counted: it failed
         raise invalid_grant()

@@ -137,6 +137,12 @@ async def succeeded(session: AsyncSession, keys: list[Key]) -> None:
     )
 
 
+async def unchecked(engine: AsyncEngine, keys: list[Key]) -> None:
+    """The password could not be checked (no slot free): the attempt counts as none."""
+    async with engine.begin() as conn:
+        await repository.give_back(conn, [k.name for k in keys], [])
+
+
 async def expire(engine: AsyncEngine, now: datetime) -> None:
     async with engine.begin() as conn:
         await repository.delete_expired_throttles(conn, now, CLEANUP_BATCH)
