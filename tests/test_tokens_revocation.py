@@ -1,18 +1,24 @@
 """Revocation is exact: a token minted before a revocation is refused, one minted after it is
-accepted, even when both fall in the same whole second (``iat`` has whole seconds)."""
+accepted, even when both fall in the same whole second (``iat`` has whole seconds).
+
+The steps run under a manual identity clock (``crm_api.auth.clock``) fixed inside one second,
+so the outcome does not depend on how fast a busy machine runs them."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from jose import jwt
+from sqlalchemy import text
 
 from conftest import problem, token_for
+from crm_api.auth import clock
+from crm_api.auth.clock import ManualClock
 from crm_api.authz.state import settle
 from factories.api_clients import bearer, client_access_token, create_api_client, policy_settled
 
@@ -27,16 +33,27 @@ async def _settled(app, engine) -> AsyncIterator[None]:
     await app.state.policy.refresh_if_changed(engine)
 
 
-async def _within_one_second(steps: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``steps`` starting just after a whole second, retried until they fit in it (so a
-    whole-second clock cannot tell their events apart)."""
-    for _ in range(5):
-        await asyncio.sleep(1.0 - time.time() % 1.0 + 0.005)
-        second = int(time.time())
-        result = await steps()
-        if int(time.time()) == second:
-            return result
-    pytest.fail("could not fit the steps into one second")
+@contextmanager
+def _one_second() -> Iterator[ManualClock]:
+    """Every reading of the identity clock inside one whole second (the next one, so it
+    follows whatever the test made before), 1 µs apart: a whole-second clock cannot tell
+    the events apart, and a busy machine cannot push them into the next second."""
+    start = (int(time.time()) + 1) * clock.US + 1_000
+    with clock.use(ManualClock(start)) as manual:
+        yield manual  # type: ignore[misc]
+
+
+def _same_second(*tokens: str) -> None:
+    """The steps really did share one ``iat`` second (what these tests are about)."""
+    assert len({jwt.get_unverified_claims(t)["iat"] for t in tokens}) == 1
+
+
+async def _valid_after(engine, user_id) -> int:
+    async with engine.connect() as conn:
+        when = (await conn.execute(
+            text("SELECT tokens_valid_after FROM users WHERE id = :id"), {"id": user_id}
+        )).scalar_one()
+    return clock.to_us(when)
 
 
 async def _person(app, client) -> dict[str, Any]:
@@ -61,35 +78,38 @@ async def _deactivate_and_reactivate(client, user) -> None:
 
 @pytest.mark.parametrize("revoke", [_change_password, _deactivate_and_reactivate])
 async def test_token_minted_just_before_revocation_in_same_second_is_refused(
-    app, client, anon_client, revoke
+    app, engine, client, anon_client, revoke
 ):
     user = await _person(app, client)
-
-    async def steps() -> str:
+    with _one_second():
         token = token_for(app, user)
         await revoke(client, user)
-        return token
-
-    token = await _within_one_second(steps)
+        after = token_for(app, user)
+    _same_second(token, after)
+    revoked_us = await _valid_after(engine, user["id"])
+    assert jwt.get_unverified_claims(token)["iat_us"] < revoked_us
+    assert revoked_us // clock.US == jwt.get_unverified_claims(token)["iat"]
     await policy_settled(app)
     problem(await anon_client.get(URL, headers=bearer(token)), 401, "invalid_token")
+    assert (await anon_client.get(URL, headers=bearer(after))).status_code == 200
 
 
 async def test_token_minted_just_after_revocation_in_same_second_is_accepted(
-    app, client, anon_client
+    app, engine, client, anon_client
 ):
     user = await _person(app, client)
-
-    async def steps() -> tuple[str, str]:
+    with _one_second():
         await _deactivate_and_reactivate(client, user)
         await _change_password(client, user)
         login = await anon_client.post("/v1/auth/token", data={
             "grant_type": "password", "username": user["email"], "password": "new-secret-99",
         })
         assert login.status_code == 200, login.text
-        return token_for(app, user), login.json()["access_token"]
-
-    minted, logged_in = await _within_one_second(steps)
+        minted, logged_in = token_for(app, user), login.json()["access_token"]
+    _same_second(minted, logged_in)
+    assert (await _valid_after(engine, user["id"])) // clock.US == (
+        jwt.get_unverified_claims(minted)["iat"]
+    )
     await policy_settled(app)
     for token in (minted, logged_in):
         assert (await anon_client.get(URL, headers=bearer(token))).status_code == 200
@@ -101,15 +121,13 @@ async def test_api_client_token_after_reactivation_in_same_second_is_accepted(
     created = await create_api_client(client)
     await policy_settled(app)
     path = f"/v1/api-clients/{created['id']}"
-
-    async def steps() -> tuple[str, str]:
+    with _one_second():
         before = await client_access_token(anon_client, created)
         for active in (False, True):
             response = await client.patch(path, json={"active": active})
             assert response.status_code == 200, response.text
-        return before, await client_access_token(anon_client, created)
-
-    before, after = await _within_one_second(steps)
+        after = await client_access_token(anon_client, created)
+    _same_second(before, after)
     await policy_settled(app)
     problem(await anon_client.get(URL, headers=bearer(before)), 401, "invalid_token")
     assert (await anon_client.get(URL, headers=bearer(after))).status_code == 200
@@ -131,9 +149,10 @@ async def test_sub_second_issue_time_must_agree_with_iat(app, client, anon_clien
     """The private sub-second issue time is checked against ``iat``; a token without it
     (minted before it existed) counts from the start of its ``iat`` second."""
     user = await _person(app, client)
-    await asyncio.sleep(1.0 - time.time() % 1.0 + 0.005)  # a second after the account's
-    now = int(time.time())
-    assert (await anon_client.get(URL, headers=bearer(_signed(app, user)))).status_code == 200
+    # A second after the account's, without waiting for it (``nbf`` allows 5 s of skew).
+    now = int(time.time()) + 1
+    good = _signed(app, user, iat=now, nbf=now)
+    assert (await anon_client.get(URL, headers=bearer(good))).status_code == 200
     for bad in (now * 1_000_000 - 1, (now + 1) * 1_000_000, "soon", 1.5):
         token = _signed(app, user, iat=now, nbf=now, iat_us=bad)
         problem(await anon_client.get(URL, headers=bearer(token)), 401, "invalid_token")

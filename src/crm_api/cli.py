@@ -179,7 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        # X-Forwarded-For/-Proto only from the proxies the login throttle trusts too
+        # (uvicorn's default trusts 127.0.0.1, whoever connects through it).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=[str(n) for n in settings.trusted_proxies] or None,
     )
     return 0
 

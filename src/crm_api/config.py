@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -69,10 +69,37 @@ class Settings(BaseSettings):
     jwt_audience: str = "crm-api"
     access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
     refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=60)
+    #: Failed logins to one account from one client IP before that pair is locked out.
     login_max_failures: int = Field(default=5, ge=1)
+    #: The first lock-out (an account+IP pair's doubles with each lock-out after it).
     login_lockout_s: int = Field(default=300, ge=1)
     #: How often a worker re-reads policies and principals if no notification arrived.
     authz_poll_interval_s: float = Field(default=0.5, gt=0)
+
+    # --- login throttling (docs/access-model.md, "Login throttling") ---
+    #: Failures are counted per key over this window (from the key's first failure).
+    login_window_s: int = Field(default=900, ge=1)
+    #: Failed logins from one client IP, over every account, before the IP is locked out.
+    login_ip_max_failures: int = Field(default=50, ge=1)
+    #: Failed logins to one account from everywhere before the account is locked out: far
+    #: above ``login_max_failures``, so one attacker cannot lock the owner out.
+    login_account_max_failures: int = Field(default=100, ge=1)
+    #: The longest lock-out of an account+IP pair (the doubling stops here).
+    login_lockout_max_s: int = Field(default=86_400, ge=1)
+    #: Password/secret verifications run at once per worker, in threads (~200 ms CPU each).
+    password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    #: How long a login waits for a verification slot before 503 ``login_busy``.
+    password_hash_wait_s: float = Field(default=2.0, gt=0)
+    #: Proxies (addresses or CIDRs, comma-separated) whose ``X-Forwarded-For`` is believed.
+    #: Empty: the header is ignored and the socket peer is the client.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from crm_api import __version__, api
 from crm_api.auth.keys import keyring_from_settings
+from crm_api.auth.passwords import PasswordChecker
 from crm_api.auth.principals import PrincipalResolver
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.config import Settings, get_settings
@@ -55,13 +56,17 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         policy = PolicyEngine()
         principals = PrincipalResolver(db.engine)
         policy.listeners.append(principals.clear)
-        await policy.load(db.engine)
+        policy.session_listeners.append(principals.revoked_sessions.load)
+        await policy.refresh_if_changed(db.engine)  # the policy and the revoked sessions
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
         principals.start()
         app.state.db = db
         app.state.policy = policy
         app.state.principals = principals
         app.state.keyring = keyring_from_settings(settings)
+        app.state.passwords = PasswordChecker(
+            settings.password_hash_concurrency, settings.password_hash_wait_s
+        )
         app.state.settings = settings
         app.state.migration_head = head_revision()
         logger.info("crm-api started", extra={"embedded": settings.database_url is None})

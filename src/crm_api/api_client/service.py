@@ -34,6 +34,7 @@ from crm_api.api_client.schemas import (
     RotateSecret,
 )
 from crm_api.audit import service as audit
+from crm_api.auth import clock
 from crm_api.auth.passwords import hash_password
 from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
@@ -216,7 +217,7 @@ async def update_client(
     diff = audit.diff(before, after)
     if not diff:
         return await _reload(session, access, client_id)
-    now = datetime.now(UTC)
+    now = clock.now()
     if "name" in diff:
         client.name = user.display_name = after["name"]
     if "active" in diff:
@@ -243,7 +244,7 @@ async def deactivate_client(
     if not client.active and not user.active:
         return
     await _check_target(session, policy, access, user, ["active"])
-    now = datetime.now(UTC)
+    now = clock.now()
     _set_active(client, user, False, now)
     client.updated_at = now
     await bump_policy_version(session)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from crm_api.auth import service
+from crm_api.auth.client_ip import client_key
 from crm_api.auth.schemas import Grant, Me, RefreshRequest, TokenRequest, TokenResponse
 from crm_api.authz.dependencies import authenticated, get_policy, public
 from crm_api.authz.enforcer import subject_of
@@ -83,31 +84,36 @@ def _tokens(issued: service.IssuedTokens) -> Response:
 @router.post(
     "/token", operation_id="auth_token", summary="Issue tokens (OAuth2)",
     response_model=TokenResponse, dependencies=[public()], openapi_extra=_TOKEN_BODY,
-    responses=problems(400, 429),
+    responses=problems(400, 429, 503),
 )
 async def issue_token(request: Request, session: WriteSession) -> Response:
     """`password` (people: username = e-mail), `client_credentials` (API clients; form
     fields or HTTP Basic) or `refresh_token`. Wrong credentials are 401 `invalid_grant`;
-    too many failures for one username are 429 with `Retry-After`."""
+    too many failed logins (for one account from one client, from one client overall, or
+    for one account overall) are 429 `too_many_attempts` with `Retry-After`; when every
+    password-check slot of the worker is busy, 503 `login_busy` with `Retry-After`."""
     body = await _token_request(request)
     app = request.app.state
     if body.grant_type == "password":
         if not body.username or body.password is None:
             raise _missing("username", "password")
         issued = await service.password_grant(
-            session, app.db.engine, app.keyring, app.settings, body.username, body.password
+            session, app.db.engine, app.keyring, app.settings, app.passwords, body.username,
+            body.password, client_key(request, app.settings.trusted_proxies),
         )
     elif body.grant_type == "client_credentials":
         if not body.client_id or body.client_secret is None:
             raise _missing("client_id", "client_secret")
         issued = await service.client_credentials_grant(
-            session, app.keyring, app.settings, body.client_id, body.client_secret
+            session, app.keyring, app.settings, app.passwords, body.client_id,
+            body.client_secret,
         )
     else:
         if not body.refresh_token:
             raise _missing("refresh_token")
         issued = await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token
+            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            app.principals.revoked_sessions,
         )
     return _tokens(issued)
 
@@ -122,7 +128,8 @@ async def refresh(request: Request, body: RefreshRequest, session: WriteSession)
     app = request.app.state
     return _tokens(
         await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token
+            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            app.principals.revoked_sessions,
         )
     )
 
@@ -131,9 +138,14 @@ async def refresh(request: Request, body: RefreshRequest, session: WriteSession)
     "/logout", operation_id="auth_logout", summary="End a session", status_code=204,
     dependencies=[public()], responses=problems(),
 )
-async def logout(body: RefreshRequest, session: WriteSession) -> Response:
-    """Revokes the refresh token and every token rotated from it. Idempotent."""
-    await service.logout(session, body.refresh_token)
+async def logout(request: Request, body: RefreshRequest, session: WriteSession) -> Response:
+    """Ends the session: revokes the refresh token, every token rotated from it, and the
+    access tokens the session issued (refused by every worker within about a second).
+    Idempotent."""
+    app = request.app.state
+    await service.logout(
+        session, app.settings, body.refresh_token, app.principals.revoked_sessions
+    )
     return Response(status_code=204)
 
 

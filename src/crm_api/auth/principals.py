@@ -4,7 +4,9 @@ User facts (active, org unit and its path, manager path, revocation instant) and
 access tokens are cached per worker and dropped whenever ``authz_state.version`` moves —
 every change to users, roles, grants, clients or tokens bumps it, and each worker polls it
 (``CRM_AUTHZ_POLL_INTERVAL_S``), so a deactivation or revocation takes effect everywhere
-within that interval and at once in the worker that made it.
+within that interval and at once in the worker that made it. Sessions ended by logout or
+refresh-token reuse are refused through :class:`~crm_api.auth.sessions.RevokedSessions`,
+kept fresh by the same poll.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crm_api.auth.sessions import RevokedSessions
 from crm_api.auth.tokens import Claims
 from crm_api.authz.types import Principal, PrincipalKind
 from crm_api.models import OrgUnit, PersonalAccessToken, User
@@ -63,6 +66,7 @@ class PrincipalResolver:
         self._pats: dict[str, _PatFacts | None] = {}
         self._pat_last_used: dict[str, datetime] = {}
         self._flush_task: asyncio.Task[None] | None = None
+        self.revoked_sessions = RevokedSessions()
 
     def clear(self) -> None:
         self._users.clear()
@@ -124,6 +128,8 @@ class PrincipalResolver:
             raise Rejected("bad subject") from exc
         if kind_text not in {"user", "client"}:
             raise Rejected("unknown subject kind")
+        if claims.extra.get("sid") in self.revoked_sessions:
+            raise Rejected("session ended (logout or refresh-token reuse)")
         facts = await self._user(subject_id)
         if facts is None or not facts.active:
             raise Rejected("subject inactive or unknown")

@@ -1,11 +1,16 @@
 """Token issuance: password and client-credentials grants, rotating refresh tokens, logout.
 
-Failures that must outlive the request's rolled-back transaction (a failed-login count, a
-refresh-token family revoked on reuse) are written through a separate short transaction.
+Writes that must outlive the request's rolled-back transaction (a login attempt's count, a
+refresh-token family revoked on reuse) go through a separate short transaction. Password
+and secret checks run in threads (``PasswordChecker``), never on the event loop.
 
 Raises ``Unauthorized`` (``invalid_grant``/``invalid_client``) and ``TooManyRequests``
 (``too_many_attempts``): the same answer, after the same work, for an unknown user and a
 wrong password.
+
+A password login starts a session (a refresh-token family); its access tokens carry the
+family id as ``sid`` so that logout and reuse detection can end them too
+(``auth/sessions.py``).
 """
 
 from __future__ import annotations
@@ -14,18 +19,18 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import case, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from crm_api.auth import tokens
+from crm_api.auth import clock, repository, sessions, throttle, tokens
 from crm_api.auth.keys import KeyRing
-from crm_api.auth.passwords import verify_password
+from crm_api.auth.passwords import PasswordChecker
+from crm_api.auth.sessions import RevokedSessions
 from crm_api.config import Settings
-from crm_api.errors import TooManyRequests, Unauthorized
-from crm_api.models import ApiClient, LoginThrottle, RefreshToken, User
+from crm_api.errors import ServiceUnavailable, Unauthorized
+from crm_api.models import ApiClient, RefreshToken, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +62,11 @@ async def _new_refresh_token(
     session: AsyncSession, settings: Settings, user_id: uuid.UUID, family_id: uuid.UUID
 ) -> str:
     raw = "rt_" + secrets.token_urlsafe(32)
+    now = clock.now()
     session.add(
         RefreshToken(
             id=uuid.uuid4(), family_id=family_id, user_id=user_id, token_hash=_hash(raw),
-            expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_s),
+            created_at=now, expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
         )
     )
     await session.flush()
@@ -68,83 +74,40 @@ async def _new_refresh_token(
 
 
 # --- password grant ---------------------------------------------------------------------
-async def _check_throttle(engine: AsyncEngine, key: str) -> None:
-    async with engine.connect() as conn:
-        locked_until = (
-            await conn.execute(select(LoginThrottle.locked_until).where(LoginThrottle.key == key))
-        ).scalar_one_or_none()
-    now = datetime.now(UTC)
-    if locked_until is not None and locked_until > now:
-        wait = int((locked_until - now).total_seconds()) + 1
-        raise TooManyRequests(
-            "Too many failed logins; try again later.", code="too_many_attempts",
-            headers={"Retry-After": str(wait)},
-        )
-
-
-async def _record_failure(engine: AsyncEngine, settings: Settings, key: str) -> None:
-    now = datetime.now(UTC)
-    window = timedelta(seconds=settings.login_lockout_s)
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                insert(LoginThrottle)
-                .values(key=key, failures=1, window_started_at=now)
-                .on_conflict_do_update(
-                    index_elements=[LoginThrottle.key],
-                    set_={
-                        "failures": case(
-                            (LoginThrottle.window_started_at < now - window, 1),
-                            else_=LoginThrottle.failures + 1,
-                        ),
-                        "window_started_at": case(
-                            (LoginThrottle.window_started_at < now - window, now),
-                            else_=LoginThrottle.window_started_at,
-                        ),
-                    },
-                )
-                .returning(LoginThrottle.failures)
-            )
-        ).scalar_one()
-        if row >= settings.login_max_failures:
-            await conn.execute(
-                update(LoginThrottle)
-                .where(LoginThrottle.key == key)
-                .values(locked_until=now + window, failures=0, window_started_at=now)
-            )
-
-
-async def _clear_failures(session: AsyncSession, key: str) -> None:
-    await session.execute(
-        update(LoginThrottle).where(LoginThrottle.key == key).values(failures=0, locked_until=None)
-    )
-
-
 async def password_grant(
     session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings,
-    username: str, password: str,
+    checker: PasswordChecker, username: str, password: str, client: str,
 ) -> IssuedTokens:
-    key = username.strip().lower()
-    await _check_throttle(engine, key)
-    user = (
-        await session.execute(
-            select(User).where(func.lower(User.email) == key, User.kind == "person")
-        )
-    ).scalar_one_or_none()
+    """``client`` is the caller's throttle identity (``auth/client_ip.py``). Raises
+    ``Unauthorized`` (``invalid_grant``), ``TooManyRequests`` (``too_many_attempts``) or
+    ``ServiceUnavailable`` (``login_busy``: no password-check slot free)."""
+    email = username.strip().lower()
+    now = clock.now()
+    # Neither lookup nor counting holds a connection during the ~200 ms password check.
+    async with engine.connect() as conn:
+        user = await repository.person_for_login(conn, email)
+    keys = throttle.keys_for(settings, client, user.id if user else None, email)
+    await throttle.reserve(engine, settings, keys, now)
     # Always verify (against a dummy hash for unknown users): equal time, equal answer.
-    ok = verify_password(user.password_hash if user else None, password)
+    try:
+        ok = await checker.verify(user.password_hash if user else None, password)
+    except ServiceUnavailable:
+        await throttle.unchecked(engine, keys)  # busy: not a guess, so not counted
+        raise
     if user is None or not ok or not user.active:
-        await _record_failure(engine, settings, key)
+        await throttle.expire(engine, now)  # the attempt stays counted: it failed
         raise invalid_grant()
-    await _clear_failures(session, key)
-    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
-    refresh = await _new_refresh_token(session, settings, user.id, uuid.uuid4())
+    await throttle.succeeded(session, keys)
+    family = uuid.uuid4()  # the session: its access tokens carry it as ``sid``
+    access, ttl = access_token_for(keyring, settings, f"user:{user.id}", {"sid": str(family)})
+    refresh = await _new_refresh_token(session, settings, user.id, family)
     return IssuedTokens(access, ttl, refresh)
 
 
 # --- client credentials -----------------------------------------------------------------
 async def client_credentials_grant(
-    session: AsyncSession, keyring: KeyRing, settings: Settings, client_id: str, secret: str
+    session: AsyncSession, keyring: KeyRing, settings: Settings, checker: PasswordChecker,
+    client_id: str, secret: str,
 ) -> IssuedTokens:
     row = (
         await session.execute(
@@ -154,12 +117,12 @@ async def client_credentials_grant(
         )
     ).first()
     client = row[0] if row else None
-    now = datetime.now(UTC)
-    ok = verify_password(client.secret_hash if client else None, secret)
+    now = clock.now()
+    ok = await checker.verify(client.secret_hash if client else None, secret)
     if not ok and client is not None and client.previous_secret_hash and (
         client.previous_secret_expires_at and client.previous_secret_expires_at > now
     ):
-        ok = verify_password(client.previous_secret_hash, secret)
+        ok = await checker.verify(client.previous_secret_hash, secret)
     if row is None or client is None or not ok or not client.active or not row[1]:
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
     # A plain UPDATE, not an attribute change: a token request must not move the client's
@@ -177,35 +140,40 @@ async def client_credentials_grant(
 
 
 # --- refresh rotation -----------------------------------------------------------------
-async def _revoke_family(engine: AsyncEngine, family_id: uuid.UUID, spent_id: uuid.UUID) -> None:
+async def _revoke_family(
+    engine: AsyncEngine, settings: Settings, revoked: RevokedSessions | None,
+    family_id: uuid.UUID, spent_id: uuid.UUID,
+) -> None:
     # ``spent_id`` is locked FOR UPDATE by the request's own transaction: touching it from
     # this second transaction would wait on ourselves until lock_timeout. It is spent
     # already, so every later presentation of it lands here again.
+    now = clock.now()
+    until = sessions.revoked_until(now, settings.access_token_ttl_s)
     async with engine.begin() as conn:
-        await conn.execute(
-            update(RefreshToken)
-            .where(
-                RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None),
-                RefreshToken.id != spent_id,
-            )
-            .values(revoked_at=datetime.now(UTC))
-        )
+        await repository.revoke_family(conn, family_id, now, spare=spent_id)
+        await repository.revoke_session(conn, family_id, now, until)
+    if revoked is not None:
+        revoked.add(family_id, until)
 
 
 async def refresh_grant(
-    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str
+    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str,
+    revoked: RevokedSessions | None = None,
 ) -> IssuedTokens:
+    """Raises ``Unauthorized`` (``invalid_grant``). Presenting a spent token again is reuse:
+    the whole session ends, its access tokens included (on every worker within the poll
+    interval, at once in this one: ``revoked``)."""
     stored = (
         await session.execute(
             select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)).with_for_update()
         )
     ).scalar_one_or_none()
-    now = datetime.now(UTC)
+    now = clock.now()
     if stored is None or stored.revoked_at is not None or stored.expires_at <= now:
         raise invalid_grant()
     if stored.used_at is not None:
         # Reuse of a rotated token: someone has a copy. Revoke every token of the family.
-        await _revoke_family(engine, stored.family_id, stored.id)
+        await _revoke_family(engine, settings, revoked, stored.family_id, stored.id)
         raise Unauthorized(
             "Refresh token reuse detected; the session was revoked.", code="invalid_grant",
             headers={},
@@ -214,21 +182,32 @@ async def refresh_grant(
     if not user.active or stored.created_at <= user.tokens_valid_after:
         raise invalid_grant()
     stored.used_at = now
-    access, ttl = access_token_for(keyring, settings, f"user:{user.id}")
+    access, ttl = access_token_for(
+        keyring, settings, f"user:{user.id}", {"sid": str(stored.family_id)}
+    )
     refresh = await _new_refresh_token(session, settings, user.id, stored.family_id)
     return IssuedTokens(access, ttl, refresh)
 
 
-async def logout(session: AsyncSession, raw: str) -> None:
-    """Revoke the refresh token's whole family. Unknown tokens are ignored (idempotent)."""
+async def logout(
+    session: AsyncSession, settings: Settings, raw: str, revoked: RevokedSessions | None = None
+) -> None:
+    """End the refresh token's session: every token of its family, and the access tokens it
+    issued (``revoked``, this worker's set, learns it when the request commits; the others
+    on their next poll). Unknown tokens are ignored (idempotent)."""
     family = (
         await session.execute(
             select(RefreshToken.family_id).where(RefreshToken.token_hash == _hash(raw))
         )
     ).scalar_one_or_none()
-    if family is not None:
-        await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
+    if family is None:
+        return
+    now = clock.now()
+    until = sessions.revoked_until(now, settings.access_token_ttl_s)
+    await repository.revoke_family(session, family, now)
+    await repository.revoke_session(session, family, now, until)
+    if revoked is not None:
+        event.listen(
+            session.sync_session, "after_commit", lambda _: revoked.add(family, until),
+            once=True,
         )

@@ -14,7 +14,6 @@ of its ``iat`` second (fail closed).
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from jose import jwt
 from jose.exceptions import JOSEError
 
+from crm_api.auth import clock
 from crm_api.auth.keys import KeyRing
 
 ALLOWED_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "RS256", "ES256"})
@@ -58,7 +58,7 @@ def issue(
     jti: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, Claims]:
-    now_us = time.time_ns() // 1000
+    now_us = clock.now_us()
     now = now_us // _US
     key = keyring.current
     claims: dict[str, Any] = {

@@ -3,6 +3,10 @@
 
 Decisions are memoized per (subject, resource, action) and dropped whenever the policy
 version moves, so a request costs a dict lookup; Casbin itself answers each question once.
+
+The same poll carries ``authz_state.sessions_version`` for the revoked-session set
+(``auth/sessions.py``): one statement per tick for both, and a moved session version wakes
+the session listeners without reloading the policy.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -48,6 +53,10 @@ class PolicyEngine:
         self._cache: dict[tuple[str, str, str], Scope | None] = {}
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Any] = []
+        #: ``authz_state.sessions_version`` last seen; -1 until the first poll.
+        self.sessions_version: int = -1
+        #: Awaited with the engine when ``sessions_version`` moves (a session was revoked).
+        self.session_listeners: list[Callable[[AsyncEngine], Awaitable[None]]] = []
 
     # --- loading -------------------------------------------------------------------
     async def load(self, engine: AsyncEngine) -> None:
@@ -77,15 +86,26 @@ class PolicyEngine:
         for listener in self.listeners:
             listener()
 
-    async def current_version(self, engine: AsyncEngine) -> int:
+    async def current_versions(self, engine: AsyncEngine) -> tuple[int, int]:
+        """``(policy version, sessions version)`` in one statement."""
         async with engine.connect() as conn:
-            value = (
-                await conn.execute(text("SELECT version FROM authz_state WHERE id = 1"))
-            ).scalar_one_or_none()
-        return int(value or 0)
+            row = (
+                await conn.execute(
+                    text("SELECT version, sessions_version FROM authz_state WHERE id = 1")
+                )
+            ).first()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+    async def current_version(self, engine: AsyncEngine) -> int:
+        return (await self.current_versions(engine))[0]
 
     async def refresh_if_changed(self, engine: AsyncEngine) -> bool:
-        if await self.current_version(engine) != self.version:
+        version, sessions_version = await self.current_versions(engine)
+        if sessions_version != self.sessions_version:
+            for listener in self.session_listeners:
+                await listener(engine)
+            self.sessions_version = sessions_version
+        if version != self.version:
             await self.load(engine)
             return True
         return False

@@ -11,6 +11,7 @@ from crm_api.models.identity import (
     LoginThrottle,
     PersonalAccessToken,
     RefreshToken,
+    RevokedSession,
     Role,
 )
 from crm_api.models.org_unit import OrgUnit
@@ -29,6 +30,7 @@ __all__ = [
     "OrgUnit",
     "PersonalAccessToken",
     "RefreshToken",
+    "RevokedSession",
     "Role",
     "User",
 ]

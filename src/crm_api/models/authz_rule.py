@@ -37,4 +37,7 @@ class AuthzState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     version: Mapped[int] = mapped_column(BigInteger, default=1)
+    #: Bumped with every revoked session (logout, refresh-token reuse): workers reload their
+    #: revoked-session set when it moves, without reloading the policy.
+    sessions_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     changed_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())

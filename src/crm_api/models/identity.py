@@ -1,4 +1,5 @@
-"""Identity tables: roles, API clients, refresh tokens, personal access tokens, login throttling."""
+"""Identity tables: roles, API clients, refresh tokens, revoked sessions, personal access
+tokens, login throttling."""
 
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ class RefreshToken(IdMixin, Base):
     )
 
 
+class RevokedSession(Base):
+    """A login session ended early: by logout or by refresh-token reuse detection.
+
+    A session is a refresh-token family; its access tokens carry the family id as ``sid``.
+    Every worker keeps the unexpired rows in memory (``auth/sessions.py``) and refuses
+    their access tokens without a query per request. ``expires_at`` is the revocation plus
+    the access-token lifetime: after it no access token of the session can be valid, and
+    the row is deleted."""
+
+    __tablename__ = "revoked_sessions"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    revoked_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_revoked_sessions_expires_at", "expires_at"),)
+
+
 class PersonalAccessToken(IdMixin, Base):
     """An operator's long-lived token for scripts, limited to a subset of the user's own
     permissions. The token itself is a signed JWT (``typ: pat``, ``jti`` = this id); the row
@@ -90,12 +109,25 @@ class PersonalAccessToken(IdMixin, Base):
 
 
 class LoginThrottle(Base):
-    """Failed password logins per (lower-cased) username; the same for unknown and real
-    accounts, so the lock-out itself reveals nothing."""
+    """Login attempts per throttle key (``auth/throttle.py``): a client IP (``ip:…``), an
+    account (``acct:<user id>``) or an account from one IP (``acct_ip:<user id>|…``; an
+    unknown username is keyed by a digest and treated the same, so the lock-out itself
+    reveals nothing).
+
+    An attempt is counted before the password is checked (atomically, so a burst cannot
+    get more checks than the limit) and given back when it succeeds."""
 
     __tablename__ = "login_throttle"
 
     key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    #: Attempts in the current window, failed or still being checked.
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(default=utcnow)
     locked_until: Mapped[datetime | None]
+    #: Lock-outs so far: an account+IP pair's next lock-out lasts 2**lockouts times longer.
+    lockouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When the row stops mattering (window and lock over, plus the back-off memory); rows
+    #: past it are deleted.
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_login_throttle_expires_at", "expires_at"),)

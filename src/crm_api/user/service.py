@@ -21,7 +21,6 @@ Raises: ``NotFound`` (``user_not_found``, also outside the caller's scope), ``Co
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
+from crm_api.auth import clock
 from crm_api.auth.passwords import hash_password, policy_violations
 from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
@@ -233,7 +233,7 @@ async def create_user(
             sorted(set(data.roles)),
         )
     await _check_org_unit(session, access, user_id, data.org_unit_id)
-    now = datetime.now(UTC)
+    now = clock.now()
     user = User(
         id=user_id, email=data.email, display_name=data.display_name, phone=data.phone,
         org_unit_id=data.org_unit_id, manager_id=data.manager_id, manager_path=manager_path,
@@ -342,7 +342,7 @@ async def update_user(
         diff["password"] = {"before": audit.MASK, "after": audit.MASK}
     if not diff:
         return _present(user, current_roles)
-    now = datetime.now(UTC)
+    now = clock.now()
     user.updated_at = now
     if password_hash is not None:
         user.password_hash = password_hash
@@ -386,7 +386,7 @@ async def set_active(
         new_org_unit_id=user.org_unit_id, fields=["active"],
     )
     user.active = active
-    user.updated_at = datetime.now(UTC)
+    user.updated_at = clock.now()
     if not active:
         # The app's clock, the one tokens are minted by: compared to the microsecond.
         user.tokens_valid_after = user.updated_at
