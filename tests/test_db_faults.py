@@ -10,6 +10,7 @@ PostgreSQL that other test runs share.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from crm_api.db.engine import create_database
 from crm_api.errors import install_error_handlers
 from factories.customers import create_customer
 from factories.identity import make_org_unit, make_user
+from pgproxy import PgProxy
 
 # --- every class, through the real handler ------------------------------------------------
 
@@ -225,3 +227,159 @@ async def test_terminated_backends_give_503_or_success_never_500(client, engine,
     assert (await client.get(url)).status_code == 200
     assert (await client.post("/v1/customers", json={
         "name": "Recovered", "owner_id": str(owner["id"])})).status_code == 201
+
+
+# --- through a proxy: refused, frozen -------------------------------------------------------
+
+
+@pytest.fixture
+async def proxied(app, settings, database_url) -> AsyncIterator[PgProxy]:
+    """The app's data path (reads and writes; not auth and policy) through a proxy, with
+    short deadlines: statements 1 s (+1 s client margin), readiness 1 s, pool wait 2 s."""
+    proxy = await PgProxy(database_url).start()
+    real = app.state.db
+    app.state.db = create_database(
+        settings.model_copy(update={
+            "db_statement_timeout_ms": 1000, "db_command_timeout_margin_s": 1.0,
+            "readiness_timeout_s": 1.0, "db_pool_timeout_s": 2.0,
+        }),
+        proxy.url,
+    )
+    try:
+        yield proxy
+    finally:
+        proxy.thaw()
+        proxy.refuse(None)
+        await app.state.db.dispose()
+        app.state.db = real
+        await proxy.close()
+
+
+async def test_refused_new_connections_fail_readiness_and_answer_503(
+    client, anon_client, engine, proxied
+):
+    owner = await _owner(engine)
+    customer = await create_customer(client, owner)
+    url = f"/v1/customers/{customer['id']}"
+    assert (await anon_client.get("/readyz")).status_code == 200
+    assert (await client.get(url)).status_code == 200  # a pooled read connection now
+    for sqlstate in ("53300", "57P03"):
+        proxied.refuse(sqlstate)
+        response = await anon_client.get("/readyz")
+        problem(response, 503, "database_unavailable")
+        assert response.headers["retry-after"] == "1"
+        # the open connection still serves; work needing a new one gets 503, not 500
+        assert (await client.get(url)).status_code == 200
+        responses = await asyncio.gather(*(client.get(url) for _ in range(8)))
+        for r in responses:
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                problem(r, 503, "database_unavailable")
+                assert r.headers["retry-after"] == "1"
+        proxied.refuse(None)
+    assert (await anon_client.get("/readyz")).status_code == 200
+
+
+async def test_a_hung_database_answers_503_within_the_deadline(
+    client, anon_client, engine, proxied
+):
+    """With the server frozen, requests on open connections and readiness answer 503 by
+    themselves (statement deadline 2 s, readiness 1 s); the app recovers on thaw."""
+    owner = await _owner(engine)
+    customer = await create_customer(client, owner)
+    url = f"/v1/customers/{customer['id']}"
+    assert (await client.get(url)).status_code == 200
+    proxied.freeze()
+    try:
+        async with asyncio.timeout(60):  # a hang fails the test instead of wedging the run
+            started = time.monotonic()
+            read, write, ready = await asyncio.gather(
+                client.get(url),
+                client.post("/v1/customers", json={"name": "Frozen", "owner_id": str(owner["id"])}),
+                anon_client.get("/readyz"),
+            )
+            elapsed = time.monotonic() - started
+        for r in (read, write):
+            problem(r, 503, "database_unavailable")
+            assert r.headers["retry-after"] == "1"
+        problem(ready, 503, "database_unavailable")
+        # the freeze lasts until thaw(): answering at all means the deadline fired; this
+        # bound only says it was the deadline (seconds), not some minute-long default
+        assert elapsed < 30, elapsed
+    finally:
+        proxied.thaw()
+    async with asyncio.timeout(60):
+        for _ in range(50):  # the first request after thaw may still meet a dropped one
+            if (await client.get(url)).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get(url)).status_code == 200
+        assert (await anon_client.get("/readyz")).status_code == 200
+        created = await client.post(
+            "/v1/customers", json={"name": "Thawed", "owner_id": str(owner["id"])}
+        )
+        assert created.status_code == 201, created.text
+
+
+# --- pools: idle connections go back, exhaustion is 503 ------------------------------------
+
+
+async def _eventually(check: Any, within_s: float = 30.0) -> None:
+    """Poll ``check()`` until true; the bound is a safety net, not a timing assertion."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.05)
+
+
+async def test_idle_connections_are_released(client, engine, app, settings, database_url):
+    owner = await _owner(engine)
+    customer = await create_customer(client, owner)
+    url = f"/v1/customers/{customer['id']}"
+    real = app.state.db
+    db = app.state.db = create_database(
+        settings.model_copy(update={"db_idle_timeout_s": 0.3}), database_url
+    )
+    db.reaper.start()
+    try:
+        responses = await asyncio.gather(
+            *(client.get(url) for _ in range(4)),
+            *(client.patch(url, json={"grade": g}) for g in "AB"),
+        )
+        assert all(r.status_code in (200, 409) for r in responses), [r.text for r in responses]
+        assert db.reads.open_connections() > 0 and db.engine.pool.checkedin() > 0
+        await _eventually(
+            lambda: db.reads.open_connections() == 0 and db.engine.pool.checkedin() == 0
+        )
+        # released, not broken: the next requests open what they need
+        assert (await client.get(url)).status_code == 200
+        assert (await client.patch(url, json={"grade": "C"})).status_code == 200
+    finally:
+        await db.dispose()
+        app.state.db = real
+
+
+async def test_write_pool_exhaustion_is_503(client, engine, app, settings, database_url):
+    owner = await _owner(engine)
+    real = app.state.db
+    db = app.state.db = create_database(
+        settings.model_copy(
+            update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_s": 0.5}
+        ),
+        database_url,
+    )
+    try:
+        async with db.engine.connect() as held:  # the pool's only connection
+            await held.execute(text("SELECT 1"))
+            response = await client.post(
+                "/v1/customers", json={"name": "No slot", "owner_id": str(owner["id"])}
+            )
+            problem(response, 503, "database_unavailable")
+            assert response.headers["retry-after"] == "1"
+        created = await client.post(
+            "/v1/customers", json={"name": "Slot free", "owner_id": str(owner["id"])}
+        )
+        assert created.status_code == 201, created.text
+    finally:
+        await db.dispose()
+        app.state.db = real

@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         await policy.load(db.engine)
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
         principals.start()
+        db.reaper.start()
         app.state.db = db
         app.state.policy = policy
         app.state.principals = principals
