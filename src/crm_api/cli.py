@@ -125,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        server_header=False,  # no "Server: uvicorn" advertising the stack
     )
     return 0
 

@@ -21,7 +21,7 @@ from crm_api.errors import install_error_handlers
 from crm_api.health import router as health_router
 from crm_api.kit.routing import document_query_models
 from crm_api.logs import configure_logging
-from crm_api.middleware import RequestMiddleware
+from crm_api.middleware import RequestMiddleware, SecurityHeadersMiddleware
 
 logger = logging.getLogger("crm_api")
 
@@ -104,4 +104,5 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+        app.add_middleware(SecurityHeadersMiddleware)  # preflights get nosniff too
     return app

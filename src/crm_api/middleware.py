@@ -84,11 +84,13 @@ class RequestMiddleware:
         started = time.perf_counter()
         status_holder: list[int] = [500]
         rid_header = (b"x-request-id", rid.encode())
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = _secured(message.get("headers", []), authenticated)
+                message["headers"].append(rid_header)
             await send(message)
 
         try:
@@ -179,6 +181,55 @@ class RequestMiddleware:
                     send, 500, "internal_error",
                     "An unexpected error occurred. Quote the request id when reporting it.",
                 )
+
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def _secured(headers: Any, authenticated: bool) -> list[tuple[bytes, bytes]]:
+    """The response headers plus ``X-Content-Type-Options: nosniff`` (always) and
+    ``Cache-Control: no-store`` on what a shared cache must never keep: responses to a
+    request carrying credentials, and problem responses. A handler's own Cache-Control
+    wins."""
+    out = list(headers)
+    no_store = authenticated
+    has_cache_control = has_nosniff = False
+    for name, value in out:
+        lower = name.lower()
+        if lower == b"cache-control":
+            has_cache_control = True
+        elif lower == b"x-content-type-options":
+            has_nosniff = True
+        elif lower == b"content-type" and value.startswith(b"application/problem+json"):
+            no_store = True
+    if not has_nosniff:
+        out.append(_NOSNIFF)
+    if no_store and not has_cache_control:
+        out.append(_NO_STORE)
+    return out
+
+
+class SecurityHeadersMiddleware:
+    """The headers of :func:`_secured` for responses answered outside
+    :class:`RequestMiddleware` (CORS preflights, when CORS is configured: the CORS
+    middleware must sit outermost)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"])
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _secured(message.get("headers", []), authenticated)
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
