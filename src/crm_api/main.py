@@ -21,7 +21,7 @@ from crm_api.errors import install_error_handlers
 from crm_api.health import router as health_router
 from crm_api.kit.routing import document_query_models
 from crm_api.logs import configure_logging
-from crm_api.middleware import RequestMiddleware, SecurityHeadersMiddleware
+from crm_api.middleware import InflightCap, RequestMiddleware, SecurityHeadersMiddleware
 
 logger = logging.getLogger("crm_api")
 
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.state.inflight = InflightCap(settings.max_inflight_per_principal)
     api.mount(app)
     app.include_router(health_router)
     document_query_models(app)

@@ -55,6 +55,52 @@ async def _send_problem(send: Send, status: int, code: str, detail: str) -> None
     await send({"type": "http.response.body", "body": body})
 
 
+_INFLIGHT_KEY = "crm.inflight"
+
+
+class InflightCap:
+    """At most ``limit`` requests of one principal in flight in this worker (0: no cap),
+    so one caller's slow requests cannot take every read connection from everyone else.
+
+    The auth dependency calls :meth:`enter` once the token is verified (the principal is
+    not known earlier) and before any database work; :class:`RequestMiddleware` calls
+    :func:`leave_inflight` when the response is finished, whatever happened in between
+    (error, cancellation), so no generator dependency is needed. Single event loop, no
+    awaits between check and update: no lock."""
+
+    __slots__ = ("counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def enter(self, scope: Scope, principal_key: str) -> bool:
+        """Count this request for ``principal_key``; False when the principal is at the
+        cap (the request must be refused and is not counted)."""
+        if self.limit <= 0 or _INFLIGHT_KEY in scope:
+            return True
+        held = self.counts.get(principal_key, 0)
+        if held >= self.limit:
+            return False
+        self.counts[principal_key] = held + 1
+        scope[_INFLIGHT_KEY] = (self, principal_key)
+        return True
+
+    def leave(self, principal_key: str) -> None:
+        held = self.counts.get(principal_key, 0) - 1
+        if held > 0:
+            self.counts[principal_key] = held
+        else:
+            self.counts.pop(principal_key, None)
+
+
+def leave_inflight(scope: Scope) -> None:
+    counted = scope.pop(_INFLIGHT_KEY, None)
+    if counted is not None:
+        cap, key = counted
+        cap.leave(key)
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -125,6 +171,7 @@ class RequestMiddleware:
             async with self.semaphore:
                 await self._call_limited(scope, receive, send_wrapper, status_holder)
         finally:
+            leave_inflight(scope)
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             method = scope["method"]
