@@ -342,7 +342,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return await on_unexpected(request, exc)
         status, code, detail = verdict
         if code == "database_unavailable":
-            logger.warning("database unavailable", exc_info=exc)
+            # one line, no traceback: during an outage every request lands here
+            logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         headers = {"Retry-After": RETRY_AFTER_S} if status in (409, 503) else None
         return problem_response(
             status, code, detail, instance=request.url.path, headers=headers
