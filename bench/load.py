@@ -215,7 +215,7 @@ class AppServer:
         if self.workers == 1:
             cmd = [sys.executable, "-m", "uvicorn", "crm_api.main:create_app", "--factory",
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                   "--no-access-log", "--log-level", "warning"]
+                   "--no-access-log", "--no-server-header", "--log-level", "warning"]
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         else:
@@ -260,7 +260,7 @@ class AppServer:
             "import socket, sys, uvicorn; "
             "s = socket.socket(fileno=int(sys.argv[1])); "
             "uvicorn.Server(uvicorn.Config('crm_api.main:create_app', factory=True, "
-            "access_log=False, log_level='warning')).run(sockets=[s])"
+            "access_log=False, server_header=False, log_level='warning')).run(sockets=[s])"
         )
         try:
             for i, sock in enumerate(sockets):

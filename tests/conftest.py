@@ -114,6 +114,9 @@ def settings(database_url: str) -> Settings:
         jwt_signing_key="test-signing-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         db_pool_size=10,
         authz_poll_interval_s=0.2,
+        # concurrency tests fire a dozen requests as one principal at once; the cap itself
+        # is tested with its own limit (test_inflight_cap.py)
+        max_inflight_per_principal=64,
     )
 
 

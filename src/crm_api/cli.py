@@ -183,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # (uvicorn's default trusts 127.0.0.1, whoever connects through it).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=[str(n) for n in settings.trusted_proxies] or None,
+        server_header=False,  # no "Server: uvicorn" advertising the stack
     )
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -101,6 +101,27 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    # --- reliability and exposure (issue 7: hardening; docs/operations.md) ---
+    #: Client-side deadline per statement, on top of ``db_statement_timeout_ms``: a server
+    #: that stops answering (frozen host, dead proxy) fails the request with 503 after
+    #: statement timeout + this margin instead of hanging. No deadline when the statement
+    #: timeout is 0.
+    db_command_timeout_margin_s: float = Field(default=2.0, gt=0)
+    #: Pooled connections unused this long are closed (read pool: each connection; write
+    #: pool: all idle ones once no write used the pool for this long), so idle workers
+    #: give their slots of ``max_connections`` back.
+    db_idle_timeout_s: float = Field(default=60.0, gt=0)
+    #: ``/readyz`` waits at most this long for a fresh connection and one query.
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
+    #: Requests one principal may have in flight per worker; more get 429 (0: no cap).
+    max_inflight_per_principal: int = Field(default=8, ge=0)
+    #: ``/metrics``: ``public``, ``token`` (``Authorization: Bearer <metrics_token>``) or
+    #: ``off``. Default: public in development and test, token in production. The same
+    #: token reveals the migration revision on ``/readyz`` in production. ``token`` without
+    #: a token set refuses everyone (metrics off until one is configured).
+    metrics: Literal["off", "token", "public"] | None = None
+    metrics_token: SecretStr | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _split_cors(cls, data: object) -> object:
@@ -134,6 +155,19 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env is Environment.production
+
+    @property
+    def metrics_mode(self) -> Literal["off", "token", "public"]:
+        if self.metrics is not None:
+            return self.metrics
+        return "token" if self.is_production else "public"
+
+    @property
+    def db_command_timeout_s(self) -> float | None:
+        """The client-side deadline per statement (``None``: no statement timeout)."""
+        if self.db_statement_timeout_ms <= 0:
+            return None
+        return self.db_statement_timeout_ms / 1000 + self.db_command_timeout_margin_s
 
 
 @lru_cache

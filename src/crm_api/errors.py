@@ -201,6 +201,82 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+#: Seconds a client is asked to wait after a 503 (or a 409 worth retrying).
+RETRY_AFTER_S = "1"
+
+#: SQLSTATEs that mean "no usable connection right now", whatever the statement: the server
+#: is shutting down or starting (57P01-57P03), refuses for lack of resources (class 53:
+#: too many connections, out of memory or disk) or the connection failed (class 08).
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04"})
+_UNAVAILABLE_CLASSES = ("08", "53")
+
+#: Errors without a SQLSTATE that mean the same: refused or lost sockets, a statement or a
+#: pool wait past its deadline, asyncpg's client-side connection errors.
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    SQLAlchemyTimeoutError,
+)
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: SQLAlchemy's ``DBAPIError.orig`` (the dialect's adapted
+    error), whose ``__cause__`` is the driver's own; bounded, cycle-safe."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 6:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return chain
+
+
+def classify_database_error(exc: BaseException, method: str) -> tuple[int, str, str] | None:
+    """``(status, code, detail)`` for a database failure, or ``None`` when it is not one
+    this layer understands (a bug: 500). Works on driver errors raised directly (the read
+    path, :mod:`crm_api.db.reader`) and on SQLAlchemy's wrappers alike."""
+    chain = _error_chain(exc)
+    sqlstate = next(
+        (s for e in chain if isinstance(s := getattr(e, "sqlstate", None), str)), None
+    )
+    if sqlstate in {"55P03", "40P01", "40001"}:  # lock timeout, deadlock, serialization
+        if method in _READ_METHODS:
+            # A read waited for a lock a write (or DDL, or a maintenance job) holds: the
+            # data is busy, not in conflict with anything the caller sent.
+            return 503, "database_busy", "The data is locked by other work; retry."
+        return 409, "concurrent_update", "The record is being changed by another request; retry."
+    if sqlstate == "57014":  # statement timeout
+        return 503, "query_timeout", "The query took too long."
+    if sqlstate is not None and (
+        sqlstate in _UNAVAILABLE_STATES or sqlstate.startswith(_UNAVAILABLE_CLASSES)
+    ):
+        return 503, "database_unavailable", "The database is not available; retry."
+    if (sqlstate is not None and sqlstate.startswith("22")) or any(
+        isinstance(e, asyncpg.DataError) for e in chain  # a value the driver cannot encode
+    ):  # bad input reached SQL
+        return 422, "invalid_value", "A value is out of range."
+    if is_database_unavailable(exc, chain):
+        return 503, "database_unavailable", "The database is not available; retry."
+    return None
+
+
+def is_database_unavailable(exc: BaseException, chain: list[BaseException] | None = None) -> bool:
+    """True when ``exc`` says the connection is unusable (lost, refused, hung, none free),
+    rather than the statement failing: the caller should drop the connection, not reuse it."""
+    for e in chain or _error_chain(exc):
+        if isinstance(e, _UNAVAILABLE_TYPES):
+            return True
+        if getattr(e, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+            return True
+        state = getattr(e, "sqlstate", None)
+        if isinstance(state, str) and (
+            state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_CLASSES)
+        ):
+            return True
+    return False
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
@@ -261,39 +337,17 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_database(request: Request, exc: Exception) -> Response:
-        # SQLAlchemy wraps driver errors (DBAPIError.orig, its __cause__ the asyncpg
-        # error); the read path (crm_api.db.reader) raises asyncpg's errors directly.
-        orig = getattr(exc, "orig", None)
-        sqlstate = (
-            getattr(exc, "sqlstate", None)
-            or getattr(orig, "sqlstate", None)
-            or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+        verdict = classify_database_error(exc, request.method)
+        if verdict is None:
+            return await on_unexpected(request, exc)
+        status, code, detail = verdict
+        if code == "database_unavailable":
+            # one line, no traceback: during an outage every request lands here
+            logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        headers = {"Retry-After": RETRY_AFTER_S} if status in (409, 503) else None
+        return problem_response(
+            status, code, detail, instance=request.url.path, headers=headers
         )
-        if sqlstate in {"55P03", "40P01", "40001"}:  # lock timeout, deadlock, serialization
-            return problem_response(
-                409,
-                "concurrent_update",
-                "The record is being changed by another request; retry.",
-                instance=request.url.path,
-                headers={"Retry-After": "1"},
-            )
-        if sqlstate == "57014":  # statement timeout
-            return problem_response(
-                503, "query_timeout", "The query took too long.", instance=request.url.path
-            )
-        if sqlstate and sqlstate.startswith("22"):  # data exception: bad input reached SQL
-            return problem_response(
-                422, "invalid_value", "A value is out of range.", instance=request.url.path
-            )
-        if sqlstate is None and isinstance(
-            exc, OSError | TimeoutError | asyncpg.InterfaceError | SQLAlchemyTimeoutError
-        ):  # no connection to be had: refused, lost, or none free within the pool timeout
-            logger.warning("database unavailable", exc_info=exc)
-            return problem_response(
-                503, "database_unavailable", "The database is not reachable; retry.",
-                instance=request.url.path, headers={"Retry-After": "1"},
-            )
-        return await on_unexpected(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled error", exc_info=exc)
@@ -309,8 +363,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(IntegrityError, on_integrity)
     for database_error in (
-        DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyTimeoutError,
-        OSError, TimeoutError,
+        DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+        SQLAlchemyTimeoutError, OSError, TimeoutError,
     ):
         app.add_exception_handler(database_error, on_database)
     app.add_exception_handler(Exception, on_unexpected)

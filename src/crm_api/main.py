@@ -30,7 +30,7 @@ from crm_api.errors import install_error_handlers
 from crm_api.health import router as health_router
 from crm_api.kit.routing import document_problems, document_query_models
 from crm_api.logs import configure_logging
-from crm_api.middleware import RequestMiddleware
+from crm_api.middleware import InflightCap, RequestMiddleware, SecurityHeadersMiddleware
 
 logger = logging.getLogger("crm_api")
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         await policy.refresh_if_changed(db.engine)  # the policy and the revoked sessions
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
         principals.start()
+        db.reaper.start()
         app.state.db = db
         app.state.policy = policy
         app.state.principals = principals
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.state.inflight = InflightCap(settings.max_inflight_per_principal)
     api.mount(app)
     app.include_router(health_router)
     _mount_docs(app)
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+        app.add_middleware(SecurityHeadersMiddleware)  # preflights get nosniff too
     return app
 
 

@@ -55,6 +55,52 @@ async def _send_problem(send: Send, status: int, code: str, detail: str) -> None
     await send({"type": "http.response.body", "body": body})
 
 
+_INFLIGHT_KEY = "crm.inflight"
+
+
+class InflightCap:
+    """At most ``limit`` requests of one principal in flight in this worker (0: no cap),
+    so one caller's slow requests cannot take every read connection from everyone else.
+
+    The auth dependency calls :meth:`enter` once the token is verified (the principal is
+    not known earlier) and before any database work; :class:`RequestMiddleware` calls
+    :func:`leave_inflight` when the response is finished, whatever happened in between
+    (error, cancellation), so no generator dependency is needed. Single event loop, no
+    awaits between check and update: no lock."""
+
+    __slots__ = ("counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def enter(self, scope: Scope, principal_key: str) -> bool:
+        """Count this request for ``principal_key``; False when the principal is at the
+        cap (the request must be refused and is not counted)."""
+        if self.limit <= 0 or _INFLIGHT_KEY in scope:
+            return True
+        held = self.counts.get(principal_key, 0)
+        if held >= self.limit:
+            return False
+        self.counts[principal_key] = held + 1
+        scope[_INFLIGHT_KEY] = (self, principal_key)
+        return True
+
+    def leave(self, principal_key: str) -> None:
+        held = self.counts.get(principal_key, 0) - 1
+        if held > 0:
+            self.counts[principal_key] = held
+        else:
+            self.counts.pop(principal_key, None)
+
+
+def leave_inflight(scope: Scope) -> None:
+    counted = scope.pop(_INFLIGHT_KEY, None)
+    if counted is not None:
+        cap, key = counted
+        cap.leave(key)
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -84,11 +130,13 @@ class RequestMiddleware:
         started = time.perf_counter()
         status_holder: list[int] = [500]
         rid_header = (b"x-request-id", rid.encode())
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = _secured(message.get("headers", []), authenticated)
+                message["headers"].append(rid_header)
             await send(message)
 
         try:
@@ -123,6 +171,7 @@ class RequestMiddleware:
             async with self.semaphore:
                 await self._call_limited(scope, receive, send_wrapper, status_holder)
         finally:
+            leave_inflight(scope)
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             method = scope["method"]
@@ -179,6 +228,55 @@ class RequestMiddleware:
                     send, 500, "internal_error",
                     "An unexpected error occurred. Quote the request id when reporting it.",
                 )
+
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def _secured(headers: Any, authenticated: bool) -> list[tuple[bytes, bytes]]:
+    """The response headers plus ``X-Content-Type-Options: nosniff`` (always) and
+    ``Cache-Control: no-store`` on what a shared cache must never keep: responses to a
+    request carrying credentials, and problem responses. A handler's own Cache-Control
+    wins."""
+    out = list(headers)
+    no_store = authenticated
+    has_cache_control = has_nosniff = False
+    for name, value in out:
+        lower = name.lower()
+        if lower == b"cache-control":
+            has_cache_control = True
+        elif lower == b"x-content-type-options":
+            has_nosniff = True
+        elif lower == b"content-type" and value.startswith(b"application/problem+json"):
+            no_store = True
+    if not has_nosniff:
+        out.append(_NOSNIFF)
+    if no_store and not has_cache_control:
+        out.append(_NO_STORE)
+    return out
+
+
+class SecurityHeadersMiddleware:
+    """The headers of :func:`_secured` for responses answered outside
+    :class:`RequestMiddleware` (CORS preflights, when CORS is configured: the CORS
+    middleware must sit outermost)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"])
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _secured(message.get("headers", []), authenticated)
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

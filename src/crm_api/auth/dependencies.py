@@ -16,7 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from crm_api.auth import tokens
 from crm_api.auth.principals import PrincipalResolver, Rejected
 from crm_api.authz.types import Principal
-from crm_api.errors import Unauthorized
+from crm_api.errors import TooManyRequests, Unauthorized
+from crm_api.middleware import InflightCap
 
 _bearer = HTTPBearer(auto_error=False, description="Access token (JWT) or personal access token.")
 
@@ -60,6 +61,14 @@ async def get_principal(
         claims = _verify_cached(request, credentials.credentials)
     except tokens.InvalidToken as exc:
         raise Unauthorized("The token is invalid or expired.", code="invalid_token") from exc
+    cap: InflightCap | None = getattr(request.app.state, "inflight", None)
+    if cap is not None and not cap.enter(request.scope, claims.subject):
+        raise TooManyRequests(
+            f"At most {cap.limit} requests of one caller may be in progress at once; retry "
+            "when one has finished.",
+            code="too_many_concurrent_requests",
+            headers={"Retry-After": "1"},
+        )
     resolver: PrincipalResolver = request.app.state.principals
     try:
         return await resolver.resolve(claims)

@@ -10,18 +10,26 @@ Two ways into the database, by purpose:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from dataclasses import dataclass
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import QueuePool
 
 from crm_api.config import Settings
 from crm_api.db.embedded import start_embedded
 from crm_api.db.reader import ReadPool
+
+logger = logging.getLogger("crm_api.db")
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -33,14 +41,67 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir)
 
 
+class IdleReaper:
+    """Closes the write pool's idle connections once no write has used the pool for
+    ``idle_s``: SQLAlchemy's queue pool keeps ``pool_size`` connections forever, so every
+    idle worker would hold its share of ``max_connections`` (the read pool closes its own
+    idle connections: asyncpg's ``max_inactive_connection_lifetime``).
+
+    ``dispose()`` swaps in a fresh pool; a connection checked out at that moment is closed
+    when it is returned, so reaping never disturbs a request."""
+
+    def __init__(self, engine: AsyncEngine, idle_s: float) -> None:
+        self.engine = engine
+        self.idle_s = idle_s
+        self.last_used = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        event.listen(engine.sync_engine, "checkout", self._touch)
+        event.listen(engine.sync_engine, "checkin", self._touch)
+
+    def _touch(self, *_: object) -> None:
+        self.last_used = time.monotonic()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        interval = max(0.05, min(self.idle_s / 4, 15.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.reap()
+
+    async def reap(self) -> bool:
+        """Close the idle connections if the pool has been idle long enough."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool) or pool.checkedin() == 0 or pool.checkedout():
+            return False
+        if time.monotonic() - self.last_used < self.idle_s:
+            return False
+        try:
+            await self.engine.dispose()
+        except Exception:  # closing a connection to a dead server: it is gone anyway
+            logger.warning("closing idle write connections failed", exc_info=True)
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine
     reads: ReadPool
     sessionmaker: async_sessionmaker[AsyncSession]
     url: str
+    reaper: IdleReaper
 
     async def dispose(self) -> None:
+        await self.reaper.stop()
         await self.reads.close()
         await self.engine.dispose()
 
@@ -64,12 +125,21 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         echo=settings.db_echo,
         # asyncpg waits 60 s by default for a server that accepts but never answers (a hung
         # host, a dead proxy): bound opening a connection like waiting for a pooled one.
-        connect_args={"server_settings": server_settings, "timeout": settings.db_pool_timeout_s},
+        # command_timeout: the client-side deadline of every statement, a little past the
+        # server's own statement_timeout, for a server that stops answering mid-query.
+        connect_args={
+            "server_settings": server_settings,
+            "timeout": settings.db_pool_timeout_s,
+            "command_timeout": settings.db_command_timeout_s,
+        },
     )
     reads = ReadPool(
         url, engine.dialect, size=settings.db_read_pool_size,
-        acquire_timeout=settings.db_pool_timeout_s, recycle_s=settings.db_pool_recycle_s,
-        server_settings=server_settings,
+        acquire_timeout=settings.db_pool_timeout_s, idle_s=settings.db_idle_timeout_s,
+        command_timeout=settings.db_command_timeout_s, server_settings=server_settings,
     )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    return Database(engine=engine, reads=reads, sessionmaker=sessionmaker, url=url)
+    return Database(
+        engine=engine, reads=reads, sessionmaker=sessionmaker, url=url,
+        reaper=IdleReaper(engine, settings.db_idle_timeout_s),
+    )

@@ -301,13 +301,14 @@ class ReadPool:
 
     def __init__(
         self, url: str, dialect: Dialect, *, size: int, acquire_timeout: float,
-        recycle_s: float, server_settings: dict[str, str],
+        idle_s: float, command_timeout: float | None, server_settings: dict[str, str],
     ) -> None:
         sa_url = make_url(url)
         self._dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._size = size
         self._acquire_timeout = acquire_timeout
-        self._recycle_s = recycle_s
+        self._idle_s = idle_s
+        self._command_timeout = command_timeout
         self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
@@ -324,7 +325,10 @@ class ReadPool:
                 self._pool = await asyncpg.create_pool(
                     self._dsn, min_size=0, max_size=self._size, init=_init_connection,
                     reset=_reset, timeout=self._acquire_timeout,
-                    max_inactive_connection_lifetime=self._recycle_s if self._recycle_s > 0 else 0,
+                    # idle connections go back to the server (min_size=0: all of them)
+                    max_inactive_connection_lifetime=self._idle_s,
+                    # the client-side deadline per statement (a hung server: 503, no hang)
+                    command_timeout=self._command_timeout,
                     server_settings=self._server_settings,
                 )
         return self._pool
@@ -347,9 +351,35 @@ class ReadPool:
             # connections), so no acquire timeout: asyncpg wraps one in a task per call.
             # Opening a new connection is bounded by the connect timeout.
             async with pool.acquire() as conn:
-                return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+                try:
+                    return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+                except TimeoutError:
+                    # Past the command timeout: the server did not answer. Releasing would
+                    # wait for the cancellation asyncpg sends to that same server; drop the
+                    # connection instead (the pool opens a new one when asked).
+                    conn.terminate()
+                    raise
         finally:
             self._turns.release()
+
+    async def probe(self, sql: str, deadline_s: float) -> Any:
+        """Run ``sql`` on a connection of its own, opened for the purpose and closed after,
+        within ``deadline_s`` seconds overall: readiness must see what a new worker would see
+        (a server refusing new connections, too many clients, a hung host), which a pooled
+        connection would hide."""
+        async with asyncio.timeout(deadline_s):
+            conn = await asyncpg.connect(
+                self._dsn, timeout=deadline_s, command_timeout=deadline_s,
+                server_settings=self._server_settings,
+            )
+            try:
+                return await conn.fetchval(sql)
+            finally:
+                conn.terminate()  # no goodbye round trip to a server that may be hung
+
+    def open_connections(self) -> int:
+        """Connections the pool holds open, idle or lent out."""
+        return self._pool.get_size() if self._pool is not None else 0
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.db.engine import Database
 from crm_api.db.reader import Reader
+from crm_api.errors import is_database_unavailable
 
 
 def get_database(request: Request) -> Database:
@@ -31,8 +32,14 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
             await session.commit()
-        except BaseException:
-            await session.rollback()
+        except BaseException as exc:
+            if is_database_unavailable(exc):
+                # The connection is lost, refused or hung (a statement past its deadline):
+                # a ROLLBACK on it would wait for the same dead server. Drop it instead;
+                # the server rolls back what it had when the connection goes.
+                await session.invalidate()
+            else:
+                await session.rollback()
             raise
 
 
