@@ -27,7 +27,10 @@ _DESCRIPTIONS = {
     415: "Body is not application/json.",
     422: "Validation failed; see `errors`.",
     428: "If-Match required.",
-    429: "Too many requests.",
+    429: "Too many requests (login throttling, or too many of your requests in flight);"
+    " retry after `Retry-After` seconds.",
+    503: "Temporarily unavailable (database unreachable or busy, query timeout, server at"
+    " capacity); retry after `Retry-After` seconds.",
 }
 
 
@@ -48,6 +51,17 @@ _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _BODY_PROBLEMS = (400, 413, 415)
 #: Answered by the request middleware for any operation with query parameters.
 _QUERY_PROBLEMS = (414,)
+#: Answered for any authenticated operation: the per-principal in-flight cap.
+_AUTHENTICATED_PROBLEMS = (429,)
+#: Answered for any operation: the server at capacity or the database unavailable.
+_ANY_PROBLEMS = (503,)
+#: Statuses a client should retry after the ``Retry-After`` header's seconds.
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
 
 
 def document_problems(app: FastAPI) -> None:
@@ -58,7 +72,10 @@ def document_problems(app: FastAPI) -> None:
       type their errors;
     * every operation with a body documents 400 (``malformed_json``), 413 and 415, which
       the body parser and the request middleware answer before any handler runs;
-    * every operation with query parameters documents 414 (``query_too_long``).
+    * every operation with query parameters documents 414 (``query_too_long``);
+    * every authenticated operation documents 429 (the per-principal in-flight cap) and
+      every operation 503 (database unavailable, query timeout, server at capacity), both
+      with their ``Retry-After`` header.
     """
     generate = app.openapi
 
@@ -74,6 +91,9 @@ def document_problems(app: FastAPI) -> None:
                     extra.extend(_BODY_PROBLEMS)
                 if any(p.get("in") == "query" for p in operation.get("parameters", ())):
                     extra.extend(_QUERY_PROBLEMS)
+                if operation.get("security"):
+                    extra.extend(_AUTHENTICATED_PROBLEMS)
+                extra.extend(_ANY_PROBLEMS)
                 for status in extra:
                     responses.setdefault(
                         str(status), {"description": _DESCRIPTIONS.get(status, "Error")}
@@ -81,6 +101,8 @@ def document_problems(app: FastAPI) -> None:
                 for status, response in responses.items():
                     if status[0] in "45":
                         response["content"] = {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}}
+                    if status in {"429", "503"}:
+                        response.setdefault("headers", {}).update(_RETRY_AFTER)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
