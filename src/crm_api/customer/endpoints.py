@@ -19,9 +19,9 @@ from crm_api.customer.schemas import (
     TransferResult,
 )
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
@@ -35,12 +35,6 @@ CustomersDelete = Annotated[Access, require(R, Action.delete)]
 CustomersPurge = Annotated[Access, require(R, Action.purge)]
 CustomersAssign = Annotated[Access | None, optional(R, Action.assign)]
 
-
-def _with_etag(row: dict[str, object], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}  # type: ignore[call-overload]
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
 
 
 @router.get(
@@ -69,7 +63,7 @@ async def create_customer(
 
     async def produce() -> Response:
         row = await service.create_customer(session, access, assign, body)
-        return _with_etag(row, 201, f"/v1/customers/{row['id']}")
+        return with_etag(row, 201, f"/v1/customers/{row['id']}")
 
     return await idempotent(
         session, access.principal, idempotency_key, method="POST",
@@ -84,7 +78,7 @@ async def create_customer(
 async def get_customer(
     customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection
 ) -> Response:
-    return _with_etag(await service.get_customer(conn, access, customer_id))
+    return with_etag(await service.get_customer(conn, access, customer_id))
 
 
 @router.patch(
@@ -100,7 +94,7 @@ async def update_customer(
         session, access, assign, customer_id, body, if_match,
         require_if_match=get_settings().require_if_match,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.delete(
@@ -124,7 +118,7 @@ async def delete_customer(
 async def restore_customer(
     customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession
 ) -> Response:
-    return _with_etag(await service.restore_customer(session, access, customer_id))
+    return with_etag(await service.restore_customer(session, access, customer_id))
 
 
 @router.post(
@@ -168,6 +162,6 @@ async def transfer_customer(
     session: WriteSession, if_match: IfMatch = None,
 ) -> Response:
     """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer."""
-    return _with_etag(
+    return with_etag(
         await service.transfer_customer(session, access, customer_id, body, if_match)
     )
