@@ -88,7 +88,9 @@ class Placement:
 class Samples:
     """Test hooks: how the generated conformance tests (tests/test_conformance.py) make a
     valid record of this resource through the API. ``create`` gets the refs it may need
-    (``owner_id``; ``parent_id`` for a parent-scoped resource) and returns a create body;
+    (``owner_id``; ``parent_id`` for a parent-scoped resource; ``unique``, a fresh hex
+    string for fields that must be unique) and returns a create body, with a value for
+    every sensitive field;
     ``patch`` is a valid change; ``wrong_type`` a body field with a value of the wrong
     JSON type."""
 
@@ -97,8 +99,8 @@ class Samples:
     create: Callable[[Mapping[str, str]], dict[str, Any]]
     patch: dict[str, Any]
     wrong_type: dict[str, Any]
-    #: Sensitive values a create may carry (so masking can be checked), by field.
-    sensitive_values: dict[str, str] = field(default_factory=dict)
+    #: A ``q`` term matching the sample record (``None``: the resource has no search).
+    search: str | None = None
 
 
 @dataclass(eq=False)
