@@ -319,6 +319,29 @@ async def check_bad_input(subject: Subject) -> None:
         assert (await admin.get(url)).json() == row
 
 
+async def check_every_write_is_audited(subject: Subject) -> None:
+    """Create, update, delete and restore each leave one audit event of the resource, and
+    no sensitive value appears in clear in the trail."""
+    w = await make_world(subject.engine)
+    async with as_user(subject, w.admin) as admin:
+        record, sent = await make_record(subject, admin, w.owner)
+        url = subject.url(record)
+        assert (await admin.patch(url, json=subject.samples.patch)).status_code == 200
+        assert (await admin.delete(url)).status_code == 204
+        assert (await admin.post(subject.url(record, "/restore"))).status_code == 200
+        async with subject.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT action, changes::text AS changes FROM audit_events "
+                         "WHERE resource_type = :name AND resource_id = :id"),
+                    {"name": subject.resource.name, "id": uuid.UUID(record["id"])},
+                )
+            ).all()
+    assert sorted(r.action for r in rows) == ["create", "delete", "restore", "update"], rows
+    for field in subject.resource.sensitive:
+        assert all(sent[field] not in r.changes for r in rows), (field, rows)
+
+
 CHECKS = [
     check_outsider_sees_nothing,
     check_subtree_visibility,
@@ -327,6 +350,7 @@ CHECKS = [
     check_if_match,
     check_idempotent_create,
     check_bad_input,
+    check_every_write_is_audited,
 ]
 
 
