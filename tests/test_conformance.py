@@ -254,6 +254,27 @@ async def check_if_match(subject: Subject) -> None:
         assert fresh.headers["etag"] != etag
 
 
+async def check_if_match_required(subject: Subject) -> None:
+    """With ``require_if_match`` in the settings the app was created with, a PATCH or DELETE
+    without ``If-Match`` is a 428 and changes nothing; with it, it goes through."""
+    w = await make_world(subject.engine)
+    settings = subject.app.state.settings
+    async with as_user(subject, w.admin) as admin:
+        record, _ = await make_record(subject, admin, w.owner)
+        url = subject.url(record)
+        got = await admin.get(url)
+        subject.app.state.settings = settings.model_copy(update={"require_if_match": True})
+        try:
+            problem(await admin.patch(url, json=subject.samples.patch), 428, "if_match_required")
+            problem(await admin.delete(url), 428, "if_match_required")
+            assert (await admin.get(url)).json() == got.json()
+            etag = {"If-Match": got.headers["etag"]}
+            changed = await admin.patch(url, json=subject.samples.patch, headers=etag)
+            assert changed.status_code == 200, changed.text
+        finally:
+            subject.app.state.settings = settings
+
+
 async def check_idempotent_create(subject: Subject) -> None:
     """The same ``Idempotency-Key`` and body replays the first response (one record); the
     same key with another body is a 422 and writes nothing."""
@@ -348,6 +369,7 @@ CHECKS = [
     check_masking,
     check_pagination_over_ties,
     check_if_match,
+    check_if_match_required,
     check_idempotent_create,
     check_bad_input,
     check_every_write_is_audited,

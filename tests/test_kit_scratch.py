@@ -33,7 +33,7 @@ from crm_api.db.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, Vers
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
-from crm_api.kit.concurrency import IfMatch
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.pagination import ListQuery
 from crm_api.kit.resource import OwnerScoped, Resource, Samples, ScopedSelect
@@ -192,9 +192,11 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
     @router.patch("/{note_id}")
     async def update_note(
         note_id: uuid.UUID, body: NoteUpdate, access: Update, assign: Assign,
-        session: WriteSession, if_match: IfMatch = None,
+        session: WriteSession, strict: RequireIfMatch, if_match: IfMatch = None,
     ) -> Response:
-        locked = await lifecycle.lock_or_404(session, R, access, note_id, if_match=if_match)
+        locked = await lifecycle.lock_or_404(
+            session, R, access, note_id, if_match=if_match, require_if_match=strict
+        )
         before, changes = await lifecycle.prepare_update(
             session, R, access, assign, locked, body.model_dump(exclude_unset=True),
             not_nullable={"title"}, users=users,
@@ -205,9 +207,10 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
 
     @router.delete("/{note_id}", status_code=204)
     async def delete_note(
-        note_id: uuid.UUID, access: Delete, session: WriteSession, if_match: IfMatch = None
+        note_id: uuid.UUID, access: Delete, session: WriteSession, strict: RequireIfMatch,
+        if_match: IfMatch = None,
     ) -> Response:
-        await lifecycle.soft_delete(session, R, access, note_id, if_match, require_if_match=False)
+        await lifecycle.soft_delete(session, R, access, note_id, if_match, require_if_match=strict)
         return Response(status_code=204)
 
     @router.post("/{note_id}/restore")

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import require
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.contact import service
 from crm_api.contact.schemas import (
     Contact,
@@ -25,7 +24,7 @@ from crm_api.contact.schemas import (
     CustomerContactListQuery,
 )
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
@@ -105,13 +104,13 @@ async def get_contact(
 )
 async def update_contact(
     contact_id: uuid.UUID, body: ContactUpdate, access: ContactsUpdate, session: WriteSession,
-    if_match: IfMatch = None,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412.
     `is_primary: true` demotes the customer's previous primary contact."""
     row = await service.update_contact(
         session, access, contact_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return with_etag(row)
 
@@ -121,10 +120,11 @@ async def update_contact(
     status_code=204, responses=problems(404, 412, 428),
 )
 async def delete_contact(
-    contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession, if_match: IfMatch = None
+    contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     await service.delete_contact(
-        session, access, contact_id, if_match, require_if_match=get_settings().require_if_match
+        session, access, contact_id, if_match, require_if_match=strict
     )
     return Response(status_code=204)
 

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import optional, require
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.customer import service
 from crm_api.customer.schemas import (
     Customer,
@@ -19,7 +18,7 @@ from crm_api.customer.schemas import (
     TransferResult,
 )
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
@@ -87,12 +86,13 @@ async def get_customer(
 )
 async def update_customer(
     customer_id: uuid.UUID, body: CustomerUpdate, access: CustomersUpdate,
-    assign: CustomersAssign, session: WriteSession, if_match: IfMatch = None,
+    assign: CustomersAssign, session: WriteSession, strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412."""
     row = await service.update_customer(
         session, access, assign, customer_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return with_etag(row)
 
@@ -102,10 +102,11 @@ async def update_customer(
     status_code=204, responses=problems(404, 412, 428),
 )
 async def delete_customer(
-    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession, if_match: IfMatch = None
+    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     await service.delete_customer(
-        session, access, customer_id, if_match, require_if_match=get_settings().require_if_match
+        session, access, customer_id, if_match, require_if_match=strict
     )
     return Response(status_code=204)
 
