@@ -57,6 +57,25 @@ class Users(Protocol):
 Overrides = Mapping[str, Callable[[], ProblemError]]
 
 
+def _audit(
+    session: AsyncSession,
+    access: Access,
+    resource: Resource,
+    action: str,
+    record_id: uuid.UUID,
+    placement: Placement,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> None:
+    """One audit event with the field-level diff (sensitive values hidden), filed under the
+    record's placement (its parent's for a child), so the trail is scoped like the records."""
+    audit.record(
+        session, access.principal, action=action, resource_type=resource.name,
+        resource_id=record_id, changes=audit.diff(before, after, resource.sensitive),
+        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
+    )
+
+
 # --- flush -----------------------------------------------------------------------------------
 async def flush(
     session: AsyncSession, resource: Resource, overrides: Overrides | None = None
@@ -223,11 +242,7 @@ async def insert(
     session.add(obj)
     await flush(session, resource, overrides)
     after = to_dict(resource, obj)
-    audit.record(
-        session, access.principal, action="create", resource_type=resource.name,
-        resource_id=obj.id, changes=audit.diff(None, after, resource.sensitive),
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-    )
+    _audit(session, access, resource, "create", obj.id, placement, None, after)
     return await present(session, resource, access, after, placement)
 
 
@@ -291,11 +306,7 @@ async def save_changes(
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
-    audit.record(
-        session, access.principal, action="update", resource_type=resource.name,
-        resource_id=row.id, changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-    )
+    _audit(session, access, resource, "update", row.id, placement, before, after)
     return await present(session, resource, access, after, placement)
 
 
@@ -314,16 +325,13 @@ async def soft_delete(
         session, resource, access, record_id, if_match=if_match,
         require_if_match=require_if_match,
     )
+    before = to_dict(resource, locked.row)
     now = datetime.now(UTC)
     locked.row.deleted_at = now
     locked.row.updated_at = now
     await session.flush()
-    placement = locked.placement
-    audit.record(
-        session, access.principal, action="delete", resource_type=resource.name,
-        resource_id=locked.id, changes={"deleted_at": {"before": None, "after": now.isoformat()}},
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-    )
+    after = to_dict(resource, locked.row)
+    _audit(session, access, resource, "delete", locked.id, locked.placement, before, after)
     return locked
 
 
@@ -350,11 +358,7 @@ async def restore(
     await flush(session, resource, overrides)
     after = to_dict(resource, locked.row)
     placement = locked.placement
-    audit.record(
-        session, access.principal, action="restore", resource_type=resource.name,
-        resource_id=locked.id, changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-    )
+    _audit(session, access, resource, "restore", locked.id, placement, before, after)
     return await present(session, resource, access, after, placement)
 
 
@@ -371,8 +375,4 @@ async def purge(
     placement = locked.placement
     await session.delete(locked.row)
     await session.flush()
-    audit.record(
-        session, access.principal, action="purge", resource_type=resource.name,
-        resource_id=record_id, changes=audit.diff(before, None, resource.sensitive),
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-    )
+    _audit(session, access, resource, "purge", record_id, placement, before, None)
