@@ -1,10 +1,11 @@
 """All SQL of contacts.
 
 Contacts have no owner of their own: a contact is visible exactly when its customer is
-(live, and inside the caller's scope on the ``contacts`` resource). That predicate,
-:func:`customer_in_scope`, is built by :func:`crm_api.authz.scope.scope_clause` and is part
-of every statement that finds a contact or a customer for the caller (lists, single reads,
-locks), so they cannot disagree, and nothing is filtered in Python. The two helpers that
+(live, and inside the caller's scope on the ``contacts`` resource). The registry declares
+that (``CONTACTS``: ``ParentScoped(CUSTOMERS, "customer_id")``) and the kit builds the
+predicate for every read and lock (:mod:`crm_api.kit.resource`); :func:`customer_in_scope`
+is the same rule for the statements here that find the customer itself, so they cannot
+disagree, and nothing is filtered in Python. The two helpers that
 take no ``Access`` (:func:`demote_primary`, :func:`has_primary`) only run once the
 customer has been found that way.
 """
