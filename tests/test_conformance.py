@@ -386,3 +386,19 @@ async def test_registered_resource_conforms(app, engine, name, check):
 def test_every_registered_resource_declares_samples():
     for resource in REGISTRY.values():
         assert resource.samples is not None, resource.name
+
+
+def test_only_the_kit_makes_a_scoped_select():
+    """``ScopedSelect`` is a ``NewType``: mypy refuses a plain ``Select`` where the kit's
+    readers want one, but a cast would pass. No source file but the kit's own casts."""
+    from pathlib import Path
+
+    import crm_api
+
+    root = Path(crm_api.__file__).parent
+    allowed = {root / "kit" / "resource.py"}
+    casting = [
+        str(p.relative_to(root)) for p in root.rglob("*.py")
+        if p not in allowed and "ScopedSelect(" in p.read_text(encoding="utf-8")
+    ]
+    assert casting == []
