@@ -402,3 +402,46 @@ def test_only_the_kit_makes_a_scoped_select():
         if p not in allowed and "ScopedSelect(" in p.read_text(encoding="utf-8")
     ]
     assert casting == []
+
+
+_UNSCOPED_READ = '''
+from typing import Any
+
+from sqlalchemy import select
+
+from crm_api.authz.types import Access
+from crm_api.kit import resource as kit
+from crm_api.kit.pagination import PageParams
+from crm_api.models.customer import Customer
+from crm_api.resources import CUSTOMERS
+
+
+async def unscoped(conn: kit.Executor, access: Access, params: PageParams) -> Any:
+    return await kit.fetch_page(conn, CUSTOMERS, access, select(Customer.id), params)
+
+
+async def scoped(conn: kit.Executor, access: Access, params: PageParams) -> Any:
+    stmt = kit.narrow(kit.scoped(CUSTOMERS, access), Customer.name == "x")
+    return await kit.fetch_page(conn, CUSTOMERS, access, stmt, params)
+'''
+
+
+def test_an_unscoped_read_does_not_type_check(tmp_path):
+    """mypy (strict, the project's configuration) refuses a plain ``Select`` where the kit's
+    readers want a ``ScopedSelect``, and accepts the kit's scoped, narrowed statement."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    snippet = tmp_path / "reads.py"
+    snippet.write_text(_UNSCOPED_READ, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--config-file", str(root / "pyproject.toml"),
+         str(snippet)],
+        cwd=root, capture_output=True, text=True, check=False,
+    )
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, result.stdout
+    assert 'incompatible type "Select[UUID]"; expected "ScopedSelect"' in errors[0], errors
+    assert "reads.py:14:" in errors[0], errors  # the unscoped function, not the scoped one
