@@ -19,13 +19,13 @@ What a declaration fixes, so that no repository or service can get it wrong by h
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -289,8 +289,6 @@ async def fetch_page(
     query = _with_flag(resource, access, stmt)
     total = None
     if params.include_total:
-        from sqlalchemy import func
-
         count_stmt = select(func.count()).select_from(query.order_by(None).subquery())
         total = (await executor.execute(count_stmt)).scalar_one()
     paged = apply_keyset(query, resource.sort_columns, resource.id_column, params)
@@ -393,7 +391,3 @@ async def lock(
     if isinstance(resource.scoping, ParentScoped):
         return Locked(resource, row[0], Placement(row[1], row[2]))
     return Locked(resource, row[0])
-
-
-def names(resources: Iterable[Resource]) -> tuple[str, ...]:
-    return tuple(r.name for r in resources)
