@@ -89,6 +89,7 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     from crm_api.customer import repository as repo
     from crm_api.customer.schemas import CustomerListQuery
     from crm_api.db.engine import create_database
+    from crm_api.kit import resource as kit
     from crm_api.main import create_app
 
     args = argparse.Namespace(database_url=url, client="python", token=None, sample=1000,
@@ -136,12 +137,12 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     db = create_database(settings)
 
     async def rd_get() -> None:
-        await repo.get_row(db.reads.reader, login.access, one_id)
+        await kit.get_row(db.reads.reader, repo.R, login.access, repo.scoped(login.access), one_id)
 
     async def rd_list() -> None:
         await repo.list_page(db.reads.reader, login.access, query)
 
-    await measure("get  reader: repository.get_row (build, compile, acquire, run)", rd_get)
+    await measure("get  reader: kit get_row (build, compile, acquire, run)", rd_get)
     await measure("list reader: repository.list_page (build, compile, acquire, run)", rd_list)
     await db.dispose()
 

@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import count_rows, problem
 from crm_api.authz.types import Access, Principal, PrincipalKind, Scope, ScopeKind
-from crm_api.contact import repository, service
+from crm_api.contact import repository
 from crm_api.contact.schemas import ContactListQuery
+from crm_api.kit.resource import get_row, mask_row
+from crm_api.resources import CONTACTS
 from factories.contacts import create_contact
 from factories.customers import create_customer
 from factories.identity import make_org_unit, make_user
@@ -111,8 +113,10 @@ async def test_scope_predicate_is_sql_over_the_customer(client, engine):
     async with engine.connect() as conn:
         page = await repository.list_page(conn, access, ContactListQuery())
         assert [r["id"] for r in page["data"]] == [uuid.UUID(east_contact["id"])]
-        assert await repository.get_row(conn, access, uuid.UUID(west_contact["id"])) is None
-        assert await repository.get_row(conn, access, uuid.UUID(gone_contact["id"])) is None
+        west_id = uuid.UUID(west_contact["id"])
+        assert await get_row(conn, CONTACTS, access, repository.scoped(access), west_id) is None
+        gone_id = uuid.UUID(gone_contact["id"])
+        assert await get_row(conn, CONTACTS, access, repository.scoped(access), gone_id) is None
         # A principal missing what its scope needs matches nothing (fail closed).
         homeless = Principal(
             kind=PrincipalKind.user, id=uuid.uuid4(), name="nobody", roles=frozenset()
@@ -157,17 +161,17 @@ async def test_mobile_shown_per_row_within_the_read_sensitive_scope(client, clie
         assert unchanged.json()["mobile"] == expected[name]
 
 
-def test_present_masks_mobile_without_read_sensitive():
+def test_the_read_path_masks_mobile_without_read_sensitive():
     principal = Principal(
         kind=PrincipalKind.user, id=uuid.uuid4(), name="u", roles=frozenset()
     )
     scope = Scope(frozenset({ScopeKind.all}))
     row = {"mobile": "+86 138 0013 8000", "phone": "+86 21 5555 0102"}
-    masked = service.present(dict(row), Access(principal, "contacts", "read", scope))
+    masked = mask_row(CONTACTS, Access(principal, "contacts", "read", scope), dict(row))
     assert masked == {"mobile": "****8000", "phone": "+86 21 5555 0102"}
-    shown = service.present(dict(row), Access(principal, "contacts", "read", scope, True))
+    shown = mask_row(CONTACTS, Access(principal, "contacts", "read", scope, True), dict(row))
     assert shown == row
-    assert service.present({"mobile": None}, Access(principal, "contacts", "read", scope)) == {
+    assert mask_row(CONTACTS, Access(principal, "contacts", "read", scope), {"mobile": None}) == {
         "mobile": None
     }
 

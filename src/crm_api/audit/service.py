@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -86,6 +87,26 @@ def record(
     )
     session.add(event)
     return event
+
+
+async def record_all(
+    session: AsyncSession,
+    principal: Principal,
+    events: Sequence[Mapping[str, Any]],
+) -> None:
+    """:func:`record` for many records at once (a bulk transfer), as one multi-row insert:
+    each event gives ``action``, ``resource_type``, ``resource_id``, ``changes``,
+    ``owner_id`` and ``org_unit_id``; who, when and the request id are filled in here."""
+    if not events:
+        return
+    now, request_id = datetime.now(UTC), request_id_var.get()
+    rows = [
+        {"id": uuid.uuid4(), "occurred_at": now, "actor_type": principal.kind.value,
+         "actor_id": principal.id, "request_id": request_id, **event}
+        for event in events
+    ]
+    table: Table = AuditEvent.__table__  # type: ignore[assignment]
+    await session.execute(insert(table), rows)
 
 
 async def list_events(

@@ -1,5 +1,5 @@
-"""The vocabulary grants may use: the resources some route enforces (plus those of the
-default grants) and the actions of :class:`~crm_api.authz.types.Action`."""
+"""The vocabulary grants may use: the registered resources, those some route enforces and
+those of the default grants, and the actions of :class:`~crm_api.authz.types.Action`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from crm_api.authz.defaults import DEFAULT_GRANTS
 from crm_api.authz.dependencies import PERMISSION_ATTR
 from crm_api.authz.types import Action
+from crm_api.resources import REGISTRY
 
 ACTIONS = frozenset(a.value for a in Action)
 #: Markers of routes that are open or act on the caller themself: not resources.
@@ -22,6 +23,7 @@ def known_resources(app: FastAPI) -> frozenset[str]:
     if cached is not None:
         return cached
     found = {res for grants in DEFAULT_GRANTS.values() for res, _, _ in grants if res != "*"}
+    found.update(REGISTRY)
     # iter_route_contexts: app.routes holds included routers, not their routes (FastAPI
     # keeps an included router whole); this walks the routes as mounted.
     for route in iter_route_contexts(app.routes):

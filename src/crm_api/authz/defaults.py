@@ -6,7 +6,11 @@ through the roles API. ``*`` matches any resource or action.
 
 from __future__ import annotations
 
-BUSINESS = ("customers", "contacts")
+from crm_api.resources import REGISTRY
+
+#: The registered business resources (crm_api/resources.py): the business roles' grants
+#: below cover each one as soon as it is registered.
+BUSINESS = tuple(r.name for r in REGISTRY.values() if r.grant_group == "business")
 SETTINGS = ("users", "org_units", "roles", "api_clients")
 
 BUILTIN_ROLES: dict[str, str] = {

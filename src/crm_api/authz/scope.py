@@ -4,8 +4,9 @@ The same function yields the ``WHERE`` clause of lists, searches, counts and exp
 check on a single record, so the two cannot disagree. Nothing here loads rows.
 
 Sensitive fields follow the same rule: :func:`sensitive_clause` is selected with each row as
-its :data:`UNMASKED` flag (:func:`with_unmasked`), evaluated on the owner and org unit of a
-row just written (:func:`unmasked_for`), and :func:`mask_sensitive` applies the flag.
+its :data:`UNMASKED` flag, or evaluated on the owner and org unit of a row just written
+(:func:`unmasked_for`); the resource kit's read path applies it
+(:func:`crm_api.kit.resource.mask_row`), so no service masks by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
-    Select,
     SQLColumnExpression,
     Uuid,
     any_,
@@ -33,7 +33,6 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access, Scope, ScopeKind
-from crm_api.kit.filtering import mask
 
 #: Key of the per-row "sensitive fields may be shown" flag in rows read for a response.
 UNMASKED = "_unmasked"
@@ -93,11 +92,6 @@ def per_row_sensitive(access: Access) -> bool:
     return not access.sensitive and access.sensitive_scope is not None
 
 
-def with_unmasked(stmt: Select[Any], unmasked: ColumnElement[bool]) -> Select[Any]:
-    """``stmt`` plus the :data:`UNMASKED` flag, ``unmasked`` being :func:`sensitive_clause`
-    over the owner and org unit that decide the row's scope."""
-    return stmt.add_columns(unmasked.label(UNMASKED))
-
 
 async def unmasked_for(
     session: AsyncSession, access: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None
@@ -110,16 +104,6 @@ async def unmasked_for(
     clause = sensitive_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
     return bool((await session.execute(select(clause))).scalar())
 
-
-def mask_sensitive(
-    row: dict[str, Any], access: Access, fields: Iterable[str]
-) -> dict[str, Any]:
-    """``row`` with ``fields`` masked unless its :data:`UNMASKED` flag (taken out of the row)
-    says they may be shown; a row without the flag is judged by ``access.sensitive``."""
-    if not row.pop(UNMASKED, access.sensitive):
-        for field in fields:
-            row[field] = mask(row[field])
-    return row
 
 
 def scope_clause(

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import require
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.contact import service
 from crm_api.contact.schemas import (
     Contact,
@@ -25,9 +24,9 @@ from crm_api.contact.schemas import (
     CustomerContactListQuery,
 )
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
@@ -45,12 +44,6 @@ ContactsPurge = Annotated[Access, require(R, Action.purge)]
 _CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": ETAG_HEADER}}
 
 
-def _with_etag(row: dict[str, object], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}  # type: ignore[call-overload]
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
-
 
 async def _create(
     request: Request, session: WriteSession, access: Access, customer_id: uuid.UUID,
@@ -58,7 +51,7 @@ async def _create(
 ) -> Response:
     async def produce() -> Response:
         row = await service.create_contact(session, access, customer_id, body)
-        return _with_etag(row, 201, f"/v1/contacts/{row['id']}")
+        return with_etag(row, 201, f"/v1/contacts/{row['id']}")
 
     return await idempotent(
         session, access.principal, idempotency_key, method="POST",
@@ -101,7 +94,7 @@ async def create_contact(
 async def get_contact(
     contact_id: uuid.UUID, access: ContactsRead, conn: ReadConnection
 ) -> Response:
-    return _with_etag(await service.get_contact(conn, access, contact_id))
+    return with_etag(await service.get_contact(conn, access, contact_id))
 
 
 @router.patch(
@@ -111,15 +104,15 @@ async def get_contact(
 )
 async def update_contact(
     contact_id: uuid.UUID, body: ContactUpdate, access: ContactsUpdate, session: WriteSession,
-    if_match: IfMatch = None,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412.
     `is_primary: true` demotes the customer's previous primary contact."""
     row = await service.update_contact(
         session, access, contact_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.delete(
@@ -127,10 +120,11 @@ async def update_contact(
     status_code=204, responses=problems(404, 412, 428),
 )
 async def delete_contact(
-    contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession, if_match: IfMatch = None
+    contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     await service.delete_contact(
-        session, access, contact_id, if_match, require_if_match=get_settings().require_if_match
+        session, access, contact_id, if_match, require_if_match=strict
     )
     return Response(status_code=204)
 
@@ -144,7 +138,7 @@ async def restore_contact(
 ) -> Response:
     """A contact that was primary comes back as a plain contact if its customer has
     another primary by now."""
-    return _with_etag(await service.restore_contact(session, access, contact_id))
+    return with_etag(await service.restore_contact(session, access, contact_id))
 
 
 @router.post(

@@ -1,10 +1,11 @@
 """All SQL of contacts.
 
 Contacts have no owner of their own: a contact is visible exactly when its customer is
-(live, and inside the caller's scope on the ``contacts`` resource). That predicate,
-:func:`customer_in_scope`, is built by :func:`crm_api.authz.scope.scope_clause` and is part
-of every statement that finds a contact or a customer for the caller (lists, single reads,
-locks), so they cannot disagree, and nothing is filtered in Python. The two helpers that
+(live, and inside the caller's scope on the ``contacts`` resource). The registry declares
+that (``CONTACTS``: ``ParentScoped(CUSTOMERS, "customer_id")``) and the kit builds the
+predicate for every read and lock (:mod:`crm_api.kit.resource`); :func:`customer_in_scope`
+is the same rule for the statements here that find the customer itself, so they cannot
+disagree, and nothing is filtered in Python. The two helpers that
 take no ``Access`` (:func:`demote_primary`, :func:`has_primary`) only run once the
 customer has been found that way.
 """
@@ -16,17 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, select, update
+from sqlalchemy import ColumnElement, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import (
-    per_row_sensitive,
-    scope_clause,
-    sensitive_clause,
-    with_unmasked,
-)
+from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
+from crm_api.kit import resource as kit
 from crm_api.kit.filtering import (
     FIELD_SEPARATOR,
     contains_lowered,
@@ -34,21 +31,15 @@ from crm_api.kit.filtering import (
     one_of,
     time_range,
 )
-from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.resource import Executor, Placement, ScopedSelect
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
+from crm_api.resources import CONTACTS
 
-#: What a row read for a response, an audit diff or a write carries: every column but the
-#: internal, generated search columns.
-COLUMNS = [c for c in columns_of(Contact) if c.key not in ("search_name", "search_text")]
+R = CONTACTS
 #: Table columns (typed ``ColumnElement``, which the kit and authz helpers take).
 c = Contact.__table__.c
 cu = Customer.__table__.c
-SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
-    ContactSort.created_at: c.created_at,
-    ContactSort.updated_at: c.updated_at,
-    ContactSort.name: c.name,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,47 +51,20 @@ class Parent:
     owner_id: uuid.UUID
     org_unit_id: uuid.UUID | None
 
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.owner_id, self.org_unit_id)
+
 
 def customer_in_scope(access: Access) -> ColumnElement[bool]:
     """Live customers ``access`` covers (a predicate on ``customers``)."""
     return and_(cu.deleted_at.is_(None), scope_clause(access, cu.owner_id, cu.org_unit_id))
 
 
-def visible(access: Access) -> ColumnElement[bool]:
-    """Contacts whose customer ``access`` covers: the contacts' scope predicate.
-
-    An ``IN`` over customers rather than a correlated ``EXISTS``: PostgreSQL plans both as
-    the same semi-join here, but this one also reads (and compiles) on its own, as the
-    access explainer shows it."""
-    return _of_customers(customer_in_scope(access))
-
-
-def unmasked(access: Access) -> ColumnElement[bool]:
-    """Contacts whose ``mobile`` ``access`` may show: their customer lies in the caller's
-    read_sensitive scope on contacts (the per-row flag read with every row for a response;
-    the service masks the rest). Built like :func:`visible`; a constant, with no subquery,
-    when the answer is the same for every row."""
-    flag = sensitive_clause(access, cu.owner_id, cu.org_unit_id)
-    return _of_customers(flag) if per_row_sensitive(access) else flag
-
-
-def _of_customers(customers: ColumnElement[bool]) -> ColumnElement[bool]:
-    """Contacts of the customers matching ``customers`` (a predicate on ``customers``)."""
-    return c.customer_id.in_(select(cu.id).where(customers))
-
-
-def _live(deleted: bool) -> ColumnElement[bool]:
-    return Contact.deleted_at.is_not(None) if deleted else Contact.deleted_at.is_(None)
-
-
-#: Built once (select() coerces every column anew each time).
-_LIVE = select(*COLUMNS).where(_live(False))
-_TRASH = select(*COLUMNS).where(_live(True))
-
-
-def scoped(access: Access, *, deleted: bool = False) -> Select[Any]:
-    """Contacts ``access`` covers; live ones, or only the trash with ``deleted``."""
-    return (_TRASH if deleted else _LIVE).where(visible(access))
+def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
+    """Contacts ``access`` covers (their customer is live and covered); live ones, or only
+    the trash with ``deleted``."""
+    return kit.scoped(R, access, deleted=deleted)
 
 
 def _primary(wanted: bool | None) -> ColumnElement[bool] | None:
@@ -127,12 +91,12 @@ def filtered(
     access: Access,
     query: CustomerContactListQuery,
     customer_id: uuid.UUID | None = None,
-) -> Select[Any]:
+) -> ScopedSelect:
     """The scoped statement narrowed by the query's filters (and to one customer when
     listing under ``/customers/{id}/contacts``)."""
-    stmt = scoped(access, deleted=query.deleted)
     ids = query.customer_id if isinstance(query, ContactListQuery) else None
-    clauses: list[ColumnElement[bool] | None] = [
+    return kit.narrow(
+        scoped(access, deleted=query.deleted),
         Contact.customer_id == customer_id if customer_id is not None else None,
         one_of(c.customer_id, ids),
         Contact.email == query.email if query.email else None,
@@ -140,9 +104,7 @@ def filtered(
         _search(query.q) if query.q else None,
         *time_range(c.created_at, query.created_after, query.created_before),
         *time_range(c.updated_at, query.updated_after, query.updated_before),
-    ]
-    present = [c for c in clauses if c is not None]
-    return stmt.where(and_(*present)) if present else stmt
+    )
 
 
 async def list_page(
@@ -151,37 +113,10 @@ async def list_page(
     query: CustomerContactListQuery,
     customer_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
-    return await fetch_page(
-        executor, with_unmasked(filtered(access, query, customer_id), unmasked(access)),
-        SORT_COLUMNS, c.id, query.page(ContactSort),
+    """One page of the contacts ``access`` covers, masked (the kit's read path)."""
+    return await kit.fetch_page(
+        executor, R, access, filtered(access, query, customer_id), query.page(ContactSort)
     )
-
-
-async def get_row(
-    executor: Executor, access: Access, contact_id: uuid.UUID
-) -> dict[str, Any] | None:
-    stmt = with_unmasked(scoped(access).where(Contact.id == contact_id), unmasked(access))
-    row = (await executor.execute(stmt)).mappings().first()
-    return dict(row) if row is not None else None
-
-
-async def lock(
-    session: AsyncSession, access: Access, contact_id: uuid.UUID, *, deleted: bool = False
-) -> tuple[Contact, Parent] | None:
-    """The ORM row, locked ``FOR UPDATE`` (the contact only, not its customer), and its
-    customer, if ``access`` covers it. The join carries the same predicate as
-    :func:`visible`; it also yields the owner the audit event is filed under."""
-    stmt = (
-        select(Contact, Customer.owner_id, Customer.org_unit_id)
-        .join(Customer, Customer.id == Contact.customer_id)
-        .where(Contact.id == contact_id, _live(deleted), customer_in_scope(access))
-        .with_for_update(of=Contact)
-    )
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        return None
-    contact = row[0]
-    return contact, Parent(contact.customer_id, row.owner_id, row.org_unit_id)
 
 
 async def find_parent(

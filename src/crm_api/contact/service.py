@@ -21,12 +21,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
-from crm_api.authz.masking import reject_masked, resolve_masked
-from crm_api.authz.scope import UNMASKED, mask_sensitive, unmasked_for
 from crm_api.authz.types import Access
 from crm_api.contact import repository as repo
 from crm_api.contact.repository import Parent
@@ -39,17 +36,15 @@ from crm_api.contact.schemas import (
     CustomerContactListQuery,
 )
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, NotFound, UnprocessableEntity
-from crm_api.kit.concurrency import check_if_match
-from crm_api.kit.repository import to_dict
-from crm_api.models.contact import Contact
+from crm_api.errors import NotFound, ProblemError, UnprocessableEntity
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Locked
+from crm_api.resources import CONTACTS
 
-RESOURCE = "contacts"
-SENSITIVE = ("mobile",)
-
-
-def not_found(contact_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No contact {contact_id}.", code="contact_not_found")
+R = CONTACTS
+#: The customer went away between our check and our write.
+_CUSTOMER_FK = "fk_contacts_customer_id_customers"
 
 
 def customer_not_found(customer_id: uuid.UUID) -> NotFound:
@@ -67,29 +62,11 @@ def invalid_customer() -> UnprocessableEntity:
     )
 
 
-def present(row: dict[str, Any], access: Access) -> dict[str, Any]:
-    """What the caller may see of a row: ``mobile`` masked outside the caller's
-    read_sensitive scope, which reaches a contact through its customer (rows read through
-    the repository carry the per-row flag)."""
-    return mask_sensitive(row, access, SENSITIVE)
-
-
-async def present_one(
-    session: AsyncSession, access: Access, row: dict[str, Any], parent: Parent
-) -> dict[str, Any]:
-    """:func:`present` for a row just written (no flag read with it), judged by its
-    customer's owner and org unit."""
-    row[UNMASKED] = await unmasked_for(session, access, parent.owner_id, parent.org_unit_id)
-    return present(row, access)
-
-
 # --- reads -------------------------------------------------------------------------------
 async def list_contacts(
     conn: Reader, access: Access, query: ContactListQuery
 ) -> dict[str, Any]:
-    page = await repo.list_page(conn, access, query)
-    page["data"] = [present(r, access) for r in page["data"]]
-    return page
+    return await repo.list_page(conn, access, query)
 
 
 async def list_customer_contacts(
@@ -99,40 +76,16 @@ async def list_customer_contacts(
     page, so a client can tell "no contacts" from "wrong customer"."""
     if await repo.find_parent(conn, access, customer_id) is None:
         raise customer_not_found(customer_id)
-    page = await repo.list_page(conn, access, query, customer_id)
-    page["data"] = [present(r, access) for r in page["data"]]
-    return page
+    return await repo.list_page(conn, access, query, customer_id)
 
 
 async def get_contact(
     conn: Reader, access: Access, contact_id: uuid.UUID
 ) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, contact_id)
-    if row is None:
-        raise not_found(contact_id)
-    return present(row, access)
+    return await kit.read_or_404(conn, R, access, contact_id)
 
 
 # --- writes ------------------------------------------------------------------------------
-async def _flush(
-    session: AsyncSession, customer_id: uuid.UUID, missing: Exception | None = None
-) -> None:
-    """Flush, turning the constraint violations a concurrent writer could still cause into
-    the errors the API documents (``missing`` when the customer went away)."""
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        text = str(exc.orig)
-        if "uq_contacts_one_primary" in text:
-            raise Conflict(
-                "Another contact of this customer became primary at the same time; retry.",
-                code="primary_contact_conflict",
-            ) from exc
-        if "fk_contacts_customer_id_customers" in text:
-            raise (missing or customer_not_found(customer_id)) from exc
-        raise
-
-
 async def _demote_primary(
     session: AsyncSession, access: Access, parent: Parent, *, keep: uuid.UUID | None,
     now: datetime,
@@ -141,10 +94,11 @@ async def _demote_primary(
     of that contact. The caller holds the customer's lock (``find_parent(for_primary)``)."""
     for demoted in await repo.demote_primary(session, parent.id, keep=keep, now=now):
         audit.record(
-            session, access.principal, action="update", resource_type=RESOURCE,
+            session, access.principal, action="update", resource_type=R.name,
             resource_id=demoted, changes={"is_primary": {"before": True, "after": False}},
             owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
         )
+
 
 
 async def create_contact(
@@ -154,30 +108,24 @@ async def create_contact(
     contacts scope: else 404 ``customer_not_found`` when it comes from the URL path, 422
     ``invalid_customer`` when ``data`` is a :class:`ContactCreate` (it names the customer
     in the body; its ``customer_id`` is the one passed here)."""
-    reject_masked(data.model_dump(include=set(SENSITIVE)), SENSITIVE)
-    missing = (
-        invalid_customer() if isinstance(data, ContactCreate) else customer_not_found(customer_id)
+    values, _ = await lifecycle.prepare_create(
+        session, R, access, None, data.model_dump(exclude={"customer_id"})
     )
+
+    def missing() -> ProblemError:
+        if isinstance(data, ContactCreate):
+            return invalid_customer()
+        return customer_not_found(customer_id)
+
     parent = await repo.find_parent(session, access, customer_id, for_primary=data.is_primary)
     if parent is None:
-        raise missing
-    now = datetime.now(UTC)
+        raise missing()
     if data.is_primary:
-        await _demote_primary(session, access, parent, keep=None, now=now)
-    values = data.model_dump(exclude={"customer_id"})
-    contact = Contact(
-        id=uuid.uuid4(), customer_id=parent.id, created_at=now, updated_at=now,
-        deleted_at=None, version=1, **values,
+        await _demote_primary(session, access, parent, keep=None, now=datetime.now(UTC))
+    return await lifecycle.insert(
+        session, R, access, {**values, "customer_id": parent.id, "deleted_at": None},
+        parent.placement, overrides={_CUSTOMER_FK: missing},
     )
-    session.add(contact)
-    await _flush(session, parent.id, missing)
-    after = to_dict(contact, repo.COLUMNS)
-    audit.record(
-        session, access.principal, action="create", resource_type=RESOURCE,
-        resource_id=contact.id, changes=audit.diff(None, after, SENSITIVE),
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
-    )
-    return await present_one(session, access, after, parent)
 
 
 async def update_contact(
@@ -191,47 +139,20 @@ async def update_contact(
 ) -> dict[str, Any]:
     """Change the fields sent. Nothing actually different: no write, no event, same
     version. ``is_primary: true`` demotes the customer's previous primary contact."""
-    locked = await repo.lock(session, access, contact_id)
-    if locked is None:
-        raise not_found(contact_id)
-    contact, parent = locked
-    check_if_match(if_match, contact.version, required=require_if_match)
-    sent = patch.model_dump(exclude_unset=True)
-    nulled = sorted(k for k, v in sent.items() if v is None and k in NOT_NULLABLE)
-    if nulled:
-        raise UnprocessableEntity(
-            "These fields cannot be null.", code="validation_error",
-            errors=[
-                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                for f in nulled
-            ],
-        )
-    before = to_dict(contact, repo.COLUMNS)
-    # the masking of a contact is its customer's: judged on the customer's owner and unit
-    sent = await resolve_masked(
-        session, access, sent, before, SENSITIVE,
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
+    locked = await lifecycle.lock_or_404(
+        session, R, access, contact_id, if_match=if_match, require_if_match=require_if_match
     )
-    changes = {k: v for k, v in sent.items() if before[k] != v}
-    if not changes:
-        return await present_one(session, access, before, parent)
-    now = datetime.now(UTC)
+    before, changes = await lifecycle.prepare_update(
+        session, R, access, None, locked, patch.model_dump(exclude_unset=True),
+        not_nullable=NOT_NULLABLE,
+    )
     if changes.get("is_primary") is True:
         # Demote first, then flush this one: the partial unique index never sees two.
-        if await repo.find_parent(session, access, parent.id, for_primary=True) is None:
-            raise not_found(contact_id)  # the customer went away while we waited
-        await _demote_primary(session, access, parent, keep=contact.id, now=now)
-    for key, value in changes.items():
-        setattr(contact, key, value)
-    contact.updated_at = now
-    await _flush(session, parent.id)
-    after = to_dict(contact, repo.COLUMNS)
-    audit.record(
-        session, access.principal, action="update", resource_type=RESOURCE,
-        resource_id=contact.id, changes=audit.diff(before, after, SENSITIVE),
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
-    )
-    return await present_one(session, access, after, parent)
+        parent = await repo.find_parent(session, access, locked.row.customer_id, for_primary=True)
+        if parent is None:
+            raise R.not_found(contact_id)  # the customer went away while we waited
+        await _demote_primary(session, access, parent, keep=contact_id, now=datetime.now(UTC))
+    return await lifecycle.save_changes(session, R, access, locked, before, changes)
 
 
 async def delete_contact(
@@ -240,19 +161,8 @@ async def delete_contact(
 ) -> None:
     """Soft delete. A primary contact keeps its flag in the trash (the customer simply
     has no primary until another is chosen or this one is restored)."""
-    locked = await repo.lock(session, access, contact_id)
-    if locked is None:
-        raise not_found(contact_id)
-    contact, parent = locked
-    check_if_match(if_match, contact.version, required=require_if_match)
-    now = datetime.now(UTC)
-    contact.deleted_at = now
-    contact.updated_at = now
-    await session.flush()
-    audit.record(
-        session, access.principal, action="delete", resource_type=RESOURCE,
-        resource_id=contact.id, changes={"deleted_at": {"before": None, "after": now.isoformat()}},
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
+    await lifecycle.soft_delete(
+        session, R, access, contact_id, if_match, require_if_match=require_if_match
     )
 
 
@@ -262,43 +172,21 @@ async def restore_contact(
     """Bring a deleted contact back. If it was primary and its customer has chosen another
     primary meanwhile, it comes back as a plain contact: restoring never silently
     demotes the contact somebody picked later."""
-    locked = await repo.lock(session, access, contact_id, deleted=True)
-    if locked is None:
-        raise NotFound(f"No deleted contact {contact_id}.", code="contact_not_found")
-    contact, parent = locked
-    before = to_dict(contact, repo.COLUMNS)
-    if contact.is_primary:
-        if await repo.find_parent(session, access, parent.id, for_primary=True) is None:
-            raise NotFound(f"No deleted contact {contact_id}.", code="contact_not_found")
-        if await repo.has_primary(session, parent.id):
+
+    async def keep_one_primary(locked: Locked) -> None:
+        contact = locked.row
+        if not contact.is_primary:
+            return
+        customer_id = contact.customer_id
+        if await repo.find_parent(session, access, customer_id, for_primary=True) is None:
+            raise R.not_found(contact_id, detail=f"No deleted contact {contact_id}.")
+        if await repo.has_primary(session, customer_id):
             contact.is_primary = False
-    contact.deleted_at = None
-    contact.updated_at = datetime.now(UTC)
-    await _flush(session, parent.id)
-    after = to_dict(contact, repo.COLUMNS)
-    audit.record(
-        session, access.principal, action="restore", resource_type=RESOURCE,
-        resource_id=contact.id, changes=audit.diff(before, after, SENSITIVE),
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
-    )
-    return await present_one(session, access, after, parent)
+
+    return await lifecycle.restore(session, R, access, contact_id, prepare=keep_one_primary)
 
 
 async def purge_contact(session: AsyncSession, access: Access, contact_id: uuid.UUID) -> None:
     """Remove a soft-deleted contact for good. A live contact is a 404: delete it first,
     so nothing disappears in one careless call."""
-    locked = await repo.lock(session, access, contact_id, deleted=True)
-    if locked is None:
-        raise NotFound(
-            f"No deleted contact {contact_id}; delete it before purging.",
-            code="contact_not_found",
-        )
-    contact, parent = locked
-    before = to_dict(contact, repo.COLUMNS)
-    await session.delete(contact)
-    await session.flush()
-    audit.record(
-        session, access.principal, action="purge", resource_type=RESOURCE,
-        resource_id=contact_id, changes=audit.diff(before, None, SENSITIVE),
-        owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
-    )
+    await lifecycle.purge(session, R, access, contact_id)

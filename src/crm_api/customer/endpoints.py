@@ -7,7 +7,6 @@ from fastapi import APIRouter, Request, Response
 
 from crm_api.authz.dependencies import optional, public, require
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.customer import service
 from crm_api.customer.schemas import (
     Customer,
@@ -19,9 +18,9 @@ from crm_api.customer.schemas import (
     TransferResult,
 )
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model, reserve_path
 from crm_api.kit.schemas import Page
 
@@ -35,12 +34,6 @@ CustomersDelete = Annotated[Access, require(R, Action.delete)]
 CustomersPurge = Annotated[Access, require(R, Action.purge)]
 CustomersAssign = Annotated[Access | None, optional(R, Action.assign)]
 
-
-def _with_etag(row: dict[str, object], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}  # type: ignore[call-overload]
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
 
 
 # Before the /{customer_id} routes, which would take "transfer" for an id (422).
@@ -73,7 +66,7 @@ async def create_customer(
 
     async def produce() -> Response:
         row = await service.create_customer(session, access, assign, body)
-        return _with_etag(row, 201, f"/v1/customers/{row['id']}")
+        return with_etag(row, 201, f"/v1/customers/{row['id']}")
 
     return await idempotent(
         session, access.principal, idempotency_key, method="POST",
@@ -88,7 +81,7 @@ async def create_customer(
 async def get_customer(
     customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection
 ) -> Response:
-    return _with_etag(await service.get_customer(conn, access, customer_id))
+    return with_etag(await service.get_customer(conn, access, customer_id))
 
 
 @router.patch(
@@ -97,14 +90,15 @@ async def get_customer(
 )
 async def update_customer(
     customer_id: uuid.UUID, body: CustomerUpdate, access: CustomersUpdate,
-    assign: CustomersAssign, session: WriteSession, if_match: IfMatch = None,
+    assign: CustomersAssign, session: WriteSession, strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412."""
     row = await service.update_customer(
         session, access, assign, customer_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.delete(
@@ -112,10 +106,11 @@ async def update_customer(
     status_code=204, responses=problems(404, 412, 428),
 )
 async def delete_customer(
-    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession, if_match: IfMatch = None
+    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     await service.delete_customer(
-        session, access, customer_id, if_match, require_if_match=get_settings().require_if_match
+        session, access, customer_id, if_match, require_if_match=strict
     )
     return Response(status_code=204)
 
@@ -128,7 +123,7 @@ async def delete_customer(
 async def restore_customer(
     customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession
 ) -> Response:
-    return _with_etag(await service.restore_customer(session, access, customer_id))
+    return with_etag(await service.restore_customer(session, access, customer_id))
 
 
 @router.post(
@@ -172,6 +167,6 @@ async def transfer_customer(
     session: WriteSession, if_match: IfMatch = None,
 ) -> Response:
     """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer."""
-    return _with_etag(
+    return with_etag(
         await service.transfer_customer(session, access, customer_id, body, if_match)
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Depends, Header, Request
 
 from crm_api.errors import PreconditionFailed, PreconditionRequired
 
@@ -31,6 +31,16 @@ IfMatch = Annotated[
         description="ETag from a previous GET; a stale value is answered with 412.",
     ),
 ]
+
+
+def _require_if_match(request: Request) -> bool:
+    return bool(request.app.state.settings.require_if_match)
+
+
+#: Whether writes must send ``If-Match`` (428 without), from the settings the app was
+#: created with (``app.state``), not the process-wide ones: ``create_app(settings)``
+#: decides.
+RequireIfMatch = Annotated[bool, Depends(_require_if_match)]
 
 
 def check_if_match(if_match: str | None, current_version: int, *, required: bool) -> None:

@@ -54,3 +54,15 @@ def json_response(
     return Response(
         dumps(content), status_code=status_code, headers=headers, media_type="application/json"
     )
+
+
+def with_etag(
+    row: Mapping[str, Any], status_code: int = 200, location: str | None = None
+) -> Response:
+    """A record as JSON with its ``ETag`` (its ``version``), and ``Location`` on a create."""
+    from crm_api.kit.concurrency import etag
+
+    headers = {"ETag": etag(int(row["version"]))}
+    if location:
+        headers["Location"] = location
+    return json_response(row, status_code, headers)

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Table, Uuid, and_, insert, literal, select, update
+from sqlalchemy import ColumnElement, Table, Uuid, and_, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_api.audit import service as audit
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.errors import UnprocessableEntity
-from crm_api.logs import request_id_var
-from crm_api.models.audit_event import AuditEvent
 
 
 def cast_table(model: Any) -> Table:
@@ -114,11 +113,9 @@ async def audit_moves(
     to_org_unit: uuid.UUID | None,
     action: str = "transfer",
 ) -> None:
-    """One audit event per moved record, inserted in one statement."""
-    if not moved:
-        return
-    principal, now, request_id = access.principal, datetime.now(UTC), request_id_var.get()
-    rows = []
+    """One audit event per moved record, through :func:`crm_api.audit.service.record_all`
+    (one statement)."""
+    events = []
     for m in moved:
         changes: dict[str, Any] = {
             owned.owner: {"before": str(m.owner_id), "after": str(to_owner)}
@@ -128,15 +125,11 @@ async def audit_moves(
                 "before": str(m.org_unit_id) if m.org_unit_id else None,
                 "after": str(to_org_unit) if to_org_unit else None,
             }
-        rows.append(
-            {
-                "id": uuid.uuid4(), "occurred_at": now, "actor_type": principal.kind.value,
-                "actor_id": principal.id, "action": action, "resource_type": owned.resource,
-                "resource_id": m.id, "owner_id": to_owner, "org_unit_id": to_org_unit,
-                "changes": changes, "request_id": request_id,
-            }
+        events.append(
+            {"action": action, "resource_type": owned.resource, "resource_id": m.id,
+             "owner_id": to_owner, "org_unit_id": to_org_unit, "changes": changes}
         )
-    await session.execute(insert(cast_table(AuditEvent)), rows)
+    await audit.record_all(session, access.principal, events)
 
 
 async def position_in_scope(

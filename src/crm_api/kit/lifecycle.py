@@ -1,0 +1,378 @@
+"""Lifecycle helpers of a declared :class:`~crm_api.kit.resource.Resource`: what every
+create, update, delete, restore and purge does, in one place, each auditing itself through
+:func:`crm_api.audit.service.record`.
+
+- lock-or-404 with ``If-Match`` (412, or 428 when settings require it): :func:`lock_or_404`;
+- the masked write-back rule (:mod:`crm_api.authz.masking`) for the declared sensitive
+  fields, and the owner/unit placement rule (:func:`crm_api.kit.transfer.check_placement`)
+  for an owned resource: :func:`prepare_create`, :func:`prepare_update`;
+- null checks and "nothing really changed → no write, no event": :func:`prepare_update`,
+  :func:`save_changes`;
+- soft delete, restore, purge: :func:`soft_delete`, :func:`restore`, :func:`purge`;
+- constraint name → the documented 409/422: :func:`flush`.
+
+Services call these and add their own rules in between (duplicates, a primary contact);
+they never commit (the request owns the transaction).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_api.audit import service as audit
+from crm_api.authz.masking import reject_masked, resolve_masked
+from crm_api.authz.types import Access, PrincipalKind
+from crm_api.errors import Forbidden, ProblemError, UnprocessableEntity
+from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.resource import (
+    Locked,
+    OwnerScoped,
+    Placement,
+    Resource,
+    lock,
+    present,
+    scoped_entity,
+    to_dict,
+)
+from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
+
+
+class Users(Protocol):
+    """Where owners are looked up (the user domain's service, passed in: the kit depends on
+    no domain)."""
+
+    async def get_active_user(
+        self, session: AsyncSession, user_id: uuid.UUID
+    ) -> Assignee | None: ...
+
+    async def find_user(self, session: AsyncSession, user_id: uuid.UUID) -> Assignee | None: ...
+
+
+Overrides = Mapping[str, Callable[[], ProblemError]]
+
+
+def _audit(
+    session: AsyncSession,
+    access: Access,
+    resource: Resource,
+    action: str,
+    record_id: uuid.UUID,
+    placement: Placement,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> None:
+    """One audit event with the field-level diff (sensitive values hidden), filed under the
+    record's placement (its parent's for a child), so the trail is scoped like the records."""
+    audit.record(
+        session, access.principal, action=action, resource_type=resource.name,
+        resource_id=record_id, changes=audit.diff(before, after, resource.sensitive),
+        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
+    )
+
+
+# --- flush -----------------------------------------------------------------------------------
+async def flush(
+    session: AsyncSession, resource: Resource, overrides: Overrides | None = None
+) -> None:
+    """Flush, turning a violation of a declared constraint (``resource.constraints``, then
+    ``overrides`` for this call) into the error it means; anything else propagates."""
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        for name, error in {**resource.constraints, **(overrides or {})}.items():
+            if name in text:
+                raise error() from exc
+        raise
+
+
+# --- locks -----------------------------------------------------------------------------------
+async def lock_or_404(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    *,
+    deleted: bool = False,
+    if_match: str | None = None,
+    require_if_match: bool = False,
+    detail: str | None = None,
+) -> Locked:
+    """The record ``access`` covers, locked ``FOR UPDATE`` (live, or in the trash with
+    ``deleted``), its ``If-Match`` checked against the locked version. Raises the
+    resource's 404, 412 ``version_mismatch``, 428 ``if_match_required``."""
+    locked = await lock(
+        session, resource, scoped_entity(resource, access, deleted=deleted), record_id
+    )
+    if locked is None:
+        raise resource.not_found(record_id, detail=detail)
+    check_if_match(if_match, locked.row.version, required=require_if_match)
+    return locked
+
+
+# --- owner and org unit ----------------------------------------------------------------------
+def _acting_user(access: Access) -> uuid.UUID | None:
+    # an API client acts through its service account: that user id is the principal's id,
+    # so what it creates is its own, like a person's
+    principal = access.principal
+    acting = principal.kind in (PrincipalKind.user, PrincipalKind.api_client)
+    return principal.id if acting else None
+
+
+async def place_new(
+    session: AsyncSession,
+    access: Access,
+    assign: Access | None,
+    owner_id: uuid.UUID | None,
+    org_unit_id: uuid.UUID | None,
+    users: Users,
+) -> Placement:
+    """Owner and org unit of a new owned record: the caller and their unit unless the body
+    names others, which needs ``assign`` and must satisfy :func:`check_placement`."""
+    acting_user = _acting_user(access)
+    if owner_id is None:
+        if acting_user is None:
+            raise UnprocessableEntity(
+                "owner_id is required when the caller is not a user.",
+                code="owner_required",
+                errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
+            )
+        owner_id = acting_user
+    chosen = owner_id != acting_user or org_unit_id is not None
+    if chosen and assign is None:
+        raise Forbidden(
+            "Setting another owner or the org unit needs the 'assign' permission.",
+            code="assign_not_allowed",
+        )
+    owner = await users.get_active_user(session, owner_id)
+    if owner is None:
+        raise invalid_owner()
+    unit = org_unit_id if org_unit_id is not None else owner.org_unit_id
+    if assign is not None and chosen:
+        await check_placement(session, assign, owner, unit)
+    return Placement(owner_id, unit)
+
+
+async def check_move(
+    session: AsyncSession,
+    assign: Access | None,
+    locked: Locked,
+    scoping: OwnerScoped,
+    changes: dict[str, Any],
+    users: Users,
+) -> None:
+    """An update that really changes the owner or org unit needs ``assign`` and must satisfy
+    :func:`check_placement`; a new owner brings their unit unless one is sent. (A client
+    that GETs a record and PATCHes it back whole sends the current values: no change.)"""
+    row = locked.row
+    owner_changed = scoping.owner in changes and changes[scoping.owner] != getattr(
+        row, scoping.owner
+    )
+    unit_changed = scoping.org_unit in changes and changes[scoping.org_unit] != getattr(
+        row, scoping.org_unit
+    )
+    if not (owner_changed or unit_changed):
+        return
+    if assign is None:
+        raise Forbidden(
+            "Changing the owner or org unit needs the 'assign' permission.",
+            code="assign_not_allowed",
+        )
+    owner: Assignee | None
+    if owner_changed:
+        owner = await users.get_active_user(session, changes[scoping.owner])
+        if owner is None:
+            raise invalid_owner()
+        changes.setdefault(scoping.org_unit, owner.org_unit_id)
+    else:
+        # the current owner stays (even if deactivated since); only the unit moves
+        owner = await users.find_user(session, getattr(row, scoping.owner))
+    await check_placement(
+        session, assign, owner, changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
+        check_owner=owner_changed,
+    )
+
+
+# --- create ----------------------------------------------------------------------------------
+async def prepare_create(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    assign: Access | None,
+    values: dict[str, Any],
+    users: Users | None = None,
+) -> tuple[dict[str, Any], Placement | None]:
+    """``values`` of a new record checked by the rules every resource shares: no masked
+    value in a sensitive field (422 ``masked_value``); for an owned resource, owner and
+    org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
+    record's :class:`Placement`."""
+    reject_masked(values, resource.sensitive)
+    scoping = resource.scoping
+    if not isinstance(scoping, OwnerScoped):
+        return values, None
+    assert users is not None, "an owned resource needs users to place its records"
+    placement = await place_new(
+        session, access, assign, values.pop(scoping.owner, None),
+        values.pop(scoping.org_unit, None), users,
+    )
+    values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
+    return values, placement
+
+
+async def insert(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    placement: Placement,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
+    as the caller may see it."""
+    now = datetime.now(UTC)
+    obj = resource.model(
+        id=uuid.uuid4(), created_at=now, updated_at=now, version=1, **values
+    )
+    session.add(obj)
+    await flush(session, resource, overrides)
+    after = to_dict(resource, obj)
+    _audit(session, access, resource, "create", obj.id, placement, None, after)
+    return await present(session, resource, access, after, placement)
+
+
+# --- update ----------------------------------------------------------------------------------
+def reject_nulls(sent: Mapping[str, Any], not_nullable: Iterable[str]) -> None:
+    nulled = sorted(k for k, v in sent.items() if v is None and k in set(not_nullable))
+    if nulled:
+        raise UnprocessableEntity(
+            "These fields cannot be null.", code="validation_error",
+            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                    for f in nulled],
+        )
+
+
+async def prepare_update(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    assign: Access | None,
+    locked: Locked,
+    sent: Mapping[str, Any],
+    *,
+    not_nullable: Iterable[str] = (),
+    users: Users | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(before, changes)`` of a patch: nulls refused for ``not_nullable``; sensitive
+    values that echo what the caller was shown dropped (any other mask: 422); an owner or
+    unit change checked (:func:`check_move`); and only what really differs kept."""
+    reject_nulls(sent, not_nullable)
+    before = to_dict(resource, locked.row)
+    placement = locked.placement
+    changes = await resolve_masked(
+        session, access, sent, before, resource.sensitive,
+        owner_id=placement.owner_id,  # type: ignore[arg-type]
+        org_unit_id=placement.org_unit_id,
+    )
+    scoping = resource.scoping
+    if isinstance(scoping, OwnerScoped):
+        assert users is not None, "an owned resource needs users to check owner changes"
+        await check_move(session, assign, locked, scoping, changes, users)
+    return before, {k: v for k, v in changes.items() if k not in before or before[k] != v}
+
+
+async def save_changes(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    locked: Locked,
+    before: dict[str, Any],
+    changes: Mapping[str, Any],
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Write ``changes`` (from :func:`prepare_update`), audited as ``update``; nothing to
+    change: no write, no event, same version. The record as the caller may see it."""
+    if not changes:
+        return await present(session, resource, access, before, locked.placement)
+    row = locked.row
+    for key, value in changes.items():
+        setattr(row, key, value)
+    row.updated_at = datetime.now(UTC)
+    await flush(session, resource, overrides)
+    after = to_dict(resource, row)
+    placement = locked.placement
+    _audit(session, access, resource, "update", row.id, placement, before, after)
+    return await present(session, resource, access, after, placement)
+
+
+# --- delete, restore, purge ------------------------------------------------------------------
+async def soft_delete(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
+) -> Locked:
+    """Move a live record to the trash (restorable), audited as ``delete``."""
+    locked = await lock_or_404(
+        session, resource, access, record_id, if_match=if_match,
+        require_if_match=require_if_match,
+    )
+    before = to_dict(resource, locked.row)
+    now = datetime.now(UTC)
+    locked.row.deleted_at = now
+    locked.row.updated_at = now
+    await session.flush()
+    after = to_dict(resource, locked.row)
+    _audit(session, access, resource, "delete", locked.id, locked.placement, before, after)
+    return locked
+
+
+async def restore(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    *,
+    prepare: Callable[[Locked], Awaitable[None]] | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Bring a record back from the trash, audited as ``restore``; ``prepare`` applies the
+    resource's own rules first (a duplicate check, a primary flag)."""
+    locked = await lock_or_404(
+        session, resource, access, record_id, deleted=True,
+        detail=f"No deleted {resource.label} {record_id}.",
+    )
+    before = to_dict(resource, locked.row)
+    if prepare is not None:
+        await prepare(locked)
+    locked.row.deleted_at = None
+    locked.row.updated_at = datetime.now(UTC)
+    await flush(session, resource, overrides)
+    after = to_dict(resource, locked.row)
+    placement = locked.placement
+    _audit(session, access, resource, "restore", locked.id, placement, before, after)
+    return await present(session, resource, access, after, placement)
+
+
+async def purge(
+    session: AsyncSession, resource: Resource, access: Access, record_id: uuid.UUID
+) -> None:
+    """Remove a record in the trash for good (a live one is a 404: delete it first, so
+    nothing disappears in one careless call), audited as ``purge``."""
+    locked = await lock_or_404(
+        session, resource, access, record_id, deleted=True,
+        detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
+    )
+    before = to_dict(resource, locked.row)
+    placement = locked.placement
+    await session.delete(locked.row)
+    await session.flush()
+    _audit(session, access, resource, "purge", record_id, placement, before, None)

@@ -1,0 +1,393 @@
+"""The resource kit: a resource is declared once (:class:`Resource`) and its reads can only
+start from the statement the kit scopes for it (:data:`ScopedSelect`).
+
+What a declaration fixes, so that no repository or service can get it wrong by hand:
+
+- **the scope**: :func:`scoped` (rows) and :func:`scoped_entity` (the ORM row, for locks)
+  add the caller's data-scope predicate (:func:`crm_api.authz.scope.scope_clause`) on the
+  resource's owner and org unit, or on its parent's for a resource that inherits its scope
+  (contacts → customers). :func:`fetch_page`, :func:`get_row` and :func:`lock` accept only
+  a :data:`ScopedSelect`: a plain ``Select`` is a mypy error, and :func:`narrow` is the one
+  way to add filters while keeping the type (adding conditions can only narrow a scope);
+- **the response whitelist**: the columns selected are the public schema's fields, never
+  "every column but…", so an internal column (``search_text``) cannot reach a client;
+- **masking**: the declared sensitive fields are masked in the shared read path
+  (:func:`fetch_page`, :func:`get_row`, :func:`present`), and the per-row flag that decides
+  it never leaves this module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, NewType
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from crm_api.authz.scope import (
+    UNMASKED,
+    per_row_sensitive,
+    scope_clause,
+    sensitive_clause,
+    unmasked_for,
+)
+from crm_api.authz.types import Access
+from crm_api.db.reader import Reader
+from crm_api.errors import NotFound, ProblemError
+from crm_api.kit.filtering import mask
+from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
+
+Executor = Reader | AsyncSession
+
+#: A statement the kit has scoped for one (resource, access): the only thing the kit's
+#: readers accept. Built by :func:`scoped` / :func:`scoped_entity`, narrowed by
+#: :func:`narrow`; ``ScopedSelect(stmt)`` anywhere else is a review finding.
+ScopedSelect = NewType("ScopedSelect", Select[Any])
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerScoped:
+    """Rows carry their own owner and org unit, which the scope applies to."""
+
+    owner: str = "owner_id"
+    org_unit: str = "org_unit_id"
+
+
+@dataclass(frozen=True, slots=True)
+class ParentScoped:
+    """Rows are visible exactly when their (live) parent is: contacts → customers."""
+
+    parent: Resource
+    #: This resource's column holding the parent's id.
+    foreign_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unscoped:
+    """Reference data every holder of the permission reads whole (products)."""
+
+
+Scoping = OwnerScoped | ParentScoped | Unscoped
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The owner and org unit a record's scope, masking and audit events are judged by (a
+    child's are its parent's)."""
+
+    owner_id: uuid.UUID | None
+    org_unit_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Test hooks: how the generated conformance tests (tests/test_conformance.py) make a
+    valid record of this resource through the API. ``create`` gets the refs it may need
+    (``owner_id``; ``parent_id`` for a parent-scoped resource; ``unique``, a fresh hex
+    string for fields that must be unique) and returns a create body, with a value for
+    every sensitive field;
+    ``patch`` is a valid change; ``wrong_type`` a body field with a value of the wrong
+    JSON type."""
+
+    #: The collection URL (``/v1/customers``).
+    path: str
+    create: Callable[[Mapping[str, str]], dict[str, Any]]
+    patch: dict[str, Any]
+    wrong_type: dict[str, Any]
+    #: A ``q`` term matching the sample record (``None``: the resource has no search).
+    search: str | None = None
+
+
+@dataclass(eq=False)
+class Resource:
+    """One declared resource. Everything else (columns, sort columns, base statements) is
+    derived once, here."""
+
+    #: The Casbin resource (``customers``): permissions, audit ``resource_type``.
+    name: str
+    #: The singular noun of messages (``customer``).
+    label: str
+    model: Any
+    #: The public read schema: its fields are exactly the columns a response carries.
+    schema: type[BaseModel]
+    scoping: Scoping
+    #: Sort keys (each member's value is a column name).
+    sorts: type[StrEnum]
+    not_found_code: str
+    sensitive: tuple[str, ...] = ()
+    soft_delete: bool = True
+    #: Constraint name → the error a violation of it means (the safety net behind explicit
+    #: checks: a concurrent writer won the index between our check and our write).
+    constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
+    #: ``business``: granted with the business roles' defaults (authz/defaults.py).
+    grant_group: Literal["business", "none"] = "business"
+    samples: Samples | None = None
+
+    table: Table = field(init=False)
+    columns: list[KeyedColumnElement[Any]] = field(init=False)
+    id_column: KeyedColumnElement[Any] = field(init=False)
+    sort_columns: dict[str, SortColumn] = field(init=False)
+    _live: Select[Any] = field(init=False)
+    _trash: Select[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        table: Table = self.model.__table__
+        self.table = table
+        missing = [f for f in self.schema.model_fields if f not in table.c]
+        if missing:
+            raise TypeError(f"{self.name}: schema fields without a column: {missing}")
+        # the whitelist: the schema's fields, in the schema's order
+        self.columns = [table.c[f] for f in self.schema.model_fields]
+        self.id_column = table.c.id
+        self.sort_columns = {m.value: table.c[m.value] for m in self.sorts}
+        unknown = [f for f in self.sensitive if f not in self.schema.model_fields]
+        if unknown:
+            raise TypeError(f"{self.name}: sensitive fields not in the schema: {unknown}")
+        # Built once: select() coerces every column anew each time (~0.1 ms per request).
+        base = select(*self.columns)
+        if self.soft_delete:
+            self._live = base.where(table.c.deleted_at.is_(None))
+            self._trash = base.where(table.c.deleted_at.is_not(None))
+        else:
+            self._live = self._trash = base
+
+    # --- errors -------------------------------------------------------------------------
+    def not_found(self, record_id: uuid.UUID, *, detail: str | None = None) -> NotFound:
+        return NotFound(detail or f"No {self.label} {record_id}.", code=self.not_found_code)
+
+    # --- the columns the scope is judged on ----------------------------------------------
+    def placement_columns(
+        self,
+    ) -> tuple[KeyedColumnElement[Any] | None, KeyedColumnElement[Any] | None]:
+        """Owner and org unit columns the scope applies to (the parent's for a child)."""
+        scoping = self.scoping
+        if isinstance(scoping, OwnerScoped):
+            return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+        if isinstance(scoping, ParentScoped):
+            return scoping.parent.placement_columns()
+        return None, None
+
+    def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
+        if not self.soft_delete:
+            return None
+        col = self.table.c.deleted_at
+        return col.is_not(None) if deleted else col.is_(None)
+
+
+# --- scope ---------------------------------------------------------------------------------
+def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
+    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
+    scoping = resource.scoping
+    if isinstance(scoping, OwnerScoped):
+        owner, unit = resource.placement_columns()
+        return scope_clause(access, owner, unit)
+    if isinstance(scoping, ParentScoped):
+        return _of_parents(resource, scoping, _parent_in_scope(scoping.parent, access))
+    return None
+
+
+def _parent_in_scope(parent: Resource, access: Access) -> ColumnElement[bool]:
+    """Live parents ``access`` covers (a predicate on the parent's table)."""
+    clauses = [c for c in (parent.live_clause(), scope_of(parent, access)) if c is not None]
+    return and_(*clauses)
+
+
+def _of_parents(
+    resource: Resource, scoping: ParentScoped, parents: ColumnElement[bool]
+) -> ColumnElement[bool]:
+    """Rows of the parents matching ``parents``. An ``IN`` over the parent rather than a
+    correlated ``EXISTS``: PostgreSQL plans both as the same semi-join here, but this one
+    also reads (and compiles) on its own, as the access explainer shows it."""
+    parent = scoping.parent
+    return resource.table.c[scoping.foreign_key].in_(
+        select(parent.id_column).where(parents)
+    )
+
+
+def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
+    """True for the rows whose sensitive fields ``access`` may show: inside the caller's
+    ``read_sensitive`` scope (on the parent's owner and unit for a child). A constant, with
+    no subquery, when the answer is the same for every row."""
+    owner, unit = resource.placement_columns()
+    flag = sensitive_clause(access, owner, unit)
+    scoping = resource.scoping
+    if isinstance(scoping, ParentScoped) and per_row_sensitive(access):
+        return _of_parents(resource, scoping, flag)
+    return flag
+
+
+def scoped(resource: Resource, access: Access, *, deleted: bool = False) -> ScopedSelect:
+    """The response columns of the rows ``access`` covers; live ones, or only the trash
+    with ``deleted``."""
+    stmt = resource._trash if deleted else resource._live
+    clause = scope_of(resource, access)
+    return ScopedSelect(stmt if clause is None else stmt.where(clause))
+
+
+def scoped_entity(resource: Resource, access: Access, *, deleted: bool = False) -> ScopedSelect:
+    """The ORM row (for a write), plus the parent's owner and org unit for a child, of the
+    records ``access`` covers. For a child the parent is joined, carrying the same predicate
+    as :func:`scoped`."""
+    clauses: list[ColumnElement[bool]] = []
+    live = resource.live_clause(deleted)
+    if live is not None:
+        clauses.append(live)
+    scoping = resource.scoping
+    if isinstance(scoping, ParentScoped):
+        parent = scoping.parent
+        owner, unit = parent.placement_columns()
+        assert owner is not None and unit is not None, "a parent must be owner-scoped"
+        stmt = select(resource.model, owner, unit).join(
+            parent.table, parent.id_column == resource.table.c[scoping.foreign_key]
+        )
+        clauses.append(_parent_in_scope(parent, access))
+    else:
+        stmt = select(resource.model)
+        clause = scope_of(resource, access)
+        if clause is not None:
+            clauses.append(clause)
+    return ScopedSelect(stmt.where(*clauses))
+
+
+def narrow(stmt: ScopedSelect, *clauses: ColumnElement[bool] | None) -> ScopedSelect:
+    """``stmt`` with ``clauses`` (``None`` ones skipped) added: a filter can only narrow
+    what the scope lets through, so the result is still scoped."""
+    present = [c for c in clauses if c is not None]
+    return ScopedSelect(stmt.where(and_(*present))) if present else stmt
+
+
+# --- reads -----------------------------------------------------------------------------------
+def _with_flag(resource: Resource, access: Access, stmt: ScopedSelect) -> Select[Any]:
+    if not resource.sensitive:
+        return stmt
+    return stmt.add_columns(unmasked_clause(resource, access).label(UNMASKED))
+
+
+def mask_row(resource: Resource, access: Access, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the sensitive fields masked unless its flag (taken out of the row) says
+    they may be shown; a row without the flag is judged by ``access.sensitive``."""
+    shown = row.pop(UNMASKED, access.sensitive)
+    if not shown:
+        for name in resource.sensitive:
+            row[name] = mask(row[name])
+    return row
+
+
+async def fetch_page(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    params: PageParams,
+) -> dict[str, Any]:
+    """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked."""
+    query = _with_flag(resource, access, stmt)
+    total = None
+    if params.include_total:
+        count_stmt = select(func.count()).select_from(query.order_by(None).subquery())
+        total = (await executor.execute(count_stmt)).scalar_one()
+    paged = apply_keyset(query, resource.sort_columns, resource.id_column, params)
+    result = await executor.execute(paged)
+    # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
+    keys = tuple(result.keys())
+    rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
+    if resource.sensitive:
+        rows = [mask_row(resource, access, r) for r in rows]
+    return page_envelope(rows, params, total)
+
+
+async def get_row(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    record_id: uuid.UUID,
+) -> dict[str, Any] | None:
+    """One record of ``stmt`` by id, masked; ``None`` when ``stmt`` does not cover it."""
+    query = _with_flag(resource, access, stmt).where(resource.id_column == record_id)
+    row = (await executor.execute(query)).mappings().first()
+    if row is None:
+        return None
+    return mask_row(resource, access, dict(row)) if resource.sensitive else dict(row)
+
+
+async def read_or_404(
+    executor: Executor, resource: Resource, access: Access, record_id: uuid.UUID
+) -> dict[str, Any]:
+    """The live record as ``access`` may see it; 404 (the resource's code) otherwise."""
+    row = await get_row(executor, resource, access, scoped(resource, access), record_id)
+    if row is None:
+        raise resource.not_found(record_id)
+    return row
+
+
+def to_dict(resource: Resource, obj: Any) -> dict[str, Any]:
+    """An ORM row as the public schema's fields (what a response, an audit diff and a
+    masking decision see)."""
+    return {c.key: getattr(obj, c.key) for c in resource.columns}
+
+
+async def present(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    row: dict[str, Any],
+    placement: Placement,
+) -> dict[str, Any]:
+    """A row just written, as the caller may see it: masked by the ``read_sensitive`` scope
+    evaluated on ``placement`` (no round trip when it is the same for every row)."""
+    if not resource.sensitive:
+        return row
+    if placement.owner_id is None:
+        row[UNMASKED] = access.sensitive
+    else:
+        row[UNMASKED] = await unmasked_for(
+            session, access, placement.owner_id, placement.org_unit_id
+        )
+    return mask_row(resource, access, row)
+
+
+# --- locks -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Locked:
+    """A row locked ``FOR UPDATE`` and where it is placed (its own owner and unit, read
+    live from the row, or its parent's)."""
+
+    resource: Resource
+    row: Any
+    parent: Placement | None = None
+
+    @property
+    def placement(self) -> Placement:
+        if self.parent is not None:
+            return self.parent
+        scoping = self.resource.scoping
+        if isinstance(scoping, OwnerScoped):
+            return Placement(
+                getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit)
+            )
+        return Placement(None, None)
+
+    @property
+    def id(self) -> uuid.UUID:
+        record_id: uuid.UUID = self.row.id
+        return record_id
+
+
+async def lock(
+    session: AsyncSession, resource: Resource, stmt: ScopedSelect, record_id: uuid.UUID
+) -> Locked | None:
+    """The ORM row of ``stmt`` (from :func:`scoped_entity`) by id, locked ``FOR UPDATE``
+    (the row only, not its parent)."""
+    query = stmt.where(resource.id_column == record_id).with_for_update(of=resource.model)
+    row: Any = (await session.execute(query)).first()
+    if row is None:
+        return None
+    if isinstance(resource.scoping, ParentScoped):
+        return Locked(resource, row[0], Placement(row[1], row[2]))
+    return Locked(resource, row[0])
