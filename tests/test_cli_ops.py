@@ -224,7 +224,7 @@ def _pytest(database_url: str, *args: str, **env: str) -> tuple[subprocess.Compl
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_customers_basic.py", "tests/test_pagination.py", *args],
+         "tests/test_customers.py", "tests/test_pagination.py", *args],
         cwd=ROOT, env=_env(CRM_TEST_DATABASE_URL=database_url, **env),
         capture_output=True, text=True, timeout=600,
     )
