@@ -37,3 +37,30 @@ def test_bench_lists_the_fault_drill() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "faults" in result.stdout
+
+
+def test_every_setting_is_documented() -> None:
+    """A setting an operator cannot find is one they cannot use (README's table said "all
+    settings" while some were in no document at all)."""
+    from crm_api.config import Settings
+
+    docs = (ROOT / "README.md").read_text() + "".join(
+        p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))
+    )
+    missing = [
+        f"CRM_{name.upper()}" for name in Settings.model_fields
+        if f"CRM_{name.upper()}" not in docs
+    ]
+    assert not missing, missing
+
+
+def test_error_codes_in_the_api_guide_exist() -> None:
+    """The status table names only codes the API can answer."""
+    guide = (ROOT / "docs" / "api-guide.md").read_text()
+    table = [ln for ln in guide.splitlines() if re.match(r"\| [1-5]\d\d \|", ln)]
+    assert table
+    source = "".join(p.read_text() for p in (ROOT / "src" / "crm_api").rglob("*.py"))
+    codes = {c for ln in table for c in re.findall(r"`([a-z_]+)`", ln.split("|")[3])}
+    assert {"too_many_concurrent_requests", "database_busy", "login_busy"} <= codes
+    unknown = sorted(c for c in codes if f'"{c}"' not in source)
+    assert not unknown, unknown
