@@ -1,4 +1,4 @@
-"""``python -m bench generate|run …`` (also ``python3 dev.py bench …``)."""
+"""``python -m bench generate|run|breakdown|faults …`` (also ``python3 dev.py bench …``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ from bench import default_url
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["faults"]:
+        # Its own parser (and --help): ``python3 dev.py bench faults …`` runs it with the
+        # checkout's .venv, which a bare ``python -m bench.faults`` would not have.
+        from bench.faults import main as faults_main
+
+        return faults_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("faults", help="restart a private PostgreSQL under write load "
+                                  "(see `faults --help`, docs/operations.md)")
 
     gen = sub.add_parser("generate", help="drop, create, migrate and fill a bench database")
     gen.add_argument("--database-url", default=default_url(),
@@ -35,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                     help="instead: py-spy the in-process app for SECONDS per request "
                          "kind and group the samples by layer")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
 
     if args.command == "generate":
         from bench.generate import generate

@@ -1,4 +1,6 @@
-"""``python -m bench.faults``: real PostgreSQL restarts under write load, with a ledger.
+"""``python3 dev.py bench faults``: real PostgreSQL restarts under write load, with a ledger.
+
+(Or ``.venv/bin/python -m bench.faults``: it needs the checkout's .venv.)
 
 Starts a **private** PostgreSQL cluster (the pgserver wheel, in a temporary directory: the
 machine's shared server is never touched), migrates it, and runs the app in-process
@@ -146,7 +148,7 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 dev.py bench faults", description=__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between restarts")

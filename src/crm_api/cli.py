@@ -155,6 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    host, port = args.host or settings.host, args.port or settings.port
+    _require_free_port(host, port)  # before the database work, not after it
     url = _url()  # starts the embedded cluster when no URL is configured
     upgrade(url)
     embedded = settings.database_url is None
@@ -164,7 +166,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(seed_demo(
             url, customers=args.demo_customers, only_if_empty=True, progress=_progress
         ))
-    host, port = args.host or settings.host, args.port or settings.port
     print(f"crm-api on http://{host}:{port}  (interactive docs: http://{host}:{port}/docs)")
     if embedded:
         print(f"embedded PostgreSQL in {settings.data_dir.resolve() / 'pg'}")
@@ -186,6 +187,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,  # no "Server: uvicorn" advertising the stack
     )
     return 0
+
+
+class PortInUse(Exception):
+    """The address ``serve`` is to listen on is taken (e.g. another server on 8000)."""
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Raise ``PortInUse`` when ``host:port`` cannot be bound, so a first run on a machine
+    where 8000 is taken says what to do in one line instead of starting the database,
+    announcing a URL that is not ours and ending in uvicorn's log line. (uvicorn binds with
+    ``SO_REUSEADDR`` too, so a port merely in TIME_WAIT is not reported.)"""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # an unresolvable host: let uvicorn report it
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return
+            raise PortInUse(
+                f"cannot listen on {host}:{port}: address already in use; choose another "
+                "port with --port or CRM_PORT (e.g. python3 dev.py serve --port 8001)"
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseUnavailable, EmbeddedUnavailable) as exc:
         print(f"crm-api: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, EmbeddedUnavailable) else 1
+    except PortInUse as exc:
+        print(f"crm-api: {exc}", file=sys.stderr)
+        return 1
     except BackupError as exc:
         print(f"crm-api {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
