@@ -2,7 +2,10 @@
 low-privilege token, each pinned here so it cannot come back:
 
 - a sensitive value re-masked in another client's style (bullets, fullwidth asterisks,
-  ``XXXX3445``) was stored in place of the real one: only ``**`` counted as a mask.
+  ``XXXX3445``) was stored in place of the real one: only ``**`` counted as a mask;
+- a holder of ``users:update`` could change whom they themselves report to, taking their
+  records (and their reports') out of their superiors' ``subordinates`` oversight, or
+  handing them to a peer of their choosing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from crm_api.kit.filtering import mask
 from factories.contacts import create_contact
 from factories.customers import create_customer
 from factories.identity import make_org_unit, make_user
+from test_delegation import USERS_ADMIN, make_role
 
 #: (resource, field, stored value): every sensitive field.
 SENSITIVE = [
@@ -97,3 +101,45 @@ async def test_a_mask_in_another_style_is_refused_not_stored(
 ])
 def test_real_values_do_not_look_masked(value: str) -> None:
     assert not looks_masked(value)
+
+
+@pytest.fixture
+async def tree(engine):
+    root = await make_org_unit(engine, "Root", kind="group")
+    east = await make_org_unit(engine, "East", parent=root)
+    east_team = await make_org_unit(engine, "East team", parent=east)
+    return {"root": root, "east": east, "east_team": east_team}
+
+
+async def test_nobody_changes_whom_they_report_to(client, client_for, engine, tree):
+    """A team lead with users:update over its subtree, reporting to a boss who sees the
+    lead's line through ``subordinates``: detaching itself (manager null) or re-attaching
+    itself to a peer in scope would take its line out of the boss's sight or hand it to
+    the peer. Like moving the unit one stands in, that is for someone above."""
+    await make_role(engine, "line_boss", ("customers", "read", "subordinates"))
+    await make_role(engine, "team_lead", *USERS_ADMIN, ("customers", "read", "org_subtree"))
+    boss = await make_user(engine, roles=("line_boss",), org_unit=tree["root"])
+    lead = await make_user(engine, roles=("team_lead",), org_unit=tree["east"], manager=boss)
+    report = await make_user(engine, roles=(), org_unit=tree["east_team"], manager=lead)
+    peer = await make_user(engine, roles=(), org_unit=tree["east_team"])
+    as_lead = await client_for(lead)
+    for manager_id in (None, str(peer["id"])):
+        body = problem(await as_lead.patch(f"/v1/users/{lead['id']}",
+                                           json={"manager_id": manager_id}),
+                       403, "grant_not_allowed")
+        assert body["reason"] == "self" and body["refused"] == ["manager_id"]
+    assert await _stored(engine, "users", lead["id"], "manager_id") == boss["id"]
+    assert await _stored(engine, "users", report["id"], "manager_path") == (
+        f"/{boss['id']}/{lead['id']}/{report['id']}/")
+    # the boss still sees the lead's customers
+    customer = await create_customer(client, report)
+    as_boss = await client_for(boss)
+    assert (await as_boss.get(f"/v1/customers/{customer['id']}")).status_code == 200
+    # moving people within one's own line stays open, and so do one's other fields
+    out = await as_lead.patch(f"/v1/users/{report['id']}", json={"manager_id": None})
+    assert out.status_code == 200, out.text
+    own = await as_lead.patch(f"/v1/users/{lead['id']}", json={"display_name": "Lead"})
+    assert own.status_code == 200, own.text
+    # someone above (here an administrator) may move the lead
+    back = await client.patch(f"/v1/users/{lead['id']}", json={"manager_id": str(boss["id"])})
+    assert back.status_code == 200, back.text
