@@ -143,3 +143,19 @@ async def test_nobody_changes_whom_they_report_to(client, client_for, engine, tr
     # someone above (here an administrator) may move the lead
     back = await client.patch(f"/v1/users/{lead['id']}", json={"manager_id": str(boss["id"])})
     assert back.status_code == 200, back.text
+
+
+async def test_a_query_string_that_is_not_utf8_is_400_and_writes_nothing(client, engine):
+    """``q=%ff`` used to search for U+FFFD (200, an empty page) and a POST carrying it
+    went through: percent-escapes that do not decode to UTF-8 are a malformed request."""
+    customers = await count_rows(engine, "customers")
+    for query in ("q=%ff", "q=%C0%AF", "q=abc%e6%98", "sort=%fe&limit=5"):
+        problem(await client.get(f"/v1/customers?{query}"), 400, "invalid_query")
+        problem(await client.post(f"/v1/customers?{query}", json={"name": "x"}),
+                400, "invalid_query")
+        problem(await client.get(f"/v1/nowhere?{query}"), 400, "invalid_query")
+    assert await count_rows(engine, "customers") == customers
+    # valid UTF-8, percent-encoded or not, still works
+    for query in ("q=%E6%98%8E%E8%BF%9C", "q=a%20b", "q=a+b", "limit=5"):
+        response = await client.get(f"/v1/customers?{query}")
+        assert response.status_code == 200, (query, response.text)
