@@ -1,7 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
 
-One middleware does the per-request work in a fixed order: request id, query-string and
-body-size limits, a concurrency cap, Prometheus metrics and the access log line.
+One middleware does the per-request work in a fixed order: request id, query-string limit
+and encoding (percent-escapes must decode to UTF-8), body-size limits, a concurrency cap,
+Prometheus metrics and the access log line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +35,20 @@ LATENCY = Histogram(
 )
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _query_is_utf8(query_string: bytes) -> bool:
+    """Whether the percent-decoded query string is UTF-8. Starlette decodes it with
+    ``errors="replace"``, so ``q=%ff`` would otherwise search for U+FFFD and a filter
+    would compare against a value the client never sent: a malformed request answered
+    as if it were well-formed."""
+    if b"%" not in query_string and query_string.isascii():
+        return True
+    try:
+        unquote_to_bytes(query_string).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -145,6 +161,13 @@ class RequestMiddleware:
                 await _send_problem(
                     send_wrapper, 414, "query_too_long",
                     f"The query string exceeds {self.max_qs} bytes.",
+                )
+                return
+            if not _query_is_utf8(scope.get("query_string", b"")):
+                status_holder[0] = 400
+                await _send_problem(
+                    send_wrapper, 400, "invalid_query",
+                    "The query string is not valid UTF-8 once percent-decoded.",
                 )
                 return
             declared = _content_length(scope)

@@ -367,15 +367,34 @@ async def holder_positions(session: AsyncSession, role: str) -> list[Position]:
 def check_reporting_line(
     policy: PolicyEngine, principal: Principal, old_path: str, new_path: str
 ) -> None:
-    """Refuse (403 ``grant_not_allowed``) moving a user (``manager_path`` ``old_path`` →
-    ``new_path``) into the caller's own reporting line: the caller's ``subordinates``
-    scope would then cover that user's records. Moves within the line, out of it, or
-    elsewhere are fine; administrators are exempt."""
+    """Refuse (403 ``grant_not_allowed``, ``reason: self``) moving a user (``manager_path``
+    ``old_path`` → ``new_path``) when the move
+
+    * brings the user into the caller's own reporting line: the caller's ``subordinates``
+      scope would then cover that user's records; or
+    * carries the caller (the user is the caller, or someone the caller reports to):
+      changing whom you report to takes your records, and your reports', out of your
+      superiors' ``subordinates`` oversight, or hands them to someone of your choosing.
+      Someone above does that, as with the org unit one stands in
+      (:func:`check_unit_move`).
+
+    Moves within the caller's line, out of it, or elsewhere are fine; administrators are
+    exempt."""
     mine = principal.manager_path
-    if not mine or not new_path.startswith(mine) or old_path.startswith(mine):
+    if not mine:
+        return
+    into_mine = new_path.startswith(mine) and not old_path.startswith(mine)
+    carries_me = mine.startswith(old_path)
+    if not (into_mine or carries_me):
         return
     if is_admin(policy, principal):
         return
+    if carries_me:
+        raise Forbidden(
+            "You cannot change whom you report to (or whom those above you report to): "
+            "it decides who oversees your records. Ask someone above you.",
+            code="grant_not_allowed", refused=["manager_id"], reason="self",
+        )
     raise Forbidden(
         "You cannot bring a user into your own reporting line: it would widen your access "
         "to their records. Ask someone above you.",

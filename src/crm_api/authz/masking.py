@@ -23,6 +23,7 @@ masked-looking strings through validation to this rule.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,14 +36,22 @@ from crm_api.authz.types import Access
 from crm_api.errors import UnprocessableEntity
 from crm_api.kit.filtering import mask
 
-#: What marks a value as masked: a run of two or more ``*`` (the masker writes ``****``).
-#: No bank account, tax number or phone number contains one.
-MASK_PATTERN = re.compile(r"\*{2,}")
+#: What marks a value as masked, once NFKC-normalised (fullwidth and small asterisks,
+#: U+FF0A and U+FE61, become ``*``): a run of two or more mask glyphs -- ``*`` (our
+#: masker writes ``****``) or the bullets, stars and dots other clients and UI kits mask
+#: with (U+2022 bullet, U+25CF black circle, U+2217 asterisk operator, U+2219 bullet
+#: operator, U+00B7 middle dot, U+204E low asterisk, U+2731 heavy asterisk) -- or a run
+#: of four or more ``x``/``X`` (``XXXX-XXXX-1234``). A client that re-masks what it was
+#: shown in its own style must not store that instead of the real value. No bank
+#: account, tax number or phone number contains such a run.
+MASK_PATTERN = re.compile(r"[*\u2022\u25cf\u2217\u2219\u00b7\u204e\u2731]{2,}|[xX]{4,}")
 
 
 def looks_masked(value: Any) -> bool:
     """Whether ``value`` is (or contains) a mask rather than a real value."""
-    return isinstance(value, str) and MASK_PATTERN.search(value) is not None
+    if not isinstance(value, str):
+        return False
+    return MASK_PATTERN.search(unicodedata.normalize("NFKC", value)) is not None
 
 
 def _let_masks_through(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

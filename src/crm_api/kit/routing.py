@@ -16,7 +16,7 @@ from crm_api.kit.schemas import Problem
 M = TypeVar("M", bound=BaseModel)
 
 _DESCRIPTIONS = {
-    400: "Malformed request (bad JSON, bad cursor).",
+    400: "Malformed request (bad JSON, bad cursor, a query string that is not UTF-8).",
     401: "Missing or invalid credentials.",
     403: "Your role lacks this permission.",
     404: "Not found, or outside your data scope.",
@@ -49,8 +49,9 @@ PROBLEM_JSON = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 #: Answered by the request middleware or the body parser for any operation with a body.
 _BODY_PROBLEMS = (400, 413, 415)
-#: Answered by the request middleware for any operation with query parameters.
-_QUERY_PROBLEMS = (414,)
+#: Answered by the request middleware for any operation with query parameters: 414
+#: ``query_too_long``, 400 ``invalid_query`` (percent-escapes that are not UTF-8).
+_QUERY_PROBLEMS = (400, 414)
 #: Answered for any authenticated operation: the per-principal in-flight cap.
 _AUTHENTICATED_PROBLEMS = (429,)
 #: Answered for any operation: the server at capacity or the database unavailable.
@@ -72,7 +73,8 @@ def document_problems(app: FastAPI) -> None:
       type their errors;
     * every operation with a body documents 400 (``malformed_json``), 413 and 415, which
       the body parser and the request middleware answer before any handler runs;
-    * every operation with query parameters documents 414 (``query_too_long``);
+    * every operation with query parameters documents 414 (``query_too_long``) and 400
+      (``invalid_query``);
     * every authenticated operation documents 429 (the per-principal in-flight cap) and
       every operation 503 (database unavailable, query timeout, server at capacity), both
       with their ``Retry-After`` header.
