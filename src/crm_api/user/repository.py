@@ -143,6 +143,23 @@ async def other_active_admins(session: AsyncSession, user_id: uuid.UUID) -> int:
     return int((await session.execute(stmt)).scalar_one())
 
 
+async def active_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    stmt = select(User).where(User.id == user_id, User.active.is_(True))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """Any user, active or not."""
+    return (await session.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+
+
+async def me_facts(executor: Executor, user_id: uuid.UUID) -> dict[str, Any] | None:
+    """The caller's own e-mail, manager and kind (not a scoped read: it is themself)."""
+    stmt = select(T.c.email, T.c.display_name, T.c.manager_id, T.c.kind).where(T.c.id == user_id)
+    row = (await executor.execute(stmt)).mappings().first()
+    return dict(row) if row is not None else None
+
+
 async def active_user_for_share(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     """An active user, locked ``FOR SHARE`` (a manager being referenced)."""
     stmt = (
