@@ -17,6 +17,8 @@ from crm_api.errors import Conflict, UnprocessableEntity
 from crm_api.kit.resource import OwnerScoped, ParentScoped, Resource, Samples
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
+from crm_api.models.user import User
+from crm_api.user import schemas as user_schemas
 
 
 def _customer_duplicate(field: str) -> Conflict:
@@ -90,5 +92,37 @@ CONTACTS = Resource(
     ),
 )
 
+def _user_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"email": f"u{refs['unique']}@example.cn", "display_name": "张伟 Zhang Wei"}
+
+
+#: Checks whose premise is an owned record that a rep handles and the trash keeps: not
+#: users (the administrators' records, deactivated rather than deleted), so these apply.
+_SETTINGS_CHECKS = frozenset({"if_match", "if_match_required", "idempotent_create", "bad_input"})
+
+USERS = Resource(
+    name="users",
+    label="user",
+    model=User,
+    schema=user_schemas.User,
+    # A user is a record owned by itself in its own unit: ``own`` means yourself, the org
+    # scopes go by the user's unit.
+    scoping=OwnerScoped(owner="id", org_unit="org_unit_id"),
+    sorts=user_schemas.UserSort,
+    not_found_code="user_not_found",
+    soft_delete=False,
+    derived=("roles",),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/users",
+        create=_user_sample,
+        patch={"display_name": "李娜 Li Na"},
+        wrong_type={"display_name": 42},
+        search="Zhang Wei",
+        checks=_SETTINGS_CHECKS,
+        deletes=False,
+    ),
+)
+
 #: Every registered resource, by its Casbin name.
-REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS)}
+REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS, USERS)}

@@ -101,6 +101,11 @@ class Samples:
     wrong_type: dict[str, Any]
     #: A ``q`` term matching the sample record (``None``: the resource has no search).
     search: str | None = None
+    #: The generated checks that apply (their names without ``check_``; ``None``: all). A
+    #: resource without owned, trashable records (users) declares the ones it can meet.
+    checks: frozenset[str] | None = None
+    #: ``DELETE`` on a record's URL exists (users are deactivated instead).
+    deletes: bool = True
 
 
 @dataclass(eq=False)
@@ -127,6 +132,9 @@ class Resource:
     #: ``business``: granted with the business roles' defaults (authz/defaults.py).
     grant_group: Literal["business", "none"] = "business"
     samples: Samples | None = None
+    #: Schema fields that are not columns of the table: the resource's repository adds
+    #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
+    derived: tuple[str, ...] = ()
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -138,11 +146,12 @@ class Resource:
     def __post_init__(self) -> None:
         table: Table = self.model.__table__
         self.table = table
-        missing = [f for f in self.schema.model_fields if f not in table.c]
+        stored = [f for f in self.schema.model_fields if f not in self.derived]
+        missing = [f for f in stored if f not in table.c]
         if missing:
             raise TypeError(f"{self.name}: schema fields without a column: {missing}")
         # the whitelist: the schema's fields, in the schema's order
-        self.columns = [table.c[f] for f in self.schema.model_fields]
+        self.columns = [table.c[f] for f in stored]
         self.id_column = table.c.id
         self.sort_columns = {m.value: table.c[m.value] for m in self.sorts}
         unknown = [f for f in self.sensitive if f not in self.schema.model_fields]
@@ -259,6 +268,12 @@ def narrow(stmt: ScopedSelect, *clauses: ColumnElement[bool] | None) -> ScopedSe
     what the scope lets through, so the result is still scoped."""
     present = [c for c in clauses if c is not None]
     return ScopedSelect(stmt.where(and_(*present))) if present else stmt
+
+
+def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSelect:
+    """``stmt`` selecting ``columns`` too (a resource's :attr:`Resource.derived` fields):
+    more columns of the same rows, so the result is still scoped."""
+    return ScopedSelect(stmt.add_columns(*columns))
 
 
 # --- reads -----------------------------------------------------------------------------------
