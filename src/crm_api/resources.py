@@ -14,10 +14,12 @@ from typing import Any
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
-from crm_api.kit.resource import OwnerScoped, ParentScoped, Resource, Samples
+from crm_api.kit.resource import OwnerScoped, ParentScoped, Resource, Samples, UnitScoped
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
+from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
+from crm_api.org_unit import schemas as org_unit_schemas
 from crm_api.user import schemas as user_schemas
 
 
@@ -124,5 +126,33 @@ USERS = Resource(
     ),
 )
 
+def _org_unit_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"华东大区 {refs['unique'][:8]}", "kind": "branch"}
+
+
+ORG_UNITS = Resource(
+    name="org_units",
+    label="org unit",
+    model=OrgUnit,
+    schema=org_unit_schemas.OrgUnit,
+    # A unit is placed in itself: the org scopes apply directly, ``own`` covers none.
+    scoping=UnitScoped(org_unit="id"),
+    sorts=org_unit_schemas.OrgUnitSort,
+    not_found_code="org_unit_not_found",
+    soft_delete=False,
+    grant_group="none",
+    samples=Samples(
+        path="/v1/org-units",
+        create=_org_unit_sample,
+        patch={"name": "华南大区"},
+        wrong_type={"name": 42},
+        search="华东大区",
+        checks=_SETTINGS_CHECKS,
+        deletes=False,
+    ),
+)
+
 #: Every registered resource, by its Casbin name.
-REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS, USERS)}
+REGISTRY: dict[str, Resource] = {
+    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS)
+}

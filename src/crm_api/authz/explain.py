@@ -49,12 +49,6 @@ def _registered(name: str) -> Callable[[], Scoped]:
     return factory
 
 
-def _org_units() -> Scoped:
-    from crm_api.org_unit import repository
-
-    return repository.scoped, OrgUnit.__table__.c.id
-
-
 def _audit_events() -> Scoped:
     from crm_api.audit import repository
 
@@ -67,11 +61,10 @@ def _registry_names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-#: Every registered resource (users among them), then those not yet on the kit (hand-kept
-#: until they move).
+#: Every registered resource (users and org units among them), then those not yet on the
+#: kit (hand-kept until they move).
 RESOURCES: dict[str, Callable[[], Scoped]] = {
     **{name: _registered(name) for name in _registry_names()},
-    "org_units": _org_units,
     "audit_events": _audit_events,
 }
 

@@ -68,11 +68,19 @@ class ParentScoped:
 
 
 @dataclass(frozen=True, slots=True)
+class UnitScoped:
+    """Rows placed in an org unit but owned by nobody (an org unit is placed in itself):
+    the org scopes apply to the unit column, ``own`` and ``subordinates`` cover none."""
+
+    org_unit: str = "org_unit_id"
+
+
+@dataclass(frozen=True, slots=True)
 class Unscoped:
     """Reference data every holder of the permission reads whole (products)."""
 
 
-Scoping = OwnerScoped | ParentScoped | Unscoped
+Scoping = OwnerScoped | ParentScoped | UnitScoped | Unscoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,8 @@ class Resource:
         scoping = self.scoping
         if isinstance(scoping, OwnerScoped):
             return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+        if isinstance(scoping, UnitScoped):
+            return None, self.table.c[scoping.org_unit]
         if isinstance(scoping, ParentScoped):
             return scoping.parent.placement_columns()
         return None, None
@@ -192,7 +202,7 @@ class Resource:
 def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
     """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
     scoping = resource.scoping
-    if isinstance(scoping, OwnerScoped):
+    if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
         return scope_clause(access, owner, unit)
     if isinstance(scoping, ParentScoped):
@@ -386,6 +396,8 @@ class Locked:
             return Placement(
                 getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit)
             )
+        if isinstance(scoping, UnitScoped):
+            return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
 
     @property
@@ -398,8 +410,13 @@ async def lock(
     session: AsyncSession, resource: Resource, stmt: ScopedSelect, record_id: uuid.UUID
 ) -> Locked | None:
     """The ORM row of ``stmt`` (from :func:`scoped_entity`) by id, locked ``FOR UPDATE``
-    (the row only, not its parent)."""
-    query = stmt.where(resource.id_column == record_id).with_for_update(of=resource.model)
+    (the row only, not its parent), as the lock found it: fresh from the database, not a
+    copy the session's identity map held from before the lock."""
+    query = (
+        stmt.where(resource.id_column == record_id)
+        .with_for_update(of=resource.model)
+        .execution_options(populate_existing=True)
+    )
     row: Any = (await session.execute(query)).first()
     if row is None:
         return None
