@@ -14,12 +14,21 @@ from typing import Any
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
-from crm_api.kit.resource import OwnerScoped, ParentScoped, Resource, Samples, UnitScoped
+from crm_api.kit.resource import (
+    OwnerScoped,
+    ParentScoped,
+    Resource,
+    Samples,
+    UnitScoped,
+    Unscoped,
+)
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
+from crm_api.models.identity import Role
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
 from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.role import schemas as role_schemas
 from crm_api.user import schemas as user_schemas
 
 
@@ -152,7 +161,32 @@ ORG_UNITS = Resource(
     ),
 )
 
+def _role_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"region_{refs['unique'][:12]}", "description": "华东区域销售"}
+
+
+ROLES = Resource(
+    name="roles",
+    label="role",
+    model=Role,
+    schema=role_schemas.Role,
+    # Configuration, not records: any scope on roles covers all of them.
+    scoping=Unscoped(),
+    sorts=role_schemas.RoleSort,
+    not_found_code="role_not_found",
+    soft_delete=False,
+    grant_group="none",
+    samples=Samples(
+        path="/v1/roles",
+        create=_role_sample,
+        patch={"description": "华南区域销售"},
+        wrong_type={"description": 42},
+        search="华东区域",
+        checks=_SETTINGS_CHECKS,
+    ),
+)
+
 #: Every registered resource, by its Casbin name.
 REGISTRY: dict[str, Resource] = {
-    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS)
+    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES)
 }

@@ -56,9 +56,12 @@ def _audit_events() -> Scoped:
 
 
 def _registry_names() -> tuple[str, ...]:
+    """The registered resources whose records a scope selects (reference data such as
+    roles has no per-record visibility to explain)."""
+    from crm_api.kit.resource import Unscoped
     from crm_api.resources import REGISTRY
 
-    return tuple(REGISTRY)
+    return tuple(n for n, r in REGISTRY.items() if not isinstance(r.scoping, Unscoped))
 
 
 #: Every registered resource (users and org units among them), then those not yet on the
