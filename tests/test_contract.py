@@ -197,7 +197,7 @@ async def test_wildcard_token_is_what_the_schema_says(client, client_for, anon_c
     """`*` is every action on the resource, held as such: the admin's token for
     customers:* can do anything to customers and nothing else, and /me shows exactly that
     (it showed no permission at all: the admin's `*:*` grant was not in the token's set)."""
-    from crm_api.auth.schemas import TokenPermission
+    from crm_api.pat.schemas import TokenPermission
 
     assert "must hold" in (TokenPermission.__doc__ or "")
     pat = bearer((await create_pat(client, ("customers", "*")))["token"])

@@ -8,12 +8,12 @@ from crm_api.api_client.endpoints import router as api_clients
 from crm_api.audit.endpoints import router as audit_events
 from crm_api.auth.endpoints import me_router
 from crm_api.auth.endpoints import router as auth
-from crm_api.auth.pat_endpoints import router as me_tokens
 from crm_api.authz.endpoints import router as authz
 from crm_api.contact.endpoints import customer_router as customer_contacts
 from crm_api.contact.endpoints import router as contacts
 from crm_api.customer.endpoints import router as customers
 from crm_api.org_unit.endpoints import router as org_units
+from crm_api.pat.endpoints import router as me_tokens
 from crm_api.role.endpoints import router as roles
 from crm_api.user.endpoints import router as users
 

@@ -14,9 +14,22 @@ from typing import Any
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
-from crm_api.kit.resource import OwnerScoped, ParentScoped, Resource, Samples
+from crm_api.kit.resource import (
+    OwnerScoped,
+    ParentScoped,
+    Resource,
+    Samples,
+    UnitScoped,
+    Unscoped,
+)
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
+from crm_api.models.identity import Role
+from crm_api.models.org_unit import OrgUnit
+from crm_api.models.user import User
+from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.role import schemas as role_schemas
+from crm_api.user import schemas as user_schemas
 
 
 def _customer_duplicate(field: str) -> Conflict:
@@ -90,5 +103,90 @@ CONTACTS = Resource(
     ),
 )
 
+def _user_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"email": f"u{refs['unique']}@example.cn", "display_name": "张伟 Zhang Wei"}
+
+
+#: Checks whose premise is an owned record that a rep handles and the trash keeps: not
+#: users (the administrators' records, deactivated rather than deleted), so these apply.
+_SETTINGS_CHECKS = frozenset({"if_match", "if_match_required", "idempotent_create", "bad_input"})
+
+USERS = Resource(
+    name="users",
+    label="user",
+    model=User,
+    schema=user_schemas.User,
+    # A user is a record owned by itself in its own unit: ``own`` means yourself, the org
+    # scopes go by the user's unit.
+    scoping=OwnerScoped(owner="id", org_unit="org_unit_id"),
+    sorts=user_schemas.UserSort,
+    not_found_code="user_not_found",
+    soft_delete=False,
+    derived=("roles",),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/users",
+        create=_user_sample,
+        patch={"display_name": "李娜 Li Na"},
+        wrong_type={"display_name": 42},
+        search="Zhang Wei",
+        checks=_SETTINGS_CHECKS,
+        deletes=False,
+    ),
+)
+
+def _org_unit_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"华东大区 {refs['unique'][:8]}", "kind": "branch"}
+
+
+ORG_UNITS = Resource(
+    name="org_units",
+    label="org unit",
+    model=OrgUnit,
+    schema=org_unit_schemas.OrgUnit,
+    # A unit is placed in itself: the org scopes apply directly, ``own`` covers none.
+    scoping=UnitScoped(org_unit="id"),
+    sorts=org_unit_schemas.OrgUnitSort,
+    not_found_code="org_unit_not_found",
+    soft_delete=False,
+    grant_group="none",
+    samples=Samples(
+        path="/v1/org-units",
+        create=_org_unit_sample,
+        patch={"name": "华南大区"},
+        wrong_type={"name": 42},
+        search="华东大区",
+        checks=_SETTINGS_CHECKS,
+        deletes=False,
+    ),
+)
+
+def _role_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"region_{refs['unique'][:12]}", "description": "华东区域销售"}
+
+
+ROLES = Resource(
+    name="roles",
+    label="role",
+    model=Role,
+    schema=role_schemas.Role,
+    # Configuration, not records: any scope on roles covers all of them.
+    scoping=Unscoped(),
+    sorts=role_schemas.RoleSort,
+    not_found_code="role_not_found",
+    soft_delete=False,
+    grant_group="none",
+    samples=Samples(
+        path="/v1/roles",
+        create=_role_sample,
+        patch={"description": "华南区域销售"},
+        wrong_type={"description": 42},
+        search="华东区域",
+        checks=_SETTINGS_CHECKS,
+    ),
+)
+
 #: Every registered resource, by its Casbin name.
-REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS)}
+REGISTRY: dict[str, Resource] = {
+    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES)
+}

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from crm_api.auth import service
 from crm_api.auth.client_ip import client_key
@@ -18,7 +17,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.errors import BadRequest, UnprocessableEntity
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import problems
-from crm_api.models import User
+from crm_api.user import service as users
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 me_router = APIRouter(prefix="/me", tags=["me"])
@@ -191,18 +190,12 @@ async def get_me(
             ).model_dump(mode="json")
             for res, act in usable
         )
-    user = (
-        await conn.execute(
-            select(User.email, User.display_name, User.manager_id, User.kind).where(
-                User.id == principal.id
-            )
-        )
-    ).first()
+    user = await users.me_facts(conn, principal.id)
     body = {
         "id": principal.id, "kind": principal.kind.value,
-        "email": user.email if user and user.kind == "person" else None,
+        "email": user["email"] if user and user["kind"] == "person" else None,
         "display_name": principal.name, "org_unit_id": principal.org_unit_id,
-        "manager_id": user.manager_id if user else None, "roles": roles,
+        "manager_id": user["manager_id"] if user else None, "roles": roles,
         "permissions": grants,
         "token_permissions": sorted([list(p) for p in principal.token_permissions])
         if principal.token_permissions is not None else None,

@@ -15,7 +15,6 @@ from sqlalchemy import ColumnElement, Select, exists, func, select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from crm_api.authz.enforcer import PolicyEngine
-from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import SCOPE_RANK, Access, Principal, PrincipalKind, Scope, ScopeKind
 from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, UnprocessableEntity
@@ -50,18 +49,6 @@ def _registered(name: str) -> Callable[[], Scoped]:
     return factory
 
 
-def _users() -> Scoped:
-    from crm_api.user import repository
-
-    return repository.scoped, User.__table__.c.id
-
-
-def _org_units() -> Scoped:
-    from crm_api.org_unit import repository
-
-    return repository.scoped, OrgUnit.__table__.c.id
-
-
 def _audit_events() -> Scoped:
     from crm_api.audit import repository
 
@@ -69,16 +56,18 @@ def _audit_events() -> Scoped:
 
 
 def _registry_names() -> tuple[str, ...]:
+    """The registered resources whose records a scope selects (reference data such as
+    roles has no per-record visibility to explain)."""
+    from crm_api.kit.resource import Unscoped
     from crm_api.resources import REGISTRY
 
-    return tuple(REGISTRY)
+    return tuple(n for n, r in REGISTRY.items() if not isinstance(r.scoping, Unscoped))
 
 
-#: Every registered resource, then those not yet on the kit (hand-kept until they move).
+#: Every registered resource (users and org units among them), then those not yet on the
+#: kit (hand-kept until they move).
 RESOURCES: dict[str, Callable[[], Scoped]] = {
     **{name: _registered(name) for name in _registry_names()},
-    "users": _users,
-    "org_units": _org_units,
     "audit_events": _audit_events,
 }
 
@@ -102,6 +91,16 @@ def scoped_for(resource: str) -> Scoped:
         ) from exc
 
 
+def _users_scope(access: Access) -> ColumnElement[bool]:
+    """The users ``access`` covers: the registered resource's own scope."""
+    from crm_api.kit.resource import scope_of
+    from crm_api.resources import USERS
+
+    clause = scope_of(USERS, access)
+    assert clause is not None, "users are owner-scoped"
+    return clause
+
+
 async def principal_of(
     conn: Reader, caller: Access, user_id: uuid.UUID
 ) -> tuple[Principal, bool]:
@@ -114,7 +113,7 @@ async def principal_of(
             t.c.manager_path,
         )
         .outerjoin(OrgUnit.__table__, OrgUnit.__table__.c.id == t.c.org_unit_id)
-        .where(t.c.id == user_id, scope_clause(caller, t.c.id, t.c.org_unit_id))
+        .where(t.c.id == user_id, _users_scope(caller))
     )
     row = (await conn.execute(stmt)).first()
     if row is None:

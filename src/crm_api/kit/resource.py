@@ -68,11 +68,19 @@ class ParentScoped:
 
 
 @dataclass(frozen=True, slots=True)
+class UnitScoped:
+    """Rows placed in an org unit but owned by nobody (an org unit is placed in itself):
+    the org scopes apply to the unit column, ``own`` and ``subordinates`` cover none."""
+
+    org_unit: str = "org_unit_id"
+
+
+@dataclass(frozen=True, slots=True)
 class Unscoped:
     """Reference data every holder of the permission reads whole (products)."""
 
 
-Scoping = OwnerScoped | ParentScoped | Unscoped
+Scoping = OwnerScoped | ParentScoped | UnitScoped | Unscoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,11 @@ class Samples:
     wrong_type: dict[str, Any]
     #: A ``q`` term matching the sample record (``None``: the resource has no search).
     search: str | None = None
+    #: The generated checks that apply (their names without ``check_``; ``None``: all). A
+    #: resource without owned, trashable records (users) declares the ones it can meet.
+    checks: frozenset[str] | None = None
+    #: ``DELETE`` on a record's URL exists (users are deactivated instead).
+    deletes: bool = True
 
 
 @dataclass(eq=False)
@@ -127,6 +140,9 @@ class Resource:
     #: ``business``: granted with the business roles' defaults (authz/defaults.py).
     grant_group: Literal["business", "none"] = "business"
     samples: Samples | None = None
+    #: Schema fields that are not columns of the table: the resource's repository adds
+    #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
+    derived: tuple[str, ...] = ()
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -138,11 +154,12 @@ class Resource:
     def __post_init__(self) -> None:
         table: Table = self.model.__table__
         self.table = table
-        missing = [f for f in self.schema.model_fields if f not in table.c]
+        stored = [f for f in self.schema.model_fields if f not in self.derived]
+        missing = [f for f in stored if f not in table.c]
         if missing:
             raise TypeError(f"{self.name}: schema fields without a column: {missing}")
         # the whitelist: the schema's fields, in the schema's order
-        self.columns = [table.c[f] for f in self.schema.model_fields]
+        self.columns = [table.c[f] for f in stored]
         self.id_column = table.c.id
         self.sort_columns = {m.value: table.c[m.value] for m in self.sorts}
         unknown = [f for f in self.sensitive if f not in self.schema.model_fields]
@@ -168,6 +185,8 @@ class Resource:
         scoping = self.scoping
         if isinstance(scoping, OwnerScoped):
             return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+        if isinstance(scoping, UnitScoped):
+            return None, self.table.c[scoping.org_unit]
         if isinstance(scoping, ParentScoped):
             return scoping.parent.placement_columns()
         return None, None
@@ -183,7 +202,7 @@ class Resource:
 def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
     """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
     scoping = resource.scoping
-    if isinstance(scoping, OwnerScoped):
+    if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
         return scope_clause(access, owner, unit)
     if isinstance(scoping, ParentScoped):
@@ -259,6 +278,12 @@ def narrow(stmt: ScopedSelect, *clauses: ColumnElement[bool] | None) -> ScopedSe
     what the scope lets through, so the result is still scoped."""
     present = [c for c in clauses if c is not None]
     return ScopedSelect(stmt.where(and_(*present))) if present else stmt
+
+
+def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSelect:
+    """``stmt`` selecting ``columns`` too (a resource's :attr:`Resource.derived` fields):
+    more columns of the same rows, so the result is still scoped."""
+    return ScopedSelect(stmt.add_columns(*columns))
 
 
 # --- reads -----------------------------------------------------------------------------------
@@ -371,6 +396,8 @@ class Locked:
             return Placement(
                 getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit)
             )
+        if isinstance(scoping, UnitScoped):
+            return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
 
     @property
@@ -383,8 +410,13 @@ async def lock(
     session: AsyncSession, resource: Resource, stmt: ScopedSelect, record_id: uuid.UUID
 ) -> Locked | None:
     """The ORM row of ``stmt`` (from :func:`scoped_entity`) by id, locked ``FOR UPDATE``
-    (the row only, not its parent)."""
-    query = stmt.where(resource.id_column == record_id).with_for_update(of=resource.model)
+    (the row only, not its parent), as the lock found it: fresh from the database, not a
+    copy the session's identity map held from before the lock."""
+    query = (
+        stmt.where(resource.id_column == record_id)
+        .with_for_update(of=resource.model)
+        .execution_options(populate_existing=True)
+    )
     row: Any = (await session.execute(query)).first()
     if row is None:
         return None

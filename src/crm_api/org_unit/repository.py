@@ -7,40 +7,31 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, update
+from sqlalchemy import ColumnElement, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
+from crm_api.kit import resource as kit
 from crm_api.kit.filtering import contains_pattern, one_of
-from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.kit.transfer import cast_table
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
 from crm_api.org_unit.schemas import OrgUnitListQuery, OrgUnitSort
+from crm_api.resources import ORG_UNITS
 
-COLUMNS = columns_of(OrgUnit)
-SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
-    OrgUnitSort.path: OrgUnit.__table__.c.path,
-    OrgUnitSort.name: OrgUnit.__table__.c.name,
-    OrgUnitSort.created_at: OrgUnit.__table__.c.created_at,
-}
+R = ORG_UNITS
 #: Transaction-scoped advisory lock serializing changes to the tree's shape (create, move,
 #: deactivate): a child inserted under a unit while that unit's subtree is being moved
 #: would otherwise keep the old path prefix.
 TREE_LOCK = 0x6F72675F74726565  # "org_tree"
 
 
-def scope_of(access: Access) -> ColumnElement[bool]:
-    return scope_clause(access, None, OrgUnit.__table__.c.id)
+def scoped(access: Access) -> ScopedSelect:
+    return kit.scoped(R, access)
 
 
-def scoped(access: Access) -> Select[Any]:
-    return select(*COLUMNS).where(scope_of(access))
-
-
-def filtered(access: Access, query: OrgUnitListQuery) -> Select[Any]:
-    stmt = scoped(access)
+def filtered(access: Access, query: OrgUnitListQuery) -> ScopedSelect:
     clauses: list[ColumnElement[bool] | None] = [
         OrgUnit.parent_id == query.parent_id if query.parent_id else None,
         one_of(OrgUnit.__table__.c.kind, query.kind),
@@ -54,20 +45,17 @@ def filtered(access: Access, query: OrgUnitListQuery) -> Select[Any]:
         prefix = select(OrgUnit.path).where(OrgUnit.id == query.within).scalar_subquery()
         # LIKE prefix || '%' on the C-collated path index; ids hold no LIKE wildcards
         clauses.append(OrgUnit.path.like(prefix + literal("%")))
-    present = [c for c in clauses if c is not None]
-    return stmt.where(and_(*present)) if present else stmt
+    return kit.narrow(scoped(access), *clauses)
 
 
 async def list_page(executor: Executor, access: Access, query: OrgUnitListQuery) -> dict[str, Any]:
-    return await fetch_page(
-        executor, filtered(access, query), SORT_COLUMNS, OrgUnit.__table__.c.id,
-        query.page(OrgUnitSort),
+    return await kit.fetch_page(
+        executor, R, access, filtered(access, query), query.page(OrgUnitSort)
     )
 
 
 async def get_row(executor: Executor, access: Access, unit_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await executor.execute(scoped(access).where(OrgUnit.id == unit_id))).mappings().first()
-    return dict(row) if row is not None else None
+    return await kit.get_row(executor, R, access, scoped(access), unit_id)
 
 
 async def lock_tree(session: AsyncSession) -> None:
@@ -77,13 +65,8 @@ async def lock_tree(session: AsyncSession) -> None:
 async def lock(session: AsyncSession, access: Access, unit_id: uuid.UUID) -> OrgUnit | None:
     """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it (fresh from the
     database, not the identity map)."""
-    stmt = (
-        select(OrgUnit)
-        .where(OrgUnit.id == unit_id, scope_of(access))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    locked = await kit.lock(session, R, kit.scoped_entity(R, access), unit_id)
+    return locked.row if locked is not None else None
 
 
 async def find_in_scope(
@@ -91,11 +74,10 @@ async def find_in_scope(
 ) -> OrgUnit | None:
     """A unit ``access`` covers, locked ``FOR SHARE`` so it cannot be moved or deactivated
     until the caller's transaction ends."""
-    stmt = select(OrgUnit).where(OrgUnit.id == unit_id, scope_of(access))
-    if share:
-        stmt = stmt.with_for_update(read=True)
+    stmt = kit.narrow(kit.scoped_entity(R, access), R.id_column == unit_id)
+    query = stmt.with_for_update(read=True) if share else stmt
     return (
-        await session.execute(stmt.execution_options(populate_existing=True))
+        await session.execute(query.execution_options(populate_existing=True))
     ).scalar_one_or_none()
 
 

@@ -89,7 +89,7 @@ async def create_org_unit(
     )
     session.add(unit)
     await session.flush()
-    after = to_dict(unit, repo.COLUMNS)
+    after = to_dict(unit, repo.R.columns)
     audit.record(
         session, access.principal, action="create", resource_type=RESOURCE,
         resource_id=unit_id, changes=audit.diff(None, after),
@@ -113,7 +113,7 @@ async def update_org_unit(
             errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
                     for f in nulled],
         )
-    before = to_dict(unit, repo.COLUMNS)
+    before = to_dict(unit, repo.R.columns)
     diff = audit.diff(before, {**before, **changes})
     if not diff:
         return before
@@ -125,7 +125,7 @@ async def update_org_unit(
         session, access.principal, action="update", resource_type=RESOURCE,
         resource_id=unit.id, changes=diff,
     )
-    return to_dict(unit, repo.COLUMNS)
+    return to_dict(unit, repo.R.columns)
 
 
 async def move_org_unit(
@@ -147,7 +147,7 @@ async def move_org_unit(
         raise not_found(unit_id)
     check_if_match(if_match, unit.version, required=False)
     if parent_id == unit.parent_id:
-        return to_dict(unit, repo.COLUMNS)
+        return to_dict(unit, repo.R.columns)
     if not access.scope.is_all and (
         unit.parent_id is None
         or await repo.find_in_scope(session, access, unit.parent_id, share=False) is None
@@ -179,7 +179,7 @@ async def move_org_unit(
             )
         new_prefix = f"{parent.path}{unit.id}/"
     delegation.check_unit_move(policy, access.principal, unit.path, new_prefix)
-    before = to_dict(unit, repo.COLUMNS)
+    before = to_dict(unit, repo.R.columns)
     old_prefix = before["path"]
     depth_delta = (new_prefix.count("/") - 2) - unit.depth
     moved = await repo.move_subtree(
@@ -187,7 +187,7 @@ async def move_org_unit(
     )
     refreshed = await repo.lock(session, access_all(access), unit.id)
     assert refreshed is not None
-    after = to_dict(refreshed, repo.COLUMNS)
+    after = to_dict(refreshed, repo.R.columns)
     changes = audit.diff(before, after)
     changes["units_moved"] = {"before": None, "after": moved}
     audit.record(
@@ -217,7 +217,7 @@ async def set_active(
         raise not_found(unit_id)
     check_if_match(if_match, unit.version, required=False)
     if unit.active is active:
-        return to_dict(unit, repo.COLUMNS)
+        return to_dict(unit, repo.R.columns)
     if not active:
         children, users = await repo.count_active_dependents(session, unit.id)
         if children or users:
@@ -242,7 +242,7 @@ async def set_active(
         changes={"active": {"before": not active, "after": active}},
     )
     await bump_policy_version(session)
-    return to_dict(unit, repo.COLUMNS)
+    return to_dict(unit, repo.R.columns)
 
 
 # --- for other domains ---------------------------------------------------------------------

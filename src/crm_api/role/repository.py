@@ -11,25 +11,26 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, delete, false, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access
+from crm_api.kit import resource as kit
 from crm_api.kit.filtering import contains_pattern
-from crm_api.kit.repository import Executor, columns_of, fetch_page
+from crm_api.kit.repository import fetch_page
+from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.kit.transfer import cast_table
 from crm_api.models.authz_rule import AuthzRule
 from crm_api.models.identity import Role
+from crm_api.resources import ROLES
 from crm_api.role.schemas import GrantListQuery, GrantSort, RoleListQuery, RoleSort
 
-COLUMNS = columns_of(Role)
+RESOURCE = ROLES
+#: The role row's columns (what a response and an audit diff see).
+COLUMNS = ROLES.columns
 R = cast_table(Role)
 A = cast_table(AuthzRule)
-SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
-    RoleSort.name: R.c.name,
-    RoleSort.created_at: R.c.created_at,
-}
 GRANT_COLUMNS = [
     A.c.id, A.c.v0.label("role"), A.c.v1.label("resource"), A.c.v2.label("action"),
     A.c.v3.label("scope"), A.c.v4.label("units"), A.c.created_at,
@@ -41,37 +42,33 @@ GRANT_SORT: dict[str, ColumnElement[Any]] = {
 }
 
 
-def scope_of(access: Access) -> ColumnElement[bool]:
-    return true() if access.scope.kinds else false()
-
-
-def scoped(access: Access) -> Select[Any]:
-    return select(*COLUMNS).where(scope_of(access))
+def scoped(access: Access) -> ScopedSelect:
+    """Every role (reference data), or none for an access without any scope: fail
+    closed."""
+    return kit.narrow(kit.scoped(RESOURCE, access), None if access.scope.kinds else false())
 
 
 async def list_page(executor: Executor, access: Access, query: RoleListQuery) -> dict[str, Any]:
-    stmt = scoped(access)
-    if query.builtin is not None:
-        stmt = stmt.where(R.c.builtin.is_(query.builtin))
+    clauses: list[ColumnElement[bool] | None] = [
+        R.c.builtin.is_(query.builtin) if query.builtin is not None else None,
+    ]
     if query.q:
         pattern = contains_pattern(query.q)
-        stmt = stmt.where(or_(R.c.name.ilike(pattern), R.c.description.ilike(pattern)))
-    return await fetch_page(executor, stmt, SORT_COLUMNS, R.c.id, query.page(RoleSort))
+        clauses.append(or_(R.c.name.ilike(pattern), R.c.description.ilike(pattern)))
+    stmt = kit.narrow(scoped(access), *clauses)
+    return await kit.fetch_page(executor, RESOURCE, access, stmt, query.page(RoleSort))
 
 
 async def get_row(executor: Executor, access: Access, role_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await executor.execute(scoped(access).where(R.c.id == role_id))).mappings().first()
-    return dict(row) if row is not None else None
+    return await kit.get_row(executor, RESOURCE, access, scoped(access), role_id)
 
 
 async def lock(session: AsyncSession, access: Access, role_id: uuid.UUID) -> Role | None:
-    stmt = (
-        select(Role)
-        .where(Role.id == role_id, scope_of(access))
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    stmt = kit.narrow(
+        kit.scoped_entity(RESOURCE, access), None if access.scope.kinds else false()
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    locked = await kit.lock(session, RESOURCE, stmt, role_id)
+    return locked.row if locked is not None else None
 
 
 async def name_exists(session: AsyncSession, name: str) -> bool:

@@ -9,9 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     String,
-    and_,
     case,
     cast,
     delete,
@@ -23,28 +21,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
+from crm_api.kit import resource as kit
 from crm_api.kit.filtering import contains_pattern, one_of
-from crm_api.kit.repository import Executor, fetch_page
+from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.kit.transfer import cast_table
 from crm_api.models.authz_rule import AuthzRule
 from crm_api.models.user import User
+from crm_api.resources import USERS
 from crm_api.user.schemas import UserListQuery, UserSort
 
+R = USERS
 T = cast_table(User)
-#: What a caller may see of a user: never the password hash.
-PUBLIC_COLUMNS = [
-    T.c[name] for name in (
-        "id", "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
-        "created_at", "updated_at", "version",
-    )
-]
-SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
-    UserSort.created_at: T.c.created_at,
-    UserSort.display_name: T.c.display_name,
-    UserSort.email: T.c.email,
-}
 #: Advisory lock serializing changes to the reporting lines (``manager_path``).
 REPORTING_LOCK = 0x7265706F7274696E  # "reportin"
 #: Advisory lock serializing what could leave no active administrator.
@@ -73,17 +61,14 @@ def _roles_column() -> ColumnElement[Any]:
     return func.array(names).label("roles")
 
 
-def scope_of(access: Access) -> ColumnElement[bool]:
-    return scope_clause(access, T.c.id, T.c.org_unit_id)
+def scoped(access: Access) -> ScopedSelect:
+    """Users ``access`` covers, with their roles (the public schema's ``roles``)."""
+    return kit.with_columns(kit.scoped(R, access), _roles_column())
 
 
-def scoped(access: Access) -> Select[Any]:
-    return select(*PUBLIC_COLUMNS, _roles_column()).where(scope_of(access))
-
-
-def filtered(access: Access, query: UserListQuery) -> Select[Any]:
-    stmt = scoped(access).where(T.c.kind == query.kind.value)
+def filtered(access: Access, query: UserListQuery) -> ScopedSelect:
     clauses: list[ColumnElement[bool] | None] = [
+        T.c.kind == query.kind.value,
         one_of(T.c.org_unit_id, query.org_unit_id),
         T.c.manager_id == query.manager_id if query.manager_id else None,
         T.c.active.is_(query.active) if query.active is not None else None,
@@ -97,30 +82,21 @@ def filtered(access: Access, query: UserListQuery) -> Select[Any]:
                 select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == query.role)
             )
         )
-    present = [c for c in clauses if c is not None]
-    return stmt.where(and_(*present)) if present else stmt
+    return kit.narrow(scoped(access), *clauses)
 
 
 async def list_page(executor: Executor, access: Access, query: UserListQuery) -> dict[str, Any]:
-    return await fetch_page(
-        executor, filtered(access, query), SORT_COLUMNS, T.c.id, query.page(UserSort)
-    )
+    return await kit.fetch_page(executor, R, access, filtered(access, query), query.page(UserSort))
 
 
 async def get_row(executor: Executor, access: Access, user_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await executor.execute(scoped(access).where(T.c.id == user_id))).mappings().first()
-    return dict(row) if row is not None else None
+    return await kit.get_row(executor, R, access, scoped(access), user_id)
 
 
 async def lock(session: AsyncSession, access: Access, user_id: uuid.UUID) -> User | None:
     """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it."""
-    stmt = (
-        select(User)
-        .where(User.id == user_id, scope_of(access))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    locked = await kit.lock(session, R, kit.scoped_entity(R, access), user_id)
+    return locked.row if locked is not None else None
 
 
 async def lock_reporting_lines(session: AsyncSession) -> None:
@@ -141,6 +117,23 @@ async def other_active_admins(session: AsyncSession, user_id: uuid.UUID) -> int:
         ),
     )
     return int((await session.execute(stmt)).scalar_one())
+
+
+async def active_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    stmt = select(User).where(User.id == user_id, User.active.is_(True))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """Any user, active or not."""
+    return (await session.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+
+
+async def me_facts(executor: Executor, user_id: uuid.UUID) -> dict[str, Any] | None:
+    """The caller's own e-mail, manager and kind (not a scoped read: it is themself)."""
+    stmt = select(T.c.email, T.c.display_name, T.c.manager_id, T.c.kind).where(T.c.id == user_id)
+    row = (await executor.execute(stmt)).mappings().first()
+    return dict(row) if row is not None else None
 
 
 async def active_user_for_share(session: AsyncSession, user_id: uuid.UUID) -> User | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,13 +52,18 @@ AUDITED = (
 
 
 async def get_active_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    stmt = select(User).where(User.id == user_id, User.active.is_(True))
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return await repo.active_user(session, user_id)
 
 
 async def find_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     """Any user, active or not (for handing a departed user's records over)."""
-    return (await session.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+    return await repo.find(session, user_id)
+
+
+async def me_facts(conn: Reader, user_id: uuid.UUID) -> dict[str, Any] | None:
+    """What ``/v1/me`` shows of the caller's own row (e-mail, manager, kind), read
+    without a policy scope: it is the caller themself."""
+    return await repo.me_facts(conn, user_id)
 
 
 def not_found(user_id: uuid.UUID) -> NotFound:

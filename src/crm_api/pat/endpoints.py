@@ -7,13 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.auth import pat
-from crm_api.auth.schemas import (
-    PersonalAccessToken,
-    PersonalAccessTokenCreate,
-    PersonalAccessTokenCreated,
-    PersonalAccessTokenListQuery,
-)
 from crm_api.authz.dependencies import authenticated, get_policy
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Principal
@@ -21,6 +14,13 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import problems, query_model
 from crm_api.kit.schemas import Page
+from crm_api.pat import service as pat
+from crm_api.pat.schemas import (
+    PersonalAccessToken,
+    PersonalAccessTokenCreate,
+    PersonalAccessTokenCreated,
+    PersonalAccessTokenListQuery,
+)
 
 router = APIRouter(prefix="/me/tokens", tags=["me"])
 

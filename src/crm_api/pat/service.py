@@ -18,17 +18,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.auth import tokens
 from crm_api.auth.keys import KeyRing
-from crm_api.auth.schemas import (
-    PersonalAccessTokenCreate,
-    PersonalAccessTokenListQuery,
-    PersonalAccessTokenSort,
-)
 from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
@@ -36,24 +30,14 @@ from crm_api.authz.types import Principal, PrincipalKind
 from crm_api.config import Settings
 from crm_api.db.reader import Reader
 from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
-from crm_api.kit.repository import fetch_page
 from crm_api.models import PersonalAccessToken
+from crm_api.pat import repository as repo
+from crm_api.pat.schemas import PersonalAccessTokenCreate, PersonalAccessTokenListQuery
 
 RESOURCE = "personal_access_tokens"
 DEFAULT_LIFETIME = timedelta(days=365)
 MAX_LIFETIME = timedelta(days=3650)
 MIN_LIFETIME = timedelta(minutes=1)
-
-COLUMNS: list[Any] = [
-    PersonalAccessToken.id, PersonalAccessToken.name, PersonalAccessToken.permissions,
-    PersonalAccessToken.created_at, PersonalAccessToken.expires_at,
-    PersonalAccessToken.last_used_at, PersonalAccessToken.revoked_at,
-]
-SORT_COLUMNS: dict[str, Any] = {
-    PersonalAccessTokenSort.created_at: PersonalAccessToken.created_at,
-    PersonalAccessTokenSort.name: PersonalAccessToken.name,
-}
-
 
 def not_found(token_id: uuid.UUID) -> NotFound:
     return NotFound(f"No personal access token {token_id}.", code="token_not_found")
@@ -107,8 +91,7 @@ async def create_token(
         id=uuid.uuid4(), user_id=principal.id, name=data.name,
         permissions=[list(p) for p in wanted], created_at=now, expires_at=expires_at,
     )
-    session.add(token_row)
-    await session.flush()
+    row = await repo.insert(session, token_row)
     raw, _ = tokens.issue(
         keyring, subject=f"user:{principal.id}", token_type="pat",
         ttl_s=int((expires_at - now).total_seconds()), issuer=settings.jwt_issuer,
@@ -120,20 +103,13 @@ async def create_token(
                                   "expires_at": expires_at}),
         owner_id=principal.id, org_unit_id=principal.org_unit_id,
     )
-    row = {c.key: getattr(token_row, c.key) for c in COLUMNS}
     return {**_present(row), "token": raw}
 
 
 async def list_tokens(
     conn: Reader, principal: Principal, query: PersonalAccessTokenListQuery
 ) -> dict[str, Any]:
-    stmt = select(*COLUMNS).where(PersonalAccessToken.user_id == principal.id)
-    if not query.include_revoked:
-        stmt = stmt.where(PersonalAccessToken.revoked_at.is_(None))
-    page = await fetch_page(
-        conn, stmt, SORT_COLUMNS, PersonalAccessToken.id.expression,
-        query.page(PersonalAccessTokenSort),
-    )
+    page = await repo.list_page(conn, principal.id, query)
     page["data"] = [_present(r) for r in page["data"]]
     return page
 
@@ -141,28 +117,16 @@ async def list_tokens(
 async def get_token(
     conn: Reader, principal: Principal, token_id: uuid.UUID
 ) -> dict[str, Any]:
-    row = (
-        await conn.execute(
-            select(*COLUMNS).where(
-                PersonalAccessToken.id == token_id, PersonalAccessToken.user_id == principal.id
-            )
-        )
-    ).mappings().first()
+    row = await repo.get_row(conn, principal.id, token_id)
     if row is None:
         raise not_found(token_id)
-    return _present(dict(row))
+    return _present(row)
 
 
 async def revoke_token(session: AsyncSession, principal: Principal, token_id: uuid.UUID) -> None:
     """Revoke one of the caller's tokens; revoking a revoked token changes nothing. The
     policy-version bump makes every worker drop its cached copy of the token's row."""
-    token_row = (
-        await session.execute(
-            select(PersonalAccessToken)
-            .where(PersonalAccessToken.id == token_id, PersonalAccessToken.user_id == principal.id)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
+    token_row = await repo.lock(session, principal.id, token_id)
     if token_row is None:
         raise not_found(token_id)
     if token_row.revoked_at is not None:
