@@ -63,18 +63,30 @@ class _Asgi:
         self.status: set[int] = set()
 
     async def get(self, path: str) -> None:
+        await self.call("GET", path)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.call("POST", path, body, {"content-type": "application/json",
+                                             **(headers or {})})
+
+    async def call(self, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None) -> None:
         p, _, qs = path.partition("?")
+        extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        if body:
+            extra.append((b"content-length", str(len(body)).encode()))
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": p, "raw_path": p.encode(), "query_string": qs.encode(),
-            "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": p, "raw_path": p.encode(),
+            "query_string": qs.encode(), "root_path": "", "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
             "headers": [(b"host", b"127.0.0.1"),
-                        (b"authorization", f"Bearer {self.token}".encode())],
+                        (b"authorization", f"Bearer {self.token}".encode()), *extra],
             "state": {},
         }
 
         async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -196,12 +208,81 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
             await measure(f"list ASGI app, principal dependency stubbed, {tag}",
                           partial(client.get, LIST_PATH))
             app.dependency_overrides.clear()
-        if client.status - {200, 404}:
+        if pre_ping == "true":
+            await measure_create(app, client, measure, n)
+        if client.status - {200, 201, 404}:
             raise SystemExit(f"unexpected statuses {client.status}")
         await startup.put({"type": "lifespan.shutdown"})
         await events.get()
         await lifespan
     return out
+
+
+class _RoundTrips:
+    """Counts what the write engine sends: statements (``before_cursor_execute``), the
+    transaction's BEGIN/COMMIT/ROLLBACK, and pool checkouts (each one a pre-ping, itself
+    BEGIN + ping + ROLLBACK on asyncpg, when pre-ping is on). The read pool is plain
+    asyncpg and not counted (a create does not use it)."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.counts: dict[str, int] = {}
+        self.statements: dict[str, int] = {}
+        sync = engine.sync_engine
+
+        def bump(name: str) -> Callable[..., None]:
+            def listener(*_: Any, **__: Any) -> None:
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return listener
+
+        def statement(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+            self.counts["statements"] = self.counts.get("statements", 0) + 1
+            head = " ".join(sql.split())[:70]
+            self.statements[head] = self.statements.get(head, 0) + 1
+
+        event.listen(sync, "before_cursor_execute", statement)
+        for name in ("begin", "commit", "rollback"):
+            event.listen(sync, name, bump(name))
+        event.listen(sync.pool, "checkout", bump("checkout"))
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.statements.clear()
+
+
+async def measure_create(
+    app: Any, client: _Asgi,
+    measure: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[None]],
+    n: int,
+) -> None:
+    """``POST /v1/customers`` (the load run's body, unique names; deleted at the end by
+    ``bench run``'s clean-up or :func:`bench.load.delete_created`): CPU per request, and
+    statements and round trips per request, without and with an ``Idempotency-Key``."""
+    from bench.load import CREATE_BODY
+
+    counter = _RoundTrips(app.state.db.engine)
+    seq = iter(range(10**9))
+
+    def body() -> bytes:
+        return CREATE_BODY.replace("{n}", f"bd-{uuid.uuid4().hex[:8]}-{next(seq)}").encode()
+
+    async def create() -> None:
+        await client.post("/v1/customers", body())
+
+    async def create_keyed() -> None:
+        await client.post("/v1/customers", body(), {"idempotency-key": uuid.uuid4().hex})
+
+    for label, fn in (("create ASGI app: POST /v1/customers", create),
+                      ("create ASGI app: POST /v1/customers + Idempotency-Key", create_keyed)):
+        await measure(label, fn)
+        counter.reset()
+        for _ in range(20):
+            await fn()
+        per = {k: v / 20 for k, v in sorted(counter.counts.items())}
+        print(f"      per request: {per}", flush=True)
+        for sql, times in counter.statements.items():
+            print(f"        {times / 20:4.1f} x {sql}", flush=True)
 
 
 # --- where the time goes: py-spy samples of the in-process app, grouped by layer ---------
@@ -344,4 +425,7 @@ def breakdown_command(url: str, n: int, rounds: int, profile: float = 0) -> int:
     print(f"CPU per request, one at a time, best of {rounds} x {n} "
           f"(load average {os.getloadavg()[0]:.1f}):")
     uvloop.run(breakdown(url, n, rounds))
+    from bench.load import delete_created
+
+    print(f"deleted {uvloop.run(delete_created(asyncpg_url(url)))} customers made by create")
     return 0

@@ -149,10 +149,24 @@ def median_stats(runs: list[Stats]) -> dict[str, Any]:
 
 
 # --- the app server -----------------------------------------------------------------------
+#: Ports the server may take (``CRM_BENCH_PORTS=low-high``; a shared machine gives each
+#: user a range), tried from a random start.
+PORTS = os.environ.get("CRM_BENCH_PORTS", "18000-18999")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    low, _, high = PORTS.partition("-")
+    first, last = int(low), int(high or low)
+    start = random.randint(first, last)
+    for i in range(last - first + 1):
+        port = first + (start - first + i) % (last - first + 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"no free port in {PORTS}")
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -200,6 +214,9 @@ class AppServer:
             "CRM_ACCESS_TOKEN_TTL_S": "86400",
             "CRM_DATA_DIR": str(self.data_dir),
             "CRM_DEMO_DATA": "false",
+            # one login drives every connection: the per-principal cap (default 8) would
+            # answer most of them 429
+            "CRM_MAX_INFLIGHT_PER_PRINCIPAL": "0",
             "CRM_ENV": "development",
             **env,
         }

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Insert, Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -87,6 +87,36 @@ def record(
     )
     session.add(event)
     return event
+
+
+def row(
+    principal: Principal,
+    *,
+    action: str,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    changes: dict[str, Any],
+    owner_id: uuid.UUID | None = None,
+    org_unit_id: uuid.UUID | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The values of one event (what :func:`record` adds), for a caller that writes it in
+    a statement of its own making (the kit's create: one statement for the record and its
+    event, see :func:`insert_with`)."""
+    return {
+        "id": uuid.uuid4(), "occurred_at": occurred_at or datetime.now(UTC),
+        "actor_type": principal.kind.value, "actor_id": principal.id, "action": action,
+        "resource_type": resource_type, "resource_id": resource_id, "owner_id": owner_id,
+        "org_unit_id": org_unit_id, "changes": changes, "request_id": request_id_var.get(),
+    }
+
+
+def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """``stmt`` carrying the audit ``event`` (:func:`row`) as a data-modifying CTE: the
+    record and its event in one statement, one round trip; a constraint violation of the
+    record writes neither."""
+    table: Table = AuditEvent.__table__  # type: ignore[assignment]
+    return stmt.add_cte(insert(table).values(**event).cte("audit_event"))
 
 
 async def record_all(

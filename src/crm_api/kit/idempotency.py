@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Header
 from pydantic import BaseModel
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
@@ -66,29 +66,21 @@ async def idempotent(
     request_hash = fingerprint(method, path, body)
     owner = principal.audit_key
     now = datetime.now(UTC)
-    await session.execute(
-        delete(IdempotencyKey).where(
-            IdempotencyKey.principal == owner,
-            IdempotencyKey.key == key,
-            IdempotencyKey.created_at < now - KEY_TTL,
-        )
-    )
+    fresh = {
+        "method": method, "path": path, "request_hash": request_hash, "status_code": 0,
+        "response_body": b"", "response_headers": {}, "created_at": now,
+    }
+    # One statement claims the key: a new key is inserted; an expired one (older than
+    # KEY_TTL) is taken over as if new; a live one is left alone and nothing is returned.
+    # Either way the row stays locked by whoever wrote it until their transaction ends.
+    stmt = insert(IdempotencyKey).values(principal=owner, key=key, **fresh)
     inserted = (
         await session.execute(
-            insert(IdempotencyKey)
-            .values(
-                principal=owner,
-                key=key,
-                method=method,
-                path=path,
-                request_hash=request_hash,
-                status_code=0,
-                response_body=b"",
-                response_headers={},
-                created_at=now,
-            )
-            .on_conflict_do_nothing()
-            .returning(IdempotencyKey.key)
+            stmt.on_conflict_do_update(
+                index_elements=[IdempotencyKey.principal, IdempotencyKey.key],
+                set_=fresh,
+                where=IdempotencyKey.created_at < now - KEY_TTL,
+            ).returning(IdempotencyKey.key)
         )
     ).scalar_one_or_none()
     if inserted is None:

@@ -22,11 +22,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sqlalchemy import ColumnElement, Executable, Result
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
 from crm_api.authz.masking import reject_masked, resolve_masked
+from crm_api.authz.scope import UNMASKED, per_row_sensitive
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.errors import Forbidden, ProblemError, UnprocessableEntity
 from crm_api.kit.concurrency import check_if_match
@@ -36,9 +39,11 @@ from crm_api.kit.resource import (
     Placement,
     Resource,
     lock,
+    mask_row,
     present,
     scoped_entity,
     to_dict,
+    unmasked_clause,
 )
 from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
 
@@ -84,6 +89,22 @@ async def flush(
     ``overrides`` for this call) into the error it means; anything else propagates."""
     try:
         await session.flush()
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        for name, error in {**resource.constraints, **(overrides or {})}.items():
+            if name in text:
+                raise error() from exc
+        raise
+
+
+async def execute(
+    session: AsyncSession, resource: Resource, stmt: Executable,
+    overrides: Overrides | None = None,
+) -> Result[Any]:
+    """:func:`flush` for a Core statement: run it, mapping a declared constraint's
+    violation to the error it means."""
+    try:
+        return await session.execute(stmt)
     except IntegrityError as exc:
         text = str(exc.orig)
         for name, error in {**resource.constraints, **(overrides or {})}.items():
@@ -150,6 +171,11 @@ async def place_new(
             "Setting another owner or the org unit needs the 'assign' permission.",
             code="assign_not_allowed",
         )
+    if not chosen:
+        # The caller owns it, in their own unit: the principal already holds both (an
+        # active user: the token was just checked against the cached user facts, kept
+        # fresh like every authorization decision), so no user lookup.
+        return Placement(owner_id, access.principal.org_unit_id)
     owner = await users.get_active_user(session, owner_id)
     if owner is None:
         raise invalid_owner()
@@ -236,13 +262,58 @@ async def insert(
     """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
     as the caller may see it."""
     now = datetime.now(UTC)
-    obj = resource.model(
-        id=uuid.uuid4(), created_at=now, updated_at=now, version=1, **values
+    record_id = uuid.uuid4()
+    row: dict[str, Any] = {
+        "id": record_id, "created_at": now, "updated_at": now, "version": 1, **values
+    }
+    # Every public column gets an explicit value (its Python default, else NULL), so the
+    # record as written — the response and the audit diff — is known before the INSERT,
+    # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill
+    # (a server default and no Python one) is read back by RETURNING, and the event then
+    # follows in a second statement.
+    from_server = []
+    for column in resource.columns:
+        if column.key in row:
+            continue
+        default = getattr(column, "default", None)
+        if default is not None and default.is_scalar:
+            row[column.key] = default.arg
+        elif default is not None and default.is_callable:
+            row[column.key] = default.arg(None)
+        elif getattr(column, "server_default", None) is not None:
+            from_server.append(column)
+        else:
+            row[column.key] = None
+    stmt = sql_insert(resource.table).values(**row)
+    flag: ColumnElement[bool] | None = None
+    if (resource.sensitive and isinstance(resource.scoping, OwnerScoped)
+            and per_row_sensitive(access)):
+        # the read_sensitive decision on the row just inserted, in the same statement
+        flag = unmasked_clause(resource, access).label(UNMASKED)
+    if from_server or flag is not None:
+        stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
+    event = audit.row(
+        access.principal, action="create", resource_type=resource.name,
+        resource_id=record_id, owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
+        changes=audit.diff(None, {c.key: row[c.key] for c in resource.columns if c.key in row},
+                           resource.sensitive),
+        occurred_at=now,
     )
-    session.add(obj)
-    await flush(session, resource, overrides)
-    after = to_dict(resource, obj)
-    _audit(session, access, resource, "create", obj.id, placement, None, after)
+    if not from_server:
+        stmt = audit.insert_with(stmt, event)
+    returned = await execute(session, resource, stmt, overrides)
+    after = {c.key: row.get(c.key) for c in resource.columns}
+    if from_server or flag is not None:
+        got = returned.mappings().one()
+        after.update({c.key: got[c.key] for c in from_server})
+    if from_server:
+        event["changes"] = audit.diff(None, after, resource.sensitive)
+        await audit.record_all(session, access.principal, [
+            {k: v for k, v in event.items()
+             if k not in ("id", "occurred_at", "actor_type", "actor_id", "request_id")}])
+    if flag is not None:
+        after[UNMASKED] = bool(got[UNMASKED])
+        return mask_row(resource, access, after)
     return await present(session, resource, access, after, placement)
 
 
