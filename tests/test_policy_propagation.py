@@ -107,3 +107,30 @@ async def test_deactivation_reaches_another_instance_within_a_second(
         response = await admin_on_a.post(f"/v1/users/{rep['id']}/deactivate")
         assert response.status_code == 200, response.text
         await _wait_for(rep_on_b, "/v1/me", 401)
+
+
+async def test_a_poll_overtaken_by_a_load_does_not_reload_again(engine):
+    """A poll reads the version; before it compares, the worker that made a change reloads
+    at once. The poll's older reading must not trigger a second load, which would also
+    empty the principal cache (a warm request then paid a user lookup: round-trip counts
+    were flaky on a busy machine)."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from crm_api.authz.enforcer import PolicyEngine
+    from crm_api.authz.state import bump_policy_version
+
+    policy = PolicyEngine()
+    await policy.load(engine)
+    stale = await policy.current_versions(engine)
+    async with engine.begin() as conn, AsyncSession(bind=conn) as session:
+        await bump_policy_version(session)
+        await session.flush()
+
+    async def read_overtaken_by_a_load(eng):
+        await PolicyEngine.load(policy, eng)  # completes while the poll's read is in flight
+        return stale  # what the poll read before it
+
+    policy.current_versions = read_overtaken_by_a_load  # type: ignore[method-assign]
+    loads = policy._loads
+    assert await policy.refresh_if_changed(engine) is False
+    assert policy._loads == loads + 1  # the concurrent load only, no second one

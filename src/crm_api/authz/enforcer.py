@@ -53,6 +53,8 @@ class PolicyEngine:
         self._cache: dict[tuple[str, str, str], Scope | None] = {}
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Any] = []
+        #: How many times :meth:`load` completed (see :meth:`refresh_if_changed`).
+        self._loads = 0
         #: ``authz_state.sessions_version`` last seen; -1 until the first poll.
         self.sessions_version: int = -1
         #: Awaited with the engine when ``sessions_version`` moves (a session was revoked).
@@ -83,6 +85,7 @@ class PolicyEngine:
         self.enforcer = enforcer
         self._cache = {}
         self.version = version if version is not None else 0
+        self._loads += 1
         for listener in self.listeners:
             listener()
 
@@ -100,12 +103,17 @@ class PolicyEngine:
         return (await self.current_versions(engine))[0]
 
     async def refresh_if_changed(self, engine: AsyncEngine) -> bool:
+        # A load that completes while this poll's read is in flight (the worker that made
+        # the change reloads at once) is at least as new as what the poll read: comparing
+        # the poll's older version with it would reload again, for nothing, and empty the
+        # principal cache with it.
+        loads_before = self._loads
         version, sessions_version = await self.current_versions(engine)
         if sessions_version != self.sessions_version:
             for listener in self.session_listeners:
                 await listener(engine)
             self.sessions_version = sessions_version
-        if version != self.version:
+        if version != self.version and self._loads == loads_before:
             await self.load(engine)
             return True
         return False
