@@ -79,3 +79,18 @@ async def test_sort_sent_exploded_or_comma_separated_is_the_same_sort(client, ad
     # each at most once, however it is sent
     bad = await client.get("/v1/customers", params=[("sort", "name"), ("sort", "-name")])
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_sort"
+
+
+async def test_a_single_valued_parameter_sent_twice_is_422(client):
+    """Found by schemathesis once ``sort`` became an array: ``active=x&active=false`` was
+    answered as ``active=false`` (the last value won), though the document says one
+    boolean."""
+    response = await client.get("/v1/org-units", params=[("active", "x"), ("active", "false")])
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0] == {
+        "field": "query.active", "code": "repeated_parameter",
+        "message": "Send this parameter once.",
+    }
+    # list filters take several values, as documented
+    ok = await client.get("/v1/customers", params=[("type", "company"), ("type", "individual")])
+    assert ok.status_code == 200, ok.text

@@ -157,8 +157,9 @@ def query_model(model: type[M]) -> Any:
     every field's annotation on every request for that; with 20 list filters it cost
     ~0.3 ms per list request (docs/benchmarks.md). Repeated keys become lists for list
     fields; repeated keys of a :class:`~crm_api.kit.pagination.CommaSeparated` field
-    (``sort=a&sort=b``) mean ``sort=a,b``; for the others the last value counts, as in
-    FastAPI. Errors are the same 422
+    (``sort=a&sort=b``) mean ``sort=a,b``; any other field sent twice is a 422
+    ``repeated_parameter`` (FastAPI takes the last value, though the document says one).
+    Errors are the same 422
     (``query.<field>``). :func:`document_query_models` puts the fields in the OpenAPI
     document as query parameters."""
     lists = frozenset(
@@ -171,20 +172,30 @@ def query_model(model: type[M]) -> Any:
 
     async def dependency(request: Request) -> M:
         data: dict[str, Any] = {}
+        repeated: list[dict[str, Any]] = []
         for key, value in request.query_params.multi_items():
             if key in lists:
                 data.setdefault(key, []).append(value)
             elif key in joined and key in data:
                 data[key] = f"{data[key]},{value}"
+            elif key in data and key in model.model_fields:
+                # one value documented, several sent: which one was meant is a guess
+                repeated.append({
+                    "type": "repeated_parameter", "loc": ("query", key), "input": value,
+                    "msg": "Send this parameter once.",
+                })
             else:
                 data[key] = value
         try:
-            return model.model_validate(data)
+            validated = model.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
                 error["loc"] = ("query", *error["loc"])
-            raise RequestValidationError(errors) from None
+            raise RequestValidationError([*repeated, *errors]) from None
+        if repeated:
+            raise RequestValidationError(repeated)
+        return validated
 
     setattr(dependency, QUERY_MODEL_ATTR, model)
     dependency.__name__ = f"query_{model.__name__}"
