@@ -8,9 +8,8 @@ from fastapi import APIRouter, Request, Response
 from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
@@ -89,12 +88,12 @@ async def get_org_unit(
 )
 async def update_org_unit(
     org_unit_id: uuid.UUID, body: OrgUnitUpdate, access: OrgUnitsUpdate, session: WriteSession,
-    if_match: IfMatch = None,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     """Change `name` and/or `kind`. With `If-Match`, a stale version is a 412."""
     row = await service.update_org_unit(
         session, access, org_unit_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return _with_etag(row)
 

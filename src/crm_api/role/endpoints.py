@@ -9,9 +9,8 @@ from crm_api.authz.catalog import known_resources
 from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
@@ -90,11 +89,11 @@ async def get_role(role_id: uuid.UUID, access: RolesRead, conn: ReadConnection) 
 )
 async def update_role(
     role_id: uuid.UUID, body: RoleUpdate, access: RolesUpdate, session: WriteSession,
-    if_match: IfMatch = None,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     row = await service.update_role(
         session, access, role_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return _with_etag(row)
 
@@ -104,12 +103,13 @@ async def update_role(
     responses=problems(404, 409, 412, 428),
 )
 async def delete_role(
-    role_id: uuid.UUID, access: RolesDelete, session: PolicySession, if_match: IfMatch = None
+    role_id: uuid.UUID, access: RolesDelete, session: PolicySession, strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Removes the role and its grants for good. Built-in roles cannot be deleted (409
     `role_builtin`), nor roles someone holds (409 `role_in_use`, with `holders`)."""
     await service.delete_role(
-        session, access, role_id, if_match, require_if_match=get_settings().require_if_match
+        session, access, role_id, if_match, require_if_match=strict
     )
     return Response(status_code=204)
 

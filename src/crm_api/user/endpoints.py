@@ -8,9 +8,8 @@ from fastapi import APIRouter, Request, Response
 from crm_api.authz.dependencies import get_policy, optional, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.db.session import ReadConnection
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
@@ -84,7 +83,8 @@ async def get_user(user_id: uuid.UUID, access: UsersRead, conn: ReadConnection) 
 )
 async def update_user(
     request: Request, user_id: uuid.UUID, body: UserUpdate, access: UsersUpdate,
-    assign: UsersAssign, session: PolicySession, if_match: IfMatch = None,
+    assign: UsersAssign, session: PolicySession, strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent; `roles` replaces the user's roles (needs `users:assign`). A
     new `manager_id` moves everyone reporting to the user along (a cycle is 409
@@ -94,7 +94,7 @@ async def update_user(
     `grant_not_allowed` with `reason: target_outranks`."""
     row = await service.update_user(
         session, get_policy(request), access, assign, user_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return _with_etag(row)
 
