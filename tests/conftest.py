@@ -13,7 +13,9 @@ with one clear line (exit code 3) instead of an error per test.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -212,9 +214,189 @@ def token_for(app: FastAPI, user: dict[str, Any], token_type: str = "access", **
     return token
 
 
-def _http_client(app: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+# --- every response checked against the committed contract ---------------------------------
+class ContractViolation(AssertionError):
+    """A response the committed OpenAPI document does not describe."""
+
+
+class ContractChecker:
+    """Checks responses against ``openapi/openapi.json``, the committed contract: the
+    operation (method + path template) must be documented, the status documented for it,
+    and a JSON body (``application/json`` or ``application/problem+json``) must match the
+    schema documented for that status and content type (JSON Schema 2020-12, as OpenAPI
+    3.1 says, with ``format`` checked; ``$ref`` resolved against the document).
+
+    Validators are built once per (operation, status, content type) and cached; a request
+    for an operation the document lacks (an unknown URL, another method) may only be a
+    404, 405 or 414 problem. CORS preflights are outside the contract.
+    """
+
+    #: Served by FastAPI itself, outside the contract.
+    UNDOCUMENTED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+    JSON_TYPES = ("application/json", "application/problem+json")
+    #: What a request for an operation the document lacks may get.
+    WITHOUT_OPERATION = frozenset({404, 405, 414})
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        import re
+
+        self.document = document
+        self._components = {"components": document.get("components", {})}
+        templates = []
+        for template in document["paths"]:
+            pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+            # literal segments win over parameters: /customers/transfer, not /{customer_id}
+            templates.append((template.count("{"), template, re.compile(pattern + "$")))
+        self._templates = sorted(templates)
+        self._validators: dict[tuple[str, str, str, str], Any] = {}
+        #: Responses checked and the time spent checking them (the run's summary shows it).
+        self.checked = 0
+        self.seconds = 0.0
+
+    @classmethod
+    def committed(cls) -> ContractChecker:
+        import orjson
+
+        return cls(orjson.loads((ROOT / "openapi" / "openapi.json").read_bytes()))
+
+    def _template(self, path: str) -> str | None:
+        for _, template, pattern in self._templates:
+            if pattern.match(path):
+                return template
+        return None
+
+    def _validator(
+        self, method: str, template: str, status: str, media: str, schema: dict[str, Any]
+    ) -> Any:
+        key = (method, template, status, media)
+        validator = self._validators.get(key)
+        if validator is None:
+            import jsonschema_rs
+
+            validator = jsonschema_rs.Draft202012Validator(
+                {**self._components, **schema}, validate_formats=True
+            )
+            self._validators[key] = validator
+        return validator
+
+    def check(self, method: str, path: str, status: int, content_type: str,
+              body: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            self._check(method, path, status, content_type, body)
+        finally:
+            self.checked += 1
+            self.seconds += time.perf_counter() - started
+
+    def _check(self, method: str, path: str, status: int, content_type: str,
+               body: bytes) -> None:
+        if path in self.UNDOCUMENTED or path.startswith("/docs/static/"):
+            return
+        media = content_type.split(";", 1)[0].strip().lower()
+        where = f"{method} {path} answered {status} ({media or 'no content type'})"
+        template = self._template(path)
+        operation = (
+            self.document["paths"][template].get(method.lower()) if template else None
+        )
+        if operation is None:
+            # no such operation: the router's 404/405 or the request middleware's 414, a
+            # problem like any other
+            if status not in self.WITHOUT_OPERATION:
+                raise ContractViolation(f"{where}: no operation {method} {template or path} "
+                                        "in openapi/openapi.json")
+            operation = {"responses": {str(status): {"content": {
+                "application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/Problem"}}}}}}
+            template = path
+        label = f"{method} {template} ({operation.get('operationId', 'undocumented')})"
+        documented = operation["responses"].get(str(status))
+        if documented is None:
+            raise ContractViolation(
+                f"{where}: status {status} is not documented for {label}; documented: "
+                f"{', '.join(operation['responses'])}\nbody: {body[:500]!r}"
+            )
+        content = documented.get("content")
+        if not body:
+            return
+        if media not in self.JSON_TYPES:
+            if content and media not in content:
+                raise ContractViolation(
+                    f"{where}: {label} documents {', '.join(content)} for {status}"
+                )
+            return
+        if not content or media not in content:
+            raise ContractViolation(
+                f"{where}: {label} documents "
+                f"{', '.join(content) if content else 'no body'} for {status}"
+                f"\nbody: {body[:500]!r}"
+            )
+        schema = content[media].get("schema")
+        if schema is None:
+            return
+        import orjson
+
+        try:
+            instance = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ContractViolation(f"{where}: the body is not JSON ({exc})") from None
+        validator = self._validator(method, template, str(status), media, schema)
+        if validator.is_valid(instance):
+            return
+        errors = [
+            f"  at {'/'.join(map(str, e.instance_path)) or '(root)'}: {e.message}"
+            f"  [schema: {'/'.join(map(str, e.schema_path))}]"
+            for e in itertools.islice(validator.iter_errors(instance), 5)
+        ]
+        raise ContractViolation(
+            f"{where}: the body does not match the schema documented for {label}:\n"
+            + "\n".join(errors) + f"\nbody: {body[:1000]!r}"
+        )
+
+
+#: One checker for the whole run (the committed document does not change during it).
+_CONTRACT: ContractChecker | None = None
+
+
+def contract() -> ContractChecker:
+    global _CONTRACT
+    if _CONTRACT is None:
+        _CONTRACT = ContractChecker.committed()
+    return _CONTRACT
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _CONTRACT is not None and _CONTRACT.checked:
+        terminalreporter.write_line(
+            f"contract check: {_CONTRACT.checked} responses checked against "
+            f"openapi/openapi.json in {_CONTRACT.seconds:.2f} s "
+            f"({len(_CONTRACT._validators)} schemas compiled)"
+        )
+
+
+async def _check_response(response: httpx.Response) -> None:
+    await response.aread()
+    request = response.request
+    if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+        return  # a CORS preflight: the CORS protocol, answered by its middleware
+    contract().check(
+        request.method, request.url.path, response.status_code,
+        response.headers.get("content-type", ""), response.content,
+    )
+
+
+def _http_client(
+    app: FastAPI, headers: dict[str, str] | None = None, *, check_contract: bool = True
+) -> httpx.AsyncClient:
+    """An in-process client of ``app``. Every response it gets is checked against the
+    committed OpenAPI document (:class:`ContractChecker`): an undocumented status or a body
+    that does not match its schema fails the test at the request that got it
+    (``CRM_TEST_CONTRACT_CHECK=0`` turns that off, to measure what it costs)."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
+    check_contract = check_contract and os.environ.get("CRM_TEST_CONTRACT_CHECK") != "0"
+    hooks = {"response": [_check_response]} if check_contract else {}
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers=headers, event_hooks=hooks
+    )
 
 
 @pytest.fixture

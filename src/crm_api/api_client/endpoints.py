@@ -23,9 +23,8 @@ from crm_api.api_client.schemas import (
 from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
-from crm_api.config import get_settings
 from crm_api.db.session import ReadConnection
-from crm_api.kit.concurrency import IfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
@@ -95,14 +94,14 @@ async def get_api_client(
 )
 async def update_api_client(
     request: Request, client_id: uuid.UUID, body: ApiClientUpdate, access: ApiClientsUpdate,
-    session: PolicySession, if_match: IfMatch = None,
+    session: PolicySession, strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     """Rename, replace the roles, or (de)activate. Deactivating stops the client's tokens
     at once; reactivating lets it request new ones. Roles given or taken must be ones you
     could give (403 `role_not_grantable`)."""
     row = await service.update_client(
         session, get_policy(request), access, client_id, body, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return _with_etag(row)
 
@@ -114,13 +113,13 @@ async def update_api_client(
 )
 async def delete_api_client(
     request: Request, client_id: uuid.UUID, access: ApiClientsDelete, session: PolicySession,
-    if_match: IfMatch = None,
+    strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
     """The client can no longer get tokens and those it holds stop working. Restore with
     `PATCH {"active": true}`."""
     await service.deactivate_client(
         session, get_policy(request), access, client_id, if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return Response(status_code=204)
 
@@ -132,12 +131,12 @@ async def delete_api_client(
 )
 async def rotate_api_client_secret(
     request: Request, client_id: uuid.UUID, access: ApiClientsUpdate, session: PolicySession,
-    body: RotateSecret | None = None, if_match: IfMatch = None,
+    strict: RequireIfMatch, body: RotateSecret | None = None, if_match: IfMatch = None,
 ) -> Response:
     """The new secret is shown only in this response. With `grace_period_s` the old one
     keeps working that long (for rolling the change out); otherwise it stops at once."""
     row = await service.rotate_secret(
         session, get_policy(request), access, client_id, body or RotateSecret(), if_match,
-        require_if_match=get_settings().require_if_match,
+        require_if_match=strict,
     )
     return _with_etag(row, secret=True)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import MISSING, Field, Strict
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 
 ClientName = Annotated[
@@ -97,10 +97,7 @@ class ApiClientSort(StrEnum):
 
 
 class ApiClientListQuery(ListQuery):
-    sort: str = Field(
-        default="-created_at", max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, name.",
-    )
+    sort: str = sort_field(ApiClientSort, "-created_at")
     q: str | None = Field(
         default=None, min_length=1, max_length=200,
         description="Substring of the name or the client_id.",

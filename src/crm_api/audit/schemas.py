@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import OutputModel
 from crm_api.kit.types import UtcDatetime
 
@@ -63,11 +63,7 @@ Name40 = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 class AuditEventListQuery(ListQuery):
-    sort: str = Field(
-        default="-occurred_at",
-        max_length=200,
-        description="`occurred_at` or `-occurred_at` (default, newest first).",
-    )
+    sort: str = sort_field(AuditEventSort, "-occurred_at")
     resource_type: list[AuditResource] | None = Field(
         default=None, max_length=20, examples=[["contacts"]],
         description="Events of these resources (e.g. `customers`, `contacts`).",

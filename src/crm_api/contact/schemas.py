@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import MISSING, Field, Strict
 
 from crm_api.authz.masking import AllowMasked
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import Email, Phone, UtcDatetime
 
@@ -128,11 +128,7 @@ class Contact(OutputModel):
 class CustomerContactListQuery(ListQuery):
     """Filters of a customer's own contact list (the customer comes from the path)."""
 
-    sort: str = Field(
-        default="-created_at",
-        max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, updated_at, name.",
-    )
+    sort: str = sort_field(ContactSort, "-created_at")
     q: str | None = Field(
         default=None,
         min_length=1,

@@ -160,13 +160,17 @@ async def transfer_customers(
 @router.post(
     "/{customer_id}/transfer", operation_id="customers_transfer_one",
     summary="Hand a customer to another user", response_model=Customer,
-    responses=problems(404, 412),
+    responses=problems(404, 412, 428),
 )
 async def transfer_customer(
     customer_id: uuid.UUID, body: CustomerTransferOne, access: CustomersTransfer,
-    session: WriteSession, if_match: IfMatch = None,
+    session: WriteSession, strict: RequireIfMatch, if_match: IfMatch = None,
 ) -> Response:
-    """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer."""
+    """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer.
+    With `If-Match`, a stale version is a 412 (428 without it where the server requires it,
+    as for PATCH and DELETE)."""
     return with_etag(
-        await service.transfer_customer(session, access, customer_id, body, if_match)
+        await service.transfer_customer(
+            session, access, customer_id, body, if_match, require_if_match=strict
+        )
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import MISSING, Field, Strict
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import CustomFields, Email, Phone, Tag, Tags, UtcDatetime, Website
 
@@ -207,11 +207,7 @@ class Customer(OutputModel):
 
 
 class CustomerListQuery(ListQuery):
-    sort: str = Field(
-        default="-created_at",
-        max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, updated_at, name.",
-    )
+    sort: str = sort_field(CustomerSort, "-created_at")
     q: str | None = Field(
         default=None,
         min_length=1,

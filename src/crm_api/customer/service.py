@@ -175,10 +175,12 @@ async def transfer_customers(
 
 async def transfer_customer(
     session: AsyncSession, access: Access, customer_id: uuid.UUID, data: CustomerTransferOne,
-    if_match: str | None,
+    if_match: str | None, *, require_if_match: bool,
 ) -> dict[str, Any]:
     """Hand one customer to ``to_user_id``; the customer as it now is."""
-    await lifecycle.lock_or_404(session, R, access, customer_id, if_match=if_match)
+    await lifecycle.lock_or_404(
+        session, R, access, customer_id, if_match=if_match, require_if_match=require_if_match
+    )
     to_user = await _new_owner(session, access, data.to_user_id)
     await repo.transfer(
         session, access, to_owner=to_user.id, to_org_unit=to_user.org_unit_id, ids=[customer_id]

@@ -46,6 +46,57 @@ class PageParams:
     include_total: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CommaSeparated:
+    """The OpenAPI schema of a comma-separated query parameter whose items come from a
+    fixed list: an array of those items, serialized ``style: form, explode: false``
+    (``sort=-created_at,name``). Used as a field's ``json_schema_extra``, so it replaces
+    the field's schema (a plain string to pydantic, which the endpoint parses itself);
+    :func:`crm_api.kit.routing.query_model` reads it to join repeated keys
+    (``sort=a&sort=b``, what clients that explode arrays send) and to document the style.
+    """
+
+    items: tuple[str, ...]
+    default: tuple[str, ...]
+    max_items: int
+
+    def __call__(self, schema: dict[str, Any]) -> None:
+        kept: dict[str, Any] = {k: schema[k] for k in ("title", "description") if k in schema}
+        schema.clear()
+        schema.update(kept)
+        schema.update({
+            "type": "array",
+            "items": {"type": "string", "enum": list(self.items)},
+            "minItems": 1,
+            "maxItems": self.max_items,
+            "uniqueItems": True,
+            "default": list(self.default),
+        })
+
+
+def sort_values(sort_enum: type[StrEnum]) -> tuple[str, ...]:
+    """Every value one item of ``sort`` may take: each key, ascending then descending."""
+    return tuple(v for m in sort_enum for v in (m.value, f"-{m.value}"))
+
+
+def sort_field(sort_enum: type[StrEnum], default: str, description: str | None = None) -> Any:
+    """The ``sort`` field of a resource's list query: ``default`` (e.g. ``-created_at``)
+    when absent, published in OpenAPI as an array of the allowed keys (see
+    :class:`CommaSeparated`), checked by :func:`parse_sort` (422 ``invalid_sort``)."""
+    keys = ", ".join(f"`{m.value}`" for m in sort_enum)
+    text = description or f"Sort keys: {keys}."
+    text += (
+        " Comma-separated, each at most once; `-` before a key sorts descending. Ties are"
+        " broken by id."
+    )
+    return Field(
+        default=default, max_length=200, description=text,
+        json_schema_extra=CommaSeparated(
+            sort_values(sort_enum), tuple(default.split(",")), len(sort_enum)
+        ),
+    )
+
+
 class ListQuery(BaseModel):
     """Query parameters every list endpoint shares. Resources subclass it to add their
     filters; unknown query parameters are rejected with 422."""
@@ -79,6 +130,8 @@ def parse_sort(raw: str, sort_enum: type[StrEnum]) -> tuple[SortKey, ...]:
     keys: list[SortKey] = []
     seen: set[str] = set()
     valid = {m.value for m in sort_enum}
+    # Lenient beyond the published schema (an array of `key`/`-key` items), as before the
+    # enum was published: blanks around an item, a `+` sign and empty items are accepted.
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue

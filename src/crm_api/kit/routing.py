@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
 
 from crm_api.errors import ProblemError
+from crm_api.kit.pagination import CommaSeparated
 from crm_api.kit.schemas import Problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,8 +50,9 @@ PROBLEM_JSON = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 #: Answered by the request middleware or the body parser for any operation with a body.
 _BODY_PROBLEMS = (400, 413, 415)
-#: Answered by the request middleware for any operation with query parameters: 414
-#: ``query_too_long``, 400 ``invalid_query`` (percent-escapes that are not UTF-8).
+#: Answered by the request middleware for any request, before routing, whether or not the
+#: operation takes query parameters: 414 ``query_too_long``, 400 ``invalid_query``
+#: (percent-escapes that are not UTF-8).
 _QUERY_PROBLEMS = (400, 414)
 #: Answered for any authenticated operation: the per-principal in-flight cap.
 _AUTHENTICATED_PROBLEMS = (429,)
@@ -73,8 +75,9 @@ def document_problems(app: FastAPI) -> None:
       type their errors;
     * every operation with a body documents 400 (``malformed_json``), 413 and 415, which
       the body parser and the request middleware answer before any handler runs;
-    * every operation with query parameters documents 414 (``query_too_long``) and 400
-      (``invalid_query``);
+    * every operation documents 414 (``query_too_long``) and 400 (``invalid_query``): the
+      request middleware answers them before routing, for any operation (tests/conftest.py's
+      response check found ``POST /v1/customers?q=<5 kB>`` answered with an undocumented 414);
     * every authenticated operation documents 429 (the per-principal in-flight cap) and
       every operation 503 (database unavailable, query timeout, server at capacity), both
       with their ``Retry-After`` header.
@@ -91,8 +94,7 @@ def document_problems(app: FastAPI) -> None:
                 extra: list[int] = []
                 if "requestBody" in operation:
                     extra.extend(_BODY_PROBLEMS)
-                if any(p.get("in") == "query" for p in operation.get("parameters", ())):
-                    extra.extend(_QUERY_PROBLEMS)
+                extra.extend(_QUERY_PROBLEMS)
                 if operation.get("security"):
                     extra.extend(_AUTHENTICATED_PROBLEMS)
                 extra.extend(_ANY_PROBLEMS)
@@ -157,27 +159,46 @@ def query_model(model: type[M]) -> Any:
     ``extra="forbid"``), what ``Annotated[model, Query()]`` does. FastAPI re-inspects
     every field's annotation on every request for that; with 20 list filters it cost
     ~0.3 ms per list request (docs/benchmarks.md). Repeated keys become lists for list
-    fields; for the others the last value counts, as in FastAPI. Errors are the same 422
+    fields; repeated keys of a :class:`~crm_api.kit.pagination.CommaSeparated` field
+    (``sort=a&sort=b``) mean ``sort=a,b``; any other field sent twice is a 422
+    ``repeated_parameter`` (FastAPI takes the last value, though the document says one).
+    Errors are the same 422
     (``query.<field>``). :func:`document_query_models` puts the fields in the OpenAPI
     document as query parameters."""
     lists = frozenset(
         name for name, f in model.model_fields.items() if _is_sequence(f.annotation)
     )
+    joined = frozenset(
+        name for name, f in model.model_fields.items()
+        if isinstance(f.json_schema_extra, CommaSeparated)
+    )
 
     async def dependency(request: Request) -> M:
         data: dict[str, Any] = {}
+        repeated: list[dict[str, Any]] = []
         for key, value in request.query_params.multi_items():
             if key in lists:
                 data.setdefault(key, []).append(value)
+            elif key in joined and key in data:
+                data[key] = f"{data[key]},{value}"
+            elif key in data and key in model.model_fields:
+                # one value documented, several sent: which one was meant is a guess
+                repeated.append({
+                    "type": "repeated_parameter", "loc": ("query", key), "input": value,
+                    "msg": "Send this parameter once.",
+                })
             else:
                 data[key] = value
         try:
-            return model.model_validate(data)
+            validated = model.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
                 error["loc"] = ("query", *error["loc"])
-            raise RequestValidationError(errors) from None
+            raise RequestValidationError([*repeated, *errors]) from None
+        if repeated:
+            raise RequestValidationError(repeated)
+        return validated
 
     setattr(dependency, QUERY_MODEL_ATTR, model)
     dependency.__name__ = f"query_{model.__name__}"
@@ -232,5 +253,7 @@ def _query_parameters(
         }
         if field.description:
             parameter["description"] = field.description
+        if isinstance(field.json_schema_extra, CommaSeparated):
+            parameter.update(style="form", explode=False)
         parameters.append(parameter)
     return parameters

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, OutputModel
 
 
@@ -75,11 +75,8 @@ class OrgUnit(OutputModel):
 
 
 class OrgUnitListQuery(ListQuery):
-    sort: str = Field(
-        default="path",
-        max_length=200,
-        description="Comma-separated keys, `-` for descending: path (tree order), name, "
-        "created_at.",
+    sort: str = sort_field(
+        OrgUnitSort, "path", "Sort keys: `path` (tree order), `name`, `created_at`."
     )
     parent_id: uuid.UUID | None = Field(default=None, description="Direct children of this unit.")
     within: uuid.UUID | None = Field(

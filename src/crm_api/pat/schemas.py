@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, Strict, model_validator
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, OutputModel
 from crm_api.kit.types import UtcDatetime
 
@@ -92,8 +92,5 @@ class PersonalAccessTokenSort(StrEnum):
 
 
 class PersonalAccessTokenListQuery(ListQuery):
-    sort: str = Field(
-        default="-created_at", max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, name.",
-    )
+    sort: str = sort_field(PersonalAccessTokenSort, "-created_at")
     include_revoked: bool = Field(default=False, description="Also list revoked tokens.")

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from crm_api.authz.types import ScopeKind
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, OutputModel
 
 RoleName = Annotated[
@@ -54,10 +54,7 @@ class Role(OutputModel):
 
 
 class RoleListQuery(ListQuery):
-    sort: str = Field(
-        default="name", max_length=200,
-        description="Comma-separated keys, `-` for descending: name, created_at.",
-    )
+    sort: str = sort_field(RoleSort, "name")
     builtin: bool | None = None
     q: str | None = Field(
         default=None, min_length=1, max_length=200, description="Substring of name or description."
@@ -99,8 +96,5 @@ class Grant(OutputModel):
 
 
 class GrantListQuery(ListQuery):
-    sort: str = Field(
-        default="created_at", max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, resource, action.",
-    )
+    sort: str = sort_field(GrantSort, "created_at")
     resource: str | None = Field(default=None, max_length=100)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import MISSING, Field, SecretStr
 
-from crm_api.kit.pagination import ListQuery
+from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
 from crm_api.kit.types import Email, Phone
 from crm_api.role.schemas import RoleName
@@ -94,10 +94,7 @@ class User(OutputModel):
 
 
 class UserListQuery(ListQuery):
-    sort: str = Field(
-        default="-created_at", max_length=200,
-        description="Comma-separated keys, `-` for descending: created_at, display_name, email.",
-    )
+    sort: str = sort_field(UserSort, "-created_at")
     q: str | None = Field(
         default=None, min_length=1, max_length=200,
         description="Substring of the e-mail or display name.",
