@@ -228,14 +228,14 @@ class ContractChecker:
 
     Validators are built once per (operation, status, content type) and cached; a request
     for an operation the document lacks (an unknown URL, another method) may only be a
-    404, 405 or 414 problem. CORS preflights are outside the contract.
+    404, 405, 414 or 400 (invalid_query) problem. CORS preflights are outside the contract.
     """
 
     #: Served by FastAPI itself, outside the contract.
     UNDOCUMENTED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
     JSON_TYPES = ("application/json", "application/problem+json")
     #: What a request for an operation the document lacks may get.
-    WITHOUT_OPERATION = frozenset({404, 405, 414})
+    WITHOUT_OPERATION = frozenset({400, 404, 405, 414})
 
     def __init__(self, document: dict[str, Any]) -> None:
         import re
@@ -299,7 +299,7 @@ class ContractChecker:
             self.document["paths"][template].get(method.lower()) if template else None
         )
         if operation is None:
-            # no such operation: the router's 404/405 or the request middleware's 414, a
+            # no such operation: the router's 404/405 or the request middleware's 414 or 400, a
             # problem like any other
             if status not in self.WITHOUT_OPERATION:
                 raise ContractViolation(f"{where}: no operation {method} {template or path} "

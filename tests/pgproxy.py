@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
@@ -45,6 +45,11 @@ class PgProxy:
         self.upstream_url = upstream_url
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 5432
+        #: The embedded cluster (``?host=/path/to/socket/dir``) listens on a Unix socket only.
+        socket_dir = dict(parse_qsl(parts.query)).get("host", "")
+        self.upstream_socket = (
+            f"{socket_dir}/.s.PGSQL.{self.upstream_port}" if socket_dir.startswith("/") else None
+        )
         self.port = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -59,7 +64,10 @@ class PgProxy:
         """The upstream URL with host and port replaced by the proxy's."""
         parts = urlsplit(self.upstream_url)
         userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}"))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+        return urlunsplit(
+            parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}", query=query)
+        )
 
     async def start(self) -> PgProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -109,9 +117,12 @@ class PgProxy:
                 await self._answer_refusal(reader, writer, self._refuse)
                 return
             await self._flowing.wait()  # frozen: accepted by the kernel, never answered
-            up_reader, up_writer = await asyncio.open_connection(
-                self.upstream_host, self.upstream_port
-            )
+            if self.upstream_socket is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.upstream_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(
+                    self.upstream_host, self.upstream_port
+                )
             self._writers.add(up_writer)
             self._spawn(self._pump(reader, up_writer))
             self._spawn(self._pump(up_reader, writer))
