@@ -62,12 +62,22 @@ from sqlalchemy.util import LRUCache
 
 from crm_api.errors import is_database_unavailable
 
+#: A run of 19+ digits: maybe an integer past 64 bits, which orjson turns into a float
+#: (silently: 2**70 comes back as 1.1805916207174113e+21) where ``json`` keeps the integer.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
 
 def _loads(data: bytes | memoryview) -> Any:
+    """JSON as SQLAlchemy's dialect decodes it (``json.loads``), with orjson's speed
+    whenever the two agree: a document holding a long run of digits (a big integer, or a
+    string like a 19-digit account number) is left to the standard parser."""
+    raw = bytes(data)
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:  # integers beyond 64 bits: the standard parser takes them
-        return json.loads(bytes(data))
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # what orjson refuses and json takes (e.g. a lone surrogate)
+        return json.loads(raw)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
