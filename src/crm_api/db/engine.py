@@ -29,6 +29,7 @@ from sqlalchemy.pool import QueuePool
 from crm_api.config import Settings
 from crm_api.db.embedded import start_embedded
 from crm_api.db.reader import EngineReadPool, ReadPath, ReadPool
+from crm_api.db.reader import _loads as json_loads
 
 logger = logging.getLogger("crm_api.db")
 
@@ -149,6 +150,8 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
             pool_pre_ping=settings.db_pool_pre_ping,
             echo=settings.db_echo,
             connect_args=connect_args,
+            # JSON decoded as on the asyncpg path (orjson; see reader._loads)
+            json_deserializer=json_loads,
         )
         reads = EngineReadPool(
             read_engine, url, server_settings=server_settings,

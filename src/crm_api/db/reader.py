@@ -62,22 +62,17 @@ from sqlalchemy.util import LRUCache
 
 from crm_api.errors import is_database_unavailable
 
-#: A run of 19+ digits: maybe an integer past 64 bits, which orjson turns into a float
-#: (silently: 2**70 comes back as 1.1805916207174113e+21) where ``json`` keeps the integer.
-_LONG_DIGITS = re.compile(rb"\d{19}")
 
-
-def _loads(data: bytes | memoryview) -> Any:
-    """JSON as SQLAlchemy's dialect decodes it (``json.loads``), with orjson's speed
-    whenever the two agree: a document holding a long run of digits (a big integer, or a
-    string like a 19-digit account number) is left to the standard parser."""
-    raw = bytes(data)
-    if _LONG_DIGITS.search(raw):
-        return json.loads(raw)
+def _loads(data: str | bytes | memoryview) -> Any:
+    """JSON from the database, as every read path decodes it (``EngineReadPool`` passes this
+    to its engine too). orjson reads a number past 64 bits as a float, where ``json`` would
+    return an int: responses are rendered by orjson, which cannot write such an int (a 500),
+    and jsonb turns a float such as ``1e20`` into the integer literal
+    ``100000000000000000000``, so a float is the faithful reading here."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:  # what orjson refuses and json takes (e.g. a lone surrogate)
-        return json.loads(raw)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:  # what orjson refuses and json takes
+        return json.loads(data if isinstance(data, str) else bytes(data))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
