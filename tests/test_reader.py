@@ -262,3 +262,62 @@ async def test_the_engine_path_starts_and_reads_without_the_private_api(
         )
         assert result.keys() == ("a",) and result.scalar_one() == 1
         assert await app.state.db.reads.probe("SELECT 7", 5.0) == 7
+
+
+# --- the same answers to database faults on both paths ------------------------------------
+
+
+async def _terminate_app_backends(engine: AsyncEngine) -> None:
+    """pg_terminate_backend on this test database's app connections (reads and writes; as
+    tests/test_db_faults.py does, never another database's)."""
+    async with engine.connect() as conn:
+        await conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'crm-api' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ))
+        await conn.commit()
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_read_faults_answer_the_same_on_both_paths(
+    app, client, engine, settings, database_url, path
+) -> None:
+    """A lock wait past lock_timeout is 503 database_busy, past statement_timeout 503
+    query_timeout, a killed connection 503 database_unavailable or a fresh one; the path
+    recovers by itself. The lock is held by the test until released: no timing luck."""
+    from factories.customers import create_customer
+    from factories.identity import make_org_unit, make_user
+
+    owner = await make_user(engine, org_unit=await make_org_unit(engine))
+    customer = await create_customer(client, owner)
+    url = f"/v1/customers/{customer['id']}"
+    real = app.state.db
+    answers = {"db_lock_timeout_ms": 200}, {"db_lock_timeout_ms": 0, "db_statement_timeout_ms": 300}
+    try:
+        for update, code in zip(answers, ("database_busy", "query_timeout"), strict=True):
+            db = app.state.db = _database(
+                settings, database_url, path, db_read_pool_size=2, **update
+            )
+            try:
+                async with engine.connect() as holder:
+                    await holder.execute(text("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"))
+                    for target in (url, "/v1/customers"):
+                        response = await client.get(target)
+                        problem(response, 503, code)
+                        assert response.headers["retry-after"] == "1"
+                    await holder.rollback()
+                assert (await client.get(url)).status_code == 200
+                await _terminate_app_backends(engine)
+                for _ in range(3):
+                    response = await client.get(url)
+                    if response.status_code == 503:
+                        problem(response, 503, "database_unavailable")
+                    else:
+                        assert response.status_code == 200, response.text
+                assert (await client.get(url)).status_code == 200
+            finally:
+                app.state.db = real
+                await db.dispose()
+    finally:
+        app.state.db = real
