@@ -2,9 +2,9 @@
 the verified token, the principal and the Casbin decision are cached in the worker, and
 the data scope travels inside the one statement the request needs anyway.
 
-Counted at the two ways into the database: the read pool (``ReadPool.fetch``) and the
-SQLAlchemy engine (``before_cursor_execute``); the policy poller's own statements are left
-out.
+Counted at the two ways into the database: the read pool (``ReadPool.fetch``; with
+``CRM_READ_PATH=engine``, the read engine's ``before_cursor_execute``) and the SQLAlchemy
+engine (``before_cursor_execute``); the policy poller's own statements are left out.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from crm_api.db.reader import ReadPool
+from crm_api.db.reader import EngineReadPool, ReadPool
 from factories.customers import create_customer
 from factories.identity import make_org_unit, make_user
 
@@ -35,12 +35,17 @@ def counted(app: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             statements.append(sql)
 
     monkeypatch.setattr(ReadPool, "fetch", counting_fetch)
-    sync_engine = app.state.db.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", on_execute)
+    engines = [app.state.db.engine.sync_engine]
+    reads = app.state.db.reads
+    if isinstance(reads, EngineReadPool):  # CRM_READ_PATH=engine: reads have an engine too
+        engines.append(reads.engine.sync_engine)
+    for sync_engine in engines:
+        event.listen(sync_engine, "before_cursor_execute", on_execute)
     try:
         yield statements
     finally:
-        event.remove(sync_engine, "before_cursor_execute", on_execute)
+        for sync_engine in engines:
+            event.remove(sync_engine, "before_cursor_execute", on_execute)
         monkeypatch.setattr(ReadPool, "fetch", fetch)
 
 

@@ -24,15 +24,17 @@ CAP = 3
 async def gate(app, monkeypatch) -> AsyncIterator[dict[str, Any]]:
     """Reads wait for ``state["open"]``; ``state["entered"]`` counts those waiting."""
     reads = app.state.db.reads
-    real_fetch = reads.fetch
+    # the asyncpg read pool's fetch, or the engine read path's execute (CRM_READ_PATH)
+    name = "fetch" if hasattr(reads, "fetch") else "execute"
+    real = getattr(reads, name)
     state: dict[str, Any] = {"open": asyncio.Event(), "entered": 0}
 
-    async def gated(sql: str, args: Any) -> Any:
+    async def gated(*args: Any) -> Any:
         state["entered"] += 1
         await state["open"].wait()
-        return await real_fetch(sql, args)
+        return await real(*args)
 
-    monkeypatch.setattr(reads, "fetch", gated)
+    monkeypatch.setattr(reads, name, gated)
     real_cap = app.state.inflight  # (monkeypatch would delete a State attribute on undo)
     app.state.inflight = InflightCap(CAP)
     yield state

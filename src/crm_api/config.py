@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     #: Connections per worker of the read pool (asyncpg, see ``crm_api.db.reader``).
     db_read_pool_size: int = Field(default=5, ge=1, le=200)
+    #: How reads run: ``asyncpg`` (statements compiled by SQLAlchemy, run on an asyncpg pool;
+    #: relies on private SQLAlchemy API, checked at start-up) or ``engine`` (the same
+    #: statements through SQLAlchemy's AsyncEngine: public API only, slower). The fallback
+    #: for when start-up says the installed SQLAlchemy broke the asyncpg path.
+    read_path: Literal["asyncpg", "engine"] = "asyncpg"
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
     db_pool_pre_ping: bool = True

@@ -5,7 +5,8 @@ Two ways into the database, by purpose:
 * writes use an :class:`AsyncSession` whose transaction the request owns (one commit after
   the handler, see :mod:`crm_api.db.session`);
 * reads use :mod:`crm_api.db.reader`: statements compiled by SQLAlchemy, run on an asyncpg
-  pool of their own in autocommit (no BEGIN/ROLLBACK round trips, no ORM layers).
+  pool of their own in autocommit (no BEGIN/ROLLBACK round trips, no ORM layers); with
+  ``CRM_READ_PATH=engine``, run by an autocommit ``AsyncEngine`` of their own instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from sqlalchemy.pool import QueuePool
 
 from crm_api.config import Settings
 from crm_api.db.embedded import start_embedded
-from crm_api.db.reader import ReadPool
+from crm_api.db.reader import EngineReadPool, ReadPath, ReadPool
+from crm_api.db.reader import _loads as json_loads
 
 logger = logging.getLogger("crm_api.db")
 
@@ -95,7 +97,7 @@ class IdleReaper:
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine
-    reads: ReadPool
+    reads: ReadPath
     sessionmaker: async_sessionmaker[AsyncSession]
     url: str
     reaper: IdleReaper
@@ -115,6 +117,15 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         "application_name": "crm-api",
         "timezone": "UTC",
     }
+    # asyncpg waits 60 s by default for a server that accepts but never answers (a hung
+    # host, a dead proxy): bound opening a connection like waiting for a pooled one.
+    # command_timeout: the client-side deadline of every statement, a little past the
+    # server's own statement_timeout, for a server that stops answering mid-query.
+    connect_args = {
+        "server_settings": server_settings,
+        "timeout": settings.db_pool_timeout_s,
+        "command_timeout": settings.db_command_timeout_s,
+    }
     engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -123,21 +134,35 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         pool_recycle=settings.db_pool_recycle_s,
         pool_pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
-        # asyncpg waits 60 s by default for a server that accepts but never answers (a hung
-        # host, a dead proxy): bound opening a connection like waiting for a pooled one.
-        # command_timeout: the client-side deadline of every statement, a little past the
-        # server's own statement_timeout, for a server that stops answering mid-query.
-        connect_args={
-            "server_settings": server_settings,
-            "timeout": settings.db_pool_timeout_s,
-            "command_timeout": settings.db_command_timeout_s,
-        },
+        connect_args=connect_args,
     )
-    reads = ReadPool(
-        url, engine.dialect, size=settings.db_read_pool_size,
-        acquire_timeout=settings.db_pool_timeout_s, idle_s=settings.db_idle_timeout_s,
-        command_timeout=settings.db_command_timeout_s, server_settings=server_settings,
-    )
+    reads: ReadPath
+    if settings.read_path == "engine":
+        # Autocommit: each read is one statement, with no BEGIN/ROLLBACK around it (the
+        # asyncpg driver starts no transaction on an autocommit connection).
+        read_engine = create_async_engine(
+            url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=settings.db_read_pool_size,
+            max_overflow=0,
+            pool_timeout=settings.db_pool_timeout_s,
+            pool_recycle=settings.db_pool_recycle_s,
+            pool_pre_ping=settings.db_pool_pre_ping,
+            echo=settings.db_echo,
+            connect_args=connect_args,
+            # JSON decoded as on the asyncpg path (orjson; see reader._loads)
+            json_deserializer=json_loads,
+        )
+        reads = EngineReadPool(
+            read_engine, url, server_settings=server_settings,
+            reaper=IdleReaper(read_engine, settings.db_idle_timeout_s),
+        )
+    else:
+        reads = ReadPool(
+            url, engine.dialect, size=settings.db_read_pool_size,
+            acquire_timeout=settings.db_pool_timeout_s, idle_s=settings.db_idle_timeout_s,
+            command_timeout=settings.db_command_timeout_s, server_settings=server_settings,
+        )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
     return Database(
         engine=engine, reads=reads, sessionmaker=sessionmaker, url=url,

@@ -15,32 +15,64 @@ as an ``execute()`` would, and then run on a plain asyncpg pool:
 :class:`ReadResult` offers the part of SQLAlchemy's ``Result`` the repositories use, so a
 repository function runs unchanged on a :class:`Reader` (requests that only read) or on
 an ``AsyncSession`` (inside a write transaction).
+
+Compiling outside ``execute()`` uses six private SQLAlchemy APIs (:data:`PRIVATE_API`);
+pyproject.toml caps SQLAlchemy below 2.2 for them, and :func:`check_private_api` runs when a
+:class:`ReadPool` is built, so a release that changed them stops the app at start-up with
+a message naming what is missing, instead of failing requests. ``CRM_READ_PATH=engine``
+(:class:`EngineReadPool`) runs the same statements through SQLAlchemy's ``AsyncEngine``
+instead (public API only, slower), behind the same :class:`Reader` interface.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import asyncpg
 import orjson
-from sqlalchemy import ARRAY, Executable
+import sqlalchemy
+from sqlalchemy import (
+    ARRAY,
+    Executable,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    TypeDecorator,
+    bindparam,
+    literal,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.util import LRUCache
 
+from crm_api.errors import is_database_unavailable
 
-def _loads(data: bytes | memoryview) -> Any:
+
+def _loads(data: str | bytes | memoryview) -> Any:
+    """JSON from the database, as every read path decodes it (``EngineReadPool`` passes this
+    to its engine too). orjson reads a number past 64 bits as a float, where ``json`` would
+    return an int: responses are rendered by orjson, which cannot write such an int (a 500),
+    and jsonb turns a float such as ``1e20`` into the integer literal
+    ``100000000000000000000``, so a float is the faithful reading here."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:  # integers beyond 64 bits: the standard parser takes them
-        return json.loads(bytes(data))
+    except orjson.JSONDecodeError:  # what orjson refuses and json takes
+        return json.loads(data if isinstance(data, str) else bytes(data))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -113,7 +145,7 @@ class Statements:
         for i, column in enumerate(compiled._result_columns):
             if _native_array(column.type, dialect):
                 continue  # asyncpg returns the list the processor would rebuild
-            processor = column.type._cached_result_processor(dialect, None)
+            processor = _result_processor(column.type, dialect)
             if processor is not None:
                 results.append((i, processor))
         return _Plan(
@@ -126,11 +158,129 @@ class Statements:
         )
 
 
+#: PostgreSQL type OIDs: ``numeric`` and ``float8``.
+_NUMERIC_OID, _FLOAT8_OID = 1700, 701
+
+
+def _is_numeric(type_: Any) -> bool:
+    impl = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    return isinstance(impl, Numeric | Float)
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """``type_``'s result processor. The asyncpg dialect's numeric types pick theirs by the
+    column's wire type, which ``execute()`` reads from the cursor description and a compiled
+    statement does not know (``None`` there raises): decide per value instead, as asyncpg
+    returns ``float`` for float4/float8 and ``Decimal``/``int`` for numeric and integers."""
+    if isinstance(type_, ARRAY) and _is_numeric(type_.item_type):
+        return _numeric_array_processor(type_, dialect)
+    if not _is_numeric(type_):
+        processor: Callable[[Any], Any] | None = type_._cached_result_processor(dialect, None)
+        return processor
+    from_float = type_._cached_result_processor(dialect, _FLOAT8_OID)
+    from_numeric = type_._cached_result_processor(dialect, _NUMERIC_OID)
+    if from_float is None and from_numeric is None:
+        return None
+
+    def process(value: Any) -> Any:
+        convert = from_float if isinstance(value, float) else from_numeric
+        return value if convert is None else convert(value)
+
+    return process
+
+
+def _numeric_array_processor(type_: ARRAY[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """An array of numerics: its items processed per value (see :func:`_result_processor`),
+    nested lists as SQLAlchemy's ARRAY returns them (tuples with ``as_tuple``)."""
+    item = _result_processor(type_.item_type, dialect)
+    if item is None and not type_.as_tuple:
+        return None
+    collection: Callable[[Any], Any] = tuple if type_.as_tuple else list
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return collection(walk(v) for v in value)
+        return value if item is None else item(value)
+
+    def process(value: Any) -> Any:
+        return None if value is None else walk(value)
+
+    return process
+
+
 def _native_array(type_: Any, dialect: Dialect) -> bool:
     """An ARRAY of a type without a result processor of its own, read as a list."""
     if not isinstance(type_, ARRAY) or type_.as_tuple or type_.dimensions not in (None, 1):
         return False
-    return type_.item_type._cached_result_processor(dialect, None) is None
+    return _result_processor(type_.item_type, dialect) is None
+
+
+#: The private SQLAlchemy API :class:`Statements` uses, as ``(owner, attribute)``; the sixth
+#: is ``construct_params``'s ``_collected_params`` keyword. pyproject.toml caps SQLAlchemy
+#: below 2.2 for them; :func:`check_private_api` verifies them at start-up.
+PRIVATE_API: tuple[tuple[type[Any], str], ...] = (
+    (ClauseElement, "_compile_w_cache"),
+    (SQLCompiler, "_process_parameters_for_postcompile"),
+    (SQLCompiler, "_bind_processors"),
+    (SQLCompiler, "_result_columns"),
+    (TypeEngine, "_cached_result_processor"),
+)
+
+
+class ReadPathUnavailable(RuntimeError):
+    """The asyncpg read path cannot run on the installed SQLAlchemy (start-up refuses)."""
+
+
+def _probe_statement() -> Executable:
+    """One statement that goes through every private part: bind processors (JSONB), result
+    columns (a Numeric, an array), an expanding ``IN`` and a named parameter."""
+    return select(
+        literal({"a": 1}, JSONB).label("j"),
+        literal(Decimal("1.5"), Numeric(18, 4)).label("n"),
+        literal(["x"], ARRAY(String)).label("s"),
+    ).where(literal(1, Integer).in_([1, 2]), bindparam("b", 3, Integer) > 0)
+
+
+def check_private_api(dialect: Dialect) -> None:
+    """Fail loudly, naming what is missing, when the installed SQLAlchemy no longer has the
+    private API :class:`Statements` relies on (or it no longer behaves as used here).
+
+    Raises :class:`ReadPathUnavailable`; ``CRM_READ_PATH=engine`` needs none of it."""
+    version = sqlalchemy.__version__
+
+    def unavailable(what: str) -> ReadPathUnavailable:
+        return ReadPathUnavailable(
+            f"crm-api's asyncpg read path (crm_api/db/reader.py) relies on private SQLAlchemy "
+            f"API: {what}, which does not work with the installed SQLAlchemy {version}. "
+            "Set CRM_READ_PATH=engine to read through SQLAlchemy's AsyncEngine instead "
+            "(public API only, slower), or install the SQLAlchemy version requirements.lock "
+            "pins (pyproject.toml allows < 2.2)."
+        )
+
+    for owner, name in PRIVATE_API:
+        if not hasattr(owner, name):
+            raise unavailable(f"{owner.__name__}.{name} is missing")
+    if "_collected_params" not in inspect.signature(SQLCompiler.construct_params).parameters:
+        raise unavailable("SQLCompiler.construct_params(_collected_params=...) is missing")
+    try:
+        sql, args, plan = Statements(dialect, size=4).prepare(_probe_statement())
+    except Exception as exc:
+        raise unavailable(
+            f"compiling through ClauseElement._compile_w_cache and "
+            f"SQLCompiler.construct_params failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    numbers = sorted({int(n) for n in re.findall(r"\$(\d+)", sql)})
+    if (
+        plan.keys != ("j", "n", "s")
+        or "POSTCOMPILE" in sql
+        or numbers != list(range(1, len(args) + 1))
+        or len(args) != 8
+        or '{"a": 1}' not in args
+    ):
+        raise unavailable(
+            f"a probe statement compiled unexpectedly (keys {plan.keys}, {len(args)} "
+            f"arguments, SQL {sql!r})"
+        )
 
 
 T = TypeVar("T")
@@ -268,7 +418,20 @@ class _Mappings:
 class Reader:
     """Runs read statements, each on a connection borrowed from the read pool for just
     that statement (reads are single autocommit statements: holding a connection across a
-    request's other work would only make the small pool wait)."""
+    request's other work would only make the small pool wait).
+
+    What repositories read through, whichever ``CRM_READ_PATH`` is configured: the asyncpg
+    path (:class:`AsyncpgReader`) or SQLAlchemy's engine (:class:`EngineReader`). Errors are
+    the driver's or SQLAlchemy's own (``errors.classify_database_error`` maps both)."""
+
+    __slots__ = ()
+
+    async def execute(self, stmt: Executable) -> ReadResult:
+        raise NotImplementedError
+
+
+class AsyncpgReader(Reader):
+    """The default path: compiled by :class:`Statements`, run on :class:`ReadPool`."""
 
     __slots__ = ("_pool",)
 
@@ -313,9 +476,10 @@ class ReadPool:
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
         self._turns = asyncio.Semaphore(size)
+        check_private_api(dialect)  # at start-up: refuse now rather than fail every read
         self.statements = Statements(dialect)
         #: Stateless: one per pool, handed to every request (``ReadConnection``).
-        self.reader = Reader(self)
+        self.reader: Reader = AsyncpgReader(self)
 
     async def _open(self) -> asyncpg.Pool:
         if self._opening is None:
@@ -367,15 +531,7 @@ class ReadPool:
         within ``deadline_s`` seconds overall: readiness must see what a new worker would see
         (a server refusing new connections, too many clients, a hung host), which a pooled
         connection would hide."""
-        async with asyncio.timeout(deadline_s):
-            conn = await asyncpg.connect(
-                self._dsn, timeout=deadline_s, command_timeout=deadline_s,
-                server_settings=self._server_settings,
-            )
-            try:
-                return await conn.fetchval(sql)
-            finally:
-                conn.terminate()  # no goodbye round trip to a server that may be hung
+        return await _probe(self._dsn, self._server_settings, sql, deadline_s)
 
     def open_connections(self) -> int:
         """Connections the pool holds open, idle or lent out."""
@@ -388,3 +544,99 @@ class ReadPool:
                 await asyncio.wait_for(pool.close(), timeout=10)
             except (TimeoutError, OSError):
                 pool.terminate()
+
+
+async def _probe(dsn: str, server_settings: dict[str, str], sql: str, deadline_s: float) -> Any:
+    async with asyncio.timeout(deadline_s):
+        conn = await asyncpg.connect(
+            dsn, timeout=deadline_s, command_timeout=deadline_s, server_settings=server_settings
+        )
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            conn.terminate()  # no goodbye round trip to a server that may be hung
+
+
+# --- CRM_READ_PATH=engine ------------------------------------------------------------------
+class _Reaper(Protocol):
+    """Closes an engine's idle pooled connections (``crm_api.db.engine.IdleReaper``)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class EngineReader(Reader):
+    """The fallback path: the same statements, run by SQLAlchemy's ``AsyncEngine`` on an
+    autocommit connection (no BEGIN/ROLLBACK round trips), public API only."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: EngineReadPool) -> None:
+        self._pool = pool
+
+    async def execute(self, stmt: Executable) -> ReadResult:
+        return await self._pool.execute(stmt)
+
+
+class EngineReadPool:
+    """``CRM_READ_PATH=engine``: reads through an ``AsyncEngine`` of their own, built with
+    ``isolation_level="AUTOCOMMIT"`` and sized like the asyncpg read pool, for when the
+    asyncpg path cannot run on the installed SQLAlchemy (:func:`check_private_api`).
+
+    Slower (SQLAlchemy's execution context, result and pool events per statement) but
+    independent of SQLAlchemy's internals. Same interface as :class:`ReadPool`: ``reader``,
+    ``probe``, ``open_connections``, ``close``; same errors for the same faults (SQLAlchemy's
+    wrappers, which ``errors.classify_database_error`` reads through)."""
+
+    def __init__(
+        self, engine: AsyncEngine, url: str, *, server_settings: dict[str, str], reaper: _Reaper,
+    ) -> None:
+        self.engine = engine
+        sa_url = make_url(url)
+        self._dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._server_settings = server_settings
+        self._reaper = reaper
+        self._reaping = False
+        self._closed = False
+        #: Stateless: one per pool, handed to every request (``ReadConnection``).
+        self.reader: Reader = EngineReader(self)
+
+    async def execute(self, stmt: Executable) -> ReadResult:
+        if not self._reaping and not self._closed:
+            self._reaping = True
+            self._reaper.start()  # needs a running loop: started on first use
+        async with self.engine.connect() as conn:
+            try:
+                result = await conn.execute(stmt)
+                keys = tuple(result.keys())
+                rows = [tuple(r) for r in result.all()]
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) or is_database_unavailable(exc):
+                    # lost, hung (past the command timeout) or cancelled mid-statement: drop
+                    # the connection without a round trip, as the asyncpg path does
+                    await conn.invalidate()
+                raise
+        return ReadResult(keys, rows)
+
+    async def probe(self, sql: str, deadline_s: float) -> Any:
+        """As :meth:`ReadPool.probe`: a fresh connection, within ``deadline_s``."""
+        return await _probe(self._dsn, self._server_settings, sql, deadline_s)
+
+    def open_connections(self) -> int:
+        """Connections the pool holds open, idle or lent out."""
+        pool = self.engine.pool
+        checkedin = getattr(pool, "checkedin", None)
+        checkedout = getattr(pool, "checkedout", None)
+        if checkedin is None or checkedout is None:
+            return 0
+        return int(checkedin()) + int(checkedout())
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._reaper.stop()
+        await self.engine.dispose()
+
+
+#: What ``Database.reads`` holds, by ``CRM_READ_PATH``.
+ReadPath = ReadPool | EngineReadPool

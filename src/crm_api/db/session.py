@@ -5,7 +5,8 @@ returns (``scope="function"``: before the response is sent, so a failed commit i
 client's error response, never a 201 for data that was not saved). Services never commit.
 
 ``ReadConnection``: the :class:`~crm_api.db.reader.Reader` (asyncpg, autocommit, a pooled
-connection per statement) for requests that only read.
+connection per statement; SQLAlchemy's engine with ``CRM_READ_PATH=engine``) for requests
+that only read.
 """
 
 from __future__ import annotations
