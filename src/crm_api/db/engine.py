@@ -135,6 +135,9 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         pool_pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
         connect_args=connect_args,
+        # jsonb decoded as every read path decodes it: json.loads would turn 1e20 (stored
+        # by jsonb as 100000000000000000000) into an int orjson cannot render (a 500)
+        json_deserializer=json_loads,
     )
     reads: ReadPath
     if settings.read_path == "engine":
