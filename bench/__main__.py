@@ -18,19 +18,28 @@ def main(argv: list[str] | None = None) -> int:
         return faults_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("faults", help="restart a private PostgreSQL under write load "
-                                  "(see `faults --help`, docs/operations.md)")
+    sub.add_parser(
+        "faults",
+        help="restart a private PostgreSQL under write load "
+        "(see `faults --help`, docs/operations.md)",
+    )
 
     gen = sub.add_parser("generate", help="drop, create, migrate and fill a bench database")
-    gen.add_argument("--database-url", default=default_url(),
-                     help="server and database name (must contain 'bench'); "
-                          "default $CRM_BENCH_DATABASE_URL or %(default)s")
+    gen.add_argument(
+        "--database-url",
+        default=default_url(),
+        help="server and database name (must contain 'bench'); "
+        "default $CRM_BENCH_DATABASE_URL or %(default)s",
+    )
     gen.add_argument("--customers", type=int, default=100_000)
     gen.add_argument("--seed", type=int, default=2026)
     gen.add_argument("--jobs", type=int, default=2, help="loader processes (default 2)")
     gen.add_argument("--batch", type=int, default=10_000, help="customers per COPY")
-    gen.add_argument("--keep-indexes", action="store_true",
-                     help="load with every index and key in place (slower; for comparison)")
+    gen.add_argument(
+        "--keep-indexes",
+        action="store_true",
+        help="load with every index and key in place (slower; for comparison)",
+    )
 
     run = sub.add_parser("run", help="load-test a real uvicorn server against the bench db")
     from bench.load import add_arguments
@@ -41,16 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("--database-url", default=default_url())
     bd.add_argument("-n", type=int, default=500, help="requests per round")
     bd.add_argument("--rounds", type=int, default=3)
-    bd.add_argument("--profile", type=float, default=0, metavar="SECONDS",
-                    help="instead: py-spy the in-process app for SECONDS per request "
-                         "kind and group the samples by layer")
+    bd.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="instead: py-spy the in-process app for SECONDS per request "
+        "kind and group the samples by layer",
+    )
     args = parser.parse_args(args_in)
 
     if args.command == "generate":
         from bench.generate import generate
 
-        generate(args.database_url, args.customers, seed=args.seed, jobs=args.jobs,
-                 batch=args.batch, keep_indexes=args.keep_indexes)
+        generate(
+            args.database_url,
+            args.customers,
+            seed=args.seed,
+            jobs=args.jobs,
+            batch=args.batch,
+            keep_indexes=args.keep_indexes,
+        )
         return 0
     if args.command == "breakdown":
         from bench.breakdown import breakdown_command

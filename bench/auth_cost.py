@@ -24,7 +24,8 @@ from bench.load import SCENARIOS, Runner
 
 async def main(url: str) -> None:
     os.environ.update(
-        CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
+        CRM_DATABASE_URL=sqlalchemy_url(url),
+        CRM_LOG_LEVEL="WARNING",
         CRM_JWT_SIGNING_KEY="bench-auth-" + uuid.uuid4().hex + uuid.uuid4().hex,
     )
     from crm_api.auth import tokens
@@ -35,8 +36,9 @@ async def main(url: str) -> None:
     from crm_api.main import create_app
 
     get_settings.cache_clear()
-    args = argparse.Namespace(database_url=url, client="python", token=None, sample=10,
-                              search_term="x")
+    args = argparse.Namespace(
+        database_url=url, client="python", token=None, sample=10, search_term="x"
+    )
     runner = Runner(args)
     conn = await asyncpg.connect(asyncpg_url(url))
     app = create_app()
@@ -67,8 +69,14 @@ async def main(url: str) -> None:
             principal = await st.principals.resolve(claims)
             scope = st.policy.scope_for(principal, "customers", "read")
             sensitive = st.policy.scope_for(principal, "customers", "read_sensitive")
-            return Access(principal, "customers", "read", scope,
-                          sensitive is not None and contains(sensitive, scope), sensitive)
+            return Access(
+                principal,
+                "customers",
+                "read",
+                scope,
+                sensitive is not None and contains(sensitive, scope),
+                sensitive,
+            )
 
         for _ in range(1000):
             await auth()
@@ -80,17 +88,28 @@ async def main(url: str) -> None:
             best = min(best, (time.process_time() - t0) / 5000 * 1e6)
         t0 = time.process_time()
         for _ in range(2000):
-            tokens.verify(st.keyring, token, issuer=st.settings.jwt_issuer,
-                          audience=st.settings.jwt_audience, token_types=ACCESS_TYPES)
+            tokens.verify(
+                st.keyring,
+                token,
+                issuer=st.settings.jwt_issuer,
+                audience=st.settings.jwt_audience,
+                token_types=ACCESS_TYPES,
+            )
         cold = (time.process_time() - t0) / 2000 * 1e6
-        print(f"{name:13} auth + authz per request {best:5.1f} µs (cached token); "
-              f"a full JWT verification {cold:5.1f} µs")
+        print(
+            f"{name:13} auth + authz per request {best:5.1f} µs (cached token); "
+            f"a full JWT verification {cold:5.1f} µs"
+        )
     await conn.close()
     os._exit(0)  # the app's background tasks are not worth a clean shutdown here
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--database-url", default=os.environ.get(
-        "CRM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/crm_bench"))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "CRM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/crm_bench"
+        ),
+    )
     asyncio.run(main(parser.parse_args().database_url))

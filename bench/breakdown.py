@@ -66,22 +66,32 @@ class _Asgi:
         await self.call("GET", path)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.call("POST", path, body, {"content-type": "application/json",
-                                             **(headers or {})})
+        await self.call("POST", path, body, {"content-type": "application/json", **(headers or {})})
 
-    async def call(self, method: str, path: str, body: bytes = b"",
-                   headers: dict[str, str] | None = None) -> None:
+    async def call(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
         p, _, qs = path.partition("?")
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         if body:
             extra.append((b"content-length", str(len(body)).encode()))
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": p, "raw_path": p.encode(),
-            "query_string": qs.encode(), "root_path": "", "client": ("127.0.0.1", 50000),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": p,
+            "raw_path": p.encode(),
+            "query_string": qs.encode(),
+            "root_path": "",
+            "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
-            "headers": [(b"host", b"127.0.0.1"),
-                        (b"authorization", f"Bearer {self.token}".encode()), *extra],
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"authorization", f"Bearer {self.token}".encode()),
+                *extra,
+            ],
             "state": {},
         }
 
@@ -104,8 +114,9 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     from crm_api.kit import resource as kit
     from crm_api.main import create_app
 
-    args = argparse.Namespace(database_url=url, client="python", token=None, sample=1000,
-                              search_term="华信")
+    args = argparse.Namespace(
+        database_url=url, client="python", token=None, sample=1000, search_term="华信"
+    )
     runner = Runner(args)
     url = asyncpg_url(url)
     get_sc = next(s for s in SCENARIOS if s.name == "get")
@@ -136,15 +147,18 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     get_params = list(get_st.params)
     assert get_st.id_param is not None
     get_params[get_st.id_param] = one_id
-    await measure("get  asyncpg: acquire + SQL + dicts (floor)",
-                  lambda: floor(get_st.sql, get_params))
-    await measure("list asyncpg: acquire + SQL + dicts (floor)",
-                  lambda: floor(list_st.sql, list_st.params))
+    await measure(
+        "get  asyncpg: acquire + SQL + dicts (floor)", lambda: floor(get_st.sql, get_params)
+    )
+    await measure(
+        "list asyncpg: acquire + SQL + dicts (floor)", lambda: floor(list_st.sql, list_st.params)
+    )
     await pool.close()
 
     # 2. the app's read path: reader pool + repository functions
     query = CustomerListQuery.model_validate(
-        {"limit": 50, "lifecycle_stage": ["customer"], "sort": "-created_at"})
+        {"limit": 50, "lifecycle_stage": ["customer"], "sort": "-created_at"}
+    )
     settings = Settings(database_url=sqlalchemy_url(url), db_read_pool_size=2)
     db = create_database(settings)
 
@@ -161,9 +175,14 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
     # 3. the whole ASGI app, in-process
     signing_key = "bench-breakdown-" + uuid.uuid4().hex + uuid.uuid4().hex
     for pre_ping in ("true",):  # reads no longer use the engine; pre-ping only on writes
-        os.environ.update(CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
-                          CRM_DB_POOL_SIZE="2", CRM_DB_MAX_OVERFLOW="0",
-                          CRM_DB_POOL_PRE_PING=pre_ping, CRM_JWT_SIGNING_KEY=signing_key)
+        os.environ.update(
+            CRM_DATABASE_URL=sqlalchemy_url(url),
+            CRM_LOG_LEVEL="WARNING",
+            CRM_DB_POOL_SIZE="2",
+            CRM_DB_MAX_OVERFLOW="0",
+            CRM_DB_POOL_PRE_PING=pre_ping,
+            CRM_JWT_SIGNING_KEY=signing_key,
+        )
         from crm_api.config import get_settings
 
         get_settings.cache_clear()
@@ -171,8 +190,13 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
         startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         await startup.put({"type": "lifespan.startup"})
-        lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"},
-                                            "state": {}}, startup.get, events.put))
+        lifespan = asyncio.create_task(
+            app(
+                {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                startup.get,
+                events.put,
+            )
+        )
         started = await events.get()
         if started["type"] != "lifespan.startup.complete":
             raise SystemExit(f"app start-up failed: {started}")
@@ -185,28 +209,42 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
         client = _Asgi(app, token)
         tag = "pre-ping " + ("on" if pre_ping == "true" else "off")
         if pre_ping == "true":
-            await measure("ASGI app: GET /healthz (framework + middleware)",
-                          partial(client.get, "/healthz"))
-            await measure("ASGI app: GET /v1/customers/x/y (routing miss → 404)",
-                          partial(client.get, "/v1/customers/x/y"))
-        await measure(f"get  ASGI app: GET /v1/customers/{{id}}, {tag}",
-                      partial(client.get, f"/v1/customers/{one_id}"))
-        await measure(f"list ASGI app: GET {LIST_PATH[:34]}…, {tag}",
-                      partial(client.get, LIST_PATH))
+            await measure(
+                "ASGI app: GET /healthz (framework + middleware)", partial(client.get, "/healthz")
+            )
+            await measure(
+                "ASGI app: GET /v1/customers/x/y (routing miss → 404)",
+                partial(client.get, "/v1/customers/x/y"),
+            )
+        await measure(
+            f"get  ASGI app: GET /v1/customers/{{id}}, {tag}",
+            partial(client.get, f"/v1/customers/{one_id}"),
+        )
+        await measure(
+            f"list ASGI app: GET {LIST_PATH[:34]}…, {tag}", partial(client.get, LIST_PATH)
+        )
         if pre_ping == "true":
             st = app.state
             from crm_api.auth import tokens
 
-            claims = tokens.verify(st.keyring, token, issuer=st.settings.jwt_issuer,
-                                   audience=st.settings.jwt_audience,
-                                   token_types=frozenset({"access"}))
+            claims = tokens.verify(
+                st.keyring,
+                token,
+                issuer=st.settings.jwt_issuer,
+                audience=st.settings.jwt_audience,
+                token_types=frozenset({"access"}),
+            )
             principal = await st.principals.resolve(claims)
 
             app.dependency_overrides[get_principal] = _returning(principal)
-            await measure(f"get  ASGI app, principal dependency stubbed, {tag}",
-                          partial(client.get, f"/v1/customers/{one_id}"))
-            await measure(f"list ASGI app, principal dependency stubbed, {tag}",
-                          partial(client.get, LIST_PATH))
+            await measure(
+                f"get  ASGI app, principal dependency stubbed, {tag}",
+                partial(client.get, f"/v1/customers/{one_id}"),
+            )
+            await measure(
+                f"list ASGI app, principal dependency stubbed, {tag}",
+                partial(client.get, LIST_PATH),
+            )
             app.dependency_overrides.clear()
         if pre_ping == "true":
             await measure_create(app, client, measure, n)
@@ -234,6 +272,7 @@ class _RoundTrips:
         def bump(name: str) -> Callable[..., None]:
             def listener(*_: Any, **__: Any) -> None:
                 self.counts[name] = self.counts.get(name, 0) + 1
+
             return listener
 
         def statement(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
@@ -252,7 +291,8 @@ class _RoundTrips:
 
 
 async def measure_create(
-    app: Any, client: _Asgi,
+    app: Any,
+    client: _Asgi,
     measure: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[None]],
     n: int,
 ) -> None:
@@ -273,8 +313,10 @@ async def measure_create(
     async def create_keyed() -> None:
         await client.post("/v1/customers", body(), {"idempotency-key": uuid.uuid4().hex})
 
-    for label, fn in (("create ASGI app: POST /v1/customers", create),
-                      ("create ASGI app: POST /v1/customers + Idempotency-Key", create_keyed)):
+    for label, fn in (
+        ("create ASGI app: POST /v1/customers", create),
+        ("create ASGI app: POST /v1/customers + Idempotency-Key", create_keyed),
+    ):
         await measure(label, fn)
         counter.reset()
         for _ in range(20):
@@ -289,35 +331,57 @@ async def measure_create(
 #: (bucket, pattern over "function (file:line)") — a sample goes to the bucket of its
 #: deepest matching frame, except that anything under the pre-ping counts as pre-ping.
 BUCKETS: list[tuple[str, str]] = [
-    ("routing (FastAPI route matching)",
-     r"^(\S+\.)?(_match|matches|_get_routes_version|effective_candidates|_handle_selected) "),
-    ("FastAPI dependency machinery", r"^(solve_dependencies|_solve_generator|"
-     r"_asynccontextmanager_with_shielded_exit|run_endpoint_function) "),
-    ("query parameters → CustomerListQuery", r"^(request_params_to_args|_validate_value\w*|"
-     r"_get_multidict_value) "),
+    (
+        "routing (FastAPI route matching)",
+        r"^(\S+\.)?(_match|matches|_get_routes_version|effective_candidates|_handle_selected) ",
+    ),
+    (
+        "FastAPI dependency machinery",
+        r"^(solve_dependencies|_solve_generator|"
+        r"_asynccontextmanager_with_shielded_exit|run_endpoint_function) ",
+    ),
+    (
+        "query parameters → CustomerListQuery",
+        r"^(request_params_to_args|_validate_value\w*|"
+        r"_get_multidict_value) ",
+    ),
     ("crm middleware (request id, limits, metrics, log)", r"^RequestMiddleware\."),
-    ("authentication (bearer, token cache, principal)",
-     r"^(get_principal|HTTPBearer\.__call__|_verify_cached|PrincipalResolver\.resolve) "),
-    ("authorization (require → scope)", r"^(require\.<locals>\.dependency|"
-     r"PolicyEngine\.scope_for) "),
-    ("statement building (scope, filters, keyset)",
-     r"^(filtered|scoped|apply_keyset|scope_clause|scope_of|one_of) \(crm_api"),
-    ("DB connection checkout + return (SQLAlchemy pool)",
-     r"^(_read_connection|AsyncConnection\.start|AsyncConnection\.close|Engine\.connect|"
-     r"Connection\.close|_run_to_completion|_ConnectionFairy\.\w+|\w*raw_connection) "),
-    ("SQLAlchemy execute + result rows",
-     r"^(get_row|fetch_page|AsyncConnection\.execute|Connection\.execute \(sqlalchemy|"
-     r"AsyncAdapt_asyncpg_cursor\.\w+|\w*Result\w*\.\w+ \(sqlalchemy)"),
+    (
+        "authentication (bearer, token cache, principal)",
+        r"^(get_principal|HTTPBearer\.__call__|_verify_cached|PrincipalResolver\.resolve) ",
+    ),
+    (
+        "authorization (require → scope)",
+        r"^(require\.<locals>\.dependency|"
+        r"PolicyEngine\.scope_for) ",
+    ),
+    (
+        "statement building (scope, filters, keyset)",
+        r"^(filtered|scoped|apply_keyset|scope_clause|scope_of|one_of) \(crm_api",
+    ),
+    (
+        "DB connection checkout + return (SQLAlchemy pool)",
+        r"^(_read_connection|AsyncConnection\.start|AsyncConnection\.close|Engine\.connect|"
+        r"Connection\.close|_run_to_completion|_ConnectionFairy\.\w+|\w*raw_connection) ",
+    ),
+    (
+        "SQLAlchemy execute + result rows",
+        r"^(get_row|fetch_page|AsyncConnection\.execute|Connection\.execute \(sqlalchemy|"
+        r"AsyncAdapt_asyncpg_cursor\.\w+|\w*Result\w*\.\w+ \(sqlalchemy)",
+    ),
     ("SQLAlchemy compile cache key", r"^(\S+\.)?(_generate_cache_key|_compile_w_cache) "),
     ("asyncpg driver (protocol, codecs; the floor pays this too)", r"\(asyncpg/"),
-    ("jsonb → dict (json.loads, SQLAlchemy's asyncpg codec; the floor keeps text)",
-     r"^(\S+\.)?(_jsonb_decoder|_json_decoder) |\(json/"),
+    (
+        "jsonb → dict (json.loads, SQLAlchemy's asyncpg codec; the floor keeps text)",
+        r"^(\S+\.)?(_jsonb_decoder|_json_decoder) |\(json/",
+    ),
     ("event loop (uvloop: I/O, wake-ups, task switches)", r"^Runner\.run \(asyncio"),
-    ("response: masking, ETag, orjson",
-     r"^(json_response|dumps|_with_etag|present|page_envelope|encode_cursor) "),
+    (
+        "response: masking, ETag, orjson",
+        r"^(json_response|dumps|_with_etag|present|page_envelope|encode_cursor) ",
+    ),
 ]
-PRE_PING = ("pre-ping (BEGIN; ping; ROLLBACK)",
-            r"^(\S+\.)?(_async_ping|do_ping|_do_ping_w_event) ")
+PRE_PING = ("pre-ping (BEGIN; ping; ROLLBACK)", r"^(\S+\.)?(_async_ping|do_ping|_do_ping_w_event) ")
 
 
 def bucket_samples(raw_path: str) -> list[tuple[str, float]]:
@@ -360,8 +424,9 @@ async def profile_app(url: str, seconds: float) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not shutil.which(spy):
         raise SystemExit("py-spy not found (pip install py-spy)")
-    args = argparse.Namespace(database_url=url, client="python", token=None, sample=1000,
-                              search_term="华信")
+    args = argparse.Namespace(
+        database_url=url, client="python", token=None, sample=1000, search_term="华信"
+    )
     runner = Runner(args)
     get_sc = next(s for s in SCENARIOS if s.name == "get")
     conn = await asyncpg.connect(asyncpg_url(url))
@@ -370,16 +435,21 @@ async def profile_app(url: str, seconds: float) -> None:
         ids, _ = await runner.ids_for(conn, get_sc)
     finally:
         await conn.close()
-    os.environ.update(CRM_DATABASE_URL=sqlalchemy_url(url), CRM_LOG_LEVEL="WARNING",
-                      CRM_DB_POOL_SIZE="4", CRM_DB_MAX_OVERFLOW="0",
-                      CRM_JWT_SIGNING_KEY="bench-profile-" + uuid.uuid4().hex * 2)
+    os.environ.update(
+        CRM_DATABASE_URL=sqlalchemy_url(url),
+        CRM_LOG_LEVEL="WARNING",
+        CRM_DB_POOL_SIZE="4",
+        CRM_DB_MAX_OVERFLOW="0",
+        CRM_JWT_SIGNING_KEY="bench-profile-" + uuid.uuid4().hex * 2,
+    )
     get_settings.cache_clear()
     app = create_app()
     startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await startup.put({"type": "lifespan.startup"})
-    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"},
-                                        "state": {}}, startup.get, events.put))
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, startup.get, events.put)
+    )
     await events.get()
 
     class _Server:
@@ -389,15 +459,33 @@ async def profile_app(url: str, seconds: float) -> None:
     client = _Asgi(app, runner.mint_token(login, _Server()))  # type: ignore[arg-type]
     tmp = RESULTS
     tmp.mkdir(parents=True, exist_ok=True)
-    for label, path_of in (("get", lambda: f"/v1/customers/{ids[hash(time.time()) % len(ids)]}"),
-                           ("list", lambda: LIST_PATH)):
+    for label, path_of in (
+        ("get", lambda: f"/v1/customers/{ids[hash(time.time()) % len(ids)]}"),
+        ("list", lambda: LIST_PATH),
+    ):
         for _ in range(100):
             await client.get(path_of())
         out = tmp / f"py-spy-inprocess-{label}.txt"
         proc = subprocess.Popen(  # noqa: ASYNC220 - py-spy samples this very process
-            [spy, "record", "-p", str(os.getpid()), "-d", str(int(seconds)), "-r", "400",
-             "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                spy,
+                "record",
+                "-p",
+                str(os.getpid()),
+                "-d",
+                str(int(seconds)),
+                "-r",
+                "400",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--nonblocking",
+                "--gil",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + seconds + 1.5
         done = 0
         cpu0 = time.process_time()
@@ -406,8 +494,10 @@ async def profile_app(url: str, seconds: float) -> None:
             done += 1
         cpu = time.process_time() - cpu0
         proc.wait(30)
-        print(f"\n{label}: {done} requests, {cpu / done * 1000:.3f} ms CPU each "
-              f"(in-process, one at a time, no HTTP)")
+        print(
+            f"\n{label}: {done} requests, {cpu / done * 1000:.3f} ms CPU each "
+            f"(in-process, one at a time, no HTTP)"
+        )
         for name, share in bucket_samples(str(out)):
             print(f"  {share:6.1%}  {name}")
         print(f"  (raw samples: {out})")
@@ -422,8 +512,10 @@ def breakdown_command(url: str, n: int, rounds: int, profile: float = 0) -> int:
     if profile:
         uvloop.run(profile_app(url, profile))
         return 0
-    print(f"CPU per request, one at a time, best of {rounds} x {n} "
-          f"(load average {os.getloadavg()[0]:.1f}):")
+    print(
+        f"CPU per request, one at a time, best of {rounds} x {n} "
+        f"(load average {os.getloadavg()[0]:.1f}):"
+    )
     uvloop.run(breakdown(url, n, rounds))
     from bench.load import delete_created
 

@@ -39,8 +39,12 @@ def _restart(server: Any) -> float:
     from pgserver._commands import pg_ctl
 
     started = time.monotonic()
-    pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=server.pgdata,
-           user=server.system_user, timeout=60)
+    pg_ctl(
+        ["-w", "-m", "fast", "-l", str(server.log), "restart"],
+        pgdata=server.pgdata,
+        user=server.system_user,
+        timeout=60,
+    )
     return time.monotonic() - started
 
 
@@ -56,8 +60,9 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # stop the cluster here, before its temporary directory is deleted
         from pgserver._commands import pg_ctl
 
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user,
-               timeout=60)
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60
+        )
         server.cleanup()
 
 
@@ -70,9 +75,12 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
     await asyncio.to_thread(upgrade, url)
     admin = await ensure_admin(url, "faults@bench.crm", PASSWORD, "Faults")
     settings = Settings(
-        env=Environment.test, database_url=url, log_level="ERROR",
+        env=Environment.test,
+        database_url=url,
+        log_level="ERROR",
         jwt_signing_key="bench-faults-signing-key-0123456789-abcdefghijkl",
-        max_inflight_per_principal=0, db_pool_timeout_s=2.0,
+        max_inflight_per_principal=0,
+        db_pool_timeout_s=2.0,
     )
     app = create_app(settings, url)
     ledger: dict[str, str] = {}
@@ -84,9 +92,14 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
-            token = await http.post("/v1/auth/token", data={
-                "grant_type": "password", "username": "faults@bench.crm", "password": PASSWORD,
-            })
+            token = await http.post(
+                "/v1/auth/token",
+                data={
+                    "grant_type": "password",
+                    "username": "faults@bench.crm",
+                    "password": PASSWORD,
+                },
+            )
             token.raise_for_status()
             http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
             owner = str(admin.user_id)
@@ -96,8 +109,9 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
                     key = str(uuid.uuid4())
                     body = {"name": f"ledger-{key}", "owner_id": owner}
                     while True:
-                        r = await http.post("/v1/customers", json=body,
-                                            headers={"Idempotency-Key": key})
+                        r = await http.post(
+                            "/v1/customers", json=body, headers={"Idempotency-Key": key}
+                        )
                         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
                         if r.status_code == 201:
                             ledger[key] = r.json()["id"]
@@ -120,10 +134,16 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
 
             replayed = 0
             for key in list(ledger)[:: max(1, len(ledger) // 20)]:
-                r = await http.post("/v1/customers", json={"name": f"ledger-{key}",
-                                    "owner_id": owner}, headers={"Idempotency-Key": key})
-                if r.status_code == 201 and r.headers.get("idempotent-replayed") == "true" \
-                        and r.json()["id"] == ledger[key]:
+                r = await http.post(
+                    "/v1/customers",
+                    json={"name": f"ledger-{key}", "owner_id": owner},
+                    headers={"Idempotency-Key": key},
+                )
+                if (
+                    r.status_code == 201
+                    and r.headers.get("idempotent-replayed") == "true"
+                    and r.json()["id"] == ledger[key]
+                ):
                     replayed += 1
                 else:
                     bad.append(f"replay of {key}: {r.status_code}")
@@ -131,19 +151,29 @@ async def _load(args: argparse.Namespace, url: str, server: Any) -> dict[str, An
 
     engine = create_async_engine(url)
     async with engine.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT name, count(*) FROM customers WHERE name LIKE 'ledger-%' GROUP BY name"
-        ))).all()
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT name, count(*) FROM customers WHERE name LIKE 'ledger-%' GROUP BY name"
+                )
+            )
+        ).all()
     await engine.dispose()
     stored = {name.removeprefix("ledger-"): n for name, n in rows}
     lost = [k for k in ledger if stored.get(k) != 1]
     duplicated = [k for k, n in stored.items() if n > 1]
     return {
-        "seconds": round(elapsed, 1), "clients": args.clients,
-        "restarts": len(restarts), "restart_s": [round(r, 2) for r in restarts],
-        "acknowledged": len(ledger), "stored": len(stored), "statuses": statuses,
-        "lost_or_duplicated": len(lost) + len(duplicated), "replayed_ok": replayed,
-        "ready_after": ready, "bad": bad[:10],
+        "seconds": round(elapsed, 1),
+        "clients": args.clients,
+        "restarts": len(restarts),
+        "restart_s": [round(r, 2) for r in restarts],
+        "acknowledged": len(ledger),
+        "stored": len(stored),
+        "statuses": statuses,
+        "lost_or_duplicated": len(lost) + len(duplicated),
+        "replayed_ok": replayed,
+        "ready_after": ready,
+        "bad": bad[:10],
     }
 
 
@@ -157,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(_run(args, Path(tmp)))
     print(json.dumps(result, indent=2))
     ok = (
-        not result["bad"] and result["lost_or_duplicated"] == 0
-        and set(result["statuses"]) <= {201, 503} and result["ready_after"] == 200
+        not result["bad"]
+        and result["lost_or_duplicated"] == 0
+        and set(result["statuses"]) <= {201, 503}
+        and result["ready_after"] == 200
     )
     return 0 if ok else 1
 

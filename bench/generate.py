@@ -32,107 +32,451 @@ NAMED_USERS = ("admin@bench.crm", "manager@bench.crm", "rep@bench.crm")
 
 # --- vocabulary ---------------------------------------------------------------------------
 CITIES = [
-    ("上海", "shanghai"), ("北京", "beijing"), ("深圳", "shenzhen"), ("广州", "guangzhou"),
-    ("杭州", "hangzhou"), ("苏州", "suzhou"), ("南京", "nanjing"), ("成都", "chengdu"),
-    ("武汉", "wuhan"), ("天津", "tianjin"), ("重庆", "chongqing"), ("西安", "xian"),
-    ("宁波", "ningbo"), ("青岛", "qingdao"), ("厦门", "xiamen"), ("长沙", "changsha"),
-    ("郑州", "zhengzhou"), ("合肥", "hefei"), ("无锡", "wuxi"), ("佛山", "foshan"),
-    ("东莞", "dongguan"), ("大连", "dalian"),
+    ("上海", "shanghai"),
+    ("北京", "beijing"),
+    ("深圳", "shenzhen"),
+    ("广州", "guangzhou"),
+    ("杭州", "hangzhou"),
+    ("苏州", "suzhou"),
+    ("南京", "nanjing"),
+    ("成都", "chengdu"),
+    ("武汉", "wuhan"),
+    ("天津", "tianjin"),
+    ("重庆", "chongqing"),
+    ("西安", "xian"),
+    ("宁波", "ningbo"),
+    ("青岛", "qingdao"),
+    ("厦门", "xiamen"),
+    ("长沙", "changsha"),
+    ("郑州", "zhengzhou"),
+    ("合肥", "hefei"),
+    ("无锡", "wuxi"),
+    ("佛山", "foshan"),
+    ("东莞", "dongguan"),
+    ("大连", "dalian"),
 ]
 BRANDS = [
-    ("华信", "huaxin"), ("东方", "dongfang"), ("金桥", "jinqiao"), ("长城", "changcheng"),
-    ("恒通", "hengtong"), ("瑞丰", "ruifeng"), ("嘉禾", "jiahe"), ("蓝天", "lantian"),
-    ("鼎盛", "dingsheng"), ("永泰", "yongtai"), ("宏达", "hongda"), ("天成", "tiancheng"),
-    ("盛世", "shengshi"), ("联创", "lianchuang"), ("安捷", "anjie"), ("博远", "boyuan"),
-    ("晨光", "chenguang"), ("德润", "derun"), ("方正", "fangzheng"), ("广源", "guangyuan"),
-    ("海纳", "haina"), ("浩然", "haoran"), ("弘毅", "hongyi"), ("锦程", "jincheng"),
-    ("九州", "jiuzhou"), ("凯旋", "kaixuan"), ("朗润", "langrun"), ("利群", "liqun"),
-    ("龙腾", "longteng"), ("美达", "meida"), ("南山", "nanshan"), ("鹏程", "pengcheng"),
-    ("启明", "qiming"), ("千禧", "qianxi"), ("荣盛", "rongsheng"), ("三友", "sanyou"),
-    ("盛达", "shengda"), ("泰和", "taihe"), ("通达", "tongda"), ("万象", "wanxiang"),
-    ("祥云", "xiangyun"), ("欣荣", "xinrong"), ("星辰", "xingchen"), ("旭日", "xuri"),
-    ("雅居", "yaju"), ("亿丰", "yifeng"), ("银河", "yinhe"), ("永兴", "yongxing"),
-    ("远航", "yuanhang"), ("振华", "zhenhua"), ("正泰", "zhengtai"), ("中联", "zhonglian"),
-    ("卓越", "zhuoyue"), ("紫金", "zijin"), ("泓元", "hongyuan"), ("睿智", "ruizhi"),
-    ("汇通", "huitong"), ("信达", "xinda"), ("光明", "guangming"), ("和信", "hexin"),
-    ("恒瑞", "hengrui"), ("金鼎", "jinding"), ("丰源", "fengyuan"), ("华美", "huamei"),
-    ("天宇", "tianyu"), ("新华", "xinhua"), ("宝丰", "baofeng"), ("瀚海", "hanhai"),
+    ("华信", "huaxin"),
+    ("东方", "dongfang"),
+    ("金桥", "jinqiao"),
+    ("长城", "changcheng"),
+    ("恒通", "hengtong"),
+    ("瑞丰", "ruifeng"),
+    ("嘉禾", "jiahe"),
+    ("蓝天", "lantian"),
+    ("鼎盛", "dingsheng"),
+    ("永泰", "yongtai"),
+    ("宏达", "hongda"),
+    ("天成", "tiancheng"),
+    ("盛世", "shengshi"),
+    ("联创", "lianchuang"),
+    ("安捷", "anjie"),
+    ("博远", "boyuan"),
+    ("晨光", "chenguang"),
+    ("德润", "derun"),
+    ("方正", "fangzheng"),
+    ("广源", "guangyuan"),
+    ("海纳", "haina"),
+    ("浩然", "haoran"),
+    ("弘毅", "hongyi"),
+    ("锦程", "jincheng"),
+    ("九州", "jiuzhou"),
+    ("凯旋", "kaixuan"),
+    ("朗润", "langrun"),
+    ("利群", "liqun"),
+    ("龙腾", "longteng"),
+    ("美达", "meida"),
+    ("南山", "nanshan"),
+    ("鹏程", "pengcheng"),
+    ("启明", "qiming"),
+    ("千禧", "qianxi"),
+    ("荣盛", "rongsheng"),
+    ("三友", "sanyou"),
+    ("盛达", "shengda"),
+    ("泰和", "taihe"),
+    ("通达", "tongda"),
+    ("万象", "wanxiang"),
+    ("祥云", "xiangyun"),
+    ("欣荣", "xinrong"),
+    ("星辰", "xingchen"),
+    ("旭日", "xuri"),
+    ("雅居", "yaju"),
+    ("亿丰", "yifeng"),
+    ("银河", "yinhe"),
+    ("永兴", "yongxing"),
+    ("远航", "yuanhang"),
+    ("振华", "zhenhua"),
+    ("正泰", "zhengtai"),
+    ("中联", "zhonglian"),
+    ("卓越", "zhuoyue"),
+    ("紫金", "zijin"),
+    ("泓元", "hongyuan"),
+    ("睿智", "ruizhi"),
+    ("汇通", "huitong"),
+    ("信达", "xinda"),
+    ("光明", "guangming"),
+    ("和信", "hexin"),
+    ("恒瑞", "hengrui"),
+    ("金鼎", "jinding"),
+    ("丰源", "fengyuan"),
+    ("华美", "huamei"),
+    ("天宇", "tianyu"),
+    ("新华", "xinhua"),
+    ("宝丰", "baofeng"),
+    ("瀚海", "hanhai"),
 ]
 CN_TRADES = [
-    "科技", "贸易", "电子", "机械", "物流", "医药", "食品", "建材", "纺织", "化工", "新能源",
-    "信息技术", "文化传媒", "汽车零部件", "环保", "农业", "餐饮管理", "供应链", "精密制造", "生物",
+    "科技",
+    "贸易",
+    "电子",
+    "机械",
+    "物流",
+    "医药",
+    "食品",
+    "建材",
+    "纺织",
+    "化工",
+    "新能源",
+    "信息技术",
+    "文化传媒",
+    "汽车零部件",
+    "环保",
+    "农业",
+    "餐饮管理",
+    "供应链",
+    "精密制造",
+    "生物",
 ]
-CN_SUFFIX = (["有限公司", "股份有限公司", "集团有限公司", "实业有限公司", "有限责任公司"],
-             [50, 20, 10, 10, 10])
+CN_SUFFIX = (
+    ["有限公司", "股份有限公司", "集团有限公司", "实业有限公司", "有限责任公司"],
+    [50, 20, 10, 10, 10],
+)
 EN_BRANDS = [
-    "Acme", "Globex", "Initech", "Umbrella", "Northwind", "Contoso", "Fabrikam", "Tailspin",
-    "Wingtip", "Litware", "Proseware", "Adatum", "Lucerne", "Blue Yonder", "Summit",
-    "Evergreen", "Silverline", "Pacific Rim", "Redwood", "Harbor", "Crescent", "Pinnacle",
-    "Vertex", "Keystone", "Oakridge", "Bluewater", "Ironclad", "Brightpath", "Meridian",
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Northwind",
+    "Contoso",
+    "Fabrikam",
+    "Tailspin",
+    "Wingtip",
+    "Litware",
+    "Proseware",
+    "Adatum",
+    "Lucerne",
+    "Blue Yonder",
+    "Summit",
+    "Evergreen",
+    "Silverline",
+    "Pacific Rim",
+    "Redwood",
+    "Harbor",
+    "Crescent",
+    "Pinnacle",
+    "Vertex",
+    "Keystone",
+    "Oakridge",
+    "Bluewater",
+    "Ironclad",
+    "Brightpath",
+    "Meridian",
     "Sterling",
 ]
 EN_TRADES = [
-    "Trading", "Logistics", "Systems", "Foods", "Electronics", "Medical", "Solutions",
-    "Industries", "Capital", "Software", "Manufacturing", "Retail",
+    "Trading",
+    "Logistics",
+    "Systems",
+    "Foods",
+    "Electronics",
+    "Medical",
+    "Solutions",
+    "Industries",
+    "Capital",
+    "Software",
+    "Manufacturing",
+    "Retail",
 ]
 EN_SUFFIX = ["Ltd.", "Inc.", "GmbH", "LLC", "Pte. Ltd.", "Co.", "Limited", "S.A."]
 SURNAMES = (
-    [("王", "wang"), ("李", "li"), ("张", "zhang"), ("刘", "liu"), ("陈", "chen"),
-     ("杨", "yang"), ("黄", "huang"), ("赵", "zhao"), ("吴", "wu"), ("周", "zhou"),
-     ("徐", "xu"), ("孙", "sun"), ("马", "ma"), ("朱", "zhu"), ("胡", "hu"), ("郭", "guo"),
-     ("何", "he"), ("高", "gao"), ("林", "lin"), ("罗", "luo"), ("郑", "zheng"),
-     ("梁", "liang"), ("谢", "xie"), ("宋", "song"), ("唐", "tang"), ("韩", "han"),
-     ("冯", "feng"), ("邓", "deng"), ("曹", "cao"), ("欧阳", "ouyang")],
-    [72, 72, 70, 55, 55, 32, 25, 21, 21, 20, 18, 17, 13, 13, 12, 12, 12, 11, 11, 10, 10,
-     9, 8, 8, 7, 6, 6, 6, 6, 1],
+    [
+        ("王", "wang"),
+        ("李", "li"),
+        ("张", "zhang"),
+        ("刘", "liu"),
+        ("陈", "chen"),
+        ("杨", "yang"),
+        ("黄", "huang"),
+        ("赵", "zhao"),
+        ("吴", "wu"),
+        ("周", "zhou"),
+        ("徐", "xu"),
+        ("孙", "sun"),
+        ("马", "ma"),
+        ("朱", "zhu"),
+        ("胡", "hu"),
+        ("郭", "guo"),
+        ("何", "he"),
+        ("高", "gao"),
+        ("林", "lin"),
+        ("罗", "luo"),
+        ("郑", "zheng"),
+        ("梁", "liang"),
+        ("谢", "xie"),
+        ("宋", "song"),
+        ("唐", "tang"),
+        ("韩", "han"),
+        ("冯", "feng"),
+        ("邓", "deng"),
+        ("曹", "cao"),
+        ("欧阳", "ouyang"),
+    ],
+    [
+        72,
+        72,
+        70,
+        55,
+        55,
+        32,
+        25,
+        21,
+        21,
+        20,
+        18,
+        17,
+        13,
+        13,
+        12,
+        12,
+        12,
+        11,
+        11,
+        10,
+        10,
+        9,
+        8,
+        8,
+        7,
+        6,
+        6,
+        6,
+        6,
+        1,
+    ],
 )
 GIVEN = [
-    ("伟", "wei"), ("芳", "fang"), ("娜", "na"), ("敏", "min"), ("静", "jing"), ("丽", "li"),
-    ("强", "qiang"), ("磊", "lei"), ("军", "jun"), ("洋", "yang"), ("勇", "yong"),
-    ("艳", "yan"), ("杰", "jie"), ("娟", "juan"), ("涛", "tao"), ("明", "ming"),
-    ("超", "chao"), ("秀英", "xiuying"), ("霞", "xia"), ("平", "ping"), ("刚", "gang"),
-    ("桂英", "guiying"), ("建华", "jianhua"), ("志强", "zhiqiang"), ("晓东", "xiaodong"),
-    ("海燕", "haiyan"), ("子涵", "zihan"), ("浩宇", "haoyu"), ("欣怡", "xinyi"),
-    ("宇轩", "yuxuan"), ("思远", "siyuan"), ("雨桐", "yutong"), ("俊杰", "junjie"),
-    ("文博", "wenbo"), ("佳怡", "jiayi"),
+    ("伟", "wei"),
+    ("芳", "fang"),
+    ("娜", "na"),
+    ("敏", "min"),
+    ("静", "jing"),
+    ("丽", "li"),
+    ("强", "qiang"),
+    ("磊", "lei"),
+    ("军", "jun"),
+    ("洋", "yang"),
+    ("勇", "yong"),
+    ("艳", "yan"),
+    ("杰", "jie"),
+    ("娟", "juan"),
+    ("涛", "tao"),
+    ("明", "ming"),
+    ("超", "chao"),
+    ("秀英", "xiuying"),
+    ("霞", "xia"),
+    ("平", "ping"),
+    ("刚", "gang"),
+    ("桂英", "guiying"),
+    ("建华", "jianhua"),
+    ("志强", "zhiqiang"),
+    ("晓东", "xiaodong"),
+    ("海燕", "haiyan"),
+    ("子涵", "zihan"),
+    ("浩宇", "haoyu"),
+    ("欣怡", "xinyi"),
+    ("宇轩", "yuxuan"),
+    ("思远", "siyuan"),
+    ("雨桐", "yutong"),
+    ("俊杰", "junjie"),
+    ("文博", "wenbo"),
+    ("佳怡", "jiayi"),
 ]
 FIRST = [
-    "James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "David",
-    "Elizabeth", "William", "Emma", "Oliver", "Sophia", "Lucas", "Mia", "Noah", "Olivia",
-    "Ethan", "Ava", "Anna", "Thomas", "Laura", "Daniel", "Sarah", "Hannah", "Pierre", "Yuki",
+    "James",
+    "Mary",
+    "John",
+    "Patricia",
+    "Robert",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Emma",
+    "Oliver",
+    "Sophia",
+    "Lucas",
+    "Mia",
+    "Noah",
+    "Olivia",
+    "Ethan",
+    "Ava",
+    "Anna",
+    "Thomas",
+    "Laura",
+    "Daniel",
+    "Sarah",
+    "Hannah",
+    "Pierre",
+    "Yuki",
 ]
 LAST = [
-    "Smith", "Johnson", "Brown", "Taylor", "Miller", "Wilson", "Moore", "Anderson", "Thomas",
-    "Jackson", "White", "Harris", "Martin", "Garcia", "Müller", "Schmidt", "Dubois", "Rossi",
-    "Tanaka", "Kim", "Nguyen", "Chen", "Wong", "Lee", "O'Brien", "Novak", "Silva",
+    "Smith",
+    "Johnson",
+    "Brown",
+    "Taylor",
+    "Miller",
+    "Wilson",
+    "Moore",
+    "Anderson",
+    "Thomas",
+    "Jackson",
+    "White",
+    "Harris",
+    "Martin",
+    "Garcia",
+    "Müller",
+    "Schmidt",
+    "Dubois",
+    "Rossi",
+    "Tanaka",
+    "Kim",
+    "Nguyen",
+    "Chen",
+    "Wong",
+    "Lee",
+    "O'Brien",
+    "Novak",
+    "Silva",
 ]
-DISTRICTS = ["浦东新区", "闵行区", "朝阳区", "海淀区", "南山区", "天河区", "西湖区", "高新区",
-             "工业园区", "经济开发区", "滨江区", "武侯区"]
+DISTRICTS = [
+    "浦东新区",
+    "闵行区",
+    "朝阳区",
+    "海淀区",
+    "南山区",
+    "天河区",
+    "西湖区",
+    "高新区",
+    "工业园区",
+    "经济开发区",
+    "滨江区",
+    "武侯区",
+]
 ROADS = ["人民", "中山", "解放", "建设", "长江", "科技", "世纪", "创业", "滨河", "和平", "新华"]
-EN_STREETS = ["Market Street", "High Street", "Harbour Road", "King's Road", "Main Street",
-              "Orchard Road", "Bahnhofstrasse", "Rue de Rivoli"]
-TITLES_CN = ["采购经理", "总经理", "财务总监", "技术总监", "销售经理", "行政主管", "董事长",
-             "采购专员", "运营总监", "法务"]
-TITLES_EN = ["Buyer", "CEO", "CFO", "CTO", "Head of Procurement", "Sales Manager",
-             "Operations Director", "Office Manager", "Legal Counsel"]
-DEPARTMENTS = ["采购部", "财务部", "技术部", "总经办", "运营部", "Procurement", "Finance",
-               "IT", "Operations", None]
-INDUSTRIES = (["制造业", "批发和零售业", "软件和信息技术服务业", "交通运输和物流", "金融业",
-               "医疗健康", "教育", "房地产", "能源", "餐饮", "农业", "Software", "Logistics",
-               "Manufacturing", "Retail"],
-              [22, 14, 12, 9, 5, 7, 4, 4, 3, 4, 3, 5, 3, 3, 2])
+EN_STREETS = [
+    "Market Street",
+    "High Street",
+    "Harbour Road",
+    "King's Road",
+    "Main Street",
+    "Orchard Road",
+    "Bahnhofstrasse",
+    "Rue de Rivoli",
+]
+TITLES_CN = [
+    "采购经理",
+    "总经理",
+    "财务总监",
+    "技术总监",
+    "销售经理",
+    "行政主管",
+    "董事长",
+    "采购专员",
+    "运营总监",
+    "法务",
+]
+TITLES_EN = [
+    "Buyer",
+    "CEO",
+    "CFO",
+    "CTO",
+    "Head of Procurement",
+    "Sales Manager",
+    "Operations Director",
+    "Office Manager",
+    "Legal Counsel",
+]
+DEPARTMENTS = [
+    "采购部",
+    "财务部",
+    "技术部",
+    "总经办",
+    "运营部",
+    "Procurement",
+    "Finance",
+    "IT",
+    "Operations",
+    None,
+]
+INDUSTRIES = (
+    [
+        "制造业",
+        "批发和零售业",
+        "软件和信息技术服务业",
+        "交通运输和物流",
+        "金融业",
+        "医疗健康",
+        "教育",
+        "房地产",
+        "能源",
+        "餐饮",
+        "农业",
+        "Software",
+        "Logistics",
+        "Manufacturing",
+        "Retail",
+    ],
+    [22, 14, 12, 9, 5, 7, 4, 4, 3, 4, 3, 5, 3, 3, 2],
+)
 STAGES = (["lead", "prospect", "customer", "churned"], [30, 25, 35, 10])
 GRADES = (["A", "B", "C", "D", None], [10, 25, 35, 15, 15])
-SOURCES = (["web", "referral", "partner", "event", "campaign", "cold_call", "storefront",
-            "import", "other", None], [20, 15, 10, 8, 8, 6, 10, 10, 3, 10])
-OWNERSHIP = (["private", "state_owned", "foreign", "joint_venture", "collective", "other",
-              None], [50, 10, 8, 5, 2, 5, 20])
-SIZES = (["1-10", "11-50", "51-200", "201-1000", "1001-5000", "5000+", None],
-         [20, 25, 20, 12, 5, 3, 15])
+SOURCES = (
+    [
+        "web",
+        "referral",
+        "partner",
+        "event",
+        "campaign",
+        "cold_call",
+        "storefront",
+        "import",
+        "other",
+        None,
+    ],
+    [20, 15, 10, 8, 8, 6, 10, 10, 3, 10],
+)
+OWNERSHIP = (
+    ["private", "state_owned", "foreign", "joint_venture", "collective", "other", None],
+    [50, 10, 8, 5, 2, 5, 20],
+)
+SIZES = (
+    ["1-10", "11-50", "51-200", "201-1000", "1001-5000", "5000+", None],
+    [20, 25, 20, 12, 5, 3, 15],
+)
 TAGS = ["vip", "重点客户", "new", "渠道", "KA", "续约", "高潜力", "海外", "政府", "eu"]
 TAG_WEIGHTS = [8, 10, 15, 8, 5, 6, 7, 4, 2, 3]
-BANKS = ["中国工商银行", "中国建设银行", "招商银行", "中国银行", "交通银行", "HSBC",
-         "Deutsche Bank", "浦发银行"]
+BANKS = [
+    "中国工商银行",
+    "中国建设银行",
+    "招商银行",
+    "中国银行",
+    "交通银行",
+    "HSBC",
+    "Deutsche Bank",
+    "浦发银行",
+]
 
 #: Regions by company (index of the company in the org tree), the rest spread thin.
 COMPANY_REGIONS = [
@@ -142,21 +486,59 @@ COMPANY_REGIONS = [
     (["Europe", "North America", "Southeast Asia", "港澳台"], [40, 25, 25, 10]),
 ]
 COMPANIES = [
-    ("上海明远贸易有限公司", "上海"), ("北京明远科技有限公司", "北京"),
-    ("广州明远实业有限公司", "广州"), ("Mingyuan International Ltd.", "Singapore"),
+    ("上海明远贸易有限公司", "上海"),
+    ("北京明远科技有限公司", "北京"),
+    ("广州明远实业有限公司", "广州"),
+    ("Mingyuan International Ltd.", "Singapore"),
 ]
 BRANCHES = ["一部", "二部", "三部", "四部", "五部"]
 TEAMS = ["一组", "二组", "三组", "四组", "五组"]
 
 CUSTOMER_COLUMNS = (
-    "id", "name", "type", "lifecycle_stage", "grade", "credit_level", "industry", "region",
-    "address", "phone", "email", "website", "bank_name", "bank_account", "tax_number",
-    "ownership_type", "size", "source", "tags", "custom_fields", "owner_id", "org_unit_id",
-    "external_ref", "notes", "created_at", "updated_at", "version", "deleted_at",
+    "id",
+    "name",
+    "type",
+    "lifecycle_stage",
+    "grade",
+    "credit_level",
+    "industry",
+    "region",
+    "address",
+    "phone",
+    "email",
+    "website",
+    "bank_name",
+    "bank_account",
+    "tax_number",
+    "ownership_type",
+    "size",
+    "source",
+    "tags",
+    "custom_fields",
+    "owner_id",
+    "org_unit_id",
+    "external_ref",
+    "notes",
+    "created_at",
+    "updated_at",
+    "version",
+    "deleted_at",
 )
 CONTACT_COLUMNS = (
-    "id", "customer_id", "name", "title", "department", "phone", "mobile", "email",
-    "is_primary", "notes", "created_at", "updated_at", "version", "deleted_at",
+    "id",
+    "customer_id",
+    "name",
+    "title",
+    "department",
+    "phone",
+    "mobile",
+    "email",
+    "is_primary",
+    "notes",
+    "created_at",
+    "updated_at",
+    "version",
+    "deleted_at",
 )
 TABLES = ("customers", "contacts")
 
@@ -176,7 +558,7 @@ def _cum(weights: list[int] | list[float]) -> list[float]:
 def _person(rng: random.Random, chinese: bool) -> tuple[str, str]:
     """A display name and an e-mail local part."""
     if chinese:
-        (sur, sur_py), = rng.choices(SURNAMES[0], SURNAMES[1])
+        ((sur, sur_py),) = rng.choices(SURNAMES[0], SURNAMES[1])
         given, given_py = rng.choice(GIVEN)
         return sur + given, f"{given_py}.{sur_py}"
     first, last = rng.choice(FIRST), rng.choice(LAST)
@@ -184,8 +566,10 @@ def _person(rng: random.Random, chinese: bool) -> tuple[str, str]:
 
 
 def _mobile(rng: random.Random) -> str:
-    return f"+86 1{rng.choice('3456789')}{rng.randint(0, 9)} {rng.randint(1000, 9999)} " \
-           f"{rng.randint(1000, 9999)}"
+    return (
+        f"+86 1{rng.choice('3456789')}{rng.randint(0, 9)} {rng.randint(1000, 9999)} "
+        f"{rng.randint(1000, 9999)}"
+    )
 
 
 # --- org tree and users -------------------------------------------------------------------
@@ -219,21 +603,38 @@ def build_org(rng: random.Random) -> tuple[list[Unit], list[Person]]:
 
     def unit(name: str, kind: str, parent: Unit | None, company: int) -> Unit:
         uid = _uuid(rng)
-        u = Unit(uid, name, kind, parent.id if parent else None,
-                 (parent.path if parent else "/") + f"{uid}/", company)
+        u = Unit(
+            uid,
+            name,
+            kind,
+            parent.id if parent else None,
+            (parent.path if parent else "/") + f"{uid}/",
+            company,
+        )
         units.append(u)
         return u
 
-    def person(u: Unit, role: str, manager: Person | None, weight: float = 0.0,
-               email: str | None = None, chinese: bool | None = None) -> Person:
+    def person(
+        u: Unit,
+        role: str,
+        manager: Person | None,
+        weight: float = 0.0,
+        email: str | None = None,
+        chinese: bool | None = None,
+    ) -> Person:
         counter[0] += 1
         pid = _uuid(rng)
         cn = (u.company != 3 and rng.random() < 0.9) if chinese is None else chinese
         name, _ = _person(rng, cn)
         p = Person(
-            pid, email or f"u{counter[0]:04d}@bench.crm", name, u,
+            pid,
+            email or f"u{counter[0]:04d}@bench.crm",
+            name,
+            u,
             manager.id if manager else None,
-            (manager.manager_path if manager else "/") + f"{pid}/", role, weight,
+            (manager.manager_path if manager else "/") + f"{pid}/",
+            role,
+            weight,
         )
         people.append(p)
         return p
@@ -258,8 +659,9 @@ def build_org(rng: random.Random) -> tuple[list[Unit], list[Person]]:
             first_branch_manager = False
             bm = person(branch, "sales_manager", director, weight=0.5, email=email)
             for ti, tname in enumerate(TEAMS):
-                team = unit(f"{label}{tname}" if ci != 3 else f"{label} Team {ti + 1}", "team",
-                            branch, ci)
+                team = unit(
+                    f"{label}{tname}" if ci != 3 else f"{label} Team {ti + 1}", "team", branch, ci
+                )
                 lead = person(team, "sales_manager", bm, weight=1.0)
                 for _ in range(8):
                     # Skewed books: a few reps hold many customers, most a moderate number.
@@ -280,26 +682,66 @@ async def load_org(conn: asyncpg.Connection, units: list[Unit], people: list[Per
     now = datetime.now(UTC) - timedelta(days=3 * 365 + 30)
     await conn.copy_records_to_table(
         "org_units",
-        columns=("id", "name", "kind", "parent_id", "path", "depth", "active", "created_at",
-                 "updated_at", "version"),
-        records=[(u.id, u.name, u.kind, u.parent, u.path, u.path.count("/") - 2, True, now, now,
-                  1) for u in units],
+        columns=(
+            "id",
+            "name",
+            "kind",
+            "parent_id",
+            "path",
+            "depth",
+            "active",
+            "created_at",
+            "updated_at",
+            "version",
+        ),
+        records=[
+            (u.id, u.name, u.kind, u.parent, u.path, u.path.count("/") - 2, True, now, now, 1)
+            for u in units
+        ],
     )
     password_hash = hash_password(BENCH_PASSWORD)
     await conn.copy_records_to_table(
         "users",
-        columns=("id", "email", "display_name", "phone", "org_unit_id", "manager_id",
-                 "manager_path", "kind", "password_hash", "active", "tokens_valid_after",
-                 "created_at", "updated_at", "version"),
-        records=[(p.id, p.email, p.name, None, p.unit.id, p.manager, p.manager_path, "person",
-                  password_hash if p.email in NAMED_USERS else None, True, now, now, now, 1)
-                 for p in people],
+        columns=(
+            "id",
+            "email",
+            "display_name",
+            "phone",
+            "org_unit_id",
+            "manager_id",
+            "manager_path",
+            "kind",
+            "password_hash",
+            "active",
+            "tokens_valid_after",
+            "created_at",
+            "updated_at",
+            "version",
+        ),
+        records=[
+            (
+                p.id,
+                p.email,
+                p.name,
+                None,
+                p.unit.id,
+                p.manager,
+                p.manager_path,
+                "person",
+                password_hash if p.email in NAMED_USERS else None,
+                True,
+                now,
+                now,
+                now,
+                1,
+            )
+            for p in people
+        ],
     )
     await conn.copy_records_to_table(
         "authz_rules",
         columns=("id", "ptype", "v0", "v1", "v2", "v3", "v4", "v5", "created_at"),
-        records=[(uuid.uuid4(), "g", f"user:{p.id}", p.role, "", "", "", "", now)
-                 for p in people],
+        records=[(uuid.uuid4(), "g", f"user:{p.id}", p.role, "", "", "", "", now) for p in people],
     )
     await conn.execute(
         "UPDATE authz_state SET version = version + 1, changed_at = now() WHERE id = 1"
@@ -367,12 +809,17 @@ def customer_batch(
             website = None
         if chinese:
             address = f"{city}市{rng.choice(DISTRICTS)}{rng.choice(ROADS)}路{randint(1, 999)}号"
-            phone = f"+86 {randint(20, 29)} {randint(1000, 9999)} {randint(1000, 9999)}" \
-                if company_kind else _mobile(rng)
+            phone = (
+                f"+86 {randint(20, 29)} {randint(1000, 9999)} {randint(1000, 9999)}"
+                if company_kind
+                else _mobile(rng)
+            )
         else:
             address = f"{randint(1, 300)} {rng.choice(EN_STREETS)}"
-            phone = f"+{rng.choice(('44', '49', '65', '1', '33'))} {randint(100, 999)} " \
-                    f"{randint(1000, 9999)}"
+            phone = (
+                f"+{rng.choice(('44', '49', '65', '1', '33'))} {randint(100, 999)} "
+                f"{randint(1000, 9999)}"
+            )
         region = ch(*COMPANY_REGIONS[company])[0] if company >= 0 else "华东"
         # More customers recently: the sqrt skews the spread towards now.
         created = start + timedelta(seconds=span * math.sqrt(rand()))
@@ -381,28 +828,60 @@ def customer_batch(
         ntags = ch((0, 1, 2, 3), (35, 35, 20, 10))[0]
         tags = list(dict.fromkeys(ch(TAGS, TAG_WEIGHTS, k=ntags))) if ntags else []
         has_bank = company_kind and rand() < 0.5
-        customers.append((
-            cid, name, "company" if company_kind else "individual", stages[k], grades[k],
-            randint(1, 5) if rand() < 0.7 else None, industries[k], region, address, phone,
-            email, website, rng.choice(BANKS) if has_bank else None,
-            f"6222{randint(10**11, 10**12 - 1)}" if has_bank else None,
-            f"91{i:016d}" if company_kind and rand() < 0.6 else None,
-            ownership[k], sizes[k] if company_kind else None, sources[k], tags,
-            '{"erp_level": "gold"}' if rand() < 0.05 else "{}", owner_id, unit_id,
-            f"erp-{i:08d}" if rand() < 0.3 else None,
-            "年度框架协议客户; 注意账期。" if rand() < 0.05 else None,
-            created, updated, 1, updated if rand() < 0.01 else None,
-        ))
+        customers.append(
+            (
+                cid,
+                name,
+                "company" if company_kind else "individual",
+                stages[k],
+                grades[k],
+                randint(1, 5) if rand() < 0.7 else None,
+                industries[k],
+                region,
+                address,
+                phone,
+                email,
+                website,
+                rng.choice(BANKS) if has_bank else None,
+                f"6222{randint(10**11, 10**12 - 1)}" if has_bank else None,
+                f"91{i:016d}" if company_kind and rand() < 0.6 else None,
+                ownership[k],
+                sizes[k] if company_kind else None,
+                sources[k],
+                tags,
+                '{"erp_level": "gold"}' if rand() < 0.05 else "{}",
+                owner_id,
+                unit_id,
+                f"erp-{i:08d}" if rand() < 0.3 else None,
+                "年度框架协议客户; 注意账期。" if rand() < 0.05 else None,
+                created,
+                updated,
+                1,
+                updated if rand() < 0.01 else None,
+            )
+        )
         for j in range(n_contacts[k]):
             cn_person = chinese if rand() < 0.85 else not chinese
             pname, local = _person(rng, cn_person)
             at = created + timedelta(seconds=randint(0, 86400 * 30) if j else 0)
-            contacts.append((
-                _uuid(rng), cid, pname,
-                rng.choice(TITLES_CN if cn_person else TITLES_EN), rng.choice(DEPARTMENTS),
-                phone if rand() < 0.5 else None, _mobile(rng) if rand() < 0.7 else None,
-                f"{local}.{i}.{j}@{domain}", j == 0, None, at, at, 1, None,
-            ))
+            contacts.append(
+                (
+                    _uuid(rng),
+                    cid,
+                    pname,
+                    rng.choice(TITLES_CN if cn_person else TITLES_EN),
+                    rng.choice(DEPARTMENTS),
+                    phone if rand() < 0.5 else None,
+                    _mobile(rng) if rand() < 0.7 else None,
+                    f"{local}.{i}.{j}@{domain}",
+                    j == 0,
+                    None,
+                    at,
+                    at,
+                    1,
+                    None,
+                )
+            )
     return customers, contacts
 
 
@@ -514,7 +993,12 @@ async def _recreate_database(url: str) -> None:
 
 
 def generate(
-    url: str, customers: int, *, seed: int = 2026, jobs: int = 2, batch: int = 10_000,
+    url: str,
+    customers: int,
+    *,
+    seed: int = 2026,
+    jobs: int = 2,
+    batch: int = 10_000,
     keep_indexes: bool = False,
 ) -> dict[str, Any]:
     url = asyncpg_url(url)
@@ -563,9 +1047,18 @@ def generate(
     jobs = max(1, min(jobs, customers // 1000 or 1))
     per = -(-customers // jobs)
     shards = [
-        Shard(url, s * per, min(per, customers - s * per), seed * 1000 + s, batch, owners,
-              owner_cum, now)
-        for s in range(jobs) if s * per < customers
+        Shard(
+            url,
+            s * per,
+            min(per, customers - s * per),
+            seed * 1000 + s,
+            batch,
+            owners,
+            owner_cum,
+            now,
+        )
+        for s in range(jobs)
+        if s * per < customers
     ]
     if len(shards) == 1:
         results = [_shard_main(shards[0])]
@@ -587,8 +1080,9 @@ def generate(
             after = await definitions(conn)
             if after != defs:
                 missing = [d["name"] for d in defs if d not in after]
-                raise SystemExit(f"keys/indexes differ from the migration's after the load: "
-                                 f"{missing}")
+                raise SystemExit(
+                    f"keys/indexes differ from the migration's after the load: {missing}"
+                )
             await conn.execute("VACUUM (ANALYZE) customers, contacts, users, org_units")
             await conn.execute("ANALYZE")
         finally:
@@ -599,9 +1093,15 @@ def generate(
     total = round(time.perf_counter() - t_all, 2)
     print(f"  {'total':<28} {total:8.2f} s")
     summary = {
-        "database": name, "customers": n_customers, "contacts": n_contacts,
-        "org_units": len(units), "users": len(people), "seed": seed, "jobs": jobs,
-        "timings_s": timings, "total_s": total,
+        "database": name,
+        "customers": n_customers,
+        "contacts": n_contacts,
+        "org_units": len(units),
+        "users": len(people),
+        "seed": seed,
+        "jobs": jobs,
+        "timings_s": timings,
+        "total_s": total,
         "logins": {e: BENCH_PASSWORD for e in NAMED_USERS},
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "timings_s"}, ensure_ascii=False))

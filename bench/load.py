@@ -49,11 +49,21 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 DEFAULT_SEARCH = "华信"
 
 LIST_PATH = "/v1/customers?limit=50&lifecycle_stage=customer&sort=-created_at"
-CREATE_BODY = json.dumps({
-    "name": "压测客户 Bench Customer {n}", "type": "company", "lifecycle_stage": "lead",
-    "grade": "B", "industry": "制造业", "region": "华东", "phone": "+86 21 5555 0101",
-    "email": "bench@example.cn", "tags": ["bench-load"], "source": "web",
-}, ensure_ascii=False)
+CREATE_BODY = json.dumps(
+    {
+        "name": "压测客户 Bench Customer {n}",
+        "type": "company",
+        "lifecycle_stage": "lead",
+        "grade": "B",
+        "industry": "制造业",
+        "region": "华东",
+        "phone": "+86 21 5555 0101",
+        "email": "bench@example.cn",
+        "tags": ["bench-load"],
+        "source": "web",
+    },
+    ensure_ascii=False,
+)
 CREATED_TAG = "bench-load"
 
 
@@ -77,25 +87,56 @@ class Scenario:
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("list", "list customers (stage filter, newest first)", LIST_PATH,
-             floor="list", explain=True),
+    Scenario(
+        "list", "list customers (stage filter, newest first)", LIST_PATH, floor="list", explain=True
+    ),
     Scenario("get", "get one customer by id", "/v1/customers/{id}", ids="any", floor="get"),
     Scenario("create", "create one customer", "/v1/customers", method="POST", body=CREATE_BODY),
-    Scenario("search", "search: Chinese substring q", "/v1/customers?q={q}&limit=50",
-             explain=True),
+    Scenario("search", "search: Chinese substring q", "/v1/customers?q={q}&limit=50", explain=True),
     # Per-role data scopes (run with --scenarios roles; most telling at 1,000,000 customers).
-    Scenario("list_admin", "list as admin (scope: all)", LIST_PATH, floor="list", explain=True,
-             groups=("roles",)),
-    Scenario("list_manager", "list as branch sales manager (org_subtree)", LIST_PATH,
-             login="manager@bench.crm", floor="list", explain=True, groups=("roles",)),
-    Scenario("list_rep", "list as sales rep (own)", LIST_PATH, login="rep@bench.crm",
-             floor="list", explain=True, groups=("roles",)),
-    Scenario("get_rep", "get one of the rep's customers", "/v1/customers/{id}",
-             login="rep@bench.crm", ids="own", floor="get", groups=("roles",)),
+    Scenario(
+        "list_admin",
+        "list as admin (scope: all)",
+        LIST_PATH,
+        floor="list",
+        explain=True,
+        groups=("roles",),
+    ),
+    Scenario(
+        "list_manager",
+        "list as branch sales manager (org_subtree)",
+        LIST_PATH,
+        login="manager@bench.crm",
+        floor="list",
+        explain=True,
+        groups=("roles",),
+    ),
+    Scenario(
+        "list_rep",
+        "list as sales rep (own)",
+        LIST_PATH,
+        login="rep@bench.crm",
+        floor="list",
+        explain=True,
+        groups=("roles",),
+    ),
+    Scenario(
+        "get_rep",
+        "get one of the rep's customers",
+        "/v1/customers/{id}",
+        login="rep@bench.crm",
+        ids="own",
+        floor="get",
+        groups=("roles",),
+    ),
     # What uvicorn + FastAPI + our middleware cost with no auth and no SQL: the ceiling of
     # any endpoint of this stack on this machine (run with --scenarios healthz).
-    Scenario("healthz", "framework ceiling: GET /healthz (no auth, no SQL)", "/healthz",
-             groups=("ceiling",)),
+    Scenario(
+        "healthz",
+        "framework ceiling: GET /healthz (no auth, no SQL)",
+        "/healthz",
+        groups=("ceiling",),
+    ),
 ]
 
 
@@ -105,8 +146,9 @@ def select_scenarios(spec: str) -> list[Scenario]:
         matches = [s for s in SCENARIOS if s.name == part or part in s.groups or part == "all"]
         if not matches:
             names = ", ".join(s.name for s in SCENARIOS)
-            raise SystemExit(f"unknown scenario {part!r}; known: {names}, "
-                             "groups default, roles, all")
+            raise SystemExit(
+                f"unknown scenario {part!r}; known: {names}, groups default, roles, all"
+            )
         chosen += [s for s in matches if s not in chosen]
     return chosen
 
@@ -187,7 +229,9 @@ async def backend_pids(url: str, application_name: str) -> list[int]:
     try:
         rows = await conn.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = $1", application_name)
+            "AND application_name = $1",
+            application_name,
+        )
         return [r["pid"] for r in rows]
     finally:
         await conn.close()
@@ -197,8 +241,15 @@ class AppServer:
     """``python -m uvicorn crm_api.main:create_app --factory --workers 1`` in its own
     process group; always stopped (SIGTERM, then SIGKILL) by :meth:`stop`."""
 
-    def __init__(self, db_url: str, pool_size: int, env: dict[str, str], log_dir: Path,
-                 label: str = "app", workers: int = 1) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        pool_size: int,
+        env: dict[str, str],
+        log_dir: Path,
+        label: str = "app",
+        workers: int = 1,
+    ) -> None:
         self.workers = workers
         self.port = free_port()
         self.signing_key = secrets.token_urlsafe(48)
@@ -230,11 +281,31 @@ class AppServer:
     def start(self, timeout_s: float = 60.0) -> None:
         log = self.log_path.open("wb")
         if self.workers == 1:
-            cmd = [sys.executable, "-m", "uvicorn", "crm_api.main:create_app", "--factory",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                   "--no-access-log", "--no-server-header", "--log-level", "warning"]
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "crm_api.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--no-server-header",
+                "--log-level",
+                "warning",
+            ]
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         else:
             self._start_reuseport(log)
         deadline = time.monotonic() + timeout_s
@@ -242,7 +313,8 @@ class AppServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"the server exited ({self.proc.returncode}):\n{self.log_tail()}")
+                    f"the server exited ({self.proc.returncode}):\n{self.log_tail()}"
+                )
             try:
                 status, body = http_request(self.port, "GET", "/readyz", timeout=2.0)
             except OSError:
@@ -252,11 +324,14 @@ class AppServer:
                 return
             last = f"/readyz answered {status}: {body[:300]!r}"
             if b"migrations_pending" in body:
-                raise RuntimeError(f"{last}\nthe bench database is behind the code's "
-                                   "migrations: run `python -m bench generate` again")
+                raise RuntimeError(
+                    f"{last}\nthe bench database is behind the code's "
+                    "migrations: run `python -m bench generate` again"
+                )
             time.sleep(0.3)
-        raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s. {last}\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"the server was not ready within {timeout_s:.0f} s. {last}\n{self.log_tail()}"
+        )
 
     def _start_reuseport(self, log: Any) -> None:
         """N single-worker uvicorn processes, each on its own SO_REUSEPORT socket of one
@@ -282,8 +357,12 @@ class AppServer:
         try:
             for i, sock in enumerate(sockets):
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", script, str(sock.fileno())], cwd=ROOT, env=self.env,
-                    stdout=log, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
+                    [sys.executable, "-c", script, str(sock.fileno())],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(sock.fileno(),),
                     process_group=0 if i == 0 else self.proc.pid,  # type: ignore[union-attr]
                 )
                 if i == 0:
@@ -327,9 +406,14 @@ class AppServer:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def http_request(port: int, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None, timeout: float = 10.0
-                 ) -> tuple[int, bytes]:
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -351,35 +435,64 @@ class Job:
     ids_file: str | None
 
 
-def run_wrk(wrk: str, port: int, job: Job, seconds: float, concurrency: int, threads: int,
-            run_id: str) -> Stats:
+def run_wrk(
+    wrk: str, port: int, job: Job, seconds: float, concurrency: int, threads: int, run_id: str
+) -> Stats:
     env = {
         **os.environ,
-        "BENCH_METHOD": job.method, "BENCH_PATH": job.path,
+        "BENCH_METHOD": job.method,
+        "BENCH_PATH": job.path,
         "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in job.headers.items()),
-        "BENCH_BODY": job.body or "", "BENCH_IDS": job.ids_file or "", "BENCH_RUN": run_id,
+        "BENCH_BODY": job.body or "",
+        "BENCH_IDS": job.ids_file or "",
+        "BENCH_RUN": run_id,
     }
-    cmd = [wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
-           "--timeout", "10s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"]
+    cmd = [
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        f"http://127.0.0.1:{port}",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
     match = re.search(r"^BENCH_RESULT (\{.*\})$", out.stdout, re.MULTILINE)
     if out.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     r = json.loads(match.group(1))
     secs = r["duration_us"] / 1e6
-    errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"]
-              + r["timeouts"])
+    errors = (
+        r["connect_errors"]
+        + r["read_errors"]
+        + r["write_errors"]
+        + r["status_errors"]
+        + r["timeouts"]
+    )
     return Stats(
-        requests=r["requests"], seconds=round(secs, 2), rps=round(r["requests"] / secs, 1),
-        p50_ms=round(r["p50_us"] / 1000, 2), p99_ms=round(r["p99_us"] / 1000, 2),
-        errors=errors, p90_ms=round(r["p90_us"] / 1000, 2), max_ms=round(r["max_us"] / 1000, 2),
-        detail={k: r[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                  "status_errors", "timeouts")},
+        requests=r["requests"],
+        seconds=round(secs, 2),
+        rps=round(r["requests"] / secs, 1),
+        p50_ms=round(r["p50_us"] / 1000, 2),
+        p99_ms=round(r["p99_us"] / 1000, 2),
+        errors=errors,
+        p90_ms=round(r["p90_us"] / 1000, 2),
+        max_ms=round(r["max_us"] / 1000, 2),
+        detail={
+            k: r[k]
+            for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+        },
     )
 
 
-async def _py_client(port: int, job: Job, seconds: float, concurrency: int, run_id: str,
-                     ids: list[str]) -> Stats:
+async def _py_client(
+    port: int, job: Job, seconds: float, concurrency: int, run_id: str, ids: list[str]
+) -> Stats:
     """Fallback when wrk is missing: HTTP/1.1 keep-alive over raw asyncio streams."""
     head = "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
     latencies: list[float] = []
@@ -394,10 +507,14 @@ async def _py_client(port: int, job: Job, seconds: float, concurrency: int, run_
         if job.body is not None:
             counter += 1
             body = job.body.replace("{n}", f"{run_id}-{counter}").encode()
-        extra = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" \
-            if job.body is not None else ""
-        return (f"{job.method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}{extra}\r\n"
-                .encode() + body)
+        extra = (
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            if job.body is not None
+            else ""
+        )
+        return (
+            f"{job.method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}{extra}\r\n".encode() + body
+        )
 
     async def worker() -> None:
         nonlocal errors
@@ -430,10 +547,16 @@ async def _py_client(port: int, job: Job, seconds: float, concurrency: int, run_
     await asyncio.gather(*(worker() for _ in range(concurrency)), return_exceptions=False)
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return Stats(len(latencies), round(elapsed, 2), round(len(latencies) / elapsed, 1),
-                 round(_percentile(latencies, 50) * 1000, 2),
-                 round(_percentile(latencies, 99) * 1000, 2), errors,
-                 round(_percentile(latencies, 90) * 1000, 2), round(latencies[-1] * 1000, 2))
+    return Stats(
+        len(latencies),
+        round(elapsed, 2),
+        round(len(latencies) / elapsed, 1),
+        round(_percentile(latencies, 50) * 1000, 2),
+        round(_percentile(latencies, 99) * 1000, 2),
+        errors,
+        round(_percentile(latencies, 90) * 1000, 2),
+        round(latencies[-1] * 1000, 2),
+    )
 
 
 # --- the floor: the app's own SQL, raw through asyncpg ------------------------------------
@@ -482,8 +605,9 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
         sql, params = compile_for_asyncpg(repo.scoped(access).where(Customer.id == sentinel))
         return Statement(sql, params, params.index(sentinel))
     query = list_query_from_path(path)
-    stmt = apply_keyset(repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id,
-                        query.page(CustomerSort))
+    stmt = apply_keyset(
+        repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id, query.page(CustomerSort)
+    )
     sql, params = compile_for_asyncpg(stmt)
     return Statement(sql, params)
 
@@ -500,8 +624,9 @@ async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int
     return int(await conn.fetchval(sql, *params))
 
 
-async def run_floor(pool: asyncpg.Pool, st: Statement, ids: list[str], seconds: float,
-                    concurrency: int) -> Stats:
+async def run_floor(
+    pool: asyncpg.Pool, st: Statement, ids: list[str], seconds: float, concurrency: int
+) -> Stats:
     latencies: list[float] = []
     errors = 0
     uuids = [uuid.UUID(i) for i in ids]
@@ -524,9 +649,13 @@ async def run_floor(pool: asyncpg.Pool, st: Statement, ids: list[str], seconds: 
             del rows
 
     async with pool.acquire() as conn:  # every backend of the pool is open after a warm-up
-        pids = [r["pid"] for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'crm-bench-floor'")]
+        pids = [
+            r["pid"]
+            for r in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'crm-bench-floor'"
+            )
+        ]
     cpu0, pg0 = time.process_time(), proc_cpu_s(pids)
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -534,13 +663,19 @@ async def run_floor(pool: asyncpg.Pool, st: Statement, ids: list[str], seconds: 
     cpu, pg = time.process_time() - cpu0, proc_cpu_s(pids) - pg0
     latencies.sort()
     n = len(latencies)
-    return Stats(n, round(elapsed, 2), round(n / elapsed, 1),
-                 round(_percentile(latencies, 50) * 1000, 2),
-                 round(_percentile(latencies, 99) * 1000, 2), errors,
-                 round(_percentile(latencies, 90) * 1000, 2), round(latencies[-1] * 1000, 2),
-                 cpu_ms_per_req=round(cpu * 1000 / n, 3) if n else None,
-                 pg_cpu_ms_per_req=round(pg * 1000 / n, 3) if n else None,
-                 loadavg_1m=os.getloadavg()[0])
+    return Stats(
+        n,
+        round(elapsed, 2),
+        round(n / elapsed, 1),
+        round(_percentile(latencies, 50) * 1000, 2),
+        round(_percentile(latencies, 99) * 1000, 2),
+        errors,
+        round(_percentile(latencies, 90) * 1000, 2),
+        round(latencies[-1] * 1000, 2),
+        cpu_ms_per_req=round(cpu * 1000 / n, 3) if n else None,
+        pg_cpu_ms_per_req=round(pg * 1000 / n, 3) if n else None,
+        loadavg_1m=os.getloadavg()[0],
+    )
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
@@ -565,8 +700,9 @@ class Runner:
         self.ids: dict[tuple[str, str], tuple[list[str], str]] = {}
         self.wrk = None if args.client == "python" else shutil.which("wrk")
         if args.client == "wrk" and not self.wrk:
-            raise SystemExit("wrk is not installed (apt-get install -y wrk), or use "
-                             "--client python")
+            raise SystemExit(
+                "wrk is not installed (apt-get install -y wrk), or use --client python"
+            )
         self.run_id = datetime.now(UTC).strftime("%H%M%S") + secrets.token_hex(2)
         #: The server the next requests go to; every server the run started.
         self.server: AppServer | None = None
@@ -588,11 +724,17 @@ class Runner:
             email,
         )
         if row is None:
-            raise SystemExit(f"no user {email} in {database_name(self.db_url)}: run "
-                             "`python -m bench generate` first")
+            raise SystemExit(
+                f"no user {email} in {database_name(self.db_url)}: run "
+                "`python -m bench generate` first"
+            )
         principal = Principal(
-            kind=PrincipalKind.user, id=row["id"], name=row["display_name"], roles=frozenset(),
-            org_unit_id=row["org_unit_id"], org_path=row["path"],
+            kind=PrincipalKind.user,
+            id=row["id"],
+            name=row["display_name"],
+            roles=frozenset(),
+            org_unit_id=row["org_unit_id"],
+            org_path=row["path"],
             manager_path=row["manager_path"],
         )
         engine = create_async_engine(sqlalchemy_url(self.db_url))
@@ -616,11 +758,13 @@ class Runner:
         from crm_api.auth.keys import keyring_from_settings
         from crm_api.config import Settings
 
-        settings = Settings(jwt_signing_key=SecretStr(server.signing_key),
-                            data_dir=server.data_dir)
+        settings = Settings(jwt_signing_key=SecretStr(server.signing_key), data_dir=server.data_dir)
         token, _ = tokens.issue(
-            keyring_from_settings(settings), subject=f"user:{login.user_id}",
-            token_type="access", ttl_s=4 * 3600, issuer=settings.jwt_issuer,
+            keyring_from_settings(settings),
+            subject=f"user:{login.user_id}",
+            token_type="access",
+            ttl_s=4 * 3600,
+            issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
         return token
@@ -630,7 +774,10 @@ class Runner:
 
         body = f"grant_type=password&username={quote(login.email)}&password={BENCH_PASSWORD}"
         status, raw = http_request(
-            server.port, "POST", "/v1/auth/token", body.encode(),
+            server.port,
+            "POST",
+            "/v1/auth/token",
+            body.encode(),
             {"Content-Type": "application/x-www-form-urlencoded"},
         )
         if status != 200:
@@ -650,8 +797,7 @@ class Runner:
             try:
                 self.tokens[key] = self.mint_token(login, self.server)
             except Exception as exc:  # the auth modules changed: use the public grant
-                print(f"  (could not mint a token in-process: {exc}; trying the password "
-                      "grant)")
+                print(f"  (could not mint a token in-process: {exc}; trying the password grant)")
                 self.tokens[key] = self.password_token(login, self.server)
         token = self.tokens[key]
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -664,11 +810,15 @@ class Runner:
             if scenario.ids == "own":
                 rows = await conn.fetch(
                     "SELECT id FROM customers WHERE deleted_at IS NULL AND owner_id = $1 "
-                    "ORDER BY random() LIMIT $2", login.user_id, self.args.sample)
+                    "ORDER BY random() LIMIT $2",
+                    login.user_id,
+                    self.args.sample,
+                )
             else:
                 rows = await conn.fetch(
-                    "SELECT id FROM customers WHERE deleted_at IS NULL "
-                    "ORDER BY random() LIMIT $1", self.args.sample)
+                    "SELECT id FROM customers WHERE deleted_at IS NULL ORDER BY random() LIMIT $1",
+                    self.args.sample,
+                )
             ids = [str(r["id"]) for r in rows]
             if not ids:
                 raise SystemExit(f"no customer ids for scenario {scenario.name}")
@@ -682,8 +832,13 @@ class Runner:
 
     def job_for(self, scenario: Scenario) -> Job:
         ids_file = self.ids[(scenario.ids, scenario.login)][1] if scenario.ids else None
-        return Job(scenario.method, self.path_of(scenario), self.headers_for(scenario),
-                   scenario.body, ids_file)
+        return Job(
+            scenario.method,
+            self.path_of(scenario),
+            self.headers_for(scenario),
+            scenario.body,
+            ids_file,
+        )
 
     # -- one load run -----------------------------------------------------------------------
     def load(self, job: Job, seconds: float, measure_cpu: bool = False) -> Stats:
@@ -693,17 +848,18 @@ class Runner:
         server_pids = self.server.pids()
         cpu0, pg0 = proc_cpu_s(server_pids), proc_cpu_s(pg_pids)
         if self.wrk:
-            stats = run_wrk(self.wrk, self.server.port, job, seconds, a.concurrency,
-                            a.threads, self.run_id)
+            stats = run_wrk(
+                self.wrk, self.server.port, job, seconds, a.concurrency, a.threads, self.run_id
+            )
         else:
             ids = Path(job.ids_file).read_text().split() if job.ids_file else []
-            stats = asyncio.run(_py_client(self.server.port, job, seconds, a.concurrency,
-                                           self.run_id, ids))
+            stats = asyncio.run(
+                _py_client(self.server.port, job, seconds, a.concurrency, self.run_id, ids)
+            )
         if measure_cpu and stats.requests:
             cpu = proc_cpu_s(server_pids) - cpu0
             stats.cpu_ms_per_req = round(cpu * 1000 / stats.requests, 3)
-            stats.pg_cpu_ms_per_req = round((proc_cpu_s(pg_pids) - pg0) * 1000
-                                            / stats.requests, 3)
+            stats.pg_cpu_ms_per_req = round((proc_cpu_s(pg_pids) - pg0) * 1000 / stats.requests, 3)
             stats.detail["server_cpu_share"] = round(cpu / stats.seconds, 2)
         stats.loadavg_1m = os.getloadavg()[0]
         return stats
@@ -720,10 +876,12 @@ class Runner:
             headers["Content-Type"] = "application/json"
         status, raw = http_request(self.server.port, job.method, path, body, headers)
         if status == 401:
-            return ("401 Unauthorized: the app requires a bearer token and refused the one the "
-                    "runner sent (minted with the server's signing key, or --token). Pass a "
-                    "valid --token, or fix Runner.headers_for(). Response: "
-                    + raw[:300].decode(errors="replace"))
+            return (
+                "401 Unauthorized: the app requires a bearer token and refused the one the "
+                "runner sent (minted with the server's signing key, or --token). Pass a "
+                "valid --token, or fix Runner.headers_for(). Response: "
+                + raw[:300].decode(errors="replace")
+            )
         if status >= 400:
             return f"{job.method} {path} answered {status}: {raw[:400].decode(errors='replace')}"
         return None
@@ -743,10 +901,20 @@ def machine_info(pg_version: str) -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     git = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         git = rev + (" (+ uncommitted changes in src/)" if dirty else "")
     versions = {}
     for mod in ("fastapi", "starlette", "uvicorn", "sqlalchemy", "asyncpg", "pydantic", "orjson"):
@@ -756,51 +924,91 @@ def machine_info(pg_version: str) -> dict[str, Any]:
     wrk_version = ""
     if wrk:
         with contextlib.suppress(Exception):
-            wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True,
-                                         timeout=5).stdout.splitlines()[0]
+            wrk_version = subprocess.run(
+                [wrk, "-v"], capture_output=True, text=True, timeout=5
+            ).stdout.splitlines()[0]
     return {
-        "nproc": os.cpu_count(), "memory_gib": mem_gib, "cpu": cpu,
-        "postgresql": pg_version, "python": platform.python_version(),
-        "platform": platform.platform(), "git": git, "packages": versions, "wrk": wrk_version,
+        "nproc": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "cpu": cpu,
+        "postgresql": pg_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": git,
+        "packages": versions,
+        "wrk": wrk_version,
         "loadavg_start": list(os.getloadavg()),
     }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", default=default_url(),
-                   help="the generated bench database (default $CRM_BENCH_DATABASE_URL or "
-                        "%(default)s); must be on this machine")
-    p.add_argument("--scenarios", default="default",
-                   help="comma-separated names or groups: list,get,create,search (= default), "
-                        "roles (list_admin,list_manager,list_rep,get_rep), all")
+    p.add_argument(
+        "--database-url",
+        default=default_url(),
+        help="the generated bench database (default $CRM_BENCH_DATABASE_URL or "
+        "%(default)s); must be on this machine",
+    )
+    p.add_argument(
+        "--scenarios",
+        default="default",
+        help="comma-separated names or groups: list,get,create,search (= default), "
+        "roles (list_admin,list_manager,list_rep,get_rep), all",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before each measured run")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median counts")
-    p.add_argument("--pool-size", type=int, default=5,
-                   help="CRM_DB_POOL_SIZE and CRM_DB_READ_POOL_SIZE per worker (max overflow "
-                        "0), and the floor's pool size")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=5,
+        help="CRM_DB_POOL_SIZE and CRM_DB_READ_POOL_SIZE per worker (max overflow "
+        "0), and the floor's pool size",
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
-    p.add_argument("--token", help="bearer token for every request (default: mint one per "
-                                   "scenario login with the server's signing key)")
+    p.add_argument(
+        "--token",
+        help="bearer token for every request (default: mint one per "
+        "scenario login with the server's signing key)",
+    )
     p.add_argument("--search-term", default=DEFAULT_SEARCH)
     p.add_argument("--sample", type=int, default=10_000, help="ids for get-by-id scenarios")
     p.add_argument("--no-floor", action="store_true", help="skip the raw asyncpg floor")
-    p.add_argument("--explain", action="store_true",
-                   help="EXPLAIN (ANALYZE, BUFFERS) the list queries, into the results")
-    p.add_argument("--compare-pre-ping", action="store_true",
-                   help="also run the floor scenarios against a server with "
-                        "CRM_DB_POOL_PRE_PING=false")
-    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the server (repeatable)")
-    p.add_argument("--py-spy", metavar="SCENARIO",
-                   help="record a py-spy profile of the server during SCENARIO's first run")
-    p.add_argument("--keep-created", action="store_true",
-                   help="keep the customers the create scenario made (default: delete them)")
-    p.add_argument("--time-limit", type=float, default=None,
-                   help="hard limit in seconds for the whole run (default: estimate x 2 + 180)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="EXPLAIN (ANALYZE, BUFFERS) the list queries, into the results",
+    )
+    p.add_argument(
+        "--compare-pre-ping",
+        action="store_true",
+        help="also run the floor scenarios against a server with CRM_DB_POOL_PRE_PING=false",
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the server (repeatable)",
+    )
+    p.add_argument(
+        "--py-spy",
+        metavar="SCENARIO",
+        help="record a py-spy profile of the server during SCENARIO's first run",
+    )
+    p.add_argument(
+        "--keep-created",
+        action="store_true",
+        help="keep the customers the create scenario made (default: delete them)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="hard limit in seconds for the whole run (default: estimate x 2 + 180)",
+    )
     p.add_argument("--output", help="results JSON path (default bench/results/<timestamp>.json)")
 
 
@@ -828,9 +1036,11 @@ def run_command(args: argparse.Namespace) -> int:
     variants = 1 if args.compare_pre_ping else 0
     estimate = args.repeat * per_run * (len(scenarios) + n_floor + variants * n_floor) + 30
     limit = args.time_limit or estimate * 2 + 180
-    print(f"{len(scenarios)} scenarios x {args.repeat} run(s) of {args.duration:.0f}s "
-          f"(+{args.warmup:.0f}s warm-up) at concurrency {args.concurrency}: "
-          f"~{estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)")
+    print(
+        f"{len(scenarios)} scenarios x {args.repeat} run(s) of {args.duration:.0f}s "
+        f"(+{args.warmup:.0f}s warm-up) at concurrency {args.concurrency}: "
+        f"~{estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)"
+    )
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise _TimeUp(f"time limit of {limit:.0f} s reached")
@@ -870,7 +1080,8 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
             info: dict[str, Any] = {
                 "pg_version": await conn.fetchval("SHOW server_version"),
                 "customers": await conn.fetchval(
-                    "SELECT count(*) FROM customers WHERE deleted_at IS NULL"),
+                    "SELECT count(*) FROM customers WHERE deleted_at IS NULL"
+                ),
                 "contacts": await conn.fetchval("SELECT count(*) FROM contacts"),
                 "users": await conn.fetchval("SELECT count(*) FROM users"),
                 "org_units": await conn.fetchval("SELECT count(*) FROM org_units"),
@@ -882,11 +1093,13 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                     await runner.ids_for(conn, sc)
                 if sc.method == "GET":
                     statements[sc.name] = await scenario_statement(
-                        login.access, sc, runner.path_of(sc))
+                        login.access, sc, runner.path_of(sc)
+                    )
                 if sc.name == "search" or "{q}" in sc.path:
                     info["search_term"] = args.search_term
                     info["search_matches"] = await count_matches(
-                        conn, login.access, runner.path_of(sc))
+                        conn, login.access, runner.path_of(sc)
+                    )
             info["statements"] = statements
             if args.explain:
                 info["explain"] = {}
@@ -896,7 +1109,8 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                         continue
                     plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {st.sql}", *st.params)
                     info["explain"][sc.name] = {
-                        "sql": st.sql, "params": [str(p) for p in st.params],
+                        "sql": st.sql,
+                        "params": [str(p) for p in st.params],
                         "plan": "\n".join(r[0] for r in plan),
                     }
             return info
@@ -909,15 +1123,21 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(info.pop("pg_version")),
         "config": {
-            "database": database_name(url), "duration_s": args.duration,
-            "warmup_s": args.warmup, "concurrency": args.concurrency, "repeat": args.repeat,
-            "pool_size": args.pool_size, "max_overflow": 0,
+            "database": database_name(url),
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+            "pool_size": args.pool_size,
+            "max_overflow": 0,
             "client": "wrk" if runner.wrk else "python asyncio",
             "wrk_threads": args.threads if runner.wrk else None,
-            "server": ("uvicorn crm_api.main:create_app --factory --workers 1"
-                       if args.workers == 1 else
-                       f"{args.workers} uvicorn processes, one SO_REUSEPORT socket each")
-                      + " (uvloop, httptools), CRM_LOG_LEVEL=WARNING",
+            "server": (
+                "uvicorn crm_api.main:create_app --factory --workers 1"
+                if args.workers == 1
+                else f"{args.workers} uvicorn processes, one SO_REUSEPORT socket each"
+            )
+            + " (uvloop, httptools), CRM_LOG_LEVEL=WARNING",
             "workers": args.workers,
             "server_env": _env_pairs(args.server_env),
         },
@@ -927,8 +1147,10 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
     }
     if args.explain:
         for name, e in results["explain"].items():
-            print(f"\n--- EXPLAIN (ANALYZE, BUFFERS): {name}\n{e['sql']}\n  params {e['params']}\n"
-                  f"{e['plan']}")
+            print(
+                f"\n--- EXPLAIN (ANALYZE, BUFFERS): {name}\n{e['sql']}\n  params {e['params']}\n"
+                f"{e['plan']}"
+            )
     print(f"\ndataset: {results['dataset']}")
 
     def start_server(env: dict[str, str], label: str) -> AppServer:
@@ -938,8 +1160,9 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
         server.start()
         return server
 
-    def app_run(sc: Scenario, runs: list[Stats], profile: bool = False,
-                label: str = "app  ") -> None:
+    def app_run(
+        sc: Scenario, runs: list[Stats], profile: bool = False, label: str = "app  "
+    ) -> None:
         job = runner.job_for(sc)
         if args.warmup > 0:
             runner.load(job, args.warmup)
@@ -950,15 +1173,22 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
         if spy is not None:
             finish_py_spy(spy)
         runs.append(stats)
-        print(f"  {sc.name:<14} {label} {stats.rps:8.1f} req/s  p50 {stats.p50_ms:7.2f} ms  "
-              f"p99 {stats.p99_ms:7.2f} ms  errors {stats.errors}  {_cpu(stats)}", flush=True)
+        print(
+            f"  {sc.name:<14} {label} {stats.rps:8.1f} req/s  p50 {stats.p50_ms:7.2f} ms  "
+            f"p99 {stats.p99_ms:7.2f} ms  errors {stats.errors}  {_cpu(stats)}",
+            flush=True,
+        )
 
     async def floor_runs(sc: Scenario, runs: list[Stats]) -> None:
         st = statements[sc.name]
         ids = runner.ids[(sc.ids, sc.login)][0] if sc.ids else []
-        pool = await asyncpg.create_pool(url, min_size=args.pool_size,
-                                         max_size=args.pool_size, reset=_no_reset,
-                                         server_settings={"application_name": "crm-bench-floor"})
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=args.pool_size,
+            max_size=args.pool_size,
+            reset=_no_reset,
+            server_settings={"application_name": "crm-bench-floor"},
+        )
         try:
             if args.warmup > 0:
                 await run_floor(pool, st, ids, args.warmup, args.concurrency)
@@ -966,8 +1196,11 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
         finally:
             await pool.close()
         runs.append(stats)
-        print(f"  {sc.name:<14} floor {stats.rps:8.1f} q/s    p50 {stats.p50_ms:7.2f} ms  "
-              f"p99 {stats.p99_ms:7.2f} ms  errors {stats.errors}  {_cpu(stats)}", flush=True)
+        print(
+            f"  {sc.name:<14} floor {stats.rps:8.1f} q/s    p50 {stats.p50_ms:7.2f} ms  "
+            f"p99 {stats.p99_ms:7.2f} ms  errors {stats.errors}  {_cpu(stats)}",
+            flush=True,
+        )
 
     app: dict[str, list[Stats]] = {sc.name: [] for sc in scenarios}
     floor: dict[str, list[Stats]] = {sc.name: [] for sc in scenarios}
@@ -976,8 +1209,13 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
     main = start_server(_env_pairs(args.server_env), "main")
     # The variant server idles while the main one is measured, and the other way round:
     # both are measured in the same rounds, so the machine's noise hits both alike.
-    variant = start_server({**_env_pairs(args.server_env), "CRM_DB_POOL_PRE_PING": "false"},
-                           "pre_ping_off") if args.compare_pre_ping else None
+    variant = (
+        start_server(
+            {**_env_pairs(args.server_env), "CRM_DB_POOL_PRE_PING": "false"}, "pre_ping_off"
+        )
+        if args.compare_pre_ping
+        else None
+    )
     runner.server = main
     for sc in scenarios:
         problem = runner.preflight(sc, runner.job_for(sc))
@@ -1005,8 +1243,12 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
         server.stop()
 
     for sc in scenarios:
-        entry: dict[str, Any] = {"title": sc.title, "method": sc.method,
-                                 "path": runner.path_of(sc), "login": sc.login}
+        entry: dict[str, Any] = {
+            "title": sc.title,
+            "method": sc.method,
+            "path": runner.path_of(sc),
+            "login": sc.login,
+        }
         if sc.name in failed:
             entry["skipped"] = failed[sc.name]
         if app[sc.name]:
@@ -1019,8 +1261,11 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
             if entry.get("app"):
                 # Each round's app run against the floor run right after it: the machine's
                 # speed drifts between rounds, the pairs see the same conditions.
-                pairs = [a.rps / f.rps for a, f in zip(app[sc.name], floor[sc.name],
-                                                       strict=False) if f.rps]
+                pairs = [
+                    a.rps / f.rps
+                    for a, f in zip(app[sc.name], floor[sc.name], strict=False)
+                    if f.rps
+                ]
                 entry["app_over_floor"] = round(statistics.median(pairs), 3)
                 entry["app_over_floor_rounds"] = [round(x, 3) for x in pairs]
         if sc.name in variant_runs:
@@ -1028,7 +1273,9 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
             entry["app_pre_ping_off_runs"] = [asdict(s) for s in variant_runs[sc.name]]
             entry["pre_ping_off_over_on_rounds"] = [
                 round(b.rps / a.rps, 3)
-                for a, b in zip(app[sc.name], variant_runs[sc.name], strict=False) if a.rps]
+                for a, b in zip(app[sc.name], variant_runs[sc.name], strict=False)
+                if a.rps
+            ]
         results["scenarios"][sc.name] = entry
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -1038,16 +1285,17 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
     if not args.keep_created and any(s.body for s in scenarios):
         print("deleting the customers the create scenario made …", flush=True)
         results["dataset"]["created_and_deleted"] = asyncio.run(delete_created(url))
-        out_path.write_text(
-            json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
+        out_path.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
     return 1 if failed else 0
 
 
 def _cpu(stats: Stats) -> str:
     if stats.cpu_ms_per_req is None:
         return ""
-    return (f"cpu/req: python {stats.cpu_ms_per_req:.3f} ms + postgres "
-            f"{stats.pg_cpu_ms_per_req or 0:.3f} ms  (load {stats.loadavg_1m:.1f})")
+    return (
+        f"cpu/req: python {stats.cpu_ms_per_req:.3f} ms + postgres "
+        f"{stats.pg_cpu_ms_per_req or 0:.3f} ms  (load {stats.loadavg_1m:.1f})"
+    )
 
 
 async def delete_created(url: str) -> int:
@@ -1057,19 +1305,24 @@ async def delete_created(url: str) -> int:
         async with conn.transaction():
             await conn.execute(
                 "CREATE TEMP TABLE bench_created ON COMMIT DROP AS "
-                "SELECT id FROM customers WHERE tags @> ARRAY[$1]::varchar[]", CREATED_TAG)
+                "SELECT id FROM customers WHERE tags @> ARRAY[$1]::varchar[]",
+                CREATED_TAG,
+            )
             n = await conn.fetchval("SELECT count(*) FROM bench_created")
             if n:
-                await conn.execute("DELETE FROM contacts c USING bench_created b "
-                                   "WHERE c.customer_id = b.id")
-                await conn.execute("DELETE FROM audit_events a USING bench_created b "
-                                   "WHERE a.resource_id = b.id")
+                await conn.execute(
+                    "DELETE FROM contacts c USING bench_created b WHERE c.customer_id = b.id"
+                )
+                await conn.execute(
+                    "DELETE FROM audit_events a USING bench_created b WHERE a.resource_id = b.id"
+                )
                 # Their contacts are gone already; without this the ON DELETE CASCADE to
                 # contacts scans contacts once per customer (contacts.customer_id has only
                 # partial indexes), minutes for a few thousand rows.
                 await conn.execute("SET LOCAL session_replication_role = replica")
-                await conn.execute("DELETE FROM customers c USING bench_created b "
-                                   "WHERE c.id = b.id")
+                await conn.execute(
+                    "DELETE FROM customers c USING bench_created b WHERE c.id = b.id"
+                )
         await conn.execute("VACUUM ANALYZE customers, contacts")
         return int(n)
     finally:
@@ -1084,8 +1337,21 @@ def start_py_spy(runner: Runner, sc: Scenario, seconds: float) -> subprocess.Pop
         return None
     assert runner.server is not None and runner.server.proc is not None
     out = RESULTS / f"py-spy-{sc.name}-{runner.run_id}"
-    cmd = [spy, "record", "-p", str(runner.server.proc.pid), "-d", str(int(seconds)),
-           "-r", "200", "-f", "raw", "-o", f"{out}.txt", "--nonblocking"]
+    cmd = [
+        spy,
+        "record",
+        "-p",
+        str(runner.server.proc.pid),
+        "-d",
+        str(int(seconds)),
+        "-r",
+        "200",
+        "-f",
+        "raw",
+        "-o",
+        f"{out}.txt",
+        "--nonblocking",
+    ]
     print(f"  py-spy → {out}.txt")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -1098,8 +1364,14 @@ def finish_py_spy(proc: subprocess.Popen[bytes]) -> None:
 
 
 # --- the table ----------------------------------------------------------------------------
-TARGETS = {"list": 0.35, "list_admin": 0.35, "list_manager": 0.35, "list_rep": 0.35,
-           "get": 0.50, "get_rep": 0.50}
+TARGETS = {
+    "list": 0.35,
+    "list_admin": 0.35,
+    "list_manager": 0.35,
+    "list_rep": 0.35,
+    "get": 0.50,
+    "get_rep": 0.50,
+}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -1119,8 +1391,10 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | skipped: {e.get('skipped', '')[:80]} | | | | | | | | |")
             continue
         if not a["requests"]:
-            lines.append(f"| {name} | 0: no response within the {c['duration_s']:.0f} s run "
-                         "| | | | | | | | |")
+            lines.append(
+                f"| {name} | 0: no response within the {c['duration_s']:.0f} s run "
+                "| | | | | | | | |"
+            )
             continue
         ratio = e.get("app_over_floor")
         target = TARGETS.get(name)
@@ -1128,8 +1402,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         if ratio is not None and target is not None:
             verdict = f"≥ {target:.0%}: {'met' if ratio >= target else 'MISSED'}"
         if name.startswith("list"):
-            verdict += ("; " if verdict else "") + \
-                f"p99 < 100 ms: {'met' if a['p99_ms'] < 100 else 'MISSED'}"
+            verdict += (
+                "; " if verdict else ""
+            ) + f"p99 < 100 ms: {'met' if a['p99_ms'] < 100 else 'MISSED'}"
         lines.append(
             f"| {name} | {a['rps']:,.0f} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | "
             f"{a['errors']} | "
@@ -1137,27 +1412,38 @@ def markdown_table(results: dict[str, Any]) -> str:
             + (f"{ratio:.0%} | " if ratio is not None else " | ")
             + f"{verdict} |"
         )
+
     def ms(d: dict[str, Any] | None, key: str) -> str:
         v = (d or {}).get(key)
         return f"{v:.3f}" if v is not None else ""
 
-    lines += ["", "CPU per request (median; server process or bench process, and the "
-              "PostgreSQL backends they used):", "",
-              "| scenario | app: python ms | app: postgres ms | floor: python ms "
-              "| floor: postgres ms |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "CPU per request (median; server process or bench process, and the "
+        "PostgreSQL backends they used):",
+        "",
+        "| scenario | app: python ms | app: postgres ms | floor: python ms | floor: postgres ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, e in results["scenarios"].items():
         if e.get("app"):
-            lines.append(f"| {name} | {ms(e['app'], 'cpu_ms_per_req')} | "
-                         f"{ms(e['app'], 'pg_cpu_ms_per_req')} | "
-                         f"{ms(e.get('floor'), 'cpu_ms_per_req')} | "
-                         f"{ms(e.get('floor'), 'pg_cpu_ms_per_req')} |")
-    off = {n: e["app_pre_ping_off"] for n, e in results["scenarios"].items()
-           if "app_pre_ping_off" in e}
+            lines.append(
+                f"| {name} | {ms(e['app'], 'cpu_ms_per_req')} | "
+                f"{ms(e['app'], 'pg_cpu_ms_per_req')} | "
+                f"{ms(e.get('floor'), 'cpu_ms_per_req')} | "
+                f"{ms(e.get('floor'), 'pg_cpu_ms_per_req')} |"
+            )
+    off = {
+        n: e["app_pre_ping_off"] for n, e in results["scenarios"].items() if "app_pre_ping_off" in e
+    }
     if off:
-        lines += ["", "| scenario | pre-ping on req/s | pre-ping off req/s "
-                  "| change (median of rounds) "
-                  "| p50 on → off ms | p99 on → off ms | python+pg CPU ms/req on → off |",
-                  "|---|---:|---:|---:|---|---|---|"]
+        lines += [
+            "",
+            "| scenario | pre-ping on req/s | pre-ping off req/s "
+            "| change (median of rounds) "
+            "| p50 on → off ms | p99 on → off ms | python+pg CPU ms/req on → off |",
+            "|---|---:|---:|---:|---|---|---|",
+        ]
         for n, o in off.items():
             a = results["scenarios"][n]["app"]
 
@@ -1167,7 +1453,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                 return f"{d['cpu_ms_per_req'] + (d.get('pg_cpu_ms_per_req') or 0):.3f}"
 
             rounds = results["scenarios"][n].get("pre_ping_off_over_on_rounds") or [
-                o["rps"] / a["rps"]]
+                o["rps"] / a["rps"]
+            ]
             change = statistics.median(rounds) - 1
             lines.append(
                 f"| {n} | {a['rps']:,.0f} | {o['rps']:,.0f} | {change:+.0%} | "

@@ -64,8 +64,9 @@ def _refuse_non_test_database(url: str) -> None:
     try:
         name = make_url(url).database or ""
     except Exception as exc:  # an unparsable URL: say so once
-        pytest.exit(f"CRM_TEST_DATABASE_URL is not a database URL: {exc}",
-                    returncode=EXIT_NO_DATABASE)
+        pytest.exit(
+            f"CRM_TEST_DATABASE_URL is not a database URL: {exc}", returncode=EXIT_NO_DATABASE
+        )
     if "test" in name.lower() or os.environ.get("CRM_TEST_DATABASE_ALLOW_ANY") == "1":
         return
     pytest.exit(
@@ -155,10 +156,14 @@ async def _reset_database(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         tables = (
-            await conn.execute(
-                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            (
+                await conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         doomed = [t for t in tables if t not in _KEEP]
         if doomed:
             await conn.execute(text(f"TRUNCATE {', '.join(doomed)} RESTART IDENTITY CASCADE"))
@@ -207,9 +212,14 @@ def token_for(app: FastAPI, user: dict[str, Any], token_type: str = "access", **
     settings: Settings = app.state.settings
     kind = "client" if user.get("kind") == "service" else "user"
     token, _ = tokens.issue(
-        app.state.keyring, subject=f"{kind}:{user['id']}", token_type=token_type,
-        ttl_s=600, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-        jti=extra.pop("jti", None), extra=extra or None,
+        app.state.keyring,
+        subject=f"{kind}:{user['id']}",
+        token_type=token_type,
+        ttl_s=600,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        jti=extra.pop("jti", None),
+        extra=extra or None,
     )
     return token
 
@@ -279,8 +289,7 @@ class ContractChecker:
             self._validators[key] = validator
         return validator
 
-    def check(self, method: str, path: str, status: int, content_type: str,
-              body: bytes) -> None:
+    def check(self, method: str, path: str, status: int, content_type: str, body: bytes) -> None:
         started = time.perf_counter()
         try:
             self._check(method, path, status, content_type, body)
@@ -288,25 +297,31 @@ class ContractChecker:
             self.checked += 1
             self.seconds += time.perf_counter() - started
 
-    def _check(self, method: str, path: str, status: int, content_type: str,
-               body: bytes) -> None:
+    def _check(self, method: str, path: str, status: int, content_type: str, body: bytes) -> None:
         if path in self.UNDOCUMENTED or path.startswith("/docs/static/"):
             return
         media = content_type.split(";", 1)[0].strip().lower()
         where = f"{method} {path} answered {status} ({media or 'no content type'})"
         template = self._template(path)
-        operation = (
-            self.document["paths"][template].get(method.lower()) if template else None
-        )
+        operation = self.document["paths"][template].get(method.lower()) if template else None
         if operation is None:
             # no such operation: the router's 404/405 or the request middleware's 414 or 400, a
             # problem like any other
             if status not in self.WITHOUT_OPERATION:
-                raise ContractViolation(f"{where}: no operation {method} {template or path} "
-                                        "in openapi/openapi.json")
-            operation = {"responses": {str(status): {"content": {
-                "application/problem+json": {
-                    "schema": {"$ref": "#/components/schemas/Problem"}}}}}}
+                raise ContractViolation(
+                    f"{where}: no operation {method} {template or path} in openapi/openapi.json"
+                )
+            operation = {
+                "responses": {
+                    str(status): {
+                        "content": {
+                            "application/problem+json": {
+                                "schema": {"$ref": "#/components/schemas/Problem"}
+                            }
+                        }
+                    }
+                }
+            }
             template = path
         label = f"{method} {template} ({operation.get('operationId', 'undocumented')})"
         documented = operation["responses"].get(str(status))
@@ -349,7 +364,8 @@ class ContractChecker:
         ]
         raise ContractViolation(
             f"{where}: the body does not match the schema documented for {label}:\n"
-            + "\n".join(errors) + f"\nbody: {body[:1000]!r}"
+            + "\n".join(errors)
+            + f"\nbody: {body[:1000]!r}"
         )
 
 
@@ -379,8 +395,11 @@ async def _check_response(response: httpx.Response) -> None:
     if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
         return  # a CORS preflight: the CORS protocol, answered by its middleware
     contract().check(
-        request.method, request.url.path, response.status_code,
-        response.headers.get("content-type", ""), response.content,
+        request.method,
+        request.url.path,
+        response.status_code,
+        response.headers.get("content-type", ""),
+        response.content,
     )
 
 
@@ -413,9 +432,7 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client authenticated as an administrator (role ``admin``, scope all)."""
     await app.state.policy.load(engine)
-    async with _http_client(
-        app, {"Authorization": f"Bearer {token_for(app, admin_user)}"}
-    ) as c:
+    async with _http_client(app, {"Authorization": f"Bearer {token_for(app, admin_user)}"}) as c:
         yield c
 
 
@@ -426,9 +443,7 @@ async def anon_client(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.
 
 
 @pytest.fixture
-async def client_for(
-    app: FastAPI, engine: AsyncEngine
-) -> AsyncIterator[Any]:
+async def client_for(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[Any]:
     """``await client_for(user)``: an HTTP client authenticated as that user. Reloads the
     policy first, so roles given to freshly made users are in force."""
     opened: list[httpx.AsyncClient] = []

@@ -31,7 +31,9 @@ def error_response(sqlstate: str) -> bytes:
     """A backend ``ErrorResponse`` message (severity FATAL)."""
     fields = b""
     for tag, value in (
-        (b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate),
+        (b"S", "FATAL"),
+        (b"V", "FATAL"),
+        (b"C", sqlstate),
         (b"M", _MESSAGES.get(sqlstate, "refused by the test proxy")),
     ):
         fields += tag + value.encode() + b"\0"
@@ -65,9 +67,7 @@ class PgProxy:
         parts = urlsplit(self.upstream_url)
         userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
-        return urlunsplit(
-            parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}", query=query)
-        )
+        return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{self.port}", query=query))
 
     async def start(self) -> PgProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)

@@ -22,11 +22,17 @@ SECTION = DOC.split("## How scopes are enforced", 1)[1].split("\n## ", 1)[0]
 
 def _sql(kind: ScopeKind) -> str:
     principal = Principal(
-        PrincipalKind.user, uuid.uuid4(), "u", frozenset(), org_unit_id=uuid.uuid4(),
-        org_path="/a/b/", manager_path="/m/u/",
+        PrincipalKind.user,
+        uuid.uuid4(),
+        "u",
+        frozenset(),
+        org_unit_id=uuid.uuid4(),
+        org_path="/a/b/",
+        manager_path="/m/u/",
     )
-    access = Access(principal, "customers", "read", Scope(frozenset({kind}),
-                                                           frozenset({uuid.uuid4()})))
+    access = Access(
+        principal, "customers", "read", Scope(frozenset({kind}), frozenset({uuid.uuid4()}))
+    )
     clause = scope_clause(access, column("owner_id"), column("org_unit_id"))
     return str(clause.compile(dialect=postgresql.dialect()))
 
@@ -35,15 +41,24 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-@pytest.mark.parametrize(("kind", "sql_has", "doc_has"), [
-    (ScopeKind.own, "owner_id = ", "`own`: `owner_id = :me`"),
-    (ScopeKind.subordinates, "owner_id IN (SELECT users.id FROM users WHERE",
-     "owner_id IN (SELECT id FROM users WHERE manager_path LIKE"),
-    (ScopeKind.org_unit, "org_unit_id = ", "`org_unit`: `org_unit_id = :my_unit`"),
-    (ScopeKind.custom, "org_unit_id IN (", "`custom`: `org_unit_id IN (:unit, …)`"),
-    (ScopeKind.org_subtree, "org_unit_id = ANY (CAST((SELECT array_agg(org_units.id)",
-     "org_unit_id = ANY(CAST((SELECT array_agg(id) FROM org_units WHERE path LIKE"),
-])
+@pytest.mark.parametrize(
+    ("kind", "sql_has", "doc_has"),
+    [
+        (ScopeKind.own, "owner_id = ", "`own`: `owner_id = :me`"),
+        (
+            ScopeKind.subordinates,
+            "owner_id IN (SELECT users.id FROM users WHERE",
+            "owner_id IN (SELECT id FROM users WHERE manager_path LIKE",
+        ),
+        (ScopeKind.org_unit, "org_unit_id = ", "`org_unit`: `org_unit_id = :my_unit`"),
+        (ScopeKind.custom, "org_unit_id IN (", "`custom`: `org_unit_id IN (:unit, …)`"),
+        (
+            ScopeKind.org_subtree,
+            "org_unit_id = ANY (CAST((SELECT array_agg(org_units.id)",
+            "org_unit_id = ANY(CAST((SELECT array_agg(id) FROM org_units WHERE path LIKE",
+        ),
+    ],
+)
 def test_each_scope_is_documented_as_built(kind, sql_has, doc_has):
     assert sql_has in _flat(_sql(kind)), _sql(kind)
     assert doc_has in _flat(SECTION), doc_has

@@ -53,8 +53,11 @@ async def test_create_returns_secret_once_and_stores_only_a_hash(client, engine)
     unit = await make_org_unit(engine, "Partners")
     response = await client.post(
         "/v1/api-clients",
-        json={"name": "Storefront", "roles": ["partner", "partner"],
-              "org_unit_id": str(unit["id"])},
+        json={
+            "name": "Storefront",
+            "roles": ["partner", "partner"],
+            "org_unit_id": str(unit["id"]),
+        },
     )
     assert response.status_code == 201, response.text
     body = response.json()
@@ -67,19 +70,42 @@ async def test_create_returns_secret_once_and_stores_only_a_hash(client, engine)
     assert got.status_code == 200 and "client_secret" not in got.json()
     assert got.json() == {k: v for k, v in body.items() if k != "client_secret"}
     async with engine.connect() as conn:
-        row = (await conn.execute(text(
-            "SELECT c.secret_hash, u.kind, u.password_hash, u.active, u.display_name "
-            "FROM api_clients c JOIN users u ON u.id = c.user_id WHERE c.id = :id"
-        ), {"id": body["id"]})).one()
-        grants = (await conn.execute(text(
-            "SELECT v1 FROM authz_rules WHERE ptype = 'g' AND v0 = :sub"
-        ), {"sub": f"client:{body['user_id']}"})).scalars().all()
-        events = (await conn.execute(text(
-            "SELECT changes::text FROM audit_events WHERE resource_type = 'api_clients'"
-        ))).scalars().all()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT c.secret_hash, u.kind, u.password_hash, u.active, u.display_name "
+                    "FROM api_clients c JOIN users u ON u.id = c.user_id WHERE c.id = :id"
+                ),
+                {"id": body["id"]},
+            )
+        ).one()
+        grants = (
+            (
+                await conn.execute(
+                    text("SELECT v1 FROM authz_rules WHERE ptype = 'g' AND v0 = :sub"),
+                    {"sub": f"client:{body['user_id']}"},
+                )
+            )
+            .scalars()
+            .all()
+        )
+        events = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT changes::text FROM audit_events WHERE resource_type = 'api_clients'"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert row.secret_hash.startswith("$argon2") and body["client_secret"] not in row.secret_hash
     assert (row.kind, row.password_hash, row.active, row.display_name) == (
-        "service", None, True, "Storefront"
+        "service",
+        None,
+        True,
+        "Storefront",
     )
     assert grants == ["partner"]
     assert len(events) == 1 and body["client_secret"] not in events[0]
@@ -125,7 +151,8 @@ async def test_update_name_roles_and_etag(app, client, anon_client, engine):
     )
     problem(stale, 412, "version_mismatch")
     patched = await client.patch(
-        f"/v1/api-clients/{created['id']}", json={"roles": ["marketer"]},
+        f"/v1/api-clients/{created['id']}",
+        json={"roles": ["marketer"]},
         headers={"If-Match": '"1"'},
     )
     assert patched.status_code == 200, patched.text
@@ -136,17 +163,24 @@ async def test_update_name_roles_and_etag(app, client, anon_client, engine):
     me = await anon_client.get("/v1/me", headers=bearer(token))
     assert me.json()["roles"] == ["marketer"]
     problem(
-        await anon_client.post("/v1/customers", json={"name": "n", "owner_id": created["user_id"]},
-                               headers=bearer(token)),
-        403, "permission_denied",
+        await anon_client.post(
+            "/v1/customers",
+            json={"name": "n", "owner_id": created["user_id"]},
+            headers=bearer(token),
+        ),
+        403,
+        "permission_denied",
     )
     renamed = await client.patch(f"/v1/api-clients/{created['id']}", json={"name": "Shop 2"})
     assert renamed.json()["name"] == "Shop 2" and renamed.json()["version"] == 3
     unchanged = await client.patch(f"/v1/api-clients/{created['id']}", json={"name": "Shop 2"})
     assert unchanged.json()["version"] == 3
     async with engine.connect() as conn:
-        name = (await conn.execute(text("SELECT display_name FROM users WHERE id = :id"),
-                                   {"id": created["user_id"]})).scalar_one()
+        name = (
+            await conn.execute(
+                text("SELECT display_name FROM users WHERE id = :id"), {"id": created["user_id"]}
+            )
+        ).scalar_one()
     assert name == "Shop 2"
     assert await count_rows(engine, "audit_events", "resource_type = 'api_clients'") == 3
 
@@ -163,7 +197,8 @@ async def test_delete_deactivates_and_kills_tokens_then_restore(app, client, ano
     problem(await anon_client.get("/v1/customers", headers=bearer(token)), 401, "invalid_token")
     problem(
         await client_credentials(anon_client, created["client_id"], created["client_secret"]),
-        401, "invalid_client",
+        401,
+        "invalid_client",
     )
     got = (await client.get(f"/v1/api-clients/{created['id']}")).json()
     assert got["active"] is False
@@ -196,9 +231,9 @@ async def test_rotate_secret_with_grace_then_without(client, anon_client, engine
         assert response.status_code == 200
     # The grace period ends: the old secret stops.
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "UPDATE api_clients SET previous_secret_expires_at = now() - interval '1 second'"
-        ))
+        await conn.execute(
+            text("UPDATE api_clients SET previous_secret_expires_at = now() - interval '1 second'")
+        )
     problem(await client_credentials(anon_client, created["client_id"], old), 401)
     assert (await client_credentials(anon_client, created["client_id"], second)).status_code == 200
     # Without a grace period the replaced secret stops at once.
@@ -208,9 +243,15 @@ async def test_rotate_secret_with_grace_then_without(client, anon_client, engine
     ok = await client_credentials(anon_client, created["client_id"], third["client_secret"])
     assert ok.status_code == 200
     async with engine.connect() as conn:
-        events = (await conn.execute(text(
-            "SELECT changes::text FROM audit_events WHERE action = 'rotate_secret'"
-        ))).scalars().all()
+        events = (
+            (
+                await conn.execute(
+                    text("SELECT changes::text FROM audit_events WHERE action = 'rotate_secret'")
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert len(events) == 2
     assert not any(s in e for e in events for s in (old, second, third["client_secret"]))
 
@@ -220,9 +261,11 @@ async def test_list_paginates_filters_and_sorts(client):
         await create_api_client(client, name=name)
     first = (await client.get("/v1/api-clients", params={"limit": 2, "sort": "name"})).json()
     assert first["has_more"] is True and len(first["data"]) == 2
-    rest = (await client.get(
-        "/v1/api-clients", params={"limit": 2, "sort": "name", "cursor": first["next_cursor"]}
-    )).json()
+    rest = (
+        await client.get(
+            "/v1/api-clients", params={"limit": 2, "sort": "name", "cursor": first["next_cursor"]}
+        )
+    ).json()
     names = [c["name"] for c in first["data"] + rest["data"]]
     assert sorted(names) == sorted(["Charlie", "alpha", "Bravo"]) and len(set(names)) == 3
     assert rest["has_more"] is False
@@ -261,14 +304,21 @@ async def test_create_rejects_bad_input(client, engine, body):
 async def test_create_rejects_unknown_role_and_org_unit(client, engine):
     body = problem(
         await client.post("/v1/api-clients", json={"name": "x", "roles": ["partner", "wizard"]}),
-        422, "unknown_role",
+        422,
+        "unknown_role",
     )
     assert body["errors"][0]["message"] == "wizard"
     problem(
-        await client.post("/v1/api-clients", json={
-            "name": "x", "roles": ["partner"], "org_unit_id": str(uuid.uuid4()),
-        }),
-        422, "invalid_org_unit",
+        await client.post(
+            "/v1/api-clients",
+            json={
+                "name": "x",
+                "roles": ["partner"],
+                "org_unit_id": str(uuid.uuid4()),
+            },
+        ),
+        422,
+        "invalid_org_unit",
     )
     malformed = await client.post(
         "/v1/api-clients", content=b"{not json", headers={"content-type": "application/json"}
@@ -281,8 +331,14 @@ async def test_create_rejects_unknown_role_and_org_unit(client, engine):
 async def test_update_and_rotate_reject_bad_input(client, engine):
     created = await create_api_client(client)
     url = f"/v1/api-clients/{created['id']}"
-    for body in ({"name": None}, {"roles": []}, {"active": None}, {"client_id": "cli_x"},
-                 {"roles": ["nope"]}, {"version": 5}):
+    for body in (
+        {"name": None},
+        {"roles": []},
+        {"active": None},
+        {"client_id": "cli_x"},
+        {"roles": ["nope"]},
+        {"version": 5},
+    ):
         problem(await client.patch(url, json=body), 422)
     for body in ({"grace_period_s": -1}, {"grace_period_s": 10**9}, {"extra": 1}):
         problem(await client.post(f"{url}/rotate-secret", json=body), 422)
@@ -304,16 +360,18 @@ async def test_update_and_rotate_reject_bad_input(client, engine):
 async def test_role_escalation_is_refused(client, client_for, engine):
     """A caller with api_clients:create can only hand out roles whose every grant it holds
     (see test_delegation.py for the whole rule)."""
-    await _make_role(engine, "ops", ("api_clients", "create", "all"),
-                     ("api_clients", "read", "all"))
+    await _make_role(
+        engine, "ops", ("api_clients", "create", "all"), ("api_clients", "read", "all")
+    )
     unit = await make_org_unit(engine, "Shop", kind="team")
     ops = await client_for(await make_user(engine, roles=("ops", "sales_manager"), org_unit=unit))
     denied = await ops.post("/v1/api-clients", json={"name": "x", "roles": ["admin"]})
     problem(denied, 403, "role_not_grantable")
     assert await count_rows(engine, "api_clients") == 0
     # the client's `own` records must lie within the caller's reach: placed in its unit
-    allowed = await ops.post("/v1/api-clients", json={"name": "x", "roles": ["partner"],
-                                                      "org_unit_id": str(unit["id"])})
+    allowed = await ops.post(
+        "/v1/api-clients", json={"name": "x", "roles": ["partner"], "org_unit_id": str(unit["id"])}
+    )
     assert allowed.status_code == 201, allowed.text
 
 
@@ -338,13 +396,17 @@ async def _policy_version(engine) -> int:
 async def _make_role(engine, name: str, *grants: tuple[str, str, str]) -> None:
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO roles (id, name, builtin, version)"
-                 " VALUES (gen_random_uuid(), :name, false, 1)"),
+            text(
+                "INSERT INTO roles (id, name, builtin, version)"
+                " VALUES (gen_random_uuid(), :name, false, 1)"
+            ),
             {"name": name},
         )
         await conn.execute(
-            text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
-                 " VALUES (gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"),
+            text(
+                "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
+                " VALUES (gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"
+            ),
             [{"role": name, "res": r, "act": a, "scope": sc} for r, a, sc in grants],
         )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))

@@ -37,10 +37,11 @@ def _restyled(shown: str) -> list[str]:
     """What other clients and UI kits make of ``****3445``."""
     tail = shown.removeprefix("****")
     return [
-        glyph * 4 + tail
-        for glyph in ("\u2022", "\u25cf", "\u2217", "\uff0a", "\ufe61", "\u00b7")
+        glyph * 4 + tail for glyph in ("\u2022", "\u25cf", "\u2217", "\uff0a", "\ufe61", "\u00b7")
     ] + [
-        "XXXX" + tail, "xxxx-xxxx-" + tail, "\u2022\u2022 \u2022\u2022 " + tail,
+        "XXXX" + tail,
+        "xxxx-xxxx-" + tail,
+        "\u2022\u2022 \u2022\u2022 " + tail,
     ]
 
 
@@ -53,21 +54,25 @@ async def _settled(app, engine) -> AsyncIterator[None]:
 
 async def _stored(engine, table: str, row_id: Any, column: str) -> Any:
     async with engine.connect() as conn:
-        return (await conn.execute(text(f"SELECT {column} FROM {table} WHERE id = :i"),
-                                   {"i": row_id})).scalar()
+        return (
+            await conn.execute(text(f"SELECT {column} FROM {table} WHERE id = :i"), {"i": row_id})
+        ).scalar()
 
 
-@pytest.mark.parametrize(("resource", "field", "value"), SENSITIVE,
-                         ids=[f"{r}.{f}" for r, f, _ in SENSITIVE])
+@pytest.mark.parametrize(
+    ("resource", "field", "value"), SENSITIVE, ids=[f"{r}.{f}" for r, f, _ in SENSITIVE]
+)
 async def test_a_mask_in_another_style_is_refused_not_stored(
     client, client_for, engine, resource, field, value
 ):
     unit = await make_org_unit(engine, "East")
     rep = await make_user(engine, org_unit=unit)
     customer = await create_customer(
-        client, rep, **({field: value} if resource == "customers" else {}))
+        client, rep, **({field: value} if resource == "customers" else {})
+    )
     contact = await create_contact(
-        client, customer, **({field: value} if resource == "contacts" else {}))
+        client, customer, **({field: value} if resource == "contacts" else {})
+    )
     record = customer if resource == "customers" else contact
     url = f"/v1/{resource}/{record['id']}"
     as_rep = await client_for(rep)
@@ -76,8 +81,9 @@ async def test_a_mask_in_another_style_is_refused_not_stored(
     for restyled in _restyled(shown):
         assert looks_masked(restyled), restyled
         for caller in (as_rep, client):  # masked for the rep; the admin sees it in full
-            refused = problem(await caller.patch(url, json={field: restyled, "notes": "x"}),
-                              422, "masked_value")
+            refused = problem(
+                await caller.patch(url, json={field: restyled, "notes": "x"}), 422, "masked_value"
+            )
             assert [e["field"] for e in refused["errors"]] == [field]
     assert await _stored(engine, resource, record["id"], field) == value
     assert await _stored(engine, resource, record["id"], "notes") is None
@@ -88,17 +94,25 @@ async def test_a_mask_in_another_style_is_refused_not_stored(
         if resource == "customers":
             response = await as_rep.post("/v1/customers", json={"name": "M", field: restyled})
         else:
-            response = await as_rep.post(f"/v1/customers/{customer['id']}/contacts",
-                                         json={"name": "M", field: restyled})
+            response = await as_rep.post(
+                f"/v1/customers/{customer['id']}/contacts", json={"name": "M", field: restyled}
+            )
         problem(response, 422, "masked_value")
     assert await count_rows(engine, "customers") == customers
     assert await count_rows(engine, "contacts") == contacts
 
 
-@pytest.mark.parametrize("value", [
-    "6222021001123443445", "91310000MA1FL8XQ3K", "9131000X12345678XX", "+86 138 0013 8000",
-    "DE89 3704 0044 0532 0130 00", "T-2345",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "6222021001123443445",
+        "91310000MA1FL8XQ3K",
+        "9131000X12345678XX",
+        "+86 138 0013 8000",
+        "DE89 3704 0044 0532 0130 00",
+        "T-2345",
+    ],
+)
 def test_real_values_do_not_look_masked(value: str) -> None:
     assert not looks_masked(value)
 
@@ -124,13 +138,16 @@ async def test_nobody_changes_whom_they_report_to(client, client_for, engine, tr
     peer = await make_user(engine, roles=(), org_unit=tree["east_team"])
     as_lead = await client_for(lead)
     for manager_id in (None, str(peer["id"])):
-        body = problem(await as_lead.patch(f"/v1/users/{lead['id']}",
-                                           json={"manager_id": manager_id}),
-                       403, "grant_not_allowed")
+        body = problem(
+            await as_lead.patch(f"/v1/users/{lead['id']}", json={"manager_id": manager_id}),
+            403,
+            "grant_not_allowed",
+        )
         assert body["reason"] == "self" and body["refused"] == ["manager_id"]
     assert await _stored(engine, "users", lead["id"], "manager_id") == boss["id"]
     assert await _stored(engine, "users", report["id"], "manager_path") == (
-        f"/{boss['id']}/{lead['id']}/{report['id']}/")
+        f"/{boss['id']}/{lead['id']}/{report['id']}/"
+    )
     # the boss still sees the lead's customers
     customer = await create_customer(client, report)
     as_boss = await client_for(boss)
@@ -151,8 +168,9 @@ async def test_a_query_string_that_is_not_utf8_is_400_and_writes_nothing(client,
     customers = await count_rows(engine, "customers")
     for query in ("q=%ff", "q=%C0%AF", "q=abc%e6%98", "sort=%fe&limit=5"):
         problem(await client.get(f"/v1/customers?{query}"), 400, "invalid_query")
-        problem(await client.post(f"/v1/customers?{query}", json={"name": "x"}),
-                400, "invalid_query")
+        problem(
+            await client.post(f"/v1/customers?{query}", json={"name": "x"}), 400, "invalid_query"
+        )
         problem(await client.get(f"/v1/nowhere?{query}"), 400, "invalid_query")
     assert await count_rows(engine, "customers") == customers
     # valid UTF-8, percent-encoded or not, still works

@@ -24,19 +24,19 @@ async def test_outsider_sees_only_events_of_their_own_records(client, client_for
     hidden = (await client.get("/v1/audit-events", params={"resource_id": theirs["id"]})).json()
     problem(
         await as_rep.get(f"/v1/audit-events/{hidden['data'][0]['id']}"),
-        404, "audit_event_not_found",
+        404,
+        "audit_event_not_found",
     )
     mine = await create_customer(client, rep, name="Mine")
     contact = await create_contact(client, mine)
     seen = (await as_rep.get("/v1/audit-events")).json()["data"]
     assert {(e["resource_type"], e["resource_id"]) for e in seen} == {
-        ("customers", mine["id"]), ("contacts", contact["id"]),
+        ("customers", mine["id"]),
+        ("contacts", contact["id"]),
     }
     # Roles without any audit grant get a 403.
     staff = await make_user(engine, roles=("staff",), org_unit=unit)
-    problem(
-        await (await client_for(staff)).get("/v1/audit-events"), 403, "permission_denied"
-    )
+    problem(await (await client_for(staff)).get("/v1/audit-events"), 403, "permission_denied")
 
 
 async def test_list_filters_get_and_pages(client, engine, admin_user):

@@ -25,9 +25,16 @@ async def _run(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_LOG_LEVEL": "WARNING"}
     env.pop("CRM_ENV", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crm_api", "create-admin", *args,
-        cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "crm_api",
+        "create-admin",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
@@ -36,11 +43,17 @@ async def _run(database_url: str, *args: str) -> tuple[int, str, str]:
 
 async def _admin_rows(engine, email: str) -> list:
     async with engine.connect() as conn:
-        return (await conn.execute(text(
-            "SELECT u.id, u.kind, u.active, u.org_unit_id, u.display_name, r.v1 AS role "
-            "FROM users u LEFT JOIN authz_rules r ON r.ptype = 'g' AND r.v0 = 'user:' || u.id "
-            "WHERE lower(u.email) = lower(:email)"
-        ), {"email": email})).all()
+        return (
+            await conn.execute(
+                text(
+                    "SELECT u.id, u.kind, u.active, u.org_unit_id, u.display_name, r.v1 AS role "
+                    "FROM users u LEFT JOIN authz_rules r "
+                    "ON r.ptype = 'g' AND r.v0 = 'user:' || u.id "
+                    "WHERE lower(u.email) = lower(:email)"
+                ),
+                {"email": email},
+            )
+        ).all()
 
 
 async def test_creates_an_admin_who_can_log_in_then_is_idempotent(
@@ -60,9 +73,14 @@ async def test_creates_an_admin_who_can_log_in_then_is_idempotent(
     assert await count_rows(engine, "audit_events", "resource_type = 'users'") == 2
 
     await policy_settled(app)
-    login = await anon_client.post("/v1/auth/token", data={
-        "grant_type": "password", "username": "boss@example.com", "password": PASSWORD,
-    })
+    login = await anon_client.post(
+        "/v1/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "boss@example.com",
+            "password": PASSWORD,
+        },
+    )
     assert login.status_code == 200, login.text
     token = bearer(login.json()["access_token"])
     assert (await anon_client.get("/v1/api-clients", headers=token)).status_code == 200
@@ -74,9 +92,14 @@ async def test_creates_an_admin_who_can_log_in_then_is_idempotent(
     assert "already exists" in out and "already an administrator" in out
     assert len(await _admin_rows(engine, "boss@example.com")) == 1
     # The password was not changed by the second run.
-    again = await anon_client.post("/v1/auth/token", data={
-        "grant_type": "password", "username": "boss@example.com", "password": PASSWORD,
-    })
+    again = await anon_client.post(
+        "/v1/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "boss@example.com",
+            "password": PASSWORD,
+        },
+    )
     assert again.status_code == 200
 
 

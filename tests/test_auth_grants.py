@@ -20,7 +20,10 @@ PASSWORD = "correct-horse-42"
 async def person(app, engine):
     unit = await make_org_unit(engine, "Sales")
     user = await make_user(
-        engine, roles=("sales_rep",), org_unit=unit, email="Rep@Example.com",
+        engine,
+        roles=("sales_rep",),
+        org_unit=unit,
+        email="Rep@Example.com",
         password_hash=hash_password(PASSWORD),
     )
     await app.state.policy.load(engine)
@@ -53,9 +56,14 @@ async def test_password_grant_issues_working_tokens(anon_client, person):
 
 
 async def test_json_body_works_too(anon_client, person):
-    response = await anon_client.post("/v1/auth/token", json={
-        "grant_type": "password", "username": person["email"], "password": PASSWORD,
-    })
+    response = await anon_client.post(
+        "/v1/auth/token",
+        json={
+            "grant_type": "password",
+            "username": person["email"],
+            "password": PASSWORD,
+        },
+    )
     assert response.status_code == 200, response.text
 
 
@@ -78,17 +86,18 @@ async def test_wrong_password_and_unknown_user_look_the_same(anon_client, person
 
 async def test_inactive_user_cannot_log_in(anon_client, engine, person):
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE users SET active = false WHERE id = :id"),
-                           {"id": person["id"]})
+        await conn.execute(
+            text("UPDATE users SET active = false WHERE id = :id"), {"id": person["id"]}
+        )
     problem(await _login(anon_client, person["email"], PASSWORD), 401, "invalid_grant")
 
 
 async def test_service_accounts_cannot_use_the_password_grant(anon_client, engine):
-    user = await make_user(engine, email="svc@example.com",
-                           password_hash=hash_password(PASSWORD))
+    user = await make_user(engine, email="svc@example.com", password_hash=hash_password(PASSWORD))
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE users SET kind = 'service' WHERE id = :id"),
-                           {"id": user["id"]})
+        await conn.execute(
+            text("UPDATE users SET kind = 'service' WHERE id = :id"), {"id": user["id"]}
+        )
     problem(await _login(anon_client, "svc@example.com", PASSWORD), 401, "invalid_grant")
 
 
@@ -109,16 +118,25 @@ async def test_incomplete_token_requests_are_422(anon_client, engine, data):
 
 
 async def test_malformed_token_requests(anon_client):
-    problem(await anon_client.post(
-        "/v1/auth/token", content=b"{nope", headers={"content-type": "application/json"}
-    ), 400, "malformed_json")
+    problem(
+        await anon_client.post(
+            "/v1/auth/token", content=b"{nope", headers={"content-type": "application/json"}
+        ),
+        400,
+        "malformed_json",
+    )
     problem(await anon_client.post("/v1/auth/token", json=["password"]), 422)
     empty = await anon_client.post("/v1/auth/token")
     assert empty.status_code == 400 and empty.json()["code"] == "malformed_json"
-    problem(await anon_client.post(
-        "/v1/auth/token", data={"grant_type": "client_credentials"},
-        headers={"Authorization": "Basic !!!not-base64"},
-    ), 400, "invalid_client")
+    problem(
+        await anon_client.post(
+            "/v1/auth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": "Basic !!!not-base64"},
+        ),
+        400,
+        "invalid_client",
+    )
 
 
 # --- throttling -----------------------------------------------------------------------------
@@ -164,9 +182,13 @@ async def test_refresh_rotates(anon_client, person):
     me = await anon_client.get("/v1/me", headers=bearer(second.json()["access_token"]))
     assert me.status_code == 200
     # The grant form works the same way.
-    third = await anon_client.post("/v1/auth/token", data={
-        "grant_type": "refresh_token", "refresh_token": second.json()["refresh_token"],
-    })
+    third = await anon_client.post(
+        "/v1/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": second.json()["refresh_token"],
+        },
+    )
     assert third.status_code == 200, third.text
 
 
@@ -207,8 +229,9 @@ async def test_expired_or_unknown_refresh_token(anon_client, engine, person):
 async def test_refresh_refused_after_deactivation(anon_client, engine, person):
     first = (await _login(anon_client, person["email"], PASSWORD)).json()
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE users SET active = false WHERE id = :id"),
-                           {"id": person["id"]})
+        await conn.execute(
+            text("UPDATE users SET active = false WHERE id = :id"), {"id": person["id"]}
+        )
     problem(await _refresh(anon_client, first["refresh_token"]), 401, "invalid_grant")
 
 
@@ -216,7 +239,8 @@ async def test_refresh_token_is_not_a_bearer_token(anon_client, person):
     first = (await _login(anon_client, person["email"], PASSWORD)).json()
     problem(
         await anon_client.get("/v1/me", headers=bearer(first["refresh_token"])),
-        401, "invalid_token",
+        401,
+        "invalid_token",
     )
 
 

@@ -74,7 +74,13 @@ class Rights:
 _NO_CONTACTS = ContactRights(None, None, None, None, None)
 _EVERYTHING = Rights(ALL, ALL, ALL, ALL, ALL, ALL, ALL, ContactRights(ALL, ALL, ALL, ALL, ALL))
 _MANAGER = Rights(
-    SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE,
+    SUBTREE,
+    SUBTREE,
+    SUBTREE,
+    SUBTREE,
+    SUBTREE,
+    SUBTREE,
+    SUBTREE,
     ContactRights(SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE),
 )
 _REP = Rights(OWN, OWN, OWN, OWN, None, None, OWN, ContactRights(OWN, OWN, OWN, OWN, None))
@@ -104,12 +110,21 @@ RIGHTS: dict[str, Rights] = {
     "auditor": _reader(CUSTOM_A1B_B1A),  # custom region_reader
     # sales_rep + unit_reader: reads its own customers and its team's, but contacts,
     # writes and the audit log only through sales_rep (own)
-    "hybrid": Rights(OWN + ORG_UNIT, OWN, OWN, OWN, None, None, OWN,
-                     ContactRights(OWN, OWN, OWN, OWN, None)),
+    "hybrid": Rights(
+        OWN + ORG_UNIT, OWN, OWN, OWN, None, None, OWN, ContactRights(OWN, OWN, OWN, OWN, None)
+    ),
     # sales_manager + marketer: reads everything, but writes, assigns and sees sensitive
     # fields only in its own subtree
-    "mgr_mkt": Rights(ALL, SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE, SUBTREE,
-                      ContactRights(ALL, SUBTREE, SUBTREE, SUBTREE, SUBTREE)),
+    "mgr_mkt": Rights(
+        ALL,
+        SUBTREE,
+        SUBTREE,
+        SUBTREE,
+        SUBTREE,
+        SUBTREE,
+        SUBTREE,
+        ContactRights(ALL, SUBTREE, SUBTREE, SUBTREE, SUBTREE),
+    ),
 }
 VIEWERS = list(RIGHTS)
 WRITERS = [v for v in VIEWERS if RIGHTS[v].update is not None]
@@ -145,7 +160,8 @@ def reaches(world: World, who: str, scope: Scope | None, c: CustomerRec) -> bool
 def expected(world: World, who: str, scope: Scope | None, *, deleted: bool = False) -> set[str]:
     """Ids of the customers ``scope`` covers (live ones, or the trash)."""
     return {
-        str(c.id) for c in world.customers.values()
+        str(c.id)
+        for c in world.customers.values()
         if c.deleted == deleted and reaches(world, who, scope, c)
     }
 
@@ -153,7 +169,8 @@ def expected(world: World, who: str, scope: Scope | None, *, deleted: bool = Fal
 def expected_contacts(world: World, who: str, scope: Scope | None) -> set[str]:
     """Ids of the contacts ``scope`` reaches: those of live customers it covers."""
     return {
-        str(k.id) for k in world.contacts.values()
+        str(k.id)
+        for k in world.contacts.values()
         if not world.customers[k.customer].deleted
         and reaches(world, who, scope, world.customers[k.customer])
     }
@@ -166,8 +183,11 @@ HEIRS = ("rep1", "rep3", "rep2", "staff2", "hybrid", "rep4")
 def heir(world: World, who: str, scope: Scope | None, *, besides: str = "") -> str:
     """Someone other than ``besides`` inside ``scope`` (else anyone: the scope is None)."""
     return next(
-        (p for p in HEIRS if p not in (who, besides)
-         and covers(world, who, scope, p, world.people[p].unit)),
+        (
+            p
+            for p in HEIRS
+            if p not in (who, besides) and covers(world, who, scope, p, world.people[p].unit)
+        ),
         next(p for p in HEIRS if p not in (who, besides)),
     )
 
@@ -286,9 +306,11 @@ async def table(db: AsyncEngine, name: str) -> dict[str, tuple[Any, ...]]:
     contacts, to prove what a batch of requests changed — and what it did not."""
     extra = ", customer_id" if name == "contacts" else ", NULL"
     async with db.connect() as conn:
-        rows = (await conn.execute(text(
-            f"SELECT id, version, deleted_at IS NOT NULL, notes{extra} FROM {name}"
-        ))).all()
+        rows = (
+            await conn.execute(
+                text(f"SELECT id, version, deleted_at IS NOT NULL, notes{extra} FROM {name}")
+            )
+        ).all()
     return {str(r[0]): tuple(r[1:]) for r in rows}
 
 
@@ -709,9 +731,11 @@ async def test_contact_mobile_unmasked_only_within_read_sensitive(world, as_, wh
     rows = (await http.get("/v1/contacts", params={"limit": 200})).json()["data"]
     assert rows
     by_id = {str(i): k for i, k in world.contacts.items()}
-    inside = [r for r in rows if reaches(
-        world, who, rights.sensitive, world.customers[by_id[r["id"]].customer]
-    )]
+    inside = [
+        r
+        for r in rows
+        if reaches(world, who, rights.sensitive, world.customers[by_id[r["id"]].customer])
+    ]
     for row in rows:  # never shown outside the read_sensitive scope
         if row not in inside:
             assert row["mobile"] == masked(by_id[row["id"]].mobile), row["id"]
@@ -815,9 +839,7 @@ async def test_audit_events_are_scoped_like_their_records(world, as_, who):
     assert len(got) == len(set(got)) and set(got) == want
     # one record's history: its events if the record is in scope, else nothing
     for c in sample(world)[:6]:
-        history = ids_of(await http.get(
-            "/v1/audit-events", params={"resource_id": str(c.id)}
-        ))
+        history = ids_of(await http.get("/v1/audit-events", params={"resource_id": str(c.id)}))
         mine = {str(e.id) for e in world.events if e.resource_id == c.id} & want
         assert set(history) == mine, c.key
     for e in world.events[::9]:

@@ -79,8 +79,13 @@ def digest(data: dict[str, Any]) -> str:
 async def crm_api(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_ENV": "development"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crm_api", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "crm_api",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
     assert proc.returncode is not None
@@ -91,21 +96,32 @@ async def _make_data(client: httpx.AsyncClient, admin: dict[str, Any]) -> dict[s
     owner = str(admin["id"])
     customers = []
     for i, name in enumerate(["上海明远贸易有限公司", "Acme Ltd.", "华信科技", "Globex Inc."]):
-        response = await client.post("/v1/customers", json={
-            "name": name, "owner_id": owner, "tags": ["vip"] if i % 2 else [],
-            "bank_account": f"622200001234{i:04d}", "tax_number": f"9131000012345{i:05d}",
-            "custom_fields": {"n": i, "note": "备注"},
-        })
+        response = await client.post(
+            "/v1/customers",
+            json={
+                "name": name,
+                "owner_id": owner,
+                "tags": ["vip"] if i % 2 else [],
+                "bank_account": f"622200001234{i:04d}",
+                "tax_number": f"9131000012345{i:05d}",
+                "custom_fields": {"n": i, "note": "备注"},
+            },
+        )
         assert response.status_code == 201, response.text
         customers.append(response.json())
         for j in range(2):
-            contact = await client.post(f"/v1/customers/{customers[-1]['id']}/contacts", json={
-                "name": f"联系人 {i}-{j}", "email": f"c{i}-{j}@example.com",
-            })
+            contact = await client.post(
+                f"/v1/customers/{customers[-1]['id']}/contacts",
+                json={
+                    "name": f"联系人 {i}-{j}",
+                    "email": f"c{i}-{j}@example.com",
+                },
+            )
             assert contact.status_code == 201, contact.text
     # An update, a soft-deleted customer (with its contacts) and a soft-deleted contact.
     patched = await client.patch(
-        f"/v1/customers/{customers[0]['id']}", json={"region": "华东"},
+        f"/v1/customers/{customers[0]['id']}",
+        json={"region": "华东"},
         headers={"If-Match": f'"{customers[0]["version"]}"'},
     )
     assert patched.status_code == 200, patched.text
@@ -116,12 +132,16 @@ async def _make_data(client: httpx.AsyncClient, admin: dict[str, Any]) -> dict[s
     assert removed.status_code == 204, removed.text
     # A write made with an Idempotency-Key: its stored response must survive the restore.
     keyed = await client.post(
-        "/v1/customers", json={"name": "Storefront order customer", "owner_id": owner},
+        "/v1/customers",
+        json={"name": "Storefront order customer", "owner_id": owner},
         headers={"Idempotency-Key": "drill-key-0001"},
     )
     assert keyed.status_code == 201, keyed.text
-    return {"status": keyed.status_code, "body": keyed.json(),
-            "location": keyed.headers.get("location")}
+    return {
+        "status": keyed.status_code,
+        "body": keyed.json(),
+        "location": keyed.headers.get("location"),
+    }
 
 
 async def _replay(client: httpx.AsyncClient, admin: dict[str, Any]) -> httpx.Response:
@@ -133,8 +153,11 @@ async def _replay(client: httpx.AsyncClient, admin: dict[str, Any]) -> httpx.Res
 
 
 async def test_backup_wipe_restore_drill(
-    client: httpx.AsyncClient, engine: AsyncEngine, database_url: str,
-    admin_user: dict[str, Any], tmp_path: Path,
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    database_url: str,
+    admin_user: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     keyed = await _make_data(client, admin_user)
     before = await export(client)

@@ -36,8 +36,14 @@ async def _counts(engine: AsyncEngine) -> tuple[int, ...]:
 async def _row(engine: AsyncEngine, customer_id: str) -> dict[str, Any]:
     async with engine.connect() as conn:
         row = (
-            await conn.execute(text("SELECT * FROM customers WHERE id = :id"), {"id": customer_id})
-        ).mappings().one()
+            (
+                await conn.execute(
+                    text("SELECT * FROM customers WHERE id = :id"), {"id": customer_id}
+                )
+            )
+            .mappings()
+            .one()
+        )
     return dict(row)
 
 
@@ -93,11 +99,17 @@ async def test_malformed_json_is_400(client, existing):
         b'{"name": "\xff\xfe"}',  # not UTF-8
         b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser's recursion limit
     ):
-        body = bad(await client.post("/v1/customers", content=raw, headers=JSON), 400,
-                   "malformed_json", raw[:20])
+        body = bad(
+            await client.post("/v1/customers", content=raw, headers=JSON),
+            400,
+            "malformed_json",
+            raw[:20],
+        )
         assert body["detail"] == "The request body is not valid JSON.", body
-        assert body.get("errors") in (None, [{"field": "body", "code": "json_invalid",
-                                              "message": "JSON decode error"}]), body
+        assert body.get("errors") in (
+            None,
+            [{"field": "body", "code": "json_invalid", "message": "JSON decode error"}],
+        ), body
         bad(await client.patch(url, content=raw, headers=JSON), 400, "malformed_json", raw[:20])
 
 
@@ -122,8 +134,12 @@ async def test_wrong_types_are_422(client, existing):
         ({"lifecycle_stage": 1}, "lifecycle_stage", "enum"),
     ]
     for payload, field, code in cases:
-        body = bad(await client.post("/v1/customers", json={"name": "x", **payload}), 422,
-                   "validation_error", payload)
+        body = bad(
+            await client.post("/v1/customers", json={"name": "x", **payload}),
+            422,
+            "validation_error",
+            payload,
+        )
         assert (field, code) in field_codes(body), (payload, body)
         body = bad(await client.patch(url, json=payload), 422, "validation_error", payload)
         assert (field, code) in field_codes(body), (payload, body)
@@ -131,8 +147,9 @@ async def test_wrong_types_are_422(client, existing):
     for payload in ([], "name", 1, None, [{"name": "x"}]):
         bad(await client.post("/v1/customers", json=payload), 422, "validation_error", payload)
         bad(await client.patch(url, json=payload), 422, "validation_error", payload)
-    body = bad(await client.post("/v1/customers", content=b"", headers=JSON), 422,
-               "validation_error")
+    body = bad(
+        await client.post("/v1/customers", content=b"", headers=JSON), 422, "validation_error"
+    )
     assert field_codes(body) == {("body", "missing")}, body
 
 
@@ -148,11 +165,16 @@ async def test_unknown_fields_are_422(client, existing):
         {"nmae": "typo"},
     ):
         (name,) = extra
-        body = bad(await client.post("/v1/customers", json={"name": "x", **extra}), 422,
-                   "validation_error", extra)
+        body = bad(
+            await client.post("/v1/customers", json={"name": "x", **extra}),
+            422,
+            "validation_error",
+            extra,
+        )
         assert (name, "unknown_field") in field_codes(body), body
-        body = bad(await client.patch(url, json={"grade": "A", **extra}), 422,
-                   "validation_error", extra)
+        body = bad(
+            await client.patch(url, json={"grade": "A", **extra}), 422, "validation_error", extra
+        )
         assert (name, "unknown_field") in field_codes(body), body
     for query in ("colour=red", "limit=5&Sort=name", "q=a&deleted_at=x"):
         body = bad(await client.get(f"/v1/customers?{query}"), 422, "validation_error", query)
@@ -164,8 +186,7 @@ async def test_oversized_body_is_413(client, existing, app):
     url = f"/v1/customers/{existing['id']}"
     payload = orjson.dumps({"name": "x", "notes": "n" * (limit + 10)})
     # declared with Content-Length: refused before the body is read
-    bad(await client.post("/v1/customers", content=payload, headers=JSON), 413,
-        "payload_too_large")
+    bad(await client.post("/v1/customers", content=payload, headers=JSON), 413, "payload_too_large")
     bad(await client.patch(url, content=payload, headers=JSON), 413, "payload_too_large")
 
     async def streamed():
@@ -194,13 +215,26 @@ async def test_oversized_body_is_413(client, existing, app):
 async def test_non_json_body_is_415(client, existing):
     url = f"/v1/customers/{existing['id']}"
     content = b'{"name": "x"}'
-    for ctype in ("text/plain", "application/xml", "multipart/form-data; boundary=x",
-                  "image/png", "text/json"):
+    for ctype in (
+        "text/plain",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+        "image/png",
+        "text/json",
+    ):
         headers = {"Content-Type": ctype}
-        bad(await client.post("/v1/customers", content=content, headers=headers), 415,
-            "unsupported_media_type", ctype)
-        bad(await client.patch(url, content=content, headers=headers), 415,
-            "unsupported_media_type", ctype)
+        bad(
+            await client.post("/v1/customers", content=content, headers=headers),
+            415,
+            "unsupported_media_type",
+            ctype,
+        )
+        bad(
+            await client.patch(url, content=content, headers=headers),
+            415,
+            "unsupported_media_type",
+            ctype,
+        )
     response = await client.post("/v1/customers", content=content)
     assert "content-type" not in response.request.headers
     bad(response, 415, "unsupported_media_type", "no content type")
@@ -245,20 +279,39 @@ async def test_bad_cursor_is_400(client, existing):
     for cursor, sort in cases:
         params = {"cursor": cursor, **({"sort": sort} if sort else {})}
         bad(await client.get("/v1/customers", params=params), 400, "invalid_cursor", cursor)
-    body = bad(await client.get("/v1/customers", params={"cursor": "A" * 1025}), 422,
-               "validation_error")
+    body = bad(
+        await client.get("/v1/customers", params={"cursor": "A" * 1025}), 422, "validation_error"
+    )
     assert ("query.cursor", "string_too_long") in field_codes(body)
 
 
 async def test_bad_sort_and_limit_are_422(client, existing):
-    for sort in ("colour", "-colour", "name,name", "name,-name", ",", "", "owner_id",
-                 "id;drop", "name,,colour", "--name", "+-name", "-+name", "- name", "s" * 201):
+    for sort in (
+        "colour",
+        "-colour",
+        "name,name",
+        "name,-name",
+        ",",
+        "",
+        "owner_id",
+        "id;drop",
+        "name,,colour",
+        "--name",
+        "+-name",
+        "-+name",
+        "- name",
+        "s" * 201,
+    ):
         code = "validation_error" if len(sort) > 200 else "invalid_sort"
         body = bad(await client.get("/v1/customers", params={"sort": sort}), 422, code, sort)
         assert body["errors"], body
     for limit in ("0", "-1", "201", "1000000000000000000000", "abc", "1.5", ""):
-        body = bad(await client.get("/v1/customers", params={"limit": limit}), 422,
-                   "validation_error", limit)
+        body = bad(
+            await client.get("/v1/customers", params={"limit": limit}),
+            422,
+            "validation_error",
+            limit,
+        )
         assert {f for f, _ in field_codes(body)} == {"query.limit"}, body
 
 
@@ -281,8 +334,9 @@ async def test_bad_filters_are_422(client, existing):
         ({"region": ["r"] * 51}, "query.region"),
     ]
     for params, field in cases:
-        body = bad(await client.get("/v1/customers", params=params), 422, "validation_error",
-                   params)
+        body = bad(
+            await client.get("/v1/customers", params=params), 422, "validation_error", params
+        )
         assert any(e["field"].startswith(field) for e in body["errors"]), body
     any_4xx(await client.get("/v1/customers", params={"q": "a\x00b"}), "NUL in q")
 
@@ -291,8 +345,9 @@ async def test_query_string_too_long_is_414(client, existing, app):
     limit = app.state.settings.max_query_string_bytes
     long_q = {"q": "x" * (limit + 1)}
     bad(await client.get("/v1/customers", params=long_q), 414, "query_too_long")
-    bad(await client.post("/v1/customers", params=long_q, json={"name": "x"}), 414,
-        "query_too_long")
+    bad(
+        await client.post("/v1/customers", params=long_q, json={"name": "x"}), 414, "query_too_long"
+    )
     bad(await client.get("/v1/nowhere", params=long_q), 414, "query_too_long")
 
 
@@ -302,27 +357,45 @@ async def test_query_string_too_long_is_414(client, existing, app):
 async def test_stale_if_match_is_412(client, existing):
     url = f"/v1/customers/{existing['id']}"
     for if_match in ('"2"', '"0"', 'W/"9"', '"1 "', "1", "garbage", '"2", "3"'):
-        body = bad(await client.patch(url, json={"grade": "A"}, headers={"If-Match": if_match}),
-                   412, "version_mismatch", if_match)
+        body = bad(
+            await client.patch(url, json={"grade": "A"}, headers={"If-Match": if_match}),
+            412,
+            "version_mismatch",
+            if_match,
+        )
         assert body["current_version"] == 1
-        bad(await client.delete(url, headers={"If-Match": if_match}), 412, "version_mismatch",
-            if_match)
-    bad(await client.patch(url, json={"grade": "A"}, headers={"If-Match": "x" * 600}), 422,
-        "validation_error")
+        bad(
+            await client.delete(url, headers={"If-Match": if_match}),
+            412,
+            "version_mismatch",
+            if_match,
+        )
+    bad(
+        await client.patch(url, json={"grade": "A"}, headers={"If-Match": "x" * 600}),
+        422,
+        "validation_error",
+    )
 
 
 async def test_bad_paths_and_methods(client, existing):
     for bad_id in ("123", "not-a-uuid", "00000000-0000-0000-0000-00000000000g", "%00"):
         for method in ("GET", "PATCH", "DELETE"):
             kwargs: dict[str, Any] = {"json": {"grade": "A"}} if method == "PATCH" else {}
-            body = bad(await client.request(method, f"/v1/customers/{bad_id}", **kwargs), 422,
-                       "validation_error", (method, bad_id))
+            body = bad(
+                await client.request(method, f"/v1/customers/{bad_id}", **kwargs),
+                422,
+                "validation_error",
+                (method, bad_id),
+            )
             assert ("path.customer_id", "uuid_parsing") in field_codes(body), body
         bad(await client.post(f"/v1/customers/{bad_id}/restore"), 422, "validation_error")
     missing = uuid.uuid4()
     bad(await client.get(f"/v1/customers/{missing}"), 404, "customer_not_found")
-    bad(await client.patch(f"/v1/customers/{missing}", json={"grade": "A"}), 404,
-        "customer_not_found")
+    bad(
+        await client.patch(f"/v1/customers/{missing}", json={"grade": "A"}),
+        404,
+        "customer_not_found",
+    )
     bad(await client.delete(f"/v1/customers/{missing}"), 404, "customer_not_found")
     # restore and purge want a deleted customer; this one is live
     bad(await client.post(f"/v1/customers/{existing['id']}/restore"), 404, "customer_not_found")
@@ -346,8 +419,11 @@ async def test_null_for_non_nullable_patch_field_is_422(client, existing):
     for field in ("name", "type", "lifecycle_stage", "tags", "custom_fields", "owner_id"):
         body = bad(await client.patch(url, json={field: None}), 422, "validation_error", field)
         assert field_codes(body) == {(field, "null_not_allowed")}, body
-    body = bad(await client.patch(url, json={"name": None, "tags": None, "grade": "A"}), 422,
-               "validation_error")
+    body = bad(
+        await client.patch(url, json={"name": None, "tags": None, "grade": "A"}),
+        422,
+        "validation_error",
+    )
     assert field_codes(body) == {("name", "null_not_allowed"), ("tags", "null_not_allowed")}
 
 
@@ -378,8 +454,12 @@ async def test_out_of_range_values_are_422(client, existing):
     ]
     for payload, field, code in cases:
         label = str(payload)[:60]
-        body = bad(await client.post("/v1/customers", json={"name": "x", **payload}), 422,
-                   "validation_error", label)
+        body = bad(
+            await client.post("/v1/customers", json={"name": "x", **payload}),
+            422,
+            "validation_error",
+            label,
+        )
         assert (field, code) in field_codes(body), (label, body)
         body = bad(await client.patch(url, json=payload), 422, "validation_error", label)
         assert (field, code) in field_codes(body), (label, body)
@@ -403,13 +483,17 @@ async def test_values_jsonb_cannot_store_are_rejected(client, existing):
         b'{"a\\u0000b": 1}',
     ):
         raw = b'{"custom_fields": {"k": ' + value + b"}}"
-        body = bad(await client.patch(url, content=raw, headers=JSON), 422, "validation_error",
-                   value[:20])
+        body = bad(
+            await client.patch(url, content=raw, headers=JSON), 422, "validation_error", value[:20]
+        )
         assert {f for f, _ in field_codes(body)} == {"custom_fields"}, body
         body = bad(
-            await client.post("/v1/customers", content=raw.replace(b"{", b'{"name": "x", ', 1),
-                              headers=JSON),
-            422, "validation_error", value[:20],
+            await client.post(
+                "/v1/customers", content=raw.replace(b"{", b'{"name": "x", ', 1), headers=JSON
+            ),
+            422,
+            "validation_error",
+            value[:20],
         )
     # NUL in plain text columns: PostgreSQL refuses it; the answer is still a 4xx
     any_4xx(await client.post("/v1/customers", json={"name": "a\x00b"}), "NUL in name")
@@ -420,16 +504,19 @@ async def test_bad_references_and_headers(client, existing):
     url = f"/v1/customers/{existing['id']}"
     body = bad(
         await client.post("/v1/customers", json={"name": "x", "owner_id": str(uuid.uuid4())}),
-        422, "invalid_owner",
+        422,
+        "invalid_owner",
     )
     assert body["errors"][0]["field"] == "owner_id"
     bad(await client.patch(url, json={"owner_id": str(uuid.uuid4())}), 422, "invalid_owner")
-    bad(await client.patch(url, json={"org_unit_id": str(uuid.uuid4())}), 422,
-        "invalid_org_unit")
+    bad(await client.patch(url, json={"org_unit_id": str(uuid.uuid4())}), 422, "invalid_org_unit")
     for key in (b"", b"x" * 256, b"has space", b"tab\tkey", "ключ".encode()):
         body = bad(
-            await client.post("/v1/customers", json={"name": "x"},
-                              headers={"Idempotency-Key": key}),
-            422, "validation_error", key,
+            await client.post(
+                "/v1/customers", json={"name": "x"}, headers={"Idempotency-Key": key}
+            ),
+            422,
+            "validation_error",
+            key,
         )
         assert {f for f, _ in field_codes(body)} == {"header.Idempotency-Key"}, body

@@ -52,8 +52,12 @@ def _env(**overrides: str | None) -> dict[str, str]:
 
 def crm_api(*args: str, cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "crm_api", *args], cwd=cwd, env=_env(**env),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "crm_api", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -84,8 +88,14 @@ def test_migrate_with_a_missing_database_says_so_in_one_line(
 
 def test_production_without_a_signing_key_is_one_line(tmp_path: Path) -> None:
     result = crm_api(
-        "create-admin", "--email", "you@example.com", "--password", "a-long-pass-phrase-2026",
-        cwd=tmp_path, CRM_ENV="production", CRM_DATABASE_URL=UNREACHABLE,
+        "create-admin",
+        "--email",
+        "you@example.com",
+        "--password",
+        "a-long-pass-phrase-2026",
+        cwd=tmp_path,
+        CRM_ENV="production",
+        CRM_DATABASE_URL=UNREACHABLE,
     )
     assert result.returncode == 2
     line = _one_line(result.stderr)
@@ -94,7 +104,10 @@ def test_production_without_a_signing_key_is_one_line(tmp_path: Path) -> None:
 
 def test_seed_demo_is_refused_in_production(tmp_path: Path) -> None:
     result = crm_api(
-        "seed-demo", cwd=tmp_path, CRM_ENV="production", CRM_DATABASE_URL=UNREACHABLE,
+        "seed-demo",
+        cwd=tmp_path,
+        CRM_ENV="production",
+        CRM_DATABASE_URL=UNREACHABLE,
         CRM_JWT_SIGNING_KEY="k3y-" + uuid.uuid4().hex + uuid.uuid4().hex,
     )
     assert result.returncode == 2
@@ -108,8 +121,12 @@ def test_no_database_url_and_no_embedded_postgresql(tmp_path: Path) -> None:
         "from crm_api.cli import main; sys.exit(main(['migrate']))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=_env(CRM_DATA_DIR=str(tmp_path)),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_env(CRM_DATA_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     line = _one_line(result.stderr)
@@ -123,8 +140,10 @@ async def test_seed_demo_is_idempotent_and_adds_customers_on_request(
 
     first = await seed_demo(database_url)
     assert first["new_users"] == 8 and first["customers_added"] == DEFAULT_CUSTOMERS
-    counts = {t: await count_rows(engine, t) for t in ("users", "org_units", "customers",
-                                                      "contacts", "authz_rules")}
+    counts = {
+        t: await count_rows(engine, t)
+        for t in ("users", "org_units", "customers", "contacts", "authz_rules")
+    }
     again = await seed_demo(database_url)  # e.g. `seed-demo` after `serve` loaded it
     assert again["new_users"] == 0 and again["new_org_units"] == 0
     assert again["customers_added"] == 0
@@ -178,12 +197,23 @@ def test_sigterm_on_dev_py_serve_stops_server_and_embedded_postgresql(data_dir: 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w+") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "dev.py"), "serve", "--port", str(port),
-             "--demo-customers", "5"],
-            cwd=ROOT, env=_env(CRM_DATA_DIR=str(data_dir)), stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                str(ROOT / "dev.py"),
+                "serve",
+                "--port",
+                str(port),
+                "--demo-customers",
+                "5",
+            ],
+            cwd=ROOT,
+            env=_env(CRM_DATA_DIR=str(data_dir)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # a signal to dev.py alone, not to a process group
         )
         try:
+
             def healthy() -> bool:
                 assert proc.poll() is None, log.read_text()
                 try:
@@ -219,14 +249,27 @@ def test_sigterm_on_dev_py_serve_stops_server_and_embedded_postgresql(data_dir: 
 # --- the test harness's own guards (conftest.py) ------------------------------------------
 
 
-def _pytest(database_url: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str],
-                                                                float]:
+def _pytest(
+    database_url: str, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_customers.py", "tests/test_pagination.py", *args],
-        cwd=ROOT, env=_env(CRM_TEST_DATABASE_URL=database_url, **env),
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_customers.py",
+            "tests/test_pagination.py",
+            *args,
+        ],
+        cwd=ROOT,
+        env=_env(CRM_TEST_DATABASE_URL=database_url, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return result, time.monotonic() - started
 
@@ -274,8 +317,9 @@ def test_a_database_not_named_for_tests_is_refused_and_left_alone(database_url: 
         asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def test_create_admin_in_production_mode_on_a_fresh_database(database_url: str,
-                                                             tmp_path: Path) -> None:
+def test_create_admin_in_production_mode_on_a_fresh_database(
+    database_url: str, tmp_path: Path
+) -> None:
     """README's `docker run --env-file crm.env … create-admin`: production mode, a signing
     key from the env file, a database nobody has migrated yet. Run twice: idempotent."""
     name = f"crm_fresh_{uuid.uuid4().hex[:8]}_test"
@@ -285,9 +329,15 @@ def test_create_admin_in_production_mode_on_a_fresh_database(database_url: str,
     try:
         for expected in ("created administrator", "already an administrator"):
             result = crm_api(
-                "create-admin", "--email", "you@example.com",
-                "--password", "Correct-horse-battery-2026", cwd=tmp_path,
-                CRM_ENV="production", CRM_DATABASE_URL=fresh, CRM_JWT_SIGNING_KEY=key,
+                "create-admin",
+                "--email",
+                "you@example.com",
+                "--password",
+                "Correct-horse-battery-2026",
+                cwd=tmp_path,
+                CRM_ENV="production",
+                CRM_DATABASE_URL=fresh,
+                CRM_JWT_SIGNING_KEY=key,
             )
             assert result.returncode == 0, result.stderr
             assert expected in result.stdout

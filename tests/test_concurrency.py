@@ -100,9 +100,7 @@ async def test_no_lost_update_without_if_match(client, engine):
     assert [r.status_code for r in responses] == [200] * len(patches), [
         r.text for r in responses if r.status_code != 200
     ]
-    assert sorted(r.json()["version"] for r in responses) == list(
-        range(2, len(patches) + 2)
-    )
+    assert sorted(r.json()["version"] for r in responses) == list(range(2, len(patches) + 2))
     final = (await client.get(url)).json()
     for p in patches:
         for field, value in p.items():
@@ -116,8 +114,10 @@ async def test_same_idempotency_key_one_effect(client, engine):
     body = {"name": "幂等客户", "owner_id": str(owner["id"]), "tags": ["vip"]}
     key = str(uuid.uuid4())
     responses = await _gather(
-        *(client.post("/v1/customers", json=body, headers={"Idempotency-Key": key})
-          for _ in range(N))
+        *(
+            client.post("/v1/customers", json=body, headers={"Idempotency-Key": key})
+            for _ in range(N)
+        )
     )
     assert [r.status_code for r in responses] == [201] * N, [r.text for r in responses]
     assert await count_rows(engine, "customers") == 1
@@ -145,8 +145,10 @@ async def test_same_idempotency_key_different_body_is_422(client, engine):
     b = {"name": "B", "owner_id": str(owner["id"])}
     # at once: whichever body wins, the other body's requests are refused
     responses = await _gather(
-        *(client.post("/v1/customers", json=a if i % 2 else b, headers={"Idempotency-Key": key})
-          for i in range(N))
+        *(
+            client.post("/v1/customers", json=a if i % 2 else b, headers={"Idempotency-Key": key})
+            for i in range(N)
+        )
     )
     assert await count_rows(engine, "customers") == 1
     won = {r.json()["name"] for r in responses if r.status_code == 201}
@@ -160,13 +162,18 @@ async def test_same_idempotency_key_different_body_is_422(client, engine):
             problem(r, 422, "idempotency_key_reused")
     # afterwards, sequentially, the same holds; an extra field is a different body too
     loser = a if winner_name == "B" else b
-    problem(await client.post("/v1/customers", json=loser, headers={"Idempotency-Key": key}),
-            422, "idempotency_key_reused")
+    problem(
+        await client.post("/v1/customers", json=loser, headers={"Idempotency-Key": key}),
+        422,
+        "idempotency_key_reused",
+    )
     winner = b if winner_name == "B" else a
     problem(
-        await client.post("/v1/customers", json={**winner, "grade": "A"},
-                          headers={"Idempotency-Key": key}),
-        422, "idempotency_key_reused",
+        await client.post(
+            "/v1/customers", json={**winner, "grade": "A"}, headers={"Idempotency-Key": key}
+        ),
+        422,
+        "idempotency_key_reused",
     )
     # another key is another request
     other = await client.post("/v1/customers", json=loser, headers={"Idempotency-Key": "k2"})
@@ -203,8 +210,11 @@ async def test_same_tax_number_exactly_one_created(client, engine):
         *(
             client.post(
                 "/v1/customers",
-                json={"name": f"tax {i}", "owner_id": str(owner["id"]),
-                      "tax_number": "91310000MA1FL0001X"},
+                json={
+                    "name": f"tax {i}",
+                    "owner_id": str(owner["id"]),
+                    "tax_number": "91310000MA1FL0001X",
+                },
             )
             for i in range(N)
         )

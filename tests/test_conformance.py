@@ -61,9 +61,7 @@ async def as_user(subject: Subject, user: dict[str, Any]) -> AsyncIterator[httpx
     await subject.app.state.policy.load(subject.engine)
     transport = httpx.ASGITransport(app=subject.app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {token_for(subject.app, user)}"}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://test", headers=headers
-    ) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as c:
         yield c
 
 
@@ -245,8 +243,11 @@ async def check_if_match(subject: Subject) -> None:
         got = await admin.get(url)
         etag = got.headers["etag"]
         stale = {"If-Match": '"999"'}
-        problem(await admin.patch(url, json=subject.samples.patch, headers=stale), 412,
-                "version_mismatch")
+        problem(
+            await admin.patch(url, json=subject.samples.patch, headers=stale),
+            412,
+            "version_mismatch",
+        )
         if subject.samples.deletes:
             problem(await admin.delete(url, headers=stale), 412, "version_mismatch")
         assert (await admin.get(url)).json() == got.json()
@@ -299,8 +300,9 @@ async def check_idempotent_create(subject: Subject) -> None:
         assert again.headers["location"] == first.headers["location"]
         assert await count_rows(subject.engine, table) == before + 1
         other = {**body, **subject.samples.patch}
-        problem(await admin.post(subject.path, json=other, headers=key), 422,
-                "idempotency_key_reused")
+        problem(
+            await admin.post(subject.path, json=other, headers=key), 422, "idempotency_key_reused"
+        )
         assert await count_rows(subject.engine, table) == before + 1
 
 
@@ -318,25 +320,39 @@ async def check_bad_input(subject: Subject) -> None:
         row = (await admin.get(url)).json()
         key = {"Idempotency-Key": uuid.uuid4().hex}
         wrong = subject.samples.wrong_type
-        problem(await admin.post(subject.path, json={**sent, "bogus": 1}, headers=key), 422,
-                "validation_error")
-        problem(await admin.post(subject.path, json={**sent, **wrong}, headers=key), 422,
-                "validation_error")
-        problem(await admin.post(subject.path, json={**sent, "id": str(uuid.uuid4())}), 422,
-                "validation_error")
+        problem(
+            await admin.post(subject.path, json={**sent, "bogus": 1}, headers=key),
+            422,
+            "validation_error",
+        )
+        problem(
+            await admin.post(subject.path, json={**sent, **wrong}, headers=key),
+            422,
+            "validation_error",
+        )
+        problem(
+            await admin.post(subject.path, json={**sent, "id": str(uuid.uuid4())}),
+            422,
+            "validation_error",
+        )
         huge = orjson.dumps({**sent, "bogus": "x" * (limit + 10)})
-        problem(await admin.post(subject.path, content=huge, headers=JSON), 413,
-                "payload_too_large")
+        problem(
+            await admin.post(subject.path, content=huge, headers=JSON), 413, "payload_too_large"
+        )
         problem(await admin.patch(url, json={"bogus": 1}), 422, "validation_error")
         problem(await admin.patch(url, json=wrong), 422, "validation_error")
         problem(await admin.patch(url, content=huge, headers=JSON), 413, "payload_too_large")
         problem(await admin.patch(url, content=b"{", headers=JSON), 400, "malformed_json")
-        problem(await admin.get(subject.path, params={"cursor": "not-a-cursor!!"}), 400,
-                "invalid_cursor")
+        problem(
+            await admin.get(subject.path, params={"cursor": "not-a-cursor!!"}),
+            400,
+            "invalid_cursor",
+        )
         problem(await admin.get(subject.path, params={"sort": "colour"}), 422, "invalid_sort")
         for bad_limit in ("0", "201", "abc"):
-            problem(await admin.get(subject.path, params={"limit": bad_limit}), 422,
-                    "validation_error")
+            problem(
+                await admin.get(subject.path, params={"limit": bad_limit}), 422, "validation_error"
+            )
         problem(await admin.get(subject.path, params={"bogus": "1"}), 422, "validation_error")
         assert [await count_rows(subject.engine, t) for t in tables] == counts
         assert (await admin.get(url)).json() == row
@@ -355,8 +371,10 @@ async def check_every_write_is_audited(subject: Subject) -> None:
         async with subject.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    text("SELECT action, changes::text AS changes FROM audit_events "
-                         "WHERE resource_type = :name AND resource_id = :id"),
+                    text(
+                        "SELECT action, changes::text AS changes FROM audit_events "
+                        "WHERE resource_type = :name AND resource_id = :id"
+                    ),
                     {"name": subject.resource.name, "id": uuid.UUID(record["id"])},
                 )
             ).all()
@@ -420,13 +438,14 @@ def test_only_the_kit_makes_a_scoped_select():
     root = Path(crm_api.__file__).parent
     allowed = {root / "kit" / "resource.py"}
     casting = [
-        str(p.relative_to(root)) for p in root.rglob("*.py")
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
         if p not in allowed and "ScopedSelect(" in p.read_text(encoding="utf-8")
     ]
     assert casting == []
 
 
-_UNSCOPED_READ = '''
+_UNSCOPED_READ = """
 from typing import Any
 
 from sqlalchemy import select
@@ -445,7 +464,7 @@ async def unscoped(conn: kit.Executor, access: Access, params: PageParams) -> An
 async def scoped(conn: kit.Executor, access: Access, params: PageParams) -> Any:
     stmt = kit.narrow(kit.scoped(CUSTOMERS, access), Customer.name == "x")
     return await kit.fetch_page(conn, CUSTOMERS, access, stmt, params)
-'''
+"""
 
 
 def test_an_unscoped_read_does_not_type_check(tmp_path):
@@ -459,9 +478,19 @@ def test_an_unscoped_read_does_not_type_check(tmp_path):
     snippet = tmp_path / "reads.py"
     snippet.write_text(_UNSCOPED_READ, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--config-file", str(root / "pyproject.toml"),
-         str(snippet)],
-        cwd=root, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(root / "pyproject.toml"),
+            str(snippet),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1, result.stdout

@@ -46,31 +46,35 @@ async def test_outsider_sees_nothing_of_other_reps_contacts(client, client_for, 
     problem(await as_rep.get(f"/v1/contacts/{hidden['id']}"), 404, "contact_not_found")
     problem(
         await as_rep.patch(f"/v1/contacts/{hidden['id']}", json={"title": "x"}),
-        404, "contact_not_found",
+        404,
+        "contact_not_found",
     )
     problem(await as_rep.delete(f"/v1/contacts/{hidden['id']}"), 404, "contact_not_found")
-    problem(
-        await as_rep.get(f"/v1/customers/{theirs['id']}/contacts"), 404, "customer_not_found"
-    )
+    problem(await as_rep.get(f"/v1/customers/{theirs['id']}/contacts"), 404, "customer_not_found")
     before = await count_rows(engine, "contacts")
     # A customer named in the body is a bad reference (422), told apart from a customer
     # that does not exist by nothing at all; in the path it is a 404.
     out_of_scope, unknown = [
         problem(
             await as_rep.post("/v1/contacts", json={"customer_id": str(cid), "name": "x"}),
-            422, "invalid_customer",
+            422,
+            "invalid_customer",
         )
         for cid in (theirs["id"], uuid.uuid4())
     ]
     assert out_of_scope["errors"] == [
-        {"field": "customer_id", "code": "invalid_reference",
-         "message": "no such customer in your scope"},
+        {
+            "field": "customer_id",
+            "code": "invalid_reference",
+            "message": "no such customer in your scope",
+        },
     ]
     for key in ("title", "detail", "errors"):
         assert out_of_scope[key] == unknown[key]
     problem(
         await as_rep.post(f"/v1/customers/{theirs['id']}/contacts", json={"name": "x"}),
-        404, "customer_not_found",
+        404,
+        "customer_not_found",
     )
     assert await count_rows(engine, "contacts") == before
     # The rep's own customer's contacts are theirs, with the personal mobile masked
@@ -104,8 +108,12 @@ async def test_scope_predicate_is_sql_over_the_customer(client, engine):
     assert (await client.delete(f"/v1/customers/{gone_customer['id']}")).status_code == 204
 
     manager = Principal(
-        kind=PrincipalKind.user, id=uuid.uuid4(), name="east manager", roles=frozenset(),
-        org_unit_id=east["id"], org_path=east["path"],
+        kind=PrincipalKind.user,
+        id=uuid.uuid4(),
+        name="east manager",
+        roles=frozenset(),
+        org_unit_id=east["id"],
+        org_path=east["path"],
     )
     access = Access(manager, "contacts", "read", Scope(frozenset({ScopeKind.org_subtree})))
     sql = str(repository.scoped(access).compile())
@@ -162,9 +170,7 @@ async def test_mobile_shown_per_row_within_the_read_sensitive_scope(client, clie
 
 
 def test_the_read_path_masks_mobile_without_read_sensitive():
-    principal = Principal(
-        kind=PrincipalKind.user, id=uuid.uuid4(), name="u", roles=frozenset()
-    )
+    principal = Principal(kind=PrincipalKind.user, id=uuid.uuid4(), name="u", roles=frozenset())
     scope = Scope(frozenset({ScopeKind.all}))
     row = {"mobile": "+86 138 0013 8000", "phone": "+86 21 5555 0102"}
     masked = mask_row(CONTACTS, Access(principal, "contacts", "read", scope), dict(row))
@@ -182,8 +188,13 @@ async def test_create_get_update_delete_restore_purge(client, engine):
     customer = await create_customer(client, owner)
     created = await client.post(
         "/v1/contacts",
-        json={"customer_id": customer["id"], "name": "王芳", "title": "采购经理",
-              "email": "Wang.Fang@MingYuan.Example.CN", "mobile": "+86 138 0013 8000"},
+        json={
+            "customer_id": customer["id"],
+            "name": "王芳",
+            "title": "采购经理",
+            "email": "Wang.Fang@MingYuan.Example.CN",
+            "mobile": "+86 138 0013 8000",
+        },
     )
     assert created.status_code == 201, created.text
     contact = created.json()
@@ -199,7 +210,8 @@ async def test_create_get_update_delete_restore_purge(client, engine):
     assert got.json() == contact
 
     patched = await client.patch(
-        f"/v1/contacts/{cid}", json={"title": "采购总监", "notes": None},
+        f"/v1/contacts/{cid}",
+        json={"title": "采购总监", "notes": None},
         headers={"If-Match": '"1"'},
     )
     assert patched.status_code == 200, patched.text
@@ -210,14 +222,14 @@ async def test_create_get_update_delete_restore_purge(client, engine):
     assert same.json()["version"] == 2
     problem(
         await client.patch(f"/v1/contacts/{cid}", json={"title": "x"}, headers={"If-Match": '"1"'}),
-        412, "version_mismatch",
+        412,
+        "version_mismatch",
     )
-    problem(
-        await client.patch(f"/v1/contacts/{cid}", json={"name": None}), 422, "validation_error"
-    )
+    problem(await client.patch(f"/v1/contacts/{cid}", json={"name": None}), 422, "validation_error")
     problem(
         await client.delete(f"/v1/contacts/{cid}", headers={"If-Match": '"1"'}),
-        412, "version_mismatch",
+        412,
+        "version_mismatch",
     )
     assert (await client.get(f"/v1/contacts/{cid}")).json()["title"] == "采购总监"
 
@@ -242,7 +254,12 @@ async def test_create_get_update_delete_restore_purge(client, engine):
 
     events = await _events(client, resource_id=cid)
     assert [e["action"] for e in reversed(events)] == [
-        "create", "update", "delete", "restore", "delete", "purge",
+        "create",
+        "update",
+        "delete",
+        "restore",
+        "delete",
+        "purge",
     ]
     assert {e["owner_id"] for e in events} == {str(owner["id"])}
     assert {e["org_unit_id"] for e in events} == {str(owner["org_unit_id"])}
@@ -262,11 +279,13 @@ async def test_contacts_of_a_deleted_customer_disappear_with_it(client, engine):
     assert (await client.get("/v1/contacts")).json()["data"] == []
     problem(
         await client.post("/v1/contacts", json={"customer_id": customer["id"], "name": "x"}),
-        422, "invalid_customer",
+        422,
+        "invalid_customer",
     )
     problem(
         await client.post(f"/v1/customers/{customer['id']}/contacts", json={"name": "x"}),
-        404, "customer_not_found",
+        404,
+        "customer_not_found",
     )
     assert (await client.post(f"/v1/customers/{customer['id']}/restore")).status_code == 200
     assert (await client.get(f"/v1/contacts/{contact['id']}")).status_code == 200
@@ -319,9 +338,9 @@ async def test_primary_is_unique_and_demotes_the_previous(client, engine):
     await client.patch(f"/v1/contacts/{first['id']}", json={"is_primary": True})
     await client.delete(f"/v1/contacts/{first['id']}")
     assert (await client.post(f"/v1/contacts/{first['id']}/restore")).json()["is_primary"] is True
-    assert await count_rows(
-        engine, "contacts", "is_primary AND deleted_at IS NULL"
-    ) == 2  # one per customer
+    assert (
+        await count_rows(engine, "contacts", "is_primary AND deleted_at IS NULL") == 2
+    )  # one per customer
 
 
 # --- nested routes -------------------------------------------------------------------------
@@ -346,19 +365,22 @@ async def test_customer_contacts_routes(client, engine):
             f"/v1/customers/{customer['id']}/contacts",
             json={"name": "x", "customer_id": other["id"]},
         ),
-        422, "validation_error",
+        422,
+        "validation_error",
     )
     missing = uuid.uuid4()
     problem(await client.get(f"/v1/customers/{missing}/contacts"), 404, "customer_not_found")
     problem(
         await client.post(f"/v1/customers/{missing}/contacts", json={"name": "x"}),
-        404, "customer_not_found",
+        404,
+        "customer_not_found",
     )
     problem(
         await client.get(
             f"/v1/customers/{customer['id']}/contacts", params={"customer_id": missing}
         ),
-        422, "validation_error",
+        422,
+        "validation_error",
     )
     assert await count_rows(engine, "contacts") == before
 
@@ -369,7 +391,11 @@ async def test_list_filters_search_sort_and_pages(client, engine):
     a = await create_customer(client, owner, name="A Co")
     b = await create_customer(client, owner, name="B Co")
     wang = await create_contact(
-        client, a, name="王小明", email="xm.wang@a.example.cn", phone="+86 21 5555 0101",
+        client,
+        a,
+        name="王小明",
+        email="xm.wang@a.example.cn",
+        phone="+86 21 5555 0101",
         is_primary=True,
     )
     li = await create_contact(client, a, name="李雷", email="lei.li@a.example.cn")
@@ -382,7 +408,9 @@ async def test_list_filters_search_sort_and_pages(client, engine):
 
     assert await names(customer_id=a["id"], sort="name") == sorted(["王小明", "李雷"])
     assert await names(customer_id=[a["id"], b["id"]], sort="created_at") == [
-        "王小明", "李雷", "John Smith",
+        "王小明",
+        "李雷",
+        "John Smith",
     ]
     assert await names(email="lei.li@A.EXAMPLE.CN") == ["李雷"]
     assert await names(is_primary="true") == ["王小明"]
@@ -443,14 +471,17 @@ async def test_idempotent_create_replays(client, engine):
     assert await count_rows(engine, "contacts") == 1
     problem(
         await client.post("/v1/contacts", json={**body, "name": "Other"}, headers=headers),
-        422, "idempotency_key_reused",
+        422,
+        "idempotency_key_reused",
     )
     nested = await client.post(
-        f"/v1/customers/{customer['id']}/contacts", json={"name": "王芳"},
+        f"/v1/customers/{customer['id']}/contacts",
+        json={"name": "王芳"},
         headers={"Idempotency-Key": "contact-create-2"},
     )
     replay = await client.post(
-        f"/v1/customers/{customer['id']}/contacts", json={"name": "王芳"},
+        f"/v1/customers/{customer['id']}/contacts",
+        json={"name": "王芳"},
         headers={"Idempotency-Key": "contact-create-2"},
     )
     assert replay.json()["id"] == nested.json()["id"]
@@ -488,7 +519,9 @@ async def test_bad_input_is_refused_and_nothing_written(client, engine):
         await client.post("/v1/contacts", json={**good, "nickname": "x"}), 422, "validation_error"
     )
     assert unknown["errors"][0] == {
-        "field": "nickname", "code": "unknown_field", "message": "Extra inputs are not permitted",
+        "field": "nickname",
+        "code": "unknown_field",
+        "message": "Extra inputs are not permitted",
     }
     malformed = await client.post(
         "/v1/contacts", content=b'{"name": "x",', headers={"Content-Type": "application/json"}
@@ -496,15 +529,19 @@ async def test_bad_input_is_refused_and_nothing_written(client, engine):
     problem(malformed, 400, "malformed_json")
     cid = contact["id"]
     for patch in (
-        {"customer_id": str(uuid.uuid4())}, {"email": "nope"}, {"is_primary": None},
-        {"name": None}, {"version": 3},
+        {"customer_id": str(uuid.uuid4())},
+        {"email": "nope"},
+        {"is_primary": None},
+        {"name": None},
+        {"version": 3},
     ):
         problem(await client.patch(f"/v1/contacts/{cid}", json=patch), 422)
     problem(
         await client.patch(
             f"/v1/contacts/{cid}", content=b"{", headers={"Content-Type": "application/json"}
         ),
-        400, "malformed_json",
+        400,
+        "malformed_json",
     )
     problem(await client.get("/v1/contacts/not-a-uuid"), 422)
     problem(await client.patch(f"/v1/contacts/{uuid.uuid4()}", json={"title": "x"}), 404)
@@ -520,23 +557,26 @@ async def test_concurrent_promotions_leave_exactly_one_primary(client, engine):
     customer = await create_customer(client, owner)
     existing = [await create_contact(client, customer, name=f"E{i}") for i in range(3)]
     creates = [
-        client.post("/v1/contacts", json={"customer_id": customer["id"], "name": f"N{i}",
-                                          "is_primary": True})
+        client.post(
+            "/v1/contacts",
+            json={"customer_id": customer["id"], "name": f"N{i}", "is_primary": True},
+        )
         for i in range(4)
     ]
     promotions = [
         client.patch(f"/v1/contacts/{c['id']}", json={"is_primary": True}) for c in existing
     ]
     responses = await asyncio.gather(*creates, *promotions)
-    assert [r.status_code for r in responses] == [201] * 4 + [200] * 3, [
-        r.text for r in responses
-    ]
-    assert await count_rows(
-        engine, "contacts", f"customer_id = '{customer['id']}' AND is_primary"
-    ) == 1
+    assert [r.status_code for r in responses] == [201] * 4 + [200] * 3, [r.text for r in responses]
+    assert (
+        await count_rows(engine, "contacts", f"customer_id = '{customer['id']}' AND is_primary")
+        == 1
+    )
     # Every promotion but the first demoted someone, and each demotion was audited.
     demotions = await count_rows(
-        engine, "audit_events", "action = 'update' AND changes = "
-        "'{\"is_primary\": {\"after\": false, \"before\": true}}'::jsonb",
+        engine,
+        "audit_events",
+        "action = 'update' AND changes = "
+        '\'{"is_primary": {"after": false, "before": true}}\'::jsonb',
     )
     assert demotions == 6

@@ -38,12 +38,18 @@ def _nullable(prop: dict[str, Any]) -> bool:
 
 
 # --- the document --------------------------------------------------------------------------
-@pytest.mark.parametrize(("model", "fields"), [
-    ("CustomerUpdate", ("name", "type", "lifecycle_stage", "tags", "custom_fields", "owner_id")),
-    ("UserUpdate", ("email", "display_name", "roles", "password")),
-    ("ApiClientUpdate", ("name", "roles", "active")),
-    ("ContactUpdate", ("name", "is_primary")),
-])
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (
+            "CustomerUpdate",
+            ("name", "type", "lifecycle_stage", "tags", "custom_fields", "owner_id"),
+        ),
+        ("UserUpdate", ("email", "display_name", "roles", "password")),
+        ("ApiClientUpdate", ("name", "roles", "active")),
+        ("ContactUpdate", ("name", "is_primary")),
+    ],
+)
 def test_update_fields_the_api_cannot_clear_are_not_nullable(doc, model, fields):
     properties = _schema(doc, model)["properties"]
     assert not [f for f in fields if _nullable(properties[f])]
@@ -103,7 +109,8 @@ def test_audit_resource_types_cover_every_audited_resource(doc):
         declared |= set(re.findall(r'^RESOURCE = "(\w+)"', path.read_text(), re.M))
     assert declared and declared <= {r.value for r in AuditResource}
     parameter = next(
-        p for p in doc["paths"]["/v1/audit-events"]["get"]["parameters"]
+        p
+        for p in doc["paths"]["/v1/audit-events"]["get"]["parameters"]
         if p["name"] == "resource_type"
     )
     assert "customers" in orjson.dumps(parameter["schema"]).decode()
@@ -114,14 +121,16 @@ async def test_null_for_fields_that_cannot_be_cleared_is_422(client, engine):
     user = await make_user(engine)
     for field in ("email", "display_name", "roles", "password"):
         body = problem(
-            await client.patch(f"/v1/users/{user['id']}", json={field: None}), 422,
+            await client.patch(f"/v1/users/{user['id']}", json={field: None}),
+            422,
             "validation_error",
         )
         assert {(e["field"], e["code"]) for e in body["errors"]} == {(field, "null_not_allowed")}
     api_client = await create_api_client(client)
     for field in ("name", "roles", "active"):
         body = problem(
-            await client.patch(f"/v1/api-clients/{api_client['id']}", json={field: None}), 422,
+            await client.patch(f"/v1/api-clients/{api_client['id']}", json={field: None}),
+            422,
             "validation_error",
         )
         assert {(e["field"], e["code"]) for e in body["errors"]} == {(field, "null_not_allowed")}
@@ -133,25 +142,33 @@ async def test_json_booleans_and_integers_are_strict(client, admin_user):
     for value in ("yes", "true", 1):
         body = problem(
             await client.patch(f"/v1/contacts/{contact['id']}", json={"is_primary": value}),
-            422, "validation_error",
+            422,
+            "validation_error",
         )
         assert body["errors"][0]["field"] == "is_primary"
     for value in (True, "3", 3.0):
         problem(
             await client.post("/v1/customers", json={"name": "x", "credit_level": value}),
-            422, "validation_error",
+            422,
+            "validation_error",
         )
     api_client = await create_api_client(client)
     problem(
         await client.patch(f"/v1/api-clients/{api_client['id']}", json={"active": "false"}),
-        422, "validation_error",
+        422,
+        "validation_error",
     )
     problem(
-        await client.post("/v1/me/tokens", json={
-            "name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-            "expires_in_days": "7",
-        }),
-        422, "validation_error",
+        await client.post(
+            "/v1/me/tokens",
+            json={
+                "name": "x",
+                "permissions": [{"resource": "customers", "action": "read"}],
+                "expires_in_days": "7",
+            },
+        ),
+        422,
+        "validation_error",
     )
     # the real types still work
     response = await client.patch(f"/v1/contacts/{contact['id']}", json={"is_primary": True})
@@ -162,15 +179,27 @@ async def test_json_booleans_and_integers_are_strict(client, admin_user):
 async def test_both_expiries_is_422_but_null_for_one_is_fine(client):
     perms = [{"resource": "customers", "action": "read"}]
     problem(
-        await client.post("/v1/me/tokens", json={
-            "name": "x", "permissions": perms, "expires_in_days": 7,
-            "expires_at": "2030-01-01T00:00:00Z",
-        }),
-        422, "validation_error",
+        await client.post(
+            "/v1/me/tokens",
+            json={
+                "name": "x",
+                "permissions": perms,
+                "expires_in_days": 7,
+                "expires_at": "2030-01-01T00:00:00Z",
+            },
+        ),
+        422,
+        "validation_error",
     )
-    response = await client.post("/v1/me/tokens", json={
-        "name": "x", "permissions": perms, "expires_in_days": 7, "expires_at": None,
-    })
+    response = await client.post(
+        "/v1/me/tokens",
+        json={
+            "name": "x",
+            "permissions": perms,
+            "expires_in_days": 7,
+            "expires_at": None,
+        },
+    )
     assert response.status_code == 201, response.text
 
 
@@ -185,9 +214,13 @@ def _cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
 
 
-@pytest.mark.parametrize("timestamp", [
-    "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00",
-])
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "9999-12-31T23:59:59-05:00",
+        "0001-01-01T00:00:00+05:00",
+    ],
+)
 async def test_cursor_with_an_out_of_range_timestamp_is_400(client, timestamp):
     cursor = _cursor({"s": ["-created_at"], "v": [{"t": timestamp}], "id": str(uuid.uuid4())})
     problem(await client.get("/v1/customers", params={"cursor": cursor}), 400, "invalid_cursor")
@@ -210,9 +243,13 @@ async def test_wildcard_token_is_what_the_schema_says(client, client_for, anon_c
     assert [(g["resource"], g["action"]) for g in me["permissions"]] == [("customers", "*")]
     # a rep holds some customer actions, not `*`: listed actions only
     rep = await client_for(await make_user(engine, roles=("sales_rep",)))
-    response = await rep.post("/v1/me/tokens", json={
-        "name": "x", "permissions": [{"resource": "customers", "action": "*"}],
-    })
+    response = await rep.post(
+        "/v1/me/tokens",
+        json={
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "*"}],
+        },
+    )
     assert response.status_code in (403, 422), response.text
 
 
@@ -224,7 +261,8 @@ async def test_admin_token_narrows_the_admin_grant(client, anon_client):
 
 async def test_unknown_audit_resource_type_is_422(client):
     body = problem(
-        await client.get("/v1/audit-events", params={"resource_type": "customer"}), 422,
+        await client.get("/v1/audit-events", params={"resource_type": "customer"}),
+        422,
         "validation_error",
     )
     assert body["errors"][0]["field"].startswith("query.resource_type")

@@ -40,22 +40,25 @@ def counted(app: Any) -> Iterator[list[str]]:
 async def _events(engine: Any, customer_id: str) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text("SELECT action, changes, owner_id, org_unit_id, actor_id FROM audit_events "
-                 "WHERE resource_id = :id"), {"id": customer_id})
+            text(
+                "SELECT action, changes, owner_id, org_unit_id, actor_id FROM audit_events "
+                "WHERE resource_id = :id"
+            ),
+            {"id": customer_id},
+        )
         return [dict(r._mapping) for r in rows]
 
 
 @pytest.mark.parametrize("role", ["admin", "sales_rep", "sales_manager"])
-async def test_a_create_is_one_statement_with_its_audit_event(
-    app, engine, client_for, role
-):
+async def test_a_create_is_one_statement_with_its_audit_event(app, engine, client_for, role):
     unit = await make_org_unit(engine)
     user = await make_user(engine, org_unit=unit, roles=(role,))
     caller = await client_for(user)
     assert (await caller.get("/v1/customers?limit=1")).status_code == 200  # warm principal
     with counted(app) as statements:
-        response = await caller.post("/v1/customers", json={
-            "name": "Lean Ltd.", "bank_account": BANK, "tags": ["a"]})
+        response = await caller.post(
+            "/v1/customers", json={"name": "Lean Ltd.", "bank_account": BANK, "tags": ["a"]}
+        )
     assert response.status_code == 201, response.text
     assert len(statements) == 1, statements
     assert "INSERT INTO audit_events" in statements[0], statements
@@ -91,10 +94,16 @@ async def test_per_record_masking_of_a_create_is_decided_in_its_statement(
     home = await make_org_unit(engine, "Home", parent=root)
     away = await make_org_unit(engine, "Away", parent=root)
     role = (await client.post("/v1/roles", json={"name": "wide_creator"})).json()
-    for action, scope in (("read", "all"), ("create", "all"), ("assign", "all"),
-                          ("read_sensitive", "org_unit")):
-        granted = await client.post(f"/v1/roles/{role['id']}/grants", json={
-            "resource": "customers", "action": action, "scope": scope})
+    for action, scope in (
+        ("read", "all"),
+        ("create", "all"),
+        ("assign", "all"),
+        ("read_sensitive", "org_unit"),
+    ):
+        granted = await client.post(
+            f"/v1/roles/{role['id']}/grants",
+            json={"resource": "customers", "action": action, "scope": scope},
+        )
         assert granted.status_code == 201, granted.text
     creator = await make_user(engine, roles=("wide_creator",), org_unit=home)
     as_creator = await client_for(creator)
@@ -103,8 +112,10 @@ async def test_per_record_masking_of_a_create_is_decided_in_its_statement(
     assert here.status_code == 201, here.text
     assert here.json()["bank_account"] == BANK
     with counted(app) as statements:
-        there = await as_creator.post("/v1/customers", json={
-            "name": "There", "bank_account": BANK, "org_unit_id": str(away["id"])})
+        there = await as_creator.post(
+            "/v1/customers",
+            json={"name": "There", "bank_account": BANK, "org_unit_id": str(away["id"])},
+        )
     assert there.status_code == 201, there.text
     assert there.json()["bank_account"] == "****3445"
     assert (await as_creator.get(f"/v1/customers/{there.json()['id']}")).json() == there.json()
@@ -135,9 +146,12 @@ async def test_an_idempotent_create_adds_two_statements_and_takes_over_expired_k
     assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
     # a day later the key is free again: the claim takes the expired row over
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "UPDATE idempotency_keys SET created_at = created_at - interval '25 hours' "
-            "WHERE key = 'lean-create-1'"))
+        await conn.execute(
+            text(
+                "UPDATE idempotency_keys SET created_at = created_at - interval '25 hours' "
+                "WHERE key = 'lean-create-1'"
+            )
+        )
     again = await caller.post("/v1/customers", json={"name": "Twice"}, headers=headers)
     assert again.status_code == 201, again.text
     assert again.json()["id"] != first.json()["id"]

@@ -43,13 +43,22 @@ async def test_outsider_sees_nothing_and_gets_no_existing_id(client, client_for,
     rep = await client_for(w["rep"])
     assert (await rep.get("/v1/customers")).json()["data"] == []
     problem(await rep.get(f"/v1/customers/{theirs['id']}"), 404, "customer_not_found")
-    problem(await rep.patch(f"/v1/customers/{theirs['id']}", json={"grade": "A"}), 404,
-            "customer_not_found")
-    body = problem(await rep.post("/v1/customers", json={"name": "x", "external_ref": "ext-1"}),
-                   409, "customer_duplicate")
+    problem(
+        await rep.patch(f"/v1/customers/{theirs['id']}", json={"grade": "A"}),
+        404,
+        "customer_not_found",
+    )
+    body = problem(
+        await rep.post("/v1/customers", json={"name": "x", "external_ref": "ext-1"}),
+        409,
+        "customer_duplicate",
+    )
     assert body["field"] == "external_ref" and body["existing_id"] is None
-    body = problem(await rep.post("/v1/customers", json={"name": "x", "tax_number": TAX}),
-                   409, "customer_duplicate")
+    body = problem(
+        await rep.post("/v1/customers", json={"name": "x", "tax_number": TAX}),
+        409,
+        "customer_duplicate",
+    )
     assert body["field"] == "tax_number" and body["existing_id"] is None
     # and no sensitive value in clear for a role without read_sensitive
     mine = await rep.post("/v1/customers", json={"name": "mine", "bank_account": ACCOUNT})
@@ -71,12 +80,16 @@ async def test_duplicates_are_409_naming_the_existing_customer(client, engine):
         assert body["field"] == field and body["existing_id"] == first["id"], body
         # PATCHing another customer onto the value is the same conflict
         other = await create_customer(client, w["owner"], name="other")
-        body = problem(await client.patch(f"/v1/customers/{other['id']}", json={field: value}),
-                       409, "customer_duplicate")
+        body = problem(
+            await client.patch(f"/v1/customers/{other['id']}", json={field: value}),
+            409,
+            "customer_duplicate",
+        )
         assert body["existing_id"] == first["id"]
     # re-sending a customer's own values is no conflict
-    same = await client.patch(f"/v1/customers/{first['id']}",
-                              json={"external_ref": "ext-1", "tax_number": TAX})
+    same = await client.patch(
+        f"/v1/customers/{first['id']}", json={"external_ref": "ext-1", "tax_number": TAX}
+    )
     assert same.status_code == 200 and same.json()["version"] == 1
     assert await count_rows(engine, "customers") == 3
 
@@ -84,20 +97,24 @@ async def test_duplicates_are_409_naming_the_existing_customer(client, engine):
     assert (await client.delete(f"/v1/customers/{first['id']}")).status_code == 204
     reuse = await create_customer(client, w["owner"], name="successor", tax_number=TAX)
     body = problem(
-        await client.post("/v1/customers",
-                          json={"name": "x", "owner_id": str(w["owner"]["id"]),
-                                "external_ref": "ext-1"}),
-        409, "customer_duplicate",
+        await client.post(
+            "/v1/customers",
+            json={"name": "x", "owner_id": str(w["owner"]["id"]), "external_ref": "ext-1"},
+        ),
+        409,
+        "customer_duplicate",
     )
     assert body["existing_id"] == first["id"]
     # restoring the first now collides with its successor's tax number
-    body = problem(await client.post(f"/v1/customers/{first['id']}/restore"), 409,
-                   "customer_duplicate")
+    body = problem(
+        await client.post(f"/v1/customers/{first['id']}/restore"), 409, "customer_duplicate"
+    )
     assert body["field"] == "tax_number" and body["existing_id"] == reuse["id"]
     problem(await client.get(f"/v1/customers/{first['id']}"), 404, "customer_not_found")
     # once the successor gives the number up, the restore goes through
-    assert (await client.patch(f"/v1/customers/{reuse['id']}",
-                               json={"tax_number": None})).status_code == 200
+    assert (
+        await client.patch(f"/v1/customers/{reuse['id']}", json={"tax_number": None})
+    ).status_code == 200
     restored = await client.post(f"/v1/customers/{first['id']}/restore")
     assert restored.status_code == 200 and restored.json()["deleted_at"] is None
     assert restored.headers["etag"] == f'"{restored.json()["version"]}"'
@@ -140,17 +157,28 @@ async def test_audit_trail_field_level_and_masked(client, engine, admin_user):
     w = await _world(engine)
     response = await client.post(
         "/v1/customers",
-        json={"name": "审计客户", "owner_id": str(w["owner"]["id"]), "grade": "B",
-              "tax_number": TAX, "bank_account": ACCOUNT, "tags": ["vip"],
-              "custom_fields": {"erp": 1}},
+        json={
+            "name": "审计客户",
+            "owner_id": str(w["owner"]["id"]),
+            "grade": "B",
+            "tax_number": TAX,
+            "bank_account": ACCOUNT,
+            "tags": ["vip"],
+            "custom_fields": {"erp": 1},
+        },
         headers={"X-Request-ID": "req-create-1"},
     )
     assert response.status_code == 201, response.text
     customer = response.json()
     url = f"/v1/customers/{customer['id']}"
     patched = await client.patch(
-        url, json={"grade": "A", "bank_account": "6222000011112222", "notes": "hello",
-                   "name": "审计客户"},  # name unchanged: not in the diff
+        url,
+        json={
+            "grade": "A",
+            "bank_account": "6222000011112222",
+            "notes": "hello",
+            "name": "审计客户",
+        },  # name unchanged: not in the diff
         headers={"If-Match": '"1"', "X-Request-ID": "req-update-1"},
     )
     assert patched.status_code == 200, patched.text
@@ -196,8 +224,9 @@ async def test_audit_trail_field_level_and_masked(client, engine, admin_user):
 
 async def test_etag_and_location_headers(client, engine):
     w = await _world(engine)
-    response = await client.post("/v1/customers",
-                                 json={"name": "头", "owner_id": str(w["owner"]["id"])})
+    response = await client.post(
+        "/v1/customers", json={"name": "头", "owner_id": str(w["owner"]["id"])}
+    )
     assert response.status_code == 201
     customer = response.json()
     url = f"/v1/customers/{customer['id']}"
@@ -208,8 +237,9 @@ async def test_etag_and_location_headers(client, engine):
     assert got.headers["etag"] == '"1"' and got.json() == customer
     # weak, listed and wildcard ETags match
     for if_match, version in (('W/"1"', 2), ('"7", "2"', 3), ("*", 4)):
-        patched = await client.patch(url, json={"notes": f"v{version}"},
-                                     headers={"If-Match": if_match})
+        patched = await client.patch(
+            url, json={"notes": f"v{version}"}, headers={"If-Match": if_match}
+        )
         assert patched.status_code == 200, (if_match, patched.text)
         assert patched.headers["etag"] == f'"{version}"' == f'"{patched.json()["version"]}"'
         assert (await client.get(url)).headers["etag"] == f'"{version}"'
@@ -222,8 +252,11 @@ async def test_etag_and_location_headers(client, engine):
 
 async def test_json_media_types_accepted(client, engine):
     w = await _world(engine)
-    for ctype in ("application/json; charset=utf-8", "application/merge-patch+json",
-                  "APPLICATION/JSON"):
+    for ctype in (
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+        "APPLICATION/JSON",
+    ):
         response = await client.post(
             "/v1/customers",
             content=orjson.dumps({"name": ctype, "owner_id": str(w["owner"]["id"])}),
@@ -248,15 +281,19 @@ async def test_idempotency_replay(client, client_for, engine):
     assert replay.headers["etag"] == '"1"'
     # key order and whitespace in the body do not make it another request
     reordered = await client.post(
-        "/v1/customers", content=orjson.dumps(dict(reversed(list(body.items())))),
+        "/v1/customers",
+        content=orjson.dumps(dict(reversed(list(body.items())))),
         headers={**headers, "Content-Type": "application/json"},
     )
     assert reordered.status_code == 201 and reordered.content == first.content
     assert await count_rows(engine, "customers") == 1
     assert await count_rows(engine, "audit_events", "action = 'create'") == 1
     # the same key with another body is refused
-    problem(await client.post("/v1/customers", json={**body, "name": "other"}, headers=headers),
-            422, "idempotency_key_reused")
+    problem(
+        await client.post("/v1/customers", json={**body, "name": "other"}, headers=headers),
+        422,
+        "idempotency_key_reused",
+    )
     # keys belong to their principal: another caller's identical key is its own request
     rep = await client_for(w["rep"])
     theirs = await rep.post("/v1/customers", json={"name": "rep's"}, headers=headers)
@@ -270,14 +307,16 @@ async def test_failed_requests_are_not_replayed(client, engine):
     await create_customer(client, w["owner"], external_ref="taken")
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     body = {"name": "x", "owner_id": str(w["owner"]["id"]), "external_ref": "taken"}
-    problem(await client.post("/v1/customers", json=body, headers=headers), 409,
-            "customer_duplicate")
+    problem(
+        await client.post("/v1/customers", json=body, headers=headers), 409, "customer_duplicate"
+    )
     again = await client.post("/v1/customers", json=body, headers=headers)
     problem(again, 409, "customer_duplicate")
     assert "idempotent-replayed" not in again.headers
     assert await count_rows(engine, "idempotency_keys") == 0
-    fixed = await client.post("/v1/customers", json={**body, "external_ref": "free"},
-                              headers=headers)
+    fixed = await client.post(
+        "/v1/customers", json={**body, "external_ref": "free"}, headers=headers
+    )
     assert fixed.status_code == 201, fixed.text
     assert await count_rows(engine, "idempotency_keys") == 1
 
@@ -291,15 +330,27 @@ async def test_patch_sending_the_unchanged_owner_needs_no_assign(client, client_
     url = f"/v1/customers/{customer['id']}"
     as_rep = await client_for(world["rep"])  # sales_rep: update (own), no assign
     got = (await as_rep.get(url)).json()
-    same = await as_rep.patch(url, json={
-        "name": "Renamed", "owner_id": got["owner_id"], "org_unit_id": got["org_unit_id"],
-    })
+    same = await as_rep.patch(
+        url,
+        json={
+            "name": "Renamed",
+            "owner_id": got["owner_id"],
+            "org_unit_id": got["org_unit_id"],
+        },
+    )
     assert same.status_code == 200, same.text
     assert same.json()["name"] == "Renamed" and same.json()["owner_id"] == got["owner_id"]
-    problem(await as_rep.patch(url, json={"owner_id": str(world["owner"]["id"])}), 403,
-            "assign_not_allowed")
-    problem(await as_rep.patch(url, json={"owner_id": got["owner_id"],
-                                          "org_unit_id": str(elsewhere["id"])}),
-            403, "assign_not_allowed")
+    problem(
+        await as_rep.patch(url, json={"owner_id": str(world["owner"]["id"])}),
+        403,
+        "assign_not_allowed",
+    )
+    problem(
+        await as_rep.patch(
+            url, json={"owner_id": got["owner_id"], "org_unit_id": str(elsewhere["id"])}
+        ),
+        403,
+        "assign_not_allowed",
+    )
     stored = (await as_rep.get(url)).json()
     assert (stored["owner_id"], stored["org_unit_id"]) == (got["owner_id"], got["org_unit_id"])

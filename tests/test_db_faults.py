@@ -137,11 +137,13 @@ async def test_lock_waits_are_503_for_reads_and_409_for_writes(sqlstate, wrap) -
 
 
 async def test_other_database_errors_stay_what_they_are() -> None:
-    app = _app_raising({
-        "syntax": _wrapped(_pg("42601", "syntax error")),  # a bug: 500, logged
-        "range": _wrapped(_pg("22003", "integer out of range")),
-        "encode": asyncpg.DataError("invalid input for query argument $1"),
-    })
+    app = _app_raising(
+        {
+            "syntax": _wrapped(_pg("42601", "syntax error")),  # a bug: 500, logged
+            "range": _wrapped(_pg("22003", "integer out of range")),
+            "encode": asyncpg.DataError("invalid input for query argument $1"),
+        }
+    )
     problem(await _ask(app, "GET", "syntax"), 500, "internal_error")
     problem(await _ask(app, "GET", "range"), 422, "invalid_value")
     problem(await _ask(app, "GET", "encode"), 422, "invalid_value")
@@ -214,9 +216,12 @@ async def test_terminated_backends_give_503_or_success_never_500(client, engine,
         assert await _terminate_app_backends(engine) > 0
         responses = await asyncio.gather(
             *(client.get(url) for _ in range(6)),
-            *(client.post("/v1/customers", json={"name": f"After kill {i}",
-                                                  "owner_id": str(owner["id"])})
-              for i in range(3)),
+            *(
+                client.post(
+                    "/v1/customers", json={"name": f"After kill {i}", "owner_id": str(owner["id"])}
+                )
+                for i in range(3)
+            ),
         )
         for r in responses:
             assert r.status_code in (200, 201, 503), r.text
@@ -225,8 +230,9 @@ async def test_terminated_backends_give_503_or_success_never_500(client, engine,
                 assert r.headers["retry-after"] == "1"
     # recovered without a restart
     assert (await client.get(url)).status_code == 200
-    assert (await client.post("/v1/customers", json={
-        "name": "Recovered", "owner_id": str(owner["id"])})).status_code == 201
+    assert (
+        await client.post("/v1/customers", json={"name": "Recovered", "owner_id": str(owner["id"])})
+    ).status_code == 201
 
 
 # --- through a proxy: refused, frozen -------------------------------------------------------
@@ -239,10 +245,14 @@ async def proxied(app, settings, database_url) -> AsyncIterator[PgProxy]:
     proxy = await PgProxy(database_url).start()
     real = app.state.db
     app.state.db = create_database(
-        settings.model_copy(update={
-            "db_statement_timeout_ms": 1000, "db_command_timeout_margin_s": 1.0,
-            "readiness_timeout_s": 1.0, "db_pool_timeout_s": 2.0,
-        }),
+        settings.model_copy(
+            update={
+                "db_statement_timeout_ms": 1000,
+                "db_command_timeout_margin_s": 1.0,
+                "readiness_timeout_s": 1.0,
+                "db_pool_timeout_s": 2.0,
+            }
+        ),
         proxy.url,
     )
     try:

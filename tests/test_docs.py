@@ -48,9 +48,14 @@ async def test_swagger_authorize_logs_in_with_the_password_flow(app, anon_client
     # what Swagger UI's Authorize sends for the password flow
     password = "Correct-horse-42"
     await make_user(engine, email="swagger@test.crm", password_hash=hash_password(password))
-    response = await anon_client.post(f"/v1{flow['tokenUrl'][3:]}", data={
-        "grant_type": "password", "username": "swagger@test.crm", "password": password,
-    })
+    response = await anon_client.post(
+        f"/v1{flow['tokenUrl'][3:]}",
+        data={
+            "grant_type": "password",
+            "username": "swagger@test.crm",
+            "password": password,
+        },
+    )
     assert response.status_code == 200, response.text
     token = response.json()["access_token"]
     assert (await anon_client.get("/v1/me", headers=bearer(token))).status_code == 200

@@ -22,7 +22,10 @@ def test_the_fault_drill_in_operations_md_is_a_dev_py_command() -> None:
     # what `python3 dev.py bench faults --help` runs, once the .venv exists
     result = subprocess.run(
         [sys.executable, "-m", "bench", "faults", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for option in ("--clients", "--restarts", "--interval"):
@@ -33,7 +36,10 @@ def test_the_fault_drill_in_operations_md_is_a_dev_py_command() -> None:
 def test_bench_lists_the_fault_drill() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "faults" in result.stdout
@@ -48,8 +54,7 @@ def test_every_setting_is_documented() -> None:
         p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))
     )
     missing = [
-        f"CRM_{name.upper()}" for name in Settings.model_fields
-        if f"CRM_{name.upper()}" not in docs
+        f"CRM_{name.upper()}" for name in Settings.model_fields if f"CRM_{name.upper()}" not in docs
     ]
     assert not missing, missing
 

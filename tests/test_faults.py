@@ -68,9 +68,7 @@ async def _create(
     """POST with ``key`` until acknowledged (or ``tries`` run out), as a client would."""
     body = {"name": f"ledger-{key}", "owner_id": owner_id}
     for _ in range(tries):
-        response = await http.post(
-            "/v1/customers", json=body, headers={"Idempotency-Key": key}
-        )
+        response = await http.post("/v1/customers", json=body, headers={"Idempotency-Key": key})
         ledger.record(response)
         if response.status_code == 201:
             customer_id = response.json()["id"]
@@ -103,8 +101,7 @@ async def test_terminated_connections_under_load_lose_and_duplicate_nothing(
         keys += batch
         sender.update({k: https[i % CLIENTS] for i, k in enumerate(batch)})
         writers = [
-            asyncio.create_task(_create(sender[k], ledger, k, owner_id, MAX_TRIES))
-            for k in batch
+            asyncio.create_task(_create(sender[k], ledger, k, owner_id, MAX_TRIES)) for k in batch
         ]
         readers = [asyncio.create_task(client.get("/v1/customers")) for _ in range(CLIENTS)]
         for _ in range(3):  # let the batch get going: requests in flight hold connections
@@ -134,7 +131,8 @@ async def test_terminated_connections_under_load_lose_and_duplicate_nothing(
     # retried keys replay the acknowledged response
     for key in keys[:: max(1, len(keys) // 10)]:
         replay = await sender[key].post(
-            "/v1/customers", json={"name": f"ledger-{key}", "owner_id": owner_id},
+            "/v1/customers",
+            json={"name": f"ledger-{key}", "owner_id": owner_id},
             headers={"Idempotency-Key": key},
         )
         assert replay.status_code == 201, replay.text
@@ -158,7 +156,10 @@ async def test_terminated_connections_under_load_lose_and_duplicate_nothing(
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     summary: dict[str, Any] = {
-        "keys": len(keys), "killed": killed_total, "statuses": ledger.statuses,
-        "reads_ok": reads_ok, "reads_503": reads_503,
+        "keys": len(keys),
+        "killed": killed_total,
+        "statuses": ledger.statuses,
+        "reads_ok": reads_ok,
+        "reads_503": reads_503,
     }
     print("fault ledger:", summary)  # shown with -s / on failure

@@ -63,9 +63,13 @@ async def test_cors_preflight_is_nosniff_too(settings, database_url):
         settings.model_copy(update={"cors_origins": ["https://app.example.com"]}), database_url
     )
     async with app.router.lifespan_context(app), _http_client(app) as http:
-        r = await http.options("/v1/customers", headers={
-            "Origin": "https://app.example.com", "Access-Control-Request-Method": "GET",
-        })
+        r = await http.options(
+            "/v1/customers",
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "GET",
+            },
+        )
         assert r.status_code == 200
         assert r.headers["x-content-type-options"] == "nosniff"
 
@@ -98,7 +102,8 @@ async def test_metrics_public_by_default_outside_production(anon_client):
 
 def test_metrics_need_a_token_by_default_in_production():
     settings = Settings(
-        env="production", database_url="postgresql+asyncpg://crm@db.internal/crm",
+        env="production",
+        database_url="postgresql+asyncpg://crm@db.internal/crm",
         jwt_signing_key="q8Zr3vN1xW7kT4mB9pL2sD6fH0jG5cYa",
     )
     assert settings.metrics_mode == "token"
@@ -145,12 +150,17 @@ def _free_port() -> int:
 @contextmanager
 def _serve(port: int, database_url: str, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
-    env.update(CRM_DATABASE_URL=database_url, CRM_LOG_LEVEL="WARNING",
-               CRM_DATA_DIR=str(tmp / "data"))
+    env.update(
+        CRM_DATABASE_URL=database_url, CRM_LOG_LEVEL="WARNING", CRM_DATA_DIR=str(tmp / "data")
+    )
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "crm-api"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         yield proc

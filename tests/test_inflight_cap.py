@@ -76,9 +76,7 @@ async def test_the_request_past_the_cap_gets_429_and_others_are_unaffected(
     assert (await as_alice.get("/v1/customers")).status_code == 200
 
 
-async def test_failed_and_cancelled_requests_give_their_slot_back(
-    app, engine, client_for, gate
-):
+async def test_failed_and_cancelled_requests_give_their_slot_back(app, engine, client_for, gate):
     unit = await make_org_unit(engine)
     user = await make_user(engine, roles=("admin",), org_unit=unit)
     http = await client_for(user)

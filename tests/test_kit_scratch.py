@@ -114,13 +114,22 @@ class NoteListQuery(ListQuery):
 
 def declare(path: str) -> Resource:
     return Resource(
-        name=NAME, label="note", model=Note, schema=NoteOut, scoping=OwnerScoped(),
-        sorts=NoteSort, not_found_code="note_not_found", sensitive=("secret",),
+        name=NAME,
+        label="note",
+        model=Note,
+        schema=NoteOut,
+        scoping=OwnerScoped(),
+        sorts=NoteSort,
+        not_found_code="note_not_found",
+        sensitive=("secret",),
         grant_group="none",
         samples=Samples(
             path=path,
-            create=lambda refs: {"title": "草稿 note", "secret": "S-0042-7781-XYZ",
-                                 "owner_id": refs["owner_id"]},
+            create=lambda refs: {
+                "title": "草稿 note",
+                "secret": "S-0042-7781-XYZ",
+                "owner_id": refs["owner_id"],
+            },
             patch={"title": "changed"},
             wrong_type={"title": 42},
             search="草稿",
@@ -154,7 +163,8 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
 
     @router.get("")
     async def list_notes(
-        access: Read, conn: ReadConnection,
+        access: Read,
+        conn: ReadConnection,
         query: Annotated[NoteListQuery, query_model(NoteListQuery)],
     ) -> Response:
         stmt = kit.narrow(
@@ -166,8 +176,12 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
 
     @router.post("", status_code=201)
     async def create_note(
-        request: Request, body: NoteCreate, access: Create, assign: Assign,
-        session: WriteSession, idempotency_key: IdempotencyKeyHeader = None,
+        request: Request,
+        body: NoteCreate,
+        access: Create,
+        assign: Assign,
+        session: WriteSession,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response:
         async def produce() -> Response:
             values, placement = await lifecycle.prepare_create(
@@ -178,8 +192,13 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
             return with_etag(row, 201, f"{R.samples.path}/{row['id']}")  # type: ignore[union-attr]
 
         return await idempotent(
-            session, access.principal, idempotency_key, method="POST",
-            path=request.url.path, body=body, produce=produce,
+            session,
+            access.principal,
+            idempotency_key,
+            method="POST",
+            path=request.url.path,
+            body=body,
+            produce=produce,
         )
 
     @router.get("/{note_id}")
@@ -191,15 +210,26 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
 
     @router.patch("/{note_id}")
     async def update_note(
-        note_id: uuid.UUID, body: NoteUpdate, access: Update, assign: Assign,
-        session: WriteSession, strict: RequireIfMatch, if_match: IfMatch = None,
+        note_id: uuid.UUID,
+        body: NoteUpdate,
+        access: Update,
+        assign: Assign,
+        session: WriteSession,
+        strict: RequireIfMatch,
+        if_match: IfMatch = None,
     ) -> Response:
         locked = await lifecycle.lock_or_404(
             session, R, access, note_id, if_match=if_match, require_if_match=strict
         )
         before, changes = await lifecycle.prepare_update(
-            session, R, access, assign, locked, body.model_dump(exclude_unset=True),
-            not_nullable={"title"}, users=users,
+            session,
+            R,
+            access,
+            assign,
+            locked,
+            body.model_dump(exclude_unset=True),
+            not_nullable={"title"},
+            users=users,
         )
         return with_etag(
             await lifecycle.save_changes(session, R, seen_by(access), locked, before, changes)
@@ -207,7 +237,10 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
 
     @router.delete("/{note_id}", status_code=204)
     async def delete_note(
-        note_id: uuid.UUID, access: Delete, session: WriteSession, strict: RequireIfMatch,
+        note_id: uuid.UUID,
+        access: Delete,
+        session: WriteSession,
+        strict: RequireIfMatch,
         if_match: IfMatch = None,
     ) -> Response:
         await lifecycle.soft_delete(session, R, access, note_id, if_match, require_if_match=strict)
@@ -258,8 +291,10 @@ async def granted(engine: AsyncEngine, scratch_app: FastAPI) -> FastAPI:
     async with engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {NAME}"))
         await conn.execute(
-            text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES "
-                 "(gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"),
+            text(
+                "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES "
+                "(gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"
+            ),
             [{"role": r, "res": NAME, "act": a, "scope": s} for r, a, s in rows],
         )
         await conn.execute(text("UPDATE authz_state SET version = version + 1 WHERE id = 1"))
@@ -286,7 +321,8 @@ FAILS: list[tuple[str, Check, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("flaw", "check", "why"), FAILS,
+    ("flaw", "check", "why"),
+    FAILS,
     ids=[f"{f}-{c.__name__.removeprefix('check_')}" for f, c, _ in FAILS],
 )
 async def test_a_broken_variant_fails_the_check(granted, engine, flaw, check, why):

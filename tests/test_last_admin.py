@@ -27,10 +27,16 @@ async def _settled(app, engine) -> AsyncIterator[None]:
 
 async def active_admins(engine) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(text(
-            "SELECT count(*) FROM users u JOIN authz_rules g ON g.ptype = 'g'"
-            " AND g.v1 = 'admin' AND g.v0 = 'user:' || u.id WHERE u.active"
-        ))).scalar_one())
+        return int(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM users u JOIN authz_rules g ON g.ptype = 'g'"
+                        " AND g.v1 = 'admin' AND g.v0 = 'user:' || u.id WHERE u.active"
+                    )
+                )
+            ).scalar_one()
+        )
 
 
 async def roles_of(engine, user) -> list[str]:
@@ -51,13 +57,15 @@ async def test_last_admin_cannot_drop_their_own_admin_role(client_for, engine, u
     """The issue's case: ``PATCH /v1/users/<self> {"roles": ["executive"]}``."""
     admin = await make_user(engine, roles=("admin",), org_unit=unit)
     as_admin = await client_for(admin)
-    body = problem(await as_admin.patch(f"/v1/users/{admin['id']}",
-                                        json={"roles": ["executive"]}), 409, "last_admin")
+    body = problem(
+        await as_admin.patch(f"/v1/users/{admin['id']}", json={"roles": ["executive"]}),
+        409,
+        "last_admin",
+    )
     assert body["user_id"] == str(admin["id"])
     assert await roles_of(engine, admin) == ["admin"]
     # other changes to the last admin, keeping the role, are fine
-    kept = await as_admin.patch(f"/v1/users/{admin['id']}",
-                                json={"roles": ["admin", "executive"]})
+    kept = await as_admin.patch(f"/v1/users/{admin['id']}", json={"roles": ["admin", "executive"]})
     assert kept.status_code == 200, kept.text
     # with a second active administrator, stepping down is allowed
     await make_user(engine, roles=("admin",), org_unit=unit)
@@ -71,14 +79,16 @@ async def test_last_admin_cannot_be_deactivated(client_for, engine, unit):
     admin = await make_user(engine, roles=("admin",), org_unit=unit)
     as_admin = await client_for(admin)
     async with engine.begin() as conn:  # an inactive administrator does not count
-        await conn.execute(text("UPDATE users SET active = false WHERE id <> :id"),
-                           {"id": admin["id"]})
+        await conn.execute(
+            text("UPDATE users SET active = false WHERE id <> :id"), {"id": admin["id"]}
+        )
     await make_role(engine, "hr", ("users", "read", "all"), ("users", "update", "all"))
     hr = await make_user(engine, roles=("hr",), org_unit=unit)
     as_hr = await client_for(hr)
     problem(await as_hr.post(f"/v1/users/{admin['id']}/deactivate"), 409, "last_admin")
-    problem(await as_admin.post(f"/v1/users/{admin['id']}/deactivate"), 409,
-            "cannot_deactivate_self")
+    problem(
+        await as_admin.post(f"/v1/users/{admin['id']}/deactivate"), 409, "cannot_deactivate_self"
+    )
     assert await active_admins(engine) == 1
     # an API client holding admin is no administrator a person can sign in as
     await create_api_client(as_admin, name="ops bot", roles=["admin"])
@@ -91,8 +101,9 @@ async def test_last_admin_cannot_be_deactivated(client_for, engine, unit):
     assert done.status_code == 200, done.text
     assert await active_admins(engine) == 1
     # the admin role of an inactive user can be taken (it is not an active holder)
-    taken = await (await client_for(second)).patch(f"/v1/users/{admin['id']}",
-                                                   json={"roles": ["executive"]})
+    taken = await (await client_for(second)).patch(
+        f"/v1/users/{admin['id']}", json={"roles": ["executive"]}
+    )
     assert taken.status_code == 200, taken.text
 
 
@@ -103,8 +114,9 @@ async def test_admin_role_keeps_its_grant_and_cannot_be_deleted(client_for, engi
     role = next(r for r in roles if r["name"] == "admin")
     grants = (await as_admin.get(f"/v1/roles/{role['id']}/grants")).json()["data"]
     full = next(g for g in grants if (g["resource"], g["action"], g["scope"]) == ("*", "*", "all"))
-    problem(await as_admin.delete(f"/v1/roles/{role['id']}/grants/{full['id']}"), 409,
-            "grant_protected")
+    problem(
+        await as_admin.delete(f"/v1/roles/{role['id']}/grants/{full['id']}"), 409, "grant_protected"
+    )
     problem(await as_admin.delete(f"/v1/roles/{role['id']}"), 409)
 
 
@@ -120,19 +132,30 @@ async def test_two_admins_demoting_each_other_at_once_leave_one(client_for, engi
         await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         await holder.commit()
         requests = [
-            asyncio.create_task(as_first.patch(f"/v1/users/{second['id']}",
-                                               json={"roles": ["executive"]})),
-            asyncio.create_task(as_second.patch(f"/v1/users/{first['id']}",
-                                                json={"roles": ["executive"]})),
+            asyncio.create_task(
+                as_first.patch(f"/v1/users/{second['id']}", json={"roles": ["executive"]})
+            ),
+            asyncio.create_task(
+                as_second.patch(f"/v1/users/{first['id']}", json={"roles": ["executive"]})
+            ),
         ]
         waiting = 0
         for _ in range(1200):  # up to 60 s on a busy machine; normally a few ms
             async with engine.connect() as conn:
-                waiting = int((await conn.execute(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    " AND database = (SELECT oid FROM pg_database"
-                    "                 WHERE datname = current_database())"
-                    " AND classid = :c AND objid = :o"), {"c": classid, "o": objid})).scalar_one())
+                waiting = int(
+                    (
+                        await conn.execute(
+                            text(
+                                "SELECT count(*) FROM pg_locks"
+                                " WHERE locktype = 'advisory' AND NOT granted"
+                                " AND database = (SELECT oid FROM pg_database"
+                                "                 WHERE datname = current_database())"
+                                " AND classid = :c AND objid = :o"
+                            ),
+                            {"c": classid, "o": objid},
+                        )
+                    ).scalar_one()
+                )
             if waiting == 2 or any(t.done() for t in requests):
                 break
             await asyncio.sleep(0.05)

@@ -258,9 +258,9 @@ async def test_password_checks_run_in_threads_with_bounded_concurrency(
         assert busy.headers["retry-after"] == "1"
         # An attempt that was never checked is no failure.
         assert await count_rows(engine, "login_throttle", f"key LIKE '%{OWNER}'") == 2
-        assert await count_rows(
-            engine, "login_throttle", f"key LIKE '%{OWNER}' AND failures > 0"
-        ) == 0
+        assert (
+            await count_rows(engine, "login_throttle", f"key LIKE '%{OWNER}' AND failures > 0") == 0
+        )
     finally:
         release.set()
         response = await slow

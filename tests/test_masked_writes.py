@@ -29,8 +29,10 @@ CASES = [
     ("contacts", "mobile", "+86 138 0013 8000", "+86 139 1234 5678"),
 ]
 IDS = [f"{r}.{f}" for r, f, _, _ in CASES]
-WRITABLE = {"customers": set(CustomerUpdate.model_fields),
-            "contacts": set(ContactUpdate.model_fields)}
+WRITABLE = {
+    "customers": set(CustomerUpdate.model_fields),
+    "contacts": set(ContactUpdate.model_fields),
+}
 
 
 def test_every_sensitive_field_is_covered() -> None:
@@ -63,22 +65,38 @@ async def _world(client, engine, resource: str, field: str, value: str) -> dict[
     contact_fields = {field: value} if resource == "contacts" else {}
     contact = await create_contact(client, customer, **contact_fields)
     record = customer if resource == "customers" else contact
-    return {"rep": rep, "customer": customer, "contact": contact,
-            "url": f"/v1/{resource}/{record['id']}", "id": record["id"]}
+    return {
+        "rep": rep,
+        "customer": customer,
+        "contact": contact,
+        "url": f"/v1/{resource}/{record['id']}",
+        "id": record["id"],
+    }
 
 
 async def _stored(engine, resource: str, record_id: Any) -> dict[str, Any]:
     async with engine.connect() as conn:
-        row = (await conn.execute(
-            text(f"SELECT * FROM {resource} WHERE id = :id"), {"id": record_id})).mappings().one()
+        row = (
+            (
+                await conn.execute(
+                    text(f"SELECT * FROM {resource} WHERE id = :id"), {"id": record_id}
+                )
+            )
+            .mappings()
+            .one()
+        )
     return dict(row)
 
 
 async def _updates(engine, record_id: Any) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text(
-            "SELECT changes FROM audit_events WHERE action = 'update' AND resource_id = :id "
-            "ORDER BY occurred_at"), {"id": record_id})
+        rows = await conn.execute(
+            text(
+                "SELECT changes FROM audit_events WHERE action = 'update' AND resource_id = :id "
+                "ORDER BY occurred_at"
+            ),
+            {"id": record_id},
+        )
         return [r[0] for r in rows]
 
 
@@ -104,8 +122,7 @@ async def test_sending_back_what_was_shown_keeps_the_real_value(
     stored = await _stored(engine, resource, w["id"])
     assert stored[field] == real and stored["notes"] == "called back"
     assert (await client.get(w["url"])).json()[field] == real  # the administrator's view
-    assert await _updates(engine, w["id"]) == [
-        {"notes": {"before": None, "after": "called back"}}]
+    assert await _updates(engine, w["id"]) == [{"notes": {"before": None, "after": "called back"}}]
     # the same body again: nothing at all changes
     again = await as_rep.patch(w["url"], json=body)
     assert again.status_code == 200 and again.json()["version"] == response.json()["version"]
@@ -128,10 +145,12 @@ async def test_another_masked_value_is_refused_and_nothing_is_written(
         body = {**_writable(resource, shown), "notes": "x", field: masked}
         refused = problem(await as_rep.patch(w["url"], json=body), 422, "masked_value")
         assert refused["errors"] == [
-            {"field": field, "code": "masked_value", "message": refused["errors"][0]["message"]}]
+            {"field": field, "code": "masked_value", "message": refused["errors"][0]["message"]}
+        ]
     # a caller that sees the real value is shown no mask: any mask from it is refused too
-    problem(await client.patch(w["url"], json={field: shown[field], "notes": "x"}),
-            422, "masked_value")
+    problem(
+        await client.patch(w["url"], json={field: shown[field], "notes": "x"}), 422, "masked_value"
+    )
     assert await _stored(engine, resource, w["id"]) == before
     assert await _updates(engine, w["id"]) == []
 
@@ -162,8 +181,10 @@ async def test_a_masked_value_is_never_created(
 ):
     w = await _world(client, engine, resource, field, value)
     as_rep = await client_for(w["rep"])
-    customers, contacts = (await count_rows(engine, "customers"),
-                           await count_rows(engine, "contacts"))
+    customers, contacts = (
+        await count_rows(engine, "customers"),
+        await count_rows(engine, "contacts"),
+    )
     for caller in (client, as_rep):
         for masked in (mask(value), "****"):
             if resource == "customers":
@@ -171,8 +192,10 @@ async def test_a_masked_value_is_never_created(
                 posts = [("/v1/customers", body)]
             else:
                 body = {"name": "王芳", field: masked}
-                posts = [("/v1/contacts", {**body, "customer_id": w["customer"]["id"]}),
-                         (f"/v1/customers/{w['customer']['id']}/contacts", body)]
+                posts = [
+                    ("/v1/contacts", {**body, "customer_id": w["customer"]["id"]}),
+                    (f"/v1/customers/{w['customer']['id']}/contacts", body),
+                ]
             for url, json in posts:
                 refused = problem(await caller.post(url, json=json), 422, "masked_value")
                 assert [e["field"] for e in refused["errors"]] == [field]
@@ -194,7 +217,10 @@ async def test_short_values_and_both_customer_fields_at_once(client, client_for,
     assert response.status_code == 200, response.text
     stored = await _stored(engine, "customers", customer["id"])
     assert (stored["bank_account"], stored["tax_number"], stored["grade"]) == (
-        "12345", "T-2345", "A")
+        "12345",
+        "T-2345",
+        "A",
+    )
     # one field echoed, the other a different mask: refused as a whole, naming that one
     body = {"bank_account": "****", "tax_number": "****2345", "grade": "B"}
     refused = problem(await as_rep.patch(url, json=body), 422, "masked_value")
@@ -212,14 +238,18 @@ async def test_masking_decided_per_record_is_honoured_per_record(client, client_
     role = (await client.post("/v1/roles", json={"name": "wide_editor"})).json()
     for resource in ("customers", "contacts"):
         for action, scope in (("read", "all"), ("update", "all"), ("read_sensitive", "org_unit")):
-            granted = await client.post(f"/v1/roles/{role['id']}/grants", json={
-                "resource": resource, "action": action, "scope": scope})
+            granted = await client.post(
+                f"/v1/roles/{role['id']}/grants",
+                json={"resource": resource, "action": action, "scope": scope},
+            )
             assert granted.status_code == 201, granted.text
     editor = await make_user(engine, roles=("wide_editor",), org_unit=home)
-    local = await create_customer(client, await make_user(engine, org_unit=home),
-                                  bank_account="6222021001123443445")
-    remote = await create_customer(client, await make_user(engine, org_unit=away),
-                                   bank_account="6222029999000011112")
+    local = await create_customer(
+        client, await make_user(engine, org_unit=home), bank_account="6222021001123443445"
+    )
+    remote = await create_customer(
+        client, await make_user(engine, org_unit=away), bank_account="6222029999000011112"
+    )
     remote_contact = await create_contact(client, remote, mobile="+86 139 1234 5678")
     as_editor = await client_for(editor)
     local_url, remote_url = f"/v1/customers/{local['id']}", f"/v1/customers/{remote['id']}"
@@ -227,19 +257,25 @@ async def test_masking_decided_per_record_is_honoured_per_record(client, client_
     assert (await as_editor.get(local_url)).json()["bank_account"] == "6222021001123443445"
     shown = (await as_editor.get(remote_url)).json()
     assert shown["bank_account"] == "****1112"
-    response = await as_editor.patch(remote_url, json={**_writable("customers", shown),
-                                                       "notes": "n"})
+    response = await as_editor.patch(
+        remote_url, json={**_writable("customers", shown), "notes": "n"}
+    )
     assert response.status_code == 200, response.text
     shown_contact = (await as_editor.get(contact_url)).json()
     assert shown_contact["mobile"] == "****5678"
-    response = await as_editor.patch(contact_url, json={**_writable("contacts", shown_contact),
-                                                        "notes": "n"})
+    response = await as_editor.patch(
+        contact_url, json={**_writable("contacts", shown_contact), "notes": "n"}
+    )
     assert response.status_code == 200, response.text
-    problem(await as_editor.patch(local_url, json={"bank_account": "****3445"}),
-            422, "masked_value")
+    problem(
+        await as_editor.patch(local_url, json={"bank_account": "****3445"}), 422, "masked_value"
+    )
     assert (await _stored(engine, "customers", remote["id"]))["bank_account"] == (
-        "6222029999000011112")
+        "6222029999000011112"
+    )
     assert (await _stored(engine, "contacts", remote_contact["id"]))["mobile"] == (
-        "+86 139 1234 5678")
+        "+86 139 1234 5678"
+    )
     assert (await _stored(engine, "customers", local["id"]))["bank_account"] == (
-        "6222021001123443445")
+        "6222021001123443445"
+    )

@@ -73,11 +73,16 @@ def test_concurrent_upgrades_both_succeed(scratch_url: str) -> None:
         # Both are now queued on the lock (or about to be): nothing may be migrated yet.
         waiting = 0
         for _ in range(600):  # wait until both block on the lock: up to 60 s on a busy box
-            waiting = int(asyncio.run(_scalar(
-                scratch_url,
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                f" AND database = ({_THIS_DB}) AND objid = {MIGRATION_LOCK & 0xFFFFFFFF}",
-            )) or 0)
+            waiting = int(
+                asyncio.run(
+                    _scalar(
+                        scratch_url,
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        f" AND database = ({_THIS_DB}) AND objid = {MIGRATION_LOCK & 0xFFFFFFFF}",
+                    )
+                )
+                or 0
+            )
             if waiting == 2:
                 break
             threading.Event().wait(0.1)
@@ -90,9 +95,11 @@ def test_concurrent_upgrades_both_succeed(scratch_url: str) -> None:
         head_revision()
     )
     # The lock is released: nobody holds it any more.
-    held = asyncio.run(_scalar(
-        scratch_url,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-        f" AND database = ({_THIS_DB}) AND objid = {MIGRATION_LOCK & 0xFFFFFFFF}",
-    ))
+    held = asyncio.run(
+        _scalar(
+            scratch_url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            f" AND database = ({_THIS_DB}) AND objid = {MIGRATION_LOCK & 0xFFFFFFFF}",
+        )
+    )
     assert held == 0

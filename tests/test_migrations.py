@@ -63,15 +63,15 @@ _SCHEMA = {
                   character_maximum_length FROM information_schema.columns
                   WHERE table_schema = 'public' ORDER BY 1, 2""",
     "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes"
-               " WHERE schemaname = 'public' ORDER BY 1, 2",
+    " WHERE schemaname = 'public' ORDER BY 1, 2",
     "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
                       FROM pg_constraint WHERE connamespace = 'public'::regnamespace
                       ORDER BY 1, 2""",
     "types": "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
-             " AND typtype IN ('e', 'd', 'c') AND typrelid = 0 ORDER BY 1",
+    " AND typtype IN ('e', 'd', 'c') AND typrelid = 0 ORDER BY 1",
     "sequences": "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1",
     "functions": "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-                 " ORDER BY 1",
+    " ORDER BY 1",
 }
 
 
@@ -100,9 +100,7 @@ def test_upgrade_downgrade_round_trip(scratch_url):
     upgrade(scratch_url)
     migrated = _schema(scratch_url)
     head = _script().get_current_head()
-    assert asyncio.run(_query(scratch_url, "SELECT version_num FROM alembic_version")) == [
-        (head,)
-    ]
+    assert asyncio.run(_query(scratch_url, "SELECT version_num FROM alembic_version")) == [(head,)]
     # the seed data a migration writes comes back with it
     seeded = asyncio.run(_query(scratch_url, "SELECT count(*) FROM authz_rules"))[0][0]
     assert seeded > 0
@@ -110,8 +108,7 @@ def test_upgrade_downgrade_round_trip(scratch_url):
     downgrade(scratch_url, "base")
     empty = _schema(scratch_url)
     leftovers = {  # everything but Alembic's own bookkeeping table
-        kind: [row for row in rows if row[0] != "alembic_version"]
-        for kind, rows in empty.items()
+        kind: [row for row in rows if row[0] != "alembic_version"] for kind, rows in empty.items()
     }
     assert not any(leftovers.values()), f"downgrade to base left behind: {leftovers}"
 

@@ -83,8 +83,9 @@ async def test_create_builds_paths_and_lists_in_tree_order(client, engine):
     page = (await client.get("/v1/org-units", params={"limit": 2, "sort": "name"})).json()
     assert page["has_more"] and len(page["data"]) == 2
     rest = (
-        await client.get("/v1/org-units", params={"limit": 10, "sort": "name",
-                                                  "cursor": page["next_cursor"]})
+        await client.get(
+            "/v1/org-units", params={"limit": 10, "sort": "name", "cursor": page["next_cursor"]}
+        )
     ).json()
     assert len(rest["data"]) == 3 and not rest["has_more"]
     got = await client.get(f"/v1/org-units/{a['id']}")
@@ -97,13 +98,15 @@ async def test_bad_input_is_a_problem_and_writes_nothing(client, engine):
     problem(await client.post("/v1/org-units", json={"name": "", "kind": "team"}), 422)
     problem(
         await client.post("/v1/org-units", json={"name": "X", "kind": "team", "path": "/x/"}),
-        422, "validation_error",
+        422,
+        "validation_error",
     )
     problem(
         await client.post(
             "/v1/org-units", json={"name": "X", "kind": "team", "parent_id": str(uuid.uuid4())}
         ),
-        422, "invalid_parent",
+        422,
+        "invalid_parent",
     )
     problem(await client.get("/v1/org-units", params={"sort": "depth"}), 422, "invalid_sort")
     problem(await client.get(f"/v1/org-units/{uuid.uuid4()}"), 404, "org_unit_not_found")
@@ -123,9 +126,10 @@ async def test_rename_with_if_match_and_audit(client, engine):
     )
     problem(stale, 412, "version_mismatch")
     problem(await client.patch(f"/v1/org-units/{a['id']}", json={"name": None}), 422)
-    assert await count_rows(
-        engine, "audit_events", f"resource_id = '{a['id']}' AND action = 'update'"
-    ) == 1
+    assert (
+        await count_rows(engine, "audit_events", f"resource_id = '{a['id']}' AND action = 'update'")
+        == 1
+    )
 
 
 async def test_move_rejects_cycles_and_changes_nothing(client, engine):
@@ -133,11 +137,13 @@ async def test_move_rejects_cycles_and_changes_nothing(client, engine):
     for target in (a, a1, a11):
         problem(
             await client.post(f"/v1/org-units/{a['id']}/move", json={"parent_id": target["id"]}),
-            409, "invalid_move",
+            409,
+            "invalid_move",
         )
     problem(
         await client.post(f"/v1/org-units/{a['id']}/move", json={"parent_id": str(uuid.uuid4())}),
-        422, "invalid_parent",
+        422,
+        "invalid_parent",
     )
     problem(await client.post(f"/v1/org-units/{a['id']}/move", json={}), 422)
     after = (await client.get(f"/v1/org-units/{a11['id']}")).json()
@@ -167,9 +173,7 @@ async def test_move_rewrites_the_whole_subtree(client, engine):
 
 async def test_move_changes_what_an_org_subtree_manager_sees(client, client_for, engine):
     root, a, a1, a11, b = await _tree(client)
-    manager = await make_user(
-        engine, roles=("sales_manager",), org_unit={"id": uuid.UUID(a["id"])}
-    )
+    manager = await make_user(engine, roles=("sales_manager",), org_unit={"id": uuid.UUID(a["id"])})
     rep_b = await make_user(engine, org_unit={"id": uuid.UUID(b["id"])})
     rep_a11 = await make_user(engine, org_unit={"id": uuid.UUID(a11["id"])})
     in_b = await create_customer(client, rep_b, name="In B")
@@ -211,14 +215,24 @@ async def test_deactivate_refuses_while_in_use(client, engine):
     problem(await client.post("/v1/org-units", json=child), 409, "parent_inactive")
     problem(
         await client.post(f"/v1/org-units/{a1['id']}/move", json={"parent_id": b["id"]}),
-        409, "parent_inactive",
+        409,
+        "parent_inactive",
     )
     inactive = (await client.get("/v1/org-units", params={"active": "false"})).json()["data"]
     assert [u["id"] for u in inactive] == [b["id"]]
     assert (await client.post(f"/v1/org-units/{a11['id']}/deactivate")).status_code == 200
-    problem(await client.post("/v1/users", json={
-        "email": "new@example.com", "display_name": "New", "org_unit_id": a11["id"],
-    }), 422, "invalid_org_unit")
+    problem(
+        await client.post(
+            "/v1/users",
+            json={
+                "email": "new@example.com",
+                "display_name": "New",
+                "org_unit_id": a11["id"],
+            },
+        ),
+        422,
+        "invalid_org_unit",
+    )
     restored = await client.post(f"/v1/org-units/{b['id']}/activate")
     assert restored.status_code == 200 and restored.json()["active"] is True
 
@@ -233,8 +247,11 @@ async def test_root_needs_scope_all_and_idempotent_create(client, client_for, en
         )
     user = await make_user(engine, roles=("unit_admin",), org_unit={"id": uuid.UUID(a["id"])})
     limited = await client_for(user)
-    problem(await limited.post("/v1/org-units", json={"name": "R", "kind": "group"}), 403,
-            "root_not_allowed")
+    problem(
+        await limited.post("/v1/org-units", json={"name": "R", "kind": "group"}),
+        403,
+        "root_not_allowed",
+    )
     headers = {"Idempotency-Key": "unit-1"}
     body = {"name": "Team X", "kind": "team", "parent_id": a["id"]}
     first = await limited.post("/v1/org-units", json=body, headers=headers)

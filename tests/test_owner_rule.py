@@ -38,16 +38,32 @@ async def _world(client, engine) -> dict[str, Any]:
     partner = await make_user(engine, roles=("partner",), org_unit=other)
     loner = await make_user(engine, roles=("partner",))
     customer = await create_customer(client, rep, name="Mingyuan")
-    return {"root": root, "branch": branch, "east": east, "other": other, "manager": manager,
-            "rep": rep, "rep2": rep2, "partner": partner, "loner": loner,
-            "customer": customer, "url": f"/v1/customers/{customer['id']}"}
+    return {
+        "root": root,
+        "branch": branch,
+        "east": east,
+        "other": other,
+        "manager": manager,
+        "rep": rep,
+        "rep2": rep2,
+        "partner": partner,
+        "loner": loner,
+        "customer": customer,
+        "url": f"/v1/customers/{customer['id']}",
+    }
 
 
 async def _row(engine, customer_id: Any) -> tuple[str, str | None, int]:
     async with engine.connect() as conn:
-        row = (await conn.execute(text(
-            "SELECT owner_id::text, org_unit_id::text, version FROM customers WHERE id = :id"),
-            {"id": customer_id})).one()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT owner_id::text, org_unit_id::text, version"
+                    " FROM customers WHERE id = :id"
+                ),
+                {"id": customer_id},
+            )
+        ).one()
     return row[0], row[1], row[2]
 
 
@@ -66,19 +82,21 @@ async def test_patch_to_an_owner_outside_the_assign_scope_is_refused(client, cli
         _ids(owner_id=w["loner"], org_unit_id=w["east"]),
         _ids(owner_id=w["loner"]),
     ):
-        refused = problem(await as_manager.patch(w["url"], json={**body, "notes": "x"}),
-                          422, "invalid_owner")
+        refused = problem(
+            await as_manager.patch(w["url"], json={**body, "notes": "x"}), 422, "invalid_owner"
+        )
         assert [e["field"] for e in refused["errors"]] == ["owner_id"]
     # the transfer endpoint refuses the same owner with the same answer
-    problem(await as_manager.post(f"{w['url']}/transfer", json={"to_user_id": str(
-        w["partner"]["id"])}), 422, "invalid_owner")
+    problem(
+        await as_manager.post(f"{w['url']}/transfer", json={"to_user_id": str(w["partner"]["id"])}),
+        422,
+        "invalid_owner",
+    )
     assert await _row(engine, w["customer"]["id"]) == before
     assert await count_rows(engine, "audit_events") == events
 
 
-async def test_create_for_an_owner_outside_the_assign_scope_is_refused(
-    client, client_for, engine
-):
+async def test_create_for_an_owner_outside_the_assign_scope_is_refused(client, client_for, engine):
     w = await _world(client, engine)
     as_manager = await client_for(w["manager"])
     before = await count_rows(engine, "customers")
@@ -88,8 +106,9 @@ async def test_create_for_an_owner_outside_the_assign_scope_is_refused(
         _ids(owner_id=w["loner"], org_unit_id=w["east"]),
         _ids(owner_id=w["loner"]),
     ):
-        refused = problem(await as_manager.post("/v1/customers", json={"name": "X", **body}),
-                          422, "invalid_owner")
+        refused = problem(
+            await as_manager.post("/v1/customers", json={"name": "X", **body}), 422, "invalid_owner"
+        )
         assert [e["field"] for e in refused["errors"]] == ["owner_id"]
     assert await count_rows(engine, "customers") == before
 
@@ -102,8 +121,11 @@ async def test_the_unit_must_be_the_owners_or_inside_the_scope(client, client_fo
     for body in (_ids(org_unit_id=w["other"]), _ids(owner_id=w["rep2"], org_unit_id=w["other"])):
         refused = problem(await as_manager.patch(w["url"], json=body), 422, "invalid_org_unit")
         assert [e["field"] for e in refused["errors"]] == ["org_unit_id"]
-        problem(await as_manager.post("/v1/customers", json={"name": "X", **body}),
-                422, "invalid_org_unit")
+        problem(
+            await as_manager.post("/v1/customers", json={"name": "X", **body}),
+            422,
+            "invalid_org_unit",
+        )
     assert await _row(engine, w["customer"]["id"]) == before
     assert await count_rows(engine, "customers") == customers
 
@@ -128,11 +150,11 @@ async def test_moves_inside_the_scope_still_work(client, client_for, engine):
     created = await as_manager.post("/v1/customers", json={"name": "Y", **_ids(owner_id=w["rep2"])})
     assert created.status_code == 201, created.text
     assert created.json()["org_unit_id"] == str(w["branch"]["id"])
-    created = await as_manager.post("/v1/customers", json={"name": "Z", **_ids(
-        owner_id=w["rep2"], org_unit_id=w["east"])})
+    created = await as_manager.post(
+        "/v1/customers", json={"name": "Z", **_ids(owner_id=w["rep2"], org_unit_id=w["east"])}
+    )
     assert created.status_code == 201, created.text
-    moved = await as_manager.post(f"{w['url']}/transfer", json={"to_user_id": str(
-        w["rep2"]["id"])})
+    moved = await as_manager.post(f"{w['url']}/transfer", json={"to_user_id": str(w["rep2"]["id"])})
     assert moved.status_code == 200, moved.text
     # an administrator (scope all) may place a record anywhere
     response = await client.patch(w["url"], json=_ids(owner_id=w["partner"], org_unit_id=w["east"]))
@@ -146,8 +168,10 @@ async def test_an_owner_based_assign_scope_cannot_choose_units(client, client_fo
     w = await _world(client, engine)
     role = (await client.post("/v1/roles", json={"name": "team_assigner"})).json()
     for action in ("read", "update", "create", "assign"):
-        granted = await client.post(f"/v1/roles/{role['id']}/grants", json={
-            "resource": "customers", "action": action, "scope": "subordinates"})
+        granted = await client.post(
+            f"/v1/roles/{role['id']}/grants",
+            json={"resource": "customers", "action": action, "scope": "subordinates"},
+        )
         assert granted.status_code == 201, granted.text
     lead = await make_user(engine, roles=("team_assigner",), org_unit=w["branch"])
     report = await make_user(engine, org_unit=w["east"], manager=lead)
@@ -157,8 +181,9 @@ async def test_an_owner_based_assign_scope_cannot_choose_units(client, client_fo
     before = await _row(engine, customer["id"])
     for body in (_ids(org_unit_id=w["other"]), _ids(owner_id=lead, org_unit_id=w["other"])):
         problem(await as_lead.patch(url, json=body), 422, "invalid_org_unit")
-        problem(await as_lead.post("/v1/customers", json={"name": "X", **body}),
-                422, "invalid_org_unit")
+        problem(
+            await as_lead.post("/v1/customers", json={"name": "X", **body}), 422, "invalid_org_unit"
+        )
     # the lead's own unit is not the report's: the record stays in the report's unit
     problem(await as_lead.patch(url, json=_ids(org_unit_id=w["branch"])), 422, "invalid_org_unit")
     problem(await as_lead.patch(url, json=_ids(owner_id=w["rep"])), 422, "invalid_owner")

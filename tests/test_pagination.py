@@ -194,8 +194,10 @@ async def test_filters(client, engine, data):
 
     cases: list[tuple[dict[str, Any], Any]] = [
         ({"lifecycle_stage": "prospect"}, lambda r: r["lifecycle_stage"] == "prospect"),
-        ({"lifecycle_stage": ["lead", "churned"]},
-         lambda r: r["lifecycle_stage"] in ("lead", "churned")),
+        (
+            {"lifecycle_stage": ["lead", "churned"]},
+            lambda r: r["lifecycle_stage"] in ("lead", "churned"),
+        ),
         ({"grade": "A"}, lambda r: r["grade"] == "A"),
         ({"grade": ["B", "D"]}, lambda r: r["grade"] in ("B", "D")),
         ({"type": "individual"}, lambda r: r["type"] == "individual"),
@@ -209,15 +211,25 @@ async def test_filters(client, engine, data):
         ({"tag": "vip"}, lambda r: "vip" in r["tags"]),
         ({"tag": ["vip", "华东"]}, lambda r: {"vip", "华东"} <= set(r["tags"])),
         ({"tag": "nobody"}, lambda r: False),
-        ({"created_after": (BASE + timedelta(seconds=5)).isoformat()},
-         lambda r: r["created_at"] >= BASE + timedelta(seconds=5)),
-        ({"created_before": (BASE + timedelta(seconds=5)).isoformat()},
-         lambda r: r["created_at"] < BASE + timedelta(seconds=5)),
-        ({"created_after": (BASE + timedelta(seconds=3)).isoformat(),
-          "created_before": "2025-03-01T16:00:09+08:00"},  # another offset: 08:00:09 UTC
-         lambda r: BASE + timedelta(seconds=3) <= r["created_at"] < BASE + timedelta(seconds=9)),
-        ({"updated_after": (BASE + timedelta(minutes=3)).isoformat()},
-         lambda r: r["updated_at"] >= BASE + timedelta(minutes=3)),
+        (
+            {"created_after": (BASE + timedelta(seconds=5)).isoformat()},
+            lambda r: r["created_at"] >= BASE + timedelta(seconds=5),
+        ),
+        (
+            {"created_before": (BASE + timedelta(seconds=5)).isoformat()},
+            lambda r: r["created_at"] < BASE + timedelta(seconds=5),
+        ),
+        (
+            {
+                "created_after": (BASE + timedelta(seconds=3)).isoformat(),
+                "created_before": "2025-03-01T16:00:09+08:00",
+            },  # another offset: 08:00:09 UTC
+            lambda r: BASE + timedelta(seconds=3) <= r["created_at"] < BASE + timedelta(seconds=9),
+        ),
+        (
+            {"updated_after": (BASE + timedelta(minutes=3)).isoformat()},
+            lambda r: r["updated_at"] >= BASE + timedelta(minutes=3),
+        ),
         ({"q": "同名"}, q("同名")),
         ({"q": "阿里"}, q("阿里")),
         ({"q": "BETA"}, q("beta")),
@@ -228,8 +240,10 @@ async def test_filters(client, engine, data):
         ({"q": "_"}, q("_")),
         ({"q": "e_x"}, q("e_x")),
         ({"q": "小明"}, lambda r: r["id"] == with_contact["id"]),
-        ({"q": "beta", "grade": "B", "region": "华东"},
-         lambda r: q("beta")(r) and r["grade"] == "B" and r["region"] == "华东"),
+        (
+            {"q": "beta", "grade": "B", "region": "华东"},
+            lambda r: q("beta")(r) and r["grade"] == "B" and r["region"] == "华东",
+        ),
         ({"q": "nothing matches this"}, lambda r: False),
     ]
     for params, pred in cases:
@@ -246,11 +260,16 @@ async def test_soft_deleted_never_listed_counted_or_found(client, engine, data):
     rows, _ = await walk(client, {"sort": "name"}, limit=50)
     assert not deleted_ids & set(ids(rows))
     for term in NAMES:
-        page = (await client.get("/v1/customers",
-                                 params={"q": term, "include_total": True, "limit": 200})).json()
+        page = (
+            await client.get(
+                "/v1/customers", params={"q": term, "include_total": True, "limit": 200}
+            )
+        ).json()
         assert not deleted_ids & set(ids(page["data"])), term
-        assert page["total"] == len(page["data"]) == sum(
-            1 for r in data["live"] if term.lower() in r["name"].lower()
+        assert (
+            page["total"]
+            == len(page["data"])
+            == sum(1 for r in data["live"] if term.lower() in r["name"].lower())
         )
     for row in data["deleted"]:
         problem(await client.get(f"/v1/customers/{row['id']}"), 404, "customer_not_found")
@@ -268,8 +287,9 @@ async def test_soft_deleted_never_listed_counted_or_found(client, engine, data):
     assert (await client.delete(f"/v1/customers/{victim['id']}")).status_code == 204
     page = (await client.get("/v1/customers", params={"include_total": True})).json()
     assert page["total"] == LIVE - 1
-    trash_page = (await client.get("/v1/customers",
-                                   params={"deleted": True, "include_total": True})).json()
+    trash_page = (
+        await client.get("/v1/customers", params={"deleted": True, "include_total": True})
+    ).json()
     assert trash_page["total"] == DELETED + 1
     assert str(victim["id"]) in ids(trash_page["data"])
     assert (await client.post(f"/v1/customers/{victim['id']}/restore")).status_code == 200
@@ -281,11 +301,13 @@ async def test_a_cursor_is_bound_to_its_sort(client, data):
     page = (await client.get("/v1/customers", params={"sort": "name", "limit": 5})).json()
     problem(
         await client.get("/v1/customers", params={"sort": "-name", "cursor": page["next_cursor"]}),
-        400, "invalid_cursor",
+        400,
+        "invalid_cursor",
     )
     problem(
         await client.get("/v1/customers", params={"cursor": page["next_cursor"]}),
-        400, "invalid_cursor",
+        400,
+        "invalid_cursor",
     )
     # the same sort spelled with a '+' or spaces is the same sort
     ok = await client.get(

@@ -38,7 +38,9 @@ async def test_healthz_and_readyz(anon_client, app):
     ready = await anon_client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() == {
-        "status": "ok", "database": "ok", "migration": app.state.migration_head,
+        "status": "ok",
+        "database": "ok",
+        "migration": app.state.migration_head,
     }
     assert app.state.migration_head is not None
 
@@ -54,9 +56,7 @@ async def test_readyz_503_when_migrations_differ(anon_client, app, engine):
         assert (await anon_client.get("/healthz")).status_code == 200
     finally:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE alembic_version SET version_num = :v"), {"v": head}
-            )
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
     assert (await anon_client.get("/readyz")).status_code == 200
 
 
@@ -130,9 +130,16 @@ async def test_metrics_count_requests_by_route_template(client, anon_client):
     # unmatched paths share one label: no cardinality explosion from scanners
     assert _sample(after, "crm_http_requests_total", route="unmatched", status="404") >= 1
     assert "/v1/nowhere" not in after
-    assert _sample(
-        after, "crm_http_request_duration_seconds_count", method="GET", route=route, status="404"
-    ) >= 3
+    assert (
+        _sample(
+            after,
+            "crm_http_request_duration_seconds_count",
+            method="GET",
+            route=route,
+            status="404",
+        )
+        >= 3
+    )
     # every label is a route template, never a concrete id
     routes = set(re.findall(r'route="([^"]*)"', after))
     assert route in routes and "/v1/customers" in routes
@@ -141,26 +148,26 @@ async def test_metrics_count_requests_by_route_template(client, anon_client):
 
 async def test_request_id_echoed_or_generated(client):
     for good in ("abc-123", "Req.1:2_3", "x" * 128, str(uuid.uuid4())):
-        response = await client.get(f"/v1/customers/{uuid.uuid4()}",
-                                    headers={"X-Request-ID": good})
+        response = await client.get(f"/v1/customers/{uuid.uuid4()}", headers={"X-Request-ID": good})
         assert response.headers["x-request-id"] == good
         assert problem(response, 404)["request_id"] == good
     for bad in ("has space", "x" * 129, "semi;colon", "", "<script>"):
-        response = await client.get(f"/v1/customers/{uuid.uuid4()}",
-                                    headers={"X-Request-ID": bad})
+        response = await client.get(f"/v1/customers/{uuid.uuid4()}", headers={"X-Request-ID": bad})
         rid = response.headers["x-request-id"]
         assert HEX32.match(rid), (bad, rid)
         assert problem(response, 404)["request_id"] == rid
-    response = await client.get(f"/v1/customers/{uuid.uuid4()}",
-                                headers={"X-Request-ID": "é".encode()})
+    response = await client.get(
+        f"/v1/customers/{uuid.uuid4()}", headers={"X-Request-ID": "é".encode()}
+    )
     assert HEX32.match(response.headers["x-request-id"])
     # every response has one, generated ones are unique, success included
     a, b = await client.get("/v1/customers"), await client.get("/v1/customers")
     assert a.status_code == 200 and HEX32.match(a.headers["x-request-id"])
     assert a.headers["x-request-id"] != b.headers["x-request-id"]
     # problems produced by the middleware itself carry it too
-    big = await client.get("/v1/customers", params={"q": "x" * 5000},
-                           headers={"X-Request-ID": "qs-1"})
+    big = await client.get(
+        "/v1/customers", params={"q": "x" * 5000}, headers={"X-Request-ID": "qs-1"}
+    )
     assert problem(big, 414, "query_too_long")["request_id"] == "qs-1"
 
 
@@ -171,12 +178,17 @@ async def test_cors_headers_on_every_answer(settings):
 
     origin = "https://app.example.com"
     app = create_app(settings.model_copy(update={"cors_origins": [origin], "max_body_bytes": 1024}))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as http:
-        preflight = await http.options("/v1/customers/x", headers={
-            "Origin": origin, "Access-Control-Request-Method": "PATCH",
-            "Access-Control-Request-Headers": "If-Match, Idempotency-Key, Content-Type",
-        })
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        preflight = await http.options(
+            "/v1/customers/x",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "If-Match, Idempotency-Key, Content-Type",
+            },
+        )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == origin
         assert "PATCH" in preflight.headers["access-control-allow-methods"]
@@ -184,10 +196,12 @@ async def test_cors_headers_on_every_answer(settings):
         assert "If-Match" in allowed and "Idempotency-Key" in allowed
         answers = [
             await http.get("/healthz", headers={"Origin": origin}),
-            await http.post("/v1/customers", content=b"x" * 2048,
-                            headers={"Origin": origin, "Content-Type": "application/json"}),
-            await http.get("/v1/customers", params={"q": "x" * 5000},
-                           headers={"Origin": origin}),
+            await http.post(
+                "/v1/customers",
+                content=b"x" * 2048,
+                headers={"Origin": origin, "Content-Type": "application/json"},
+            ),
+            await http.get("/v1/customers", params={"q": "x" * 5000}, headers={"Origin": origin}),
         ]
         assert [a.status_code for a in answers] == [200, 413, 414]
         for answer in answers:
@@ -208,10 +222,12 @@ async def test_overload_is_a_quick_503():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    app = RequestMiddleware(slow_app, max_body_bytes=1024, max_query_string_bytes=256,
-                            max_concurrent=1)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as http:
+    app = RequestMiddleware(
+        slow_app, max_body_bytes=1024, max_query_string_bytes=256, max_concurrent=1
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
         first = asyncio.create_task(http.get("/slow"))
         await asyncio.wait_for(entered.wait(), 5)
         second = await asyncio.wait_for(http.get("/slow"), 5)
@@ -226,10 +242,12 @@ async def test_unhandled_error_is_a_500_problem_without_internals():
     async def broken(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("secret internals")
 
-    app = RequestMiddleware(broken, max_body_bytes=1024, max_query_string_bytes=256,
-                            max_concurrent=4)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as http:
+    app = RequestMiddleware(
+        broken, max_body_bytes=1024, max_query_string_bytes=256, max_concurrent=4
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
         response = await http.get("/x", headers={"X-Request-ID": "boom-1"})
     body = problem(response, 500, "internal_error")
     assert body["request_id"] == "boom-1"
@@ -321,8 +339,15 @@ def test_openapi_operations_are_complete(app: FastAPI):
             if path.startswith("/v1/") and not path.startswith("/v1/auth/"):
                 assert {"401", "403"} <= set(op["responses"]), f"{where}: 401/403 undocumented"
     assert len(operation_ids) == len(set(operation_ids)), "duplicate operationId"
-    assert {"customers_list", "customers_create", "customers_get", "customers_update",
-            "customers_delete", "health_live", "health_ready"} <= set(operation_ids)
+    assert {
+        "customers_list",
+        "customers_create",
+        "customers_get",
+        "customers_update",
+        "customers_delete",
+        "health_live",
+        "health_ready",
+    } <= set(operation_ids)
 
 
 def test_committed_openapi_matches_the_app():
@@ -356,7 +381,11 @@ def test_every_route_declares_its_permission(app: FastAPI):
     unguarded = []
     for route in iter_route_contexts(app.routes):
         if route.path in {
-            "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs/static",
+            "/openapi.json",
+            "/docs",
+            "/docs/oauth2-redirect",
+            "/redoc",
+            "/docs/static",
         }:
             continue
         dependant = getattr(route, "dependant", None)

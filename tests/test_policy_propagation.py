@@ -41,7 +41,8 @@ async def _instance(settings, database_url) -> AsyncIterator[FastAPI]:
 
 def _client(app: FastAPI, user: dict) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test",
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
         headers={"Authorization": f"Bearer {token_for(app, user)}"},
     )
 
@@ -60,9 +61,7 @@ async def _wait_for(client: httpx.AsyncClient, path: str, status: int) -> float:
         await asyncio.sleep(POLL_EVERY_S)
 
 
-async def test_grant_changes_reach_another_instance_within_a_second(
-    settings, database_url, engine
-):
+async def test_grant_changes_reach_another_instance_within_a_second(settings, database_url, engine):
     unit = await make_org_unit(engine, "Head office", kind="group")
     admin = await make_user(engine, roles=("admin",), org_unit=unit)
     clerk = await make_user(engine, roles=(), org_unit=unit)

@@ -104,8 +104,7 @@ class ComparingReader(Reader):
             assert other.keys() == first.keys(), (first_path, path, stmt)
             other_rows = exact([tuple(r) for r in other.all()])
             assert other_rows == rows, (
-                f"{first_path} and {path} differ {first_difference(rows, other_rows)} "
-                f"in {stmt}"
+                f"{first_path} and {path} differ {first_difference(rows, other_rows)} in {stmt}"
             )
         self.statements.append(str(stmt))
         return first
@@ -138,7 +137,11 @@ def _access(resource: str, user_id: uuid.UUID, kind: str) -> Access:
 
 
 async def _kit_reads(
-    reader: Reader, resource: Resource, access: Access, *, limit: int = 2,
+    reader: Reader,
+    resource: Resource,
+    access: Access,
+    *,
+    limit: int = 2,
     one_page: frozenset[str] = frozenset(),
 ) -> int:
     """Every list page (each sort, both directions, live and trash, with the count) and
@@ -151,16 +154,21 @@ async def _kit_reads(
                 cursor = None
                 while True:
                     params = PageParams(
-                        200 if member.value in one_page else limit, cursor,
-                        (SortKey(member.value, descending),), include_total=cursor is None,
+                        200 if member.value in one_page else limit,
+                        cursor,
+                        (SortKey(member.value, descending),),
+                        include_total=cursor is None,
                     )
                     stmt = kit.scoped(resource, access, deleted=deleted)
                     page = await kit.fetch_page(reader, resource, access, stmt, params)
                     seen += len(page["data"])
                     for row in page["data"]:
                         got = await kit.get_row(
-                            reader, resource, access, kit.scoped(resource, access,
-                                                                 deleted=deleted), row["id"]
+                            reader,
+                            resource,
+                            access,
+                            kit.scoped(resource, access, deleted=deleted),
+                            row["id"],
                         )
                         assert exact(got) == exact(row)
                     cursor = page["next_cursor"]
@@ -174,9 +182,18 @@ def _rich_values(i: int, column: Any) -> Any:
     """A value of ``column``'s type that exercises the decoders (``None``: leave it)."""
     if isinstance(column.type, JSONB):
         return [
-            {"名": "值", "n": [1, 2.5, None, True, -0.0], "big": 2**70, "e20": 1e20, "tiny": 1e-7,
-             "nested": {"empty": {}, "list": []}},
-            [], 0, "text", {"f": 1.0},
+            {
+                "名": "值",
+                "n": [1, 2.5, None, True, -0.0],
+                "big": 2**70,
+                "e20": 1e20,
+                "tiny": 1e-7,
+                "nested": {"empty": {}, "list": []},
+            },
+            [],
+            0,
+            "text",
+            {"f": 1.0},
         ][i % 5]
     if isinstance(column.type, ARRAY):
         return [["a", "标签", 'with "quote"', "comma,x", "{brace}"], [], ["x"]][i % 3]
@@ -205,8 +222,10 @@ async def _grant_per_row_reader(engine: AsyncEngine, app: FastAPI) -> None:
     ]
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES "
-                 "(gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"),
+            text(
+                "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES "
+                "(gen_random_uuid(), 'p', :role, :res, :act, :scope, '', '')"
+            ),
             [{"role": ro, "res": re, "act": a, "scope": s} for ro, re, a, s in rules],
         )
         await conn.execute(text("UPDATE authz_state SET version = version + 1 WHERE id = 1"))
@@ -236,8 +255,13 @@ async def test_every_registered_resource_reads_the_same_on_both_paths(
 
     # every statement the app reads with, from here on, runs on both paths
     monkeypatch.setattr(app.state.db.reads, "reader", both)
-    callers = {"admin": world.admin, "owner": world.owner, "manager": world.manager,
-               "outsider": world.outsider, "per_row": per_row}
+    callers = {
+        "admin": world.admin,
+        "owner": world.owner,
+        "manager": world.manager,
+        "outsider": world.outsider,
+        "per_row": per_row,
+    }
     for who, user in callers.items():
         async with as_user(subject, user) as client:
             for member in resource.sorts:
@@ -289,9 +313,7 @@ class Ledger(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, ScratchBase
     amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
     ratio: Mapped[float | None] = mapped_column(Numeric(10, 2, asdecimal=False))
     rate: Mapped[float | None] = mapped_column(Float)
-    status: Mapped[LedgerStatus | None] = mapped_column(
-        Enum(LedgerStatus, name=f"{LEDGER}_status")
-    )
+    status: Mapped[LedgerStatus | None] = mapped_column(Enum(LedgerStatus, name=f"{LEDGER}_status"))
     payload: Mapped[Any] = mapped_column(JSONB, nullable=True)
     labels: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     amounts: Mapped[list[Decimal | None] | None] = mapped_column(ARRAY(Numeric(18, 4)))
@@ -341,23 +363,57 @@ class LedgerOut(OutputModel):
 
 
 LEDGER_RESOURCE = Resource(
-    name=LEDGER, label="ledger entry", model=Ledger, schema=LedgerOut, scoping=OwnerScoped(),
-    sorts=LedgerSort, not_found_code="ledger_entry_not_found", sensitive=("secret",),
+    name=LEDGER,
+    label="ledger entry",
+    model=Ledger,
+    schema=LedgerOut,
+    scoping=OwnerScoped(),
+    sorts=LedgerSort,
+    not_found_code="ledger_entry_not_found",
+    sensitive=("secret",),
     grant_group="none",
 )
 
 OWNER = uuid.uuid4()
 #: (amount, ratio, rate, status, payload, labels, amounts, happened_at): the edges.
 ROWS: list[tuple[Any, ...]] = [
-    (Decimal("1.5"), 0.1, 0.1, LedgerStatus.draft,
-     {"名": "值", "n": [1, 2.5, None, True], "big": 2**70, "tiny": -1e-7, "f": 1.0,
-      "float_1e20": 1e20},
-     ["a", "标签", "", 'with "quote"', "comma,x", "{brace}", "NULL"], [Decimal("1"), None],
-     datetime(2026, 12, 2, 7, 5, 59, 123456, tzinfo=UTC)),
-    (Decimal("99999999999999.9999"), 12345678.91, 1e300, LedgerStatus.posted, [], [], [],
-     datetime(1900, 1, 1, tzinfo=UTC)),
-    (Decimal("-0.0001"), -0.5, -0.0, LedgerStatus.void, "text", [None, "x"],
-     [Decimal("-12.3456"), Decimal("0")], datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    (
+        Decimal("1.5"),
+        0.1,
+        0.1,
+        LedgerStatus.draft,
+        {
+            "名": "值",
+            "n": [1, 2.5, None, True],
+            "big": 2**70,
+            "tiny": -1e-7,
+            "f": 1.0,
+            "float_1e20": 1e20,
+        },
+        ["a", "标签", "", 'with "quote"', "comma,x", "{brace}", "NULL"],
+        [Decimal("1"), None],
+        datetime(2026, 12, 2, 7, 5, 59, 123456, tzinfo=UTC),
+    ),
+    (
+        Decimal("99999999999999.9999"),
+        12345678.91,
+        1e300,
+        LedgerStatus.posted,
+        [],
+        [],
+        [],
+        datetime(1900, 1, 1, tzinfo=UTC),
+    ),
+    (
+        Decimal("-0.0001"),
+        -0.5,
+        -0.0,
+        LedgerStatus.void,
+        "text",
+        [None, "x"],
+        [Decimal("-12.3456"), Decimal("0")],
+        datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ),
     (Decimal("0"), 0.0, 5e-324, LedgerStatus.posted, 0, ["only"], None, None),
     (None, None, None, None, None, None, None, None),
 ]
@@ -375,12 +431,22 @@ async def ledger(database_url: str) -> AsyncIterator[list[uuid.UUID]]:
         for statement in DDL:
             await conn.execute(text(statement))
         for i, (record_id, row) in enumerate(zip(ids, [*ROWS, ROWS[0]], strict=True)):
-            keys = ("amount", "ratio", "rate", "status", "payload", "labels", "amounts",
-                    "happened_at")
+            keys = (
+                "amount",
+                "ratio",
+                "rate",
+                "status",
+                "payload",
+                "labels",
+                "amounts",
+                "happened_at",
+            )
             await conn.execute(
                 Ledger.__table__.insert().values(
-                    id=record_id, owner_id=OWNER if i < len(ROWS) - 1 else uuid.uuid4(),
-                    secret=f"S-{i}", deleted_at=datetime.now(UTC) if i == len(ROWS) else None,
+                    id=record_id,
+                    owner_id=OWNER if i < len(ROWS) - 1 else uuid.uuid4(),
+                    secret=f"S-{i}",
+                    deleted_at=datetime.now(UTC) if i == len(ROWS) else None,
                     **dict(zip(keys, row, strict=True)),
                 )
             )
@@ -400,14 +466,20 @@ async def test_money_enum_jsonb_array_and_timestamps_read_the_same(both, ledger)
     # enum member, a Decimal or a NULL yet (kit/pagination.py), so those sorts read one page.
     for kind in ("all", "own", "per_row"):
         seen = await _kit_reads(
-            both, R, _access(LEDGER, OWNER, kind), limit=2,
+            both,
+            R,
+            _access(LEDGER, OWNER, kind),
+            limit=2,
             one_page=frozenset({"happened_at", "status", "amount"}),
         )
         assert seen > 0
     # sorted by the money column
     access = _access(LEDGER, OWNER, "all")
     page = await kit.fetch_page(
-        both, R, access, kit.scoped(R, access),
+        both,
+        R,
+        access,
+        kit.scoped(R, access),
         PageParams(200, None, (SortKey("amount", True),), include_total=True),
     )
     assert page["total"] == len(ROWS) and page["next_cursor"] is None
@@ -434,15 +506,23 @@ async def test_money_enum_jsonb_array_and_timestamps_read_the_same(both, ledger)
     # expressions over them: aggregates, casts, arrays of numerics, enum text
     t = R.table
     for stmt in (
-        select(func.sum(t.c.amount), func.avg(t.c.amount), func.min(t.c.rate),
-               func.max(t.c.happened_at), func.count()),
-        select(cast(t.c.amount, Float).label("as_float"), cast(t.c.rate, Numeric).label("n"))
-        .order_by(t.c.id),
+        select(
+            func.sum(t.c.amount),
+            func.avg(t.c.amount),
+            func.min(t.c.rate),
+            func.max(t.c.happened_at),
+            func.count(),
+        ),
+        select(
+            cast(t.c.amount, Float).label("as_float"), cast(t.c.rate, Numeric).label("n")
+        ).order_by(t.c.id),
         select(func.array_agg(t.c.amount).label("all_amounts")),
-        select(t.c.status, cast(t.c.status, Text).label("name"), t.c.payload["n"].label("n"))
+        select(
+            t.c.status, cast(t.c.status, Text).label("name"), t.c.payload["n"].label("n")
+        ).order_by(t.c.id),
+        select(t.c.id)
+        .where(t.c.status.in_([LedgerStatus.draft, LedgerStatus.void]), t.c.amount > Decimal("-1"))
         .order_by(t.c.id),
-        select(t.c.id).where(t.c.status.in_([LedgerStatus.draft, LedgerStatus.void]),
-                             t.c.amount > Decimal("-1")).order_by(t.c.id),
     ):
         await both.execute(stmt)
     masked = await kit.get_row(

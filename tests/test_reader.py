@@ -39,8 +39,9 @@ PATHS = ["asyncpg", "engine"]
 
 def _database(settings: Settings, database_url: str, path: str, **update: Any) -> Database:
     return create_database(
-        settings.model_copy(update={"read_path": path, "db_read_pool_size": 1,
-                                    "db_pool_timeout_s": 0.5, **update}),
+        settings.model_copy(
+            update={"read_path": path, "db_read_pool_size": 1, "db_pool_timeout_s": 0.5, **update}
+        ),
         database_url,
     )
 
@@ -78,10 +79,14 @@ async def held_read(db: Database, engine: AsyncEngine) -> AsyncIterator[None]:
         )
         try:
             for _ in range(3000):  # until the read waits on the lock (a safety net, not timing)
-                waiting = (await holder.execute(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                    f"AND objid = {HOLD_KEY} AND NOT granted"
-                ))).scalar_one()
+                waiting = (
+                    await holder.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            f"AND objid = {HOLD_KEY} AND NOT granted"
+                        )
+                    )
+                ).scalar_one()
                 if waiting:
                     break
                 await asyncio.sleep(0.01)
@@ -191,7 +196,8 @@ def _defining_class(owner: type, name: str) -> type:
 
 
 @pytest.mark.parametrize(
-    ("owner", "name"), reader_module.PRIVATE_API,
+    ("owner", "name"),
+    reader_module.PRIVATE_API,
     ids=[f"{o.__name__}.{n}" for o, n in reader_module.PRIVATE_API],
 )
 def test_a_missing_private_attribute_refuses_the_asyncpg_path(
@@ -237,7 +243,8 @@ def private_api_gone(monkeypatch):
     """As if a SQLAlchemy release had dropped an attribute the asyncpg path uses (one
     SQLAlchemy itself does not need, so the engine path can be seen working)."""
     monkeypatch.setattr(
-        reader_module, "PRIVATE_API",
+        reader_module,
+        "PRIVATE_API",
         (*reader_module.PRIVATE_API, (SQLCompiler, "_gone_in_a_later_release")),
     )
 
@@ -271,11 +278,13 @@ async def _terminate_app_backends(engine: AsyncEngine) -> None:
     """pg_terminate_backend on this test database's app connections (reads and writes; as
     tests/test_db_faults.py does, never another database's)."""
     async with engine.connect() as conn:
-        await conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'crm-api' AND datname = current_database() "
-            "AND pid <> pg_backend_pid()"
-        ))
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'crm-api' AND datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        )
         await conn.commit()
 
 

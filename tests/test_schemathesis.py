@@ -62,13 +62,15 @@ EXCLUDED = {
 #: Explicit (no schemathesis.toml discovery). Invalid requests may also be refused by the
 #: request middleware before validation: 413 (body too large) and 414 (query string too
 #: long) are rejections too, and documented.
-CONFIG = SchemathesisConfig.from_dict({
-    "checks": {
-        "negative_data_rejection": {
-            "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 428, 429],
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 428, 429],
+            },
         },
-    },
-})
+    }
+)
 
 
 def _checks() -> list[Any]:
@@ -109,7 +111,10 @@ FUZZ_SETTINGS = settings(
 
 
 def _fuzz(
-    operation: Any, mode: GenerationMode, headers: dict[str, str], checks: list[Any],
+    operation: Any,
+    mode: GenerationMode,
+    headers: dict[str, str],
+    checks: list[Any],
     seen: Counter[int],
 ) -> None:
     @FUZZ_SETTINGS

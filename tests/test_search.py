@@ -77,8 +77,9 @@ async def test_customers_by_a_live_contacts_name(client, engine):
     acme = await create_customer(client, owner, name="Acme")
     globex = await create_customer(client, owner, name="Globex")
     initech = await create_customer(client, owner, name="Initech")
-    await create_contact(client, acme, name="欧阳娜娜", email="nana@acme.example.com",
-                         phone="+86 21 5555 0303")
+    await create_contact(
+        client, acme, name="欧阳娜娜", email="nana@acme.example.com", phone="+86 21 5555 0303"
+    )
     await create_contact(client, globex, name="Émile Zola")
     gone = await create_contact(client, initech, name="欧阳修")
     assert (await client.delete(f"/v1/contacts/{gone['id']}")).status_code == 204
@@ -108,8 +109,14 @@ async def test_deleted_customers_match_only_in_the_trash(client, engine):
 
 async def test_like_wildcards_and_backslash_are_literal(client, engine):
     owner = await _owner(engine)
-    for name in ("100% Cotton", "100 Percent", "a_b Trading", "axb Trading", "C:\\Temp Ltd",
-                 "C:Temp Ltd"):
+    for name in (
+        "100% Cotton",
+        "100 Percent",
+        "a_b Trading",
+        "axb Trading",
+        "C:\\Temp Ltd",
+        "C:Temp Ltd",
+    ):
         await create_customer(client, owner, name=name)
     assert await _customer_names(client, "100%") == ["100% Cotton"]
     assert await _customer_names(client, "%") == ["100% Cotton"]
@@ -124,8 +131,9 @@ async def test_search_follows_updates(client, engine):
     customer = await create_customer(client, owner, name="旧名字公司", email="old@a.example")
     contact = await create_contact(client, customer, name="张三", email="zs@a.example")
     url = f"/v1/customers/{customer['id']}"
-    patched = await client.patch(url, json={"name": "新名字集团", "email": "NEW@b.example"},
-                                 headers={"If-Match": '"1"'})
+    patched = await client.patch(
+        url, json={"name": "新名字集团", "email": "NEW@b.example"}, headers={"If-Match": '"1"'}
+    )
     assert patched.status_code == 200, patched.text
     assert await _customer_names(client, "旧名字") == []
     assert await _customer_names(client, "old@") == []
@@ -136,8 +144,11 @@ async def test_search_follows_updates(client, engine):
     assert await _customer_names(client, "b.example") == []
 
     curl = f"/v1/contacts/{contact['id']}"
-    assert (await client.patch(curl, json={"name": "李四", "phone": "+86 10 8888 0001"},
-                               headers={"If-Match": '"1"'})).status_code == 200
+    assert (
+        await client.patch(
+            curl, json={"name": "李四", "phone": "+86 10 8888 0001"}, headers={"If-Match": '"1"'}
+        )
+    ).status_code == 200
     assert await _customer_names(client, "张三") == []
     assert await _customer_names(client, "李四") == ["新名字集团"]
     assert await _contact_names(client, "张三") == []
@@ -152,8 +163,14 @@ async def test_search_follows_updates(client, engine):
 async def test_contacts_q(client, engine):
     owner = await _owner(engine)
     customer = await create_customer(client, owner)
-    await create_contact(client, customer, name="欧阳娜娜", email="Nana.OuYang@acme.example",
-                         phone="+86 21 5555 0101", mobile="+86 139 1234 5678")
+    await create_contact(
+        client,
+        customer,
+        name="欧阳娜娜",
+        email="Nana.OuYang@acme.example",
+        phone="+86 21 5555 0101",
+        mobile="+86 139 1234 5678",
+    )
     await create_contact(client, customer, name="Émile Zola", email="emile@zola.example")
     await create_contact(client, customer, name="50% Off_Deals")
     gone = await create_contact(client, customer, name="欧阳修")
@@ -162,8 +179,11 @@ async def test_contacts_q(client, engine):
     assert await _contact_names(client, "欧阳") == ["欧阳娜娜"]
     assert await _contact_names(client, "欧阳", deleted=True) == ["欧阳修"]
     assert await _contact_names(client, "欧阳娜") == ["欧阳娜娜"]
-    assert await _contact_names(client, "ÉMILE") == await _contact_names(client, "émile") == [
-        "Émile Zola"]
+    assert (
+        await _contact_names(client, "ÉMILE")
+        == await _contact_names(client, "émile")
+        == ["Émile Zola"]
+    )
     assert await _contact_names(client, "ouyang@ACME") == ["欧阳娜娜"]  # e-mail, any case
     assert await _contact_names(client, "5555 0101") == ["欧阳娜娜"]  # work phone
     assert await _contact_names(client, "1234 5678") == []  # mobile (masked) is not searched
@@ -194,18 +214,20 @@ async def test_search_columns_stay_internal(client, engine):
     customer = await create_customer(client, owner, name="内部列", email="x@in.example")
     contact = await create_contact(client, customer, name="内部联系人")
     curl, url = f"/v1/contacts/{contact['id']}", f"/v1/customers/{customer['id']}"
-    for body in (customer, contact, (await client.get(url)).json(),
-                 (await client.get(curl)).json(),
-                 *(await client.get("/v1/customers", params={"q": "内部"})).json()["data"],
-                 *(await client.get("/v1/contacts", params={"q": "内部"})).json()["data"]):
+    for body in (
+        customer,
+        contact,
+        (await client.get(url)).json(),
+        (await client.get(curl)).json(),
+        *(await client.get("/v1/customers", params={"q": "内部"})).json()["data"],
+        *(await client.get("/v1/contacts", params={"q": "内部"})).json()["data"],
+    ):
         assert not {"search_text", "search_name"} & body.keys(), body
     # not writable: unknown fields
     for method, target, body in [
-        ("POST", "/v1/customers", {"name": "x", "owner_id": str(owner["id"]),
-                                   "search_text": "y"}),
+        ("POST", "/v1/customers", {"name": "x", "owner_id": str(owner["id"]), "search_text": "y"}),
         ("PATCH", url, {"search_text": "y"}),
-        ("POST", "/v1/contacts", {"customer_id": customer["id"], "name": "x",
-                                  "search_name": "y"}),
+        ("POST", "/v1/contacts", {"customer_id": customer["id"], "name": "x", "search_name": "y"}),
         ("PATCH", curl, {"search_text": "y"}),
     ]:
         problem(await client.request(method, target, json=body), 422, "validation_error")
@@ -213,9 +235,16 @@ async def test_search_columns_stay_internal(client, engine):
     assert (await client.patch(url, json={"name": "改名"})).status_code == 200
     assert (await client.patch(curl, json={"name": "改名联系人"})).status_code == 200
     async with engine.connect() as conn:
-        changes = (await conn.execute(text(
-            "SELECT changes FROM audit_events WHERE resource_id IN (:a, :b)"
-        ), {"a": customer["id"], "b": contact["id"]})).scalars().all()
+        changes = (
+            (
+                await conn.execute(
+                    text("SELECT changes FROM audit_events WHERE resource_id IN (:a, :b)"),
+                    {"a": customer["id"], "b": contact["id"]},
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert len(changes) == 4
     for diff in changes:
         assert not {"search_text", "search_name"} & diff.keys(), diff

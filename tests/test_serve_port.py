@@ -21,9 +21,12 @@ def test_serve_on_a_port_in_use_says_which_and_how_to_change_it(tmp_path: Path) 
         port = taken.getsockname()[1]
         # an unreachable database: the port must be checked first, so it is never reached
         result = subprocess.run(
-            [sys.executable, "-m", "crm_api", "serve"], cwd=tmp_path,
+            [sys.executable, "-m", "crm_api", "serve"],
+            cwd=tmp_path,
             env={**env, "CRM_PORT": str(port), "CRM_DATABASE_URL": UNREACHABLE},
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert result.returncode == 1
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
@@ -39,9 +42,12 @@ def test_serve_on_a_free_port_goes_on_to_the_database(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "crm_api", "serve"], cwd=tmp_path,
+        [sys.executable, "-m", "crm_api", "serve"],
+        cwd=tmp_path,
         env={**env, "CRM_PORT": str(port), "CRM_DATABASE_URL": UNREACHABLE},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "cannot connect to PostgreSQL" in result.stderr

@@ -61,8 +61,11 @@ async def test_transfer_of_one_customer_honours_require_if_match(client, engine,
     problem(await client.post(f"{url}/transfer", json=body), 428, "if_match_required")
     assert (await client.get(url)).json() == got.json()  # nothing moved
 
-    problem(await client.post(f"{url}/transfer", json=body, headers={"If-Match": '"99"'}),
-            412, "version_mismatch")
+    problem(
+        await client.post(f"{url}/transfer", json=body, headers={"If-Match": '"99"'}),
+        412,
+        "version_mismatch",
+    )
     moved = await client.post(
         f"{url}/transfer", json=body, headers={"If-Match": got.headers["etag"]}
     )
@@ -72,9 +75,7 @@ async def test_transfer_of_one_customer_honours_require_if_match(client, engine,
 
 
 def test_transfer_documents_428(app):
-    responses = app.openapi()["paths"]["/v1/customers/{customer_id}/transfer"]["post"][
-        "responses"
-    ]
+    responses = app.openapi()["paths"]["/v1/customers/{customer_id}/transfer"]["post"]["responses"]
     assert {"404", "412", "428"} <= responses.keys()
 
 

@@ -56,7 +56,8 @@ def test_published_keys_are_the_ones_the_resource_sorts_by(doc):
 
 def test_every_list_operation_documents_sort(doc):
     lists = [
-        f"GET {path}" for path, item in doc["paths"].items()
+        f"GET {path}"
+        for path, item in doc["paths"].items()
         if "Page_" in str(item.get("get", {}).get("responses", {}).get("200", ""))
     ]
     assert len(lists) >= 10, lists
@@ -88,7 +89,8 @@ async def test_a_single_valued_parameter_sent_twice_is_422(client):
     response = await client.get("/v1/org-units", params=[("active", "x"), ("active", "false")])
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0] == {
-        "field": "query.active", "code": "repeated_parameter",
+        "field": "query.active",
+        "code": "repeated_parameter",
         "message": "Send this parameter once.",
     }
     # list filters take several values, as documented

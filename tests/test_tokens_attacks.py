@@ -74,18 +74,31 @@ def forge(app, rep):
     settings = app.state.settings
     secret = app.state.keyring.current.signing
 
-    def make(*, drop: tuple[str, ...] = (), key: str | None = None,
-             headers: dict[str, Any] | None = None, **overrides: Any) -> str:
+    def make(
+        *,
+        drop: tuple[str, ...] = (),
+        key: str | None = None,
+        headers: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> str:
         now = int(time.time())
         claims = {
-            "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": f"user:{rep['id']}",
-            "iat": now, "nbf": now, "exp": now + 600, "jti": uuid.uuid4().hex, "typ": "access",
+            "iss": settings.jwt_issuer,
+            "aud": settings.jwt_audience,
+            "sub": f"user:{rep['id']}",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+            "jti": uuid.uuid4().hex,
+            "typ": "access",
             **overrides,
         }
         for name in drop:
             claims.pop(name)
         return jwt.encode(
-            claims, key or secret, algorithm="HS256",
+            claims,
+            key or secret,
+            algorithm="HS256",
             headers=headers if headers is not None else {"kid": app.state.keyring.current.kid},
         )
 
@@ -140,8 +153,11 @@ async def test_alg_none(anon_client, app, rep, forge):
     valid = forge()
     header = {"alg": "none", "typ": "JWT", "kid": app.state.keyring.current.kid}
     payload = valid.split(".")[1]
-    for token in (f"{_json_b64(header)}.{payload}.", f"{_json_b64(header)}.{payload}",
-                  f"{_json_b64({**header, 'alg': 'None'})}.{payload}."):
+    for token in (
+        f"{_json_b64(header)}.{payload}.",
+        f"{_json_b64(header)}.{payload}",
+        f"{_json_b64({**header, 'alg': 'None'})}.{payload}.",
+    ):
         await _unauthorized(anon_client, token)
 
 
@@ -206,8 +222,14 @@ async def test_missing_claim(anon_client, forge, claim):
 
 @pytest.mark.parametrize(
     "claims",
-    [{"exp": "9999999999"}, {"iat": 1.5}, {"sub": 12}, {"sub": "user:not-a-uuid"},
-     {"sub": f"robot:{uuid.uuid4()}"}, {"sub": f"user:{uuid.uuid4()}"}],
+    [
+        {"exp": "9999999999"},
+        {"iat": 1.5},
+        {"sub": 12},
+        {"sub": "user:not-a-uuid"},
+        {"sub": f"robot:{uuid.uuid4()}"},
+        {"sub": f"user:{uuid.uuid4()}"},
+    ],
 )
 async def test_bad_claim_values(anon_client, forge, claims):
     await _unauthorized(anon_client, forge(**claims))
@@ -217,8 +239,11 @@ async def test_tampered_payload_keeps_no_signature(anon_client, engine, forge):
     admin = await make_user(engine, roles=("admin",))
     header, payload, signature = forge().split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
-    for change in ({"sub": f"user:{admin['id']}"}, {"exp": claims["exp"] + 86_400},
-                   {"typ": "access", "extra": 1}):
+    for change in (
+        {"sub": f"user:{admin['id']}"},
+        {"exp": claims["exp"] + 86_400},
+        {"typ": "access", "extra": 1},
+    ):
         await _unauthorized(anon_client, f"{header}.{_json_b64({**claims, **change})}.{signature}")
 
 
@@ -238,8 +263,10 @@ async def test_revoked_by_tokens_valid_after(anon_client, app, engine, rep, forg
     assert (await anon_client.get(URL, headers=bearer(old))).status_code == 200
     async with engine.begin() as conn:
         await conn.execute(
-            text("UPDATE users SET tokens_valid_after = now() - interval '10 seconds' "
-                 "WHERE id = :id"), {"id": rep["id"]},
+            text(
+                "UPDATE users SET tokens_valid_after = now() - interval '10 seconds' WHERE id = :id"
+            ),
+            {"id": rep["id"]},
         )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))
     await app.state.policy.refresh_if_changed(engine)  # what the poller does
@@ -251,8 +278,10 @@ async def test_deactivated_user(anon_client, app, engine, rep):
     token = token_for(app, rep)
     assert (await anon_client.get(URL, headers=bearer(token))).status_code == 200
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE users SET active = false, tokens_valid_after = now() "
-                                "WHERE id = :id"), {"id": rep["id"]})
+        await conn.execute(
+            text("UPDATE users SET active = false, tokens_valid_after = now() WHERE id = :id"),
+            {"id": rep["id"]},
+        )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))
     await app.state.policy.refresh_if_changed(engine)
     await _unauthorized(anon_client, token)

@@ -42,9 +42,13 @@ async def test_anonymous_gets_401(anon_client):
 
 async def test_read_only_token_reads_but_cannot_write(app, anon_client, client_for, engine, rep):
     owner = await client_for(rep)
-    response = await owner.post("/v1/me/tokens", json={
-        "name": "export", "permissions": [{"resource": "customers", "action": "read"}],
-    })
+    response = await owner.post(
+        "/v1/me/tokens",
+        json={
+            "name": "export",
+            "permissions": [{"resource": "customers", "action": "read"}],
+        },
+    )
     assert response.status_code == 201, response.text
     created = response.json()
     assert response.headers["location"] == f"/v1/me/tokens/{created['id']}"
@@ -60,7 +64,8 @@ async def test_read_only_token_reads_but_cannot_write(app, anon_client, client_f
     assert (await anon_client.get("/v1/customers", headers=pat)).status_code == 200
     problem(
         await anon_client.post("/v1/customers", json={"name": "n"}, headers=pat),
-        403, "permission_denied",
+        403,
+        "permission_denied",
     )
     me = (await anon_client.get("/v1/me", headers=pat)).json()
     assert me["token_permissions"] == [["customers", "read"]]
@@ -88,23 +93,36 @@ async def test_revoke_stops_the_token_at_once(anon_client, client_for, engine, r
     revoked = (await owner.get("/v1/me/tokens", params={"include_revoked": "true"})).json()
     assert revoked["data"][0]["revoked_at"] is not None
     async with engine.connect() as conn:
-        events = (await conn.execute(text(
-            "SELECT action, changes::text FROM audit_events"
-            " WHERE resource_type = 'personal_access_tokens' ORDER BY occurred_at"
-        ))).all()
+        events = (
+            await conn.execute(
+                text(
+                    "SELECT action, changes::text FROM audit_events"
+                    " WHERE resource_type = 'personal_access_tokens' ORDER BY occurred_at"
+                )
+            )
+        ).all()
     assert [e.action for e in events] == ["create", "revoke"]
     assert not any(created["token"] in e.changes for e in events)
 
 
 async def test_permissions_must_be_held_now(client_for, engine, rep):
     owner = await client_for(rep)
-    for perms in ([("api_clients", "read")], [("customers", "read"), ("customers", "purge")],
-                  [("customers", "*")], [("nothing", "read")]):
+    for perms in (
+        [("api_clients", "read")],
+        [("customers", "read"), ("customers", "purge")],
+        [("customers", "*")],
+        [("nothing", "read")],
+    ):
         body = problem(
-            await owner.post("/v1/me/tokens", json={
-                "name": "x", "permissions": [{"resource": r, "action": a} for r, a in perms],
-            }),
-            403, "grant_not_allowed",
+            await owner.post(
+                "/v1/me/tokens",
+                json={
+                    "name": "x",
+                    "permissions": [{"resource": r, "action": a} for r, a in perms],
+                },
+            ),
+            403,
+            "grant_not_allowed",
         )
         assert body["errors"][0]["field"] == f"permissions.{len(perms) - 1}"
     assert await count_rows(engine, "personal_access_tokens") == 0
@@ -122,8 +140,10 @@ async def test_token_loses_what_the_user_loses(app, anon_client, client_for, eng
     pat = bearer(created["token"])
     assert (await anon_client.get("/v1/customers", headers=pat)).status_code == 200
     async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM authz_rules WHERE ptype = 'g' AND v0 = :sub"),
-                           {"sub": f"user:{rep['id']}"})
+        await conn.execute(
+            text("DELETE FROM authz_rules WHERE ptype = 'g' AND v0 = :sub"),
+            {"sub": f"user:{rep['id']}"},
+        )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))
     await policy_settled(app)
     problem(await anon_client.get("/v1/customers", headers=pat), 403, "permission_denied")
@@ -136,14 +156,19 @@ async def test_expiry_in_days_and_expired_rows(app, anon_client, client_for, eng
     expires_at = datetime.fromisoformat(created["expires_at"])
     assert abs(expires_at.timestamp() - claims["exp"]) < 2
     at = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
-    explicit = await create_pat(await client_for(rep), ("customers", "read"),
-                                expires_at=at.isoformat())
+    explicit = await create_pat(
+        await client_for(rep), ("customers", "read"), expires_at=at.isoformat()
+    )
     assert datetime.fromisoformat(explicit["expires_at"]) == at
     # A row that has expired stops the token even while its JWT is still unexpired.
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "UPDATE personal_access_tokens SET expires_at = now() - interval '1 second'"
-            " WHERE id = :id"), {"id": created["id"]})
+        await conn.execute(
+            text(
+                "UPDATE personal_access_tokens SET expires_at = now() - interval '1 second'"
+                " WHERE id = :id"
+            ),
+            {"id": created["id"]},
+        )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))
     await policy_settled(app)
     problem(await anon_client.get("/v1/customers", headers=bearer(created["token"])), 401)
@@ -154,7 +179,8 @@ async def test_expiry_in_days_and_expired_rows(app, anon_client, client_for, eng
 async def test_a_token_cannot_mint_tokens(anon_client, client_for, engine, rep):
     created = await create_pat(await client_for(rep), ("customers", "read"))
     response = await anon_client.post(
-        "/v1/me/tokens", headers=bearer(created["token"]),
+        "/v1/me/tokens",
+        headers=bearer(created["token"]),
         json={"name": "wider", "permissions": [{"resource": "customers", "action": "create"}]},
     )
     problem(response, 403, "pat_not_allowed")
@@ -169,7 +195,8 @@ async def test_api_clients_have_no_personal_tokens(app, client, anon_client, eng
     await policy_settled(app)
     token = await client_access_token(anon_client, created)
     response = await anon_client.post(
-        "/v1/me/tokens", headers=bearer(token),
+        "/v1/me/tokens",
+        headers=bearer(token),
         json={"name": "x", "permissions": [{"resource": "customers", "action": "read"}]},
     )
     problem(response, 403, "pat_not_allowed")
@@ -193,20 +220,42 @@ def _in(days: float) -> str:
         {"name": "x", "permissions": [{"resource": "customers", "action": "read", "scope": "all"}]},
         {"name": "x", "permissions": [["customers", "read"]]},
         {"name": "x", "permissions": [{"resource": "customers", "action": "read"}], "user_id": 1},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_in_days": 0},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_in_days": 5000},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_in_days": 3, "expires_at": _in(3)},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_at": _in(-1)},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_at": _in(4000)},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_at": "2030-01-01T00:00:00"},
-        {"name": "x", "permissions": [{"resource": "customers", "action": "read"}],
-         "expires_at": "soon"},
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_in_days": 0,
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_in_days": 5000,
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_in_days": 3,
+            "expires_at": _in(3),
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_at": _in(-1),
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_at": _in(4000),
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_at": "2030-01-01T00:00:00",
+        },
+        {
+            "name": "x",
+            "permissions": [{"resource": "customers", "action": "read"}],
+            "expires_at": "soon",
+        },
     ],
 )
 async def test_bad_input_writes_nothing(client_for, engine, rep, body):
@@ -229,7 +278,14 @@ async def test_list_pages(client_for, rep):
     for name in ("a", "b", "c"):
         await create_pat(owner, ("customers", "read"), name=name)
     first = (await owner.get("/v1/me/tokens", params={"limit": 2, "sort": "name"})).json()
-    rest = (await owner.get("/v1/me/tokens", params={
-        "limit": 2, "sort": "name", "cursor": first["next_cursor"],
-    })).json()
+    rest = (
+        await owner.get(
+            "/v1/me/tokens",
+            params={
+                "limit": 2,
+                "sort": "name",
+                "cursor": first["next_cursor"],
+            },
+        )
+    ).json()
     assert [t["name"] for t in first["data"] + rest["data"]] == ["a", "b", "c"]

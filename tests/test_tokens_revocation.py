@@ -50,15 +50,21 @@ def _same_second(*tokens: str) -> None:
 
 async def _valid_after(engine, user_id) -> int:
     async with engine.connect() as conn:
-        when = (await conn.execute(
-            text("SELECT tokens_valid_after FROM users WHERE id = :id"), {"id": user_id}
-        )).scalar_one()
+        when = (
+            await conn.execute(
+                text("SELECT tokens_valid_after FROM users WHERE id = :id"), {"id": user_id}
+            )
+        ).scalar_one()
     return clock.to_us(when)
 
 
 async def _person(app, client) -> dict[str, Any]:
-    body = {"email": f"u-{uuid.uuid4().hex[:8]}@example.com", "display_name": "U",
-            "password": PASSWORD, "roles": ["sales_rep"]}
+    body = {
+        "email": f"u-{uuid.uuid4().hex[:8]}@example.com",
+        "display_name": "U",
+        "password": PASSWORD,
+        "roles": ["sales_rep"],
+    }
     response = await client.post("/v1/users", json=body)
     assert response.status_code == 201, response.text
     await policy_settled(app)
@@ -101,9 +107,14 @@ async def test_token_minted_just_after_revocation_in_same_second_is_accepted(
     with _one_second():
         await _deactivate_and_reactivate(client, user)
         await _change_password(client, user)
-        login = await anon_client.post("/v1/auth/token", data={
-            "grant_type": "password", "username": user["email"], "password": "new-secret-99",
-        })
+        login = await anon_client.post(
+            "/v1/auth/token",
+            data={
+                "grant_type": "password",
+                "username": user["email"],
+                "password": "new-secret-99",
+            },
+        )
         assert login.status_code == 200, login.text
         minted, logged_in = token_for(app, user), login.json()["access_token"]
     _same_second(minted, logged_in)
@@ -137,8 +148,14 @@ def _signed(app, user, **claims: Any) -> str:
     settings = app.state.settings
     now = int(time.time())
     body = {
-        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": f"user:{user['id']}",
-        "iat": now, "nbf": now, "exp": now + 600, "jti": uuid.uuid4().hex, "typ": "access",
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": f"user:{user['id']}",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "typ": "access",
         **claims,
     }
     key = app.state.keyring.current

@@ -33,9 +33,18 @@ def _npm() -> str:
 
 def _run(*args: str) -> str:
     result = subprocess.run(
-        args, cwd=CLIENT, capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "NO_UPDATE_NOTIFIER": "1", "NPM_CONFIG_FUND": "false",
-             "NPM_CONFIG_AUDIT": "false"},
+        args,
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={
+            **os.environ,
+            "NO_UPDATE_NOTIFIER": "1",
+            "NPM_CONFIG_FUND": "false",
+            "NPM_CONFIG_AUDIT": "false",
+        },
     )
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout

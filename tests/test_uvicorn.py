@@ -46,8 +46,9 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
     """Run ``args`` in a process group of its own; on the way out stop it (SIGTERM, then
     SIGKILL to that group) so that nothing leaks whatever the test did."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             yield proc
         finally:
@@ -80,29 +81,50 @@ async def _wait_ready(base: str, proc: subprocess.Popen, log: Path, within_s: fl
 
 async def test_uvicorn_serves_real_http(engine, database_url, tmp_path):
     unit = await make_org_unit(engine)
-    admin = await make_user(engine, roles=("admin",), org_unit=unit,
-                            email="uvicorn-admin@test.crm", password_hash=hash_password(PASSWORD))
+    admin = await make_user(
+        engine,
+        roles=("admin",),
+        org_unit=unit,
+        email="uvicorn-admin@test.crm",
+        password_hash=hash_password(PASSWORD),
+    )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "uvicorn.log"
-    env = _env(CRM_DATABASE_URL=database_url, CRM_LOG_LEVEL="WARNING",
-               CRM_DATA_DIR=str(tmp_path / "data"))
-    args = [str(BIN / "python"), "-m", "uvicorn", "crm_api.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port)]
+    env = _env(
+        CRM_DATABASE_URL=database_url, CRM_LOG_LEVEL="WARNING", CRM_DATA_DIR=str(tmp_path / "data")
+    )
+    args = [
+        str(BIN / "python"),
+        "-m",
+        "uvicorn",
+        "crm_api.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with _process(args, env, log) as proc:
         await _wait_ready(base, proc, log, within_s=60)
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             ready = (await http.get("/readyz")).json()
             assert ready["status"] == "ok" and ready["migration"]
 
-            token = await http.post("/v1/auth/token", data={
-                "grant_type": "password", "username": admin["email"], "password": PASSWORD,
-            })
+            token = await http.post(
+                "/v1/auth/token",
+                data={
+                    "grant_type": "password",
+                    "username": admin["email"],
+                    "password": PASSWORD,
+                },
+            )
             assert token.status_code == 200, token.text
             http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 
             created = await http.post(
-                "/v1/customers", json={"name": "上海明远贸易有限公司", "grade": "A"},
+                "/v1/customers",
+                json={"name": "上海明远贸易有限公司", "grade": "A"},
                 headers={"X-Request-ID": "uvicorn-1"},
             )
             assert created.status_code == 201, created.text
@@ -113,16 +135,18 @@ async def test_uvicorn_serves_real_http(engine, database_url, tmp_path):
             assert got.json()["owner_id"] == str(admin["id"])
 
             too_big = orjson.dumps({"name": "x", "notes": "n" * (1_048_576 + 1)})
-            response = await http.post("/v1/customers", content=too_big,
-                                       headers={"Content-Type": "application/json"})
+            response = await http.post(
+                "/v1/customers", content=too_big, headers={"Content-Type": "application/json"}
+            )
             problem(response, 413, "payload_too_large")
 
             async def streamed():
                 for _ in range(20):
                     yield b"n" * 65_536
 
-            response = await http.post("/v1/customers", content=streamed(),
-                                       headers={"Content-Type": "application/json"})
+            response = await http.post(
+                "/v1/customers", content=streamed(), headers={"Content-Type": "application/json"}
+            )
             problem(response, 413, "payload_too_large")
 
             problem(await http.get("/v1/customers", params={"limit": 0}), 422)

@@ -1,7 +1,7 @@
 """platform: customers, contacts, audit, idempotency, identity core
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 00:57:18.044013
 """
 
@@ -14,7 +14,7 @@ import uuid
 
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0001'
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -23,255 +23,487 @@ depends_on: str | Sequence[str] | None = None
 #: Literal on purpose: a migration never imports live application code, or later
 #: changes to the defaults would silently differ between fresh and upgraded databases.
 _DEFAULT_GRANTS: list[tuple[str, str, str, str]] = [
-    ('admin', '*', '*', 'all'),
-    ('executive', 'customers', 'read', 'all'),
-    ('executive', 'customers', 'create', 'all'),
-    ('executive', 'customers', 'update', 'all'),
-    ('executive', 'customers', 'delete', 'all'),
-    ('executive', 'customers', 'export', 'all'),
-    ('executive', 'customers', 'assign', 'all'),
-    ('executive', 'customers', 'read_sensitive', 'all'),
-    ('executive', 'contacts', 'read', 'all'),
-    ('executive', 'contacts', 'create', 'all'),
-    ('executive', 'contacts', 'update', 'all'),
-    ('executive', 'contacts', 'delete', 'all'),
-    ('executive', 'contacts', 'export', 'all'),
-    ('executive', 'contacts', 'assign', 'all'),
-    ('executive', 'contacts', 'read_sensitive', 'all'),
-    ('executive', 'audit_events', 'read', 'all'),
-    ('executive', 'users', 'read', 'all'),
-    ('executive', 'org_units', 'read', 'all'),
-    ('executive', 'roles', 'read', 'all'),
-    ('executive', 'api_clients', 'read', 'all'),
-    ('sales_manager', 'customers', 'read', 'org_subtree'),
-    ('sales_manager', 'customers', 'create', 'org_subtree'),
-    ('sales_manager', 'customers', 'update', 'org_subtree'),
-    ('sales_manager', 'customers', 'delete', 'org_subtree'),
-    ('sales_manager', 'customers', 'export', 'org_subtree'),
-    ('sales_manager', 'customers', 'assign', 'org_subtree'),
-    ('sales_manager', 'customers', 'read_sensitive', 'org_subtree'),
-    ('sales_manager', 'contacts', 'read', 'org_subtree'),
-    ('sales_manager', 'contacts', 'create', 'org_subtree'),
-    ('sales_manager', 'contacts', 'update', 'org_subtree'),
-    ('sales_manager', 'contacts', 'delete', 'org_subtree'),
-    ('sales_manager', 'contacts', 'export', 'org_subtree'),
-    ('sales_manager', 'contacts', 'assign', 'org_subtree'),
-    ('sales_manager', 'contacts', 'read_sensitive', 'org_subtree'),
-    ('sales_manager', 'audit_events', 'read', 'org_subtree'),
-    ('sales_manager', 'users', 'read', 'org_subtree'),
-    ('sales_manager', 'org_units', 'read', 'all'),
-    ('sales_rep', 'customers', 'read', 'own'),
-    ('sales_rep', 'customers', 'create', 'own'),
-    ('sales_rep', 'customers', 'update', 'own'),
-    ('sales_rep', 'customers', 'delete', 'own'),
-    ('sales_rep', 'contacts', 'read', 'own'),
-    ('sales_rep', 'contacts', 'create', 'own'),
-    ('sales_rep', 'contacts', 'update', 'own'),
-    ('sales_rep', 'contacts', 'delete', 'own'),
-    ('sales_rep', 'audit_events', 'read', 'own'),
-    ('sales_rep', 'users', 'read', 'org_unit'),
-    ('sales_rep', 'org_units', 'read', 'all'),
-    ('service_agent', 'customers', 'read', 'all'),
-    ('service_agent', 'contacts', 'read', 'all'),
-    ('service_agent', 'contacts', 'create', 'all'),
-    ('service_agent', 'contacts', 'update', 'all'),
-    ('service_agent', 'org_units', 'read', 'all'),
-    ('marketer', 'customers', 'read', 'all'),
-    ('marketer', 'customers', 'export', 'all'),
-    ('marketer', 'contacts', 'read', 'all'),
-    ('marketer', 'contacts', 'export', 'all'),
-    ('marketer', 'org_units', 'read', 'all'),
-    ('staff', 'customers', 'read', 'own'),
-    ('staff', 'customers', 'create', 'own'),
-    ('staff', 'customers', 'update', 'own'),
-    ('staff', 'contacts', 'read', 'own'),
-    ('staff', 'contacts', 'create', 'own'),
-    ('staff', 'contacts', 'update', 'own'),
-    ('partner', 'customers', 'read', 'own'),
-    ('partner', 'customers', 'create', 'own'),
-    ('partner', 'customers', 'update', 'own'),
-    ('partner', 'contacts', 'read', 'own'),
-    ('partner', 'contacts', 'create', 'own'),
-    ('partner', 'contacts', 'update', 'own'),
+    ("admin", "*", "*", "all"),
+    ("executive", "customers", "read", "all"),
+    ("executive", "customers", "create", "all"),
+    ("executive", "customers", "update", "all"),
+    ("executive", "customers", "delete", "all"),
+    ("executive", "customers", "export", "all"),
+    ("executive", "customers", "assign", "all"),
+    ("executive", "customers", "read_sensitive", "all"),
+    ("executive", "contacts", "read", "all"),
+    ("executive", "contacts", "create", "all"),
+    ("executive", "contacts", "update", "all"),
+    ("executive", "contacts", "delete", "all"),
+    ("executive", "contacts", "export", "all"),
+    ("executive", "contacts", "assign", "all"),
+    ("executive", "contacts", "read_sensitive", "all"),
+    ("executive", "audit_events", "read", "all"),
+    ("executive", "users", "read", "all"),
+    ("executive", "org_units", "read", "all"),
+    ("executive", "roles", "read", "all"),
+    ("executive", "api_clients", "read", "all"),
+    ("sales_manager", "customers", "read", "org_subtree"),
+    ("sales_manager", "customers", "create", "org_subtree"),
+    ("sales_manager", "customers", "update", "org_subtree"),
+    ("sales_manager", "customers", "delete", "org_subtree"),
+    ("sales_manager", "customers", "export", "org_subtree"),
+    ("sales_manager", "customers", "assign", "org_subtree"),
+    ("sales_manager", "customers", "read_sensitive", "org_subtree"),
+    ("sales_manager", "contacts", "read", "org_subtree"),
+    ("sales_manager", "contacts", "create", "org_subtree"),
+    ("sales_manager", "contacts", "update", "org_subtree"),
+    ("sales_manager", "contacts", "delete", "org_subtree"),
+    ("sales_manager", "contacts", "export", "org_subtree"),
+    ("sales_manager", "contacts", "assign", "org_subtree"),
+    ("sales_manager", "contacts", "read_sensitive", "org_subtree"),
+    ("sales_manager", "audit_events", "read", "org_subtree"),
+    ("sales_manager", "users", "read", "org_subtree"),
+    ("sales_manager", "org_units", "read", "all"),
+    ("sales_rep", "customers", "read", "own"),
+    ("sales_rep", "customers", "create", "own"),
+    ("sales_rep", "customers", "update", "own"),
+    ("sales_rep", "customers", "delete", "own"),
+    ("sales_rep", "contacts", "read", "own"),
+    ("sales_rep", "contacts", "create", "own"),
+    ("sales_rep", "contacts", "update", "own"),
+    ("sales_rep", "contacts", "delete", "own"),
+    ("sales_rep", "audit_events", "read", "own"),
+    ("sales_rep", "users", "read", "org_unit"),
+    ("sales_rep", "org_units", "read", "all"),
+    ("service_agent", "customers", "read", "all"),
+    ("service_agent", "contacts", "read", "all"),
+    ("service_agent", "contacts", "create", "all"),
+    ("service_agent", "contacts", "update", "all"),
+    ("service_agent", "org_units", "read", "all"),
+    ("marketer", "customers", "read", "all"),
+    ("marketer", "customers", "export", "all"),
+    ("marketer", "contacts", "read", "all"),
+    ("marketer", "contacts", "export", "all"),
+    ("marketer", "org_units", "read", "all"),
+    ("staff", "customers", "read", "own"),
+    ("staff", "customers", "create", "own"),
+    ("staff", "customers", "update", "own"),
+    ("staff", "contacts", "read", "own"),
+    ("staff", "contacts", "create", "own"),
+    ("staff", "contacts", "update", "own"),
+    ("partner", "customers", "read", "own"),
+    ("partner", "customers", "create", "own"),
+    ("partner", "customers", "update", "own"),
+    ("partner", "contacts", "read", "own"),
+    ("partner", "contacts", "create", "own"),
+    ("partner", "contacts", "update", "own"),
 ]
 
 
 def upgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
-    op.create_table('audit_events',
-    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('actor_type', sa.String(length=20), nullable=False),
-    sa.Column('actor_id', sa.UUID(), nullable=True),
-    sa.Column('action', sa.String(length=40), nullable=False),
-    sa.Column('resource_type', sa.String(length=40), nullable=False),
-    sa.Column('resource_id', sa.UUID(), nullable=False),
-    sa.Column('owner_id', sa.UUID(), nullable=True),
-    sa.Column('org_unit_id', sa.UUID(), nullable=True),
-    sa.Column('changes', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('request_id', sa.String(length=128), nullable=True),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events'))
+    op.create_table(
+        "audit_events",
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("actor_type", sa.String(length=20), nullable=False),
+        sa.Column("actor_id", sa.UUID(), nullable=True),
+        sa.Column("action", sa.String(length=40), nullable=False),
+        sa.Column("resource_type", sa.String(length=40), nullable=False),
+        sa.Column("resource_id", sa.UUID(), nullable=False),
+        sa.Column("owner_id", sa.UUID(), nullable=True),
+        sa.Column("org_unit_id", sa.UUID(), nullable=True),
+        sa.Column("changes", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
-    op.create_index('ix_audit_events_actor', 'audit_events', ['actor_id', 'occurred_at'], unique=False)
-    op.create_index('ix_audit_events_occurred_id', 'audit_events', ['occurred_at', 'id'], unique=False)
-    op.create_index('ix_audit_events_owner', 'audit_events', ['owner_id', 'occurred_at'], unique=False)
-    op.create_index('ix_audit_events_resource', 'audit_events', ['resource_type', 'resource_id', 'occurred_at'], unique=False)
-    op.create_table('authz_rules',
-    sa.Column('ptype', sa.String(length=2), nullable=False),
-    sa.Column('v0', sa.String(length=100), nullable=False),
-    sa.Column('v1', sa.String(length=100), nullable=False),
-    sa.Column('v2', sa.String(length=100), nullable=False),
-    sa.Column('v3', sa.String(length=100), nullable=False),
-    sa.Column('v4', sa.String(length=4000), nullable=False),
-    sa.Column('v5', sa.String(length=100), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_authz_rules'))
+    op.create_index(
+        "ix_audit_events_actor", "audit_events", ["actor_id", "occurred_at"], unique=False
     )
-    op.create_index('uq_authz_rules_row', 'authz_rules', ['ptype', 'v0', 'v1', 'v2', 'v3'], unique=True)
-    op.create_table('authz_state',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('version', sa.BigInteger(), nullable=False),
-    sa.Column('changed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_authz_state'))
+    op.create_index(
+        "ix_audit_events_occurred_id", "audit_events", ["occurred_at", "id"], unique=False
     )
-    op.create_table('idempotency_keys',
-    sa.Column('principal', sa.String(length=80), nullable=False),
-    sa.Column('key', sa.String(length=255), nullable=False),
-    sa.Column('method', sa.String(length=10), nullable=False),
-    sa.Column('path', sa.String(length=500), nullable=False),
-    sa.Column('request_hash', sa.String(length=64), nullable=False),
-    sa.Column('status_code', sa.SmallInteger(), nullable=False),
-    sa.Column('response_body', sa.LargeBinary(), nullable=False),
-    sa.Column('response_headers', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('principal', 'key', name=op.f('pk_idempotency_keys'))
+    op.create_index(
+        "ix_audit_events_owner", "audit_events", ["owner_id", "occurred_at"], unique=False
     )
-    op.create_index('ix_idempotency_keys_created_at', 'idempotency_keys', ['created_at'], unique=False)
-    op.create_table('org_units',
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('kind', sa.String(length=20), nullable=False),
-    sa.Column('parent_id', sa.UUID(), nullable=True),
-    sa.Column('path', sa.Text(collation='C'), nullable=False),
-    sa.Column('depth', sa.Integer(), nullable=False),
-    sa.Column('active', sa.Boolean(), server_default='true', nullable=False),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
-    sa.CheckConstraint("kind IN ('group','company','branch','office','team','department')", name=op.f('ck_org_units_kind')),
-    sa.ForeignKeyConstraint(['parent_id'], ['org_units.id'], name=op.f('fk_org_units_parent_id_org_units'), ondelete='RESTRICT'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_org_units'))
+    op.create_index(
+        "ix_audit_events_resource",
+        "audit_events",
+        ["resource_type", "resource_id", "occurred_at"],
+        unique=False,
     )
-    op.create_index('ix_org_units_parent_id', 'org_units', ['parent_id'], unique=False)
-    op.create_index('ix_org_units_path', 'org_units', ['path'], unique=True)
-    op.create_table('users',
-    sa.Column('email', sa.String(length=320), nullable=False),
-    sa.Column('display_name', sa.String(length=200), nullable=False),
-    sa.Column('phone', sa.String(length=40), nullable=True),
-    sa.Column('org_unit_id', sa.UUID(), nullable=True),
-    sa.Column('manager_id', sa.UUID(), nullable=True),
-    sa.Column('manager_path', sa.Text(collation='C'), nullable=False),
-    sa.Column('password_hash', sa.String(length=255), nullable=True),
-    sa.Column('active', sa.Boolean(), server_default='true', nullable=False),
-    sa.Column('tokens_valid_after', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
-    sa.ForeignKeyConstraint(['manager_id'], ['users.id'], name=op.f('fk_users_manager_id_users'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['org_unit_id'], ['org_units.id'], name=op.f('fk_users_org_unit_id_org_units'), ondelete='RESTRICT'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_users'))
+    op.create_table(
+        "authz_rules",
+        sa.Column("ptype", sa.String(length=2), nullable=False),
+        sa.Column("v0", sa.String(length=100), nullable=False),
+        sa.Column("v1", sa.String(length=100), nullable=False),
+        sa.Column("v2", sa.String(length=100), nullable=False),
+        sa.Column("v3", sa.String(length=100), nullable=False),
+        sa.Column("v4", sa.String(length=4000), nullable=False),
+        sa.Column("v5", sa.String(length=100), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_authz_rules")),
     )
-    op.create_index('ix_users_manager_path', 'users', ['manager_path'], unique=False)
-    op.create_index('ix_users_org_unit_id', 'users', ['org_unit_id'], unique=False)
-    op.create_index('uq_users_email_lower', 'users', [sa.literal_column('lower(email)')], unique=True)
-    op.create_table('customers',
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('type', sa.String(length=20), nullable=False),
-    sa.Column('lifecycle_stage', sa.String(length=20), server_default='lead', nullable=False),
-    sa.Column('grade', sa.String(length=1), nullable=True),
-    sa.Column('credit_level', sa.SmallInteger(), nullable=True),
-    sa.Column('industry', sa.String(length=100), nullable=True),
-    sa.Column('region', sa.String(length=100), nullable=True),
-    sa.Column('address', sa.String(length=500), nullable=True),
-    sa.Column('phone', sa.String(length=40), nullable=True),
-    sa.Column('email', sa.String(length=320), nullable=True),
-    sa.Column('website', sa.String(length=500), nullable=True),
-    sa.Column('bank_name', sa.String(length=200), nullable=True),
-    sa.Column('bank_account', sa.String(length=64), nullable=True),
-    sa.Column('tax_number', sa.String(length=64), nullable=True),
-    sa.Column('ownership_type', sa.String(length=30), nullable=True),
-    sa.Column('size', sa.String(length=20), nullable=True),
-    sa.Column('source', sa.String(length=30), nullable=True),
-    sa.Column('tags', postgresql.ARRAY(sa.String(length=50)), server_default='{}', nullable=False),
-    sa.Column('custom_fields', postgresql.JSONB(astext_type=sa.Text()), server_default='{}', nullable=False),
-    sa.Column('owner_id', sa.UUID(), nullable=False),
-    sa.Column('org_unit_id', sa.UUID(), nullable=True),
-    sa.Column('external_ref', sa.String(length=200), nullable=True),
-    sa.Column('notes', sa.Text(), nullable=True),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
-    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("grade IN ('A','B','C','D')", name=op.f('ck_customers_grade')),
-    sa.CheckConstraint("lifecycle_stage IN ('lead','prospect','customer','churned')", name=op.f('ck_customers_lifecycle_stage')),
-    sa.CheckConstraint("type IN ('company','individual')", name=op.f('ck_customers_type')),
-    sa.CheckConstraint('credit_level BETWEEN 1 AND 5', name=op.f('ck_customers_credit_level')),
-    sa.ForeignKeyConstraint(['org_unit_id'], ['org_units.id'], name=op.f('fk_customers_org_unit_id_org_units'), ondelete='RESTRICT'),
-    sa.ForeignKeyConstraint(['owner_id'], ['users.id'], name=op.f('fk_customers_owner_id_users'), ondelete='RESTRICT'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_customers'))
+    op.create_index(
+        "uq_authz_rules_row", "authz_rules", ["ptype", "v0", "v1", "v2", "v3"], unique=True
     )
-    op.create_index('ix_customers_created_at_id', 'customers', ['created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_deleted_at', 'customers', ['deleted_at'], unique=False, postgresql_where=sa.text('deleted_at IS NOT NULL'))
-    op.create_index('ix_customers_grade', 'customers', ['grade'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_industry', 'customers', ['industry'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_name_id', 'customers', ['name', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_org_unit_created', 'customers', ['org_unit_id', 'created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_owner_created', 'customers', ['owner_id', 'created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_region', 'customers', ['region'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_stage_created', 'customers', ['lifecycle_stage', 'created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_tags', 'customers', ['tags'], unique=False, postgresql_using='gin', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_customers_updated_at_id', 'customers', ['updated_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('uq_customers_external_ref', 'customers', ['external_ref'], unique=True)
-    op.create_index('uq_customers_tax_number_live', 'customers', ['tax_number'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_table('contacts',
-    sa.Column('customer_id', sa.UUID(), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('title', sa.String(length=200), nullable=True),
-    sa.Column('department', sa.String(length=200), nullable=True),
-    sa.Column('phone', sa.String(length=40), nullable=True),
-    sa.Column('mobile', sa.String(length=40), nullable=True),
-    sa.Column('email', sa.String(length=320), nullable=True),
-    sa.Column('is_primary', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('notes', sa.Text(), nullable=True),
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
-    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_contacts_customer_id_customers'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_contacts'))
+    op.create_table(
+        "authz_state",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "changed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_authz_state")),
     )
-    op.create_index('ix_contacts_created_at_id', 'contacts', ['created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_contacts_customer_created', 'contacts', ['customer_id', 'created_at', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_contacts_email', 'contacts', ['email'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('uq_contacts_one_primary', 'contacts', ['customer_id'], unique=True, postgresql_where=sa.text('is_primary AND deleted_at IS NULL'))
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("principal", sa.String(length=80), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("method", sa.String(length=10), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("status_code", sa.SmallInteger(), nullable=False),
+        sa.Column("response_body", sa.LargeBinary(), nullable=False),
+        sa.Column("response_headers", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("principal", "key", name=op.f("pk_idempotency_keys")),
+    )
+    op.create_index(
+        "ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"], unique=False
+    )
+    op.create_table(
+        "org_units",
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("parent_id", sa.UUID(), nullable=True),
+        sa.Column("path", sa.Text(collation="C"), nullable=False),
+        sa.Column("depth", sa.Integer(), nullable=False),
+        sa.Column("active", sa.Boolean(), server_default="true", nullable=False),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("version", sa.Integer(), server_default="1", nullable=False),
+        sa.CheckConstraint(
+            "kind IN ('group','company','branch','office','team','department')",
+            name=op.f("ck_org_units_kind"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["parent_id"],
+            ["org_units.id"],
+            name=op.f("fk_org_units_parent_id_org_units"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_org_units")),
+    )
+    op.create_index("ix_org_units_parent_id", "org_units", ["parent_id"], unique=False)
+    op.create_index("ix_org_units_path", "org_units", ["path"], unique=True)
+    op.create_table(
+        "users",
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("display_name", sa.String(length=200), nullable=False),
+        sa.Column("phone", sa.String(length=40), nullable=True),
+        sa.Column("org_unit_id", sa.UUID(), nullable=True),
+        sa.Column("manager_id", sa.UUID(), nullable=True),
+        sa.Column("manager_path", sa.Text(collation="C"), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=True),
+        sa.Column("active", sa.Boolean(), server_default="true", nullable=False),
+        sa.Column(
+            "tokens_valid_after",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("version", sa.Integer(), server_default="1", nullable=False),
+        sa.ForeignKeyConstraint(
+            ["manager_id"],
+            ["users.id"],
+            name=op.f("fk_users_manager_id_users"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["org_unit_id"],
+            ["org_units.id"],
+            name=op.f("fk_users_org_unit_id_org_units"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+    )
+    op.create_index("ix_users_manager_path", "users", ["manager_path"], unique=False)
+    op.create_index("ix_users_org_unit_id", "users", ["org_unit_id"], unique=False)
+    op.create_index(
+        "uq_users_email_lower", "users", [sa.literal_column("lower(email)")], unique=True
+    )
+    op.create_table(
+        "customers",
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("type", sa.String(length=20), nullable=False),
+        sa.Column("lifecycle_stage", sa.String(length=20), server_default="lead", nullable=False),
+        sa.Column("grade", sa.String(length=1), nullable=True),
+        sa.Column("credit_level", sa.SmallInteger(), nullable=True),
+        sa.Column("industry", sa.String(length=100), nullable=True),
+        sa.Column("region", sa.String(length=100), nullable=True),
+        sa.Column("address", sa.String(length=500), nullable=True),
+        sa.Column("phone", sa.String(length=40), nullable=True),
+        sa.Column("email", sa.String(length=320), nullable=True),
+        sa.Column("website", sa.String(length=500), nullable=True),
+        sa.Column("bank_name", sa.String(length=200), nullable=True),
+        sa.Column("bank_account", sa.String(length=64), nullable=True),
+        sa.Column("tax_number", sa.String(length=64), nullable=True),
+        sa.Column("ownership_type", sa.String(length=30), nullable=True),
+        sa.Column("size", sa.String(length=20), nullable=True),
+        sa.Column("source", sa.String(length=30), nullable=True),
+        sa.Column(
+            "tags", postgresql.ARRAY(sa.String(length=50)), server_default="{}", nullable=False
+        ),
+        sa.Column(
+            "custom_fields",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default="{}",
+            nullable=False,
+        ),
+        sa.Column("owner_id", sa.UUID(), nullable=False),
+        sa.Column("org_unit_id", sa.UUID(), nullable=True),
+        sa.Column("external_ref", sa.String(length=200), nullable=True),
+        sa.Column("notes", sa.Text(), nullable=True),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("version", sa.Integer(), server_default="1", nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("grade IN ('A','B','C','D')", name=op.f("ck_customers_grade")),
+        sa.CheckConstraint(
+            "lifecycle_stage IN ('lead','prospect','customer','churned')",
+            name=op.f("ck_customers_lifecycle_stage"),
+        ),
+        sa.CheckConstraint("type IN ('company','individual')", name=op.f("ck_customers_type")),
+        sa.CheckConstraint("credit_level BETWEEN 1 AND 5", name=op.f("ck_customers_credit_level")),
+        sa.ForeignKeyConstraint(
+            ["org_unit_id"],
+            ["org_units.id"],
+            name=op.f("fk_customers_org_unit_id_org_units"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["owner_id"],
+            ["users.id"],
+            name=op.f("fk_customers_owner_id_users"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
+    )
+    op.create_index(
+        "ix_customers_created_at_id",
+        "customers",
+        ["created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_deleted_at",
+        "customers",
+        ["deleted_at"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_customers_grade",
+        "customers",
+        ["grade"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_industry",
+        "customers",
+        ["industry"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_name_id",
+        "customers",
+        ["name", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_org_unit_created",
+        "customers",
+        ["org_unit_id", "created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_owner_created",
+        "customers",
+        ["owner_id", "created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_region",
+        "customers",
+        ["region"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_stage_created",
+        "customers",
+        ["lifecycle_stage", "created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_tags",
+        "customers",
+        ["tags"],
+        unique=False,
+        postgresql_using="gin",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_customers_updated_at_id",
+        "customers",
+        ["updated_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index("uq_customers_external_ref", "customers", ["external_ref"], unique=True)
+    op.create_index(
+        "uq_customers_tax_number_live",
+        "customers",
+        ["tax_number"],
+        unique=True,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_table(
+        "contacts",
+        sa.Column("customer_id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("title", sa.String(length=200), nullable=True),
+        sa.Column("department", sa.String(length=200), nullable=True),
+        sa.Column("phone", sa.String(length=40), nullable=True),
+        sa.Column("mobile", sa.String(length=40), nullable=True),
+        sa.Column("email", sa.String(length=320), nullable=True),
+        sa.Column("is_primary", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("notes", sa.Text(), nullable=True),
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("version", sa.Integer(), server_default="1", nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name=op.f("fk_contacts_customer_id_customers"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
+    )
+    op.create_index(
+        "ix_contacts_created_at_id",
+        "contacts",
+        ["created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_contacts_customer_created",
+        "contacts",
+        ["customer_id", "created_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_contacts_email",
+        "contacts",
+        ["email"],
+        unique=False,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.create_index(
+        "uq_contacts_one_primary",
+        "contacts",
+        ["customer_id"],
+        unique=True,
+        postgresql_where=sa.text("is_primary AND deleted_at IS NULL"),
+    )
     # ### end Alembic commands ###
 
     # authz state row and the built-in roles' default grants
-    state = sa.table("authz_state", sa.column("id", sa.Integer), sa.column("version", sa.BigInteger))
+    state = sa.table(
+        "authz_state", sa.column("id", sa.Integer), sa.column("version", sa.BigInteger)
+    )
     op.bulk_insert(state, [{"id": 1, "version": 1}])
     rules = sa.table(
-        "authz_rules", sa.column("id", sa.Uuid), sa.column("ptype", sa.String),
+        "authz_rules",
+        sa.column("id", sa.Uuid),
+        sa.column("ptype", sa.String),
         *(sa.column(f"v{i}", sa.String) for i in range(6)),
     )
     op.bulk_insert(
         rules,
         [
-            {"id": uuid.uuid4(), "ptype": "p", "v0": role, "v1": res, "v2": act, "v3": scope,
-             "v4": "", "v5": ""}
+            {
+                "id": uuid.uuid4(),
+                "ptype": "p",
+                "v0": role,
+                "v1": res,
+                "v2": act,
+                "v3": scope,
+                "v4": "",
+                "v5": "",
+            }
             for role, res, act, scope in _DEFAULT_GRANTS
         ],
     )
@@ -279,40 +511,101 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
-    op.drop_index('uq_contacts_one_primary', table_name='contacts', postgresql_where=sa.text('is_primary AND deleted_at IS NULL'))
-    op.drop_index('ix_contacts_email', table_name='contacts', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_contacts_customer_created', table_name='contacts', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_contacts_created_at_id', table_name='contacts', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_table('contacts')
-    op.drop_index('uq_customers_tax_number_live', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('uq_customers_external_ref', table_name='customers')
-    op.drop_index('ix_customers_updated_at_id', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_tags', table_name='customers', postgresql_using='gin', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_stage_created', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_region', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_owner_created', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_org_unit_created', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_name_id', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_industry', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_grade', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_index('ix_customers_deleted_at', table_name='customers', postgresql_where=sa.text('deleted_at IS NOT NULL'))
-    op.drop_index('ix_customers_created_at_id', table_name='customers', postgresql_where=sa.text('deleted_at IS NULL'))
-    op.drop_table('customers')
-    op.drop_index('uq_users_email_lower', table_name='users')
-    op.drop_index('ix_users_org_unit_id', table_name='users')
-    op.drop_index('ix_users_manager_path', table_name='users')
-    op.drop_table('users')
-    op.drop_index('ix_org_units_path', table_name='org_units')
-    op.drop_index('ix_org_units_parent_id', table_name='org_units')
-    op.drop_table('org_units')
-    op.drop_index('ix_idempotency_keys_created_at', table_name='idempotency_keys')
-    op.drop_table('idempotency_keys')
-    op.drop_table('authz_state')
-    op.drop_index('uq_authz_rules_row', table_name='authz_rules')
-    op.drop_table('authz_rules')
-    op.drop_index('ix_audit_events_resource', table_name='audit_events')
-    op.drop_index('ix_audit_events_owner', table_name='audit_events')
-    op.drop_index('ix_audit_events_occurred_id', table_name='audit_events')
-    op.drop_index('ix_audit_events_actor', table_name='audit_events')
-    op.drop_table('audit_events')
+    op.drop_index(
+        "uq_contacts_one_primary",
+        table_name="contacts",
+        postgresql_where=sa.text("is_primary AND deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_contacts_email", table_name="contacts", postgresql_where=sa.text("deleted_at IS NULL")
+    )
+    op.drop_index(
+        "ix_contacts_customer_created",
+        table_name="contacts",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_contacts_created_at_id",
+        table_name="contacts",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_table("contacts")
+    op.drop_index(
+        "uq_customers_tax_number_live",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index("uq_customers_external_ref", table_name="customers")
+    op.drop_index(
+        "ix_customers_updated_at_id",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_tags",
+        table_name="customers",
+        postgresql_using="gin",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_stage_created",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_region",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_owner_created",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_org_unit_created",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_name_id",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_industry",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_customers_grade", table_name="customers", postgresql_where=sa.text("deleted_at IS NULL")
+    )
+    op.drop_index(
+        "ix_customers_deleted_at",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NOT NULL"),
+    )
+    op.drop_index(
+        "ix_customers_created_at_id",
+        table_name="customers",
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
+    op.drop_table("customers")
+    op.drop_index("uq_users_email_lower", table_name="users")
+    op.drop_index("ix_users_org_unit_id", table_name="users")
+    op.drop_index("ix_users_manager_path", table_name="users")
+    op.drop_table("users")
+    op.drop_index("ix_org_units_path", table_name="org_units")
+    op.drop_index("ix_org_units_parent_id", table_name="org_units")
+    op.drop_table("org_units")
+    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
+    op.drop_table("idempotency_keys")
+    op.drop_table("authz_state")
+    op.drop_index("uq_authz_rules_row", table_name="authz_rules")
+    op.drop_table("authz_rules")
+    op.drop_index("ix_audit_events_resource", table_name="audit_events")
+    op.drop_index("ix_audit_events_owner", table_name="audit_events")
+    op.drop_index("ix_audit_events_occurred_id", table_name="audit_events")
+    op.drop_index("ix_audit_events_actor", table_name="audit_events")
+    op.drop_table("audit_events")
     # ### end Alembic commands ###

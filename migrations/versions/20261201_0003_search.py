@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0003'
-down_revision: str | None = '0002'
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -32,27 +32,39 @@ FIELDS = (
     "lower(name) || '\x1f' || lower(coalesce(email, '')) || '\x1f' || lower(coalesce(phone, ''))"
 )
 NAME = "lower(name)"
-LIVE = sa.text('deleted_at IS NULL')
+LIVE = sa.text("deleted_at IS NULL")
 
 
 def upgrade() -> None:
-    op.add_column('customers', sa.Column(
-        'search_text', sa.Text(), sa.Computed(FIELDS, persisted=True), nullable=False))
-    op.add_column('contacts', sa.Column(
-        'search_name', sa.Text(), sa.Computed(NAME, persisted=True), nullable=False))
-    op.add_column('contacts', sa.Column(
-        'search_text', sa.Text(), sa.Computed(FIELDS, persisted=True), nullable=False))
-    op.create_index('ix_contacts_customer_id', 'contacts', ['customer_id'], unique=False)
-    op.create_index('ix_contacts_updated_at_id', 'contacts', ['updated_at', 'id'], unique=False,
-                    postgresql_where=LIVE)
-    op.create_index('ix_contacts_name_id', 'contacts', ['name', 'id'], unique=False,
-                    postgresql_where=LIVE)
+    op.add_column(
+        "customers",
+        sa.Column("search_text", sa.Text(), sa.Computed(FIELDS, persisted=True), nullable=False),
+    )
+    op.add_column(
+        "contacts",
+        sa.Column("search_name", sa.Text(), sa.Computed(NAME, persisted=True), nullable=False),
+    )
+    op.add_column(
+        "contacts",
+        sa.Column("search_text", sa.Text(), sa.Computed(FIELDS, persisted=True), nullable=False),
+    )
+    op.create_index("ix_contacts_customer_id", "contacts", ["customer_id"], unique=False)
+    op.create_index(
+        "ix_contacts_updated_at_id",
+        "contacts",
+        ["updated_at", "id"],
+        unique=False,
+        postgresql_where=LIVE,
+    )
+    op.create_index(
+        "ix_contacts_name_id", "contacts", ["name", "id"], unique=False, postgresql_where=LIVE
+    )
 
 
 def downgrade() -> None:
-    op.drop_index('ix_contacts_name_id', table_name='contacts', postgresql_where=LIVE)
-    op.drop_index('ix_contacts_updated_at_id', table_name='contacts', postgresql_where=LIVE)
-    op.drop_index('ix_contacts_customer_id', table_name='contacts')
-    op.drop_column('contacts', 'search_text')
-    op.drop_column('contacts', 'search_name')
-    op.drop_column('customers', 'search_text')
+    op.drop_index("ix_contacts_name_id", table_name="contacts", postgresql_where=LIVE)
+    op.drop_index("ix_contacts_updated_at_id", table_name="contacts", postgresql_where=LIVE)
+    op.drop_index("ix_contacts_customer_id", table_name="contacts")
+    op.drop_column("contacts", "search_text")
+    op.drop_column("contacts", "search_name")
+    op.drop_column("customers", "search_text")

@@ -15,30 +15,30 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004'
-down_revision: str | None = '0003'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
-        'revoked_sessions',
-        sa.Column('session_id', sa.UUID(), nullable=False),
-        sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=False),
-        sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('session_id', name=op.f('pk_revoked_sessions')),
+        "revoked_sessions",
+        sa.Column("session_id", sa.UUID(), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("session_id", name=op.f("pk_revoked_sessions")),
     )
     op.create_index(
-        'ix_revoked_sessions_expires_at', 'revoked_sessions', ['expires_at'], unique=False
+        "ix_revoked_sessions_expires_at", "revoked_sessions", ["expires_at"], unique=False
     )
     op.add_column(
-        'authz_state',
-        sa.Column('sessions_version', sa.BigInteger(), server_default='0', nullable=False),
+        "authz_state",
+        sa.Column("sessions_version", sa.BigInteger(), server_default="0", nullable=False),
     )
 
 
 def downgrade() -> None:
-    op.drop_column('authz_state', 'sessions_version')
-    op.drop_index('ix_revoked_sessions_expires_at', table_name='revoked_sessions')
-    op.drop_table('revoked_sessions')
+    op.drop_column("authz_state", "sessions_version")
+    op.drop_index("ix_revoked_sessions_expires_at", table_name="revoked_sessions")
+    op.drop_table("revoked_sessions")

@@ -37,8 +37,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from crm_api.seed import seed_demo
 
     if get_settings().is_production:
-        print("crm-api seed-demo: refused with CRM_ENV=production (the demo users share a "
-              "published password)", file=sys.stderr)
+        print(
+            "crm-api seed-demo: refused with CRM_ENV=production (the demo users share a "
+            "published password)",
+            file=sys.stderr,
+        )
         return 2
     url = _url()
     _migrate(url)
@@ -163,9 +166,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if embedded or settings.demo_data:
         from crm_api.seed import seed_demo
 
-        asyncio.run(seed_demo(
-            url, customers=args.demo_customers, only_if_empty=True, progress=_progress
-        ))
+        asyncio.run(
+            seed_demo(url, customers=args.demo_customers, only_if_empty=True, progress=_progress)
+        )
     print(f"crm-api on http://{host}:{port}  (interactive docs: http://{host}:{port}/docs)")
     if embedded:
         print(f"embedded PostgreSQL in {settings.data_dir.resolve() / 'pg'}")
@@ -235,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed-demo", help="load the demo org tree, users and customers")
     seed.add_argument(
-        "--customers", type=int, metavar="N",
+        "--customers",
+        type=int,
+        metavar="N",
         help="add N more demo customers (default: 200 on a database without demo data, "
         "none when it is already there: re-running is a no-op)",
     )
@@ -249,18 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--name", help="display name (default: the e-mail's local part)")
     admin.set_defaults(func=cmd_create_admin)
 
-    dump = sub.add_parser(
-        "backup", help="dump the database into FILE (pg_dump custom format)"
-    )
+    dump = sub.add_parser("backup", help="dump the database into FILE (pg_dump custom format)")
     dump.add_argument("file", metavar="FILE")
     dump.set_defaults(func=cmd_backup)
 
-    load = sub.add_parser(
-        "restore", help="restore FILE (from `backup`) into an empty database"
-    )
+    load = sub.add_parser("restore", help="restore FILE (from `backup`) into an empty database")
     load.add_argument("file", metavar="FILE")
     load.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="replace what the database holds (default: refuse unless it is empty)",
     )
     load.set_defaults(func=cmd_restore)

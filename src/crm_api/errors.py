@@ -213,7 +213,10 @@ _UNAVAILABLE_CLASSES = ("08", "53")
 #: Errors without a SQLSTATE that mean the same: refused or lost sockets, a statement or a
 #: pool wait past its deadline, asyncpg's client-side connection errors.
 _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     SQLAlchemyTimeoutError,
 )
 
@@ -237,9 +240,7 @@ def classify_database_error(exc: BaseException, method: str) -> tuple[int, str, 
     this layer understands (a bug: 500). Works on driver errors raised directly (the read
     path, :mod:`crm_api.db.reader`) and on SQLAlchemy's wrappers alike."""
     chain = _error_chain(exc)
-    sqlstate = next(
-        (s for e in chain if isinstance(s := getattr(e, "sqlstate", None), str)), None
-    )
+    sqlstate = next((s for e in chain if isinstance(s := getattr(e, "sqlstate", None), str)), None)
     if sqlstate in {"55P03", "40P01", "40001"}:  # lock timeout, deadlock, serialization
         if method in _READ_METHODS:
             # A read waited for a lock a write (or DDL, or a maintenance job) holds: the
@@ -253,7 +254,8 @@ def classify_database_error(exc: BaseException, method: str) -> tuple[int, str, 
     ):
         return 503, "database_unavailable", "The database is not available; retry."
     if (sqlstate is not None and sqlstate.startswith("22")) or any(
-        isinstance(e, asyncpg.DataError) for e in chain  # a value the driver cannot encode
+        isinstance(e, asyncpg.DataError)
+        for e in chain  # a value the driver cannot encode
     ):  # bad input reached SQL
         return 422, "invalid_value", "A value is out of range."
     if is_database_unavailable(exc, chain):
@@ -345,9 +347,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # one line, no traceback: during an outage every request lands here
             logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         headers = {"Retry-After": RETRY_AFTER_S} if status in (409, 503) else None
-        return problem_response(
-            status, code, detail, instance=request.url.path, headers=headers
-        )
+        return problem_response(status, code, detail, instance=request.url.path, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled error", exc_info=exc)
@@ -363,8 +363,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(IntegrityError, on_integrity)
     for database_error in (
-        DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-        SQLAlchemyTimeoutError, OSError, TimeoutError,
+        DBAPIError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        SQLAlchemyTimeoutError,
+        OSError,
+        TimeoutError,
     ):
         app.add_exception_handler(database_error, on_database)
     app.add_exception_handler(Exception, on_unexpected)

@@ -44,8 +44,10 @@ async def healthz() -> Response:
 
 
 @router.get(
-    "/readyz", operation_id="health_ready",
-    summary="Database reachable and migrations at head", response_model=Health,
+    "/readyz",
+    operation_id="health_ready",
+    summary="Database reachable and migrations at head",
+    response_model=Health,
     description="Opens a fresh database connection (so a server refusing new connections "
     "is not ready) within `CRM_READINESS_TIMEOUT_S`. In production the migration revision "
     "is shown only with `Authorization: Bearer <CRM_METRICS_TOKEN>`.",
@@ -61,14 +63,18 @@ async def readyz(request: Request) -> Response:
         )
     except Exception:
         return problem_response(
-            503, "database_unavailable", "The database is not reachable.",
+            503,
+            "database_unavailable",
+            "The database is not reachable.",
             headers={"Retry-After": "1"},
         )
     detail = not settings.is_production or _has_metrics_token(request, settings)
     if head is not None and current != head:
         return problem_response(
-            503, "migrations_pending",
-            f"Database is at {current}, code expects {head}." if detail
+            503,
+            "migrations_pending",
+            f"Database is at {current}, code expects {head}."
+            if detail
             else "Database migrations are not at the expected revision.",
             headers={"Retry-After": "5"},
         )
@@ -79,14 +85,19 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get(
-    "/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=True,
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    include_in_schema=True,
     description="Public, behind `Authorization: Bearer <CRM_METRICS_TOKEN>`, or off "
     "(404), as `CRM_METRICS` says (default: public outside production, token in production).",
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {}}},
-        401: {"description": "Metrics token missing or wrong",
-              "content": {"application/problem+json": {}}},
+        401: {
+            "description": "Metrics token missing or wrong",
+            "content": {"application/problem+json": {}},
+        },
         404: {"description": "Metrics are off", "content": {"application/problem+json": {}}},
     },
 )
@@ -97,7 +108,9 @@ async def metrics(request: Request) -> Response:
         return problem_response(404, "not_found", "No such resource or route.")
     if mode == "token" and not _has_metrics_token(request, settings):
         return problem_response(
-            401, "unauthorized", "The metrics token is required.",
+            401,
+            "unauthorized",
+            "The metrics token is required.",
             headers={"WWW-Authenticate": 'Bearer realm="crm-api-metrics"'},
         )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -117,7 +117,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=[
-                "Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID",
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Request-ID",
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )

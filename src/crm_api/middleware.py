@@ -24,9 +24,7 @@ from crm_api.logs import request_id_var
 
 logger = logging.getLogger("crm_api.access")
 
-REQUESTS = Counter(
-    "crm_http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+REQUESTS = Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
     "crm_http_request_duration_seconds",
     "HTTP request latency",
@@ -159,14 +157,18 @@ class RequestMiddleware:
             if len(scope.get("query_string", b"")) > self.max_qs:
                 status_holder[0] = 414
                 await _send_problem(
-                    send_wrapper, 414, "query_too_long",
+                    send_wrapper,
+                    414,
+                    "query_too_long",
                     f"The query string exceeds {self.max_qs} bytes.",
                 )
                 return
             if not _query_is_utf8(scope.get("query_string", b"")):
                 status_holder[0] = 400
                 await _send_problem(
-                    send_wrapper, 400, "invalid_query",
+                    send_wrapper,
+                    400,
+                    "invalid_query",
                     "The query string is not valid UTF-8 once percent-decoded.",
                 )
                 return
@@ -174,14 +176,18 @@ class RequestMiddleware:
             if declared is not None and declared > self.max_body:
                 status_holder[0] = 413
                 await _send_problem(
-                    send_wrapper, 413, "payload_too_large",
+                    send_wrapper,
+                    413,
+                    "payload_too_large",
                     f"The body exceeds {self.max_body} bytes.",
                 )
                 return
             if scope["method"] in _BODY_METHODS and _has_body(scope) and not _json_or_form(scope):
                 status_holder[0] = 415
                 await _send_problem(
-                    send_wrapper, 415, "unsupported_media_type",
+                    send_wrapper,
+                    415,
+                    "unsupported_media_type",
                     "Send the body as application/json.",
                 )
                 return
@@ -248,7 +254,9 @@ class RequestMiddleware:
             if not response_started:
                 status_holder[0] = 500
                 await _send_problem(
-                    send, 500, "internal_error",
+                    send,
+                    500,
+                    "internal_error",
                     "An unexpected error occurred. Quote the request id when reporting it.",
                 )
 

@@ -40,15 +40,21 @@ def _customer_duplicate(field: str) -> Conflict:
 
 def _no_such_org_unit() -> UnprocessableEntity:
     return UnprocessableEntity(
-        "org_unit_id does not exist.", code="invalid_org_unit",
-        errors=[{"field": "org_unit_id", "code": "invalid_reference",
-                 "message": "no such org unit"}],
+        "org_unit_id does not exist.",
+        code="invalid_org_unit",
+        errors=[
+            {"field": "org_unit_id", "code": "invalid_reference", "message": "no such org unit"}
+        ],
     )
 
 
 def _customer_sample(refs: Mapping[str, str]) -> dict[str, Any]:
-    return {"name": "上海明远贸易有限公司", "owner_id": refs["owner_id"],
-            "bank_account": "6222020200112233445", "tax_number": f"9131{refs['unique'][:14]}"}
+    return {
+        "name": "上海明远贸易有限公司",
+        "owner_id": refs["owner_id"],
+        "bank_account": "6222020200112233445",
+        "tax_number": f"9131{refs['unique'][:14]}",
+    }
 
 
 CUSTOMERS = Resource(
@@ -103,6 +109,7 @@ CONTACTS = Resource(
     ),
 )
 
+
 def _user_sample(refs: Mapping[str, str]) -> dict[str, Any]:
     return {"email": f"u{refs['unique']}@example.cn", "display_name": "张伟 Zhang Wei"}
 
@@ -135,6 +142,7 @@ USERS = Resource(
     ),
 )
 
+
 def _org_unit_sample(refs: Mapping[str, str]) -> dict[str, Any]:
     return {"name": f"华东大区 {refs['unique'][:8]}", "kind": "branch"}
 
@@ -160,6 +168,7 @@ ORG_UNITS = Resource(
         deletes=False,
     ),
 )
+
 
 def _role_sample(refs: Mapping[str, str]) -> dict[str, Any]:
     return {"name": f"region_{refs['unique'][:12]}", "description": "华东区域销售"}
@@ -187,6 +196,4 @@ ROLES = Resource(
 )
 
 #: Every registered resource, by its Casbin name.
-REGISTRY: dict[str, Resource] = {
-    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES)
-}
+REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES)}

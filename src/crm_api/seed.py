@@ -87,9 +87,7 @@ async def seed_demo(
             # for existing rows below must not race each other.
             await session.execute(select(func.pg_advisory_xact_lock(_SEED_LOCK)))
             had_demo = await _demo_user_count(session) > 0
-            wanted = customers if customers is not None else (
-                0 if had_demo else DEFAULT_CUSTOMERS
-            )
+            wanted = customers if customers is not None else (0 if had_demo else DEFAULT_CUSTOMERS)
             if progress is not None:
                 what = f"{wanted} customers" if wanted else "no new customers"
                 progress(f"loading demo data ({what}) …")
@@ -102,9 +100,15 @@ async def seed_demo(
                 .where(AuthzState.id == 1)
                 .values(version=AuthzState.version + 1, changed_at=func.now())
             )
-        return {"org_units": len(units), "users": len(users), "new_org_units": new_units,
-                "new_users": new_users, "customers": count, "customers_added": count,
-                "password": DEMO_PASSWORD}
+        return {
+            "org_units": len(units),
+            "users": len(users),
+            "new_org_units": new_units,
+            "new_users": new_users,
+            "customers": count,
+            "customers_added": count,
+            "password": DEMO_PASSWORD,
+        }
     finally:
         await engine.dispose()
 
@@ -115,9 +119,13 @@ _SEED_LOCK = 0x63726D2D73656564
 
 async def _demo_user_count(session: AsyncSession) -> int:
     emails = [email for _, email, *_ in DEMO_USERS]
-    return int((await session.execute(
-        select(func.count()).select_from(User).where(func.lower(User.email).in_(emails))
-    )).scalar_one())
+    return int(
+        (
+            await session.execute(
+                select(func.count()).select_from(User).where(func.lower(User.email).in_(emails))
+            )
+        ).scalar_one()
+    )
 
 
 async def _roles(session: AsyncSession) -> None:
@@ -126,8 +134,13 @@ async def _roles(session: AsyncSession) -> None:
     the roles API does not know."""
     wanted = {role for role, *_ in DEMO_USERS}
     rows = [
-        {"id": uuid.uuid4(), "name": name, "description": BUILTIN_ROLES.get(name),
-         "builtin": name in BUILTIN_ROLES, "version": 1}
+        {
+            "id": uuid.uuid4(),
+            "name": name,
+            "description": BUILTIN_ROLES.get(name),
+            "builtin": name in BUILTIN_ROLES,
+            "version": 1,
+        }
         for name in sorted(wanted | set(BUILTIN_ROLES))
     ]
     await session.execute(
@@ -143,12 +156,17 @@ async def _org_tree(session: AsyncSession) -> tuple[dict[str, OrgUnit], int]:
     for key, parent, name, kind in ORG_TREE:
         parent_unit = units.get(parent) if parent else None
         parent_id = parent_unit.id if parent_unit else None
-        found = (await session.execute(
-            select(OrgUnit).where(
-                OrgUnit.name == name,
-                OrgUnit.parent_id == parent_id if parent_id else OrgUnit.parent_id.is_(None),
-            ).order_by(OrgUnit.created_at).limit(1)
-        )).scalar_one_or_none()
+        found = (
+            await session.execute(
+                select(OrgUnit)
+                .where(
+                    OrgUnit.name == name,
+                    OrgUnit.parent_id == parent_id if parent_id else OrgUnit.parent_id.is_(None),
+                )
+                .order_by(OrgUnit.created_at)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
         if found is not None:
             units[key] = found
             continue
@@ -156,8 +174,12 @@ async def _org_tree(session: AsyncSession) -> tuple[dict[str, OrgUnit], int]:
         unit_id = uuid.uuid4()
         path = (parent_unit.path if parent_unit else "/") + f"{unit_id}/"
         unit = OrgUnit(
-            id=unit_id, name=name, kind=kind, parent_id=parent_unit.id if parent_unit else None,
-            path=path, depth=path.count("/") - 2,
+            id=unit_id,
+            name=name,
+            kind=kind,
+            parent_id=parent_unit.id if parent_unit else None,
+            path=path,
+            depth=path.count("/") - 2,
         )
         session.add(unit)
         units[key] = unit
@@ -165,9 +187,7 @@ async def _org_tree(session: AsyncSession) -> tuple[dict[str, OrgUnit], int]:
     return units, created
 
 
-async def _users(
-    session: AsyncSession, units: dict[str, OrgUnit]
-) -> tuple[dict[str, User], int]:
+async def _users(session: AsyncSession, units: dict[str, OrgUnit]) -> tuple[dict[str, User], int]:
     """The demo users: existing ones (by e-mail, left as they are: their password or
     roles may have been changed on purpose) and the missing ones created with their
     role. Returns the users by role and how many were created."""
@@ -175,9 +195,9 @@ async def _users(
     password_hash: str | None = None
     created = 0
     for role, email, name, org_key, manager_role in DEMO_USERS:
-        found = (await session.execute(
-            select(User).where(func.lower(User.email) == email.lower())
-        )).scalar_one_or_none()
+        found = (
+            await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+        ).scalar_one_or_none()
         if found is not None:
             users[role] = found
             continue
@@ -187,7 +207,10 @@ async def _users(
         user_id = uuid.uuid4()
         manager = users.get(manager_role) if manager_role else None
         user = User(
-            id=user_id, email=email, display_name=name, org_unit_id=units[org_key].id,
+            id=user_id,
+            email=email,
+            display_name=name,
+            org_unit_id=units[org_key].id,
             manager_id=manager.id if manager else None,
             manager_path=(manager.manager_path if manager else "/") + f"{user_id}/",
             password_hash=password_hash,
@@ -206,10 +229,15 @@ async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> i
     if n <= 0:
         return 0
     owners = [users[r] for r in ("sales_rep", "sales_manager", "staff", "executive", "partner")]
-    first = int((await session.execute(
-        select(func.count()).select_from(Customer)
-        .where(Customer.owner_id.in_([u.id for u in owners]))
-    )).scalar_one())
+    first = int(
+        (
+            await session.execute(
+                select(func.count())
+                .select_from(Customer)
+                .where(Customer.owner_id.in_([u.id for u in owners]))
+            )
+        ).scalar_one()
+    )
     rng = random.Random(2026 + first)
     now = datetime.now(UTC)
     contacts: list[Contact] = []
@@ -217,33 +245,49 @@ async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> i
         owner = rng.choice(owners)
         chinese = rng.random() < 0.6
         name = (
-            f"{rng.choice(CN_NAMES)}{rng.choice(CN_SUFFIX)}" if chinese
+            f"{rng.choice(CN_NAMES)}{rng.choice(CN_SUFFIX)}"
+            if chinese
             else f"{rng.choice(EN_NAMES)} {rng.choice(EN_SUFFIX)}"
         ) + f" #{i + 1}"
         created = now - timedelta(days=rng.randint(0, 720), minutes=rng.randint(0, 1440))
         customer = Customer(
-            id=uuid.uuid4(), name=name, type=rng.choice(["company", "company", "individual"]),
+            id=uuid.uuid4(),
+            name=name,
+            type=rng.choice(["company", "company", "individual"]),
             lifecycle_stage=rng.choice(["lead", "prospect", "customer", "customer", "churned"]),
-            grade=rng.choice(["A", "B", "C", "D", None]), credit_level=rng.randint(1, 5),
-            industry=rng.choice(INDUSTRIES), region=rng.choice(REGIONS),
+            grade=rng.choice(["A", "B", "C", "D", None]),
+            credit_level=rng.randint(1, 5),
+            industry=rng.choice(INDUSTRIES),
+            region=rng.choice(REGIONS),
             phone=f"+86 21 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
             email=f"contact{i}@example.com",
             tags=rng.sample(["vip", "重点", "new", "渠道"], k=rng.randint(0, 2)),
-            custom_fields={}, owner_id=owner.id, org_unit_id=owner.org_unit_id,
+            custom_fields={},
+            owner_id=owner.id,
+            org_unit_id=owner.org_unit_id,
             # Unique per demo number (a live tax number is unique): 9131000 + 11 digits.
             tax_number=f"9131000{7 * 10**10 + i:011d}" if rng.random() < 0.5 else None,
             bank_account=f"6222{rng.randint(10**11, 10**12 - 1)}" if rng.random() < 0.5 else None,
             source=rng.choice(["web", "referral", "partner", "event", "storefront"]),
-            created_at=created, updated_at=created, version=1,
+            created_at=created,
+            updated_at=created,
+            version=1,
         )
         session.add(customer)
         for j in range(rng.randint(1, 3)):
-            contacts.append(Contact(
-                id=uuid.uuid4(), customer_id=customer.id, name=rng.choice(PEOPLE),
-                title=rng.choice(["采购经理", "CEO", "Buyer", "财务总监"]),
-                email=f"p{i}-{j}@example.com", is_primary=(j == 0),
-                created_at=created, updated_at=created, version=1,
-            ))
+            contacts.append(
+                Contact(
+                    id=uuid.uuid4(),
+                    customer_id=customer.id,
+                    name=rng.choice(PEOPLE),
+                    title=rng.choice(["采购经理", "CEO", "Buyer", "财务总监"]),
+                    email=f"p{i}-{j}@example.com",
+                    is_primary=(j == 0),
+                    created_at=created,
+                    updated_at=created,
+                    version=1,
+                )
+            )
     await session.flush()  # customers first: no ORM relationship orders the inserts
     session.add_all(contacts)
     await session.flush()

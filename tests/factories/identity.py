@@ -19,8 +19,14 @@ async def make_org_unit(
                 "INSERT INTO org_units (id, name, kind, parent_id, path, depth, active, version) "
                 "VALUES (:id, :name, :kind, :parent, :path, :depth, true, 1)"
             ),
-            {"id": unit_id, "name": name, "kind": kind, "parent": parent["id"] if parent else None,
-             "path": path, "depth": path.count("/") - 2},
+            {
+                "id": unit_id,
+                "name": name,
+                "kind": kind,
+                "parent": parent["id"] if parent else None,
+                "path": path,
+                "depth": path.count("/") - 2,
+            },
         )
     return {"id": unit_id, "name": name, "path": path}
 
@@ -44,17 +50,29 @@ async def make_user(
                 " password_hash, active, version) VALUES (:id, :email, :name, :unit, :manager,"
                 " :mpath, :pw, true, 1)"
             ),
-            {"id": user_id, "email": email, "name": email.split("@")[0],
-             "unit": org_unit["id"] if org_unit else None,
-             "manager": manager["id"] if manager else None, "mpath": manager_path,
-             "pw": password_hash},
+            {
+                "id": user_id,
+                "email": email,
+                "name": email.split("@")[0],
+                "unit": org_unit["id"] if org_unit else None,
+                "manager": manager["id"] if manager else None,
+                "mpath": manager_path,
+                "pw": password_hash,
+            },
         )
         for role in roles:
             await conn.execute(
-                text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
-                     " VALUES (gen_random_uuid(), 'g', :sub, :role, '', '', '', '')"),
+                text(
+                    "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
+                    " VALUES (gen_random_uuid(), 'g', :sub, :role, '', '', '', '')"
+                ),
                 {"sub": f"user:{user_id}", "role": role},
             )
         await conn.execute(text("UPDATE authz_state SET version = version + 1 WHERE id = 1"))
-    return {"id": user_id, "email": email, "manager_path": manager_path,
-            "org_unit_id": org_unit["id"] if org_unit else None, "roles": roles}
+    return {
+        "id": user_id,
+        "email": email,
+        "manager_path": manager_path,
+        "org_unit_id": org_unit["id"] if org_unit else None,
+        "roles": roles,
+    }

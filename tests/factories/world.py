@@ -98,8 +98,19 @@ CUSTOM_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 OWNERS = (
-    "admin", "exec", "mgr", "rep1", "rep2", "rep3", "rep4", "lead", "staff1", "staff2",
-    "hybrid", "partner", "storefront",
+    "admin",
+    "exec",
+    "mgr",
+    "rep1",
+    "rep2",
+    "rep3",
+    "rep4",
+    "lead",
+    "staff1",
+    "staff2",
+    "hybrid",
+    "partner",
+    "storefront",
 )
 
 #: The i-th customer of every owner: a name pattern ({n}: running number), and tags.
@@ -213,14 +224,18 @@ async def _custom_roles(engine: AsyncEngine, world: World) -> None:
     async with engine.begin() as conn:
         for name, (scope, unit_keys) in CUSTOM_ROLES.items():
             await conn.execute(
-                text("INSERT INTO roles (id, name, description, builtin, version)"
-                     " VALUES (gen_random_uuid(), :name, 'matrix test role', false, 1)"),
+                text(
+                    "INSERT INTO roles (id, name, description, builtin, version)"
+                    " VALUES (gen_random_uuid(), :name, 'matrix test role', false, 1)"
+                ),
                 {"name": name},
             )
             units = "|".join(str(world.units[k].id) for k in unit_keys)
             await conn.execute(
-                text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES"
-                     " (gen_random_uuid(), 'p', :role, 'customers', 'read', :scope, :units, '')"),
+                text(
+                    "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES"
+                    " (gen_random_uuid(), 'p', :role, 'customers', 'read', :scope, :units, '')"
+                ),
                 {"role": name, "scope": scope, "units": units},
             )
         await conn.execute(text("UPDATE authz_state SET version = version + 1 WHERE id = 1"))
@@ -232,21 +247,35 @@ async def make_service_account(
     user_id = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO users (id, email, display_name, org_unit_id, manager_path, kind,"
-                 " active, version) VALUES (:id, :email, :name, :unit, :mpath, 'service',"
-                 " true, 1)"),
-            {"id": user_id, "email": f"{key}@api-clients.invalid", "name": key,
-             "unit": unit["id"], "mpath": f"/{user_id}/"},
+            text(
+                "INSERT INTO users (id, email, display_name, org_unit_id, manager_path, kind,"
+                " active, version) VALUES (:id, :email, :name, :unit, :mpath, 'service',"
+                " true, 1)"
+            ),
+            {
+                "id": user_id,
+                "email": f"{key}@api-clients.invalid",
+                "name": key,
+                "unit": unit["id"],
+                "mpath": f"/{user_id}/",
+            },
         )
         for role in roles:
             await conn.execute(
-                text("INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
-                     " VALUES (gen_random_uuid(), 'g', :sub, :role, '', '', '', '')"),
+                text(
+                    "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5)"
+                    " VALUES (gen_random_uuid(), 'g', :sub, :role, '', '', '', '')"
+                ),
                 {"sub": f"client:{user_id}", "role": role},
             )
         await conn.execute(text("UPDATE authz_state SET version = version + 1 WHERE id = 1"))
-    return {"id": user_id, "kind": "service", "manager_path": f"/{user_id}/",
-            "org_unit_id": unit["id"], "roles": roles}
+    return {
+        "id": user_id,
+        "kind": "service",
+        "manager_path": f"/{user_id}/",
+        "org_unit_id": unit["id"],
+        "roles": roles,
+    }
 
 
 async def build_world(engine: AsyncEngine, admin_http: Any) -> World:
@@ -265,8 +294,11 @@ async def build_world(engine: AsyncEngine, admin_http: Any) -> World:
             people[key] = await make_service_account(engine, key, roles, rows[unit])
         else:
             people[key] = await make_user(
-                engine, roles=roles, org_unit=rows[unit],
-                manager=people[manager] if manager else None, email=f"{key}@matrix.test",
+                engine,
+                roles=roles,
+                org_unit=rows[unit],
+                manager=people[manager] if manager else None,
+                email=f"{key}@matrix.test",
             )
         world.people[key] = Person(key, people[key]["id"], roles, unit, manager, people[key])
 
@@ -278,9 +310,12 @@ async def build_world(engine: AsyncEngine, admin_http: Any) -> World:
         n += 1
         pattern, tags = SHAPES[shape]
         body: dict[str, Any] = {
-            "name": pattern.format(n=n), "owner_id": str(world.people[owner].id),
-            "lifecycle_stage": STAGES[n % len(STAGES)], "tags": tags,
-            "bank_account": f"62220202001122{n:04d}", "tax_number": f"91310000MA1FL{n:05d}",
+            "name": pattern.format(n=n),
+            "owner_id": str(world.people[owner].id),
+            "lifecycle_stage": STAGES[n % len(STAGES)],
+            "tags": tags,
+            "bank_account": f"62220202001122{n:04d}",
+            "tax_number": f"91310000MA1FL{n:05d}",
         }
         if unit is not None:
             body["org_unit_id"] = str(world.units[unit].id)
@@ -288,8 +323,16 @@ async def build_world(engine: AsyncEngine, admin_http: Any) -> World:
         assert response.status_code == 201, response.text
         got = response.json()
         rec = CustomerRec(
-            key, uuid.UUID(got["id"]), owner, unit or world.people[owner].unit, body["name"],
-            body["lifecycle_stage"], tags, body["bank_account"], body["tax_number"], shape,
+            key,
+            uuid.UUID(got["id"]),
+            owner,
+            unit or world.people[owner].unit,
+            body["name"],
+            body["lifecycle_stage"],
+            tags,
+            body["bank_account"],
+            body["tax_number"],
+            shape,
         )
         assert got["org_unit_id"] == str(world.units[rec.unit].id)
         world.customers[key] = rec
@@ -325,14 +368,22 @@ async def build_world(engine: AsyncEngine, admin_http: Any) -> World:
 
     async with engine.connect() as conn:
         events = (
-            await conn.execute(text(
-                "SELECT id, action, resource_type, resource_id, owner_id, org_unit_id"
-                " FROM audit_events"
-            ))
+            await conn.execute(
+                text(
+                    "SELECT id, action, resource_type, resource_id, owner_id, org_unit_id"
+                    " FROM audit_events"
+                )
+            )
         ).all()
     world.events = [
-        AuditRec(e.id, e.action, e.resource_type, e.resource_id,
-                 world.person_key(e.owner_id), world.unit_key(e.org_unit_id))
+        AuditRec(
+            e.id,
+            e.action,
+            e.resource_type,
+            e.resource_id,
+            world.person_key(e.owner_id),
+            world.unit_key(e.org_unit_id),
+        )
         for e in events
     ]
     return world
@@ -347,9 +398,9 @@ async def _tables(conn: Any) -> list[str]:
     from crm_api.db.base import Base
 
     present = set(
-        (await conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        )).scalars()
+        (
+            await conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        ).scalars()
     ) - {"alembic_version"}
     ordered = [t.name for t in Base.metadata.sorted_tables if t.name in present]
     return ordered + sorted(present - set(ordered))
@@ -377,17 +428,24 @@ async def restore(engine: AsyncEngine) -> None:
             # generated columns (the search columns) cannot be written: PostgreSQL
             # recomputes them
             columns = ", ".join(
-                f'"{name}"' for name in (await conn.execute(
-                    text("SELECT column_name FROM information_schema.columns"
-                         " WHERE table_schema = 'public' AND table_name = :t"
-                         " AND is_generated = 'NEVER' ORDER BY ordinal_position"),
-                    {"t": table},
-                )).scalars()
+                f'"{name}"'
+                for name in (
+                    await conn.execute(
+                        text(
+                            "SELECT column_name FROM information_schema.columns"
+                            " WHERE table_schema = 'public' AND table_name = :t"
+                            " AND is_generated = 'NEVER' ORDER BY ordinal_position"
+                        ),
+                        {"t": table},
+                    )
+                ).scalars()
             )
-            await conn.execute(text(
-                f"INSERT INTO public.{table} ({columns})"
-                f" SELECT {columns} FROM {SNAPSHOT_SCHEMA}.{table}"
-            ))
+            await conn.execute(
+                text(
+                    f"INSERT INTO public.{table} ({columns})"
+                    f" SELECT {columns} FROM {SNAPSHOT_SCHEMA}.{table}"
+                )
+            )
 
 
 async def drop_snapshot(engine: AsyncEngine) -> None:

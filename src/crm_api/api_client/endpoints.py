@@ -52,24 +52,33 @@ def _with_etag(
 
 
 @router.get(
-    "", operation_id="api_clients_list", summary="List API clients",
-    response_model=Page[ApiClient], responses=problems(400),
+    "",
+    operation_id="api_clients_list",
+    summary="List API clients",
+    response_model=Page[ApiClient],
+    responses=problems(400),
 )
 async def list_api_clients(
     access: ApiClientsRead,
     conn: ReadConnection,
-    query: Annotated[ApiClientListQuery, query_model(ApiClientListQuery)]
+    query: Annotated[ApiClientListQuery, query_model(ApiClientListQuery)],
 ) -> Response:
     return json_response(await service.list_clients(conn, access, query))
 
 
 @router.post(
-    "", operation_id="api_clients_create", summary="Create an API client", status_code=201,
+    "",
+    operation_id="api_clients_create",
+    summary="Create an API client",
+    status_code=201,
     response_model=ApiClientWithSecret,
     responses={**problems(), 201: {"headers": ETAG_HEADER}},
 )
 async def create_api_client(
-    request: Request, body: ApiClientCreate, access: ApiClientsCreate, session: PolicySession,
+    request: Request,
+    body: ApiClientCreate,
+    access: ApiClientsCreate,
+    session: PolicySession,
 ) -> Response:
     """Returns `client_id` and `client_secret`; the secret is shown only in this response.
     Roles must exist (422 `unknown_role`); you may only give roles whose every grant you
@@ -79,8 +88,11 @@ async def create_api_client(
 
 
 @router.get(
-    "/{client_id}", operation_id="api_clients_get", summary="Get an API client",
-    response_model=ApiClient, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+    "/{client_id}",
+    operation_id="api_clients_get",
+    summary="Get an API client",
+    response_model=ApiClient,
+    responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_api_client(
     client_id: uuid.UUID, access: ApiClientsRead, conn: ReadConnection
@@ -89,54 +101,89 @@ async def get_api_client(
 
 
 @router.patch(
-    "/{client_id}", operation_id="api_clients_update", summary="Update an API client",
-    response_model=ApiClient, responses=problems(404, 412, 428),
+    "/{client_id}",
+    operation_id="api_clients_update",
+    summary="Update an API client",
+    response_model=ApiClient,
+    responses=problems(404, 412, 428),
 )
 async def update_api_client(
-    request: Request, client_id: uuid.UUID, body: ApiClientUpdate, access: ApiClientsUpdate,
-    session: PolicySession, strict: RequireIfMatch, if_match: IfMatch = None,
+    request: Request,
+    client_id: uuid.UUID,
+    body: ApiClientUpdate,
+    access: ApiClientsUpdate,
+    session: PolicySession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Rename, replace the roles, or (de)activate. Deactivating stops the client's tokens
     at once; reactivating lets it request new ones. Roles given or taken must be ones you
     could give (403 `role_not_grantable`)."""
     row = await service.update_client(
-        session, get_policy(request), access, client_id, body, if_match,
+        session,
+        get_policy(request),
+        access,
+        client_id,
+        body,
+        if_match,
         require_if_match=strict,
     )
     return _with_etag(row)
 
 
 @router.delete(
-    "/{client_id}", operation_id="api_clients_delete",
-    summary="Deactivate an API client (restorable)", status_code=204,
+    "/{client_id}",
+    operation_id="api_clients_delete",
+    summary="Deactivate an API client (restorable)",
+    status_code=204,
     responses=problems(404, 412, 428),
 )
 async def delete_api_client(
-    request: Request, client_id: uuid.UUID, access: ApiClientsDelete, session: PolicySession,
-    strict: RequireIfMatch, if_match: IfMatch = None,
+    request: Request,
+    client_id: uuid.UUID,
+    access: ApiClientsDelete,
+    session: PolicySession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """The client can no longer get tokens and those it holds stop working. Restore with
     `PATCH {"active": true}`."""
     await service.deactivate_client(
-        session, get_policy(request), access, client_id, if_match,
+        session,
+        get_policy(request),
+        access,
+        client_id,
+        if_match,
         require_if_match=strict,
     )
     return Response(status_code=204)
 
 
 @router.post(
-    "/{client_id}/rotate-secret", operation_id="api_clients_rotate_secret",
-    summary="Issue a new client secret", response_model=ApiClientWithSecret,
+    "/{client_id}/rotate-secret",
+    operation_id="api_clients_rotate_secret",
+    summary="Issue a new client secret",
+    response_model=ApiClientWithSecret,
     responses={**problems(404, 412, 428), 200: {"headers": ETAG_HEADER}},
 )
 async def rotate_api_client_secret(
-    request: Request, client_id: uuid.UUID, access: ApiClientsUpdate, session: PolicySession,
-    strict: RequireIfMatch, body: RotateSecret | None = None, if_match: IfMatch = None,
+    request: Request,
+    client_id: uuid.UUID,
+    access: ApiClientsUpdate,
+    session: PolicySession,
+    strict: RequireIfMatch,
+    body: RotateSecret | None = None,
+    if_match: IfMatch = None,
 ) -> Response:
     """The new secret is shown only in this response. With `grace_period_s` the old one
     keeps working that long (for rolling the change out); otherwise it stops at once."""
     row = await service.rotate_secret(
-        session, get_policy(request), access, client_id, body or RotateSecret(), if_match,
+        session,
+        get_policy(request),
+        access,
+        client_id,
+        body or RotateSecret(),
+        if_match,
         require_if_match=strict,
     )
     return _with_etag(row, secret=True)

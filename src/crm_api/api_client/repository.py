@@ -37,9 +37,17 @@ def _roles_column() -> ColumnElement[Any]:
 
 
 COLUMNS: list[Any] = [
-    ApiClient.id, ApiClient.client_id, ApiClient.name, ApiClient.user_id, User.org_unit_id,
-    ApiClient.active, ApiClient.last_used_at, ApiClient.previous_secret_expires_at,
-    ApiClient.created_at, ApiClient.updated_at, ApiClient.version,
+    ApiClient.id,
+    ApiClient.client_id,
+    ApiClient.name,
+    ApiClient.user_id,
+    User.org_unit_id,
+    ApiClient.active,
+    ApiClient.last_used_at,
+    ApiClient.previous_secret_expires_at,
+    ApiClient.created_at,
+    ApiClient.updated_at,
+    ApiClient.version,
 ]
 SORT_COLUMNS: dict[str, Any] = {
     ApiClientSort.created_at: ApiClient.created_at,

@@ -22,7 +22,8 @@ RoleName = Annotated[str, Field(min_length=1, max_length=64, examples=["partner"
 RoleList = Annotated[
     list[RoleName],
     Field(
-        min_length=1, max_length=20,
+        min_length=1,
+        max_length=20,
         description="Names of existing roles (see the roles API); the client's permissions.",
         examples=[["partner"]],
     ),
@@ -58,7 +59,9 @@ class ApiClientUpdate(InputModel):
 
 class RotateSecret(InputModel):
     grace_period_s: Annotated[int, Strict()] = Field(
-        default=0, ge=0, le=MAX_GRACE_S,
+        default=0,
+        ge=0,
+        le=MAX_GRACE_S,
         description="Seconds the previous secret keeps working (0: it stops at once).",
         examples=[3600],
     )
@@ -99,7 +102,9 @@ class ApiClientSort(StrEnum):
 class ApiClientListQuery(ListQuery):
     sort: str = sort_field(ApiClientSort, "-created_at")
     q: str | None = Field(
-        default=None, min_length=1, max_length=200,
+        default=None,
+        min_length=1,
+        max_length=200,
         description="Substring of the name or the client_id.",
     )
     active: bool | None = Field(default=None, description="Only active (or inactive) clients.")

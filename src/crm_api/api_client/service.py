@@ -62,8 +62,12 @@ def _new_secret() -> str:
 
 
 async def _check_roles(
-    session: AsyncSession, policy: PolicyEngine, access: Access, roles: Iterable[str],
-    at: delegation.Position, current: Iterable[str] = (),
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    roles: Iterable[str],
+    at: delegation.Position,
+    current: Iterable[str] = (),
 ) -> list[str]:
     """``roles`` deduplicated, each an existing role; the change from ``current`` must be
     one the caller may make (403 ``role_not_grantable``): nobody can mint or widen a
@@ -74,13 +78,18 @@ async def _check_roles(
     missing = sorted(set(wanted) - await repo.existing_roles(session, wanted))
     if missing:
         raise UnprocessableEntity(
-            "Unknown role: " + ", ".join(missing), code="unknown_role",
+            "Unknown role: " + ", ".join(missing),
+            code="unknown_role",
             errors=[{"field": "roles", "code": "unknown_role", "message": m} for m in missing],
         )
     await delegation.check_roles(
-        session, policy, access.principal,
-        added=sorted(set(wanted) - set(current)), removed=sorted(set(current) - set(wanted)),
-        to_self=at.user_id == access.principal.id, at=at,
+        session,
+        policy,
+        access.principal,
+        added=sorted(set(wanted) - set(current)),
+        removed=sorted(set(current) - set(wanted)),
+        to_self=at.user_id == access.principal.id,
+        at=at,
     )
     return wanted
 
@@ -93,17 +102,18 @@ async def _check_target(
     client holds (:func:`crm_api.authz.delegation.check_target`, 403
     ``grant_not_allowed``)."""
     await delegation.check_target(
-        session, policy, access.principal, roles=await repo.roles_of(session, user.id),
-        positions=[await delegation.position_of(
-            session, user.id, user.manager_path, user.org_unit_id
-        )],
+        session,
+        policy,
+        access.principal,
+        roles=await repo.roles_of(session, user.id),
+        positions=[
+            await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id)
+        ],
         fields=fields,
     )
 
 
-async def list_clients(
-    conn: Reader, access: Access, query: ApiClientListQuery
-) -> dict[str, Any]:
+async def list_clients(conn: Reader, access: Access, query: ApiClientListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
@@ -128,14 +138,23 @@ async def create_client(
     ``client_secret``, which is never stored or shown again."""
     user_id, client_pk = uuid.uuid4(), uuid.uuid4()
     roles = await _check_roles(
-        session, policy, access, data.roles,
+        session,
+        policy,
+        access,
+        data.roles,
         await delegation.position_of(session, user_id, f"/{user_id}/", data.org_unit_id),
     )
     if data.org_unit_id is not None and not await repo.org_unit_active(session, data.org_unit_id):
         raise UnprocessableEntity(
-            "org_unit_id is not an active org unit.", code="invalid_org_unit",
-            errors=[{"field": "org_unit_id", "code": "invalid_reference",
-                     "message": "no such active org unit"}],
+            "org_unit_id is not an active org unit.",
+            code="invalid_org_unit",
+            errors=[
+                {
+                    "field": "org_unit_id",
+                    "code": "invalid_reference",
+                    "message": "no such active org unit",
+                }
+            ],
         )
     if not await repo.covers(session, access, data.org_unit_id):
         raise Forbidden(
@@ -144,33 +163,51 @@ async def create_client(
     public_id, secret = _new_client_id(), _new_secret()
     session.add(
         User(
-            id=user_id, email=f"{public_id}@api-clients.invalid", display_name=data.name,
-            org_unit_id=data.org_unit_id, manager_path=f"/{user_id}/", kind="service",
-            password_hash=None, active=True,
+            id=user_id,
+            email=f"{public_id}@api-clients.invalid",
+            display_name=data.name,
+            org_unit_id=data.org_unit_id,
+            manager_path=f"/{user_id}/",
+            kind="service",
+            password_hash=None,
+            active=True,
         )
     )
     await session.flush()  # the user row first: no ORM relationship orders the inserts
     session.add(
         ApiClient(
-            id=client_pk, client_id=public_id, name=data.name,
-            secret_hash=hash_password(secret), user_id=user_id, active=True,
+            id=client_pk,
+            client_id=public_id,
+            name=data.name,
+            secret_hash=hash_password(secret),
+            user_id=user_id,
+            active=True,
         )
     )
     await repo.set_roles(session, user_id, roles)
     await bump_policy_version(session)
     row = await _reload(session, access, client_pk)
     audit.record(
-        session, access.principal, action="create", resource_type=RESOURCE,
+        session,
+        access.principal,
+        action="create",
+        resource_type=RESOURCE,
         resource_id=client_pk,
-        changes=audit.diff(None, {k: row[k] for k in ("client_id", "name", "user_id", "roles",
-                                                      "org_unit_id", "active")}),
-        owner_id=user_id, org_unit_id=data.org_unit_id,
+        changes=audit.diff(
+            None,
+            {k: row[k] for k in ("client_id", "name", "user_id", "roles", "org_unit_id", "active")},
+        ),
+        owner_id=user_id,
+        org_unit_id=data.org_unit_id,
     )
     return {**row, "client_secret": secret}
 
 
 async def _locked(
-    session: AsyncSession, access: Access, client_id: uuid.UUID, if_match: str | None,
+    session: AsyncSession,
+    access: Access,
+    client_id: uuid.UUID,
+    if_match: str | None,
     require_if_match: bool,
 ) -> tuple[ApiClient, User]:
     found = await repo.lock(session, access, client_id)
@@ -190,24 +227,39 @@ def _set_active(client: ApiClient, user: User, active: bool, now: datetime) -> N
 
 
 async def update_client(
-    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
-    patch: ApiClientUpdate, if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    client_id: uuid.UUID,
+    patch: ApiClientUpdate,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
     nulled = sorted(k for k, v in changes.items() if v is None)
     if nulled:
         raise UnprocessableEntity(
-            "These fields cannot be null.", code="validation_error",
-            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                    for f in nulled],
+            "These fields cannot be null.",
+            code="validation_error",
+            errors=[
+                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                for f in nulled
+            ],
         )
     client, user = await _locked(session, access, client_id, if_match, require_if_match)
-    before: dict[str, Any] = {"name": client.name, "active": client.active,
-              "roles": await repo.roles_of(session, user.id)}
+    before: dict[str, Any] = {
+        "name": client.name,
+        "active": client.active,
+        "roles": await repo.roles_of(session, user.id),
+    }
     after = dict(before)
     if "roles" in changes:
         after["roles"] = await _check_roles(
-            session, policy, access, changes["roles"],
+            session,
+            policy,
+            access,
+            changes["roles"],
             await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id),
             before["roles"],
         )
@@ -227,15 +279,26 @@ async def update_client(
     client.updated_at = now  # also moves the version (and ETag) for a roles-only change
     await bump_policy_version(session)
     audit.record(
-        session, access.principal, action="update", resource_type=RESOURCE,
-        resource_id=client.id, changes=diff, owner_id=user.id, org_unit_id=user.org_unit_id,
+        session,
+        access.principal,
+        action="update",
+        resource_type=RESOURCE,
+        resource_id=client.id,
+        changes=diff,
+        owner_id=user.id,
+        org_unit_id=user.org_unit_id,
     )
     return await _reload(session, access, client_id)
 
 
 async def deactivate_client(
-    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    client_id: uuid.UUID,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> None:
     """Soft delete: the client can no longer get tokens and the ones it has stop working.
     Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing.
@@ -250,15 +313,26 @@ async def deactivate_client(
     await bump_policy_version(session)
     await session.flush()
     audit.record(
-        session, access.principal, action="delete", resource_type=RESOURCE,
-        resource_id=client.id, changes={"active": {"before": True, "after": False}},
-        owner_id=user.id, org_unit_id=user.org_unit_id,
+        session,
+        access.principal,
+        action="delete",
+        resource_type=RESOURCE,
+        resource_id=client.id,
+        changes={"active": {"before": True, "after": False}},
+        owner_id=user.id,
+        org_unit_id=user.org_unit_id,
     )
 
 
 async def rotate_secret(
-    session: AsyncSession, policy: PolicyEngine, access: Access, client_id: uuid.UUID,
-    body: RotateSecret, if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    client_id: uuid.UUID,
+    body: RotateSecret,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     """A new secret, returned once. With a grace period the replaced secret keeps working
     until it ends (one previous secret at most: rotating again ends the earlier grace).
@@ -279,7 +353,10 @@ async def rotate_secret(
     client.updated_at = now
     await bump_policy_version(session)
     audit.record(
-        session, access.principal, action="rotate_secret", resource_type=RESOURCE,
+        session,
+        access.principal,
+        action="rotate_secret",
+        resource_type=RESOURCE,
         resource_id=client.id,
         changes={
             "client_secret": {"before": audit.MASK, "after": audit.MASK},
@@ -288,7 +365,8 @@ async def rotate_secret(
                 {"previous_secret_expires_at": client.previous_secret_expires_at},
             ),
         },
-        owner_id=user.id, org_unit_id=user.org_unit_id,
+        owner_id=user.id,
+        org_unit_id=user.org_unit_id,
     )
     row = await _reload(session, access, client_id)
     return {**row, "client_secret": secret}

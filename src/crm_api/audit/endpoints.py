@@ -23,11 +23,15 @@ AuditEventsRead = Annotated[Access, require("audit_events", Action.read)]
 
 
 @router.get(
-    "", operation_id="audit_events_list", summary="List audit events",
-    response_model=Page[AuditEvent], responses=problems(400),
+    "",
+    operation_id="audit_events_list",
+    summary="List audit events",
+    response_model=Page[AuditEvent],
+    responses=problems(400),
 )
 async def list_audit_events(
-    access: AuditEventsRead, conn: ReadConnection,
+    access: AuditEventsRead,
+    conn: ReadConnection,
     query: Annotated[AuditEventListQuery, query_model(AuditEventListQuery)],
 ) -> Response:
     """Who changed what, newest first: the events of records in your data scope (their
@@ -36,8 +40,11 @@ async def list_audit_events(
 
 
 @router.get(
-    "/{event_id}", operation_id="audit_events_get", summary="Get an audit event",
-    response_model=AuditEvent, responses=problems(404),
+    "/{event_id}",
+    operation_id="audit_events_get",
+    summary="Get an audit event",
+    response_model=AuditEvent,
+    responses=problems(404),
 )
 async def get_audit_event(
     event_id: uuid.UUID, access: AuditEventsRead, conn: ReadConnection

@@ -47,15 +47,14 @@ async def list_page(
     executor: Executor, access: Access, query: AuditEventListQuery
 ) -> dict[str, Any]:
     return await fetch_page(
-        executor, filtered(access, query), SORT_COLUMNS, a.id,
+        executor,
+        filtered(access, query),
+        SORT_COLUMNS,
+        a.id,
         query.page(AuditEventSort),
     )
 
 
-async def get_row(
-    executor: Executor, access: Access, event_id: uuid.UUID
-) -> dict[str, Any] | None:
-    row = (
-        await executor.execute(scoped(access).where(a.id == event_id))
-    ).mappings().first()
+async def get_row(executor: Executor, access: Access, event_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (await executor.execute(scoped(access).where(a.id == event_id))).mappings().first()
     return dict(row) if row is not None else None

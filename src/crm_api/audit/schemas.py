@@ -37,13 +37,12 @@ class AuditEvent(OutputModel):
 
     id: uuid.UUID
     occurred_at: datetime
-    actor_type: str = Field(
-        description="`user`, `api_client` or `system`.", examples=["user"]
-    )
+    actor_type: str = Field(description="`user`, `api_client` or `system`.", examples=["user"])
     actor_id: uuid.UUID | None
     action: str = Field(
         description="What happened: `create`, `update`, `delete`, `restore`, `purge`, "
-        "`transfer`, …", examples=["update"],
+        "`transfer`, …",
+        examples=["update"],
     )
     resource_type: str = Field(description="The resource, as in grants.", examples=["contacts"])
     resource_id: uuid.UUID
@@ -65,7 +64,9 @@ Name40 = Annotated[str, Field(min_length=1, max_length=40)]
 class AuditEventListQuery(ListQuery):
     sort: str = sort_field(AuditEventSort, "-occurred_at")
     resource_type: list[AuditResource] | None = Field(
-        default=None, max_length=20, examples=[["contacts"]],
+        default=None,
+        max_length=20,
+        examples=[["contacts"]],
         description="Events of these resources (e.g. `customers`, `contacts`).",
     )
     resource_id: uuid.UUID | None = Field(default=None, description="The history of one record.")

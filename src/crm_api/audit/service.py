@@ -104,10 +104,17 @@ def row(
     a statement of its own making (the kit's create: one statement for the record and its
     event, see :func:`insert_with`)."""
     return {
-        "id": uuid.uuid4(), "occurred_at": occurred_at or datetime.now(UTC),
-        "actor_type": principal.kind.value, "actor_id": principal.id, "action": action,
-        "resource_type": resource_type, "resource_id": resource_id, "owner_id": owner_id,
-        "org_unit_id": org_unit_id, "changes": changes, "request_id": request_id_var.get(),
+        "id": uuid.uuid4(),
+        "occurred_at": occurred_at or datetime.now(UTC),
+        "actor_type": principal.kind.value,
+        "actor_id": principal.id,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "owner_id": owner_id,
+        "org_unit_id": org_unit_id,
+        "changes": changes,
+        "request_id": request_id_var.get(),
     }
 
 
@@ -131,8 +138,14 @@ async def record_all(
         return
     now, request_id = datetime.now(UTC), request_id_var.get()
     rows = [
-        {"id": uuid.uuid4(), "occurred_at": now, "actor_type": principal.kind.value,
-         "actor_id": principal.id, "request_id": request_id, **event}
+        {
+            "id": uuid.uuid4(),
+            "occurred_at": now,
+            "actor_type": principal.kind.value,
+            "actor_id": principal.id,
+            "request_id": request_id,
+            **event,
+        }
         for event in events
     ]
     table: Table = AuditEvent.__table__  # type: ignore[assignment]

@@ -63,17 +63,34 @@ async def ensure_admin(url: str, email: str, password: str, name: str | None) ->
                 user_id = uuid.uuid4()
                 session.add(
                     User(
-                        id=user_id, email=email, display_name=name or email.split("@")[0],
-                        org_unit_id=org_unit_id, manager_path=f"/{user_id}/", kind="person",
-                        password_hash=hash_password(password), active=True,
+                        id=user_id,
+                        email=email,
+                        display_name=name or email.split("@")[0],
+                        org_unit_id=org_unit_id,
+                        manager_path=f"/{user_id}/",
+                        kind="person",
+                        password_hash=hash_password(password),
+                        active=True,
                     )
                 )
                 await session.flush()
                 audit.record(
-                    session, SYSTEM, action="create", resource_type="users", resource_id=user_id,
-                    changes=audit.diff(None, {"email": email, "org_unit_id": org_unit_id,
-                                              "kind": "person", "active": True}),
-                    owner_id=user_id, org_unit_id=org_unit_id,
+                    session,
+                    SYSTEM,
+                    action="create",
+                    resource_type="users",
+                    resource_id=user_id,
+                    changes=audit.diff(
+                        None,
+                        {
+                            "email": email,
+                            "org_unit_id": org_unit_id,
+                            "kind": "person",
+                            "active": True,
+                        },
+                    ),
+                    owner_id=user_id,
+                    org_unit_id=org_unit_id,
                 )
             roles_before = sorted(
                 (
@@ -87,18 +104,35 @@ async def ensure_admin(url: str, email: str, password: str, name: str | None) ->
             role_added = (
                 await session.execute(
                     insert(AuthzRule)
-                    .values(id=uuid.uuid4(), ptype="g", v0=f"user:{user_id}", v1=ADMIN_ROLE,
-                            v2="", v3="", v4="", v5="")
+                    .values(
+                        id=uuid.uuid4(),
+                        ptype="g",
+                        v0=f"user:{user_id}",
+                        v1=ADMIN_ROLE,
+                        v2="",
+                        v3="",
+                        v4="",
+                        v5="",
+                    )
                     .on_conflict_do_nothing()
                     .returning(AuthzRule.id)
                 )
             ).scalar_one_or_none() is not None
             if role_added:
                 audit.record(
-                    session, SYSTEM, action="update", resource_type="users", resource_id=user_id,
-                    changes={"roles": {"before": roles_before,
-                                       "after": sorted([*roles_before, ADMIN_ROLE])}},
-                    owner_id=user_id, org_unit_id=org_unit_id,
+                    session,
+                    SYSTEM,
+                    action="update",
+                    resource_type="users",
+                    resource_id=user_id,
+                    changes={
+                        "roles": {
+                            "before": roles_before,
+                            "after": sorted([*roles_before, ADMIN_ROLE]),
+                        }
+                    },
+                    owner_id=user_id,
+                    org_unit_id=org_unit_id,
                 )
             if created or role_added:
                 await bump_policy_version(session)

@@ -58,10 +58,14 @@ async def _token_request(request: Request) -> TokenRequest:
         return TokenRequest.model_validate(data)
     except ValidationError as exc:
         raise UnprocessableEntity(
-            "The token request is invalid.", code="invalid_request",
+            "The token request is invalid.",
+            code="invalid_request",
             errors=[
-                {"field": ".".join(str(p) for p in e["loc"]), "code": e["type"],
-                 "message": e["msg"]}
+                {
+                    "field": ".".join(str(p) for p in e["loc"]),
+                    "code": e["type"],
+                    "message": e["msg"],
+                }
                 for e in exc.errors()
             ],
         ) from exc
@@ -69,20 +73,29 @@ async def _token_request(request: Request) -> TokenRequest:
 
 def _missing(*fields: str) -> UnprocessableEntity:
     return UnprocessableEntity(
-        "Required for this grant type: " + ", ".join(fields), code="invalid_request",
+        "Required for this grant type: " + ", ".join(fields),
+        code="invalid_request",
         errors=[{"field": f, "code": "missing", "message": "required"} for f in fields],
     )
 
 
 def _tokens(issued: service.IssuedTokens) -> Response:
-    body = {"access_token": issued.access_token, "token_type": "bearer",
-            "expires_in": issued.expires_in, "refresh_token": issued.refresh_token}
+    body = {
+        "access_token": issued.access_token,
+        "token_type": "bearer",
+        "expires_in": issued.expires_in,
+        "refresh_token": issued.refresh_token,
+    }
     return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 @router.post(
-    "/token", operation_id="auth_token", summary="Issue tokens (OAuth2)",
-    response_model=TokenResponse, dependencies=[public()], openapi_extra=_TOKEN_BODY,
+    "/token",
+    operation_id="auth_token",
+    summary="Issue tokens (OAuth2)",
+    response_model=TokenResponse,
+    dependencies=[public()],
+    openapi_extra=_TOKEN_BODY,
     responses=problems(400, 429, 503),
 )
 async def issue_token(request: Request, session: WriteSession) -> Response:
@@ -97,29 +110,47 @@ async def issue_token(request: Request, session: WriteSession) -> Response:
         if not body.username or body.password is None:
             raise _missing("username", "password")
         issued = await service.password_grant(
-            session, app.db.engine, app.keyring, app.settings, app.passwords, body.username,
-            body.password, client_key(request, app.settings.trusted_proxies),
+            session,
+            app.db.engine,
+            app.keyring,
+            app.settings,
+            app.passwords,
+            body.username,
+            body.password,
+            client_key(request, app.settings.trusted_proxies),
         )
     elif body.grant_type == "client_credentials":
         if not body.client_id or body.client_secret is None:
             raise _missing("client_id", "client_secret")
         issued = await service.client_credentials_grant(
-            session, app.keyring, app.settings, app.passwords, body.client_id,
+            session,
+            app.keyring,
+            app.settings,
+            app.passwords,
+            body.client_id,
             body.client_secret,
         )
     else:
         if not body.refresh_token:
             raise _missing("refresh_token")
         issued = await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            session,
+            app.db.engine,
+            app.keyring,
+            app.settings,
+            body.refresh_token,
             app.principals.revoked_sessions,
         )
     return _tokens(issued)
 
 
 @router.post(
-    "/refresh", operation_id="auth_refresh", summary="Rotate a refresh token",
-    response_model=TokenResponse, dependencies=[public()], responses=problems(),
+    "/refresh",
+    operation_id="auth_refresh",
+    summary="Rotate a refresh token",
+    response_model=TokenResponse,
+    dependencies=[public()],
+    responses=problems(),
 )
 async def refresh(request: Request, body: RefreshRequest, session: WriteSession) -> Response:
     """Returns a new access token and a new refresh token; the old one is spent. Presenting
@@ -127,24 +158,30 @@ async def refresh(request: Request, body: RefreshRequest, session: WriteSession)
     app = request.app.state
     return _tokens(
         await service.refresh_grant(
-            session, app.db.engine, app.keyring, app.settings, body.refresh_token,
+            session,
+            app.db.engine,
+            app.keyring,
+            app.settings,
+            body.refresh_token,
             app.principals.revoked_sessions,
         )
     )
 
 
 @router.post(
-    "/logout", operation_id="auth_logout", summary="End a session", status_code=204,
-    dependencies=[public()], responses=problems(),
+    "/logout",
+    operation_id="auth_logout",
+    summary="End a session",
+    status_code=204,
+    dependencies=[public()],
+    responses=problems(),
 )
 async def logout(request: Request, body: RefreshRequest, session: WriteSession) -> Response:
     """Ends the session: revokes the refresh token, every token rotated from it, and the
     access tokens the session issued (refused by every worker within about a second).
     Idempotent."""
     app = request.app.state
-    await service.logout(
-        session, app.settings, body.refresh_token, app.principals.revoked_sessions
-    )
+    await service.logout(session, app.settings, body.refresh_token, app.principals.revoked_sessions)
     return Response(status_code=204)
 
 
@@ -166,8 +203,11 @@ def _token_part(
 
 
 @me_router.get(
-    "", operation_id="me_get", summary="The caller, with effective permissions",
-    response_model=Me, responses=problems(),
+    "",
+    operation_id="me_get",
+    summary="The caller, with effective permissions",
+    response_model=Me,
+    responses=problems(),
 )
 async def get_me(
     request: Request, principal: Annotated[Principal, authenticated()], conn: ReadConnection
@@ -180,24 +220,32 @@ async def get_me(
         subject
     ):
         usable = (
-            [(resource, action)] if principal.token_permissions is None
+            [(resource, action)]
+            if principal.token_permissions is None
             else _token_part(resource, action, principal.token_permissions)
         )
         grants.extend(
             Grant(
-                role=role, resource=res, action=act, scope=scope,
+                role=role,
+                resource=res,
+                action=act,
+                scope=scope,
                 org_unit_ids=[u for u in units.split("|") if u],
             ).model_dump(mode="json")
             for res, act in usable
         )
     user = await users.me_facts(conn, principal.id)
     body = {
-        "id": principal.id, "kind": principal.kind.value,
+        "id": principal.id,
+        "kind": principal.kind.value,
         "email": user["email"] if user and user["kind"] == "person" else None,
-        "display_name": principal.name, "org_unit_id": principal.org_unit_id,
-        "manager_id": user["manager_id"] if user else None, "roles": roles,
+        "display_name": principal.name,
+        "org_unit_id": principal.org_unit_id,
+        "manager_id": user["manager_id"] if user else None,
+        "roles": roles,
         "permissions": grants,
         "token_permissions": sorted([list(p) for p in principal.token_permissions])
-        if principal.token_permissions is not None else None,
+        if principal.token_permissions is not None
+        else None,
     }
     return json_response(body)

@@ -59,7 +59,8 @@ class PasswordChecker:
                 await self._slots.acquire()
         except TimeoutError:
             raise ServiceUnavailable(
-                "Too many logins are being checked; retry in a moment.", code="login_busy",
+                "Too many logins are being checked; retry in a moment.",
+                code="login_busy",
                 headers={"Retry-After": "1"},
             ) from None
         # The slot is given back when the thread ends, not when the request does: a client

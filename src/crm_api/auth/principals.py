@@ -77,8 +77,13 @@ class PrincipalResolver:
             return self._users[user_id]
         stmt = (
             select(
-                User.display_name, User.kind, User.active, User.org_unit_id, OrgUnit.path,
-                User.manager_path, User.tokens_valid_after,
+                User.display_name,
+                User.kind,
+                User.active,
+                User.org_unit_id,
+                OrgUnit.path,
+                User.manager_path,
+                User.tokens_valid_after,
             )
             .outerjoin(OrgUnit, OrgUnit.id == User.org_unit_id)
             .where(User.id == user_id)
@@ -88,8 +93,12 @@ class PrincipalResolver:
         facts = None
         if row is not None:
             facts = _UserFacts(
-                name=row.display_name, kind=row.kind, active=row.active,
-                org_unit_id=row.org_unit_id, org_path=row.path, manager_path=row.manager_path,
+                name=row.display_name,
+                kind=row.kind,
+                active=row.active,
+                org_unit_id=row.org_unit_id,
+                org_path=row.path,
+                manager_path=row.manager_path,
                 valid_after_us=_epoch_us(row.tokens_valid_after),
             )
         self._users[user_id] = facts
@@ -106,8 +115,10 @@ class PrincipalResolver:
             row = (
                 await conn.execute(
                     select(
-                        PersonalAccessToken.user_id, PersonalAccessToken.permissions,
-                        PersonalAccessToken.revoked_at, PersonalAccessToken.expires_at,
+                        PersonalAccessToken.user_id,
+                        PersonalAccessToken.permissions,
+                        PersonalAccessToken.revoked_at,
+                        PersonalAccessToken.expires_at,
                     ).where(PersonalAccessToken.id == pat_id)
                 )
             ).first()
@@ -149,9 +160,14 @@ class PrincipalResolver:
             token_id = claims.jti
             self._pat_last_used[claims.jti] = datetime.now(UTC)
         return Principal(
-            kind=kind, id=subject_id, name=facts.name, roles=frozenset(),
-            org_unit_id=facts.org_unit_id, org_path=facts.org_path,
-            manager_path=facts.manager_path, token_permissions=token_permissions,
+            kind=kind,
+            id=subject_id,
+            name=facts.name,
+            roles=frozenset(),
+            org_unit_id=facts.org_unit_id,
+            org_path=facts.org_path,
+            manager_path=facts.manager_path,
+            token_permissions=token_permissions,
             token_id=token_id,
         )
 

@@ -14,8 +14,11 @@ from crm_api.models import AuthzState, LoginThrottle, RefreshToken, RevokedSessi
 
 # --- sessions ---------------------------------------------------------------------------
 async def revoke_family(
-    conn: AsyncConnection | AsyncSession, family_id: uuid.UUID, now: datetime,
-    *, spare: uuid.UUID | None = None,
+    conn: AsyncConnection | AsyncSession,
+    family_id: uuid.UUID,
+    now: datetime,
+    *,
+    spare: uuid.UUID | None = None,
 ) -> None:
     """Mark every live refresh token of the family revoked (except ``spare``)."""
     stmt = update(RefreshToken).where(
@@ -27,7 +30,9 @@ async def revoke_family(
 
 
 async def revoke_session(
-    conn: AsyncConnection | AsyncSession, session_id: uuid.UUID, now: datetime,
+    conn: AsyncConnection | AsyncSession,
+    session_id: uuid.UUID,
+    now: datetime,
     until: datetime,
 ) -> None:
     """Record the session as revoked and move ``sessions_version`` so every worker reloads
@@ -94,7 +99,11 @@ async def count_attempt(
         await conn.execute(
             insert(t)
             .values(
-                key=key, failures=1, window_started_at=now, locked_until=None, lockouts=0,
+                key=key,
+                failures=1,
+                window_started_at=now,
+                locked_until=None,
+                lockouts=0,
                 expires_at=keep_until,
             )
             .on_conflict_do_update(
@@ -114,17 +123,14 @@ async def count_attempt(
     return int(row.failures), row.locked_until, int(row.lockouts)
 
 
-async def lock(
-    conn: AsyncConnection, key: str, until: datetime, memory_s: int
-) -> None:
+async def lock(conn: AsyncConnection, key: str, until: datetime, memory_s: int) -> None:
     await conn.execute(
         update(LoginThrottle)
         .where(LoginThrottle.key == key)
         .values(
-            locked_until=until, lockouts=LoginThrottle.lockouts + 1,
-            expires_at=func.greatest(
-                LoginThrottle.expires_at, until + timedelta(seconds=memory_s)
-            ),
+            locked_until=until,
+            lockouts=LoginThrottle.lockouts + 1,
+            expires_at=func.greatest(LoginThrottle.expires_at, until + timedelta(seconds=memory_s)),
         )
     )
 
@@ -144,7 +150,8 @@ async def give_back(
         await conn.execute(
             update(LoginThrottle)
             .where(
-                LoginThrottle.key.in_(keys), LoginThrottle.locked_until.is_(None),
+                LoginThrottle.key.in_(keys),
+                LoginThrottle.locked_until.is_(None),
                 LoginThrottle.failures > 0,
             )
             .values(failures=LoginThrottle.failures - 1)

@@ -52,8 +52,13 @@ def access_token_for(
     keyring: KeyRing, settings: Settings, subject: str, extra: dict[str, object] | None = None
 ) -> tuple[str, int]:
     token, _ = tokens.issue(
-        keyring, subject=subject, token_type="access", ttl_s=settings.access_token_ttl_s,
-        issuer=settings.jwt_issuer, audience=settings.jwt_audience, extra=extra,
+        keyring,
+        subject=subject,
+        token_type="access",
+        ttl_s=settings.access_token_ttl_s,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        extra=extra,
     )
     return token, settings.access_token_ttl_s
 
@@ -65,8 +70,12 @@ async def _new_refresh_token(
     now = clock.now()
     session.add(
         RefreshToken(
-            id=uuid.uuid4(), family_id=family_id, user_id=user_id, token_hash=_hash(raw),
-            created_at=now, expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+            id=uuid.uuid4(),
+            family_id=family_id,
+            user_id=user_id,
+            token_hash=_hash(raw),
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
         )
     )
     await session.flush()
@@ -75,8 +84,14 @@ async def _new_refresh_token(
 
 # --- password grant ---------------------------------------------------------------------
 async def password_grant(
-    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings,
-    checker: PasswordChecker, username: str, password: str, client: str,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    keyring: KeyRing,
+    settings: Settings,
+    checker: PasswordChecker,
+    username: str,
+    password: str,
+    client: str,
 ) -> IssuedTokens:
     """``client`` is the caller's throttle identity (``auth/client_ip.py``). Raises
     ``Unauthorized`` (``invalid_grant``), ``TooManyRequests`` (``too_many_attempts``) or
@@ -106,8 +121,12 @@ async def password_grant(
 
 # --- client credentials -----------------------------------------------------------------
 async def client_credentials_grant(
-    session: AsyncSession, keyring: KeyRing, settings: Settings, checker: PasswordChecker,
-    client_id: str, secret: str,
+    session: AsyncSession,
+    keyring: KeyRing,
+    settings: Settings,
+    checker: PasswordChecker,
+    client_id: str,
+    secret: str,
 ) -> IssuedTokens:
     row = (
         await session.execute(
@@ -119,8 +138,11 @@ async def client_credentials_grant(
     client = row[0] if row else None
     now = clock.now()
     ok = await checker.verify(client.secret_hash if client else None, secret)
-    if not ok and client is not None and client.previous_secret_hash and (
-        client.previous_secret_expires_at and client.previous_secret_expires_at > now
+    if (
+        not ok
+        and client is not None
+        and client.previous_secret_hash
+        and (client.previous_secret_expires_at and client.previous_secret_expires_at > now)
     ):
         ok = await checker.verify(client.previous_secret_hash, secret)
     if row is None or client is None or not ok or not client.active or not row[1]:
@@ -141,8 +163,11 @@ async def client_credentials_grant(
 
 # --- refresh rotation -----------------------------------------------------------------
 async def _revoke_family(
-    engine: AsyncEngine, settings: Settings, revoked: RevokedSessions | None,
-    family_id: uuid.UUID, spent_id: uuid.UUID,
+    engine: AsyncEngine,
+    settings: Settings,
+    revoked: RevokedSessions | None,
+    family_id: uuid.UUID,
+    spent_id: uuid.UUID,
 ) -> None:
     # ``spent_id`` is locked FOR UPDATE by the request's own transaction: touching it from
     # this second transaction would wait on ourselves until lock_timeout. It is spent
@@ -157,7 +182,11 @@ async def _revoke_family(
 
 
 async def refresh_grant(
-    session: AsyncSession, engine: AsyncEngine, keyring: KeyRing, settings: Settings, raw: str,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    keyring: KeyRing,
+    settings: Settings,
+    raw: str,
     revoked: RevokedSessions | None = None,
 ) -> IssuedTokens:
     """Raises ``Unauthorized`` (``invalid_grant``). Presenting a spent token again is reuse:
@@ -175,7 +204,8 @@ async def refresh_grant(
         # Reuse of a rotated token: someone has a copy. Revoke every token of the family.
         await _revoke_family(engine, settings, revoked, stored.family_id, stored.id)
         raise Unauthorized(
-            "Refresh token reuse detected; the session was revoked.", code="invalid_grant",
+            "Refresh token reuse detected; the session was revoked.",
+            code="invalid_grant",
             headers={},
         )
     user = (await session.execute(select(User).where(User.id == stored.user_id))).scalar_one()
@@ -208,6 +238,8 @@ async def logout(
     await repository.revoke_session(session, family, now, until)
     if revoked is not None:
         event.listen(
-            session.sync_session, "after_commit", lambda _: revoked.add(family, until),
+            session.sync_session,
+            "after_commit",
+            lambda _: revoked.add(family, until),
             once=True,
         )

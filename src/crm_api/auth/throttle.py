@@ -61,21 +61,22 @@ def account_key(user_id: uuid.UUID | None, email: str) -> str:
     return "?" + hashlib.sha256(email.encode()).hexdigest()[:32]
 
 
-def keys_for(
-    settings: Settings, client: str, user_id: uuid.UUID | None, email: str
-) -> list[Key]:
+def keys_for(settings: Settings, client: str, user_id: uuid.UUID | None, email: str) -> list[Key]:
     """The keys in counting order (client, pair, account). An unknown username gets the same
     per-pair treatment as an account (the lock-out must not tell which accounts exist) but
     no per-account key."""
     pair = Key(
-        f"acct_ip:{account_key(user_id, email)}|{client}", settings.login_max_failures,
-        settings.login_lockout_s, backoff=True,
+        f"acct_ip:{account_key(user_id, email)}|{client}",
+        settings.login_max_failures,
+        settings.login_lockout_s,
+        backoff=True,
     )
     ip = Key(f"ip:{client}", settings.login_ip_max_failures, settings.login_lockout_s)
     if user_id is None:
         return [ip, pair]
     return [
-        ip, pair,
+        ip,
+        pair,
         Key(f"acct:{user_id}", settings.login_account_max_failures, settings.login_lockout_s),
     ]
 
@@ -94,7 +95,8 @@ def lockout_s(settings: Settings, key: Key, lockouts: int) -> int:
 def too_many(until: datetime, now: datetime) -> TooManyRequests:
     wait = max(1, math.ceil((until - now).total_seconds()))
     return TooManyRequests(
-        "Too many failed logins; try again later.", code="too_many_attempts",
+        "Too many failed logins; try again later.",
+        code="too_many_attempts",
         headers={"Retry-After": str(wait)},
     )
 

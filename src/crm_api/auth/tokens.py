@@ -120,7 +120,8 @@ def verify(
         raise InvalidToken("bad time claims")
     issued_us = claims.get(ISSUED_AT_US)
     if issued_us is not None and (
-        not isinstance(issued_us, int) or isinstance(issued_us, bool)
+        not isinstance(issued_us, int)
+        or isinstance(issued_us, bool)
         or issued_us // _US != claims["iat"]
     ):
         raise InvalidToken("iat_us disagrees with iat")

@@ -92,19 +92,27 @@ def _anchored(kind: ScopeKind, principal: Principal, at: Position) -> bool:
     if kind is ScopeKind.own:
         return at.user_id == principal.id
     if kind is ScopeKind.subordinates:
-        return bool(principal.manager_path and at.manager_path
-                    and at.manager_path.startswith(principal.manager_path))
+        return bool(
+            principal.manager_path
+            and at.manager_path
+            and at.manager_path.startswith(principal.manager_path)
+        )
     if kind is ScopeKind.org_unit:
         return principal.org_unit_id is not None and at.org_unit_id == principal.org_unit_id
     if kind is ScopeKind.org_subtree:
-        return bool(principal.org_path and at.org_path
-                    and at.org_path.startswith(principal.org_path))
+        return bool(
+            principal.org_path and at.org_path and at.org_path.startswith(principal.org_path)
+        )
     return False
 
 
 def covers(
-    held: Scope, wanted: ScopeKind, units: Iterable[uuid.UUID], principal: Principal,
-    subtree_units: Iterable[uuid.UUID] = (), at: Position | None = None,
+    held: Scope,
+    wanted: ScopeKind,
+    units: Iterable[uuid.UUID],
+    principal: Principal,
+    subtree_units: Iterable[uuid.UUID] = (),
+    at: Position | None = None,
 ) -> bool:
     """Whether a holder of ``held`` may confer ``wanted`` (equal or narrower).
 
@@ -135,12 +143,15 @@ def covers(
         if ScopeKind.org_subtree in held.kinds:
             rest -= set(subtree_units)
         return not rest
-    if at is not None and at.org_unit_id is None and wanted in (
-        ScopeKind.org_unit, ScopeKind.org_subtree
+    if (
+        at is not None
+        and at.org_unit_id is None
+        and wanted in (ScopeKind.org_unit, ScopeKind.org_subtree)
     ):
         return True
     return any(
-        kind in LADDER and LADDER[kind] >= LADDER[wanted]
+        kind in LADDER
+        and LADDER[kind] >= LADDER[wanted]
         and (at is None or _anchored(kind, principal, at))
         for kind in held.kinds
     )
@@ -168,7 +179,9 @@ async def _in_subtree(
 
 
 async def position_of(
-    session: AsyncSession, user_id: uuid.UUID, manager_path: str | None,
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    manager_path: str | None,
     org_unit_id: uuid.UUID | None,
 ) -> Position:
     """The :class:`Position` of a user (or API client's service account) placed in
@@ -177,14 +190,17 @@ async def position_of(
 
     path = None
     if org_unit_id is not None:
-        path = (await session.execute(
-            select(OrgUnit.path).where(OrgUnit.id == org_unit_id)
-        )).scalar_one_or_none()
+        path = (
+            await session.execute(select(OrgUnit.path).where(OrgUnit.id == org_unit_id))
+        ).scalar_one_or_none()
     return Position(user_id, manager_path, org_unit_id, path)
 
 
 async def refused_grants(
-    session: AsyncSession, policy: PolicyEngine, principal: Principal, grants: Iterable[Grant],
+    session: AsyncSession,
+    policy: PolicyEngine,
+    principal: Principal,
+    grants: Iterable[Grant],
     at: Position | None = None,
 ) -> list[Grant]:
     """The grants among ``grants`` the principal could not confer (empty: all fine), on a
@@ -197,7 +213,8 @@ async def refused_grants(
             continue
         subtree: set[uuid.UUID] = set()
         if (
-            grant.scope is ScopeKind.custom and not held.is_all
+            grant.scope is ScopeKind.custom
+            and not held.is_all
             and ScopeKind.org_subtree in held.kinds
         ):
             subtree = await _in_subtree(session, principal, grant.units)
@@ -229,7 +246,10 @@ async def role_grants(session: AsyncSession, names: Iterable[str]) -> dict[str, 
 
 
 async def _unconferrable(
-    session: AsyncSession, policy: PolicyEngine, principal: Principal, names: Sequence[str],
+    session: AsyncSession,
+    policy: PolicyEngine,
+    principal: Principal,
+    names: Sequence[str],
     positions: Sequence[Position | None],
 ) -> dict[str, list[str]]:
     """Of the roles ``names``, those the (non-administrator) principal could not confer on
@@ -243,17 +263,24 @@ async def _unconferrable(
             continue
         why: list[str] = []
         for at in positions:
-            why += [g.describe() for g in await refused_grants(
-                session, policy, principal, grants[name], at
-            ) if g.describe() not in why]
+            why += [
+                g.describe()
+                for g in await refused_grants(session, policy, principal, grants[name], at)
+                if g.describe() not in why
+            ]
         if why:
             refused[name] = why
     return refused
 
 
 async def check_target(
-    session: AsyncSession, policy: PolicyEngine, principal: Principal, *,
-    roles: Iterable[str], positions: Sequence[Position], fields: Iterable[str],
+    session: AsyncSession,
+    policy: PolicyEngine,
+    principal: Principal,
+    *,
+    roles: Iterable[str],
+    positions: Sequence[Position],
+    fields: Iterable[str],
 ) -> None:
     """Refuse (403 ``grant_not_allowed``, ``reason: target_outranks``) changing ``fields``
     of a user or API client holding ``roles`` unless the principal could confer each of
@@ -270,18 +297,26 @@ async def check_target(
     if refused:
         raise Forbidden(
             "This principal holds more than you could give: changing its "
-            + ", ".join(changing) + " would hand you (or let you choose) access you do not "
-            "hold. Ask an administrator. Beyond your reach: " + "; ".join(
-                f"{name} ({', '.join(why)})" for name, why in sorted(refused.items())
-            ) + ".",
-            code="grant_not_allowed", refused=sorted(refused), reason="target_outranks",
+            + ", ".join(changing)
+            + " would hand you (or let you choose) access you do not "
+            "hold. Ask an administrator. Beyond your reach: "
+            + "; ".join(f"{name} ({', '.join(why)})" for name, why in sorted(refused.items()))
+            + ".",
+            code="grant_not_allowed",
+            refused=sorted(refused),
+            reason="target_outranks",
             fields=changing,
         )
 
 
 async def check_roles(
-    session: AsyncSession, policy: PolicyEngine, principal: Principal, *,
-    added: Sequence[str], removed: Sequence[str] = (), to_self: bool,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    principal: Principal,
+    *,
+    added: Sequence[str],
+    removed: Sequence[str] = (),
+    to_self: bool,
     at: Position | None = None,
 ) -> None:
     """Refuse (403 ``role_not_grantable``) giving ``added`` or taking ``removed`` unless
@@ -296,21 +331,28 @@ async def check_roles(
     if to_self and added:
         raise Forbidden(
             "You cannot give yourself roles: " + ", ".join(sorted(set(added))) + ".",
-            code="role_not_grantable", refused=sorted(set(added)), reason="self",
+            code="role_not_grantable",
+            refused=sorted(set(added)),
+            reason="self",
         )
     refused = await _unconferrable(session, policy, principal, changed, (at,))
     if refused:
         raise Forbidden(
             "You can only give or take roles whose every grant you hold yourself, over no "
-            "wider a scope. Refused: " + "; ".join(
-                f"{name} ({', '.join(why)})" for name, why in sorted(refused.items())
-            ) + ".",
-            code="role_not_grantable", refused=sorted(refused), reason="not_held",
+            "wider a scope. Refused: "
+            + "; ".join(f"{name} ({', '.join(why)})" for name, why in sorted(refused.items()))
+            + ".",
+            code="role_not_grantable",
+            refused=sorted(refused),
+            reason="not_held",
         )
 
 
 async def check_grant_edit(
-    session: AsyncSession, policy: PolicyEngine, principal: Principal, role: str,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    principal: Principal,
+    role: str,
     grant: Grant | None,
 ) -> None:
     """Refuse (403 ``grant_not_allowed``) editing the grants of ``role``: adding ``grant``
@@ -322,15 +364,19 @@ async def check_grant_edit(
         return
     if role == ADMIN_ROLE:
         raise Forbidden(
-            "Only an administrator edits the admin role's grants.", code="grant_not_allowed",
-            refused=[role], reason="admin_role",
+            "Only an administrator edits the admin role's grants.",
+            code="grant_not_allowed",
+            refused=[role],
+            reason="admin_role",
         )
     if grant is None:
         return
     if role in policy.roles_of(principal):
         raise Forbidden(
             f"You hold {role!r}: adding to its grants would widen your own access.",
-            code="grant_not_allowed", refused=[grant.describe()], reason="self",
+            code="grant_not_allowed",
+            refused=[grant.describe()],
+            reason="self",
         )
     positions: list[Position | None] = [None]
     if grant.scope in LADDER and grant.scope is not ScopeKind.all:
@@ -339,8 +385,11 @@ async def check_grant_edit(
         if await refused_grants(session, policy, principal, [grant], at):
             raise Forbidden(
                 f"You can only grant what you hold, over no wider a scope: {grant.describe()}"
-                + (" (read where the role's holders stand)" if at is not None else "") + ".",
-                code="grant_not_allowed", refused=[grant.describe()], reason="not_held",
+                + (" (read where the role's holders stand)" if at is not None else "")
+                + ".",
+                code="grant_not_allowed",
+                refused=[grant.describe()],
+                reason="not_held",
             )
 
 
@@ -351,15 +400,15 @@ async def holder_positions(session: AsyncSession, role: str) -> list[Position]:
     from crm_api.models.org_unit import OrgUnit
     from crm_api.models.user import User
 
-    subject = case(
-        (User.kind == "service", literal("client:")), else_=literal("user:")
-    ) + cast(User.id, String)
+    subject = case((User.kind == "service", literal("client:")), else_=literal("user:")) + cast(
+        User.id, String
+    )
     stmt = (
         select(User.id, User.manager_path, User.org_unit_id, OrgUnit.path)
         .outerjoin(OrgUnit, OrgUnit.id == User.org_unit_id)
-        .where(subject.in_(
-            select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == role)
-        ))
+        .where(
+            subject.in_(select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == role))
+        )
     )
     return [Position(*row) for row in (await session.execute(stmt)).all()]
 
@@ -393,12 +442,16 @@ def check_reporting_line(
         raise Forbidden(
             "You cannot change whom you report to (or whom those above you report to): "
             "it decides who oversees your records. Ask someone above you.",
-            code="grant_not_allowed", refused=["manager_id"], reason="self",
+            code="grant_not_allowed",
+            refused=["manager_id"],
+            reason="self",
         )
     raise Forbidden(
         "You cannot bring a user into your own reporting line: it would widen your access "
         "to their records. Ask someone above you.",
-        code="grant_not_allowed", refused=["manager_id"], reason="self",
+        code="grant_not_allowed",
+        refused=["manager_id"],
+        reason="self",
     )
 
 
@@ -427,7 +480,9 @@ def check_unit_move(
     raise Forbidden(
         "You cannot move the unit you stand in, nor bring a unit under it: it would widen "
         "your own access (or move you). Ask someone above you.",
-        code="grant_not_allowed", refused=["parent_id"], reason="self",
+        code="grant_not_allowed",
+        refused=["parent_id"],
+        reason="self",
     )
 
 
@@ -438,15 +493,24 @@ def check_token_permissions(
     does not hold. A token carries no scope of its own: at use it is narrowed to its
     owner's scopes at that time, so holding the (resource, action) is the whole test."""
     denied = [
-        (i, resource, action) for i, (resource, action) in enumerate(wanted)
+        (i, resource, action)
+        for i, (resource, action) in enumerate(wanted)
         if policy.scope_for(principal, resource, action) is None
     ]
     if denied:
         raise Forbidden(
             "You can only give a token permissions you hold: "
-            + ", ".join(f"{a} on {r}" for _, r, a in denied) + ".",
-            code="grant_not_allowed", refused=[f"{a} on {r}" for _, r, a in denied],
+            + ", ".join(f"{a} on {r}" for _, r, a in denied)
+            + ".",
+            code="grant_not_allowed",
+            refused=[f"{a} on {r}" for _, r, a in denied],
             reason="not_held",
-            errors=[{"field": f"permissions.{i}", "code": "permission_not_held",
-                     "message": "not granted to you"} for i, _, _ in denied],
+            errors=[
+                {
+                    "field": f"permissions.{i}",
+                    "code": "permission_not_held",
+                    "message": "not granted to you",
+                }
+                for i, _, _ in denied
+            ],
         )

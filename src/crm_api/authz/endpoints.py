@@ -17,6 +17,7 @@ from crm_api.kit.routing import problems, query_model
 
 router = APIRouter(prefix="/authz", tags=["access control"])
 
+
 async def _fresh_policy(request: Request) -> PolicyEngine:
     """The policy as of now: an explanation right after a grant change must not describe
     the previous policy, even before the poller has noticed."""
@@ -30,11 +31,16 @@ AuthzManage = Annotated[Access, require("authz", Action.manage)]
 
 
 @router.get(
-    "/explain", operation_id="authz_explain", summary="Explain a user's permission",
-    response_model=Explanation, responses=problems(404),
+    "/explain",
+    operation_id="authz_explain",
+    summary="Explain a user's permission",
+    response_model=Explanation,
+    responses=problems(404),
 )
 async def explain(
-    request: Request, access: AuthzManage, conn: ReadConnection,
+    request: Request,
+    access: AuthzManage,
+    conn: ReadConnection,
     query: Annotated[ExplainQuery, query_model(ExplainQuery)],
 ) -> Response:
     """Whether `user_id` may `action` on `resource`, over which scope, through which
@@ -42,25 +48,39 @@ async def explain(
     the resource's own scoped query, exactly as the API enforces it."""
     return json_response(
         await service.explain(
-            conn, await _fresh_policy(request), access, query.user_id, query.resource,
-            query.action, query.record_id,
+            conn,
+            await _fresh_policy(request),
+            access,
+            query.user_id,
+            query.resource,
+            query.action,
+            query.record_id,
         )
     )
 
 
 @router.get(
-    "/visibility", operation_id="authz_visibility", summary="Which records a user can reach",
-    response_model=Visibility, responses=problems(404),
+    "/visibility",
+    operation_id="authz_visibility",
+    summary="Which records a user can reach",
+    response_model=Visibility,
+    responses=problems(404),
 )
 async def visibility(
-    request: Request, access: AuthzManage, conn: ReadConnection,
+    request: Request,
+    access: AuthzManage,
+    conn: ReadConnection,
     query: Annotated[VisibilityQuery, query_model(VisibilityQuery)],
 ) -> Response:
     """The user's scope on `resource`, the SQL predicate their queries get (values
     inlined) and how many records it covers now."""
     return json_response(
         await service.visibility(
-            conn, await _fresh_policy(request), access, query.user_id, query.resource,
+            conn,
+            await _fresh_policy(request),
+            access,
+            query.user_id,
+            query.resource,
             query.action,
         )
     )

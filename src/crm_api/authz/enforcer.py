@@ -69,8 +69,12 @@ class PolicyEngine:
             rows = (
                 await conn.execute(
                     select(
-                        AuthzRule.ptype, AuthzRule.v0, AuthzRule.v1, AuthzRule.v2,
-                        AuthzRule.v3, AuthzRule.v4,
+                        AuthzRule.ptype,
+                        AuthzRule.v0,
+                        AuthzRule.v1,
+                        AuthzRule.v2,
+                        AuthzRule.v3,
+                        AuthzRule.v4,
                     )
                 )
             ).all()
@@ -163,8 +167,14 @@ class PolicyEngine:
             if self.enforcer.enforce(subject, resource, action, kind.value):
                 if kind is ScopeKind.all:
                     return Scope(frozenset({ScopeKind.all}))
-                granted.append((kind, self._custom_units(subject, resource, action)
-                                if kind is ScopeKind.custom else []))
+                granted.append(
+                    (
+                        kind,
+                        self._custom_units(subject, resource, action)
+                        if kind is ScopeKind.custom
+                        else [],
+                    )
+                )
         return merge(granted)
 
     def _custom_units(self, subject: str, resource: str, action: str) -> list[uuid.UUID]:
@@ -185,6 +195,4 @@ class PolicyEngine:
     def roles_of(self, principal: Principal) -> list[str]:
         if principal.kind is PrincipalKind.system:
             return ["admin"]
-        return sorted(
-            r for r in self.enforcer.get_implicit_roles_for_user(subject_of(principal))
-        )
+        return sorted(r for r in self.enforcer.get_implicit_roles_for_user(subject_of(principal)))

@@ -85,9 +85,11 @@ def scoped_for(resource: str) -> Scoped:
                 continue
         raise UnprocessableEntity(
             f"Record checks are not available for {resource!r}; they are for "
-            f"{', '.join(supported)}.", code="unsupported_resource",
-            errors=[{"field": "query.resource", "code": "unsupported_resource",
-                     "message": resource}],
+            f"{', '.join(supported)}.",
+            code="unsupported_resource",
+            errors=[
+                {"field": "query.resource", "code": "unsupported_resource", "message": resource}
+            ],
         ) from exc
 
 
@@ -101,15 +103,17 @@ def _users_scope(access: Access) -> ColumnElement[bool]:
     return clause
 
 
-async def principal_of(
-    conn: Reader, caller: Access, user_id: uuid.UUID
-) -> tuple[Principal, bool]:
+async def principal_of(conn: Reader, caller: Access, user_id: uuid.UUID) -> tuple[Principal, bool]:
     """The principal ``user_id`` would be, built from the same facts the token resolver
     caches; the user must be inside the caller's scope (else 404)."""
     t = User.__table__
     stmt = (
         select(
-            t.c.display_name, t.c.kind, t.c.active, t.c.org_unit_id, OrgUnit.__table__.c.path,
+            t.c.display_name,
+            t.c.kind,
+            t.c.active,
+            t.c.org_unit_id,
+            OrgUnit.__table__.c.path,
             t.c.manager_path,
         )
         .outerjoin(OrgUnit.__table__, OrgUnit.__table__.c.id == t.c.org_unit_id)
@@ -120,8 +124,13 @@ async def principal_of(
         raise NotFound(f"No user {user_id}.", code="user_not_found")
     kind = PrincipalKind.api_client if row.kind == "service" else PrincipalKind.user
     principal = Principal(
-        kind=kind, id=user_id, name=row.display_name, roles=frozenset(),
-        org_unit_id=row.org_unit_id, org_path=row.path, manager_path=row.manager_path,
+        kind=kind,
+        id=user_id,
+        name=row.display_name,
+        roles=frozenset(),
+        org_unit_id=row.org_unit_id,
+        org_path=row.path,
+        manager_path=row.manager_path,
     )
     return principal, bool(row.active)
 
@@ -130,46 +139,67 @@ def describe(scope: Scope) -> dict[str, Any]:
     kinds = sorted(scope.kinds, key=SCOPE_RANK.__getitem__, reverse=True)
     text = "; ".join(_SCOPE_TEXT[k] for k in kinds)
     return {
-        "kinds": [k.value for k in kinds], "widest": scope.widest.value,
-        "org_unit_ids": sorted(scope.unit_ids, key=str), "description": text,
+        "kinds": [k.value for k in kinds],
+        "widest": scope.widest.value,
+        "org_unit_ids": sorted(scope.unit_ids, key=str),
+        "description": text,
     }
 
 
-async def _via(
-    conn: Reader, roles: list[str], resource: str, action: str
-) -> list[dict[str, Any]]:
+async def _via(conn: Reader, roles: list[str], resource: str, action: str) -> list[dict[str, Any]]:
     if not roles:
         return []
     a = AuthzRule.__table__
     stmt = (
         select(a.c.id, a.c.v0, a.c.v1, a.c.v2, a.c.v3, a.c.v4)
         .where(
-            a.c.ptype == "p", a.c.v0.in_(roles), a.c.v1.in_([resource, "*"]),
-            a.c.v2.in_([action, "*"]), a.c.v3.in_([k.value for k in ScopeKind]),
+            a.c.ptype == "p",
+            a.c.v0.in_(roles),
+            a.c.v1.in_([resource, "*"]),
+            a.c.v2.in_([action, "*"]),
+            a.c.v3.in_([k.value for k in ScopeKind]),
         )
         .order_by(a.c.v0, a.c.v1, a.c.v2, a.c.v3)
     )
     return [
-        {"role": r.v0, "grant_id": r.id, "resource": r.v1, "action": r.v2, "scope": r.v3,
-         "org_unit_ids": [u for u in r.v4.split("|") if u]}
+        {
+            "role": r.v0,
+            "grant_id": r.id,
+            "resource": r.v1,
+            "action": r.v2,
+            "scope": r.v3,
+            "org_unit_ids": [u for u in r.v4.split("|") if u],
+        }
         for r in (await conn.execute(stmt))
     ]
 
 
 def _single(access: Access, kind: ScopeKind) -> Access:
     units = access.scope.unit_ids if kind is ScopeKind.custom else frozenset()
-    return Access(access.principal, access.resource, access.action,
-                  Scope(frozenset({kind}), units), access.sensitive)
+    return Access(
+        access.principal,
+        access.resource,
+        access.action,
+        Scope(frozenset({kind}), units),
+        access.sensitive,
+    )
 
 
 async def _check_record(
-    conn: Reader, caller: Access, access: Access | None, resource: str,
+    conn: Reader,
+    caller: Access,
+    access: Access | None,
+    resource: str,
     record_id: uuid.UUID,
 ) -> dict[str, Any]:
     scoped, id_col = scoped_for(resource)
     if access is None:
-        return {"id": record_id, "visible": False, "matched_scopes": [],
-                "reason": "No role grants this action on this resource."}
+        return {
+            "id": record_id,
+            "visible": False,
+            "matched_scopes": [],
+            "reason": "No role grants this action on this resource.",
+        }
     kinds = sorted(access.scope.kinds, key=SCOPE_RANK.__getitem__, reverse=True)
     probes = [exists(scoped(access).where(id_col == record_id))]
     probes += [exists(scoped(_single(access, k)).where(id_col == record_id)) for k in kinds]
@@ -177,9 +207,10 @@ async def _check_record(
     visible, matched = bool(row[0]), [k for k, hit in zip(kinds, row[1:], strict=True) if hit]
     if visible:
         reason = "Inside the scope: " + "; ".join(_SCOPE_TEXT[k] for k in matched) + "."
-    elif caller.scope.is_all and not (
-        await conn.execute(select(exists().where(id_col == record_id)))
-    ).scalar():
+    elif (
+        caller.scope.is_all
+        and not (await conn.execute(select(exists().where(id_col == record_id)))).scalar()
+    ):
         # only a caller who could see every record learns that it does not exist
         reason = "No such record."
     else:
@@ -187,21 +218,34 @@ async def _check_record(
             "Not covered by the scope (" + "; ".join(_SCOPE_TEXT[k] for k in kinds) + "): "
             "the record lies outside it, or is deleted."
         )
-    return {"id": record_id, "visible": visible, "reason": reason,
-            "matched_scopes": [k.value for k in matched]}
+    return {
+        "id": record_id,
+        "visible": visible,
+        "reason": reason,
+        "matched_scopes": [k.value for k in matched],
+    }
 
 
 async def explain(
-    conn: Reader, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
-    resource: str, action: str, record_id: uuid.UUID | None,
+    conn: Reader,
+    policy: PolicyEngine,
+    caller: Access,
+    user_id: uuid.UUID,
+    resource: str,
+    action: str,
+    record_id: uuid.UUID | None,
 ) -> dict[str, Any]:
     principal, active = await principal_of(conn, caller, user_id)
     roles = policy.roles_of(principal)
     scope = policy.scope_for(principal, resource, action)
     access = Access(principal, resource, action, scope) if scope is not None else None
     result: dict[str, Any] = {
-        "user_id": user_id, "user_active": active, "roles": roles, "resource": resource,
-        "action": action, "allowed": scope is not None,
+        "user_id": user_id,
+        "user_active": active,
+        "roles": roles,
+        "resource": resource,
+        "action": action,
+        "allowed": scope is not None,
         "scope": describe(scope) if scope is not None else None,
         "via": await _via(conn, roles, resource, action) if scope is not None else [],
         "record": None,
@@ -220,15 +264,24 @@ def compile_sql(clause: ColumnElement[bool]) -> str:
 
 
 async def visibility(
-    conn: Reader, policy: PolicyEngine, caller: Access, user_id: uuid.UUID,
-    resource: str, action: str,
+    conn: Reader,
+    policy: PolicyEngine,
+    caller: Access,
+    user_id: uuid.UUID,
+    resource: str,
+    action: str,
 ) -> dict[str, Any]:
     scoped, _ = scoped_for(resource)
     principal, _active = await principal_of(conn, caller, user_id)
     scope = policy.scope_for(principal, resource, action)
     result: dict[str, Any] = {
-        "user_id": user_id, "resource": resource, "action": action,
-        "allowed": scope is not None, "scope": None, "predicate": None, "visible_count": 0,
+        "user_id": user_id,
+        "resource": resource,
+        "action": action,
+        "allowed": scope is not None,
+        "scope": None,
+        "predicate": None,
+        "visible_count": 0,
     }
     if scope is None:
         return result

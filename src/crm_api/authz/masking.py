@@ -71,8 +71,7 @@ def masked_value(fields: Iterable[str]) -> UnprocessableEntity:
         "out (or send exactly what you were shown) to keep it unchanged.",
         code="masked_value",
         errors=[
-            {"field": f, "code": "masked_value",
-             "message": "looks masked; a mask is never stored"}
+            {"field": f, "code": "masked_value", "message": "looks masked; a mask is never stored"}
             for f in fields
         ],
     )

@@ -18,13 +18,15 @@ class ExplainQuery(BaseModel):
     user_id: uuid.UUID = Field(description="Whose access to explain.")
     resource: str = ResourceName
     action: str = Field(
-        default="read", min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*$",
+        default="read",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[a-z][a-z0-9_]*$",
         examples=["update"],
     )
     record_id: uuid.UUID | None = Field(
         default=None,
-        description="Also check this record (customers, contacts, users, org_units, "
-        "audit_events).",
+        description="Also check this record (customers, contacts, users, org_units, audit_events).",
     )
 
 
@@ -33,9 +35,7 @@ class VisibilityQuery(BaseModel):
 
     user_id: uuid.UUID
     resource: str = ResourceName
-    action: str = Field(
-        default="read", min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*$"
-    )
+    action: str = Field(default="read", min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*$")
 
 
 class ScopeOut(OutputModel):

@@ -92,7 +92,6 @@ def per_row_sensitive(access: Access) -> bool:
     return not access.sensitive and access.sensitive_scope is not None
 
 
-
 async def unmasked_for(
     session: AsyncSession, access: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None
 ) -> bool:
@@ -103,7 +102,6 @@ async def unmasked_for(
         return access.sensitive
     clause = sensitive_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
     return bool((await session.execute(select(clause))).scalar())
-
 
 
 def scope_clause(

@@ -44,29 +44,40 @@ ContactsPurge = Annotated[Access, require(R, Action.purge)]
 _CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": ETAG_HEADER}}
 
 
-
 async def _create(
-    request: Request, session: WriteSession, access: Access, customer_id: uuid.UUID,
-    body: CustomerContactCreate, idempotency_key: str | None,
+    request: Request,
+    session: WriteSession,
+    access: Access,
+    customer_id: uuid.UUID,
+    body: CustomerContactCreate,
+    idempotency_key: str | None,
 ) -> Response:
     async def produce() -> Response:
         row = await service.create_contact(session, access, customer_id, body)
         return with_etag(row, 201, f"/v1/contacts/{row['id']}")
 
     return await idempotent(
-        session, access.principal, idempotency_key, method="POST",
-        path=request.url.path, body=body, produce=produce,
+        session,
+        access.principal,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body,
+        produce=produce,
     )
 
 
 @router.get(
-    "", operation_id="contacts_list", summary="List contacts",
-    response_model=Page[Contact], responses=problems(400),
+    "",
+    operation_id="contacts_list",
+    summary="List contacts",
+    response_model=Page[Contact],
+    responses=problems(400),
 )
 async def list_contacts(
     access: ContactsRead,
     conn: ReadConnection,
-    query: Annotated[ContactListQuery, query_model(ContactListQuery)]
+    query: Annotated[ContactListQuery, query_model(ContactListQuery)],
 ) -> Response:
     """Contacts of the customers in your data scope, filtered and sorted, one cursor page
     at a time. `deleted=true` lists the trash."""
@@ -74,11 +85,18 @@ async def list_contacts(
 
 
 @router.post(
-    "", operation_id="contacts_create", summary="Create a contact", status_code=201,
-    response_model=Contact, responses={**problems(400, 409), **_CREATED},
+    "",
+    operation_id="contacts_create",
+    summary="Create a contact",
+    status_code=201,
+    response_model=Contact,
+    responses={**problems(400, 409), **_CREATED},
 )
 async def create_contact(
-    request: Request, body: ContactCreate, access: ContactsCreate, session: WriteSession,
+    request: Request,
+    body: ContactCreate,
+    access: ContactsCreate,
+    session: WriteSession,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a contact of `customer_id` (422 `invalid_customer` if you cannot see that
@@ -88,8 +106,11 @@ async def create_contact(
 
 
 @router.get(
-    "/{contact_id}", operation_id="contacts_get", summary="Get a contact",
-    response_model=Contact, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+    "/{contact_id}",
+    operation_id="contacts_get",
+    summary="Get a contact",
+    response_model=Contact,
+    responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_contact(
     contact_id: uuid.UUID, access: ContactsRead, conn: ReadConnection
@@ -98,40 +119,57 @@ async def get_contact(
 
 
 @router.patch(
-    "/{contact_id}", operation_id="contacts_update", summary="Update a contact",
+    "/{contact_id}",
+    operation_id="contacts_update",
+    summary="Update a contact",
     response_model=Contact,
     responses={**problems(400, 404, 409, 412, 428), 200: {"headers": ETAG_HEADER}},
 )
 async def update_contact(
-    contact_id: uuid.UUID, body: ContactUpdate, access: ContactsUpdate, session: WriteSession,
-    strict: RequireIfMatch, if_match: IfMatch = None,
+    contact_id: uuid.UUID,
+    body: ContactUpdate,
+    access: ContactsUpdate,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412.
     `is_primary: true` demotes the customer's previous primary contact."""
     row = await service.update_contact(
-        session, access, contact_id, body, if_match,
+        session,
+        access,
+        contact_id,
+        body,
+        if_match,
         require_if_match=strict,
     )
     return with_etag(row)
 
 
 @router.delete(
-    "/{contact_id}", operation_id="contacts_delete", summary="Delete a contact (restorable)",
-    status_code=204, responses=problems(404, 412, 428),
+    "/{contact_id}",
+    operation_id="contacts_delete",
+    summary="Delete a contact (restorable)",
+    status_code=204,
+    responses=problems(404, 412, 428),
 )
 async def delete_contact(
-    contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession,
-    strict: RequireIfMatch, if_match: IfMatch = None,
+    contact_id: uuid.UUID,
+    access: ContactsDelete,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
-    await service.delete_contact(
-        session, access, contact_id, if_match, require_if_match=strict
-    )
+    await service.delete_contact(session, access, contact_id, if_match, require_if_match=strict)
     return Response(status_code=204)
 
 
 @router.post(
-    "/{contact_id}/restore", operation_id="contacts_restore", summary="Restore a deleted contact",
-    response_model=Contact, responses={**problems(404, 409), 200: {"headers": ETAG_HEADER}},
+    "/{contact_id}/restore",
+    operation_id="contacts_restore",
+    summary="Restore a deleted contact",
+    response_model=Contact,
+    responses={**problems(404, 409), 200: {"headers": ETAG_HEADER}},
 )
 async def restore_contact(
     contact_id: uuid.UUID, access: ContactsDelete, session: WriteSession
@@ -142,8 +180,11 @@ async def restore_contact(
 
 
 @router.post(
-    "/{contact_id}/purge", operation_id="contacts_purge",
-    summary="Remove a deleted contact for good", status_code=204, responses=problems(404),
+    "/{contact_id}/purge",
+    operation_id="contacts_purge",
+    summary="Remove a deleted contact for good",
+    status_code=204,
+    responses=problems(404),
 )
 async def purge_contact(
     contact_id: uuid.UUID, access: ContactsPurge, session: WriteSession
@@ -155,12 +196,16 @@ async def purge_contact(
 
 # --- /customers/{customer_id}/contacts ----------------------------------------------------
 @customer_router.get(
-    "/{customer_id}/contacts", operation_id="customers_contacts_list",
-    summary="List a customer's contacts", response_model=Page[Contact],
+    "/{customer_id}/contacts",
+    operation_id="customers_contacts_list",
+    summary="List a customer's contacts",
+    response_model=Page[Contact],
     responses=problems(400, 404),
 )
 async def list_customer_contacts(
-    customer_id: uuid.UUID, access: ContactsRead, conn: ReadConnection,
+    customer_id: uuid.UUID,
+    access: ContactsRead,
+    conn: ReadConnection,
     query: Annotated[CustomerContactListQuery, query_model(CustomerContactListQuery)],
 ) -> Response:
     """404 `customer_not_found` when the customer is missing, deleted or outside your
@@ -169,13 +214,20 @@ async def list_customer_contacts(
 
 
 @customer_router.post(
-    "/{customer_id}/contacts", operation_id="customers_contacts_create",
-    summary="Add a contact to a customer", status_code=201, response_model=Contact,
+    "/{customer_id}/contacts",
+    operation_id="customers_contacts_create",
+    summary="Add a contact to a customer",
+    status_code=201,
+    response_model=Contact,
     responses={**problems(400, 404, 409), **_CREATED},
 )
 async def create_customer_contact(
-    request: Request, customer_id: uuid.UUID, body: CustomerContactCreate,
-    access: ContactsCreate, session: WriteSession, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    customer_id: uuid.UUID,
+    body: CustomerContactCreate,
+    access: ContactsCreate,
+    session: WriteSession,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Same as `POST /v1/contacts` with the customer taken from the path."""
     return await _create(request, session, access, customer_id, body, idempotency_key)

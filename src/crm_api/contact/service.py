@@ -56,16 +56,20 @@ def invalid_customer() -> UnprocessableEntity:
     scope: a bad reference (422, like a customer's unknown ``owner_id``), worded the same
     whichever it is so it reveals nothing."""
     return UnprocessableEntity(
-        "customer_id is not a customer within your scope.", code="invalid_customer",
-        errors=[{"field": "customer_id", "code": "invalid_reference",
-                 "message": "no such customer in your scope"}],
+        "customer_id is not a customer within your scope.",
+        code="invalid_customer",
+        errors=[
+            {
+                "field": "customer_id",
+                "code": "invalid_reference",
+                "message": "no such customer in your scope",
+            }
+        ],
     )
 
 
 # --- reads -------------------------------------------------------------------------------
-async def list_contacts(
-    conn: Reader, access: Access, query: ContactListQuery
-) -> dict[str, Any]:
+async def list_contacts(conn: Reader, access: Access, query: ContactListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
@@ -79,26 +83,32 @@ async def list_customer_contacts(
     return await repo.list_page(conn, access, query, customer_id)
 
 
-async def get_contact(
-    conn: Reader, access: Access, contact_id: uuid.UUID
-) -> dict[str, Any]:
+async def get_contact(conn: Reader, access: Access, contact_id: uuid.UUID) -> dict[str, Any]:
     return await kit.read_or_404(conn, R, access, contact_id)
 
 
 # --- writes ------------------------------------------------------------------------------
 async def _demote_primary(
-    session: AsyncSession, access: Access, parent: Parent, *, keep: uuid.UUID | None,
+    session: AsyncSession,
+    access: Access,
+    parent: Parent,
+    *,
+    keep: uuid.UUID | None,
     now: datetime,
 ) -> None:
     """Clear the customer's current primary contact (not ``keep``), audited as an update
     of that contact. The caller holds the customer's lock (``find_parent(for_primary)``)."""
     for demoted in await repo.demote_primary(session, parent.id, keep=keep, now=now):
         audit.record(
-            session, access.principal, action="update", resource_type=R.name,
-            resource_id=demoted, changes={"is_primary": {"before": True, "after": False}},
-            owner_id=parent.owner_id, org_unit_id=parent.org_unit_id,
+            session,
+            access.principal,
+            action="update",
+            resource_type=R.name,
+            resource_id=demoted,
+            changes={"is_primary": {"before": True, "after": False}},
+            owner_id=parent.owner_id,
+            org_unit_id=parent.org_unit_id,
         )
-
 
 
 async def create_contact(
@@ -123,8 +133,12 @@ async def create_contact(
     if data.is_primary:
         await _demote_primary(session, access, parent, keep=None, now=datetime.now(UTC))
     return await lifecycle.insert(
-        session, R, access, {**values, "customer_id": parent.id, "deleted_at": None},
-        parent.placement, overrides={_CUSTOMER_FK: missing},
+        session,
+        R,
+        access,
+        {**values, "customer_id": parent.id, "deleted_at": None},
+        parent.placement,
+        overrides={_CUSTOMER_FK: missing},
     )
 
 
@@ -143,7 +157,12 @@ async def update_contact(
         session, R, access, contact_id, if_match=if_match, require_if_match=require_if_match
     )
     before, changes = await lifecycle.prepare_update(
-        session, R, access, None, locked, patch.model_dump(exclude_unset=True),
+        session,
+        R,
+        access,
+        None,
+        locked,
+        patch.model_dump(exclude_unset=True),
         not_nullable=NOT_NULLABLE,
     )
     if changes.get("is_primary") is True:
@@ -156,8 +175,12 @@ async def update_contact(
 
 
 async def delete_contact(
-    session: AsyncSession, access: Access, contact_id: uuid.UUID, if_match: str | None,
-    *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    contact_id: uuid.UUID,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> None:
     """Soft delete. A primary contact keeps its flag in the trash (the customer simply
     has no primary until another is chosen or this one is restored)."""

@@ -35,31 +35,41 @@ CustomersPurge = Annotated[Access, require(R, Action.purge)]
 CustomersAssign = Annotated[Access | None, optional(R, Action.assign)]
 
 
-
 # Before the /{customer_id} routes, which would take "transfer" for an id (422).
 reserve_path(router, "/transfer", "POST", dependencies=[public()])
 
 
 @router.get(
-    "", operation_id="customers_list", summary="List customers",
-    response_model=Page[Customer], responses=problems(400),
+    "",
+    operation_id="customers_list",
+    summary="List customers",
+    response_model=Page[Customer],
+    responses=problems(400),
 )
 async def list_customers(
     access: CustomersRead,
     conn: ReadConnection,
-    query: Annotated[CustomerListQuery, query_model(CustomerListQuery)]
+    query: Annotated[CustomerListQuery, query_model(CustomerListQuery)],
 ) -> Response:
     """Customers in your data scope, filtered and sorted, one cursor page at a time."""
     return json_response(await service.list_customers(conn, access, query))
 
 
 @router.post(
-    "", operation_id="customers_create", summary="Create a customer", status_code=201,
-    response_model=Customer, responses={**problems(409), 201: {"headers": ETAG_HEADER}},
+    "",
+    operation_id="customers_create",
+    summary="Create a customer",
+    status_code=201,
+    response_model=Customer,
+    responses={**problems(409), 201: {"headers": ETAG_HEADER}},
 )
 async def create_customer(
-    request: Request, body: CustomerCreate, access: CustomersCreate, assign: CustomersAssign,
-    session: WriteSession, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: CustomerCreate,
+    access: CustomersCreate,
+    assign: CustomersAssign,
+    session: WriteSession,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a customer. Send `Idempotency-Key` to make retries safe. A duplicate
     `external_ref` or `tax_number` is a 409 naming the existing customer."""
@@ -69,14 +79,22 @@ async def create_customer(
         return with_etag(row, 201, f"/v1/customers/{row['id']}")
 
     return await idempotent(
-        session, access.principal, idempotency_key, method="POST",
-        path=request.url.path, body=body, produce=produce,
+        session,
+        access.principal,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body,
+        produce=produce,
     )
 
 
 @router.get(
-    "/{customer_id}", operation_id="customers_get", summary="Get a customer",
-    response_model=Customer, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+    "/{customer_id}",
+    operation_id="customers_get",
+    summary="Get a customer",
+    response_model=Customer,
+    responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_customer(
     customer_id: uuid.UUID, access: CustomersRead, conn: ReadConnection
@@ -85,40 +103,58 @@ async def get_customer(
 
 
 @router.patch(
-    "/{customer_id}", operation_id="customers_update", summary="Update a customer",
-    response_model=Customer, responses=problems(404, 409, 412, 428),
+    "/{customer_id}",
+    operation_id="customers_update",
+    summary="Update a customer",
+    response_model=Customer,
+    responses=problems(404, 409, 412, 428),
 )
 async def update_customer(
-    customer_id: uuid.UUID, body: CustomerUpdate, access: CustomersUpdate,
-    assign: CustomersAssign, session: WriteSession, strict: RequireIfMatch,
+    customer_id: uuid.UUID,
+    body: CustomerUpdate,
+    access: CustomersUpdate,
+    assign: CustomersAssign,
+    session: WriteSession,
+    strict: RequireIfMatch,
     if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent. With `If-Match`, a stale version is a 412."""
     row = await service.update_customer(
-        session, access, assign, customer_id, body, if_match,
+        session,
+        access,
+        assign,
+        customer_id,
+        body,
+        if_match,
         require_if_match=strict,
     )
     return with_etag(row)
 
 
 @router.delete(
-    "/{customer_id}", operation_id="customers_delete", summary="Delete a customer (restorable)",
-    status_code=204, responses=problems(404, 412, 428),
+    "/{customer_id}",
+    operation_id="customers_delete",
+    summary="Delete a customer (restorable)",
+    status_code=204,
+    responses=problems(404, 412, 428),
 )
 async def delete_customer(
-    customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession,
-    strict: RequireIfMatch, if_match: IfMatch = None,
+    customer_id: uuid.UUID,
+    access: CustomersDelete,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
-    await service.delete_customer(
-        session, access, customer_id, if_match, require_if_match=strict
-    )
+    await service.delete_customer(session, access, customer_id, if_match, require_if_match=strict)
     return Response(status_code=204)
 
 
 @router.post(
-    "/{customer_id}/restore", operation_id="customers_restore",
+    "/{customer_id}/restore",
+    operation_id="customers_restore",
     summary="Restore a deleted customer",
-    response_model=Customer, responses=problems(404, 409),
+    response_model=Customer,
+    responses=problems(404, 409),
 )
 async def restore_customer(
     customer_id: uuid.UUID, access: CustomersDelete, session: WriteSession
@@ -127,8 +163,11 @@ async def restore_customer(
 
 
 @router.post(
-    "/{customer_id}/purge", operation_id="customers_purge",
-    summary="Remove a deleted customer for good", status_code=204, responses=problems(404),
+    "/{customer_id}/purge",
+    operation_id="customers_purge",
+    summary="Remove a deleted customer for good",
+    status_code=204,
+    responses=problems(404),
 )
 async def purge_customer(
     customer_id: uuid.UUID, access: CustomersPurge, session: WriteSession
@@ -143,8 +182,10 @@ CustomersTransfer = Annotated[Access, require(R, Action.assign)]
 
 
 @router.post(
-    "/transfer", operation_id="customers_transfer",
-    summary="Hand a user's customers to another user", response_model=TransferResult,
+    "/transfer",
+    operation_id="customers_transfer",
+    summary="Hand a user's customers to another user",
+    response_model=TransferResult,
     responses=problems(),
 )
 async def transfer_customers(
@@ -158,13 +199,19 @@ async def transfer_customers(
 
 
 @router.post(
-    "/{customer_id}/transfer", operation_id="customers_transfer_one",
-    summary="Hand a customer to another user", response_model=Customer,
+    "/{customer_id}/transfer",
+    operation_id="customers_transfer_one",
+    summary="Hand a customer to another user",
+    response_model=Customer,
     responses=problems(404, 412, 428),
 )
 async def transfer_customer(
-    customer_id: uuid.UUID, body: CustomerTransferOne, access: CustomersTransfer,
-    session: WriteSession, strict: RequireIfMatch, if_match: IfMatch = None,
+    customer_id: uuid.UUID,
+    body: CustomerTransferOne,
+    access: CustomersTransfer,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Owner and org unit become `to_user_id`'s. Needs `customers:assign` over the customer.
     With `If-Match`, a stale version is a 412 (428 without it where the server requires it,

@@ -71,9 +71,7 @@ def _search_fields(term: str) -> ColumnElement[bool]:
     (which could otherwise match across two fields). Same rows, no speed-up."""
     pattern = contains_pattern(term)
     contact_match = Customer.id.in_(
-        select(Contact.customer_id).where(
-            Contact.deleted_at.is_(None), Contact.name.ilike(pattern)
-        )
+        select(Contact.customer_id).where(Contact.deleted_at.is_(None), Contact.name.ilike(pattern))
     )
     return (
         Customer.name.ilike(pattern)
@@ -123,8 +121,11 @@ async def find_duplicate(
     value queue here: the second looks only after the first has committed, and sees its
     row (READ COMMITTED: a new snapshot per statement). Without it both find nothing and
     the loser hits the unique index, whose 409 cannot name the existing customer."""
-    keys = [f"customers.{name}:{value}" for name, value in
-            (("external_ref", external_ref), ("tax_number", tax_number)) if value is not None]
+    keys = [
+        f"customers.{name}:{value}"
+        for name, value in (("external_ref", external_ref), ("tax_number", tax_number))
+        if value is not None
+    ]
     if keys:  # one statement; always in this order, so two writers cannot deadlock
         await session.execute(
             select(*(func.pg_advisory_xact_lock(func.hashtextextended(k, 0)) for k in keys))
@@ -167,8 +168,13 @@ async def transfer(
     """Move the live customers ``access`` covers to ``to_owner`` in one statement, with one
     audit event per customer."""
     moved = await reassign(
-        session, access, OWNED, to_owner=to_owner, to_org_unit=to_org_unit,
-        from_owner=from_owner, ids=ids,
+        session,
+        access,
+        OWNED,
+        to_owner=to_owner,
+        to_org_unit=to_org_unit,
+        from_owner=from_owner,
+        ids=ids,
     )
     await audit_moves(session, access, OWNED, moved, to_owner=to_owner, to_org_unit=to_org_unit)
     return moved

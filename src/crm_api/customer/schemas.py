@@ -79,8 +79,10 @@ Notes = Annotated[str, Field(max_length=10_000)]
 ExternalRef = Annotated[
     str,
     Field(
-        min_length=1, max_length=200,
-        description="Your system's id for this customer; unique.", examples=["shop-cust-10042"],
+        min_length=1,
+        max_length=200,
+        description="Your system's id for this customer; unique.",
+        examples=["shop-cust-10042"],
     ),
 ]
 
@@ -243,7 +245,9 @@ class CustomerTransfer(InputModel):
         description="The new owner: an active user inside your `assign` scope."
     )
     customer_ids: list[uuid.UUID] | None = Field(
-        default=None, min_length=1, max_length=1000,
+        default=None,
+        min_length=1,
+        max_length=1000,
         description="Only these of `from_user_id`'s customers; omit for all of them.",
     )
     include_contacts: Annotated[bool, Strict()] = Field(
@@ -254,10 +258,12 @@ class CustomerTransfer(InputModel):
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{
-                "from_user_id": "0b8f1d7e-6a55-4c1e-9f4e-3d2a1b0c9e8f",
-                "to_user_id": "5c3e2a1b-0d9f-4e8a-b7c6-1f2e3d4c5b6a",
-            }]
+            "examples": [
+                {
+                    "from_user_id": "0b8f1d7e-6a55-4c1e-9f4e-3d2a1b0c9e8f",
+                    "to_user_id": "5c3e2a1b-0d9f-4e8a-b7c6-1f2e3d4c5b6a",
+                }
+            ]
         }
     }
 

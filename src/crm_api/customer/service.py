@@ -35,9 +35,7 @@ from crm_api.user import service as users
 R = CUSTOMERS
 
 
-async def list_customers(
-    conn: Reader, access: Access, query: CustomerListQuery
-) -> dict[str, Any]:
+async def list_customers(conn: Reader, access: Access, query: CustomerListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
@@ -93,8 +91,14 @@ async def update_customer(
         session, R, access, customer_id, if_match=if_match, require_if_match=require_if_match
     )
     before, changes = await lifecycle.prepare_update(
-        session, R, access, assign, locked, patch.model_dump(exclude_unset=True),
-        not_nullable=NOT_NULLABLE, users=users,
+        session,
+        R,
+        access,
+        assign,
+        locked,
+        patch.model_dump(exclude_unset=True),
+        not_nullable=NOT_NULLABLE,
+        users=users,
     )
     ext, tax = changes.get("external_ref"), changes.get("tax_number")
     if ext or tax:
@@ -103,8 +107,12 @@ async def update_customer(
 
 
 async def delete_customer(
-    session: AsyncSession, access: Access, customer_id: uuid.UUID, if_match: str | None,
-    *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    customer_id: uuid.UUID,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> None:
     await lifecycle.soft_delete(
         session, R, access, customer_id, if_match, require_if_match=require_if_match
@@ -137,9 +145,7 @@ async def _new_owner(session: AsyncSession, access: Access, to_user_id: uuid.UUI
     to_user = await users.get_active_user(session, to_user_id)
     if to_user is None:
         raise invalid_owner("to_user_id")
-    await check_placement(
-        session, access, to_user, to_user.org_unit_id, owner_field="to_user_id"
-    )
+    await check_placement(session, access, to_user, to_user.org_unit_id, owner_field="to_user_id")
     return to_user
 
 
@@ -151,19 +157,26 @@ async def transfer_customers(
     customers inside the caller's ``assign`` scope move; the others are left alone."""
     if data.from_user_id == data.to_user_id:
         raise UnprocessableEntity(
-            "from_user_id and to_user_id are the same user.", code="same_user",
-            errors=[{"field": "to_user_id", "code": "same_user",
-                     "message": "same as from_user_id"}],
+            "from_user_id and to_user_id are the same user.",
+            code="same_user",
+            errors=[
+                {"field": "to_user_id", "code": "same_user", "message": "same as from_user_id"}
+            ],
         )
     if await users.find_user(session, data.from_user_id) is None:
         raise UnprocessableEntity(
-            "from_user_id is not a user.", code="invalid_user",
-            errors=[{"field": "from_user_id", "code": "invalid_reference",
-                     "message": "no such user"}],
+            "from_user_id is not a user.",
+            code="invalid_user",
+            errors=[
+                {"field": "from_user_id", "code": "invalid_reference", "message": "no such user"}
+            ],
         )
     to_user = await _new_owner(session, access, data.to_user_id)
     moved = await repo.transfer(
-        session, access, to_owner=to_user.id, to_org_unit=to_user.org_unit_id,
+        session,
+        access,
+        to_owner=to_user.id,
+        to_org_unit=to_user.org_unit_id,
         from_owner=data.from_user_id,
         ids=list(dict.fromkeys(data.customer_ids)) if data.customer_ids else None,
     )
@@ -174,8 +187,13 @@ async def transfer_customers(
 
 
 async def transfer_customer(
-    session: AsyncSession, access: Access, customer_id: uuid.UUID, data: CustomerTransferOne,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    customer_id: uuid.UUID,
+    data: CustomerTransferOne,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     """Hand one customer to ``to_user_id``; the customer as it now is."""
     await lifecycle.lock_or_404(

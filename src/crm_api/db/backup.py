@@ -60,7 +60,9 @@ def _bin_dirs() -> list[Path]:
     if on_path:
         dirs.append(Path(on_path).resolve().parent)
     patterns = (
-        "/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin"
+        "/usr/lib/postgresql/*/bin",
+        "/usr/pgsql-*/bin",
+        "/opt/homebrew/opt/postgresql@*/bin",
     )
     for pattern in patterns:
         dirs.extend(Path(p) for p in sorted(glob.glob(pattern)))
@@ -161,9 +163,15 @@ def backup(url: str, file: Path) -> Outcome:
     partial = file.with_name(file.name + ".partial")
     try:
         _run(
-            [str(tool.path), *target.tool_args(), "--format=custom", f"--file={partial}",
-             target.database],
-            target, "pg_dump",
+            [
+                str(tool.path),
+                *target.tool_args(),
+                "--format=custom",
+                f"--file={partial}",
+                target.database,
+            ],
+            target,
+            "pg_dump",
         )
         partial.replace(file)
     finally:
@@ -216,9 +224,19 @@ def restore(url: str, file: Path, force: bool = False) -> Outcome:
     _, dumped_by = _archive_version(file, restorers)
     tool = choose_tool("pg_restore", max(server_major, dumped_by))
     _run(
-        [str(tool.path), *target.tool_args(), f"--dbname={target.database}",
-         "--clean", "--if-exists", "--no-owner", "--no-privileges",
-         "--single-transaction", "--exit-on-error", str(file)],
-        target, "pg_restore",
+        [
+            str(tool.path),
+            *target.tool_args(),
+            f"--dbname={target.database}",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            str(file),
+        ],
+        target,
+        "pg_restore",
     )
     return Outcome(file=file, database=target.database, tool=tool, server_major=server_major)

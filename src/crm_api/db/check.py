@@ -45,8 +45,12 @@ class Target:
         if not parsed.database:
             raise DatabaseUnavailable(f"the database URL names no database: {parsed!r}")
         return cls(
-            host=host, port=parsed.port, user=parsed.username, password=parsed.password,
-            database=parsed.database, sslmode=ssl,
+            host=host,
+            port=parsed.port,
+            user=parsed.username,
+            password=parsed.password,
+            database=parsed.database,
+            sslmode=ssl,
         )
 
     def tool_args(self) -> list[str]:
@@ -71,8 +75,12 @@ class Target:
         """An asyncpg connection, or :class:`DatabaseUnavailable` saying why not."""
         try:
             return await asyncpg.connect(
-                host=self.host, port=self.port, user=self.user, password=self.password,
-                database=self.database, timeout=within_s,
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                database=self.database,
+                timeout=within_s,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(

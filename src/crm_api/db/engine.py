@@ -157,17 +157,26 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
             json_deserializer=json_loads,
         )
         reads = EngineReadPool(
-            read_engine, url, server_settings=server_settings,
+            read_engine,
+            url,
+            server_settings=server_settings,
             reaper=IdleReaper(read_engine, settings.db_idle_timeout_s),
         )
     else:
         reads = ReadPool(
-            url, engine.dialect, size=settings.db_read_pool_size,
-            acquire_timeout=settings.db_pool_timeout_s, idle_s=settings.db_idle_timeout_s,
-            command_timeout=settings.db_command_timeout_s, server_settings=server_settings,
+            url,
+            engine.dialect,
+            size=settings.db_read_pool_size,
+            acquire_timeout=settings.db_pool_timeout_s,
+            idle_s=settings.db_idle_timeout_s,
+            command_timeout=settings.db_command_timeout_s,
+            server_settings=server_settings,
         )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
     return Database(
-        engine=engine, reads=reads, sessionmaker=sessionmaker, url=url,
+        engine=engine,
+        reads=reads,
+        sessionmaker=sessionmaker,
+        url=url,
         reaper=IdleReaper(engine, settings.db_idle_timeout_s),
     )

@@ -79,11 +79,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # The same wire formats as SQLAlchemy's asyncpg dialect sets up (its bind processors
     # hand JSON over as text), decoded with orjson.
     await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", format="binary",
-        encoder=lambda text: b"\x01" + text.encode(), decoder=lambda raw: _loads(raw[1:]),
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
+        encoder=lambda text: b"\x01" + text.encode(),
+        decoder=lambda raw: _loads(raw[1:]),
     )
     await conn.set_type_codec(
-        "json", schema="pg_catalog", format="binary", encoder=str.encode, decoder=_loads,
+        "json",
+        schema="pg_catalog",
+        format="binary",
+        encoder=str.encode,
+        decoder=_loads,
     )
 
 
@@ -463,8 +470,15 @@ class ReadPool:
     needs no running loop and no reachable server) and closed with the database."""
 
     def __init__(
-        self, url: str, dialect: Dialect, *, size: int, acquire_timeout: float,
-        idle_s: float, command_timeout: float | None, server_settings: dict[str, str],
+        self,
+        url: str,
+        dialect: Dialect,
+        *,
+        size: int,
+        acquire_timeout: float,
+        idle_s: float,
+        command_timeout: float | None,
+        server_settings: dict[str, str],
     ) -> None:
         sa_url = make_url(url)
         self._dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -487,8 +501,12 @@ class ReadPool:
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=self._size, init=_init_connection,
-                    reset=_reset, timeout=self._acquire_timeout,
+                    self._dsn,
+                    min_size=0,
+                    max_size=self._size,
+                    init=_init_connection,
+                    reset=_reset,
+                    timeout=self._acquire_timeout,
                     # idle connections go back to the server (min_size=0: all of them)
                     max_inactive_connection_lifetime=self._idle_s,
                     # the client-side deadline per statement (a hung server: 503, no hang)
@@ -590,7 +608,12 @@ class EngineReadPool:
     wrappers, which ``errors.classify_database_error`` reads through)."""
 
     def __init__(
-        self, engine: AsyncEngine, url: str, *, server_settings: dict[str, str], reaper: _Reaper,
+        self,
+        engine: AsyncEngine,
+        url: str,
+        *,
+        server_settings: dict[str, str],
+        reaper: _Reaper,
     ) -> None:
         self.engine = engine
         sa_url = make_url(url)

@@ -67,8 +67,13 @@ async def idempotent(
     owner = principal.audit_key
     now = datetime.now(UTC)
     fresh = {
-        "method": method, "path": path, "request_hash": request_hash, "status_code": 0,
-        "response_body": b"", "response_headers": {}, "created_at": now,
+        "method": method,
+        "path": path,
+        "request_hash": request_hash,
+        "status_code": 0,
+        "response_body": b"",
+        "response_headers": {},
+        "created_at": now,
     }
     # One statement claims the key: a new key is inserted; an expired one (older than
     # KEY_TTL) is taken over as if new; a live one is left alone and nothing is returned.

@@ -75,9 +75,14 @@ def _audit(
     """One audit event with the field-level diff (sensitive values hidden), filed under the
     record's placement (its parent's for a child), so the trail is scoped like the records."""
     audit.record(
-        session, access.principal, action=action, resource_type=resource.name,
-        resource_id=record_id, changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
+        session,
+        access.principal,
+        action=action,
+        resource_type=resource.name,
+        resource_id=record_id,
+        changes=audit.diff(before, after, resource.sensitive),
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
     )
 
 
@@ -98,7 +103,9 @@ async def flush(
 
 
 async def execute(
-    session: AsyncSession, resource: Resource, stmt: Executable,
+    session: AsyncSession,
+    resource: Resource,
+    stmt: Executable,
     overrides: Overrides | None = None,
 ) -> Result[Any]:
     """:func:`flush` for a Core statement: run it, mapping a declared constraint's
@@ -220,7 +227,10 @@ async def check_move(
         # the current owner stays (even if deactivated since); only the unit moves
         owner = await users.find_user(session, getattr(row, scoping.owner))
     await check_placement(
-        session, assign, owner, changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
+        session,
+        assign,
+        owner,
+        changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
         check_owner=owner_changed,
     )
 
@@ -244,8 +254,12 @@ async def prepare_create(
         return values, None
     assert users is not None, "an owned resource needs users to place its records"
     placement = await place_new(
-        session, access, assign, values.pop(scoping.owner, None),
-        values.pop(scoping.org_unit, None), users,
+        session,
+        access,
+        assign,
+        values.pop(scoping.owner, None),
+        values.pop(scoping.org_unit, None),
+        users,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
     return values, placement
@@ -264,7 +278,11 @@ async def insert(
     now = datetime.now(UTC)
     record_id = uuid.uuid4()
     row: dict[str, Any] = {
-        "id": record_id, "created_at": now, "updated_at": now, "version": 1, **values
+        "id": record_id,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        **values,
     }
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
@@ -286,17 +304,25 @@ async def insert(
             row[column.key] = None
     stmt = sql_insert(resource.table).values(**row)
     flag: ColumnElement[bool] | None = None
-    if (resource.sensitive and isinstance(resource.scoping, OwnerScoped)
-            and per_row_sensitive(access)):
+    if (
+        resource.sensitive
+        and isinstance(resource.scoping, OwnerScoped)
+        and per_row_sensitive(access)
+    ):
         # the read_sensitive decision on the row just inserted, in the same statement
         flag = unmasked_clause(resource, access).label(UNMASKED)
     if from_server or flag is not None:
         stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
     event = audit.row(
-        access.principal, action="create", resource_type=resource.name,
-        resource_id=record_id, owner_id=placement.owner_id, org_unit_id=placement.org_unit_id,
-        changes=audit.diff(None, {c.key: row[c.key] for c in resource.columns if c.key in row},
-                           resource.sensitive),
+        access.principal,
+        action="create",
+        resource_type=resource.name,
+        resource_id=record_id,
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+        changes=audit.diff(
+            None, {c.key: row[c.key] for c in resource.columns if c.key in row}, resource.sensitive
+        ),
         occurred_at=now,
     )
     if not from_server:
@@ -308,9 +334,17 @@ async def insert(
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
         event["changes"] = audit.diff(None, after, resource.sensitive)
-        await audit.record_all(session, access.principal, [
-            {k: v for k, v in event.items()
-             if k not in ("id", "occurred_at", "actor_type", "actor_id", "request_id")}])
+        await audit.record_all(
+            session,
+            access.principal,
+            [
+                {
+                    k: v
+                    for k, v in event.items()
+                    if k not in ("id", "occurred_at", "actor_type", "actor_id", "request_id")
+                }
+            ],
+        )
     if flag is not None:
         after[UNMASKED] = bool(got[UNMASKED])
         return mask_row(resource, access, after)
@@ -322,9 +356,12 @@ def reject_nulls(sent: Mapping[str, Any], not_nullable: Iterable[str]) -> None:
     nulled = sorted(k for k, v in sent.items() if v is None and k in set(not_nullable))
     if nulled:
         raise UnprocessableEntity(
-            "These fields cannot be null.", code="validation_error",
-            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                    for f in nulled],
+            "These fields cannot be null.",
+            code="validation_error",
+            errors=[
+                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                for f in nulled
+            ],
         )
 
 
@@ -346,7 +383,11 @@ async def prepare_update(
     before = to_dict(resource, locked.row)
     placement = locked.placement
     changes = await resolve_masked(
-        session, access, sent, before, resource.sensitive,
+        session,
+        access,
+        sent,
+        before,
+        resource.sensitive,
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
     )
@@ -393,7 +434,11 @@ async def soft_delete(
 ) -> Locked:
     """Move a live record to the trash (restorable), audited as ``delete``."""
     locked = await lock_or_404(
-        session, resource, access, record_id, if_match=if_match,
+        session,
+        resource,
+        access,
+        record_id,
+        if_match=if_match,
         require_if_match=require_if_match,
     )
     before = to_dict(resource, locked.row)
@@ -418,7 +463,11 @@ async def restore(
     """Bring a record back from the trash, audited as ``restore``; ``prepare`` applies the
     resource's own rules first (a duplicate check, a primary flag)."""
     locked = await lock_or_404(
-        session, resource, access, record_id, deleted=True,
+        session,
+        resource,
+        access,
+        record_id,
+        deleted=True,
         detail=f"No deleted {resource.label} {record_id}.",
     )
     before = to_dict(resource, locked.row)
@@ -439,7 +488,11 @@ async def purge(
     """Remove a record in the trash for good (a live one is a 404: delete it first, so
     nothing disappears in one careless call), audited as ``purge``."""
     locked = await lock_or_404(
-        session, resource, access, record_id, deleted=True,
+        session,
+        resource,
+        access,
+        record_id,
+        deleted=True,
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
     before = to_dict(resource, locked.row)

@@ -64,14 +64,16 @@ class CommaSeparated:
         kept: dict[str, Any] = {k: schema[k] for k in ("title", "description") if k in schema}
         schema.clear()
         schema.update(kept)
-        schema.update({
-            "type": "array",
-            "items": {"type": "string", "enum": list(self.items)},
-            "minItems": 1,
-            "maxItems": self.max_items,
-            "uniqueItems": True,
-            "default": list(self.default),
-        })
+        schema.update(
+            {
+                "type": "array",
+                "items": {"type": "string", "enum": list(self.items)},
+                "minItems": 1,
+                "maxItems": self.max_items,
+                "uniqueItems": True,
+                "default": list(self.default),
+            }
+        )
 
 
 def sort_values(sort_enum: type[StrEnum]) -> tuple[str, ...]:
@@ -90,7 +92,9 @@ def sort_field(sort_enum: type[StrEnum], default: str, description: str | None =
         " broken by id."
     )
     return Field(
-        default=default, max_length=200, description=text,
+        default=default,
+        max_length=200,
+        description=text,
         json_schema_extra=CommaSeparated(
             sort_values(sort_enum), tuple(default.split(",")), len(sort_enum)
         ),
@@ -104,14 +108,17 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(
-        default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT,
+        default=DEFAULT_LIMIT,
+        ge=1,
+        le=MAX_LIMIT,
         description=f"Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT}); out of range is a 422.",  # noqa: RUF001
     )
     cursor: str | None = Field(
         default=None, max_length=1024, description="`next_cursor` of the previous page."
     )
     sort: str = Field(
-        default="-created_at", max_length=200,
+        default="-created_at",
+        max_length=200,
         description="Comma-separated sort keys, `-` for descending; see the resource's list.",
     )
     include_total: bool = Field(
@@ -147,7 +154,8 @@ def parse_sort(raw: str, sort_enum: type[StrEnum]) -> tuple[SortKey, ...]:
         keys.append(SortKey(name, desc))
     if not keys:
         raise UnprocessableEntity(
-            "sort must name at least one key.", code="invalid_sort",
+            "sort must name at least one key.",
+            code="invalid_sort",
             errors=[{"field": "query.sort", "code": "invalid_sort", "message": "empty"}],
         )
     return tuple(keys)

@@ -223,9 +223,7 @@ def _of_parents(
     correlated ``EXISTS``: PostgreSQL plans both as the same semi-join here, but this one
     also reads (and compiles) on its own, as the access explainer shows it."""
     parent = scoping.parent
-    return resource.table.c[scoping.foreign_key].in_(
-        select(parent.id_column).where(parents)
-    )
+    return resource.table.c[scoping.foreign_key].in_(select(parent.id_column).where(parents))
 
 
 def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
@@ -393,9 +391,7 @@ class Locked:
             return self.parent
         scoping = self.resource.scoping
         if isinstance(scoping, OwnerScoped):
-            return Placement(
-                getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit)
-            )
+            return Placement(getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit))
         if isinstance(scoping, UnitScoped):
             return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)

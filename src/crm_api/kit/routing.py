@@ -41,9 +41,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     FastAPI documents ``model`` under ``application/json``; :func:`document_problems`
     moves it to ``application/problem+json``, the content type errors are answered with."""
     wanted = sorted({401, 403, 422, *statuses})
-    return {
-        s: {"model": Problem, "description": _DESCRIPTIONS.get(s, "Error")} for s in wanted
-    }
+    return {s: {"model": Problem, "description": _DESCRIPTIONS.get(s, "Error")} for s in wanted}
 
 
 PROBLEM_JSON = "application/problem+json"
@@ -116,9 +114,7 @@ class MethodNotAllowed(ProblemError):
     status, code = 405, "method_not_allowed"
 
 
-def reserve_path(
-    router: APIRouter, path: str, *allowed: str, dependencies: list[Any]
-) -> None:
+def reserve_path(router: APIRouter, path: str, *allowed: str, dependencies: list[Any]) -> None:
     """Answer 405 (with ``Allow``) for the other methods of a literal ``path`` that a
     sibling ``/{id}`` route would otherwise capture: ``GET /customers/transfer`` matched
     ``GET /customers/{customer_id}`` and answered 422 on the id. Call it before the
@@ -133,7 +129,10 @@ def reserve_path(
         )
 
     router.add_api_route(
-        path, method_not_allowed, methods=others, include_in_schema=False,
+        path,
+        method_not_allowed,
+        methods=others,
+        include_in_schema=False,
         dependencies=dependencies,
     )
 
@@ -165,11 +164,10 @@ def query_model(model: type[M]) -> Any:
     Errors are the same 422
     (``query.<field>``). :func:`document_query_models` puts the fields in the OpenAPI
     document as query parameters."""
-    lists = frozenset(
-        name for name, f in model.model_fields.items() if _is_sequence(f.annotation)
-    )
+    lists = frozenset(name for name, f in model.model_fields.items() if _is_sequence(f.annotation))
     joined = frozenset(
-        name for name, f in model.model_fields.items()
+        name
+        for name, f in model.model_fields.items()
         if isinstance(f.json_schema_extra, CommaSeparated)
     )
 
@@ -183,10 +181,14 @@ def query_model(model: type[M]) -> Any:
                 data[key] = f"{data[key]},{value}"
             elif key in data and key in model.model_fields:
                 # one value documented, several sent: which one was meant is a guess
-                repeated.append({
-                    "type": "repeated_parameter", "loc": ("query", key), "input": value,
-                    "msg": "Send this parameter once.",
-                })
+                repeated.append(
+                    {
+                        "type": "repeated_parameter",
+                        "loc": ("query", key),
+                        "input": value,
+                        "msg": "Send this parameter once.",
+                    }
+                )
             else:
                 data[key] = value
         try:
@@ -235,9 +237,7 @@ def document_query_models(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _query_parameters(
-    model: type[BaseModel], components: dict[str, Any]
-) -> list[dict[str, Any]]:
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
     model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, definition in model_schema.get("$defs", {}).items():
         components.setdefault(name, definition)
@@ -248,7 +248,9 @@ def _query_parameters(
         if "default" in schema and schema["default"] is None:
             del schema["default"]  # as FastAPI documents an optional query parameter
         parameter: dict[str, Any] = {
-            "name": field.alias or name, "in": "query", "required": field.is_required(),
+            "name": field.alias or name,
+            "in": "query",
+            "required": field.is_required(),
             "schema": schema,
         }
         if field.description:

@@ -117,17 +117,21 @@ async def audit_moves(
     (one statement)."""
     events = []
     for m in moved:
-        changes: dict[str, Any] = {
-            owned.owner: {"before": str(m.owner_id), "after": str(to_owner)}
-        }
+        changes: dict[str, Any] = {owned.owner: {"before": str(m.owner_id), "after": str(to_owner)}}
         if m.org_unit_id != to_org_unit:
             changes[owned.org_unit] = {
                 "before": str(m.org_unit_id) if m.org_unit_id else None,
                 "after": str(to_org_unit) if to_org_unit else None,
             }
         events.append(
-            {"action": action, "resource_type": owned.resource, "resource_id": m.id,
-             "owner_id": to_owner, "org_unit_id": to_org_unit, "changes": changes}
+            {
+                "action": action,
+                "resource_type": owned.resource,
+                "resource_id": m.id,
+                "owner_id": to_owner,
+                "org_unit_id": to_org_unit,
+                "changes": changes,
+            }
         )
     await audit.record_all(session, access.principal, events)
 
@@ -141,9 +145,7 @@ async def position_in_scope(
     """Whether a record owned by ``owner_id`` in ``org_unit_id`` would be inside ``access``:
     the scope predicate evaluated on the values, so a write cannot put a record where the
     writer could not reach it."""
-    clause = scope_clause(
-        access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid())
-    )
+    clause = scope_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
     return bool((await session.execute(select(clause))).scalar())
 
 
@@ -159,17 +161,29 @@ class Assignee(Protocol):
 
 def invalid_owner(field: str = "owner_id") -> UnprocessableEntity:
     return UnprocessableEntity(
-        f"{field} is not an active user within your assign scope.", code="invalid_owner",
-        errors=[{"field": field, "code": "invalid_reference",
-                 "message": "no such active user in your scope"}],
+        f"{field} is not an active user within your assign scope.",
+        code="invalid_owner",
+        errors=[
+            {
+                "field": field,
+                "code": "invalid_reference",
+                "message": "no such active user in your scope",
+            }
+        ],
     )
 
 
 def invalid_org_unit(field: str = "org_unit_id") -> UnprocessableEntity:
     return UnprocessableEntity(
-        f"{field} is not an org unit within your assign scope.", code="invalid_org_unit",
-        errors=[{"field": field, "code": "invalid_reference",
-                 "message": "no such org unit in your scope"}],
+        f"{field} is not an org unit within your assign scope.",
+        code="invalid_org_unit",
+        errors=[
+            {
+                "field": field,
+                "code": "invalid_reference",
+                "message": "no such org unit in your scope",
+            }
+        ],
     )
 
 
@@ -203,7 +217,8 @@ async def check_placement(
         return
     checks = [
         scope_clause(assign, literal(owner.id, Uuid()), literal(owner.org_unit_id, Uuid()))
-        if check_owner else literal(True),
+        if check_owner
+        else literal(True),
         scope_clause(assign, None, literal(org_unit_id, Uuid())) if unit_free else literal(True),
     ]
     row = (await session.execute(select(*checks))).one()

@@ -79,7 +79,8 @@ def _utc(value: datetime) -> datetime:
 Phone = Annotated[
     str,
     Field(
-        max_length=40, examples=["+86 138 0013 8000"],
+        max_length=40,
+        examples=["+86 138 0013 8000"],
         description="Digits, spaces, `+ ( ) - .` and an extension (`x12`, `ext. 12`); "
         "5 to 17 digits before the extension.",
         json_schema_extra={"pattern": _PHONE_PATTERN},
@@ -90,7 +91,9 @@ Email = Annotated[EmailStr, Field(max_length=320, examples=["li.wei@example.cn"]
 Website = Annotated[
     str,
     Field(
-        max_length=500, examples=["https://example.com"], description="An http(s) URL.",
+        max_length=500,
+        examples=["https://example.com"],
+        description="An http(s) URL.",
         json_schema_extra={"pattern": _WEBSITE_PATTERN},
     ),
     AfterValidator(_website),

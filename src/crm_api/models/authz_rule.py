@@ -24,9 +24,7 @@ class AuthzRule(IdMixin, Base):
     v5: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
-    __table_args__ = (
-        Index("uq_authz_rules_row", "ptype", "v0", "v1", "v2", "v3", unique=True),
-    )
+    __table_args__ = (Index("uq_authz_rules_row", "ptype", "v0", "v1", "v2", "v3", unique=True),)
 
 
 class AuthzState(Base):

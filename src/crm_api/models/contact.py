@@ -25,9 +25,7 @@ class Contact(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
 
     __tablename__ = "contacts"
 
-    customer_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("customers.id", ondelete="CASCADE")
-    )
+    customer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     title: Mapped[str | None] = mapped_column(String(200))
     department: Mapped[str | None] = mapped_column(String(200))
@@ -52,11 +50,16 @@ class Contact(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         #: Not partial: deleting a customer cascades to all its contacts, deleted ones too.
         Index("ix_contacts_customer_id", "customer_id"),
         Index(
-            "ix_contacts_customer_created", "customer_id", "created_at", "id",
+            "ix_contacts_customer_created",
+            "customer_id",
+            "created_at",
+            "id",
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index(
-            "uq_contacts_one_primary", "customer_id", unique=True,
+            "uq_contacts_one_primary",
+            "customer_id",
+            unique=True,
             postgresql_where=text("is_primary AND deleted_at IS NULL"),
         ),
         Index("ix_contacts_created_at_id", "created_at", "id", postgresql_where=LIVE),

@@ -55,12 +55,8 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
     ownership_type: Mapped[str | None] = mapped_column(String(30))
     size: Mapped[str | None] = mapped_column(String(20))
     source: Mapped[str | None] = mapped_column(String(30))
-    tags: Mapped[list[str]] = mapped_column(
-        ARRAY(String(50)), default=list, server_default="{}"
-    )
-    custom_fields: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, default=dict, server_default="{}"
-    )
+    tags: Mapped[list[str]] = mapped_column(ARRAY(String(50)), default=list, server_default="{}")
+    custom_fields: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     org_unit_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("org_units.id", ondelete="RESTRICT")
@@ -88,11 +84,17 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         Index("ix_customers_name_id", "name", "id", postgresql_where=LIVE),
         Index("ix_customers_owner_created", "owner_id", "created_at", "id", postgresql_where=LIVE),
         Index(
-            "ix_customers_org_unit_created", "org_unit_id", "created_at", "id",
+            "ix_customers_org_unit_created",
+            "org_unit_id",
+            "created_at",
+            "id",
             postgresql_where=LIVE,
         ),
         Index(
-            "ix_customers_stage_created", "lifecycle_stage", "created_at", "id",
+            "ix_customers_stage_created",
+            "lifecycle_stage",
+            "created_at",
+            "id",
             postgresql_where=LIVE,
         ),
         Index("ix_customers_grade", "grade", postgresql_where=LIVE),
@@ -100,7 +102,8 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         Index("ix_customers_industry", "industry", postgresql_where=LIVE),
         Index("ix_customers_tags", "tags", postgresql_using="gin", postgresql_where=LIVE),
         Index(
-            "ix_customers_deleted_at", "deleted_at",
+            "ix_customers_deleted_at",
+            "deleted_at",
             postgresql_where=text("deleted_at IS NOT NULL"),
         ),
     )

@@ -39,24 +39,34 @@ def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = No
 
 
 @router.get(
-    "", operation_id="org_units_list", summary="List org units",
-    response_model=Page[OrgUnit], responses=problems(400),
+    "",
+    operation_id="org_units_list",
+    summary="List org units",
+    response_model=Page[OrgUnit],
+    responses=problems(400),
 )
 async def list_org_units(
     access: OrgUnitsRead,
     conn: ReadConnection,
-    query: Annotated[OrgUnitListQuery, query_model(OrgUnitListQuery)]
+    query: Annotated[OrgUnitListQuery, query_model(OrgUnitListQuery)],
 ) -> Response:
     """Units in your scope, in tree order by default (`sort=path`)."""
     return json_response(await service.list_org_units(conn, access, query))
 
 
 @router.post(
-    "", operation_id="org_units_create", summary="Create an org unit", status_code=201,
-    response_model=OrgUnit, responses={**problems(409), 201: {"headers": ETAG_HEADER}},
+    "",
+    operation_id="org_units_create",
+    summary="Create an org unit",
+    status_code=201,
+    response_model=OrgUnit,
+    responses={**problems(409), 201: {"headers": ETAG_HEADER}},
 )
 async def create_org_unit(
-    request: Request, body: OrgUnitCreate, access: OrgUnitsCreate, session: WriteSession,
+    request: Request,
+    body: OrgUnitCreate,
+    access: OrgUnitsCreate,
+    session: WriteSession,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A unit under `parent_id` (which your scope must cover), or a new root (scope `all`).
@@ -67,14 +77,22 @@ async def create_org_unit(
         return _with_etag(row, 201, f"/v1/org-units/{row['id']}")
 
     return await idempotent(
-        session, access.principal, idempotency_key, method="POST",
-        path=request.url.path, body=body, produce=produce,
+        session,
+        access.principal,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body,
+        produce=produce,
     )
 
 
 @router.get(
-    "/{org_unit_id}", operation_id="org_units_get", summary="Get an org unit",
-    response_model=OrgUnit, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+    "/{org_unit_id}",
+    operation_id="org_units_get",
+    summary="Get an org unit",
+    response_model=OrgUnit,
+    responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_org_unit(
     org_unit_id: uuid.UUID, access: OrgUnitsRead, conn: ReadConnection
@@ -83,29 +101,46 @@ async def get_org_unit(
 
 
 @router.patch(
-    "/{org_unit_id}", operation_id="org_units_update", summary="Rename or re-kind an org unit",
-    response_model=OrgUnit, responses=problems(404, 412, 428),
+    "/{org_unit_id}",
+    operation_id="org_units_update",
+    summary="Rename or re-kind an org unit",
+    response_model=OrgUnit,
+    responses=problems(404, 412, 428),
 )
 async def update_org_unit(
-    org_unit_id: uuid.UUID, body: OrgUnitUpdate, access: OrgUnitsUpdate, session: WriteSession,
-    strict: RequireIfMatch, if_match: IfMatch = None,
+    org_unit_id: uuid.UUID,
+    body: OrgUnitUpdate,
+    access: OrgUnitsUpdate,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change `name` and/or `kind`. With `If-Match`, a stale version is a 412."""
     row = await service.update_org_unit(
-        session, access, org_unit_id, body, if_match,
+        session,
+        access,
+        org_unit_id,
+        body,
+        if_match,
         require_if_match=strict,
     )
     return _with_etag(row)
 
 
 @router.post(
-    "/{org_unit_id}/move", operation_id="org_units_move",
+    "/{org_unit_id}/move",
+    operation_id="org_units_move",
     summary="Move an org unit (with its subtree) under another parent",
-    response_model=OrgUnit, responses=problems(404, 409, 412),
+    response_model=OrgUnit,
+    responses=problems(404, 409, 412),
 )
 async def move_org_unit(
-    request: Request, org_unit_id: uuid.UUID, body: OrgUnitMove, access: OrgUnitsUpdate,
-    session: PolicySession, if_match: IfMatch = None,
+    request: Request,
+    org_unit_id: uuid.UUID,
+    body: OrgUnitMove,
+    access: OrgUnitsUpdate,
+    session: PolicySession,
+    if_match: IfMatch = None,
 ) -> Response:
     """Every unit below moves along (one statement rewrites their paths), and every
     `org_subtree` scope follows at once. Under itself or a descendant: 409 `invalid_move`.
@@ -120,11 +155,16 @@ async def move_org_unit(
 
 
 @router.post(
-    "/{org_unit_id}/deactivate", operation_id="org_units_deactivate",
-    summary="Deactivate an org unit", response_model=OrgUnit, responses=problems(404, 409, 412),
+    "/{org_unit_id}/deactivate",
+    operation_id="org_units_deactivate",
+    summary="Deactivate an org unit",
+    response_model=OrgUnit,
+    responses=problems(404, 409, 412),
 )
 async def deactivate_org_unit(
-    org_unit_id: uuid.UUID, access: OrgUnitsUpdate, session: PolicySession,
+    org_unit_id: uuid.UUID,
+    access: OrgUnitsUpdate,
+    session: PolicySession,
     if_match: IfMatch = None,
 ) -> Response:
     """Refused (409 `org_unit_in_use`, with `active_children` and `active_users`) while
@@ -133,11 +173,16 @@ async def deactivate_org_unit(
 
 
 @router.post(
-    "/{org_unit_id}/activate", operation_id="org_units_activate",
-    summary="Reactivate an org unit", response_model=OrgUnit, responses=problems(404, 409, 412),
+    "/{org_unit_id}/activate",
+    operation_id="org_units_activate",
+    summary="Reactivate an org unit",
+    response_model=OrgUnit,
+    responses=problems(404, 409, 412),
 )
 async def activate_org_unit(
-    org_unit_id: uuid.UUID, access: OrgUnitsUpdate, session: PolicySession,
+    org_unit_id: uuid.UUID,
+    access: OrgUnitsUpdate,
+    session: PolicySession,
     if_match: IfMatch = None,
 ) -> Response:
     """Refused (409 `parent_inactive`) under a deactivated parent. Idempotent."""

@@ -119,7 +119,6 @@ async def count_active_dependents(session: AsyncSession, unit_id: uuid.UUID) -> 
     return int(row[0]), int(row[1])
 
 
-
 async def existing_ids(session: AsyncSession, unit_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     rows = await session.execute(select(OrgUnit.id).where(OrgUnit.id.in_(unit_ids)))
     return set(rows.scalars())

@@ -38,8 +38,13 @@ class OrgUnitCreate(InputModel):
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{"name": "Team Pudong 浦东组", "kind": "team",
-                          "parent_id": "7d1c3a52-4f0e-4a57-9d2b-1a0c6b3e9f10"}]
+            "examples": [
+                {
+                    "name": "Team Pudong 浦东组",
+                    "kind": "team",
+                    "parent_id": "7d1c3a52-4f0e-4a57-9d2b-1a0c6b3e9f10",
+                }
+            ]
         }
     }
 
@@ -79,9 +84,7 @@ class OrgUnitListQuery(ListQuery):
         OrgUnitSort, "path", "Sort keys: `path` (tree order), `name`, `created_at`."
     )
     parent_id: uuid.UUID | None = Field(default=None, description="Direct children of this unit.")
-    within: uuid.UUID | None = Field(
-        default=None, description="This unit and every unit below it."
-    )
+    within: uuid.UUID | None = Field(default=None, description="This unit and every unit below it.")
     root: bool | None = Field(default=None, description="Only roots (true) or only non-roots.")
     kind: list[OrgUnitKind] | None = None
     active: bool | None = Field(default=None, description="Omit for both.")

@@ -42,14 +42,13 @@ def not_found(unit_id: uuid.UUID) -> NotFound:
 
 def _invalid_parent(message: str) -> UnprocessableEntity:
     return UnprocessableEntity(
-        "parent_id does not name an org unit you may use.", code="invalid_parent",
+        "parent_id does not name an org unit you may use.",
+        code="invalid_parent",
         errors=[{"field": "parent_id", "code": "invalid_reference", "message": message}],
     )
 
 
-async def list_org_units(
-    conn: Reader, access: Access, query: OrgUnitListQuery
-) -> dict[str, Any]:
+async def list_org_units(conn: Reader, access: Access, query: OrgUnitListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
@@ -78,28 +77,46 @@ async def create_org_unit(
             raise _invalid_parent("no such org unit in your scope")
         if not parent.active:
             raise Conflict(
-                "The parent unit is deactivated.", code="parent_inactive",
+                "The parent unit is deactivated.",
+                code="parent_inactive",
                 parent_id=str(parent.id),
             )
         path = f"{parent.path}{unit_id}/"
     now = datetime.now(UTC)
     unit = OrgUnit(
-        id=unit_id, name=data.name, kind=data.kind.value, parent_id=data.parent_id, path=path,
-        depth=path.count("/") - 2, active=True, created_at=now, updated_at=now, version=1,
+        id=unit_id,
+        name=data.name,
+        kind=data.kind.value,
+        parent_id=data.parent_id,
+        path=path,
+        depth=path.count("/") - 2,
+        active=True,
+        created_at=now,
+        updated_at=now,
+        version=1,
     )
     session.add(unit)
     await session.flush()
     after = to_dict(unit, repo.R.columns)
     audit.record(
-        session, access.principal, action="create", resource_type=RESOURCE,
-        resource_id=unit_id, changes=audit.diff(None, after),
+        session,
+        access.principal,
+        action="create",
+        resource_type=RESOURCE,
+        resource_id=unit_id,
+        changes=audit.diff(None, after),
     )
     return after
 
 
 async def update_org_unit(
-    session: AsyncSession, access: Access, unit_id: uuid.UUID, patch: OrgUnitUpdate,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    unit_id: uuid.UUID,
+    patch: OrgUnitUpdate,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     unit = await repo.lock(session, access, unit_id)
     if unit is None:
@@ -109,9 +126,12 @@ async def update_org_unit(
     nulled = sorted(k for k, v in changes.items() if v is None)
     if nulled:
         raise UnprocessableEntity(
-            "These fields cannot be null.", code="validation_error",
-            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                    for f in nulled],
+            "These fields cannot be null.",
+            code="validation_error",
+            errors=[
+                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                for f in nulled
+            ],
         )
     before = to_dict(unit, repo.R.columns)
     diff = audit.diff(before, {**before, **changes})
@@ -122,15 +142,23 @@ async def update_org_unit(
     unit.updated_at = datetime.now(UTC)
     await session.flush()
     audit.record(
-        session, access.principal, action="update", resource_type=RESOURCE,
-        resource_id=unit.id, changes=diff,
+        session,
+        access.principal,
+        action="update",
+        resource_type=RESOURCE,
+        resource_id=unit.id,
+        changes=diff,
     )
     return to_dict(unit, repo.R.columns)
 
 
 async def move_org_unit(
-    session: AsyncSession, policy: PolicyEngine, access: Access, unit_id: uuid.UUID,
-    parent_id: uuid.UUID | None, if_match: str | None,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    unit_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    if_match: str | None,
 ) -> dict[str, Any]:
     """Put a unit (with everything below it) under another parent, or make it a root.
     Under itself or one of its descendants is a 409 ``invalid_move``.
@@ -155,7 +183,9 @@ async def move_org_unit(
         raise Forbidden(
             "The unit sits under a parent outside your scope on org units: moving it out "
             "is for someone whose scope covers where it is now.",
-            code="grant_not_allowed", refused=["parent_id"], reason="source_out_of_scope",
+            code="grant_not_allowed",
+            refused=["parent_id"],
+            reason="source_out_of_scope",
         )
     if parent_id is None:
         if not access.scope.is_all:
@@ -169,12 +199,14 @@ async def move_org_unit(
             raise _invalid_parent("no such org unit in your scope")
         if parent.path.startswith(unit.path):
             raise Conflict(
-                "A unit cannot move under itself or a unit below it.", code="invalid_move",
+                "A unit cannot move under itself or a unit below it.",
+                code="invalid_move",
                 parent_id=str(parent_id),
             )
         if not parent.active:
             raise Conflict(
-                "The new parent unit is deactivated.", code="parent_inactive",
+                "The new parent unit is deactivated.",
+                code="parent_inactive",
                 parent_id=str(parent_id),
             )
         new_prefix = f"{parent.path}{unit.id}/"
@@ -191,8 +223,12 @@ async def move_org_unit(
     changes = audit.diff(before, after)
     changes["units_moved"] = {"before": None, "after": moved}
     audit.record(
-        session, access.principal, action="move", resource_type=RESOURCE,
-        resource_id=unit.id, changes=changes,
+        session,
+        access.principal,
+        action="move",
+        resource_type=RESOURCE,
+        resource_id=unit.id,
+        changes=changes,
     )
     await bump_policy_version(session)
     return after
@@ -201,12 +237,20 @@ async def move_org_unit(
 def access_all(access: Access) -> Access:
     """The same caller over every unit: for re-reading a row already authorized, whose
     position may have just left the caller's scope (moved out of their subtree)."""
-    return Access(access.principal, access.resource, access.action,
-                  Scope(frozenset({ScopeKind.all})), access.sensitive)
+    return Access(
+        access.principal,
+        access.resource,
+        access.action,
+        Scope(frozenset({ScopeKind.all})),
+        access.sensitive,
+    )
 
 
 async def set_active(
-    session: AsyncSession, access: Access, unit_id: uuid.UUID, active: bool,
+    session: AsyncSession,
+    access: Access,
+    unit_id: uuid.UUID,
+    active: bool,
     if_match: str | None,
 ) -> dict[str, Any]:
     """Deactivate (refused while active child units or active users remain, naming how
@@ -224,21 +268,27 @@ async def set_active(
             raise Conflict(
                 f"The unit still has {children} active child unit(s) and {users} active "
                 "user(s); move or deactivate them first.",
-                code="org_unit_in_use", active_children=children, active_users=users,
+                code="org_unit_in_use",
+                active_children=children,
+                active_users=users,
             )
     elif unit.parent_id is not None:
         parent = await repo.find_in_scope(session, access_all(access), unit.parent_id)
         if parent is not None and not parent.active:
             raise Conflict(
-                "The parent unit is deactivated; activate it first.", code="parent_inactive",
+                "The parent unit is deactivated; activate it first.",
+                code="parent_inactive",
                 parent_id=str(parent.id),
             )
     unit.active = active
     unit.updated_at = datetime.now(UTC)
     await session.flush()
     audit.record(
-        session, access.principal, action="activate" if active else "deactivate",
-        resource_type=RESOURCE, resource_id=unit.id,
+        session,
+        access.principal,
+        action="activate" if active else "deactivate",
+        resource_type=RESOURCE,
+        resource_id=unit.id,
         changes={"active": {"before": not active, "after": active}},
     )
     await bump_policy_version(session)

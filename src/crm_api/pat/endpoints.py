@@ -28,8 +28,12 @@ Caller = Annotated[Principal, authenticated()]
 
 
 @router.post(
-    "", operation_id="me_tokens_create", summary="Create a personal access token",
-    status_code=201, response_model=PersonalAccessTokenCreated, responses=problems(),
+    "",
+    operation_id="me_tokens_create",
+    summary="Create a personal access token",
+    status_code=201,
+    response_model=PersonalAccessTokenCreated,
+    responses=problems(),
 )
 async def create_personal_access_token(
     request: Request, body: PersonalAccessTokenCreate, principal: Caller, session: WriteSession
@@ -42,26 +46,37 @@ async def create_personal_access_token(
         session, principal, get_policy(request), state.keyring, state.settings, body
     )
     return json_response(
-        row, 201,
-        {"Location": f"/v1/me/tokens/{row['id']}", "Cache-Control": "no-store",
-         "Pragma": "no-cache"},
+        row,
+        201,
+        {
+            "Location": f"/v1/me/tokens/{row['id']}",
+            "Cache-Control": "no-store",
+            "Pragma": "no-cache",
+        },
     )
 
 
 @router.get(
-    "", operation_id="me_tokens_list", summary="List your personal access tokens",
-    response_model=Page[PersonalAccessToken], responses=problems(400),
+    "",
+    operation_id="me_tokens_list",
+    summary="List your personal access tokens",
+    response_model=Page[PersonalAccessToken],
+    responses=problems(400),
 )
 async def list_personal_access_tokens(
-    principal: Caller, conn: ReadConnection,
+    principal: Caller,
+    conn: ReadConnection,
     query: Annotated[PersonalAccessTokenListQuery, query_model(PersonalAccessTokenListQuery)],
 ) -> Response:
     return json_response(await pat.list_tokens(conn, principal, query))
 
 
 @router.get(
-    "/{token_id}", operation_id="me_tokens_get", summary="Get a personal access token",
-    response_model=PersonalAccessToken, responses=problems(404),
+    "/{token_id}",
+    operation_id="me_tokens_get",
+    summary="Get a personal access token",
+    response_model=PersonalAccessToken,
+    responses=problems(404),
 )
 async def get_personal_access_token(
     token_id: uuid.UUID, principal: Caller, conn: ReadConnection
@@ -70,8 +85,11 @@ async def get_personal_access_token(
 
 
 @router.delete(
-    "/{token_id}", operation_id="me_tokens_revoke", summary="Revoke a personal access token",
-    status_code=204, responses=problems(404),
+    "/{token_id}",
+    operation_id="me_tokens_revoke",
+    summary="Revoke a personal access token",
+    status_code=204,
+    responses=problems(404),
 )
 async def revoke_personal_access_token(
     token_id: uuid.UUID, principal: Caller, session: PolicySession

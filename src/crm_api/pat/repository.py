@@ -18,8 +18,15 @@ from crm_api.pat.schemas import PersonalAccessTokenListQuery, PersonalAccessToke
 T = cast_table(PersonalAccessToken)
 #: What a caller sees of a token row (never its owner: that is the caller).
 COLUMNS = [
-    T.c[name] for name in (
-        "id", "name", "permissions", "created_at", "expires_at", "last_used_at", "revoked_at",
+    T.c[name]
+    for name in (
+        "id",
+        "name",
+        "permissions",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
     )
 ]
 SORT_COLUMNS: dict[str, Any] = {

@@ -27,7 +27,8 @@ class TokenPermission(InputModel):
 class PersonalAccessTokenCreate(InputModel):
     name: str = Field(min_length=1, max_length=200, examples=["nightly export script"])
     permissions: list[TokenPermission] = Field(
-        min_length=1, max_length=100,
+        min_length=1,
+        max_length=100,
         description="Each must be granted to you now (else 422); the token can do no more, "
         "and loses what your roles lose.",
     )
@@ -60,7 +61,7 @@ class PersonalAccessTokenCreate(InputModel):
                     "permissions": [{"resource": "customers", "action": "read"}],
                     "expires_in_days": 90,
                 }
-            ]
+            ],
         }
     }
 

@@ -39,6 +39,7 @@ DEFAULT_LIFETIME = timedelta(days=365)
 MAX_LIFETIME = timedelta(days=3650)
 MIN_LIFETIME = timedelta(minutes=1)
 
+
 def not_found(token_id: uuid.UUID) -> NotFound:
     return NotFound(f"No personal access token {token_id}.", code="token_not_found")
 
@@ -57,8 +58,13 @@ def _expiry(data: PersonalAccessTokenCreate, now: datetime) -> datetime:
         raise UnprocessableEntity(
             "expires_at must be between one minute and ten years from now.",
             code="invalid_expiry",
-            errors=[{"field": "expires_at", "code": "out_of_range",
-                     "message": "between one minute and ten years from now"}],
+            errors=[
+                {
+                    "field": "expires_at",
+                    "code": "out_of_range",
+                    "message": "between one minute and ten years from now",
+                }
+            ],
         )
     return data.expires_at
 
@@ -74,8 +80,12 @@ def _check_caller(principal: Principal) -> None:
 
 
 async def create_token(
-    session: AsyncSession, principal: Principal, policy: PolicyEngine, keyring: KeyRing,
-    settings: Settings, data: PersonalAccessTokenCreate,
+    session: AsyncSession,
+    principal: Principal,
+    policy: PolicyEngine,
+    keyring: KeyRing,
+    settings: Settings,
+    data: PersonalAccessTokenCreate,
 ) -> dict[str, Any]:
     """Store the token row and return it with the signed token (shown this once).
 
@@ -88,20 +98,35 @@ async def create_token(
     now = datetime.now(UTC).replace(microsecond=0)
     expires_at = _expiry(data, now)
     token_row = PersonalAccessToken(
-        id=uuid.uuid4(), user_id=principal.id, name=data.name,
-        permissions=[list(p) for p in wanted], created_at=now, expires_at=expires_at,
+        id=uuid.uuid4(),
+        user_id=principal.id,
+        name=data.name,
+        permissions=[list(p) for p in wanted],
+        created_at=now,
+        expires_at=expires_at,
     )
     row = await repo.insert(session, token_row)
     raw, _ = tokens.issue(
-        keyring, subject=f"user:{principal.id}", token_type="pat",
-        ttl_s=int((expires_at - now).total_seconds()), issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience, jti=str(token_row.id),
+        keyring,
+        subject=f"user:{principal.id}",
+        token_type="pat",
+        ttl_s=int((expires_at - now).total_seconds()),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        jti=str(token_row.id),
     )
     audit.record(
-        session, principal, action="create", resource_type=RESOURCE, resource_id=token_row.id,
-        changes=audit.diff(None, {"name": data.name, "permissions": token_row.permissions,
-                                  "expires_at": expires_at}),
-        owner_id=principal.id, org_unit_id=principal.org_unit_id,
+        session,
+        principal,
+        action="create",
+        resource_type=RESOURCE,
+        resource_id=token_row.id,
+        changes=audit.diff(
+            None,
+            {"name": data.name, "permissions": token_row.permissions, "expires_at": expires_at},
+        ),
+        owner_id=principal.id,
+        org_unit_id=principal.org_unit_id,
     )
     return {**_present(row), "token": raw}
 
@@ -114,9 +139,7 @@ async def list_tokens(
     return page
 
 
-async def get_token(
-    conn: Reader, principal: Principal, token_id: uuid.UUID
-) -> dict[str, Any]:
+async def get_token(conn: Reader, principal: Principal, token_id: uuid.UUID) -> dict[str, Any]:
     row = await repo.get_row(conn, principal.id, token_id)
     if row is None:
         raise not_found(token_id)
@@ -134,7 +157,12 @@ async def revoke_token(session: AsyncSession, principal: Principal, token_id: uu
     token_row.revoked_at = datetime.now(UTC)
     await bump_policy_version(session)
     audit.record(
-        session, principal, action="revoke", resource_type=RESOURCE, resource_id=token_row.id,
+        session,
+        principal,
+        action="revoke",
+        resource_type=RESOURCE,
+        resource_id=token_row.id,
         changes={"revoked_at": {"before": None, "after": token_row.revoked_at.isoformat()}},
-        owner_id=principal.id, org_unit_id=principal.org_unit_id,
+        owner_id=principal.id,
+        org_unit_id=principal.org_unit_id,
     )

@@ -32,8 +32,13 @@ COLUMNS = ROLES.columns
 R = cast_table(Role)
 A = cast_table(AuthzRule)
 GRANT_COLUMNS = [
-    A.c.id, A.c.v0.label("role"), A.c.v1.label("resource"), A.c.v2.label("action"),
-    A.c.v3.label("scope"), A.c.v4.label("units"), A.c.created_at,
+    A.c.id,
+    A.c.v0.label("role"),
+    A.c.v1.label("resource"),
+    A.c.v2.label("action"),
+    A.c.v3.label("scope"),
+    A.c.v4.label("units"),
+    A.c.created_at,
 ]
 GRANT_SORT: dict[str, ColumnElement[Any]] = {
     GrantSort.created_at: A.c.created_at,
@@ -64,9 +69,7 @@ async def get_row(executor: Executor, access: Access, role_id: uuid.UUID) -> dic
 
 
 async def lock(session: AsyncSession, access: Access, role_id: uuid.UUID) -> Role | None:
-    stmt = kit.narrow(
-        kit.scoped_entity(RESOURCE, access), None if access.scope.kinds else false()
-    )
+    stmt = kit.narrow(kit.scoped_entity(RESOURCE, access), None if access.scope.kinds else false())
     locked = await kit.lock(session, RESOURCE, stmt, role_id)
     return locked.row if locked is not None else None
 
@@ -128,8 +131,14 @@ async def insert_grant(
     stmt = (
         insert(A)
         .values(
-            id=uuid.uuid4(), ptype="p", v0=role_name, v1=resource, v2=action, v3=scope,
-            v4=units, v5="",
+            id=uuid.uuid4(),
+            ptype="p",
+            v0=role_name,
+            v1=resource,
+            v2=action,
+            v3=scope,
+            v4=units,
+            v5="",
         )
         .on_conflict_do_nothing()
         .returning(*GRANT_COLUMNS)

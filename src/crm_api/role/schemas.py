@@ -14,7 +14,9 @@ from crm_api.kit.schemas import InputModel, OutputModel
 RoleName = Annotated[
     str,
     Field(
-        pattern=r"^[a-z][a-z0-9_]{1,63}$", min_length=2, max_length=64,
+        pattern=r"^[a-z][a-z0-9_]{1,63}$",
+        min_length=2,
+        max_length=64,
         description="Lower-case letters, digits and `_`, starting with a letter.",
         examples=["key_account_manager"],
     ),
@@ -66,7 +68,9 @@ class GrantCreate(InputModel):
     action: Token = Field(description="An action (`read`, `assign`, …) or `*`.")
     scope: ScopeKind
     org_unit_ids: list[uuid.UUID] | None = Field(
-        default=None, min_length=1, max_length=200,
+        default=None,
+        min_length=1,
+        max_length=200,
         description="The org units of a `custom` scope (required for it, refused otherwise).",
     )
 

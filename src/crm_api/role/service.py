@@ -78,8 +78,13 @@ async def create_role(session: AsyncSession, access: Access, data: RoleCreate) -
         raise Conflict(f"A role named {data.name!r} exists.", code="role_exists", name=data.name)
     now = datetime.now(UTC)
     role = Role(
-        id=uuid.uuid4(), name=data.name, description=data.description, builtin=False,
-        created_at=now, updated_at=now, version=1,
+        id=uuid.uuid4(),
+        name=data.name,
+        description=data.description,
+        builtin=False,
+        created_at=now,
+        updated_at=now,
+        version=1,
     )
     session.add(role)
     try:
@@ -90,15 +95,24 @@ async def create_role(session: AsyncSession, access: Access, data: RoleCreate) -
         ) from exc
     after = to_dict(role, repo.COLUMNS)
     audit.record(
-        session, access.principal, action="create", resource_type=RESOURCE,
-        resource_id=role.id, changes=audit.diff(None, after),
+        session,
+        access.principal,
+        action="create",
+        resource_type=RESOURCE,
+        resource_id=role.id,
+        changes=audit.diff(None, after),
     )
     return after
 
 
 async def update_role(
-    session: AsyncSession, access: Access, role_id: uuid.UUID, patch: RoleUpdate,
-    if_match: str | None, *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    role_id: uuid.UUID,
+    patch: RoleUpdate,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     role = await repo.lock(session, access, role_id)
     if role is None:
@@ -114,15 +128,23 @@ async def update_role(
     role.updated_at = datetime.now(UTC)
     await session.flush()
     audit.record(
-        session, access.principal, action="update", resource_type=RESOURCE,
-        resource_id=role.id, changes=diff,
+        session,
+        access.principal,
+        action="update",
+        resource_type=RESOURCE,
+        resource_id=role.id,
+        changes=diff,
     )
     return to_dict(role, repo.COLUMNS)
 
 
 async def delete_role(
-    session: AsyncSession, access: Access, role_id: uuid.UUID, if_match: str | None,
-    *, require_if_match: bool,
+    session: AsyncSession,
+    access: Access,
+    role_id: uuid.UUID,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> None:
     """Remove a custom role nobody holds, with its grants. Built-in roles stay (409
     ``role_builtin``); a role still held is 409 ``role_in_use`` naming how many hold it."""
@@ -136,7 +158,8 @@ async def delete_role(
     if held:
         raise Conflict(
             f"{held} user(s) or API client(s) hold {role.name!r}; take it from them first.",
-            code="role_in_use", holders=held,
+            code="role_in_use",
+            holders=held,
         )
     before = to_dict(role, repo.COLUMNS)
     grants = [present_grant(g) for g in await repo.all_grants(session, role.name)]
@@ -146,8 +169,12 @@ async def delete_role(
     changes = audit.diff(before, None)
     changes["grants"] = {"before": [_grant_summary(g) for g in grants], "after": None}
     audit.record(
-        session, access.principal, action="delete", resource_type=RESOURCE,
-        resource_id=role_id, changes=changes,
+        session,
+        access.principal,
+        action="delete",
+        resource_type=RESOURCE,
+        resource_id=role_id,
+        changes=changes,
     )
     await bump_policy_version(session)
 
@@ -178,8 +205,12 @@ def _invalid(field: str, code: str, message: str) -> UnprocessableEntity:
 
 
 async def add_grant(
-    session: AsyncSession, policy: PolicyEngine, access: Access, role_id: uuid.UUID,
-    data: GrantCreate, known_resources: frozenset[str],
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    role_id: uuid.UUID,
+    data: GrantCreate,
+    known_resources: frozenset[str],
 ) -> dict[str, Any]:
     """Grant the role ``action`` on ``resource`` over ``scope``. The same (resource,
     action, scope) twice is a 409 ``grant_exists``."""
@@ -188,12 +219,14 @@ async def add_grant(
         raise not_found(role_id)
     if data.resource != "*" and data.resource not in known_resources:
         raise _invalid(
-            "resource", "unknown_resource",
+            "resource",
+            "unknown_resource",
             f"Unknown resource {data.resource!r}; known: {', '.join(sorted(known_resources))}.",
         )
     if data.action not in ACTIONS:
         raise _invalid(
-            "action", "unknown_action",
+            "action",
+            "unknown_action",
             f"Unknown action {data.action!r}; known: {', '.join(sorted(ACTIONS))}.",
         )
     units = sorted(set(data.org_unit_ids or []))
@@ -201,16 +234,30 @@ async def add_grant(
         missing = await org_units.missing_units(session, units)
         if missing:
             raise UnprocessableEntity(
-                "Some org_unit_ids are not org units.", code="invalid_org_unit",
-                errors=[{"field": "org_unit_ids", "code": "invalid_reference",
-                         "message": f"no org unit {m}"} for m in missing],
+                "Some org_unit_ids are not org units.",
+                code="invalid_org_unit",
+                errors=[
+                    {
+                        "field": "org_unit_ids",
+                        "code": "invalid_reference",
+                        "message": f"no org unit {m}",
+                    }
+                    for m in missing
+                ],
             )
     await delegation.check_grant_edit(
-        session, policy, access.principal, role.name,
+        session,
+        policy,
+        access.principal,
+        role.name,
         delegation.Grant(data.resource, data.action, data.scope, frozenset(units)),
     )
     row = await repo.insert_grant(
-        session, role.name, data.resource, data.action, data.scope.value,
+        session,
+        role.name,
+        data.resource,
+        data.action,
+        data.scope.value,
         "|".join(str(u) for u in units),
     )
     if row is None:
@@ -221,8 +268,12 @@ async def add_grant(
         )
     grant = present_grant(row)
     audit.record(
-        session, access.principal, action="grant_create", resource_type=RESOURCE,
-        resource_id=role.id, changes={"grant": {"before": None, "after": _grant_summary(grant)}},
+        session,
+        access.principal,
+        action="grant_create",
+        resource_type=RESOURCE,
+        resource_id=role.id,
+        changes={"grant": {"before": None, "after": _grant_summary(grant)}},
     )
     await bump_policy_version(session)
     return grant
@@ -230,13 +281,19 @@ async def add_grant(
 
 def _grant_summary(grant: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": str(grant["id"]), "resource": grant["resource"], "action": grant["action"],
-        "scope": grant["scope"], "org_unit_ids": [str(u) for u in grant["org_unit_ids"]],
+        "id": str(grant["id"]),
+        "resource": grant["resource"],
+        "action": grant["action"],
+        "scope": grant["scope"],
+        "org_unit_ids": [str(u) for u in grant["org_unit_ids"]],
     }
 
 
 async def remove_grant(
-    session: AsyncSession, policy: PolicyEngine, access: Access, role_id: uuid.UUID,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    role_id: uuid.UUID,
     grant_id: uuid.UUID,
 ) -> None:
     role = await repo.lock(session, access, role_id)
@@ -254,7 +311,11 @@ async def remove_grant(
         )
     await repo.delete_grant(session, grant_id)
     audit.record(
-        session, access.principal, action="grant_delete", resource_type=RESOURCE,
-        resource_id=role.id, changes={"grant": {"before": _grant_summary(grant), "after": None}},
+        session,
+        access.principal,
+        action="grant_delete",
+        resource_type=RESOURCE,
+        resource_id=role.id,
+        changes={"grant": {"before": _grant_summary(grant), "after": None}},
     )
     await bump_policy_version(session)

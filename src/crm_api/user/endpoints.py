@@ -34,13 +34,16 @@ def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = No
 
 
 @router.get(
-    "", operation_id="users_list", summary="List users",
-    response_model=Page[User], responses=problems(400),
+    "",
+    operation_id="users_list",
+    summary="List users",
+    response_model=Page[User],
+    responses=problems(400),
 )
 async def list_users(
     access: UsersRead,
     conn: ReadConnection,
-    query: Annotated[UserListQuery, query_model(UserListQuery)]
+    query: Annotated[UserListQuery, query_model(UserListQuery)],
 ) -> Response:
     """Users in your scope (`own` is yourself; org scopes go by the user's org unit).
     The accounts behind API clients are listed only with `kind=service`."""
@@ -48,12 +51,20 @@ async def list_users(
 
 
 @router.post(
-    "", operation_id="users_create", summary="Create a user", status_code=201,
-    response_model=User, responses={**problems(409), 201: {"headers": ETAG_HEADER}},
+    "",
+    operation_id="users_create",
+    summary="Create a user",
+    status_code=201,
+    response_model=User,
+    responses={**problems(409), 201: {"headers": ETAG_HEADER}},
 )
 async def create_user(
-    request: Request, body: UserCreate, access: UsersCreate, assign: UsersAssign,
-    session: PolicySession, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: UserCreate,
+    access: UsersCreate,
+    assign: UsersAssign,
+    session: PolicySession,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A person who can log in. A taken e-mail (any case) is 409 `email_taken`; a password
     breaking the policy is 422 `weak_password` listing every violation; giving `roles`
@@ -64,26 +75,42 @@ async def create_user(
         return _with_etag(row, 201, f"/v1/users/{row['id']}")
 
     return await idempotent(
-        session, access.principal, idempotency_key, method="POST",
-        path=request.url.path, body=body, produce=produce,
+        session,
+        access.principal,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body,
+        produce=produce,
     )
 
 
 @router.get(
-    "/{user_id}", operation_id="users_get", summary="Get a user",
-    response_model=User, responses={**problems(404), 200: {"headers": ETAG_HEADER}},
+    "/{user_id}",
+    operation_id="users_get",
+    summary="Get a user",
+    response_model=User,
+    responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_user(user_id: uuid.UUID, access: UsersRead, conn: ReadConnection) -> Response:
     return _with_etag(await service.get_user(conn, access, user_id))
 
 
 @router.patch(
-    "/{user_id}", operation_id="users_update", summary="Update a user",
-    response_model=User, responses=problems(404, 409, 412, 428),
+    "/{user_id}",
+    operation_id="users_update",
+    summary="Update a user",
+    response_model=User,
+    responses=problems(404, 409, 412, 428),
 )
 async def update_user(
-    request: Request, user_id: uuid.UUID, body: UserUpdate, access: UsersUpdate,
-    assign: UsersAssign, session: PolicySession, strict: RequireIfMatch,
+    request: Request,
+    user_id: uuid.UUID,
+    body: UserUpdate,
+    access: UsersUpdate,
+    assign: UsersAssign,
+    session: PolicySession,
+    strict: RequireIfMatch,
     if_match: IfMatch = None,
 ) -> Response:
     """Change the fields sent; `roles` replaces the user's roles (needs `users:assign`). A
@@ -93,18 +120,30 @@ async def update_user(
     could give (judged where they stand and where the change puts them) is 403
     `grant_not_allowed` with `reason: target_outranks`."""
     row = await service.update_user(
-        session, get_policy(request), access, assign, user_id, body, if_match,
+        session,
+        get_policy(request),
+        access,
+        assign,
+        user_id,
+        body,
+        if_match,
         require_if_match=strict,
     )
     return _with_etag(row)
 
 
 @router.post(
-    "/{user_id}/deactivate", operation_id="users_deactivate", summary="Deactivate a user",
-    response_model=User, responses=problems(404, 409, 412),
+    "/{user_id}/deactivate",
+    operation_id="users_deactivate",
+    summary="Deactivate a user",
+    response_model=User,
+    responses=problems(404, 409, 412),
 )
 async def deactivate_user(
-    request: Request, user_id: uuid.UUID, access: UsersUpdate, session: PolicySession,
+    request: Request,
+    user_id: uuid.UUID,
+    access: UsersUpdate,
+    session: PolicySession,
     if_match: IfMatch = None,
 ) -> Response:
     """The user can no longer log in, and every token already issued stops working at once.
@@ -117,11 +156,17 @@ async def deactivate_user(
 
 
 @router.post(
-    "/{user_id}/activate", operation_id="users_activate", summary="Reactivate a user",
-    response_model=User, responses=problems(404, 409, 412),
+    "/{user_id}/activate",
+    operation_id="users_activate",
+    summary="Reactivate a user",
+    response_model=User,
+    responses=problems(404, 409, 412),
 )
 async def activate_user(
-    request: Request, user_id: uuid.UUID, access: UsersUpdate, session: PolicySession,
+    request: Request,
+    user_id: uuid.UUID,
+    access: UsersUpdate,
+    session: PolicySession,
     if_match: IfMatch = None,
 ) -> Response:
     """Refused (403 `grant_not_allowed`, `reason: target_outranks`) for a user holding

@@ -42,9 +42,9 @@ ADMINS_LOCK = 0x6C61737461646D69  # "lastadmi"
 def subject_of_row() -> ColumnElement[str]:
     """The Casbin subject of the user row: ``client:<id>`` behind API clients, else
     ``user:<id>``."""
-    return case(
-        (T.c.kind == "service", literal("client:")), else_=literal("user:")
-    ) + cast(T.c.id, String)
+    return case((T.c.kind == "service", literal("client:")), else_=literal("user:")) + cast(
+        T.c.id, String
+    )
 
 
 def subject(user_id: uuid.UUID, kind: str) -> str:
@@ -110,11 +110,17 @@ async def lock_admins(session: AsyncSession) -> None:
 async def other_active_admins(session: AsyncSession, user_id: uuid.UUID) -> int:
     """Active people other than ``user_id`` holding the ``admin`` role (API clients'
     service accounts do not count: they cannot sign in to repair anything)."""
-    stmt = select(func.count()).select_from(T).where(
-        T.c.kind == "person", T.c.active.is_(True), T.c.id != user_id,
-        subject_of_row().in_(
-            select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == "admin")
-        ),
+    stmt = (
+        select(func.count())
+        .select_from(T)
+        .where(
+            T.c.kind == "person",
+            T.c.active.is_(True),
+            T.c.id != user_id,
+            subject_of_row().in_(
+                select(AuthzRule.v0).where(AuthzRule.ptype == "g", AuthzRule.v1 == "admin")
+            ),
+        )
     )
     return int((await session.execute(stmt)).scalar_one())
 
@@ -171,17 +177,23 @@ async def replace_roles(session: AsyncSession, subject_name: str, roles: Iterabl
         delete(AuthzRule).where(AuthzRule.ptype == "g", AuthzRule.v0 == subject_name)
     )
     rows = [
-        {"id": uuid.uuid4(), "ptype": "g", "v0": subject_name, "v1": role,
-         "v2": "", "v3": "", "v4": "", "v5": ""}
+        {
+            "id": uuid.uuid4(),
+            "ptype": "g",
+            "v0": subject_name,
+            "v1": role,
+            "v2": "",
+            "v3": "",
+            "v4": "",
+            "v5": "",
+        }
         for role in sorted(set(roles))
     ]
     if rows:
         await session.execute(insert(cast_table(AuthzRule)), rows)
 
 
-async def move_reports(
-    session: AsyncSession, old_prefix: str, new_prefix: str
-) -> int:
+async def move_reports(session: AsyncSession, old_prefix: str, new_prefix: str) -> int:
     """Rewrite ``manager_path`` of everyone reporting (directly or not) to the user whose
     path was ``old_prefix``, in one UPDATE. Returns how many rows moved."""
     stmt = (

@@ -27,13 +27,20 @@ class UserSort(StrEnum):
 DisplayName = Annotated[str, Field(min_length=1, max_length=200, examples=["张伟 Zhang Wei"])]
 Roles = Annotated[
     list[RoleName],
-    Field(max_length=20, description="Role names (see /v1/roles). Changing them needs "
-          "`users:assign`.", examples=[["sales_rep"]]),
+    Field(
+        max_length=20,
+        description="Role names (see /v1/roles). Changing them needs `users:assign`.",
+        examples=[["sales_rep"]],
+    ),
 ]
 Password = Annotated[
     SecretStr,
-    Field(min_length=1, max_length=256, description="At least 10 characters, with a letter and "
-          "a digit, not containing the e-mail's name; stored as an argon2id hash."),
+    Field(
+        min_length=1,
+        max_length=256,
+        description="At least 10 characters, with a letter and "
+        "a digit, not containing the e-mail's name; stored as an argon2id hash.",
+    ),
 ]
 
 
@@ -52,11 +59,15 @@ class UserCreate(InputModel):
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{
-                "email": "zhang.wei@example.cn", "display_name": "张伟 Zhang Wei",
-                "org_unit_id": "1b9e0f4c-22aa-4d0e-b7c1-5e2f3a4b6c7d",
-                "roles": ["sales_rep"], "password": "correct-horse-42",
-            }]
+            "examples": [
+                {
+                    "email": "zhang.wei@example.cn",
+                    "display_name": "张伟 Zhang Wei",
+                    "org_unit_id": "1b9e0f4c-22aa-4d0e-b7c1-5e2f3a4b6c7d",
+                    "roles": ["sales_rep"],
+                    "password": "correct-horse-42",
+                }
+            ]
         }
     }
 
@@ -96,7 +107,9 @@ class User(OutputModel):
 class UserListQuery(ListQuery):
     sort: str = sort_field(UserSort, "-created_at")
     q: str | None = Field(
-        default=None, min_length=1, max_length=200,
+        default=None,
+        min_length=1,
+        max_length=200,
         description="Substring of the e-mail or display name.",
     )
     org_unit_id: list[uuid.UUID] | None = Field(default=None, max_length=50)

@@ -47,7 +47,13 @@ RESOURCE = "users"
 ADMIN_ROLE = delegation.ADMIN_ROLE
 #: What the audit trail records of a user (never the hash).
 AUDITED = (
-    "email", "display_name", "phone", "kind", "org_unit_id", "manager_id", "active",
+    "email",
+    "display_name",
+    "phone",
+    "kind",
+    "org_unit_id",
+    "manager_id",
+    "active",
 )
 
 
@@ -76,10 +82,18 @@ def _snapshot(user: User, role_names: list[str]) -> dict[str, Any]:
 
 def _present(user: User, role_names: list[str]) -> dict[str, Any]:
     return {
-        "id": user.id, "email": user.email, "display_name": user.display_name,
-        "phone": user.phone, "kind": user.kind, "org_unit_id": user.org_unit_id,
-        "manager_id": user.manager_id, "roles": role_names, "active": user.active,
-        "created_at": user.created_at, "updated_at": user.updated_at, "version": user.version,
+        "id": user.id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "phone": user.phone,
+        "kind": user.kind,
+        "org_unit_id": user.org_unit_id,
+        "manager_id": user.manager_id,
+        "roles": role_names,
+        "active": user.active,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "version": user.version,
     }
 
 
@@ -101,8 +115,9 @@ def _check_password(password: str, email: str) -> str:
         raise UnprocessableEntity(
             "The password does not meet the policy: " + "; ".join(violations) + ".",
             code="weak_password",
-            errors=[{"field": "password", "code": "password_policy", "message": v}
-                    for v in violations],
+            errors=[
+                {"field": "password", "code": "password_policy", "message": v} for v in violations
+            ],
         )
     return hash_password(password)
 
@@ -113,19 +128,27 @@ async def _check_email(session: AsyncSession, email: str, exclude_id: uuid.UUID 
 
 
 async def _check_roles(
-    session: AsyncSession, policy: PolicyEngine, assign: Access | None, user_id: uuid.UUID,
-    org_unit_id: uuid.UUID | None, manager_path: str, current: list[str], new: list[str],
+    session: AsyncSession,
+    policy: PolicyEngine,
+    assign: Access | None,
+    user_id: uuid.UUID,
+    org_unit_id: uuid.UUID | None,
+    manager_path: str,
+    current: list[str],
+    new: list[str],
 ) -> None:
     """Changing a user's roles from ``current`` to ``new``: needs ``users:assign`` over the
     user (placed in ``org_unit_id``), existing roles, and authority to confer every role
     given or taken (:func:`crm_api.authz.delegation.check_roles`)."""
     if assign is None:
-        raise Forbidden("Changing roles needs the 'assign' permission on users.",
-                        code="assign_not_allowed")
+        raise Forbidden(
+            "Changing roles needs the 'assign' permission on users.", code="assign_not_allowed"
+        )
     unknown = await roles.unknown_roles(session, new)
     if unknown:
         raise UnprocessableEntity(
-            "Unknown role(s): " + ", ".join(unknown) + ".", code="unknown_role",
+            "Unknown role(s): " + ", ".join(unknown) + ".",
+            code="unknown_role",
             errors=[{"field": "roles", "code": "unknown_role", "message": n} for n in unknown],
         )
     if not await position_in_scope(session, assign, user_id, org_unit_id):
@@ -133,8 +156,11 @@ async def _check_roles(
             "Your 'assign' scope on users does not cover this user.", code="assign_not_allowed"
         )
     await delegation.check_roles(
-        session, policy, assign.principal,
-        added=sorted(set(new) - set(current)), removed=sorted(set(current) - set(new)),
+        session,
+        policy,
+        assign.principal,
+        added=sorted(set(new) - set(current)),
+        removed=sorted(set(current) - set(new)),
         to_self=user_id == assign.principal.id,
         at=await delegation.position_of(session, user_id, manager_path, org_unit_id),
     )
@@ -147,8 +173,9 @@ async def _keep_an_admin(session: AsyncSession, user: User) -> None:
     await repo.lock_admins(session)
     if await repo.other_active_admins(session, user.id) == 0:
         raise Conflict(
-            "This is the last active administrator; make another user an administrator "
-            "first.", code="last_admin", user_id=str(user.id),
+            "This is the last active administrator; make another user an administrator first.",
+            code="last_admin",
+            user_id=str(user.id),
         )
 
 
@@ -158,21 +185,39 @@ async def _check_org_unit(
     """The unit must be active, and the user, placed there, inside the caller's scope."""
     if org_unit_id is not None and await org_units.get_active_unit(session, org_unit_id) is None:
         raise UnprocessableEntity(
-            "org_unit_id is not an active org unit.", code="invalid_org_unit",
-            errors=[{"field": "org_unit_id", "code": "invalid_reference",
-                     "message": "no such active org unit"}],
+            "org_unit_id is not an active org unit.",
+            code="invalid_org_unit",
+            errors=[
+                {
+                    "field": "org_unit_id",
+                    "code": "invalid_reference",
+                    "message": "no such active org unit",
+                }
+            ],
         )
     if not await position_in_scope(session, access, user_id, org_unit_id):
         raise UnprocessableEntity(
-            "org_unit_id is outside your scope on users.", code="invalid_org_unit",
-            errors=[{"field": "org_unit_id", "code": "out_of_scope",
-                     "message": "you could not reach a user placed there"}],
+            "org_unit_id is outside your scope on users.",
+            code="invalid_org_unit",
+            errors=[
+                {
+                    "field": "org_unit_id",
+                    "code": "out_of_scope",
+                    "message": "you could not reach a user placed there",
+                }
+            ],
         )
 
 
 async def _check_target(
-    session: AsyncSession, policy: PolicyEngine, access: Access, user: User,
-    role_names: set[str], *, new_manager_path: str, new_org_unit_id: uuid.UUID | None,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    user: User,
+    role_names: set[str],
+    *,
+    new_manager_path: str,
+    new_org_unit_id: uuid.UUID | None,
     fields: list[str],
 ) -> None:
     """Changing ``fields`` (credentials, e-mail, active flag, manager, unit) of ``user``,
@@ -181,15 +226,19 @@ async def _check_target(
     (:func:`crm_api.authz.delegation.check_target`, 403 ``grant_not_allowed``)."""
     if not fields:
         return
-    positions = [await delegation.position_of(
-        session, user.id, user.manager_path, user.org_unit_id
-    )]
+    positions = [
+        await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id)
+    ]
     if (new_manager_path, new_org_unit_id) != (user.manager_path, user.org_unit_id):
-        positions.append(await delegation.position_of(
-            session, user.id, new_manager_path, new_org_unit_id
-        ))
+        positions.append(
+            await delegation.position_of(session, user.id, new_manager_path, new_org_unit_id)
+        )
     await delegation.check_target(
-        session, policy, access.principal, roles=role_names, positions=positions,
+        session,
+        policy,
+        access.principal,
+        roles=role_names,
+        positions=positions,
         fields=fields,
     )
 
@@ -198,9 +247,15 @@ async def _manager(session: AsyncSession, manager_id: uuid.UUID) -> User:
     manager = await repo.active_user_for_share(session, manager_id)
     if manager is None:
         raise UnprocessableEntity(
-            "manager_id is not an active user.", code="invalid_manager",
-            errors=[{"field": "manager_id", "code": "invalid_reference",
-                     "message": "no such active user"}],
+            "manager_id is not an active user.",
+            code="invalid_manager",
+            errors=[
+                {
+                    "field": "manager_id",
+                    "code": "invalid_reference",
+                    "message": "no such active user",
+                }
+            ],
         )
     return manager
 
@@ -218,7 +273,10 @@ async def _flush(session: AsyncSession) -> None:
 
 # --- writes ------------------------------------------------------------------------------
 async def create_user(
-    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    assign: Access | None,
     data: UserCreate,
 ) -> dict[str, Any]:
     user_id = uuid.uuid4()
@@ -233,16 +291,32 @@ async def create_user(
         manager_path = f"{manager.manager_path}{user_id}/"
     if data.roles:
         await _check_roles(
-            session, policy, assign, user_id, data.org_unit_id, manager_path, [],
+            session,
+            policy,
+            assign,
+            user_id,
+            data.org_unit_id,
+            manager_path,
+            [],
             sorted(set(data.roles)),
         )
     await _check_org_unit(session, access, user_id, data.org_unit_id)
     now = clock.now()
     user = User(
-        id=user_id, email=data.email, display_name=data.display_name, phone=data.phone,
-        org_unit_id=data.org_unit_id, manager_id=data.manager_id, manager_path=manager_path,
-        kind="person", password_hash=password_hash, active=True, tokens_valid_after=now,
-        created_at=now, updated_at=now, version=1,
+        id=user_id,
+        email=data.email,
+        display_name=data.display_name,
+        phone=data.phone,
+        org_unit_id=data.org_unit_id,
+        manager_id=data.manager_id,
+        manager_path=manager_path,
+        kind="person",
+        password_hash=password_hash,
+        active=True,
+        tokens_valid_after=now,
+        created_at=now,
+        updated_at=now,
+        version=1,
     )
     session.add(user)
     await _flush(session)
@@ -252,8 +326,12 @@ async def create_user(
     if password_hash:
         changes["password"] = {"before": None, "after": audit.MASK}
     audit.record(
-        session, access.principal, action="create", resource_type=RESOURCE,
-        resource_id=user_id, changes=changes,
+        session,
+        access.principal,
+        action="create",
+        resource_type=RESOURCE,
+        resource_id=user_id,
+        changes=changes,
     )
     await bump_policy_version(session)
     return _present(user, role_names)
@@ -272,17 +350,26 @@ async def _lock_person(session: AsyncSession, access: Access, user_id: uuid.UUID
 
 
 async def update_user(
-    session: AsyncSession, policy: PolicyEngine, access: Access, assign: Access | None,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    assign: Access | None,
     user_id: uuid.UUID,
-    patch: UserUpdate, if_match: str | None, *, require_if_match: bool,
+    patch: UserUpdate,
+    if_match: str | None,
+    *,
+    require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
     nulled = sorted(k for k, v in changes.items() if v is None and k in NOT_NULLABLE)
     if nulled:
         raise UnprocessableEntity(
-            "These fields cannot be null.", code="validation_error",
-            errors=[{"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                    for f in nulled],
+            "These fields cannot be null.",
+            code="validation_error",
+            errors=[
+                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
+                for f in nulled
+            ],
         )
     if "manager_id" in changes:
         await repo.lock_reporting_lines(session)  # before the row lock: one order everywhere
@@ -295,8 +382,14 @@ async def update_user(
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
         await _check_roles(  # where the user stands: a move is judged by _check_target
-            session, policy, assign, user.id, user.org_unit_id, user.manager_path,
-            current_roles, new_roles,
+            session,
+            policy,
+            assign,
+            user.id,
+            user.org_unit_id,
+            user.manager_path,
+            current_roles,
+            new_roles,
         )
         if ADMIN_ROLE in current_roles and ADMIN_ROLE not in new_roles and user.active:
             await _keep_an_admin(session, user)
@@ -315,19 +408,31 @@ async def update_user(
             if manager.manager_path.startswith(old_prefix):
                 raise Conflict(
                     "A user cannot report to themself or to someone who reports to them.",
-                    code="invalid_manager", manager_id=str(manager_id),
+                    code="invalid_manager",
+                    manager_id=str(manager_id),
                 )
             new_prefix = f"{manager.manager_path}{user.id}/"
     await _check_target(
-        session, policy, access, user, set(current_roles) | set(new_roles),
-        new_manager_path=new_prefix, new_org_unit_id=changes.get("org_unit_id", user.org_unit_id),
-        fields=[f for f, moved in (
-            ("password", changes.get("password") is not None),
-            ("email", "email" in changes and changes["email"] != user.email),
-            ("manager_id", new_prefix != old_prefix),
-            ("org_unit_id", "org_unit_id" in changes
-             and changes["org_unit_id"] != user.org_unit_id),
-        ) if moved],
+        session,
+        policy,
+        access,
+        user,
+        set(current_roles) | set(new_roles),
+        new_manager_path=new_prefix,
+        new_org_unit_id=changes.get("org_unit_id", user.org_unit_id),
+        fields=[
+            f
+            for f, moved in (
+                ("password", changes.get("password") is not None),
+                ("email", "email" in changes and changes["email"] != user.email),
+                ("manager_id", new_prefix != old_prefix),
+                (
+                    "org_unit_id",
+                    "org_unit_id" in changes and changes["org_unit_id"] != user.org_unit_id,
+                ),
+            )
+            if moved
+        ],
     )
     if new_prefix != old_prefix:
         delegation.check_reporting_line(policy, access.principal, old_prefix, new_prefix)
@@ -356,13 +461,18 @@ async def update_user(
     await _flush(session)
     if new_prefix != old_prefix:
         diff["reports_moved"] = {
-            "before": None, "after": await repo.move_reports(session, old_prefix, new_prefix)
+            "before": None,
+            "after": await repo.move_reports(session, old_prefix, new_prefix),
         }
     if new_roles != current_roles:
         await repo.replace_roles(session, subject, new_roles)
     audit.record(
-        session, access.principal, action="update", resource_type=RESOURCE,
-        resource_id=user.id, changes=diff,
+        session,
+        access.principal,
+        action="update",
+        resource_type=RESOURCE,
+        resource_id=user.id,
+        changes=diff,
     )
     await bump_policy_version(session)
     await session.refresh(user, ["tokens_valid_after", "updated_at", "version"])
@@ -370,8 +480,12 @@ async def update_user(
 
 
 async def set_active(
-    session: AsyncSession, policy: PolicyEngine, access: Access, user_id: uuid.UUID,
-    active: bool, if_match: str | None,
+    session: AsyncSession,
+    policy: PolicyEngine,
+    access: Access,
+    user_id: uuid.UUID,
+    active: bool,
+    if_match: str | None,
 ) -> dict[str, Any]:
     """Deactivate (every token of the user stops working at once) or reactivate; either
     needs that the user holds nothing the caller could not confer (403
@@ -386,8 +500,14 @@ async def set_active(
     if not active and ADMIN_ROLE in role_names:
         await _keep_an_admin(session, user)
     await _check_target(
-        session, policy, access, user, set(role_names), new_manager_path=user.manager_path,
-        new_org_unit_id=user.org_unit_id, fields=["active"],
+        session,
+        policy,
+        access,
+        user,
+        set(role_names),
+        new_manager_path=user.manager_path,
+        new_org_unit_id=user.org_unit_id,
+        fields=["active"],
     )
     user.active = active
     user.updated_at = clock.now()
@@ -396,8 +516,11 @@ async def set_active(
         user.tokens_valid_after = user.updated_at
     await session.flush()
     audit.record(
-        session, access.principal, action="activate" if active else "deactivate",
-        resource_type=RESOURCE, resource_id=user.id,
+        session,
+        access.principal,
+        action="activate" if active else "deactivate",
+        resource_type=RESOURCE,
+        resource_id=user.id,
         changes={"active": {"before": not active, "after": active}},
     )
     await bump_policy_version(session)
