@@ -250,8 +250,9 @@ async def test_every_registered_resource_reads_the_same_on_both_paths(
         ids = [(await make_record(subject, admin, world.owner))[0]["id"] for _ in range(3)]
         ids.append((await make_record(subject, admin, per_row))[0]["id"])
         await _enrich(engine, resource, ids)
-        deleted = await admin.delete(f"{samples.path}/{ids[0]}")
-        assert deleted.status_code == 204, deleted.text
+        if samples.deletes:
+            deleted = await admin.delete(f"{samples.path}/{ids[0]}")
+            assert deleted.status_code == 204, deleted.text
 
     # every statement the app reads with, from here on, runs on both paths
     monkeypatch.setattr(app.state.db.reads, "reader", both)
@@ -264,6 +265,9 @@ async def test_every_registered_resource_reads_the_same_on_both_paths(
     }
     for who, user in callers.items():
         async with as_user(subject, user) as client:
+            listed = await client.get(samples.path, params={"limit": 1})
+            if listed.status_code == 403:  # the role lacks `read` here: no statement to compare
+                continue
             for member in resource.sorts:
                 for sort in (member.value, f"-{member.value}"):
                     params: dict[str, Any] = {"limit": 1, "sort": sort, "include_total": "true"}
