@@ -95,10 +95,7 @@ async def flush(
     try:
         await session.flush()
     except IntegrityError as exc:
-        text = str(exc.orig)
-        for name, error in {**resource.constraints, **(overrides or {})}.items():
-            if name in text:
-                raise error() from exc
+        _raise_declared(exc, resource, overrides)
         raise
 
 
@@ -113,11 +110,17 @@ async def execute(
     try:
         return await session.execute(stmt)
     except IntegrityError as exc:
-        text = str(exc.orig)
-        for name, error in {**resource.constraints, **(overrides or {})}.items():
-            if name in text:
-                raise error() from exc
+        _raise_declared(exc, resource, overrides)
         raise
+
+
+def _raise_declared(exc: IntegrityError, resource: Resource, overrides: Overrides | None) -> None:
+    """The error a declared constraint's violation means, raised from ``exc``; returns
+    when ``exc`` names no declared constraint (the caller re-raises it)."""
+    text = str(exc.orig)
+    for name, error in {**resource.constraints, **(overrides or {})}.items():
+        if name in text:
+            raise error() from exc
 
 
 # --- locks -----------------------------------------------------------------------------------
