@@ -77,6 +77,9 @@ class Scenario:
     login: str = "admin@bench.crm"
     #: JSON body; ``{n}`` becomes a unique token per request.
     body: str | None = None
+    #: Extra request headers; ``{n}`` in a value becomes the request's unique token too
+    #: (a new ``Idempotency-Key`` per request).
+    headers: tuple[tuple[str, str], ...] = ()
     #: ``"any"``: ``{id}`` in the path is a random live customer; ``"own"``: one the login owns.
     ids: str | None = None
     #: ``"list"`` or ``"get"``: also run the same SQL raw through asyncpg.
@@ -92,6 +95,15 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("get", "get one customer by id", "/v1/customers/{id}", ids="any", floor="get"),
     Scenario("create", "create one customer", "/v1/customers", method="POST", body=CREATE_BODY),
+    Scenario(
+        "create_keyed",
+        "create one customer with a new Idempotency-Key each",
+        "/v1/customers",
+        method="POST",
+        body=CREATE_BODY,
+        headers=(("Idempotency-Key", "bench-{n}"),),
+        groups=("writes",),
+    ),
     Scenario("search", "search: Chinese substring q", "/v1/customers?q={q}&limit=50", explain=True),
     # Per-role data scopes (run with --scenarios roles; most telling at 1,000,000 customers).
     Scenario(
@@ -494,7 +506,7 @@ async def _py_client(
     port: int, job: Job, seconds: float, concurrency: int, run_id: str, ids: list[str]
 ) -> Stats:
     """Fallback when wrk is missing: HTTP/1.1 keep-alive over raw asyncio streams."""
-    head = "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
+    head_template = "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
     latencies: list[float] = []
     errors = 0
     counter = 0
@@ -504,9 +516,11 @@ async def _py_client(
         nonlocal counter
         path = job.path.replace("{id}", random.choice(ids)) if ids else job.path
         body = b""
+        counter += 1
+        token = f"{run_id}-{counter}"
+        head = head_template.replace("{n}", token)
         if job.body is not None:
-            counter += 1
-            body = job.body.replace("{n}", f"{run_id}-{counter}").encode()
+            body = job.body.replace("{n}", token).encode()
         extra = (
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             if job.body is not None
@@ -704,6 +718,8 @@ class Runner:
                 "wrk is not installed (apt-get install -y wrk), or use --client python"
             )
         self.run_id = datetime.now(UTC).strftime("%H%M%S") + secrets.token_hex(2)
+        #: Loads run so far (each gets its own "{n}" prefix).
+        self.loads = 0
         #: The server the next requests go to; every server the run started.
         self.server: AppServer | None = None
         self.servers: list[AppServer] = []
@@ -835,7 +851,7 @@ class Runner:
         return Job(
             scenario.method,
             self.path_of(scenario),
-            self.headers_for(scenario),
+            {**self.headers_for(scenario), **dict(scenario.headers)},
             scenario.body,
             ids_file,
         )
@@ -847,14 +863,18 @@ class Runner:
         pg_pids = asyncio.run(backend_pids(self.db_url, "crm-api")) if measure_cpu else []
         server_pids = self.server.pids()
         cpu0, pg0 = proc_cpu_s(server_pids), proc_cpu_s(pg_pids)
+        # a fresh token prefix per load (warm-up, every round): "{n}" must never repeat, or
+        # a later round's Idempotency-Keys would replay an earlier round's creates
+        self.loads += 1
+        run_id = f"{self.run_id}r{self.loads}"
         if self.wrk:
             stats = run_wrk(
-                self.wrk, self.server.port, job, seconds, a.concurrency, a.threads, self.run_id
+                self.wrk, self.server.port, job, seconds, a.concurrency, a.threads, run_id
             )
         else:
             ids = Path(job.ids_file).read_text().split() if job.ids_file else []
             stats = asyncio.run(
-                _py_client(self.server.port, job, seconds, a.concurrency, self.run_id, ids)
+                _py_client(self.server.port, job, seconds, a.concurrency, run_id, ids)
             )
         if measure_cpu and stats.requests:
             cpu = proc_cpu_s(server_pids) - cpu0
@@ -871,7 +891,7 @@ class Runner:
         if job.ids_file and "{id}" in path:
             path = path.replace("{id}", Path(job.ids_file).read_text().split()[0])
         body = job.body.replace("{n}", f"{self.run_id}-preflight").encode() if job.body else None
-        headers = dict(job.headers)
+        headers = {k: v.replace("{n}", f"{self.run_id}-preflight") for k, v in job.headers.items()}
         if body is not None:
             headers["Content-Type"] = "application/json"
         status, raw = http_request(self.server.port, job.method, path, body, headers)

@@ -2,7 +2,7 @@
 --   BENCH_METHOD   GET | POST ...
 --   BENCH_PATH     request path; "{id}" is replaced by a random line of BENCH_IDS
 --   BENCH_IDS      file with one id per line (optional)
---   BENCH_HEADERS  "Name: value" lines (optional)
+--   BENCH_HEADERS  "Name: value" lines (optional); "{n}" in a value as in the body
 --   BENCH_BODY     request body; "{n}" is replaced by a unique token per request (optional)
 --   BENCH_RUN      a run id, part of every "{n}" (unique names across runs)
 -- done() prints one line "BENCH_RESULT {json}" with counts and latency percentiles (µs).
@@ -21,6 +21,8 @@ local n_ids = 0
 local counter = 0
 local my_thread = 0
 local dynamic = false
+local dynamic_headers = {}
+local has_dynamic_headers = false
 local static_request = nil
 
 function setup(thread)
@@ -31,7 +33,12 @@ end
 function init(args)
   for line in string.gmatch(header_lines, "[^\n]+") do
     local name, value = string.match(line, "^([^:]+):%s*(.*)$")
-    if name then wrk.headers[name] = value end
+    if name and string.find(value, "{n}", 1, true) then
+      dynamic_headers[name] = value
+      has_dynamic_headers = true
+    elseif name then
+      wrk.headers[name] = value
+    end
   end
   if body_template then wrk.headers["Content-Type"] = "application/json" end
   if ids_file ~= "" then
@@ -45,6 +52,7 @@ function init(args)
   math.randomseed(os.time() * 1000 + my_thread)
   dynamic = (n_ids > 0 and string.find(path, "{id}", 1, true) ~= nil)
       or (body_template ~= nil and string.find(body_template, "{n}", 1, true) ~= nil)
+      or has_dynamic_headers
   if not dynamic then
     static_request = wrk.format(method, path, nil, body_template)
   end
@@ -56,12 +64,21 @@ function request()
   if n_ids > 0 then
     p = string.gsub(path, "{id}", ids[math.random(n_ids)], 1)
   end
+  counter = counter + 1
+  local token = run_id .. "-" .. my_thread .. "-" .. counter
   local b = body_template
   if b then
-    counter = counter + 1
-    b = string.gsub(b, "{n}", run_id .. "-" .. my_thread .. "-" .. counter)
+    b = string.gsub(b, "{n}", token)
   end
-  return wrk.format(method, p, nil, b)
+  local h = nil
+  if has_dynamic_headers then
+    h = {}  -- wrk.format takes this table instead of wrk.headers, not merged with it
+    for name, value in pairs(wrk.headers) do h[name] = value end
+    for name, value in pairs(dynamic_headers) do
+      h[name] = string.gsub(value, "{n}", token)
+    end
+  end
+  return wrk.format(method, p, h, b)
 end
 
 function done(summary, latency, requests)
