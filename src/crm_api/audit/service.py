@@ -11,14 +11,14 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import Insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
 from crm_api.audit.schemas import AuditEventListQuery
 from crm_api.authz.types import Access, Principal
+from crm_api.db.reader import Executor
 from crm_api.errors import NotFound
-from crm_api.kit.repository import Executor
 from crm_api.logs import request_id_var
 from crm_api.models.audit_event import AuditEvent
 
@@ -122,8 +122,7 @@ def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     """``stmt`` carrying the audit ``event`` (:func:`row`) as a data-modifying CTE: the
     record and its event in one statement, one round trip; a constraint violation of the
     record writes neither."""
-    table: Table = AuditEvent.__table__  # type: ignore[assignment]
-    return stmt.add_cte(insert(table).values(**event).cte("audit_event"))
+    return repo.with_event(stmt, event)
 
 
 async def record_all(
@@ -148,8 +147,7 @@ async def record_all(
         }
         for event in events
     ]
-    table: Table = AuditEvent.__table__  # type: ignore[assignment]
-    await session.execute(insert(table), rows)
+    await repo.insert_events(session, rows)
 
 
 async def list_events(
