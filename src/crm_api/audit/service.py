@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import Insert, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -148,6 +148,15 @@ async def record_all(
         for event in events
     ]
     await repo.insert_events(session, rows)
+
+
+#: The events' id column (to pin one event in :func:`scoped`).
+ID_COLUMN = repo.a.id
+
+
+def scoped(access: Access) -> Select[Any]:
+    """The events ``access`` covers (what the access explainer counts)."""
+    return repo.scoped(access)
 
 
 async def list_events(
