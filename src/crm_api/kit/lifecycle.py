@@ -62,6 +62,31 @@ class Users(Protocol):
 Overrides = Mapping[str, Callable[[], ProblemError]]
 
 
+def record_event(
+    session: AsyncSession,
+    access: Access,
+    resource: Resource,
+    action: str,
+    record_id: uuid.UUID,
+    placement: Placement,
+    changes: dict[str, Any],
+) -> None:
+    """One audit event of ``resource`` (through :func:`crm_api.audit.service.record`),
+    filed under the record's placement (its parent's for a child), so the trail is scoped
+    like the records: what every helper below writes, and what a resource's own actions
+    (``rotate_secret``, ``grant_create``, ``move``) write with changes of their own."""
+    audit.record(
+        session,
+        access.principal,
+        action=action,
+        resource_type=resource.name,
+        resource_id=record_id,
+        changes=changes,
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+    )
+
+
 def _audit(
     session: AsyncSession,
     access: Access,
@@ -71,19 +96,13 @@ def _audit(
     placement: Placement,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """One audit event with the field-level diff (sensitive values hidden), filed under the
-    record's placement (its parent's for a child), so the trail is scoped like the records."""
-    audit.record(
-        session,
-        access.principal,
-        action=action,
-        resource_type=resource.name,
-        resource_id=record_id,
-        changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id,
-        org_unit_id=placement.org_unit_id,
-    )
+    """An event with the field-level diff (sensitive values hidden), plus ``extra``
+    changes that are not columns (a password changed, roles replaced)."""
+    changes = audit.diff(before, after, resource.sensitive)
+    changes.update(extra or {})
+    record_event(session, access, resource, action, record_id, placement, changes)
 
 
 # --- flush -----------------------------------------------------------------------------------
@@ -275,11 +294,15 @@ async def insert(
     values: Mapping[str, Any],
     placement: Placement,
     overrides: Overrides | None = None,
+    *,
+    record_id: uuid.UUID | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
-    as the caller may see it."""
+    """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
+    reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
+    changes that are not public columns; the record as the caller may see it."""
     now = datetime.now(UTC)
-    record_id = uuid.uuid4()
+    record_id = record_id or uuid.uuid4()
     row: dict[str, Any] = {
         "id": record_id,
         "created_at": now,
@@ -323,9 +346,14 @@ async def insert(
         resource_id=record_id,
         owner_id=placement.owner_id,
         org_unit_id=placement.org_unit_id,
-        changes=audit.diff(
-            None, {c.key: row[c.key] for c in resource.columns if c.key in row}, resource.sensitive
-        ),
+        changes={
+            **audit.diff(
+                None,
+                {c.key: row[c.key] for c in resource.columns if c.key in row},
+                resource.sensitive,
+            ),
+            **(extra or {}),
+        },
         occurred_at=now,
     )
     if not from_server:
@@ -336,7 +364,7 @@ async def insert(
         got = returned.mappings().one()
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
-        event["changes"] = audit.diff(None, after, resource.sensitive)
+        event["changes"] = {**audit.diff(None, after, resource.sensitive), **(extra or {})}
         await audit.record_all(
             session,
             access.principal,
@@ -409,19 +437,25 @@ async def save_changes(
     before: dict[str, Any],
     changes: Mapping[str, Any],
     overrides: Overrides | None = None,
+    *,
+    action: str = "update",
+    extra: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Write ``changes`` (from :func:`prepare_update`), audited as ``update``; nothing to
-    change: no write, no event, same version. The record as the caller may see it."""
-    if not changes:
+    """Write ``changes`` (from :func:`prepare_update`; columns outside the public schema
+    too), audited as ``action`` with the ``extra`` changes that are not columns (roles
+    replaced: the record's version moves all the same); nothing to change: no write, no
+    event, same version. The record as the caller may see it."""
+    if not changes and not extra:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
     for key, value in changes.items():
         setattr(row, key, value)
-    row.updated_at = datetime.now(UTC)
+    row.updated_at = now or datetime.now(UTC)
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
-    _audit(session, access, resource, "update", row.id, placement, before, after)
+    _audit(session, access, resource, action, row.id, placement, before, after, extra)
     return await present(session, resource, access, after, placement)
 
 
@@ -498,8 +532,22 @@ async def purge(
         deleted=True,
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
+    await remove(session, resource, access, locked, action="purge")
+
+
+async def remove(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    locked: Locked,
+    *,
+    action: str = "delete",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Delete a locked record for good (a purge; the hard delete of a resource without a
+    trash, such as roles), audited as ``action`` with what it was and ``extra``."""
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
     await session.flush()
-    _audit(session, access, resource, "purge", record_id, placement, before, None)
+    _audit(session, access, resource, action, locked.id, placement, before, None, extra)

@@ -62,13 +62,6 @@ async def lock_tree(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(TREE_LOCK)))
 
 
-async def lock(session: AsyncSession, access: Access, unit_id: uuid.UUID) -> OrgUnit | None:
-    """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it (fresh from the
-    database, not the identity map)."""
-    locked = await kit.lock(session, R, kit.scoped_entity(R, access), unit_id)
-    return locked.row if locked is not None else None
-
-
 async def find_in_scope(
     session: AsyncSession, access: Access, unit_id: uuid.UUID, *, share: bool = True
 ) -> OrgUnit | None:
