@@ -129,6 +129,11 @@ USERS = Resource(
     sorts=user_schemas.UserSort,
     not_found_code="user_not_found",
     soft_delete=False,
+    constraints={
+        "uq_users_email_lower": lambda: Conflict(
+            "Another user has this e-mail address.", code="email_taken", field="email"
+        ),
+    },
     derived=("roles",),
     grant_group="none",
     samples=Samples(
