@@ -55,12 +55,17 @@ def _audit_events() -> Scoped:
 
 
 def _registry_names() -> tuple[str, ...]:
-    """The registered resources whose records a scope selects (reference data such as
-    roles has no per-record visibility to explain)."""
+    """The registered resources whose records a grant's scope selects (reference data such
+    as roles has no per-record visibility to explain; a personal access token is only ever
+    its owner's, whatever the grants)."""
     from crm_api.kit.resource import Unscoped
     from crm_api.resources import REGISTRY
 
-    return tuple(n for n, r in REGISTRY.items() if not isinstance(r.scoping, Unscoped))
+    return tuple(
+        n
+        for n, r in REGISTRY.items()
+        if not isinstance(r.scoping, Unscoped) and r.grant_group != "self"
+    )
 
 
 #: Every registered resource (users and org units among them), then those not yet on the

@@ -226,12 +226,12 @@ async def check_move(
     :func:`check_placement`; a new owner brings their unit unless one is sent. (A client
     that GETs a record and PATCHes it back whole sends the current values: no change.)"""
     row = locked.row
+    unit_key = scoping.org_unit
+    assert unit_key is not None, "only records placed in a unit move between units"
     owner_changed = scoping.owner in changes and changes[scoping.owner] != getattr(
         row, scoping.owner
     )
-    unit_changed = scoping.org_unit in changes and changes[scoping.org_unit] != getattr(
-        row, scoping.org_unit
-    )
+    unit_changed = unit_key in changes and changes[unit_key] != getattr(row, unit_key)
     if not (owner_changed or unit_changed):
         return
     if assign is None:
@@ -244,7 +244,7 @@ async def check_move(
         owner = await users.get_active_user(session, changes[scoping.owner])
         if owner is None:
             raise invalid_owner()
-        changes.setdefault(scoping.org_unit, owner.org_unit_id)
+        changes.setdefault(unit_key, owner.org_unit_id)
     else:
         # the current owner stays (even if deactivated since); only the unit moves
         owner = await users.find_user(session, getattr(row, scoping.owner))
@@ -252,7 +252,7 @@ async def check_move(
         session,
         assign,
         owner,
-        changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
+        changes.get(unit_key, getattr(row, unit_key)),
         check_owner=owner_changed,
     )
 
@@ -272,7 +272,9 @@ async def prepare_create(
     record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
     scoping = resource.scoping
-    if not isinstance(scoping, OwnerScoped):
+    if not isinstance(scoping, OwnerScoped) or scoping.org_unit is None:
+        # not placed by these rules: a record without a unit is its creator's, by its
+        # resource's own service (a personal access token)
         return values, None
     assert users is not None, "an owned resource needs users to place its records"
     placement = await place_new(
@@ -303,13 +305,10 @@ async def insert(
     changes that are not public columns; the record as the caller may see it."""
     now = datetime.now(UTC)
     record_id = record_id or uuid.uuid4()
-    row: dict[str, Any] = {
-        "id": record_id,
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        **values,
-    }
+    row: dict[str, Any] = {"id": record_id}
+    # the bookkeeping columns a table has (a personal access token has no version)
+    row.update((k, v) for k, v in _bookkeeping(now) if k in resource.table.c)
+    row.update(values)
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
     # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill
@@ -382,6 +381,10 @@ async def insert(
     return await present(session, resource, access, after, placement)
 
 
+def _bookkeeping(now: datetime) -> tuple[tuple[str, Any], ...]:
+    return (("created_at", now), ("updated_at", now), ("version", 1))
+
+
 # --- update ----------------------------------------------------------------------------------
 def reject_nulls(sent: Mapping[str, Any], not_nullable: Iterable[str]) -> None:
     nulled = sorted(k for k, v in sent.items() if v is None and k in set(not_nullable))
@@ -423,7 +426,7 @@ async def prepare_update(
         org_unit_id=placement.org_unit_id,
     )
     scoping = resource.scoping
-    if isinstance(scoping, OwnerScoped):
+    if isinstance(scoping, OwnerScoped) and scoping.org_unit is not None:
         assert users is not None, "an owned resource needs users to check owner changes"
         await check_move(session, assign, locked, scoping, changes, users)
     return before, {k: v for k, v in changes.items() if k not in before or before[k] != v}
@@ -451,7 +454,8 @@ async def save_changes(
     row = locked.row
     for key, value in changes.items():
         setattr(row, key, value)
-    row.updated_at = now or datetime.now(UTC)
+    if "updated_at" in resource.table.c:
+        row.updated_at = now or datetime.now(UTC)
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement

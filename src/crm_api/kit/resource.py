@@ -52,10 +52,12 @@ ScopedSelect = NewType("ScopedSelect", Select[Any])
 
 @dataclass(frozen=True, slots=True)
 class OwnerScoped:
-    """Rows carry their own owner and org unit, which the scope applies to."""
+    """Rows carry their own owner and org unit, which the scope applies to (``org_unit``
+    ``None``: owned by a user and placed nowhere, as personal access tokens; the org
+    scopes then cover none)."""
 
     owner: str = "owner_id"
-    org_unit: str = "org_unit_id"
+    org_unit: str | None = "org_unit_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +101,13 @@ class Samples:
     (``owner_id``; ``parent_id`` for a parent-scoped resource; ``unique``, a fresh hex
     string for fields that must be unique) and returns a create body, with a value for
     every sensitive field;
-    ``patch`` is a valid change; ``wrong_type`` a body field with a value of the wrong
-    JSON type."""
+    ``patch`` is a valid change (``None``: the resource has no ``PATCH``); ``wrong_type``
+    a body field with a value of the wrong JSON type."""
 
     #: The collection URL (``/v1/customers``).
     path: str
     create: Callable[[Mapping[str, str]], dict[str, Any]]
-    patch: dict[str, Any]
+    patch: dict[str, Any] | None
     wrong_type: dict[str, Any]
     #: A ``q`` term matching the sample record (``None``: the resource has no search).
     search: str | None = None
@@ -114,6 +116,9 @@ class Samples:
     checks: frozenset[str] | None = None
     #: ``DELETE`` on a record's URL exists (users are deactivated instead).
     deletes: bool = True
+    #: Records are made by their owner themself (a personal access token), not handed to
+    #: them by the administrator.
+    created_by_owner: bool = False
 
 
 @dataclass(eq=False)
@@ -137,8 +142,10 @@ class Resource:
     #: Constraint name → the error a violation of it means (the safety net behind explicit
     #: checks: a concurrent writer won the index between our check and our write).
     constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
-    #: ``business``: granted with the business roles' defaults (authz/defaults.py).
-    grant_group: Literal["business", "none"] = "business"
+    #: ``business``: granted with the business roles' defaults (authz/defaults.py);
+    #: ``self``: no grant reaches it, every caller has its own records (personal access
+    #: tokens: ``authz.dependencies.own_records``), so it is not a grantable resource.
+    grant_group: Literal["business", "none", "self"] = "business"
     samples: Samples | None = None
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
@@ -184,7 +191,8 @@ class Resource:
         """Owner and org unit columns the scope applies to (the parent's for a child)."""
         scoping = self.scoping
         if isinstance(scoping, OwnerScoped):
-            return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+            unit = self.table.c[scoping.org_unit] if scoping.org_unit else None
+            return self.table.c[scoping.owner], unit
         if isinstance(scoping, UnitScoped):
             return None, self.table.c[scoping.org_unit]
         if isinstance(scoping, ParentScoped):
@@ -391,7 +399,8 @@ class Locked:
             return self.parent
         scoping = self.resource.scoping
         if isinstance(scoping, OwnerScoped):
-            return Placement(getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit))
+            unit = getattr(self.row, scoping.org_unit) if scoping.org_unit else None
+            return Placement(getattr(self.row, scoping.owner), unit)
         if isinstance(scoping, UnitScoped):
             return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
