@@ -3,7 +3,7 @@ events :mod:`crm_api.audit.service` makes.
 
 Events carry the affected record's owner and org unit as of the change, so the same scope
 function that filters records filters their history. Events of records without an owner
-(users, roles, policy) are visible only to an ``all`` scope.
+(roles, policy) are visible only to an ``all`` scope.
 """
 
 from __future__ import annotations
