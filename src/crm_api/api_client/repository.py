@@ -61,12 +61,6 @@ async def list_page(
     return await kit.fetch_page(executor, R, access, stmt, query.page(ApiClientSort))
 
 
-async def get_row(
-    executor: Executor, access: Access, client_id: uuid.UUID
-) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, scoped(access), client_id)
-
-
 async def add_service_account(session: AsyncSession, account: User) -> None:
     """Store the client's service account (before the client row, which references it)."""
     session.add(account)

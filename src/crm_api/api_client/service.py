@@ -43,6 +43,7 @@ from crm_api.authz.types import Access, PrincipalKind
 from crm_api.db.reader import Reader
 from crm_api.errors import Forbidden, UnprocessableEntity
 from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
 from crm_api.kit.resource import Locked, Placement, to_dict
 from crm_api.kit.transfer import position_in_scope
 from crm_api.models import User
@@ -117,10 +118,7 @@ async def list_clients(conn: Reader, access: Access, query: ApiClientListQuery) 
 
 
 async def get_client(conn: Reader, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, client_id)
-    if row is None:
-        raise R.not_found(client_id)
-    return row
+    return await kit.read_or_404(conn, R, access, client_id, repo.scoped(access))
 
 
 def _creator(access: Access) -> uuid.UUID | None:

@@ -348,10 +348,17 @@ async def get_row(
 
 
 async def read_or_404(
-    executor: Executor, resource: Resource, access: Access, record_id: uuid.UUID
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    stmt: ScopedSelect | None = None,
 ) -> dict[str, Any]:
-    """The live record as ``access`` may see it; 404 (the resource's code) otherwise."""
-    row = await get_row(executor, resource, access, scoped(resource, access), record_id)
+    """The live record as ``access`` may see it (through ``stmt``, a resource's own scoped
+    statement with its derived columns, else :func:`scoped`); 404 (the resource's code)
+    otherwise."""
+    stmt = scoped(resource, access) if stmt is None else stmt
+    row = await get_row(executor, resource, access, stmt, record_id)
     if row is None:
         raise resource.not_found(record_id)
     return row

@@ -54,10 +54,6 @@ async def list_page(executor: Executor, access: Access, query: OrgUnitListQuery)
     )
 
 
-async def get_row(executor: Executor, access: Access, unit_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, scoped(access), unit_id)
-
-
 async def lock_tree(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(TREE_LOCK)))
 

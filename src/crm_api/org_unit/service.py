@@ -27,6 +27,7 @@ from crm_api.authz.types import Access, Scope, ScopeKind
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, UnprocessableEntity
 from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
 from crm_api.kit.resource import Placement, to_dict
 from crm_api.models.org_unit import OrgUnit
 from crm_api.org_unit import repository as repo
@@ -49,10 +50,7 @@ async def list_org_units(conn: Reader, access: Access, query: OrgUnitListQuery) 
 
 
 async def get_org_unit(conn: Reader, access: Access, unit_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, unit_id)
-    if row is None:
-        raise R.not_found(unit_id)
-    return row
+    return await kit.read_or_404(conn, R, access, unit_id)
 
 
 async def create_org_unit(

@@ -30,10 +30,6 @@ async def list_page(
     return await kit.fetch_page(executor, R, access, stmt, query.page(PersonalAccessTokenSort))
 
 
-async def get_row(executor: Executor, access: Access, token_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, kit.scoped(R, access), token_id)
-
-
 async def lock(session: AsyncSession, access: Access, token_id: uuid.UUID) -> kit.Locked | None:
     """The caller's token row, locked ``FOR UPDATE``."""
     return await kit.lock(session, R, kit.scoped_entity(R, access), token_id)

@@ -31,6 +31,7 @@ from crm_api.config import Settings
 from crm_api.db.reader import Reader
 from crm_api.errors import Forbidden, UnprocessableEntity
 from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
 from crm_api.kit.resource import Placement, to_dict
 from crm_api.pat import repository as repo
 from crm_api.pat.schemas import PersonalAccessTokenCreate, PersonalAccessTokenListQuery
@@ -134,10 +135,7 @@ async def list_tokens(
 
 
 async def get_token(conn: Reader, access: Access, token_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, token_id)
-    if row is None:
-        raise R.not_found(token_id)
-    return _present(row)
+    return _present(await kit.read_or_404(conn, R, access, token_id))
 
 
 async def revoke_token(session: AsyncSession, access: Access, token_id: uuid.UUID) -> None:

@@ -62,10 +62,6 @@ async def list_page(executor: Executor, access: Access, query: RoleListQuery) ->
     return await kit.fetch_page(executor, RESOURCE, access, stmt, query.page(RoleSort))
 
 
-async def get_row(executor: Executor, access: Access, role_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, RESOURCE, access, scoped(access), role_id)
-
-
 async def name_exists(session: AsyncSession, name: str) -> bool:
     return (await session.execute(select(R.c.id).where(R.c.name == name))).first() is not None
 

@@ -30,6 +30,7 @@ from crm_api.authz.types import Access, ScopeKind
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
 from crm_api.kit.resource import Locked, Placement
 from crm_api.org_unit import service as org_units
 from crm_api.resources import ROLES
@@ -55,10 +56,7 @@ async def list_roles(conn: Reader, access: Access, query: RoleListQuery) -> dict
 
 
 async def get_role(conn: Reader, access: Access, role_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, role_id)
-    if row is None:
-        raise R.not_found(role_id)
-    return row
+    return await kit.read_or_404(conn, R, access, role_id, repo.scoped(access))
 
 
 async def unknown_roles(session: AsyncSession, names: Iterable[str]) -> list[str]:
@@ -143,19 +141,10 @@ async def _lock(
 
 
 # --- grants ------------------------------------------------------------------------------
-async def _role(
-    executor: Reader | AsyncSession, access: Access, role_id: uuid.UUID
-) -> dict[str, Any]:
-    row = await repo.get_row(executor, access, role_id)
-    if row is None:
-        raise R.not_found(role_id)
-    return row
-
-
 async def list_grants(
     conn: Reader, access: Access, role_id: uuid.UUID, query: GrantListQuery
 ) -> dict[str, Any]:
-    role = await _role(conn, access, role_id)
+    role = await get_role(conn, access, role_id)
     page = await repo.grants_page(conn, role["name"], query)
     page["data"] = [present_grant(r) for r in page["data"]]
     return page

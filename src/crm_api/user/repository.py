@@ -89,10 +89,6 @@ async def list_page(executor: Executor, access: Access, query: UserListQuery) ->
     return await kit.fetch_page(executor, R, access, filtered(access, query), query.page(UserSort))
 
 
-async def get_row(executor: Executor, access: Access, user_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, scoped(access), user_id)
-
-
 async def lock_reporting_lines(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(REPORTING_LOCK)))
 

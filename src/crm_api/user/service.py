@@ -35,6 +35,7 @@ from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, Forbidden, UnprocessableEntity
 from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
 from crm_api.kit.resource import Locked, Placement, to_dict
 from crm_api.kit.transfer import position_in_scope
 from crm_api.models.user import User
@@ -68,10 +69,7 @@ async def list_users(conn: Reader, access: Access, query: UserListQuery) -> dict
 
 
 async def get_user(conn: Reader, access: Access, user_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, user_id)
-    if row is None:
-        raise R.not_found(user_id)
-    return row
+    return await kit.read_or_404(conn, R, access, user_id, repo.scoped(access))
 
 
 # --- checks ------------------------------------------------------------------------------
