@@ -74,16 +74,19 @@ def record(
     owner_id: uuid.UUID | None = None,
     org_unit_id: uuid.UUID | None = None,
 ) -> AuditEvent:
+    """One event of a mutation, in the mutation's own transaction (written with the
+    session's next flush): who (``principal``), what, to which record, and where that
+    record is placed (its owner and unit, by which the trail is scoped)."""
     event = AuditEvent(
-        actor_type=principal.kind.value,
-        actor_id=principal.id,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        owner_id=owner_id,
-        org_unit_id=org_unit_id,
-        changes=changes,
-        request_id=request_id_var.get(),
+        **row(
+            principal,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            changes=changes,
+            owner_id=owner_id,
+            org_unit_id=org_unit_id,
+        )
     )
     session.add(event)
     return event
