@@ -281,13 +281,15 @@ async def insert(
     as the caller may see it."""
     now = datetime.now(UTC)
     record_id = uuid.uuid4()
-    row: dict[str, Any] = {
-        "id": record_id,
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        **values,
-    }
+    row: dict[str, Any] = resource.canonical(
+        {
+            "id": record_id,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+            **values,
+        }
+    )
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
     # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill
@@ -386,14 +388,16 @@ async def prepare_update(
     reject_nulls(sent, not_nullable)
     before = to_dict(resource, locked.row)
     placement = locked.placement
-    changes = await resolve_masked(
-        session,
-        access,
-        sent,
-        before,
-        resource.sensitive,
-        owner_id=placement.owner_id,  # type: ignore[arg-type]
-        org_unit_id=placement.org_unit_id,
+    changes = resource.canonical(
+        await resolve_masked(
+            session,
+            access,
+            sent,
+            before,
+            resource.sensitive,
+            owner_id=placement.owner_id,  # type: ignore[arg-type]
+            org_unit_id=placement.org_unit_id,
+        )
     )
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped):

@@ -21,11 +21,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, exists, false, func, select
+from sqlalchemy import ColumnElement, Numeric, Select, Table, and_, exists, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -87,9 +88,9 @@ class Reference:
     naming a product): :func:`crm_api.kit.lifecycle.soft_delete` and ``purge`` refuse with
     ``error`` while one exists. The table is looked up by name in the models' metadata, so
     a reference to a table a later migration adds is declared before it exists and checked
-    from the moment its model is part of the build."""
+    from the moment its model is part of the build (a ``Table`` is used as given)."""
 
-    table: str
+    table: str | Table
     column: str
     error: Callable[[], ProblemError]
 
@@ -162,6 +163,8 @@ class Resource:
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
+    #: ``numeric(p, s)`` columns → the quantum of their scale (``Decimal("0.0001")``).
+    decimal_scales: dict[str, Decimal] = field(init=False)
     id_column: KeyedColumnElement[Any] = field(init=False)
     sort_columns: dict[str, SortColumn] = field(init=False)
     _live: Select[Any] = field(init=False)
@@ -177,6 +180,11 @@ class Resource:
         # the whitelist: the schema's fields, in the schema's order
         self.columns = [table.c[f] for f in stored]
         self.id_column = table.c.id
+        self.decimal_scales = {
+            c.key: Decimal(1).scaleb(-c.type.scale)
+            for c in self.columns
+            if isinstance(c.type, Numeric) and c.type.scale is not None
+        }
         self.sort_columns = {m.value: table.c[m.value] for m in self.sorts}
         unknown = [f for f in self.sensitive if f not in self.schema.model_fields]
         if unknown:
@@ -206,6 +214,17 @@ class Resource:
         if isinstance(scoping, ParentScoped):
             return scoping.parent.placement_columns()
         return None, None
+
+    def canonical(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with each Decimal of a ``numeric(p, s)`` column at the column's scale,
+        as PostgreSQL stores it: a create or update answers (and audits) ``"12.5000"``,
+        the same string a later read gives, not the ``"12.5"`` that was sent; and "no real
+        change" compares like with like."""
+        for key, quantum in self.decimal_scales.items():
+            value = values.get(key)
+            if isinstance(value, Decimal):
+                values[key] = value.quantize(quantum, rounding=ROUND_HALF_UP)
+        return values
 
     def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
         if not self.soft_delete:
@@ -400,7 +419,11 @@ async def referenced(
     record (one indexed ``EXISTS`` each); ``None`` when nothing does or the referencing
     table is not part of this build."""
     for ref in resource.referenced_by:
-        table = resource.table.metadata.tables.get(ref.table)
+        table = (
+            ref.table
+            if isinstance(ref.table, Table)
+            else resource.table.metadata.tables.get(ref.table)
+        )
         if table is None:
             continue
         stmt = select(exists().where(table.c[ref.column] == record_id))
