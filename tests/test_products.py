@@ -383,3 +383,21 @@ async def test_an_undeclared_reference_table_is_skipped(client, monkeypatch):
     )
     made = await create_product(client)
     assert (await client.delete(f"/v1/products/{made['id']}")).status_code == 204
+
+
+async def test_the_reference_data_check_fails_when_readers_see_nothing(app, engine, monkeypatch):
+    """The test of the conformance check products get: reference data read as if it were
+    somebody's records (no reader sees what the administrator wrote) fails it."""
+    from sqlalchemy import false
+
+    from crm_api.kit import resource as kit
+    from test_conformance import Subject, check_reference_data
+
+    real = kit.scope_of
+
+    def owned_by_nobody(resource: Any, access: Any) -> Any:
+        return false() if resource is PRODUCTS else real(resource, access)
+
+    monkeypatch.setattr(kit, "scope_of", owned_by_nobody)
+    with pytest.raises(AssertionError, match=r"assert '[0-9a-f-]{36}' in set\(\)"):
+        await check_reference_data(Subject(app, engine, PRODUCTS))
