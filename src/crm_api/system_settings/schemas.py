@@ -109,7 +109,10 @@ class SystemSettingsOut(SystemSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int = Field(description='Bumped by every change; the ETag is `W/"<version>"`.')
+    version: int = Field(
+        description='Bumped by every change (0 until the first); the ETag is `"<version>"`.',
+        examples=[3],
+    )
 
 
 class SystemSettingsUpdate(InputModel):
