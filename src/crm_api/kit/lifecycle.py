@@ -253,6 +253,7 @@ async def prepare_create(
     org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
     record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
+    resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if not isinstance(scoping, OwnerScoped):
         return values, None
@@ -281,15 +282,13 @@ async def insert(
     as the caller may see it."""
     now = datetime.now(UTC)
     record_id = uuid.uuid4()
-    row: dict[str, Any] = resource.canonical(
-        {
-            "id": record_id,
-            "created_at": now,
-            "updated_at": now,
-            "version": 1,
-            **values,
-        }
-    )
+    row: dict[str, Any] = {
+        "id": record_id,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        **values,
+    }
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
     # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill

@@ -215,6 +215,12 @@ class Resource:
             return scoping.parent.placement_columns()
         return None, None
 
+    def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
+        if not self.soft_delete:
+            return None
+        col = self.table.c.deleted_at
+        return col.is_not(None) if deleted else col.is_(None)
+
     def canonical(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` with each Decimal of a ``numeric(p, s)`` column at the column's scale,
         as PostgreSQL stores it: a create or update answers (and audits) ``"12.5000"``,
@@ -225,12 +231,6 @@ class Resource:
             if isinstance(value, Decimal):
                 values[key] = value.quantize(quantum, rounding=ROUND_HALF_UP)
         return values
-
-    def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
-        if not self.soft_delete:
-            return None
-        col = self.table.c.deleted_at
-        return col.is_not(None) if deleted else col.is_(None)
 
 
 # --- scope ---------------------------------------------------------------------------------
