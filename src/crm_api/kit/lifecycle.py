@@ -387,17 +387,16 @@ async def prepare_update(
     reject_nulls(sent, not_nullable)
     before = to_dict(resource, locked.row)
     placement = locked.placement
-    changes = resource.canonical(
-        await resolve_masked(
-            session,
-            access,
-            sent,
-            before,
-            resource.sensitive,
-            owner_id=placement.owner_id,  # type: ignore[arg-type]
-            org_unit_id=placement.org_unit_id,
-        )
+    changes = await resolve_masked(
+        session,
+        access,
+        sent,
+        before,
+        resource.sensitive,
+        owner_id=placement.owner_id,  # type: ignore[arg-type]
+        org_unit_id=placement.org_unit_id,
     )
+    resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped):
         assert users is not None, "an owned resource needs users to check owner changes"

@@ -26,9 +26,11 @@ from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Numeric, Select, Table, and_, exists, false, func, select
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.expression import exists, false
+from sqlalchemy.types import Numeric
 
 from crm_api.authz.scope import (
     UNMASKED,
@@ -149,6 +151,8 @@ class Resource:
     not_found_code: str
     sensitive: tuple[str, ...] = ()
     soft_delete: bool = True
+    #: What keeps a record from being deleted (order lines → products).
+    referenced_by: tuple[Reference, ...] = ()
     #: Constraint name → the error a violation of it means (the safety net behind explicit
     #: checks: a concurrent writer won the index between our check and our write).
     constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
@@ -158,17 +162,15 @@ class Resource:
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
     derived: tuple[str, ...] = ()
-    #: What keeps a record from being deleted (order lines → products).
-    referenced_by: tuple[Reference, ...] = ()
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
-    #: ``numeric(p, s)`` columns → the quantum of their scale (``Decimal("0.0001")``).
-    decimal_scales: dict[str, Decimal] = field(init=False)
     id_column: KeyedColumnElement[Any] = field(init=False)
     sort_columns: dict[str, SortColumn] = field(init=False)
     _live: Select[Any] = field(init=False)
     _trash: Select[Any] = field(init=False)
+    #: ``numeric(p, s)`` columns → the quantum of their scale (``Decimal("0.0001")``).
+    decimal_scales: dict[str, Decimal] = field(init=False)
 
     def __post_init__(self) -> None:
         table: Table = self.model.__table__
@@ -180,11 +182,6 @@ class Resource:
         # the whitelist: the schema's fields, in the schema's order
         self.columns = [table.c[f] for f in stored]
         self.id_column = table.c.id
-        self.decimal_scales = {
-            c.key: Decimal(1).scaleb(-c.type.scale)
-            for c in self.columns
-            if isinstance(c.type, Numeric) and c.type.scale is not None
-        }
         self.sort_columns = {m.value: table.c[m.value] for m in self.sorts}
         unknown = [f for f in self.sensitive if f not in self.schema.model_fields]
         if unknown:
@@ -196,6 +193,11 @@ class Resource:
             self._trash = base.where(table.c.deleted_at.is_not(None))
         else:
             self._live = self._trash = base
+        self.decimal_scales = {
+            c.key: Decimal(1).scaleb(-c.type.scale)
+            for c in self.columns
+            if isinstance(c.type, Numeric) and c.type.scale is not None
+        }
 
     # --- errors -------------------------------------------------------------------------
     def not_found(self, record_id: uuid.UUID, *, detail: str | None = None) -> NotFound:
@@ -235,8 +237,7 @@ class Resource:
 
 # --- scope ---------------------------------------------------------------------------------
 def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
-    """The scope predicate on ``resource``'s rows (``None``: every row, as for reference
-    data under any scope)."""
+    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
