@@ -41,6 +41,7 @@ from crm_api.kit.resource import (
     lock,
     mask_row,
     present,
+    referenced,
     scoped_entity,
     to_dict,
     unmasked_clause,
@@ -271,6 +272,7 @@ async def prepare_create(
     org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
     record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
+    resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if not isinstance(scoping, OwnerScoped) or scoping.org_unit is None:
         # not placed by these rules: a record without a unit is its creator's, by its
@@ -425,6 +427,7 @@ async def prepare_update(
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
     )
+    resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped) and scoping.org_unit is not None:
         assert users is not None, "an owned resource needs users to check owner changes"
@@ -473,7 +476,10 @@ async def soft_delete(
     *,
     require_if_match: bool,
 ) -> Locked:
-    """Move a live record to the trash (restorable), audited as ``delete``."""
+    """Move a live record to the trash (restorable), audited as ``delete``. A record a
+    declared :class:`~crm_api.kit.resource.Reference` still points at is refused with its
+    error (checked under the row lock: a writer adding a reference holds a key-share lock
+    on the record until it commits, so the check sees it)."""
     locked = await lock_or_404(
         session,
         resource,
@@ -482,6 +488,7 @@ async def soft_delete(
         if_match=if_match,
         require_if_match=require_if_match,
     )
+    await _check_unreferenced(session, resource, record_id)
     before = to_dict(resource, locked.row)
     now = datetime.now(UTC)
     locked.row.deleted_at = now
@@ -527,7 +534,8 @@ async def purge(
     session: AsyncSession, resource: Resource, access: Access, record_id: uuid.UUID
 ) -> None:
     """Remove a record in the trash for good (a live one is a 404: delete it first, so
-    nothing disappears in one careless call), audited as ``purge``."""
+    nothing disappears in one careless call), audited as ``purge``; refused like
+    :func:`soft_delete` while a declared reference points at it."""
     locked = await lock_or_404(
         session,
         resource,
@@ -536,6 +544,7 @@ async def purge(
         deleted=True,
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
+    await _check_unreferenced(session, resource, record_id)
     await remove(session, resource, access, locked, action="purge")
 
 
@@ -553,5 +562,14 @@ async def remove(
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
-    await session.flush()
+    # a foreign key (ON DELETE RESTRICT) is the safety net: mapped through the constraints
+    await flush(session, resource)
     _audit(session, access, resource, action, locked.id, placement, before, None, extra)
+
+
+async def _check_unreferenced(
+    session: AsyncSession, resource: Resource, record_id: uuid.UUID
+) -> None:
+    ref = await referenced(session, resource, record_id)
+    if ref is not None:
+        raise ref.error()
