@@ -163,29 +163,34 @@ async def place_new(
     owner_id: uuid.UUID | None,
     org_unit_id: uuid.UUID | None,
     users: Users,
+    default: Placement | None = None,
 ) -> Placement:
-    """Owner and org unit of a new owned record: the caller and their unit unless the body
-    names others, which needs ``assign`` and must satisfy :func:`check_placement`."""
-    acting_user = _acting_user(access)
+    """Owner and org unit of a new owned record: ``default`` (an order: its customer's
+    owner and unit), else the caller and their unit, unless the body names others, which
+    needs ``assign`` and must satisfy :func:`check_placement`."""
+    if default is not None and default.owner_id is not None:
+        base_owner, base_unit = default.owner_id, default.org_unit_id
+    else:
+        # The caller owns it, in their own unit: the principal already holds both (an
+        # active user: the token was just checked against the cached user facts, kept
+        # fresh like every authorization decision), so no user lookup.
+        base_owner, base_unit = _acting_user(access), access.principal.org_unit_id
     if owner_id is None:
-        if acting_user is None:
+        if base_owner is None:
             raise UnprocessableEntity(
                 "owner_id is required when the caller is not a user.",
                 code="owner_required",
                 errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
             )
-        owner_id = acting_user
-    chosen = owner_id != acting_user or org_unit_id is not None
+        owner_id = base_owner
+    chosen = owner_id != base_owner or org_unit_id is not None
     if chosen and assign is None:
         raise Forbidden(
             "Setting another owner or the org unit needs the 'assign' permission.",
             code="assign_not_allowed",
         )
     if not chosen:
-        # The caller owns it, in their own unit: the principal already holds both (an
-        # active user: the token was just checked against the cached user facts, kept
-        # fresh like every authorization decision), so no user lookup.
-        return Placement(owner_id, access.principal.org_unit_id)
+        return Placement(owner_id, base_unit)
     owner = await users.get_active_user(session, owner_id)
     if owner is None:
         raise invalid_owner()
@@ -246,11 +251,13 @@ async def prepare_create(
     assign: Access | None,
     values: dict[str, Any],
     users: Users | None = None,
+    *,
+    default: Placement | None = None,
 ) -> tuple[dict[str, Any], Placement | None]:
     """``values`` of a new record checked by the rules every resource shares: no masked
     value in a sensitive field (422 ``masked_value``); for an owned resource, owner and
-    org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
-    record's :class:`Placement`."""
+    org unit resolved and placed (:func:`place_new`, ``default`` its default placement;
+    needs ``users``), returned as the record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
     scoping = resource.scoping
     if not isinstance(scoping, OwnerScoped):
@@ -263,6 +270,7 @@ async def prepare_create(
         values.pop(scoping.owner, None),
         values.pop(scoping.org_unit, None),
         users,
+        default,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
     return values, placement
@@ -275,9 +283,11 @@ async def insert(
     values: Mapping[str, Any],
     placement: Placement,
     overrides: Overrides | None = None,
+    children: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
-    as the caller may see it."""
+    as the caller may see it. ``children``: what the caller writes beside the record (an
+    order's lines), shown in the audit event with it."""
     now = datetime.now(UTC)
     record_id = uuid.uuid4()
     row: dict[str, Any] = {
@@ -324,7 +334,9 @@ async def insert(
         owner_id=placement.owner_id,
         org_unit_id=placement.org_unit_id,
         changes=audit.diff(
-            None, {c.key: row[c.key] for c in resource.columns if c.key in row}, resource.sensitive
+            None,
+            {**{c.key: row[c.key] for c in resource.columns if c.key in row}, **(children or {})},
+            resource.sensitive,
         ),
         occurred_at=now,
     )
@@ -336,7 +348,7 @@ async def insert(
         got = returned.mappings().one()
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
-        event["changes"] = audit.diff(None, after, resource.sensitive)
+        event["changes"] = audit.diff(None, {**after, **(children or {})}, resource.sensitive)
         await audit.record_all(
             session,
             access.principal,
@@ -409,9 +421,15 @@ async def save_changes(
     before: dict[str, Any],
     changes: Mapping[str, Any],
     overrides: Overrides | None = None,
+    *,
+    action: str = "update",
+    children: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``changes`` (from :func:`prepare_update`), audited as ``update``; nothing to
-    change: no write, no event, same version. The record as the caller may see it."""
+    """Write ``changes`` (from :func:`prepare_update`), audited as ``action`` (a state
+    machine's transition: ``confirm``); nothing to change: no write, no event, same
+    version. ``children``: ``{name: (before, after)}`` of what the caller rewrote beside
+    the record (an order's lines), diffed in the same event. The record as the caller may
+    see it."""
     if not changes:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
@@ -421,7 +439,9 @@ async def save_changes(
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
-    _audit(session, access, resource, "update", row.id, placement, before, after)
+    old = {**before, **{k: v[0] for k, v in (children or {}).items()}}
+    new = {**after, **{k: v[1] for k, v in (children or {}).items()}}
+    _audit(session, access, resource, action, row.id, placement, old, new)
     return await present(session, resource, access, after, placement)
 
 
@@ -501,5 +521,6 @@ async def purge(
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
-    await session.flush()
+    # a row something else still refers to (a customer with orders): the declared 409
+    await flush(session, resource)
     _audit(session, access, resource, "purge", record_id, placement, before, None)

@@ -26,6 +26,8 @@ from decimal import ROUND_HALF_UP, Decimal
 QUANTITY_PLACES = 3
 UNIT_PRICE_PLACES = 6
 ZERO = Decimal(0)
+#: The largest amount an order or a line may reach (what a ``numeric(18, 4)`` holds).
+MAX_AMOUNT = Decimal("99999999999999.9999")
 
 
 class LineError(ValueError):
