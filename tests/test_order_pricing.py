@@ -48,7 +48,7 @@ def test_places_of_ignores_trailing_zeros():
 
 
 def test_line_rounds_subtotal_then_tax_on_the_discounted_amount():
-    # 3 × 33.335 = 100.005 → 100.01; − 10.00 = 90.01; × 13 % = 11.7013 → 11.70
+    # 3 x 33.335 = 100.005 → 100.01; - 10.00 = 90.01; x 13 % = 11.7013 → 11.70
     got = price_line(line("3", "33.335", "10", "0.13"), 2)
     assert (got.subtotal, got.discount, got.tax, got.total) == (
         D("100.01"),
@@ -60,7 +60,7 @@ def test_line_rounds_subtotal_then_tax_on_the_discounted_amount():
 
 
 def test_tax_half_up_per_line():
-    # 0.05 × 10 % = 0.005 → 0.01 on each line: two lines carry 0.02 of tax, where rounding
+    # 0.05 x 10 % = 0.005 → 0.01 on each line: two lines carry 0.02 of tax, where rounding
     # the order's tax once would give 0.01. Per line is the documented rule.
     order = price_order([line("1", "0.05", t="0.1"), line("1", "0.05", t="0.1")], 2)
     assert order.tax == D("0.02")
@@ -145,4 +145,4 @@ def test_every_action_from_every_status(action, status):
 
 
 def test_final_statuses():
-    assert FINAL == {OrderStatus.completed, OrderStatus.cancelled}
+    assert {OrderStatus.completed, OrderStatus.cancelled} == FINAL

@@ -168,6 +168,7 @@ async def place_new(
     """Owner and org unit of a new owned record: ``default`` (an order: its customer's
     owner and unit), else the caller and their unit, unless the body names others, which
     needs ``assign`` and must satisfy :func:`check_placement`."""
+    base_owner: uuid.UUID | None
     if default is not None and default.owner_id is not None:
         base_owner, base_unit = default.owner_id, default.org_unit_id
     else:

@@ -114,6 +114,10 @@ class Samples:
     checks: frozenset[str] | None = None
     #: ``DELETE`` on a record's URL exists (users are deactivated instead).
     deletes: bool = True
+    #: Records the sample refers to, made first (through their own samples, owned by the
+    #: same owner): ref name → registered resource name (orders: ``{"customer_id":
+    #: "customers", "product_id": "products"}``); their ids reach ``create`` in ``refs``.
+    requires: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

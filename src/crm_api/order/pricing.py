@@ -3,12 +3,12 @@
 
 Per line, in this order:
 
-- ``subtotal`` = quantity × unit price, rounded;
+- ``subtotal`` = quantity x unit price, rounded;
 - ``discount`` (an amount in the order's currency, at most the configured places) may not
   exceed the line's ``subtotal``;
-- ``tax`` = (subtotal − discount) × the product's tax rate snapshot, rounded — per line,
+- ``tax`` = (subtotal - discount) x the product's tax rate snapshot, rounded — per line,
   so every line's figures add up on their own and an invoice can print them;
-- ``total`` = subtotal − discount + tax.
+- ``total`` = subtotal - discount + tax.
 
 The order's ``subtotal``, ``discount``, ``tax`` and ``total`` are the sums of its lines'
 (never rounded again: sums of rounded amounts are exact). Nothing here trusts a figure a

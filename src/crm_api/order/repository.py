@@ -8,8 +8,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, delete, func, insert, literal, select
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.scope import scope_clause
@@ -61,9 +71,11 @@ def _lines_column() -> ColumnElement[Any]:
     pairs: list[Any] = []
     for name in LINE_FIELDS:
         pairs += [literal(name), cast(ln[name], Text) if name in _NUMERIC else ln[name]]
-    agg = func.jsonb_agg(aggregate_order_by(func.jsonb_build_object(*pairs), ln.position))
+    agg = func.jsonb_agg(
+        aggregate_order_by(func.jsonb_build_object(*pairs), ln.position), type_=JSONB
+    )
     return (
-        select(func.coalesce(agg, literal("[]").cast(agg.type)))
+        select(func.coalesce(agg, literal_column("'[]'::jsonb", JSONB), type_=JSONB))
         .where(ln.order_id == o.id)
         .scalar_subquery()
         .label("lines")
@@ -83,6 +95,7 @@ def _search(term: str) -> ColumnElement[bool]:
     """``q``: the term in the number or external_ref (one LIKE over the generated,
     lower()ed ``search_text``), or in the name of the order's customer."""
     customers = select(cu.id).where(cu.name.ilike(contains_pattern(term)))
+    own: ColumnElement[bool]
     if FIELD_SEPARATOR in term:
         pattern = contains_pattern(term)
         own = o.number.ilike(pattern) | o.external_ref.ilike(pattern)
@@ -95,9 +108,9 @@ def filtered(
     access: Access, query: CustomerOrderListQuery, customer_id: uuid.UUID | None = None
 ) -> ScopedSelect:
     ids = query.customer_id if isinstance(query, OrderListQuery) else None
-    with_products = None
+    with_products: ColumnElement[bool] | None = None
     if query.product_id:
-        with_products = o.id.in_(select(ln.order_id).where(one_of(ln.product_id, query.product_id)))
+        with_products = o.id.in_(select(ln.order_id).where(ln.product_id.in_(query.product_id)))
     return kit.narrow(
         scoped(access, deleted=query.deleted),
         o.customer_id == customer_id if customer_id is not None else None,
@@ -192,11 +205,11 @@ async def is_visible(executor: Executor, access: Access, order_id: uuid.UUID) ->
 # --- lines ----------------------------------------------------------------------------------
 async def insert_lines(session: AsyncSession, lines: Sequence[Mapping[str, Any]]) -> None:
     if lines:
-        await session.execute(insert(OrderLine.__table__).values(list(lines)))
+        await session.execute(insert(OrderLine).values(list(lines)))
 
 
 async def delete_lines(session: AsyncSession, order_id: uuid.UUID) -> None:
-    await session.execute(delete(OrderLine.__table__).where(ln.order_id == order_id))
+    await session.execute(delete(OrderLine).where(ln.order_id == order_id))
 
 
 async def lines_of(session: AsyncSession, order_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -73,8 +73,8 @@ class Address(BaseModel):
     postal_code: Annotated[str, Field(max_length=20)] | None = Field(
         default=None, examples=["200120"]
     )
-    country: Annotated[str, Field(min_length=2, max_length=2, pattern="^[A-Z]{2}$")] | None = (
-        Field(default=None, description="ISO 3166-1 alpha-2.", examples=["CN"])
+    country: Annotated[str, Field(min_length=2, max_length=2, pattern="^[A-Z]{2}$")] | None = Field(
+        default=None, description="ISO 3166-1 alpha-2.", examples=["CN"]
     )
 
 
@@ -132,8 +132,7 @@ class OrderCreate(InputModel):
     notes: Notes | None = None
     owner_id: uuid.UUID | None = Field(
         default=None,
-        description="Defaults to the customer's owner. Another user needs the `assign` "
-        "permission.",
+        description="Defaults to the customer's owner. Another user needs the `assign` permission.",
     )
     org_unit_id: uuid.UUID | None = Field(
         default=None,
@@ -157,7 +156,11 @@ class OrderCreate(InputModel):
                             "discount": "100.00",
                         },
                     ],
-                    "shipping_address": {"name": "李娜", "line1": "世纪大道 100 号", "city": "上海"},
+                    "shipping_address": {
+                        "name": "李娜",
+                        "line1": "世纪大道 100 号",
+                        "city": "上海",
+                    },
                 }
             ]
         }
@@ -193,7 +196,7 @@ class OrderLine(OutputModel):
     unit_price: Decimal
     discount: Decimal
     tax_rate: Decimal = Field(description="The product's tax rate when the line was written.")
-    subtotal: Decimal = Field(description="quantity × unit_price, rounded.")
+    subtotal: Decimal = Field(description="quantity × unit_price, rounded.")  # noqa: RUF001
     tax: Decimal = Field(description="(subtotal − discount) × tax_rate, rounded.")  # noqa: RUF001
     total: Decimal = Field(description="subtotal − discount + tax.")  # noqa: RUF001
 

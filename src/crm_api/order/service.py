@@ -66,7 +66,9 @@ class Rules:
     default_currency: str
 
 
-def _field_error(status_code: str, detail: str, field: str, code: str, message: str) -> Any:
+def _field_error(
+    status_code: str, detail: str, field: str, code: str, message: str
+) -> UnprocessableEntity:
     return UnprocessableEntity(
         detail, code=status_code, errors=[{"field": field, "code": code, "message": message}]
     )
@@ -167,7 +169,9 @@ async def _price(
     try:
         amounts = price_order(inputs, rules.places)
     except LineError as exc:
-        raise _field_error("invalid_line", f"{exc.field}: {exc.message}.", exc.field, exc.code, exc.message) from None
+        raise _field_error(
+            "invalid_line", f"{exc.field}: {exc.message}.", exc.field, exc.code, exc.message
+        ) from None
     if amounts.total > MAX_AMOUNT or any(p.subtotal > MAX_AMOUNT for p in amounts.lines):
         raise _field_error(
             "invalid_line",
@@ -316,7 +320,7 @@ async def update_order(
             raise Conflict(
                 f"Lines can change only while the order is pending; it is {status.value}.",
                 code="order_not_editable",
-                status=status.value,
+                current_status=status.value,
             )
         priced = await _price(session, patch.lines, locked.row.currency, rules)  # type: ignore[arg-type]
         old_lines = await repo.lines_of(session, order_id)
@@ -324,9 +328,7 @@ async def update_order(
         await repo.insert_lines(session, [{**r, "order_id": order_id} for r in priced.rows])
         new_shown = _shown(priced.rows)
         children = {"lines": (old_lines, new_shown)}
-        changes.update(
-            {k: v for k, v in _totals(priced.amounts).items() if before.get(k) != v}
-        )
+        changes.update({k: v for k, v in _totals(priced.amounts).items() if before.get(k) != v})
         # the lines changed even when no total did: a new version either way
         changes["updated_at"] = datetime.now(UTC)
     await lifecycle.save_changes(session, R, access, locked, before, changes, children=children)
@@ -354,7 +356,7 @@ async def act(
         raise Conflict(
             f"Cannot {action.value} an order that is {current.value}.",
             code="order_invalid_transition",
-            status=current.value,
+            current_status=current.value,
             action=action.value,
         )
     before = kit.to_dict(R, locked.row)
@@ -382,14 +384,16 @@ async def delete_order(
         raise Conflict(
             f"Only pending or cancelled orders can be deleted; this one is {status.value}.",
             code="order_not_deletable",
-            status=status.value,
+            current_status=status.value,
         )
     await lifecycle.soft_delete(
         session, R, access, order_id, if_match, require_if_match=require_if_match
     )
 
 
-async def restore_order(session: AsyncSession, access: Access, order_id: uuid.UUID) -> dict[str, Any]:
+async def restore_order(
+    session: AsyncSession, access: Access, order_id: uuid.UUID
+) -> dict[str, Any]:
     await lifecycle.restore(session, R, access, order_id)
     return await get_order(session, access, order_id)
 
