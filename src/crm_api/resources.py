@@ -8,6 +8,7 @@ pagination, ETag, idempotency, bad input.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from crm_api.errors import Conflict, UnprocessableEntity
 from crm_api.kit.resource import (
     OwnerScoped,
     ParentScoped,
+    Reference,
     Resource,
     Samples,
     UnitScoped,
@@ -27,9 +29,11 @@ from crm_api.models.customer import Customer
 from crm_api.models.identity import Role
 from crm_api.models.order import Order
 from crm_api.models.org_unit import OrgUnit
+from crm_api.models.product import Product
 from crm_api.models.user import User
 from crm_api.order import schemas as order_schemas
 from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.product import schemas as product_schemas
 from crm_api.role import schemas as role_schemas
 from crm_api.user import schemas as user_schemas
 
@@ -203,6 +207,76 @@ ROLES = Resource(
 )
 
 
+def product_duplicate(existing_id: uuid.UUID | None = None) -> Conflict:
+    return Conflict(
+        "A live product with this SKU already exists (SKUs ignore letter case).",
+        code="product_duplicate",
+        field="sku",
+        existing_id=str(existing_id) if existing_id is not None else None,
+    )
+
+
+def product_in_use() -> Conflict:
+    return Conflict(
+        "Order lines name this product, so it cannot be deleted or purged; deactivate it "
+        "instead (PATCH active=false): it then stays readable but cannot be ordered.",
+        code="product_in_use",
+        reason="order_lines",
+    )
+
+
+def _product_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "sku": f"HP-LJ-{refs['unique'][:12]}",
+        "name": "惠普 LaserJet Pro 黑白激光打印机",
+        "brand": "HP",
+        "series": "LaserJet Pro",
+        "category": "打印机",
+        "unit": "台",
+        "list_price": "2599.00",
+        "currency": "CNY",
+        "tax_rate": "0.13",
+        "parameters": {"打印速度(ppm)": 38, "双面打印": True},
+    }
+
+
+PRODUCTS = Resource(
+    name="products",
+    label="product",
+    model=Product,
+    schema=product_schemas.Product,
+    # Reference data: every holder of products:read reads the whole catalog.
+    scoping=Unscoped(),
+    sorts=product_schemas.ProductSort,
+    not_found_code="product_not_found",
+    constraints={
+        "uq_products_sku_live": product_duplicate,
+        # order_lines.product_id (ON DELETE RESTRICT), from the orders migration
+        "fk_order_lines_product_id_products": product_in_use,
+    },
+    referenced_by=(Reference("order_lines", "product_id", product_in_use),),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/products",
+        create=_product_sample,
+        patch={"list_price": "2399.50"},
+        wrong_type={"active": "yes"},
+        search="激光打印机",
+        checks=frozenset(
+            {
+                "reference_data",
+                "pagination_over_ties",
+                "if_match",
+                "if_match_required",
+                "idempotent_create",
+                "bad_input",
+                "every_write_is_audited",
+            }
+        ),
+    ),
+)
+
+
 def _order_sample(refs: Mapping[str, str]) -> dict[str, Any]:
     return {
         "customer_id": refs["customer_id"],
@@ -242,5 +316,5 @@ ORDERS = Resource(
 
 #: Every registered resource, by its Casbin name.
 REGISTRY: dict[str, Resource] = {
-    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES, ORDERS)
+    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES, PRODUCTS, ORDERS)
 }

@@ -41,6 +41,7 @@ from crm_api.kit.resource import (
     lock,
     mask_row,
     present,
+    referenced,
     scoped_entity,
     to_dict,
     unmasked_clause,
@@ -456,7 +457,10 @@ async def soft_delete(
     *,
     require_if_match: bool,
 ) -> Locked:
-    """Move a live record to the trash (restorable), audited as ``delete``."""
+    """Move a live record to the trash (restorable), audited as ``delete``. A record a
+    declared :class:`~crm_api.kit.resource.Reference` still points at is refused with its
+    error (checked under the row lock: a writer adding a reference holds a key-share lock
+    on the record until it commits, so the check sees it)."""
     locked = await lock_or_404(
         session,
         resource,
@@ -465,6 +469,7 @@ async def soft_delete(
         if_match=if_match,
         require_if_match=require_if_match,
     )
+    await _check_unreferenced(session, resource, record_id)
     before = to_dict(resource, locked.row)
     now = datetime.now(UTC)
     locked.row.deleted_at = now
@@ -510,7 +515,8 @@ async def purge(
     session: AsyncSession, resource: Resource, access: Access, record_id: uuid.UUID
 ) -> None:
     """Remove a record in the trash for good (a live one is a 404: delete it first, so
-    nothing disappears in one careless call), audited as ``purge``."""
+    nothing disappears in one careless call), audited as ``purge``; refused like
+    :func:`soft_delete` while a declared reference points at it."""
     locked = await lock_or_404(
         session,
         resource,
@@ -519,9 +525,18 @@ async def purge(
         deleted=True,
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
+    await _check_unreferenced(session, resource, record_id)
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
-    # a row something else still refers to (a customer with orders): the declared 409
+    # a foreign key (ON DELETE RESTRICT) is the safety net: mapped through the constraints
     await flush(session, resource)
     _audit(session, access, resource, "purge", record_id, placement, before, None)
+
+
+async def _check_unreferenced(
+    session: AsyncSession, resource: Resource, record_id: uuid.UUID
+) -> None:
+    ref = await referenced(session, resource, record_id)
+    if ref is not None:
+        raise ref.error()

@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, func, select
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -77,7 +77,21 @@ class UnitScoped:
 
 @dataclass(frozen=True, slots=True)
 class Unscoped:
-    """Reference data every holder of the permission reads whole (products)."""
+    """Reference data every holder of the permission reads whole (products); an access
+    without any scope reads nothing (fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Rows of another table that keep a record from being deleted or purged (an order line
+    naming a product): :func:`crm_api.kit.lifecycle.soft_delete` and ``purge`` refuse with
+    ``error`` while one exists. The table is looked up by name in the models' metadata, so
+    a reference to a table a later migration adds is declared before it exists and checked
+    from the moment its model is part of the build."""
+
+    table: str
+    column: str
+    error: Callable[[], ProblemError]
 
 
 Scoping = OwnerScoped | ParentScoped | UnitScoped | Unscoped
@@ -147,6 +161,8 @@ class Resource:
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
     derived: tuple[str, ...] = ()
+    #: What keeps a record from being deleted (order lines → products).
+    referenced_by: tuple[Reference, ...] = ()
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -204,14 +220,16 @@ class Resource:
 
 # --- scope ---------------------------------------------------------------------------------
 def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
-    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
+    """The scope predicate on ``resource``'s rows (``None``: every row, as for reference
+    data under any scope)."""
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
         return scope_clause(access, owner, unit)
     if isinstance(scoping, ParentScoped):
         return _of_parents(resource, scoping, _parent_in_scope(scoping.parent, access))
-    return None
+    # reference data: every scope covers all of it, no scope none of it
+    return None if access.scope.kinds else false()
 
 
 def _parent_in_scope(parent: Resource, access: Access) -> ColumnElement[bool]:
@@ -377,6 +395,22 @@ async def present(
             session, access, placement.owner_id, placement.org_unit_id
         )
     return mask_row(resource, access, row)
+
+
+async def referenced(
+    session: AsyncSession, resource: Resource, record_id: uuid.UUID
+) -> Reference | None:
+    """The first declared :class:`Reference` that rows of its table still make to the
+    record (one indexed ``EXISTS`` each); ``None`` when nothing does or the referencing
+    table is not part of this build."""
+    for ref in resource.referenced_by:
+        table = resource.table.metadata.tables.get(ref.table)
+        if table is None:
+            continue
+        stmt = select(exists().where(table.c[ref.column] == record_id))
+        if (await session.execute(stmt)).scalar_one():
+            return ref
+    return None
 
 
 # --- locks -----------------------------------------------------------------------------------
