@@ -105,9 +105,7 @@ async def test_owner_and_unit_default_to_the_customers(client, engine, world):
     product = await make_product(engine)
     order = await create_order(client, world["customer"], line(product))
     assert order["owner_id"] == str(world["rep"]["id"])
-    assert order["org_unit_id"] == str(
-        world["team"].id if hasattr(world["team"], "id") else world["team"]["id"]
-    )
+    assert order["org_unit_id"] == str(world["team"]["id"])
     rep = world["rep_client"]
     listed = (await rep.get("/v1/orders")).json()["data"]
     assert [o["id"] for o in listed] == [order["id"]]
