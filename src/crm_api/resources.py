@@ -62,13 +62,15 @@ CUSTOMERS = Resource(
     label="customer",
     model=Customer,
     schema=customer_schemas.Customer,
-    scoping=OwnerScoped(),
+    scoping=OwnerScoped(creator="created_by"),
     sorts=customer_schemas.CustomerSort,
     not_found_code="customer_not_found",
     sensitive=("bank_account", "tax_number"),
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),
         "uq_customers_tax_number_live": lambda: _customer_duplicate("tax_number"),
+        "uq_customers_email_key_live": lambda: _customer_duplicate("email"),
+        "uq_customers_phone_key_live": lambda: _customer_duplicate("phone"),
         "fk_customers_org_unit_id_org_units": _no_such_org_unit,
     },
     samples=Samples(
