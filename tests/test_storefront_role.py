@@ -67,7 +67,7 @@ async def test_outsider_storefront_sees_no_one_elses_customers(app, client, engi
 
 
 async def test_storefront_upserts_and_reads_back_what_it_created(app, client, engine):
-    created, shop = await _storefront(app, client, engine)
+    _, shop = await _storefront(app, client, engine)
     async with shop:
         made = await shop.put(
             "/v1/customers/by-external-ref/shop-1",
