@@ -68,13 +68,15 @@ CUSTOMERS = Resource(
     label="customer",
     model=Customer,
     schema=customer_schemas.Customer,
-    scoping=OwnerScoped(),
+    scoping=OwnerScoped(creator="created_by"),
     sorts=customer_schemas.CustomerSort,
     not_found_code="customer_not_found",
     sensitive=("bank_account", "tax_number"),
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),
         "uq_customers_tax_number_live": lambda: _customer_duplicate("tax_number"),
+        "uq_customers_email_key_live": lambda: _customer_duplicate("email"),
+        "uq_customers_phone_key_live": lambda: _customer_duplicate("phone"),
         "fk_customers_org_unit_id_org_units": _no_such_org_unit,
         # purging a customer some order names (orders are kept: they are the books)
         "fk_orders_customer_id_customers": lambda: Conflict(
@@ -296,8 +298,9 @@ ORDERS = Resource(
     model=Order,
     schema=order_schemas.Order,
     # Owned like a customer's record; placed like its customer unless an assigner says
-    # otherwise (crm_api/order/service.py).
-    scoping=OwnerScoped(),
+    # otherwise (crm_api/order/service.py); ``created_by`` is who posted it (the
+    # storefront role reads the orders it posted).
+    scoping=OwnerScoped(creator="created_by"),
     sorts=order_schemas.OrderSort,
     not_found_code="order_not_found",
     derived=("lines",),

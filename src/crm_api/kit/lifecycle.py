@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result
+from sqlalchemy import ColumnElement, Executable, Result, TextClause
 from sqlalchemy import insert as sql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -278,19 +280,11 @@ async def prepare_create(
     return values, placement
 
 
-async def insert(
-    session: AsyncSession,
-    resource: Resource,
-    access: Access,
-    values: Mapping[str, Any],
-    placement: Placement,
-    overrides: Overrides | None = None,
-    children: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
-    as the caller may see it. ``children``: what the caller writes beside the record (an
-    order's lines), shown in the audit event with it."""
-    now = datetime.now(UTC)
+def _new_row(
+    resource: Resource, access: Access, values: Mapping[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[Any]]:
+    """The full row of a new record of ``values`` and the public columns only the server
+    can fill (read back by ``RETURNING``)."""
     record_id = uuid.uuid4()
     row: dict[str, Any] = {
         "id": record_id,
@@ -299,6 +293,9 @@ async def insert(
         "version": 1,
         **values,
     }
+    scoping = resource.scoping
+    if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
+        row.setdefault(scoping.creator, _acting_user(access))
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
     # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill
@@ -317,6 +314,24 @@ async def insert(
             from_server.append(column)
         else:
             row[column.key] = None
+    return row, from_server
+
+
+async def insert(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    placement: Placement,
+    overrides: Overrides | None = None,
+    children: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
+    as the caller may see it. ``children``: what the caller writes beside the record (an
+    order's lines), shown in the audit event with it."""
+    now = datetime.now(UTC)
+    row, from_server = _new_row(resource, access, values, now)
+    record_id = row["id"]
     stmt = sql_insert(resource.table).values(**row)
     flag: ColumnElement[bool] | None = None
     if (
@@ -365,6 +380,47 @@ async def insert(
     if flag is not None:
         after[UNMASKED] = bool(got[UNMASKED])
         return mask_row(resource, access, after)
+    return await present(session, resource, access, after, placement)
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictTarget:
+    """A unique index an ``INSERT … ON CONFLICT DO NOTHING`` yields to: its columns and,
+    for a partial index, its predicate (which PostgreSQL needs to infer the index)."""
+
+    columns: tuple[str, ...]
+    where: ColumnElement[bool] | TextClause | None = None
+
+
+async def insert_unless_exists(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    placement: Placement,
+    target: ConflictTarget,
+    overrides: Overrides | None = None,
+) -> dict[str, Any] | None:
+    """:func:`insert`, unless a row with the same key in ``target``'s unique index exists
+    or is being inserted by a concurrent transaction (whose end PostgreSQL waits for):
+    then nothing is written, no event, and ``None`` comes back — the caller reads the row
+    that won. One statement, so concurrent callers of one key make exactly one record
+    (where a check-then-insert lets both pass the check). A violation of any other
+    constraint raises as :func:`insert`'s does."""
+    now = datetime.now(UTC)
+    row, from_server = _new_row(resource, access, values, now)
+    stmt = (
+        pg_insert(resource.table)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
+        .returning(resource.id_column, *from_server)
+    )
+    got = (await execute(session, resource, stmt, overrides)).mappings().first()
+    if got is None:
+        return None
+    after = {c.key: row.get(c.key) for c in resource.columns}
+    after.update({c.key: got[c.key] for c in from_server})
+    _audit(session, access, resource, "create", row["id"], placement, None, after)
     return await present(session, resource, access, after, placement)
 
 

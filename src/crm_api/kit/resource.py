@@ -52,10 +52,13 @@ ScopedSelect = NewType("ScopedSelect", Select[Any])
 
 @dataclass(frozen=True, slots=True)
 class OwnerScoped:
-    """Rows carry their own owner and org unit, which the scope applies to."""
+    """Rows carry their own owner and org unit, which the scope applies to; and, with
+    ``creator``, who created them (the ``created_by_self`` scope; without it that scope
+    covers none of the rows)."""
 
     owner: str = "owner_id"
     org_unit: str = "org_unit_id"
+    creator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,16 @@ class Resource:
             return scoping.parent.placement_columns()
         return None, None
 
+    def creator_column(self) -> KeyedColumnElement[Any] | None:
+        """The column holding who created a row (the parent's for a child), for the
+        ``created_by_self`` scope; ``None``: that scope covers none of the rows."""
+        scoping = self.scoping
+        if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
+            return self.table.c[scoping.creator]
+        if isinstance(scoping, ParentScoped):
+            return scoping.parent.creator_column()
+        return None
+
     def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
         if not self.soft_delete:
             return None
@@ -225,7 +238,7 @@ def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
-        return scope_clause(access, owner, unit)
+        return scope_clause(access, owner, unit, resource.creator_column())
     if isinstance(scoping, ParentScoped):
         return _of_parents(resource, scoping, _parent_in_scope(scoping.parent, access))
     # reference data: every scope covers all of it, no scope none of it
@@ -253,7 +266,7 @@ def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
     ``read_sensitive`` scope (on the parent's owner and unit for a child). A constant, with
     no subquery, when the answer is the same for every row."""
     owner, unit = resource.placement_columns()
-    flag = sensitive_clause(access, owner, unit)
+    flag = sensitive_clause(access, owner, unit, resource.creator_column())
     scoping = resource.scoping
     if isinstance(scoping, ParentScoped) and per_row_sensitive(access):
         return _of_parents(resource, scoping, flag)

@@ -5,8 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.authz.dependencies import optional, require
+from crm_api.authz.dependencies import access_for, get_policy, optional, require
 from crm_api.authz.types import Access, Action
+from crm_api.customer.service import upsert_access
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
@@ -91,8 +92,14 @@ async def create_order(
     (`invalid_customer`), more than 100 lines. An `external_ref` you already used is a 409
     `order_duplicate` naming your existing order."""
 
+    policy = get_policy(request)
+    rights = service.CustomerRights(
+        read=access_for(policy, access.principal, "customers", Action.read),
+        upsert=upsert_access(policy, access.principal) if body.customer is not None else None,
+    )
+
     async def produce() -> Response:
-        row = await service.create_order(session, access, assign, body, _rules(settings))
+        row = await service.create_order(session, access, assign, rights, body, _rules(settings))
         return with_etag(row, 201, f"/v1/orders/{row['id']}")
 
     return await idempotent(
@@ -270,11 +277,16 @@ _action_route(OrderAction.cancel, "Cancel an order", "pending or confirmed → c
     responses=problems(400, 404),
 )
 async def list_customer_orders(
+    request: Request,
     customer_id: uuid.UUID,
     access: OrdersRead,
     conn: ReadConnection,
     query: Annotated[CustomerOrderListQuery, query_model(CustomerOrderListQuery)],
 ) -> Response:
-    """404 `customer_not_found` when the customer is missing, deleted or its orders are
-    outside your scope; an empty page means no (matching) orders."""
-    return json_response(await service.list_customer_orders(conn, access, customer_id, query))
+    """The customer's orders in your orders scope. 404 `customer_not_found` when the
+    customer is missing, deleted or outside your customers scope; an empty page means no
+    (matching) orders."""
+    customers = access_for(get_policy(request), access.principal, "customers", Action.read)
+    return json_response(
+        await service.list_customer_orders(conn, access, customers, customer_id, query)
+    )

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Text,
+    Uuid,
     cast,
     delete,
     func,
@@ -146,23 +147,54 @@ async def get_row(executor: Executor, access: Access, order_id: uuid.UUID) -> di
 
 # --- what a new order refers to ----------------------------------------------------------------
 async def customer_placement(
-    executor: Executor, access: Access, customer_id: uuid.UUID
+    executor: Executor,
+    customers: Access,
+    orders: Access,
+    customer_id: uuid.UUID,
 ) -> Placement | None:
-    """The owner and unit of the live customer ``customer_id`` when an order placed like it
-    would be inside ``access`` (the caller's ``orders:create`` scope); ``None`` otherwise."""
+    """The owner and unit of the live customer ``customer_id`` when ``customers`` (the
+    caller's customers ``read``) covers it and an order of the caller placed like it would
+    be inside ``orders`` (their orders ``create`` or ``read``); ``None`` otherwise. One
+    statement."""
+    creator = literal(orders.principal.id, Uuid())
     stmt = select(cu.owner_id, cu.org_unit_id).where(
         cu.id == customer_id,
         cu.deleted_at.is_(None),
-        scope_clause(access, cu.owner_id, cu.org_unit_id),
+        scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+        scope_clause(orders, cu.owner_id, cu.org_unit_id, creator),
     )
     row = (await executor.execute(stmt)).first()
     return Placement(row.owner_id, row.org_unit_id) if row is not None else None
 
 
-async def customer_visible(executor: Executor, access: Access, customer_id: uuid.UUID) -> bool:
-    """Whether ``access`` covers an order placed like the live customer ``customer_id``
-    (``/customers/{id}/orders`` answers 404 otherwise)."""
-    return await customer_placement(executor, access, customer_id) is not None
+async def placement_in_scope(
+    executor: Executor, orders: Access, placement: Placement, creator: uuid.UUID
+) -> bool:
+    """Whether an order placed at ``placement``, created by ``creator``, is inside
+    ``orders`` (a customer just upserted: the order must still be one the caller may
+    create)."""
+    clause = scope_clause(
+        orders,
+        literal(placement.owner_id, Uuid()),
+        literal(placement.org_unit_id, Uuid()),
+        literal(creator, Uuid()),
+    )
+    return bool((await executor.execute(select(clause))).scalar())
+
+
+async def customer_visible(
+    executor: Executor, customers: Access | None, customer_id: uuid.UUID
+) -> bool:
+    """Whether the live customer ``customer_id`` is inside ``customers`` (the caller's
+    customers ``read``; ``None``: none is)."""
+    if customers is None:
+        return False
+    stmt = select(cu.id).where(
+        cu.id == customer_id,
+        cu.deleted_at.is_(None),
+        scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+    )
+    return (await executor.execute(stmt)).first() is not None
 
 
 @dataclass(frozen=True, slots=True)

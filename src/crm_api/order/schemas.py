@@ -8,10 +8,11 @@ from typing import Annotated
 
 from pydantic import MISSING, BaseModel, ConfigDict, Field
 
+from crm_api.customer.schemas import CustomerUpsert
 from crm_api.kit.money import Amount, Currency
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import Email, Phone, UtcDatetime
+from crm_api.kit.types import Phone, UtcDatetime
 from crm_api.order.states import OrderStatus
 
 #: The most lines one order may carry (a request with more is a 422 naming ``lines``).
@@ -98,24 +99,20 @@ Lines = Annotated[
 ]
 
 
-class OrderCustomer(InputModel):
-    """A buyer named by natural key instead of ``customer_id``: found by ``external_ref``,
-    else by e-mail, else by phone, and created when there is none (one customer however
-    many orders of a new buyer arrive at once)."""
-
-    external_ref: ExternalRef | None = None
-    email: Email | None = None
-    phone: Phone | None = None
-    name: Str200
-    address: Annotated[str, Field(max_length=500)] | None = None
-
-
 class OrderCreate(InputModel):
     """A new order. Totals, the number and the status are the server's: sending one is a
     422 naming the field."""
 
     customer_id: uuid.UUID | None = Field(
         default=None, description="A customer in your scope; or send `customer` instead."
+    )
+    customer: CustomerUpsert | None = Field(
+        default=None,
+        description="Instead of `customer_id`: the buyer by natural key (`external_ref`, "
+        "else e-mail, else phone), created or updated in the same transaction as the order "
+        "(`PUT /v1/customers/by-external-ref/{ref}` semantics). Retries and concurrent "
+        "orders of one new buyer make one customer. Needs the customers permissions an "
+        "upsert needs (`create` for a new buyer, `update` for a known one).",
     )
     channel: Channel = Channel.sales
     currency: Currency | None = Field(

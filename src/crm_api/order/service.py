@@ -25,11 +25,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access
+from crm_api.customer import service as customers
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
-from crm_api.kit.resource import Executor
+from crm_api.kit.resource import Executor, Placement
 from crm_api.order import repository as repo
 from crm_api.order.pricing import (
     MAX_AMOUNT,
@@ -101,11 +102,16 @@ async def list_orders(conn: Reader, access: Access, query: OrderListQuery) -> di
 
 
 async def list_customer_orders(
-    conn: Reader, access: Access, customer_id: uuid.UUID, query: CustomerOrderListQuery
+    conn: Reader,
+    access: Access,
+    customers: Access | None,
+    customer_id: uuid.UUID,
+    query: CustomerOrderListQuery,
 ) -> dict[str, Any]:
-    """One customer's orders. A customer whose orders the caller's scope cannot cover is
-    a 404, so a client can tell "no orders" from "wrong customer"."""
-    if not await repo.customer_visible(conn, access, customer_id):
+    """One customer's orders (those ``access`` covers). A customer the caller cannot see
+    (``customers``: their customers ``read``) is a 404, so a client can tell "no orders"
+    from "wrong customer"."""
+    if not await repo.customer_visible(conn, customers, customer_id):
         raise customer_not_found(customer_id)
     return await repo.list_page(conn, access, query, customer_id)
 
@@ -229,10 +235,70 @@ def _duplicate(existing: uuid.UUID | None) -> Conflict:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerRights:
+    """What an order POST may do with customers, besides its own orders ``create``:
+    ``read`` (a ``customer_id`` must be one the caller sees) and, for a ``customer``
+    block, the upsert's rights. Built by the endpoint from the policy."""
+
+    read: Access | None
+    upsert: customers.UpsertAccess | None = None
+
+
+async def _customer(
+    session: AsyncSession, access: Access, rights: CustomerRights, data: OrderCreate
+) -> tuple[uuid.UUID, Placement]:
+    """The order's customer and its placement: ``customer_id`` checked (live, seen by the
+    caller's customers ``read``, and an order placed like it inside their orders
+    ``create``), or the ``customer`` block upserted (created or updated: written in this
+    transaction, so a rejected order leaves no customer behind)."""
+    if data.customer_id is not None and data.customer is not None:
+        raise _field_error(
+            "invalid_customer",
+            "Send customer_id or customer, not both.",
+            "customer",
+            "conflicting",
+            "send customer_id or customer, not both",
+        )
+    if data.customer is not None:
+        assert rights.upsert is not None, "the endpoint resolves the upsert's rights"
+        upserted = await customers.upsert_customer_by_natural_key(
+            session, rights.upsert, data.customer
+        )
+        row = upserted.customer
+        placement = Placement(row["owner_id"], row["org_unit_id"])
+        if not await repo.placement_in_scope(session, access, placement, access.principal.id):
+            raise _field_error(
+                "invalid_customer",
+                "An order of this customer would be outside your orders scope.",
+                "customer",
+                "out_of_scope",
+                "the customer's orders are outside your scope",
+            )
+        return upserted.id, placement
+    if data.customer_id is None:
+        raise _field_error(
+            "invalid_customer",
+            "Send customer_id, or a customer block.",
+            "customer_id",
+            "missing",
+            "required",
+        )
+    placement_or_none = None
+    if rights.read is not None:
+        placement_or_none = await repo.customer_placement(
+            session, rights.read, access, data.customer_id
+        )
+    if placement_or_none is None:
+        raise invalid_customer()
+    return data.customer_id, placement_or_none
+
+
 async def create_order(
     session: AsyncSession,
     access: Access,
     assign: Access | None,
+    rights: CustomerRights,
     data: OrderCreate,
     rules: Rules,
 ) -> dict[str, Any]:
@@ -240,27 +306,19 @@ async def create_order(
     unless ``owner_id``/``org_unit_id`` say otherwise (needs ``assign``; the placement
     rule of :func:`crm_api.kit.transfer.check_placement`).
 
-    Everything is checked before the number is drawn: a rejected request leaves no gap in
-    the numbering. A request that fails after it (a concurrent order of yours with the
-    same external_ref, a database fault) does: a sequence value is never handed out twice."""
-    if data.customer_id is None:
-        raise _field_error(
-            "invalid_customer",
-            "Send customer_id.",
-            "customer_id",
-            "missing",
-            "required",
-        )
-    customer = await repo.customer_placement(session, access, data.customer_id)
-    if customer is None:
-        raise invalid_customer()
-    values = data.model_dump(exclude={"lines"})
-    values, placement = await lifecycle.prepare_create(
-        session, R, access, assign, values, users, default=customer
-    )
-    assert placement is not None
+    Lines are checked first (reads only), then the customer (a ``customer`` block is
+    upserted here), then the number is drawn: a rejected request leaves no gap in the
+    numbering. A request that fails after it (a concurrent order of yours with the same
+    external_ref, a database fault) does: a sequence value is never handed out twice."""
     currency = data.currency or rules.default_currency
     priced = await _price(session, data.lines, currency, rules)
+    customer_id, default = await _customer(session, access, rights, data)
+    values = data.model_dump(exclude={"lines", "customer"})
+    values["customer_id"] = customer_id
+    values, placement = await lifecycle.prepare_create(
+        session, R, access, assign, values, users, default=default
+    )
+    assert placement is not None
     actor = access.principal.id
     if data.external_ref is not None:
         existing = await repo.find_by_external_ref(session, actor, data.external_ref)
