@@ -34,6 +34,7 @@ from crm_api.kit.filtering import (
     time_range,
 )
 from crm_api.kit.resource import Executor, Placement, ScopedSelect
+from crm_api.kit.transfer import cast_table
 from crm_api.models.customer import Customer
 from crm_api.models.order import NUMBER_SEQUENCE, Order, OrderLine
 from crm_api.models.product import Product
@@ -235,9 +236,15 @@ async def is_visible(executor: Executor, access: Access, order_id: uuid.UUID) ->
 
 
 # --- lines ----------------------------------------------------------------------------------
+#: One compiled statement for every line insert: executed with a list of rows (asyncpg's
+#: executemany, one round trip), where ``.values(rows)`` built and compiled a new statement
+#: for each order (~1 ms of Python per order in the benchmark).
+_INSERT_LINE = insert(cast_table(OrderLine))
+
+
 async def insert_lines(session: AsyncSession, lines: Sequence[Mapping[str, Any]]) -> None:
     if lines:
-        await session.execute(insert(OrderLine).values(list(lines)))
+        await session.execute(_INSERT_LINE, list(lines))
 
 
 async def delete_lines(session: AsyncSession, order_id: uuid.UUID) -> None:
