@@ -425,3 +425,15 @@ async def test_one_key_in_flight_twice_makes_one_order(client, engine, world):
         "idempotency_key_reused",
     )
     assert await count_rows(engine, "orders") == 1
+
+
+async def test_ordered_products_and_customers_stay(client, engine, world):
+    """A product some line names is not deleted (409 product_in_use: deactivate it); a
+    customer with orders is not purged (409 customer_has_orders); the order is intact."""
+    product = await make_product(engine)
+    order = await create_order(client, world["customer"], line(product))
+    problem(await client.delete(f"/v1/products/{product['id']}"), 409, "product_in_use")
+    customer_url = f"/v1/customers/{world['customer']['id']}"
+    assert (await client.delete(customer_url)).status_code == 204
+    problem(await client.post(f"{customer_url}/purge"), 409, "customer_has_orders")
+    assert (await client.get(f"/v1/orders/{order['id']}")).json() == order
