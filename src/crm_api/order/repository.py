@@ -19,6 +19,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -147,27 +148,6 @@ async def get_row(executor: Executor, access: Access, order_id: uuid.UUID) -> di
 
 
 # --- what a new order refers to ----------------------------------------------------------------
-async def customer_placement(
-    executor: Executor,
-    customers: Access,
-    orders: Access,
-    customer_id: uuid.UUID,
-) -> Placement | None:
-    """The owner and unit of the live customer ``customer_id`` when ``customers`` (the
-    caller's customers ``read``) covers it and an order of the caller placed like it would
-    be inside ``orders`` (their orders ``create`` or ``read``); ``None`` otherwise. One
-    statement."""
-    creator = literal(orders.principal.id, Uuid())
-    stmt = select(cu.owner_id, cu.org_unit_id).where(
-        cu.id == customer_id,
-        cu.deleted_at.is_(None),
-        scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
-        scope_clause(orders, cu.owner_id, cu.org_unit_id, creator),
-    )
-    row = (await executor.execute(stmt)).first()
-    return Placement(row.owner_id, row.org_unit_id) if row is not None else None
-
-
 async def placement_in_scope(
     executor: Executor, orders: Access, placement: Placement, creator: uuid.UUID
 ) -> bool:
@@ -209,12 +189,57 @@ class ProductFacts:
     active: bool
 
 
-async def products(executor: Executor, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ProductFacts]:
-    """The live products among ``ids`` (active or not), by id."""
-    stmt = select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active).where(
+def _products_of(ids: Sequence[uuid.UUID]) -> Any:
+    return select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active).where(
         pr.id.in_(list(set(ids))), pr.deleted_at.is_(None)
     )
-    rows = (await executor.execute(stmt)).all()
+
+
+async def products_and_customer(
+    executor: Executor,
+    ids: Sequence[uuid.UUID],
+    customers: Access | None,
+    orders: Access,
+    customer_id: uuid.UUID,
+) -> tuple[dict[uuid.UUID, ProductFacts], Placement | None]:
+    """:func:`products`, and the owner and unit of the live customer ``customer_id`` when
+    ``customers`` (the caller's customers ``read``) covers it and an order of the caller
+    placed like it would be inside ``orders`` (their orders ``create``; else ``None``) —
+    in one round trip, as a new order needs both: the customer's row full-joined to the
+    products' (one row per product, the customer's columns on each; the customer's alone
+    when no product matched)."""
+    if customers is None:
+        return await products(executor, ids), None
+    creator = literal(orders.principal.id, Uuid())
+    c = (
+        select(literal(True).label("found"), cu.owner_id, cu.org_unit_id)
+        .where(
+            cu.id == customer_id,
+            cu.deleted_at.is_(None),
+            scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+            scope_clause(orders, cu.owner_id, cu.org_unit_id, creator),
+        )
+        .subquery("c")
+    )
+    p = _products_of(ids).subquery("p")
+    stmt = select(*p.c, c.c.found, c.c.owner_id, c.c.org_unit_id).select_from(
+        c.join(p, true(), full=True)
+    )
+    found: dict[uuid.UUID, ProductFacts] = {}
+    placement = None
+    for r in (await executor.execute(stmt)).all():
+        if r.id is not None:
+            found[r.id] = ProductFacts(
+                r.id, r.sku, r.name, r.list_price, r.currency, r.tax_rate, r.active
+            )
+        if r.found:
+            placement = Placement(r.owner_id, r.org_unit_id)
+    return found, placement
+
+
+async def products(executor: Executor, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ProductFacts]:
+    """The live products among ``ids`` (active or not), by id."""
+    rows = (await executor.execute(_products_of(ids))).all()
     return {r.id: ProductFacts(*r) for r in rows}
 
 

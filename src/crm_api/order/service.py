@@ -141,6 +141,16 @@ async def _price(
     """Every line's product checked (live, active, priced in ``currency``) and the lines
     priced; a problem naming the first line at fault otherwise. Reads only."""
     found = await repo.products(session, [line.product_id for line in lines])
+    return _priced(found, lines, currency, rules)
+
+
+def _priced(
+    found: dict[uuid.UUID, repo.ProductFacts],
+    lines: Sequence[OrderLineCreate],
+    currency: str,
+    rules: Rules,
+) -> Priced:
+    """:func:`_price` on products already read."""
     inputs: list[LineInput] = []
     for i, line in enumerate(lines):
         product = found.get(line.product_id)
@@ -246,7 +256,11 @@ class CustomerRights:
 
 
 async def _customer(
-    session: AsyncSession, access: Access, rights: CustomerRights, data: OrderCreate
+    session: AsyncSession,
+    access: Access,
+    rights: CustomerRights,
+    data: OrderCreate,
+    checked: Placement | None,
 ) -> tuple[uuid.UUID, Placement]:
     """The order's customer and its placement: ``customer_id`` checked (live, seen by the
     caller's customers ``read``, and an order placed like it inside their orders
@@ -284,14 +298,10 @@ async def _customer(
             "missing",
             "required",
         )
-    placement_or_none = None
-    if rights.read is not None:
-        placement_or_none = await repo.customer_placement(
-            session, rights.read, access, data.customer_id
-        )
-    if placement_or_none is None:
+    # ``checked``: read with the products (repository.products_and_customer)
+    if checked is None:
         raise invalid_customer()
-    return data.customer_id, placement_or_none
+    return data.customer_id, checked
 
 
 async def create_order(
@@ -311,8 +321,16 @@ async def create_order(
     numbering. A request that fails after it (a concurrent order of yours with the same
     external_ref, a database fault) does: a sequence value is never handed out twice."""
     currency = data.currency or rules.default_currency
-    priced = await _price(session, data.lines, currency, rules)
-    customer_id, default = await _customer(session, access, rights, data)
+    product_ids = [line.product_id for line in data.lines]
+    checked = None
+    if data.customer_id is not None and data.customer is None:
+        found, checked = await repo.products_and_customer(
+            session, product_ids, rights.read, access, data.customer_id
+        )
+    else:
+        found = await repo.products(session, product_ids)
+    priced = _priced(found, data.lines, currency, rules)
+    customer_id, default = await _customer(session, access, rights, data, checked)
     values = data.model_dump(exclude={"lines", "customer"})
     values["customer_id"] = customer_id
     values, placement = await lifecycle.prepare_create(
