@@ -28,6 +28,7 @@ Scoped = tuple[Callable[[Access], Select[Any]], ColumnElement[Any]]
 _SCOPE_TEXT = {
     ScopeKind.all: "every record",
     ScopeKind.own: "records the user owns",
+    ScopeKind.created_by_self: "records the user (or API client) created",
     ScopeKind.subordinates: "records the user or anyone reporting to them owns",
     ScopeKind.org_unit: "records of the user's org unit",
     ScopeKind.org_subtree: "records of the user's org unit and every unit below it",

@@ -76,6 +76,7 @@ def sensitive_clause(
     access: Access,
     owner_col: SQLColumnExpression[Any] | None,
     org_unit_col: SQLColumnExpression[Any] | None,
+    creator_col: SQLColumnExpression[Any] | None = None,
 ) -> ColumnElement[bool]:
     """True for the rows whose sensitive fields ``access`` may show unmasked: those inside
     the caller's ``read_sensitive`` scope (which may be narrower than what it reads)."""
@@ -83,7 +84,9 @@ def sensitive_clause(
         return true()
     if access.sensitive_scope is None:
         return false()
-    return scope_clause(replace(access, scope=access.sensitive_scope), owner_col, org_unit_col)
+    return scope_clause(
+        replace(access, scope=access.sensitive_scope), owner_col, org_unit_col, creator_col
+    )
 
 
 def per_row_sensitive(access: Access) -> bool:
@@ -108,11 +111,14 @@ def scope_clause(
     access: Access,
     owner_col: SQLColumnExpression[Any] | None,
     org_unit_col: SQLColumnExpression[Any] | None,
+    creator_col: SQLColumnExpression[Any] | None = None,
 ) -> ColumnElement[bool]:
     """A boolean SQL expression true exactly for the rows ``access`` covers.
 
-    ``owner_col``/``org_unit_col`` name the row's owner and org unit. A principal missing
-    what a scope needs (no org unit for ``org_unit``, say) matches nothing: fail closed.
+    ``owner_col``/``org_unit_col`` name the row's owner and org unit, ``creator_col`` who
+    created it (``created_by_self``). A principal missing what a scope needs (no org unit
+    for ``org_unit``, say), or a table without the column a scope is judged on (no creator
+    for ``created_by_self``), matches nothing: fail closed.
     """
     from crm_api.models.org_unit import OrgUnit
     from crm_api.models.user import User
@@ -124,6 +130,9 @@ def scope_clause(
     for kind in scope.kinds:
         if kind is ScopeKind.own and owner_col is not None:
             clauses.append(owner_col == principal.id)
+        elif kind is ScopeKind.created_by_self and creator_col is not None:
+            # an API client creates as its service account, whose id is the principal's
+            clauses.append(creator_col == principal.id)
         elif kind is ScopeKind.subordinates and owner_col is not None:
             clauses.append(owner_col == principal.id)
             if principal.manager_path:

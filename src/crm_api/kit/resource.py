@@ -57,10 +57,12 @@ ScopedSelect = NewType("ScopedSelect", Select[Any])
 class OwnerScoped:
     """Rows carry their own owner and org unit, which the scope applies to (``org_unit``
     ``None``: owned by a user and placed nowhere, as personal access tokens; the org
-    scopes then cover none)."""
+    scopes then cover none); and, with ``creator``, who created them (the
+    ``created_by_self`` scope; without it that scope covers none of the rows)."""
 
     owner: str = "owner_id"
     org_unit: str | None = "org_unit_id"
+    creator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,10 @@ class Samples:
     #: Records are made by their owner themself (a personal access token), not handed to
     #: them by the administrator.
     created_by_owner: bool = False
+    #: Records the sample refers to, made first (through their own samples, owned by the
+    #: same owner): ref name → registered resource name (orders: ``{"customer_id":
+    #: "customers", "product_id": "products"}``); their ids reach ``create`` in ``refs``.
+    requires: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -225,6 +231,16 @@ class Resource:
             return scoping.parent.placement_columns()
         return None, None
 
+    def creator_column(self) -> KeyedColumnElement[Any] | None:
+        """The column holding who created a row (the parent's for a child), for the
+        ``created_by_self`` scope; ``None``: that scope covers none of the rows."""
+        scoping = self.scoping
+        if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
+            return self.table.c[scoping.creator]
+        if isinstance(scoping, ParentScoped):
+            return scoping.parent.creator_column()
+        return None
+
     def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
         if not self.soft_delete:
             return None
@@ -249,7 +265,7 @@ def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
-        return scope_clause(access, owner, unit)
+        return scope_clause(access, owner, unit, resource.creator_column())
     if isinstance(scoping, ParentScoped):
         return _of_parents(resource, scoping, _parent_in_scope(scoping.parent, access))
     # reference data: every scope covers all of it, no scope none of it
@@ -277,7 +293,7 @@ def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
     ``read_sensitive`` scope (on the parent's owner and unit for a child). A constant, with
     no subquery, when the answer is the same for every row."""
     owner, unit = resource.placement_columns()
-    flag = sensitive_clause(access, owner, unit)
+    flag = sensitive_clause(access, owner, unit, resource.creator_column())
     scoping = resource.scoping
     if isinstance(scoping, ParentScoped) and per_row_sensitive(access):
         return _of_parents(resource, scoping, flag)
