@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result, TextClause
+from sqlalchemy import ColumnElement, Executable, Result, Table, TextClause, literal, select
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,7 @@ from crm_api.kit.resource import (
     unmasked_clause,
 )
 from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
+from crm_api.models.audit_event import AuditEvent
 
 
 class Users(Protocol):
@@ -401,12 +402,36 @@ async def insert_unless_exists(
         .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
         .returning(resource.id_column, *from_server)
     )
-    got = (await execute(session, resource, stmt, overrides)).mappings().first()
-    if got is None:
-        return None
     after = {c.key: row.get(c.key) for c in resource.columns}
-    after.update({c.key: got[c.key] for c in from_server})
-    _audit(session, access, resource, "create", row["id"], placement, None, after)
+    if from_server:
+        got = (await execute(session, resource, stmt, overrides)).mappings().first()
+        if got is None:
+            return None
+        after.update({c.key: got[c.key] for c in from_server})
+        _audit(session, access, resource, "create", row["id"], placement, None, after)
+    else:
+        # The record and its event in one statement, as :func:`insert` writes them: the
+        # event is selected from the insert's RETURNING, so a conflict writes neither.
+        event = audit.row(
+            access.principal,
+            action="create",
+            resource_type=resource.name,
+            resource_id=row["id"],
+            owner_id=placement.owner_id,
+            org_unit_id=placement.org_unit_id,
+            changes=audit.diff(None, after, resource.sensitive),
+            occurred_at=now,
+        )
+        created = stmt.cte("created")
+        events: Table = AuditEvent.__table__  # type: ignore[assignment]
+        fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
+        both = (
+            sql_insert(events)
+            .from_select(list(event), fields.select_from(created))
+            .returning(events.c.resource_id)
+        )
+        if (await execute(session, resource, both, overrides)).first() is None:
+            return None
     return await present(session, resource, access, after, placement)
 
 
