@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -268,6 +268,8 @@ async def prepare_create(
         users,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
+    if scoping.creator is not None:
+        placement = replace(placement, created_by=_acting_user(access))
     return values, placement
 
 
@@ -474,6 +476,7 @@ async def prepare_update(
         resource.sensitive,
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
+        created_by=placement.created_by,
     )
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped):
