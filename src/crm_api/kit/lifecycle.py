@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result, TextClause
+from sqlalchemy import ColumnElement, Executable, Result, Table, TextClause, literal, select
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +49,7 @@ from crm_api.kit.resource import (
     unmasked_clause,
 )
 from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
+from crm_api.models.audit_event import AuditEvent
 
 
 class Users(Protocol):
@@ -299,6 +300,8 @@ async def prepare_create(
         default,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
+    if scoping.creator is not None:
+        placement = replace(placement, created_by=_acting_user(access))
     return values, placement
 
 
@@ -455,12 +458,36 @@ async def insert_unless_exists(
         .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
         .returning(resource.id_column, *from_server)
     )
-    got = (await execute(session, resource, stmt, overrides)).mappings().first()
-    if got is None:
-        return None
     after = {c.key: row.get(c.key) for c in resource.columns}
-    after.update({c.key: got[c.key] for c in from_server})
-    _audit(session, access, resource, "create", row["id"], placement, None, after)
+    if from_server:
+        got = (await execute(session, resource, stmt, overrides)).mappings().first()
+        if got is None:
+            return None
+        after.update({c.key: got[c.key] for c in from_server})
+        _audit(session, access, resource, "create", row["id"], placement, None, after)
+    else:
+        # The record and its event in one statement, as :func:`insert` writes them: the
+        # event is selected from the insert's RETURNING, so a conflict writes neither.
+        event = audit.row(
+            access.principal,
+            action="create",
+            resource_type=resource.name,
+            resource_id=row["id"],
+            owner_id=placement.owner_id,
+            org_unit_id=placement.org_unit_id,
+            changes=audit.diff(None, after, resource.sensitive),
+            occurred_at=now,
+        )
+        created = stmt.cte("created")
+        events: Table = AuditEvent.__table__  # type: ignore[assignment]
+        fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
+        both = (
+            sql_insert(events)
+            .from_select(list(event), fields.select_from(created))
+            .returning(events.c.resource_id)
+        )
+        if (await execute(session, resource, both, overrides)).first() is None:
+            return None
     return await present(session, resource, access, after, placement)
 
 
@@ -503,6 +530,7 @@ async def prepare_update(
         resource.sensitive,
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
+        created_by=placement.created_by,
     )
     resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping

@@ -111,6 +111,8 @@ class Placement:
 
     owner_id: uuid.UUID | None
     org_unit_id: uuid.UUID | None
+    #: Who created it, for a resource that records it (the ``created_by_self`` scope).
+    created_by: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +323,9 @@ def scoped_entity(resource: Resource, access: Access, *, deleted: bool = False) 
         parent = scoping.parent
         owner, unit = parent.placement_columns()
         assert owner is not None and unit is not None, "a parent must be owner-scoped"
-        stmt = select(resource.model, owner, unit).join(
+        creator = parent.creator_column()
+        extra = [creator] if creator is not None else []
+        stmt = select(resource.model, owner, unit, *extra).join(
             parent.table, parent.id_column == resource.table.c[scoping.foreign_key]
         )
         clauses.append(_parent_in_scope(parent, access))
@@ -439,7 +443,7 @@ async def present(
         row[UNMASKED] = access.sensitive
     else:
         row[UNMASKED] = await unmasked_for(
-            session, access, placement.owner_id, placement.org_unit_id
+            session, access, placement.owner_id, placement.org_unit_id, placement.created_by
         )
     return mask_row(resource, access, row)
 
@@ -481,7 +485,8 @@ class Locked:
         scoping = self.resource.scoping
         if isinstance(scoping, OwnerScoped):
             unit = getattr(self.row, scoping.org_unit) if scoping.org_unit else None
-            return Placement(getattr(self.row, scoping.owner), unit)
+            creator = getattr(self.row, scoping.creator) if scoping.creator else None
+            return Placement(getattr(self.row, scoping.owner), unit, creator)
         if isinstance(scoping, UnitScoped):
             return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
@@ -507,5 +512,5 @@ async def lock(
     if row is None:
         return None
     if isinstance(resource.scoping, ParentScoped):
-        return Locked(resource, row[0], Placement(row[1], row[2]))
+        return Locked(resource, row[0], Placement(*row[1:]))
     return Locked(resource, row[0])
