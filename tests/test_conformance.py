@@ -93,18 +93,34 @@ async def make_world(engine: AsyncEngine) -> World:
     )
 
 
-async def make_record(
+async def sample_refs(
     subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A record owned by ``owner`` (through its parent for a child), created by the
-    administrator: ``(response body, body sent)``."""
+) -> dict[str, str]:
+    """What a sample body of ``subject`` refers to: its owner, a fresh unique string, and
+    the records it needs made first (its parent, ``Samples.requires``), owned by
+    ``owner``."""
     refs = {"owner_id": str(owner["id"]), "unique": uuid.uuid4().hex}
     scoping = subject.resource.scoping
     if isinstance(scoping, ParentScoped):
         parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, owner)
         refs["parent_id"] = parent["id"]
-    sent = subject.samples.create(refs)
-    response = await admin.post(subject.path, json=sent)
+    for ref, name in subject.samples.requires.items():
+        made, _ = await make_record(replace(subject, resource=REGISTRY[name]), admin, owner)
+        refs[ref] = made["id"]
+    return refs
+
+
+async def make_record(
+    subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record owned by ``owner`` (through its parent for a child), created by the
+    administrator: ``(response body, body sent)``."""
+    sent = subject.samples.create(await sample_refs(subject, admin, owner))
+    if subject.samples.created_by_owner:
+        async with as_user(subject, owner) as own:
+            response = await own.post(subject.path, json=sent)
+    else:
+        response = await admin.post(subject.path, json=sent)
     assert response.status_code == 201, response.text
     return response.json(), sent
 
@@ -139,12 +155,17 @@ async def check_outsider_sees_nothing(subject: Subject) -> None:
         assert_whitelisted(subject, owned.json())
         assert record["id"] not in await ids_listed(outsider, subject.path)
         problem(await outsider.get(url), 404, code)
-        problem(await outsider.patch(url, json=subject.samples.patch), 404, code)
+        if subject.samples.patch is not None:
+            problem(await outsider.patch(url, json=subject.samples.patch), 404, code)
         problem(await outsider.delete(url), 404, code)
         if subject.samples.search is not None:
             q = subject.samples.search
             assert record["id"] in await ids_listed(owner, subject.path, q=q)
             assert record["id"] not in await ids_listed(outsider, subject.path, q=q)
+        if not subject.resource.soft_delete:
+            # no trash: the record is still there, and its owner still reaches it
+            assert (await owner.get(url)).status_code == 200
+            return
         # the trash, and restoring from it
         assert (await admin.delete(url)).status_code == 204
         assert record["id"] in await ids_listed(owner, subject.path, deleted="true")
@@ -292,12 +313,7 @@ async def check_idempotent_create(subject: Subject) -> None:
     w = await make_world(subject.engine)
     table = subject.resource.table.name
     async with as_user(subject, w.admin) as admin:
-        refs = {"owner_id": str(w.owner["id"]), "unique": uuid.uuid4().hex}
-        scoping = subject.resource.scoping
-        if isinstance(scoping, ParentScoped):
-            parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, w.owner)
-            refs["parent_id"] = parent["id"]
-        body = subject.samples.create(refs)
+        body = subject.samples.create(await sample_refs(subject, admin, w.owner))
         before = await count_rows(subject.engine, table)
         key = {"Idempotency-Key": uuid.uuid4().hex}
         first = await admin.post(subject.path, json=body, headers=key)
@@ -321,7 +337,9 @@ async def check_bad_input(subject: Subject) -> None:
     table = subject.resource.table.name
     tables = (table, "audit_events", "idempotency_keys")
     limit = subject.app.state.settings.max_body_bytes
-    async with as_user(subject, w.admin) as admin:
+    # the one who writes such records: the administrator, or the owner of their own
+    writer = w.owner if subject.samples.created_by_owner else w.admin
+    async with as_user(subject, writer) as admin:
         record, sent = await make_record(subject, admin, w.owner)
         url = subject.url(record)
         counts = [await count_rows(subject.engine, t) for t in tables]
@@ -347,10 +365,15 @@ async def check_bad_input(subject: Subject) -> None:
         problem(
             await admin.post(subject.path, content=huge, headers=JSON), 413, "payload_too_large"
         )
-        problem(await admin.patch(url, json={"bogus": 1}), 422, "validation_error")
-        problem(await admin.patch(url, json=wrong), 422, "validation_error")
-        problem(await admin.patch(url, content=huge, headers=JSON), 413, "payload_too_large")
-        problem(await admin.patch(url, content=b"{", headers=JSON), 400, "malformed_json")
+        if subject.samples.patch is not None:
+            problem(await admin.patch(url, json={"bogus": 1}), 422, "validation_error")
+            problem(await admin.patch(url, json=wrong), 422, "validation_error")
+            problem(await admin.patch(url, content=huge, headers=JSON), 413, "payload_too_large")
+            problem(await admin.patch(url, content=b"{", headers=JSON), 400, "malformed_json")
+        else:
+            problem(
+                await admin.post(subject.path, content=b"{", headers=JSON), 400, "malformed_json"
+            )
         problem(
             await admin.get(subject.path, params={"cursor": "not-a-cursor!!"}),
             400,

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from crm_api.api_client import schemas as api_client_schemas
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
@@ -26,11 +27,14 @@ from crm_api.kit.resource import (
 )
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
-from crm_api.models.identity import Role
+from crm_api.models.identity import ApiClient, PersonalAccessToken, Role
+from crm_api.models.order import Order
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.product import Product
 from crm_api.models.user import User
+from crm_api.order import schemas as order_schemas
 from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.pat import schemas as pat_schemas
 from crm_api.product import schemas as product_schemas
 from crm_api.role import schemas as role_schemas
 from crm_api.user import schemas as user_schemas
@@ -66,14 +70,21 @@ CUSTOMERS = Resource(
     label="customer",
     model=Customer,
     schema=customer_schemas.Customer,
-    scoping=OwnerScoped(),
+    scoping=OwnerScoped(creator="created_by"),
     sorts=customer_schemas.CustomerSort,
     not_found_code="customer_not_found",
     sensitive=("bank_account", "tax_number"),
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),
         "uq_customers_tax_number_live": lambda: _customer_duplicate("tax_number"),
+        "uq_customers_email_key_live": lambda: _customer_duplicate("email"),
+        "uq_customers_phone_key_live": lambda: _customer_duplicate("phone"),
         "fk_customers_org_unit_id_org_units": _no_such_org_unit,
+        # purging a customer some order names (orders are kept: they are the books)
+        "fk_orders_customer_id_customers": lambda: Conflict(
+            "The customer has orders and cannot be purged; it stays in the trash.",
+            code="customer_has_orders",
+        ),
     },
     samples=Samples(
         path="/v1/customers",
@@ -133,6 +144,11 @@ USERS = Resource(
     sorts=user_schemas.UserSort,
     not_found_code="user_not_found",
     soft_delete=False,
+    constraints={
+        "uq_users_email_lower": lambda: Conflict(
+            "Another user has this e-mail address.", code="email_taken", field="email"
+        ),
+    },
     derived=("roles",),
     grant_group="none",
     samples=Samples(
@@ -269,7 +285,117 @@ PRODUCTS = Resource(
     ),
 )
 
+
+def _api_client_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"Storefront {refs['unique'][:8]}", "roles": ["partner"]}
+
+
+API_CLIENTS = Resource(
+    name="api_clients",
+    label="API client",
+    model=ApiClient,
+    schema=api_client_schemas.ApiClient,
+    # Owned by whoever created it, placed in its service account's unit (docs/access-model.md).
+    # The secret hashes are no field of the schema: no read can return them.
+    scoping=OwnerScoped(),
+    sorts=api_client_schemas.ApiClientSort,
+    not_found_code="api_client_not_found",
+    soft_delete=False,
+    derived=("roles",),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/api-clients",
+        create=_api_client_sample,
+        patch={"name": "Storefront (renamed)"},
+        wrong_type={"name": 42},
+        search="Storefront",
+        # no Idempotency-Key on create: a replay would have to keep the secret in clear
+        checks=_SETTINGS_CHECKS - {"idempotent_create"},
+    ),
+)
+
+
+def _token_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": f"nightly export {refs['unique'][:8]}",
+        "permissions": [{"resource": "customers", "action": "read"}],
+        "expires_in_days": 30,
+    }
+
+
+PERSONAL_ACCESS_TOKENS = Resource(
+    name="personal_access_tokens",
+    label="personal access token",
+    model=PersonalAccessToken,
+    schema=pat_schemas.PersonalAccessToken,
+    # Only ever its owner's, by being signed in (no grant reaches another user's tokens).
+    # The token itself is a signed JWT, never stored: no column could return it.
+    scoping=OwnerScoped(owner="user_id", org_unit=None),
+    sorts=pat_schemas.PersonalAccessTokenSort,
+    not_found_code="token_not_found",
+    soft_delete=False,
+    grant_group="self",
+    samples=Samples(
+        path="/v1/me/tokens",
+        create=_token_sample,
+        patch=None,
+        wrong_type={"name": 42},
+        checks=frozenset({"outsider_sees_nothing", "bad_input"}),
+        created_by_owner=True,
+    ),
+)
+
+
+def _order_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "customer_id": refs["customer_id"],
+        "channel": "web",
+        "external_ref": f"shop-{refs['unique']}",
+        "lines": [
+            {"product_id": refs["product_id"], "quantity": "2"},
+            {"product_id": refs["product_id"], "quantity": "1", "discount": "1.00"},
+        ],
+        "shipping_address": {"name": "李娜", "line1": "世纪大道 100 号", "city": "上海"},
+    }
+
+
+ORDERS = Resource(
+    name="orders",
+    label="order",
+    model=Order,
+    schema=order_schemas.Order,
+    # Owned like a customer's record; placed like its customer unless an assigner says
+    # otherwise (crm_api/order/service.py); ``created_by`` is who posted it (the
+    # storefront role reads the orders it posted).
+    scoping=OwnerScoped(creator="created_by"),
+    sorts=order_schemas.OrderSort,
+    not_found_code="order_not_found",
+    derived=("lines",),
+    constraints={
+        "fk_orders_org_unit_id_org_units": _no_such_org_unit,
+    },
+    samples=Samples(
+        path="/v1/orders",
+        create=_order_sample,
+        patch={"notes": "changed"},
+        wrong_type={"channel": 42},
+        search="shop-",
+        requires={"customer_id": "customers", "product_id": "products"},
+    ),
+)
+
 #: Every registered resource, by its Casbin name.
 REGISTRY: dict[str, Resource] = {
-    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES, PRODUCTS)
+    r.name: r
+    for r in (
+        CUSTOMERS,
+        CONTACTS,
+        USERS,
+        ORG_UNITS,
+        ROLES,
+        PRODUCTS,
+        API_CLIENTS,
+        PERSONAL_ACCESS_TOKENS,
+        ORDERS,
+    )
 }

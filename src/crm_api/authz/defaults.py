@@ -22,6 +22,10 @@ BUILTIN_ROLES: dict[str, str] = {
     "marketer": "Segments and campaigns: reads and exports every customer.",
     "staff": "General user: their own records.",
     "partner": "API client of a partner or storefront: its own records only.",
+    "storefront": (
+        "API client of an online shop: creates orders and upserts customers; reads only the "
+        "orders and customers it created."
+    ),
 }
 
 
@@ -80,6 +84,12 @@ DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "partner": [
         *_grants(BUSINESS, ("read", "create", "update"), "own"),
+    ],
+    # Not the business group: exactly these, over what the client itself created (a
+    # customer it made stays its own after a manager hands it to a rep). Migration 0009.
+    "storefront": [
+        *_grants(("customers",), ("read", "create", "update"), "created_by_self"),
+        *_grants(("orders",), ("read", "create"), "created_by_self"),
     ],
 }
 
