@@ -204,7 +204,7 @@ ROLES = Resource(
         patch={"description": "华南区域销售"},
         wrong_type={"description": 42},
         search="华东区域",
-        checks=_SETTINGS_CHECKS,
+        checks=_SETTINGS_CHECKS | {"reference_data"},
     ),
 )
 

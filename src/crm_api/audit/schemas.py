@@ -20,8 +20,9 @@ class AuditEventSort(StrEnum):
 
 class AuditResource(StrEnum):
     """The resources whose changes are audited (each domain service's ``RESOURCE``); a
-    filter on anything else is a 422, not a silently empty list. A new audited domain adds
-    its name here (tests/test_contract.py checks every service's ``RESOURCE`` is listed)."""
+        filter on anything else is a 422, not a silently empty list. A new audited domain adds
+        its name here (tests/test_contract.py checks every service's ``RESOURCE`` and every
+    registered resource is listed)."""
 
     api_clients = "api_clients"
     contacts = "contacts"
@@ -29,7 +30,9 @@ class AuditResource(StrEnum):
     orders = "orders"
     org_units = "org_units"
     personal_access_tokens = "personal_access_tokens"
+    products = "products"
     roles = "roles"
+    system_settings = "system_settings"
     users = "users"
 
 

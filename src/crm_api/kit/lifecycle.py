@@ -263,6 +263,7 @@ async def prepare_create(
     org unit resolved and placed (:func:`place_new`, ``default`` its default placement;
     needs ``users``), returned as the record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
+    resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if not isinstance(scoping, OwnerScoped):
         return values, None
@@ -464,6 +465,7 @@ async def prepare_update(
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
     )
+    resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped):
         assert users is not None, "an owned resource needs users to check owner changes"

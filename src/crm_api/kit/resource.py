@@ -21,13 +21,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, exists, false, func, select
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.expression import exists, false
+from sqlalchemy.types import Numeric
 
 from crm_api.authz.scope import (
     UNMASKED,
@@ -90,9 +93,9 @@ class Reference:
     naming a product): :func:`crm_api.kit.lifecycle.soft_delete` and ``purge`` refuse with
     ``error`` while one exists. The table is looked up by name in the models' metadata, so
     a reference to a table a later migration adds is declared before it exists and checked
-    from the moment its model is part of the build."""
+    from the moment its model is part of the build (a ``Table`` is used as given)."""
 
-    table: str
+    table: str | Table
     column: str
     error: Callable[[], ProblemError]
 
@@ -155,6 +158,8 @@ class Resource:
     not_found_code: str
     sensitive: tuple[str, ...] = ()
     soft_delete: bool = True
+    #: What keeps a record from being deleted (order lines → products).
+    referenced_by: tuple[Reference, ...] = ()
     #: Constraint name → the error a violation of it means (the safety net behind explicit
     #: checks: a concurrent writer won the index between our check and our write).
     constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
@@ -164,8 +169,6 @@ class Resource:
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
     derived: tuple[str, ...] = ()
-    #: What keeps a record from being deleted (order lines → products).
-    referenced_by: tuple[Reference, ...] = ()
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -173,6 +176,8 @@ class Resource:
     sort_columns: dict[str, SortColumn] = field(init=False)
     _live: Select[Any] = field(init=False)
     _trash: Select[Any] = field(init=False)
+    #: ``numeric(p, s)`` columns → the quantum of their scale (``Decimal("0.0001")``).
+    decimal_scales: dict[str, Decimal] = field(init=False)
 
     def __post_init__(self) -> None:
         table: Table = self.model.__table__
@@ -195,6 +200,11 @@ class Resource:
             self._trash = base.where(table.c.deleted_at.is_not(None))
         else:
             self._live = self._trash = base
+        self.decimal_scales = {
+            c.key: Decimal(1).scaleb(-c.type.scale)
+            for c in self.columns
+            if isinstance(c.type, Numeric) and c.type.scale is not None
+        }
 
     # --- errors -------------------------------------------------------------------------
     def not_found(self, record_id: uuid.UUID, *, detail: str | None = None) -> NotFound:
@@ -230,11 +240,21 @@ class Resource:
         col = self.table.c.deleted_at
         return col.is_not(None) if deleted else col.is_(None)
 
+    def canonical(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with each Decimal of a ``numeric(p, s)`` column at the column's scale,
+        as PostgreSQL stores it: a create or update answers (and audits) ``"12.5000"``,
+        the same string a later read gives, not the ``"12.5"`` that was sent; and "no real
+        change" compares like with like."""
+        for key, quantum in self.decimal_scales.items():
+            value = values.get(key)
+            if isinstance(value, Decimal):
+                values[key] = value.quantize(quantum, rounding=ROUND_HALF_UP)
+        return values
+
 
 # --- scope ---------------------------------------------------------------------------------
 def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
-    """The scope predicate on ``resource``'s rows (``None``: every row, as for reference
-    data under any scope)."""
+    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
@@ -417,7 +437,11 @@ async def referenced(
     record (one indexed ``EXISTS`` each); ``None`` when nothing does or the referencing
     table is not part of this build."""
     for ref in resource.referenced_by:
-        table = resource.table.metadata.tables.get(ref.table)
+        table = (
+            ref.table
+            if isinstance(ref.table, Table)
+            else resource.table.metadata.tables.get(ref.table)
+        )
         if table is None:
             continue
         stmt = select(exists().where(table.c[ref.column] == record_id))

@@ -159,6 +159,26 @@ class Product(OutputModel):
     deleted_at: datetime | None
     version: int
 
+    model_config = {
+        "from_attributes": True,
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": "3f2b8c1e-7d4a-4e0b-9a51-6c2d8e9f0a17",
+                    **_CREATE_EXAMPLE,
+                    "list_price": "2599.0000",
+                    "tax_rate": "0.1300",
+                    "description": None,
+                    "active": True,
+                    "created_at": "2026-12-02T09:30:00Z",
+                    "updated_at": "2026-12-02T09:30:00Z",
+                    "deleted_at": None,
+                    "version": 1,
+                }
+            ]
+        },
+    }
+
 
 class ProductListQuery(ListQuery):
     sort: str = sort_field(ProductSort, "-created_at")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import MISSING, BaseModel, ConfigDict, Field
+from pydantic import MISSING, BaseModel, ConfigDict, Field, Strict
 
 from crm_api.kit.money import Currency, Rate
 from crm_api.kit.schemas import InputModel, Omittable
@@ -19,15 +19,18 @@ NumberPrefix = Annotated[
         description="Up to 16 characters of A-Z, a-z, 0-9 and `_ . / -` (may be empty).",
     ),
 ]
-Hours = Annotated[int, Field(ge=1, le=8760, description="Hours (1 … 8760).")]
-Days = Annotated[int, Field(ge=0, le=365, description="Days (0 … 365).")]
+Hours = Annotated[int, Strict(), Field(ge=1, le=8760, description="Hours (1 … 8760).")]
+Days = Annotated[int, Strict(), Field(ge=0, le=365, description="Days (0 … 365).")]
 
 Category = Annotated[str, Field(min_length=1, max_length=100)]
 DecimalPlaces = Annotated[
-    int, Field(ge=0, le=4, description="Decimal places money amounts are rounded to (0 … 4).")
+    int,
+    Strict(),
+    Field(ge=0, le=4, description="Decimal places money amounts are rounded to (0 … 4)."),
 ]
 ClaimLimit = Annotated[
     int,
+    Strict(),
     Field(
         ge=0,
         le=100_000,
@@ -36,6 +39,7 @@ ClaimLimit = Annotated[
 ]
 ReturnDays = Annotated[
     int,
+    Strict(),
     Field(
         ge=1,
         le=3650,
@@ -51,10 +55,10 @@ class SlaHours(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    urgent: Hours = 4
-    high: Hours = 8
-    normal: Hours = 24
-    low: Hours = 72
+    urgent: Hours
+    high: Hours
+    normal: Hours
+    low: Hours
 
 
 class CommissionRates(BaseModel):
@@ -63,7 +67,7 @@ class CommissionRates(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default: Rate = Decimal("0.03")
+    default: Rate
     by_product_category: dict[Category, Rate] = Field(
         default_factory=dict, max_length=200, examples=[{"打印机": "0.05"}]
     )
@@ -89,9 +93,12 @@ class SystemSettings(BaseModel):
         default=7, description="Remind this many days before a receivable falls due."
     )
     sla_hours: SlaHours = Field(
-        default_factory=SlaHours, description="Service-ticket resolution targets by priority."
+        default_factory=lambda: SlaHours(urgent=4, high=8, normal=24, low=72),
+        description="Service-ticket resolution targets by priority.",
     )
-    commission_rates: CommissionRates = Field(default_factory=CommissionRates)
+    commission_rates: CommissionRates = Field(
+        default_factory=lambda: CommissionRates(default=Decimal("0.03"))
+    )
     customer_pool_claim_limit: ClaimLimit = 50
     customer_pool_return_days: ReturnDays = 30
 
@@ -102,7 +109,10 @@ class SystemSettingsOut(SystemSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int = Field(description='Bumped by every change; the ETag is `W/"<version>"`.')
+    version: int = Field(
+        description='Bumped by every change (0 until the first); the ETag is `"<version>"`.',
+        examples=[3],
+    )
 
 
 class SystemSettingsUpdate(InputModel):
