@@ -120,6 +120,14 @@ SCENARIOS: list[Scenario] = [
         headers=(("Idempotency-Key", "bench-{n}"),),
         groups=("writes",),
     ),
+    Scenario(
+        "upsert_new",
+        "upsert a new customer: PUT /v1/customers/by-external-ref/{n}",
+        "/v1/customers/by-external-ref/bench-{n}",
+        method="PUT",
+        body=CREATE_BODY,
+        groups=("writes",),
+    ),
     Scenario("search", "search: Chinese substring q", "/v1/customers?q={q}&limit=50", explain=True),
     # Per-role data scopes (run with --scenarios roles; most telling at 1,000,000 customers).
     Scenario(
@@ -571,6 +579,7 @@ async def _py_client(
         body = b""
         counter += 1
         token = f"{run_id}-{counter}"
+        path = path.replace("{n}", token)
         head = head_template.replace("{n}", token)
         if job.body is not None:
             body = job.body.replace("{n}", token).encode()
@@ -1007,6 +1016,7 @@ class Runner:
         path = job.path
         if job.ids_file and "{id}" in path:
             path = path.replace("{id}", Path(job.ids_file).read_text().split()[0])
+        path = path.replace("{n}", f"{self.run_id}-preflight")
         body = job.body.replace("{n}", f"{self.run_id}-preflight").encode() if job.body else None
         headers = {k: v.replace("{n}", f"{self.run_id}-preflight") for k, v in job.headers.items()}
         if body is not None:

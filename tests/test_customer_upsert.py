@@ -86,6 +86,20 @@ async def test_put_creates_then_updates_only_what_is_sent(client, admin_user, en
     assert same.status_code == 200 and same.json()["version"] == 2  # nothing changed
     assert await _events(engine, row["id"]) == ["create", "update"]
     assert await count_rows(engine, "customers") == 1
+    async with engine.connect() as conn:
+        event = (
+            await conn.execute(
+                text(
+                    "SELECT actor_type, actor_id, owner_id, changes, request_id FROM audit_events"
+                    " WHERE resource_id = :id AND action = 'create'"
+                ),
+                {"id": row["id"]},
+            )
+        ).one()
+    assert event.actor_type == "user" and event.actor_id == admin_user["id"]
+    assert event.owner_id == admin_user["id"] and event.request_id
+    assert event.changes["name"] == {"before": None, "after": "李伟 Li Wei"}
+    assert event.changes["external_ref"]["after"] == "shop-cust-10042"
 
 
 async def test_if_match_is_honoured_on_update_and_refused_on_create(client, engine):

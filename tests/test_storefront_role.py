@@ -248,3 +248,62 @@ async def test_a_manager_cannot_make_a_storefront_client(app, client, client_for
     body = problem(refused, 403, "role_not_grantable")
     assert body["refused"] == ["storefront"]
     assert await count_rows(engine, "api_clients") == 0
+
+
+# --- created_by_self beyond the storefront ---------------------------------------------------
+
+
+async def test_read_sensitive_over_created_by_self_unmasks_exactly_what_one_created(
+    client, client_for, engine
+):
+    """The scope is one predicate everywhere: a role reading every customer but seeing
+    sensitive fields only on those it created gets them unmasked on exactly those — in
+    lists, single reads, write responses and the masked write-back rule — and on their
+    contacts (scoped through the customer)."""
+    role = (await client.post("/v1/roles", json={"name": "data_steward"})).json()
+    for resource, action, scope in [
+        ("customers", "read", "all"),
+        ("customers", "create", "own"),
+        ("customers", "update", "all"),
+        ("customers", "read_sensitive", "created_by_self"),
+        ("contacts", "read", "all"),
+        ("contacts", "read_sensitive", "created_by_self"),
+    ]:
+        granted = await client.post(
+            f"/v1/roles/{role['id']}/grants",
+            json={"resource": resource, "action": action, "scope": scope},
+        )
+        assert granted.status_code == 201, granted.text
+    steward = await client_for(await make_user(engine, roles=("data_steward",)))
+    account = "6222020200112233445"
+    mine = await steward.post("/v1/customers", json={"name": "Mine", "bank_account": account})
+    assert mine.status_code == 201 and mine.json()["bank_account"] == account
+    theirs = await client.post("/v1/customers", json={"name": "Theirs", "bank_account": account})
+    mine_id, theirs_id = mine.json()["id"], theirs.json()["id"]
+    for contact_of in (mine_id, theirs_id):
+        made = await client.post(
+            "/v1/contacts",
+            json={"customer_id": contact_of, "name": "王芳", "mobile": "13800138000"},
+        )
+        assert made.status_code == 201
+    listed = {c["id"]: c for c in (await steward.get("/v1/customers")).json()["data"]}
+    assert listed[mine_id]["bank_account"] == account
+    assert listed[theirs_id]["bank_account"] == "****3445"
+    assert (await steward.get(f"/v1/customers/{theirs_id}")).json()["bank_account"] == "****3445"
+    # write responses and the masked write-back rule judge by the creator too
+    patched = await steward.patch(f"/v1/customers/{mine_id}", json={"notes": "x"})
+    assert patched.json()["bank_account"] == account
+    echoed = await steward.patch(
+        f"/v1/customers/{theirs_id}", json={"notes": "y", "bank_account": "****3445"}
+    )
+    assert echoed.status_code == 200 and echoed.json()["bank_account"] == "****3445"
+    problem(
+        await steward.patch(f"/v1/customers/{mine_id}", json={"bank_account": "****3445"}),
+        422,
+        "masked_value",
+    )
+    contacts = (await steward.get("/v1/contacts")).json()["data"]
+    shown = {c["customer_id"]: c["mobile"] for c in contacts}
+    assert shown[mine_id] == "13800138000" and shown[theirs_id] == "****8000"
+    real = await client.get(f"/v1/customers/{theirs_id}")
+    assert real.json()["bank_account"] == account

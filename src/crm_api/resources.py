@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from crm_api.api_client import schemas as api_client_schemas
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
@@ -26,13 +27,14 @@ from crm_api.kit.resource import (
 )
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
-from crm_api.models.identity import Role
+from crm_api.models.identity import ApiClient, PersonalAccessToken, Role
 from crm_api.models.order import Order
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.product import Product
 from crm_api.models.user import User
 from crm_api.order import schemas as order_schemas
 from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.pat import schemas as pat_schemas
 from crm_api.product import schemas as product_schemas
 from crm_api.role import schemas as role_schemas
 from crm_api.user import schemas as user_schemas
@@ -142,6 +144,11 @@ USERS = Resource(
     sorts=user_schemas.UserSort,
     not_found_code="user_not_found",
     soft_delete=False,
+    constraints={
+        "uq_users_email_lower": lambda: Conflict(
+            "Another user has this e-mail address.", code="email_taken", field="email"
+        ),
+    },
     derived=("roles",),
     grant_group="none",
     samples=Samples(
@@ -279,6 +286,66 @@ PRODUCTS = Resource(
 )
 
 
+def _api_client_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"Storefront {refs['unique'][:8]}", "roles": ["partner"]}
+
+
+API_CLIENTS = Resource(
+    name="api_clients",
+    label="API client",
+    model=ApiClient,
+    schema=api_client_schemas.ApiClient,
+    # Owned by whoever created it, placed in its service account's unit (docs/access-model.md).
+    # The secret hashes are no field of the schema: no read can return them.
+    scoping=OwnerScoped(),
+    sorts=api_client_schemas.ApiClientSort,
+    not_found_code="api_client_not_found",
+    soft_delete=False,
+    derived=("roles",),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/api-clients",
+        create=_api_client_sample,
+        patch={"name": "Storefront (renamed)"},
+        wrong_type={"name": 42},
+        search="Storefront",
+        # no Idempotency-Key on create: a replay would have to keep the secret in clear
+        checks=_SETTINGS_CHECKS - {"idempotent_create"},
+    ),
+)
+
+
+def _token_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": f"nightly export {refs['unique'][:8]}",
+        "permissions": [{"resource": "customers", "action": "read"}],
+        "expires_in_days": 30,
+    }
+
+
+PERSONAL_ACCESS_TOKENS = Resource(
+    name="personal_access_tokens",
+    label="personal access token",
+    model=PersonalAccessToken,
+    schema=pat_schemas.PersonalAccessToken,
+    # Only ever its owner's, by being signed in (no grant reaches another user's tokens).
+    # The token itself is a signed JWT, never stored: no column could return it.
+    scoping=OwnerScoped(owner="user_id", org_unit=None),
+    sorts=pat_schemas.PersonalAccessTokenSort,
+    not_found_code="token_not_found",
+    soft_delete=False,
+    grant_group="self",
+    samples=Samples(
+        path="/v1/me/tokens",
+        create=_token_sample,
+        patch=None,
+        wrong_type={"name": 42},
+        checks=frozenset({"outsider_sees_nothing", "bad_input"}),
+        created_by_owner=True,
+    ),
+)
+
+
 def _order_sample(refs: Mapping[str, str]) -> dict[str, Any]:
     return {
         "customer_id": refs["customer_id"],
@@ -319,5 +386,16 @@ ORDERS = Resource(
 
 #: Every registered resource, by its Casbin name.
 REGISTRY: dict[str, Resource] = {
-    r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES, PRODUCTS, ORDERS)
+    r.name: r
+    for r in (
+        CUSTOMERS,
+        CONTACTS,
+        USERS,
+        ORG_UNITS,
+        ROLES,
+        PRODUCTS,
+        API_CLIENTS,
+        PERSONAL_ACCESS_TOKENS,
+        ORDERS,
+    )
 }

@@ -18,6 +18,8 @@ class AuditEventSort(StrEnum):
     occurred_at = "occurred_at"
 
 
+# Every registered resource (crm_api/resources.py) is listed: tests/test_contract.py checks.
+# (The docstring below is the published description in OpenAPI, so it stays as it is.)
 class AuditResource(StrEnum):
     """The resources whose changes are audited (each domain service's ``RESOURCE``); a
         filter on anything else is a 422, not a silently empty list. A new audited domain adds

@@ -96,14 +96,22 @@ def per_row_sensitive(access: Access) -> bool:
 
 
 async def unmasked_for(
-    session: AsyncSession, access: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None
+    session: AsyncSession,
+    access: Access,
+    owner_id: uuid.UUID,
+    org_unit_id: uuid.UUID | None,
+    created_by: uuid.UUID | None = None,
 ) -> bool:
-    """The :data:`UNMASKED` flag of a record owned by ``owner_id`` in ``org_unit_id`` (a row
-    just written, read with no flag): :func:`sensitive_clause` evaluated on the values, with
-    no round trip when the answer is the same for every row."""
+    """The :data:`UNMASKED` flag of a record owned by ``owner_id`` in ``org_unit_id`` and
+    created by ``created_by`` (a row just written, read with no flag; no creator: the
+    ``created_by_self`` scope covers it not): :func:`sensitive_clause` evaluated on the
+    values, with no round trip when the answer is the same for every row."""
     if not per_row_sensitive(access):
         return access.sensitive
-    clause = sensitive_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
+    creator = literal(created_by, Uuid()) if created_by is not None else None
+    clause = sensitive_clause(
+        access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()), creator
+    )
     return bool((await session.execute(select(clause))).scalar())
 
 

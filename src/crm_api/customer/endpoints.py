@@ -262,7 +262,8 @@ async def upsert_customer_by_external_ref(
     created (201, with `Location`) or updated with the fields sent (200; fields left out
     are kept). Concurrent calls for one new `external_ref` create exactly one customer.
     With `If-Match`, a stale version is a 412 (on a new `external_ref` any `If-Match` is:
-    there is nothing to match). Updating needs `customers:update` over the customer; one
+    there is nothing to match). The call needs `customers:create` (it may create);
+    updating also needs `customers:update` over the customer; one
     outside that scope (or in the trash) is a 409 `customer_duplicate`, naming it only to
     a caller who may see it, as `POST /v1/customers` does for a taken `external_ref`.
     Send `Idempotency-Key` to replay a retry's first answer."""

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result, TextClause
+from sqlalchemy import ColumnElement, Executable, Result, Table, TextClause, literal, select
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +49,7 @@ from crm_api.kit.resource import (
     unmasked_clause,
 )
 from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
+from crm_api.models.audit_event import AuditEvent
 
 
 class Users(Protocol):
@@ -65,6 +66,31 @@ class Users(Protocol):
 Overrides = Mapping[str, Callable[[], ProblemError]]
 
 
+def record_event(
+    session: AsyncSession,
+    access: Access,
+    resource: Resource,
+    action: str,
+    record_id: uuid.UUID,
+    placement: Placement,
+    changes: dict[str, Any],
+) -> None:
+    """One audit event of ``resource`` (through :func:`crm_api.audit.service.record`),
+    filed under the record's placement (its parent's for a child), so the trail is scoped
+    like the records: what every helper below writes, and what a resource's own actions
+    (``rotate_secret``, ``grant_create``, ``move``) write with changes of their own."""
+    audit.record(
+        session,
+        access.principal,
+        action=action,
+        resource_type=resource.name,
+        resource_id=record_id,
+        changes=changes,
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+    )
+
+
 def _audit(
     session: AsyncSession,
     access: Access,
@@ -74,19 +100,13 @@ def _audit(
     placement: Placement,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """One audit event with the field-level diff (sensitive values hidden), filed under the
-    record's placement (its parent's for a child), so the trail is scoped like the records."""
-    audit.record(
-        session,
-        access.principal,
-        action=action,
-        resource_type=resource.name,
-        resource_id=record_id,
-        changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id,
-        org_unit_id=placement.org_unit_id,
-    )
+    """An event with the field-level diff (sensitive values hidden), plus ``extra``
+    changes that are not columns (a password changed, roles replaced)."""
+    changes = audit.diff(before, after, resource.sensitive)
+    changes.update(extra or {})
+    record_event(session, access, resource, action, record_id, placement, changes)
 
 
 # --- flush -----------------------------------------------------------------------------------
@@ -216,12 +236,12 @@ async def check_move(
     :func:`check_placement`; a new owner brings their unit unless one is sent. (A client
     that GETs a record and PATCHes it back whole sends the current values: no change.)"""
     row = locked.row
+    unit_key = scoping.org_unit
+    assert unit_key is not None, "only records placed in a unit move between units"
     owner_changed = scoping.owner in changes and changes[scoping.owner] != getattr(
         row, scoping.owner
     )
-    unit_changed = scoping.org_unit in changes and changes[scoping.org_unit] != getattr(
-        row, scoping.org_unit
-    )
+    unit_changed = unit_key in changes and changes[unit_key] != getattr(row, unit_key)
     if not (owner_changed or unit_changed):
         return
     if assign is None:
@@ -234,7 +254,7 @@ async def check_move(
         owner = await users.get_active_user(session, changes[scoping.owner])
         if owner is None:
             raise invalid_owner()
-        changes.setdefault(scoping.org_unit, owner.org_unit_id)
+        changes.setdefault(unit_key, owner.org_unit_id)
     else:
         # the current owner stays (even if deactivated since); only the unit moves
         owner = await users.find_user(session, getattr(row, scoping.owner))
@@ -242,7 +262,7 @@ async def check_move(
         session,
         assign,
         owner,
-        changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
+        changes.get(unit_key, getattr(row, unit_key)),
         check_owner=owner_changed,
     )
 
@@ -265,7 +285,9 @@ async def prepare_create(
     reject_masked(values, resource.sensitive)
     resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
-    if not isinstance(scoping, OwnerScoped):
+    if not isinstance(scoping, OwnerScoped) or scoping.org_unit is None:
+        # not placed by these rules: a record without a unit is its creator's, by its
+        # resource's own service (a personal access token)
         return values, None
     assert users is not None, "an owned resource needs users to place its records"
     placement = await place_new(
@@ -278,22 +300,24 @@ async def prepare_create(
         default,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
+    if scoping.creator is not None:
+        placement = replace(placement, created_by=_acting_user(access))
     return values, placement
 
 
 def _new_row(
-    resource: Resource, access: Access, values: Mapping[str, Any], now: datetime
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    now: datetime,
+    record_id: uuid.UUID | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
-    """The full row of a new record of ``values`` and the public columns only the server
-    can fill (read back by ``RETURNING``)."""
-    record_id = uuid.uuid4()
-    row: dict[str, Any] = {
-        "id": record_id,
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        **values,
-    }
+    """The full row of a new record of ``values`` (``record_id``: an id chosen beforehand)
+    and the public columns only the server can fill (read back by ``RETURNING``)."""
+    row: dict[str, Any] = {"id": record_id or uuid.uuid4()}
+    # the bookkeeping columns a table has (a personal access token has no version)
+    row.update((k, v) for k, v in _bookkeeping(now) if k in resource.table.c)
+    row.update(values)
     scoping = resource.scoping
     if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
         row.setdefault(scoping.creator, _acting_user(access))
@@ -326,12 +350,17 @@ async def insert(
     placement: Placement,
     overrides: Overrides | None = None,
     children: Mapping[str, Any] | None = None,
+    *,
+    record_id: uuid.UUID | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
-    as the caller may see it. ``children``: what the caller writes beside the record (an
-    order's lines), shown in the audit event with it."""
+    """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
+    reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
+    changes that are not public columns; the record as the caller may see it.
+    ``children``: what the caller writes beside the record (an order's lines), shown in
+    the audit event with it."""
     now = datetime.now(UTC)
-    row, from_server = _new_row(resource, access, values, now)
+    row, from_server = _new_row(resource, access, values, now, record_id)
     record_id = row["id"]
     stmt = sql_insert(resource.table).values(**row)
     flag: ColumnElement[bool] | None = None
@@ -351,11 +380,17 @@ async def insert(
         resource_id=record_id,
         owner_id=placement.owner_id,
         org_unit_id=placement.org_unit_id,
-        changes=audit.diff(
-            None,
-            {**{c.key: row[c.key] for c in resource.columns if c.key in row}, **(children or {})},
-            resource.sensitive,
-        ),
+        changes={
+            **audit.diff(
+                None,
+                {
+                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
+                    **(children or {}),
+                },
+                resource.sensitive,
+            ),
+            **(extra or {}),
+        },
         occurred_at=now,
     )
     if not from_server:
@@ -366,7 +401,10 @@ async def insert(
         got = returned.mappings().one()
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
-        event["changes"] = audit.diff(None, {**after, **(children or {})}, resource.sensitive)
+        event["changes"] = {
+            **audit.diff(None, {**after, **(children or {})}, resource.sensitive),
+            **(extra or {}),
+        }
         await audit.record_all(
             session,
             access.principal,
@@ -382,6 +420,10 @@ async def insert(
         after[UNMASKED] = bool(got[UNMASKED])
         return mask_row(resource, access, after)
     return await present(session, resource, access, after, placement)
+
+
+def _bookkeeping(now: datetime) -> tuple[tuple[str, Any], ...]:
+    return (("created_at", now), ("updated_at", now), ("version", 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,12 +458,36 @@ async def insert_unless_exists(
         .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
         .returning(resource.id_column, *from_server)
     )
-    got = (await execute(session, resource, stmt, overrides)).mappings().first()
-    if got is None:
-        return None
     after = {c.key: row.get(c.key) for c in resource.columns}
-    after.update({c.key: got[c.key] for c in from_server})
-    _audit(session, access, resource, "create", row["id"], placement, None, after)
+    if from_server:
+        got = (await execute(session, resource, stmt, overrides)).mappings().first()
+        if got is None:
+            return None
+        after.update({c.key: got[c.key] for c in from_server})
+        _audit(session, access, resource, "create", row["id"], placement, None, after)
+    else:
+        # The record and its event in one statement, as :func:`insert` writes them: the
+        # event is selected from the insert's RETURNING, so a conflict writes neither.
+        event = audit.row(
+            access.principal,
+            action="create",
+            resource_type=resource.name,
+            resource_id=row["id"],
+            owner_id=placement.owner_id,
+            org_unit_id=placement.org_unit_id,
+            changes=audit.diff(None, after, resource.sensitive),
+            occurred_at=now,
+        )
+        created = stmt.cte("created")
+        events: Table = AuditEvent.__table__  # type: ignore[assignment]
+        fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
+        both = (
+            sql_insert(events)
+            .from_select(list(event), fields.select_from(created))
+            .returning(events.c.resource_id)
+        )
+        if (await execute(session, resource, both, overrides)).first() is None:
+            return None
     return await present(session, resource, access, after, placement)
 
 
@@ -464,10 +530,11 @@ async def prepare_update(
         resource.sensitive,
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
+        created_by=placement.created_by,
     )
     resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
-    if isinstance(scoping, OwnerScoped):
+    if isinstance(scoping, OwnerScoped) and scoping.org_unit is not None:
         assert users is not None, "an owned resource needs users to check owner changes"
         await check_move(session, assign, locked, scoping, changes, users)
     return before, {k: v for k, v in changes.items() if k not in before or before[k] != v}
@@ -483,25 +550,29 @@ async def save_changes(
     overrides: Overrides | None = None,
     *,
     action: str = "update",
+    extra: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
     children: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``changes`` (from :func:`prepare_update`), audited as ``action`` (a state
-    machine's transition: ``confirm``); nothing to change: no write, no event, same
-    version. ``children``: ``{name: (before, after)}`` of what the caller rewrote beside
-    the record (an order's lines), diffed in the same event. The record as the caller may
-    see it."""
-    if not changes:
+    """Write ``changes`` (from :func:`prepare_update`; columns outside the public schema
+    too), audited as ``action`` (``update``, or a state machine's transition: ``confirm``)
+    with the ``extra`` changes that are not columns (roles replaced: the record's version
+    moves all the same); nothing to change: no write, no event, same version.
+    ``children``: ``{name: (before, after)}`` of what the caller rewrote beside the record
+    (an order's lines), diffed in the same event. The record as the caller may see it."""
+    if not changes and not extra:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
     for key, value in changes.items():
         setattr(row, key, value)
-    row.updated_at = datetime.now(UTC)
+    if "updated_at" in resource.table.c:
+        row.updated_at = now or datetime.now(UTC)
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
     old = {**before, **{k: v[0] for k, v in (children or {}).items()}}
     new = {**after, **{k: v[1] for k, v in (children or {}).items()}}
-    _audit(session, access, resource, action, row.id, placement, old, new)
+    _audit(session, access, resource, action, row.id, placement, old, new, extra)
     return await present(session, resource, access, after, placement)
 
 
@@ -584,12 +655,26 @@ async def purge(
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
     await _check_unreferenced(session, resource, record_id)
+    await remove(session, resource, access, locked, action="purge")
+
+
+async def remove(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    locked: Locked,
+    *,
+    action: str = "delete",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Delete a locked record for good (a purge; the hard delete of a resource without a
+    trash, such as roles), audited as ``action`` with what it was and ``extra``."""
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
     # a foreign key (ON DELETE RESTRICT) is the safety net: mapped through the constraints
     await flush(session, resource)
-    _audit(session, access, resource, "purge", record_id, placement, before, None)
+    _audit(session, access, resource, action, locked.id, placement, before, None, extra)
 
 
 async def _check_unreferenced(

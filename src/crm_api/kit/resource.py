@@ -55,12 +55,13 @@ ScopedSelect = NewType("ScopedSelect", Select[Any])
 
 @dataclass(frozen=True, slots=True)
 class OwnerScoped:
-    """Rows carry their own owner and org unit, which the scope applies to; and, with
-    ``creator``, who created them (the ``created_by_self`` scope; without it that scope
-    covers none of the rows)."""
+    """Rows carry their own owner and org unit, which the scope applies to (``org_unit``
+    ``None``: owned by a user and placed nowhere, as personal access tokens; the org
+    scopes then cover none); and, with ``creator``, who created them (the
+    ``created_by_self`` scope; without it that scope covers none of the rows)."""
 
     owner: str = "owner_id"
-    org_unit: str = "org_unit_id"
+    org_unit: str | None = "org_unit_id"
     creator: str | None = None
 
 
@@ -110,6 +111,8 @@ class Placement:
 
     owner_id: uuid.UUID | None
     org_unit_id: uuid.UUID | None
+    #: Who created it, for a resource that records it (the ``created_by_self`` scope).
+    created_by: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +122,13 @@ class Samples:
     (``owner_id``; ``parent_id`` for a parent-scoped resource; ``unique``, a fresh hex
     string for fields that must be unique) and returns a create body, with a value for
     every sensitive field;
-    ``patch`` is a valid change; ``wrong_type`` a body field with a value of the wrong
-    JSON type."""
+    ``patch`` is a valid change (``None``: the resource has no ``PATCH``); ``wrong_type``
+    a body field with a value of the wrong JSON type."""
 
     #: The collection URL (``/v1/customers``).
     path: str
     create: Callable[[Mapping[str, str]], dict[str, Any]]
-    patch: dict[str, Any]
+    patch: dict[str, Any] | None
     wrong_type: dict[str, Any]
     #: A ``q`` term matching the sample record (``None``: the resource has no search).
     search: str | None = None
@@ -134,6 +137,9 @@ class Samples:
     checks: frozenset[str] | None = None
     #: ``DELETE`` on a record's URL exists (users are deactivated instead).
     deletes: bool = True
+    #: Records are made by their owner themself (a personal access token), not handed to
+    #: them by the administrator.
+    created_by_owner: bool = False
     #: Records the sample refers to, made first (through their own samples, owned by the
     #: same owner): ref name → registered resource name (orders: ``{"customer_id":
     #: "customers", "product_id": "products"}``); their ids reach ``create`` in ``refs``.
@@ -163,8 +169,10 @@ class Resource:
     #: Constraint name → the error a violation of it means (the safety net behind explicit
     #: checks: a concurrent writer won the index between our check and our write).
     constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
-    #: ``business``: granted with the business roles' defaults (authz/defaults.py).
-    grant_group: Literal["business", "none"] = "business"
+    #: ``business``: granted with the business roles' defaults (authz/defaults.py);
+    #: ``self``: no grant reaches it, every caller has its own records (personal access
+    #: tokens: ``authz.dependencies.own_records``), so it is not a grantable resource.
+    grant_group: Literal["business", "none", "self"] = "business"
     samples: Samples | None = None
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
@@ -217,7 +225,8 @@ class Resource:
         """Owner and org unit columns the scope applies to (the parent's for a child)."""
         scoping = self.scoping
         if isinstance(scoping, OwnerScoped):
-            return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+            unit = self.table.c[scoping.org_unit] if scoping.org_unit else None
+            return self.table.c[scoping.owner], unit
         if isinstance(scoping, UnitScoped):
             return None, self.table.c[scoping.org_unit]
         if isinstance(scoping, ParentScoped):
@@ -314,7 +323,9 @@ def scoped_entity(resource: Resource, access: Access, *, deleted: bool = False) 
         parent = scoping.parent
         owner, unit = parent.placement_columns()
         assert owner is not None and unit is not None, "a parent must be owner-scoped"
-        stmt = select(resource.model, owner, unit).join(
+        creator = parent.creator_column()
+        extra = [creator] if creator is not None else []
+        stmt = select(resource.model, owner, unit, *extra).join(
             parent.table, parent.id_column == resource.table.c[scoping.foreign_key]
         )
         clauses.append(_parent_in_scope(parent, access))
@@ -395,10 +406,17 @@ async def get_row(
 
 
 async def read_or_404(
-    executor: Executor, resource: Resource, access: Access, record_id: uuid.UUID
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    stmt: ScopedSelect | None = None,
 ) -> dict[str, Any]:
-    """The live record as ``access`` may see it; 404 (the resource's code) otherwise."""
-    row = await get_row(executor, resource, access, scoped(resource, access), record_id)
+    """The live record as ``access`` may see it (through ``stmt``, a resource's own scoped
+    statement with its derived columns, else :func:`scoped`); 404 (the resource's code)
+    otherwise."""
+    stmt = scoped(resource, access) if stmt is None else stmt
+    row = await get_row(executor, resource, access, stmt, record_id)
     if row is None:
         raise resource.not_found(record_id)
     return row
@@ -425,7 +443,7 @@ async def present(
         row[UNMASKED] = access.sensitive
     else:
         row[UNMASKED] = await unmasked_for(
-            session, access, placement.owner_id, placement.org_unit_id
+            session, access, placement.owner_id, placement.org_unit_id, placement.created_by
         )
     return mask_row(resource, access, row)
 
@@ -466,7 +484,9 @@ class Locked:
             return self.parent
         scoping = self.resource.scoping
         if isinstance(scoping, OwnerScoped):
-            return Placement(getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit))
+            unit = getattr(self.row, scoping.org_unit) if scoping.org_unit else None
+            creator = getattr(self.row, scoping.creator) if scoping.creator else None
+            return Placement(getattr(self.row, scoping.owner), unit, creator)
         if isinstance(scoping, UnitScoped):
             return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
@@ -492,5 +512,5 @@ async def lock(
     if row is None:
         return None
     if isinstance(resource.scoping, ParentScoped):
-        return Locked(resource, row[0], Placement(row[1], row[2]))
+        return Locked(resource, row[0], Placement(*row[1:]))
     return Locked(resource, row[0])
