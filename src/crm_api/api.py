@@ -14,7 +14,9 @@ from crm_api.contact.endpoints import router as contacts
 from crm_api.customer.endpoints import router as customers
 from crm_api.org_unit.endpoints import router as org_units
 from crm_api.pat.endpoints import router as me_tokens
+from crm_api.product.endpoints import router as products
 from crm_api.role.endpoints import router as roles
+from crm_api.system_settings.endpoints import router as system_settings
 from crm_api.user.endpoints import router as users
 
 #: Mounted under /v1, each directly on the app: FastAPI matches an included router by
@@ -35,6 +37,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     users,
     roles,
     authz,
+    products,
+    system_settings,
 )
 
 

@@ -37,6 +37,20 @@ def _grants(
 
 CRUD = ("read", "create", "update", "delete")
 
+#: Read by every role that sells or services (the catalog is reference data: scope ``all``);
+#: written by ``admin`` only, who may grant it to others. Not ``staff`` (no selling).
+CATALOG_READERS = (
+    "executive",
+    "sales_manager",
+    "sales_rep",
+    "service_agent",
+    "marketer",
+    "partner",
+)
+#: The system settings (decimal places, prefixes, SLA targets …) every internal role reads;
+#: not ``partner`` (external clients: commission rates are internal).
+SETTINGS_READERS = ("executive", "sales_manager", "sales_rep", "service_agent", "marketer", "staff")
+
 DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
     "admin": [("*", "*", "all")],
     "executive": [
@@ -78,6 +92,12 @@ DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
         *_grants(("orders",), ("read", "create"), "created_by_self"),
     ],
 }
+
+
+for _role in CATALOG_READERS:
+    DEFAULT_GRANTS[_role].append(("products", "read", "all"))
+for _role in SETTINGS_READERS:
+    DEFAULT_GRANTS[_role].append(("system_settings", "read", "all"))
 
 
 def default_policy_rows() -> list[dict[str, str]]:

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from crm_api.auth.dependencies import CurrentPrincipal
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.scope import contains
-from crm_api.authz.types import Access, Action, Principal
+from crm_api.authz.types import Access, Action, Principal, Scope, ScopeKind
 from crm_api.errors import Forbidden
 
 #: Marker attribute the route-coverage test looks for.
@@ -84,6 +84,21 @@ def authenticated() -> Any:
         return principal
 
     setattr(dependency, PERMISSION_ATTR, ("self", "authenticated"))
+    return Depends(dependency)
+
+
+def own_records(resource: str, action: Action | str) -> Any:
+    """Any valid token, acting on the caller's own records of ``resource`` and nobody
+    else's (``/v1/me/tokens``): the access of an ``own`` scope, granted by being signed in
+    rather than by a role. Fail closed like every scope: a record whose owner is not the
+    caller matches nothing."""
+    action_name = action.value if isinstance(action, Action) else action
+
+    async def dependency(principal: CurrentPrincipal) -> Access:
+        return Access(principal, resource, action_name, Scope(frozenset({ScopeKind.own})))
+
+    setattr(dependency, PERMISSION_ATTR, ("self", action_name))
+    dependency.__name__ = f"own_{resource}_{action_name}"
     return Depends(dependency)
 
 

@@ -15,6 +15,8 @@ from crm_api.models.identity import (
     Role,
 )
 from crm_api.models.org_unit import OrgUnit
+from crm_api.models.product import Product
+from crm_api.models.system_setting import SystemSettingsRow
 from crm_api.models.user import User
 
 __all__ = [
@@ -29,8 +31,10 @@ __all__ = [
     "LoginThrottle",
     "OrgUnit",
     "PersonalAccessToken",
+    "Product",
     "RefreshToken",
     "RevokedSession",
     "Role",
+    "SystemSettingsRow",
     "User",
 ]

@@ -16,14 +16,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from crm_api.db.base import FIELD_SEPARATOR as SEP
 from crm_api.db.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, VersionMixin
-from crm_api.kit.filtering import FIELD_SEPARATOR as SEP
 
 LIVE = text("deleted_at IS NULL")
 
 #: ``search_text``: what ``q`` matches on a customer, lower()ed once on write instead of
 #: ILIKE lower()ing every row on every search. The fields are joined by U+001F (see
-#: :data:`crm_api.kit.filtering.FIELD_SEPARATOR`), so a term without it matches inside
+#: :data:`crm_api.db.base.FIELD_SEPARATOR`), so a term without it matches inside
 #: one field only, exactly as one ILIKE per field did. Migration 0003 holds a copy.
 SEARCH_TEXT = (
     f"lower(name) || '{SEP}' || lower(coalesce(email, '')) || '{SEP}' || lower(coalesce(phone, ''))"
