@@ -93,17 +93,29 @@ async def make_world(engine: AsyncEngine) -> World:
     )
 
 
-async def make_record(
+async def sample_refs(
     subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A record owned by ``owner`` (through its parent for a child), created by the
-    administrator: ``(response body, body sent)``."""
+) -> dict[str, str]:
+    """What a sample body of ``subject`` refers to: its owner, a fresh unique string, and
+    the records it needs made first (its parent, ``Samples.requires``), owned by
+    ``owner``."""
     refs = {"owner_id": str(owner["id"]), "unique": uuid.uuid4().hex}
     scoping = subject.resource.scoping
     if isinstance(scoping, ParentScoped):
         parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, owner)
         refs["parent_id"] = parent["id"]
-    sent = subject.samples.create(refs)
+    for ref, name in subject.samples.requires.items():
+        made, _ = await make_record(replace(subject, resource=REGISTRY[name]), admin, owner)
+        refs[ref] = made["id"]
+    return refs
+
+
+async def make_record(
+    subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record owned by ``owner`` (through its parent for a child), created by the
+    administrator: ``(response body, body sent)``."""
+    sent = subject.samples.create(await sample_refs(subject, admin, owner))
     if subject.samples.created_by_owner:
         async with as_user(subject, owner) as own:
             response = await own.post(subject.path, json=sent)
@@ -301,12 +313,7 @@ async def check_idempotent_create(subject: Subject) -> None:
     w = await make_world(subject.engine)
     table = subject.resource.table.name
     async with as_user(subject, w.admin) as admin:
-        refs = {"owner_id": str(w.owner["id"]), "unique": uuid.uuid4().hex}
-        scoping = subject.resource.scoping
-        if isinstance(scoping, ParentScoped):
-            parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, w.owner)
-            refs["parent_id"] = parent["id"]
-        body = subject.samples.create(refs)
+        body = subject.samples.create(await sample_refs(subject, admin, w.owner))
         before = await count_rows(subject.engine, table)
         key = {"Idempotency-Key": uuid.uuid4().hex}
         first = await admin.post(subject.path, json=body, headers=key)

@@ -15,7 +15,7 @@ Adding a STORED generated column rewrites the table under an ACCESS EXCLUSIVE lo
 seconds per million rows).
 
 Revision ID: 0009
-Revises: 0011
+Revises: 0007
 Create Date: 2026-12-02 09:40:00.000000
 """
 
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0011"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

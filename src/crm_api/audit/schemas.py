@@ -29,6 +29,7 @@ class AuditResource(StrEnum):
     api_clients = "api_clients"
     contacts = "contacts"
     customers = "customers"
+    orders = "orders"
     org_units = "org_units"
     personal_access_tokens = "personal_access_tokens"
     products = "products"

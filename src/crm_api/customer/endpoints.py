@@ -169,12 +169,13 @@ async def restore_customer(
     operation_id="customers_purge",
     summary="Remove a deleted customer for good",
     status_code=204,
-    responses=problems(404),
+    responses=problems(404, 409),
 )
 async def purge_customer(
     customer_id: uuid.UUID, access: CustomersPurge, session: WriteSession
 ) -> Response:
-    """Admin only. The customer must be deleted first; its contacts go with it."""
+    """Admin only. The customer must be deleted first; its contacts go with it. A customer
+    with orders is kept (409 `customer_has_orders`): orders are the books."""
     await service.purge_customer(session, access, customer_id)
     return Response(status_code=204)
 

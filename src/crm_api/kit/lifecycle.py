@@ -186,29 +186,35 @@ async def place_new(
     owner_id: uuid.UUID | None,
     org_unit_id: uuid.UUID | None,
     users: Users,
+    default: Placement | None = None,
 ) -> Placement:
-    """Owner and org unit of a new owned record: the caller and their unit unless the body
-    names others, which needs ``assign`` and must satisfy :func:`check_placement`."""
-    acting_user = _acting_user(access)
+    """Owner and org unit of a new owned record: ``default`` (an order: its customer's
+    owner and unit), else the caller and their unit, unless the body names others, which
+    needs ``assign`` and must satisfy :func:`check_placement`."""
+    base_owner: uuid.UUID | None
+    if default is not None and default.owner_id is not None:
+        base_owner, base_unit = default.owner_id, default.org_unit_id
+    else:
+        # The caller owns it, in their own unit: the principal already holds both (an
+        # active user: the token was just checked against the cached user facts, kept
+        # fresh like every authorization decision), so no user lookup.
+        base_owner, base_unit = _acting_user(access), access.principal.org_unit_id
     if owner_id is None:
-        if acting_user is None:
+        if base_owner is None:
             raise UnprocessableEntity(
                 "owner_id is required when the caller is not a user.",
                 code="owner_required",
                 errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
             )
-        owner_id = acting_user
-    chosen = owner_id != acting_user or org_unit_id is not None
+        owner_id = base_owner
+    chosen = owner_id != base_owner or org_unit_id is not None
     if chosen and assign is None:
         raise Forbidden(
             "Setting another owner or the org unit needs the 'assign' permission.",
             code="assign_not_allowed",
         )
     if not chosen:
-        # The caller owns it, in their own unit: the principal already holds both (an
-        # active user: the token was just checked against the cached user facts, kept
-        # fresh like every authorization decision), so no user lookup.
-        return Placement(owner_id, access.principal.org_unit_id)
+        return Placement(owner_id, base_unit)
     owner = await users.get_active_user(session, owner_id)
     if owner is None:
         raise invalid_owner()
@@ -269,11 +275,13 @@ async def prepare_create(
     assign: Access | None,
     values: dict[str, Any],
     users: Users | None = None,
+    *,
+    default: Placement | None = None,
 ) -> tuple[dict[str, Any], Placement | None]:
     """``values`` of a new record checked by the rules every resource shares: no masked
     value in a sensitive field (422 ``masked_value``); for an owned resource, owner and
-    org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
-    record's :class:`Placement`."""
+    org unit resolved and placed (:func:`place_new`, ``default`` its default placement;
+    needs ``users``), returned as the record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
     resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
@@ -289,6 +297,7 @@ async def prepare_create(
         values.pop(scoping.owner, None),
         values.pop(scoping.org_unit, None),
         users,
+        default,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
     if scoping.creator is not None:
@@ -303,11 +312,9 @@ def _new_row(
     now: datetime,
     record_id: uuid.UUID | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
-    """The full row of a new record of ``values`` (its creator filled in where the
-    resource records one) and the public columns only the server can fill (read back by
-    ``RETURNING``)."""
-    record_id = record_id or uuid.uuid4()
-    row: dict[str, Any] = {"id": record_id}
+    """The full row of a new record of ``values`` (``record_id``: an id chosen beforehand)
+    and the public columns only the server can fill (read back by ``RETURNING``)."""
+    row: dict[str, Any] = {"id": record_id or uuid.uuid4()}
     # the bookkeeping columns a table has (a personal access token has no version)
     row.update((k, v) for k, v in _bookkeeping(now) if k in resource.table.c)
     row.update(values)
@@ -342,13 +349,16 @@ async def insert(
     values: Mapping[str, Any],
     placement: Placement,
     overrides: Overrides | None = None,
+    children: Mapping[str, Any] | None = None,
     *,
     record_id: uuid.UUID | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
     reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
-    changes that are not public columns; the record as the caller may see it."""
+    changes that are not public columns; the record as the caller may see it.
+    ``children``: what the caller writes beside the record (an order's lines), shown in
+    the audit event with it."""
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
     record_id = row["id"]
@@ -373,7 +383,10 @@ async def insert(
         changes={
             **audit.diff(
                 None,
-                {c.key: row[c.key] for c in resource.columns if c.key in row},
+                {
+                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
+                    **(children or {}),
+                },
                 resource.sensitive,
             ),
             **(extra or {}),
@@ -388,7 +401,10 @@ async def insert(
         got = returned.mappings().one()
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
-        event["changes"] = {**audit.diff(None, after, resource.sensitive), **(extra or {})}
+        event["changes"] = {
+            **audit.diff(None, {**after, **(children or {})}, resource.sensitive),
+            **(extra or {}),
+        }
         await audit.record_all(
             session,
             access.principal,
@@ -536,11 +552,14 @@ async def save_changes(
     action: str = "update",
     extra: Mapping[str, Any] | None = None,
     now: datetime | None = None,
+    children: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``changes`` (from :func:`prepare_update`; columns outside the public schema
-    too), audited as ``action`` with the ``extra`` changes that are not columns (roles
-    replaced: the record's version moves all the same); nothing to change: no write, no
-    event, same version. The record as the caller may see it."""
+    too), audited as ``action`` (``update``, or a state machine's transition: ``confirm``)
+    with the ``extra`` changes that are not columns (roles replaced: the record's version
+    moves all the same); nothing to change: no write, no event, same version.
+    ``children``: ``{name: (before, after)}`` of what the caller rewrote beside the record
+    (an order's lines), diffed in the same event. The record as the caller may see it."""
     if not changes and not extra:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
@@ -551,7 +570,9 @@ async def save_changes(
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
-    _audit(session, access, resource, action, row.id, placement, before, after, extra)
+    old = {**before, **{k: v[0] for k, v in (children or {}).items()}}
+    new = {**after, **{k: v[1] for k, v in (children or {}).items()}}
+    _audit(session, access, resource, action, row.id, placement, old, new, extra)
     return await present(session, resource, access, after, placement)
 
 

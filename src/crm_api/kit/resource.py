@@ -140,6 +140,10 @@ class Samples:
     #: Records are made by their owner themself (a personal access token), not handed to
     #: them by the administrator.
     created_by_owner: bool = False
+    #: Records the sample refers to, made first (through their own samples, owned by the
+    #: same owner): ref name → registered resource name (orders: ``{"customer_id":
+    #: "customers", "product_id": "products"}``); their ids reach ``create`` in ``refs``.
+    requires: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

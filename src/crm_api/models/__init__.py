@@ -14,6 +14,7 @@ from crm_api.models.identity import (
     RevokedSession,
     Role,
 )
+from crm_api.models.order import Order, OrderLine
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.product import Product
 from crm_api.models.system_setting import SystemSettingsRow
@@ -29,6 +30,8 @@ __all__ = [
     "Customer",
     "IdempotencyKey",
     "LoginThrottle",
+    "Order",
+    "OrderLine",
     "OrgUnit",
     "PersonalAccessToken",
     "Product",
