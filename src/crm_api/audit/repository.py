@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, select
+from sqlalchemy import CTE, ColumnElement, Insert, Select, Table, and_, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
@@ -77,3 +77,14 @@ def with_event(stmt: Insert, event: Mapping[str, Any]) -> Insert:
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Events as one multi-row insert."""
     await session.execute(insert(_table()), list(rows))
+
+
+def event_if_created(created: CTE, event: Mapping[str, Any]) -> Insert:
+    """The event inserted from ``created``'s rows (one per row it returns)."""
+    events = _table()
+    fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
+    return (
+        insert(events)
+        .from_select(list(event), fields.select_from(created))
+        .returning(events.c.resource_id)
+    )

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert, Select
+from sqlalchemy import CTE, Insert, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -126,6 +126,13 @@ def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     record and its event in one statement, one round trip; a constraint violation of the
     record writes neither."""
     return repo.with_event(stmt, event)
+
+
+def insert_if_created(created: CTE, event: Mapping[str, Any]) -> Insert:
+    """The audit ``event`` (:func:`row`) inserted once per row the data-modifying CTE
+    ``created`` returns: none when its insert did nothing (``ON CONFLICT DO NOTHING``), so
+    a record and its event are written together or not at all, in one statement."""
+    return repo.event_if_created(created, event)
 
 
 async def record_all(
