@@ -735,7 +735,9 @@ class Runner:
         from crm_api.authz.types import Access, Principal, PrincipalKind
 
         row = await conn.fetchrow(
-            "SELECT u.id, u.display_name, u.org_unit_id, o.path, u.manager_path FROM users u "
+            "SELECT u.id, u.display_name, u.org_unit_id, o.path, u.manager_path,"
+            " (SELECT count(*) FROM org_units s WHERE starts_with(s.path, o.path)) AS below,"
+            " (SELECT count(*) FROM org_units) AS total FROM users u "
             "LEFT JOIN org_units o ON o.id = u.org_unit_id WHERE lower(u.email) = lower($1)",
             email,
         )
@@ -744,6 +746,13 @@ class Runner:
                 f"no user {email} in {database_name(self.db_url)}: run "
                 "`python -m bench generate` first"
             )
+        hints = {}
+        if "org_subtree_units" in Principal.__dataclass_fields__:  # (older trees lack them)
+            # as the app's principal cache has them (crm_api.auth.principals)
+            hints = {
+                "org_subtree_units": row["below"] if row["path"] is not None else None,
+                "org_units_total": row["total"],
+            }
         principal = Principal(
             kind=PrincipalKind.user,
             id=row["id"],
@@ -752,6 +761,7 @@ class Runner:
             org_unit_id=row["org_unit_id"],
             org_path=row["path"],
             manager_path=row["manager_path"],
+            **hints,
         )
         engine = create_async_engine(sqlalchemy_url(self.db_url))
         try:
