@@ -141,6 +141,34 @@ SCENARIOS: list[Scenario] = [
         floor="get",
         groups=("roles",),
     ),
+    # Contacts take their scope from their customer (no per-unit walk): --scenarios contacts
+    Scenario(
+        "contacts_admin",
+        "contacts as admin (scope: all)",
+        "/v1/contacts?limit=50",
+        groups=("contacts",),
+    ),
+    Scenario(
+        "contacts_manager",
+        "contacts as branch sales manager (org_subtree, through the customer)",
+        "/v1/contacts?limit=50",
+        login="manager@bench.crm",
+        groups=("contacts",),
+    ),
+    # include_total past the count cap (exact up to 10,000, then EXPLAIN's estimate)
+    Scenario(
+        "count_admin",
+        "list + include_total as admin (a million matches: capped)",
+        LIST_PATH + "&include_total=true",
+        groups=("counts",),
+    ),
+    Scenario(
+        "count_manager",
+        "list + include_total as branch sales manager (~17,000 matches: capped)",
+        LIST_PATH + "&include_total=true",
+        login="manager@bench.crm",
+        groups=("counts",),
+    ),
     # What uvicorn + FastAPI + our middleware cost with no auth and no SQL: the ceiling of
     # any endpoint of this stack on this machine (run with --scenarios healthz).
     Scenario(
