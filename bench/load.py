@@ -639,7 +639,7 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
     """The statement the app runs for ``scenario`` (compiled from the repository)."""
     from crm_api.customer import repository as repo
     from crm_api.customer.schemas import CustomerSort
-    from crm_api.kit.pagination import apply_keyset
+    from crm_api.kit import resource as kit
     from crm_api.models.customer import Customer
 
     if scenario.floor == "get" or "{id}" in scenario.path:
@@ -647,8 +647,9 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
         sql, params = compile_for_asyncpg(repo.scoped(access).where(Customer.id == sentinel))
         return Statement(sql, params, params.index(sentinel))
     query = list_query_from_path(path)
-    stmt = apply_keyset(
-        repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id, query.page(CustomerSort)
+    # the kit's own page statement: the per-unit merge for an org scope, the masking flag
+    stmt = kit.page_statement(
+        repo.R, access, repo.filtered(access, query), query.page(CustomerSort)
     )
     sql, params = compile_for_asyncpg(stmt)
     return Statement(sql, params)
