@@ -648,9 +648,16 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
         return Statement(sql, params, params.index(sentinel))
     query = list_query_from_path(path)
     # the kit's own page statement: the per-unit merge for an org scope, the masking flag
-    stmt = kit.page_statement(
-        repo.R, access, repo.filtered(access, query), query.page(CustomerSort)
-    )
+    # (a tree from before page_statement: its plain keyset statement, for before/after runs)
+    page = getattr(kit, "page_statement", None)
+    if page is not None:
+        stmt = page(repo.R, access, repo.filtered(access, query), query.page(CustomerSort))
+    else:
+        from crm_api.kit.pagination import apply_keyset
+
+        stmt = apply_keyset(
+            repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id, query.page(CustomerSort)
+        )
     sql, params = compile_for_asyncpg(stmt)
     return Statement(sql, params)
 
