@@ -274,3 +274,33 @@ async def test_a_tree_change_reaches_the_merge_at_once(engine, client_for, world
     got = await _walk(manager, {}, 50)
     assert got[0] == str(new_id)
     assert merges and all(merges)
+
+
+async def test_a_custom_unit_list_is_merged_too(engine, client_for, world, merges, monkeypatch):
+    """A ``custom`` grant (an explicit list of units) is "unit ∈ list" as well: merged, the
+    same rows as the plain page, nothing from other units."""
+    units = sorted(world["subtree"])[:2]
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO roles (id, name, description, builtin, version)"
+                " VALUES (gen_random_uuid(), 'two_teams', 'two units', false, 1)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO authz_rules (id, ptype, v0, v1, v2, v3, v4, v5) VALUES"
+                " (gen_random_uuid(), 'p', 'two_teams', 'customers', 'read', 'custom', :units,"
+                " '')"
+            ),
+            {"units": "|".join(str(u) for u in units)},
+        )
+    reader = await make_user(engine, roles=("two_teams",), org_unit=world["branch_a"])
+    http = await client_for(reader)
+    want = await _expected(
+        engine, "name DESC, id DESC", "org_unit_id = ANY(:units)", units=list(units)
+    )
+    assert await _walk(http, {"sort": "-name"}, 4) == want and want
+    assert merges and all(merges)
+    monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
+    assert await _walk(http, {"sort": "-name"}, 4) == want

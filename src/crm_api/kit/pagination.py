@@ -389,6 +389,16 @@ def keyset_after(
     return or_(*clauses) if clauses else false()
 
 
+def sort_order(
+    columns: Mapping[str, SortColumn], id_column: SortColumn, sort: Sequence[SortKey]
+) -> list[ColumnElement[Any]]:
+    """The ORDER BY of a page sorted by ``sort``: the keys, then ``id`` in the direction of
+    the last key (so one index serves both directions)."""
+    order = [_ordered(columns[k.name], k.descending) for k in sort]
+    order.append(_ordered(id_column, sort[-1].descending))
+    return order
+
+
 def apply_keyset(
     stmt: Select[Any],
     columns: Mapping[str, SortColumn],
@@ -397,10 +407,8 @@ def apply_keyset(
 ) -> Select[Any]:
     """Order ``stmt`` by the sort keys plus id, continue after the cursor, fetch limit+1."""
     sort = params.sort
-    # the id tie-break follows the direction of the last key, so one index serves both
     id_desc = sort[-1].descending
-    order = [_ordered(columns[k.name], k.descending) for k in sort]
-    order.append(_ordered(id_column, id_desc))
+    order = sort_order(columns, id_column, sort)
     if params.cursor:
         values, last_id = decode_cursor(params.cursor, sort, columns)
         stmt = stmt.where(

@@ -48,7 +48,7 @@ carry no unit of their own: they keep the plain page (docs/benchmarks.md measure
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 
 from crm_api.authz.scope import UnitSet, unit_set
 from crm_api.authz.types import Access
-from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset
+from crm_api.kit.pagination import PageParams, SortColumn, SortKey, apply_keyset, sort_order
 
 if TYPE_CHECKING:
     from crm_api.kit.resource import Resource, ScopedSelect
@@ -89,7 +89,7 @@ def merged_page(
     if units is None or not worth_merging(units):
         return None
     unit, in_unit = _units_from(resource, units.ids)
-    keys = _keys(resource, tuple(k.name for k in params.sort))
+    keys = _keys(resource, params.sort)
     id_col = resource.id_column
     per_unit = apply_keyset(
         stmt.with_only_columns(*keys.table, id_col).where(in_unit),
@@ -97,22 +97,18 @@ def merged_page(
         id_col,
         params,
     ).lateral(_PER_UNIT)
-    first_page = replace(params, cursor=None)
-    page_ids = apply_keyset(
-        select(keys.merged_id, *keys.merged.values()).select_from(unit.join(per_unit, true())),
-        keys.merged,
-        keys.merged_id,
-        first_page,
-    ).subquery(_PAGE_IDS)
+    size = params.limit + 1
+    page_ids = (
+        select(keys.merged_id, *keys.merged.values())
+        .select_from(unit.join(per_unit, true()))
+        .order_by(*keys.merged_order)
+        .limit(size)
+        .subquery(_PAGE_IDS)
+    )
     # The rows of the merged ids: the WHERE is not repeated (each id comes from ``stmt``
     # itself, narrowed), which halves what SQLAlchemy hashes to find the compiled form.
     rows = resource.projection if flag is None else resource.projection.add_columns(flag)
-    return apply_keyset(
-        rows.join_from(resource.table, page_ids, keys.on),
-        resource.sort_columns,
-        id_col,
-        first_page,
-    )
+    return rows.join_from(resource.table, page_ids, keys.on).order_by(*keys.order).limit(size)
 
 
 _PER_UNIT, _PAGE_IDS = "per_unit", "page_ids"
@@ -125,23 +121,31 @@ class _Keys:
     columns directly (they are the sort keys and ``id``, plain identifiers)."""
 
     table: tuple[SortColumn, ...]
-    merged: dict[str, ColumnElement[Any]]
+    merged: dict[str, SortColumn]
     merged_id: ColumnElement[Any]
     on: ColumnElement[bool]
+    #: The page's ORDER BY over the merged columns and over the table's (as the plain
+    #: page orders, :func:`crm_api.kit.pagination.sort_order`).
+    merged_order: list[ColumnElement[Any]]
+    order: list[ColumnElement[Any]]
 
 
 @lru_cache(maxsize=256)
-def _keys(resource: Resource, sort: tuple[str, ...]) -> _Keys:
-    table = tuple(resource.sort_columns[name] for name in sort)
+def _keys(resource: Resource, sort: tuple[SortKey, ...]) -> _Keys:
+    table = tuple(resource.sort_columns[k.name] for k in sort)
     id_type = resource.id_column.type
+    merged: dict[str, SortColumn] = {
+        k.name: literal_column(f"{_PER_UNIT}.{k.name}", type_=col.type)
+        for k, col in zip(sort, table, strict=True)
+    }
+    merged_id = literal_column(f"{_PER_UNIT}.id", type_=id_type)
     return _Keys(
         table=table,
-        merged={
-            name: literal_column(f"{_PER_UNIT}.{name}", type_=col.type)
-            for name, col in zip(sort, table, strict=True)
-        },
-        merged_id=literal_column(f"{_PER_UNIT}.id", type_=id_type),
+        merged=merged,
+        merged_id=merged_id,
         on=resource.id_column == literal_column(f"{_PAGE_IDS}.id", type_=id_type),
+        merged_order=sort_order(merged, merged_id, sort),
+        order=sort_order(resource.sort_columns, resource.id_column, sort),
     )
 
 
