@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from crm_api.kit.counting import DEFAULT_COUNT_CAP, estimate, estimated_rows
+from crm_api.kit.counting import DEFAULT_COUNT_CAP, count_total, estimate, estimated_rows
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 from factories.identity import make_org_unit, make_user
@@ -129,12 +129,23 @@ async def test_contacts_and_audit_events_are_capped_too(client, engine, owner, c
 
 
 async def test_the_estimate_reads_the_plan_on_every_read_path(engine, owner):
-    """``Explain`` runs through SQLAlchemy's engine too (``CRM_READ_PATH=engine``, and a
-    write session), not only the asyncpg reader the endpoints above used."""
+    """``Explain`` runs through SQLAlchemy's engine and an ORM session too
+    (``CRM_READ_PATH=engine``, a write transaction), not only the asyncpg reader the
+    endpoints above used — and again from SQLAlchemy's compiled cache (the second call
+    failed once: the cached result columns were matched against the EXPLAIN construct)."""
     await _customers(engine, owner, 7)
-    async with engine.connect() as conn:
-        plan = (await conn.execute(estimate(select(Customer.id)))).scalar_one()
-    assert estimated_rows(plan) >= 1
+    for stage in ("lead", "customer", "lead"):
+        stmt = select(Customer.id).where(Customer.lifecycle_stage == stage)
+        async with engine.connect() as conn:
+            assert estimated_rows((await conn.execute(estimate(stmt))).scalar_one()) >= 1
+            counted = [await count_total(conn, stmt, 3)]
+        async with AsyncSession(engine) as session:
+            assert estimated_rows((await session.execute(estimate(stmt))).scalar_one()) >= 1
+            counted.append(await count_total(session, stmt, 3))
+        for total, estimated in counted:  # 7 leads (the default stage), no customer
+            assert (
+                (estimated and total >= 4) if stage == "lead" else (total, estimated) == (0, False)
+            )
 
 
 def test_the_envelope_documents_the_flag(app: FastAPI):

@@ -35,6 +35,12 @@ class Explain(Executable, ClauseElement):
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
 
+    @property
+    def _all_selected_columns(self) -> Any:
+        # what SQLAlchemy matches a cached compiled form's result columns against (the
+        # explained statement's: the compiler rendered it as the top-level SELECT)
+        return self.statement._all_selected_columns
+
 
 @compiles(Explain)
 def _compile_explain(element: Explain, compiler: SQLCompiler, **kw: Any) -> str:
