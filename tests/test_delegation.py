@@ -221,6 +221,9 @@ async def test_legitimate_delegation_still_works(client_for, engine, tree):
         ],
         ("audit_events", "read", "org_subtree"),
         ("org_units", "read", "all"),
+        # what sales_rep holds beyond customers and contacts
+        ("products", "read", "all"),
+        ("system_settings", "read", "all"),
     )
     manager = await make_user(engine, roles=("branch_lead",), org_unit=tree["east"])
     rep = await make_user(engine, roles=(), org_unit=tree["east_team"], manager=manager)

@@ -6,7 +6,7 @@ led by ``org_unit_id``. ``(org_unit_id, created_at, id)`` exists since 0001; thi
 per other sort key and the pipeline view's (a stage, newest first), over live rows.
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0011
 Create Date: 2026-12-02 09:50:00.000000
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0005"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
