@@ -7,7 +7,7 @@ owner, which an ``own`` grant does not reach (fail closed). Data as literals: no
 application code is imported.
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02 09:40:00.000000
 """
 

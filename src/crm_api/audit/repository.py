@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, select
+from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
@@ -72,6 +72,20 @@ def _table() -> Table:
 def with_event(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     """``stmt`` carrying one event's values as a data-modifying CTE (one statement)."""
     return stmt.add_cte(insert(_table()).values(**event).cte("audit_event"))
+
+
+def event_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """One event's insert selected from ``stmt``'s ``RETURNING`` (``stmt`` as a CTE): the
+    event exists exactly when ``stmt`` inserted a row (an ``ON CONFLICT DO NOTHING`` that
+    yielded writes neither). Returns the event's ``resource_id``."""
+    table = _table()
+    created = stmt.cte("created")
+    fields = select(*(literal(v, table.c[k].type) for k, v in event.items()))
+    return (
+        insert(table)
+        .from_select(list(event), fields.select_from(created))
+        .returning(table.c.resource_id)
+    )
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -128,6 +128,14 @@ def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     return repo.with_event(stmt, event)
 
 
+def insert_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """The audit ``event`` (:func:`row`) written by one statement with ``stmt`` and only
+    if ``stmt`` inserted its row (it is selected from ``stmt``'s ``RETURNING``): for an
+    ``INSERT … ON CONFLICT DO NOTHING``, a yielded insert writes no event. The statement
+    returns the event's ``resource_id``, or no row."""
+    return repo.event_after(stmt, event)
+
+
 async def record_all(
     session: AsyncSession,
     principal: Principal,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result, Table, TextClause, literal, select
+from sqlalchemy import ColumnElement, Executable, Result, TextClause
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -49,7 +49,6 @@ from crm_api.kit.resource import (
     unmasked_clause,
 )
 from crm_api.kit.transfer import Assignee, check_placement, invalid_owner
-from crm_api.models.audit_event import AuditEvent
 
 
 class Users(Protocol):
@@ -478,14 +477,7 @@ async def insert_unless_exists(
             changes=audit.diff(None, after, resource.sensitive),
             occurred_at=now,
         )
-        created = stmt.cte("created")
-        events: Table = AuditEvent.__table__  # type: ignore[assignment]
-        fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
-        both = (
-            sql_insert(events)
-            .from_select(list(event), fields.select_from(created))
-            .returning(events.c.resource_id)
-        )
+        both = audit.insert_after(stmt, event)
         if (await execute(session, resource, both, overrides)).first() is None:
             return None
     return await present(session, resource, access, after, placement)

@@ -53,7 +53,7 @@ class SlaHours(BaseModel):
     """Hours within which a service ticket of each priority must be resolved. Sent whole
     (every priority) when changed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     urgent: Hours
     high: Hours
@@ -65,7 +65,7 @@ class CommissionRates(BaseModel):
     """Commission on a sale's amount: ``by_product_category`` overrides ``default`` for the
     products of that category. Sent whole when changed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: Rate
     by_product_category: dict[Category, Rate] = Field(
