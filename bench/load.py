@@ -165,6 +165,34 @@ SCENARIOS: list[Scenario] = [
         floor="get",
         groups=("roles",),
     ),
+    # Contacts take their scope from their customer (no per-unit walk): --scenarios contacts
+    Scenario(
+        "contacts_admin",
+        "contacts as admin (scope: all)",
+        "/v1/contacts?limit=50",
+        groups=("contacts",),
+    ),
+    Scenario(
+        "contacts_manager",
+        "contacts as branch sales manager (org_subtree, through the customer)",
+        "/v1/contacts?limit=50",
+        login="manager@bench.crm",
+        groups=("contacts",),
+    ),
+    # include_total past the count cap (exact up to 10,000, then EXPLAIN's estimate)
+    Scenario(
+        "count_admin",
+        "list + include_total as admin (a million matches: capped)",
+        LIST_PATH + "&include_total=true",
+        groups=("counts",),
+    ),
+    Scenario(
+        "count_manager",
+        "list + include_total as branch sales manager (~17,000 matches: capped)",
+        LIST_PATH + "&include_total=true",
+        login="manager@bench.crm",
+        groups=("counts",),
+    ),
     # Orders (--scenarios orders; generate with --orders 1000000 for the recorded figures).
     Scenario(
         "order_create",
@@ -673,7 +701,7 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
     """The statement the app runs for ``scenario`` (compiled from the repository)."""
     from crm_api.customer import repository as repo
     from crm_api.customer.schemas import CustomerSort
-    from crm_api.kit.pagination import apply_keyset
+    from crm_api.kit import resource as kit
     from crm_api.models.customer import Customer
 
     if scenario.floor == "get" or "{id}" in scenario.path:
@@ -681,9 +709,17 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
         sql, params = compile_for_asyncpg(repo.scoped(access).where(Customer.id == sentinel))
         return Statement(sql, params, params.index(sentinel))
     query = list_query_from_path(path)
-    stmt = apply_keyset(
-        repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id, query.page(CustomerSort)
-    )
+    # the kit's own page statement: the per-unit merge for an org scope, the masking flag
+    # (a tree from before page_statement: its plain keyset statement, for before/after runs)
+    page = getattr(kit, "page_statement", None)
+    if page is not None:
+        stmt = page(repo.R, access, repo.filtered(access, query), query.page(CustomerSort))
+    else:
+        from crm_api.kit.pagination import apply_keyset
+
+        stmt = apply_keyset(
+            repo.filtered(access, query), repo.SORT_COLUMNS, Customer.id, query.page(CustomerSort)
+        )
     sql, params = compile_for_asyncpg(stmt)
     return Statement(sql, params)
 
@@ -824,7 +860,9 @@ class Runner:
         from crm_api.authz.types import Access, Principal, PrincipalKind
 
         row = await conn.fetchrow(
-            "SELECT u.id, u.display_name, u.org_unit_id, o.path, u.manager_path FROM users u "
+            "SELECT u.id, u.display_name, u.org_unit_id, o.path, u.manager_path,"
+            " (SELECT count(*) FROM org_units s WHERE starts_with(s.path, o.path)) AS below,"
+            " (SELECT count(*) FROM org_units) AS total FROM users u "
             "LEFT JOIN org_units o ON o.id = u.org_unit_id WHERE lower(u.email) = lower($1)",
             email,
         )
@@ -833,6 +871,13 @@ class Runner:
                 f"no user {email} in {database_name(self.db_url)}: run "
                 "`python -m bench generate` first"
             )
+        hints = {}
+        if "org_subtree_units" in Principal.__dataclass_fields__:  # (older trees lack them)
+            # as the app's principal cache has them (crm_api.auth.principals)
+            hints = {
+                "org_subtree_units": row["below"] if row["path"] is not None else None,
+                "org_units_total": row["total"],
+            }
         principal = Principal(
             kind=PrincipalKind.user,
             id=row["id"],
@@ -841,6 +886,7 @@ class Runner:
             org_unit_id=row["org_unit_id"],
             org_path=row["path"],
             manager_path=row["manager_path"],
+            **hints,
         )
         engine = create_async_engine(sqlalchemy_url(self.db_url))
         try:

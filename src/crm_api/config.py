@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     log_json: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     require_if_match: bool = False
+    #: ``include_total`` counts exactly up to this many matches; above it the total is the
+    #: planner's estimate (``total_is_estimate``), so a count never scans a huge table.
+    list_count_cap: int = Field(default=10_000, ge=1, le=10_000_000)
 
     # --- tokens (issue: identity and access) ---
     #: HS256: a random secret of ≥32 characters. RS256/ES256: a PEM private key. Unset

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, Insert, Select, Table, and_, insert, literal, select
+from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
@@ -74,17 +74,20 @@ def with_event(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     return stmt.add_cte(insert(_table()).values(**event).cte("audit_event"))
 
 
+def event_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """One event's insert selected from ``stmt``'s ``RETURNING`` (``stmt`` as a CTE): the
+    event exists exactly when ``stmt`` inserted a row (an ``ON CONFLICT DO NOTHING`` that
+    yielded writes neither). Returns the event's ``resource_id``."""
+    table = _table()
+    created = stmt.cte("created")
+    fields = select(*(literal(v, table.c[k].type) for k, v in event.items()))
+    return (
+        insert(table)
+        .from_select(list(event), fields.select_from(created))
+        .returning(table.c.resource_id)
+    )
+
+
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Events as one multi-row insert."""
     await session.execute(insert(_table()), list(rows))
-
-
-def event_if_created(created: CTE, event: Mapping[str, Any]) -> Insert:
-    """The event inserted from ``created``'s rows (one per row it returns)."""
-    events = _table()
-    fields = select(*(literal(v, events.c[k].type) for k, v in event.items()))
-    return (
-        insert(events)
-        .from_select(list(event), fields.select_from(created))
-        .returning(events.c.resource_id)
-    )

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import CTE, Insert, Select
+from sqlalchemy import Insert, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -128,11 +128,12 @@ def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     return repo.with_event(stmt, event)
 
 
-def insert_if_created(created: CTE, event: Mapping[str, Any]) -> Insert:
-    """The audit ``event`` (:func:`row`) inserted once per row the data-modifying CTE
-    ``created`` returns: none when its insert did nothing (``ON CONFLICT DO NOTHING``), so
-    a record and its event are written together or not at all, in one statement."""
-    return repo.event_if_created(created, event)
+def insert_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """The audit ``event`` (:func:`row`) written by one statement with ``stmt`` and only
+    if ``stmt`` inserted its row (it is selected from ``stmt``'s ``RETURNING``): for an
+    ``INSERT … ON CONFLICT DO NOTHING``, a yielded insert writes no event. The statement
+    returns the event's ``resource_id``, or no row."""
+    return repo.event_after(stmt, event)
 
 
 async def record_all(

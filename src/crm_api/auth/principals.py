@@ -18,8 +18,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
 
 from crm_api.auth.sessions import RevokedSessions
 from crm_api.auth.tokens import Claims
@@ -48,6 +49,9 @@ class _UserFacts:
     org_unit_id: uuid.UUID | None
     org_path: str | None
     manager_path: str
+    #: Units in the user's subtree and in the tree (a planning hint, see Principal).
+    subtree_units: int | None
+    units_total: int
     #: ``users.tokens_valid_after`` in microseconds since the epoch.
     valid_after_us: int
 
@@ -75,6 +79,16 @@ class PrincipalResolver:
     async def _user(self, user_id: uuid.UUID) -> _UserFacts | None:
         if user_id in self._users:
             return self._users[user_id]
+        below = aliased(OrgUnit)
+        # Same statement, no extra round trip; tree changes bump the policy version, which
+        # drops this cache, so the counts follow the tree (they only steer a plan anyway).
+        subtree_units = (
+            select(func.count())
+            .where(func.starts_with(below.path, OrgUnit.path))
+            .correlate(OrgUnit)
+            .scalar_subquery()
+        )
+        units_total = select(func.count()).select_from(below).scalar_subquery()
         stmt = (
             select(
                 User.display_name,
@@ -84,6 +98,8 @@ class PrincipalResolver:
                 OrgUnit.path,
                 User.manager_path,
                 User.tokens_valid_after,
+                subtree_units.label("subtree_units"),
+                units_total.label("units_total"),
             )
             .outerjoin(OrgUnit, OrgUnit.id == User.org_unit_id)
             .where(User.id == user_id)
@@ -99,6 +115,8 @@ class PrincipalResolver:
                 org_unit_id=row.org_unit_id,
                 org_path=row.path,
                 manager_path=row.manager_path,
+                subtree_units=row.subtree_units if row.path is not None else None,
+                units_total=row.units_total,
                 valid_after_us=_epoch_us(row.tokens_valid_after),
             )
         self._users[user_id] = facts
@@ -167,6 +185,8 @@ class PrincipalResolver:
             org_unit_id=facts.org_unit_id,
             org_path=facts.org_path,
             manager_path=facts.manager_path,
+            org_subtree_units=facts.subtree_units,
+            org_units_total=facts.units_total,
             token_permissions=token_permissions,
             token_id=token_id,
         )

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -115,6 +116,64 @@ async def unmasked_for(
     return bool((await session.execute(select(clause))).scalar())
 
 
+@lru_cache(maxsize=4096)
+def _subtree_ids(org_path: str) -> ColumnElement[Any]:
+    """The ids of the units at and below ``org_path``, as one ``uuid[]`` computed once per
+    statement. Built once per path (an immutable expression; the path is a bound value):
+    ~30 µs of SQLAlchemy construction saved on every org-scoped request."""
+    from crm_api.models.org_unit import OrgUnit
+
+    subtree = (
+        select(func.array_agg(OrgUnit.id))
+        .where(OrgUnit.path.startswith(org_path, autoescape=True))
+        .scalar_subquery()
+    )
+    # the cast makes it an array expression: ANY(subquery) would compare each row of the
+    # subquery (here one row holding the array) instead
+    return cast(subtree, ARRAY(Uuid))
+
+
+@lru_cache(maxsize=1024)
+def _unit_ids(unit_ids: frozenset[uuid.UUID]) -> ColumnElement[Any]:
+    return cast(literal(sorted(unit_ids), ARRAY(Uuid)), ARRAY(Uuid))
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSet:
+    """A scope that is exactly "the row's org unit is one of these": the units as one
+    ``uuid[]`` expression and how many there are (``units``, of ``total`` in the tree; a
+    hint as of the principal's caching, possibly stale: it may steer a plan, never decide
+    visibility)."""
+
+    ids: ColumnElement[Any]
+    units: int
+    total: int
+
+
+def unit_set(access: Access) -> UnitSet | None:
+    """The org units ``access`` covers when its scope is nothing but org units (``org_unit``,
+    ``org_subtree`` or ``custom``, alone or together), so that :func:`scope_clause` is
+    equivalent to ``org_unit = ANY(ids)``; ``None`` for any other scope (``all``, ``own``,
+    ``subordinates``, a principal without a unit) or when the sizes are unknown."""
+    scope, principal = access.scope, access.principal
+    kinds = scope.kinds
+    if not kinds or not kinds <= {ScopeKind.org_unit, ScopeKind.org_subtree, ScopeKind.custom}:
+        return None
+    if ScopeKind.custom in kinds:
+        # custom alone (org units beside it would need the two sets merged: plain page)
+        if kinds != {ScopeKind.custom} or not scope.unit_ids:
+            return None
+        size = len(scope.unit_ids)
+        return UnitSet(_unit_ids(scope.unit_ids), size, principal.org_units_total or size)
+    # org_unit lies within org_subtree: the subtree is the whole set
+    if ScopeKind.org_subtree not in kinds or not principal.org_path:
+        return None
+    below, total = principal.org_subtree_units, principal.org_units_total
+    if below is None or total is None:
+        return None
+    return UnitSet(_subtree_ids(principal.org_path), below, total)
+
+
 def scope_clause(
     access: Access,
     owner_col: SQLColumnExpression[Any] | None,
@@ -128,7 +187,6 @@ def scope_clause(
     for ``org_unit``, say), or a table without the column a scope is judged on (no creator
     for ``created_by_self``), matches nothing: fail closed.
     """
-    from crm_api.models.org_unit import OrgUnit
     from crm_api.models.user import User
 
     scope, principal = access.scope, access.principal
@@ -159,14 +217,7 @@ def scope_clause(
                 # = ANY(one array computed once per statement), not IN (subquery): the
                 # planner otherwise probes org_units (memoized) for every customer it walks
                 # in page order; measured 1.4 -> 1.0 ms for a branch manager at 1M.
-                subtree = (
-                    select(func.array_agg(OrgUnit.id))
-                    .where(OrgUnit.path.startswith(principal.org_path, autoescape=True))
-                    .scalar_subquery()
-                )
-                # the cast makes it an array expression: ANY(subquery) would compare each
-                # row of the subquery (here one row holding the array) instead
-                clauses.append(org_unit_col == any_(cast(subtree, ARRAY(Uuid))))
+                clauses.append(org_unit_col == any_(_subtree_ids(principal.org_path)))
         elif kind is ScopeKind.custom and org_unit_col is not None and scope.unit_ids:
             clauses.append(org_unit_col.in_(sorted(scope.unit_ids)))
     if not clauses:

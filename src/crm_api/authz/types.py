@@ -84,6 +84,12 @@ class Principal:
     org_path: str | None = None
     #: The user's own manager path (``/top/…/self/``); subordinates' paths extend it.
     manager_path: str | None = None
+    #: Org units in the user's subtree (its unit included) and in the whole tree, as of the
+    #: last time the principal was cached: a hint for how to walk an org-scoped list
+    #: (:mod:`crm_api.kit.scoped_page`), never what decides which rows are visible. ``None``:
+    #: unknown (the plain page is used).
+    org_subtree_units: int | None = None
+    org_units_total: int | None = None
     #: For personal access tokens: the subset of the user's grants the token may use,
     #: as ``{(resource, action)}``; ``None`` means the user's full permissions.
     token_permissions: frozenset[tuple[str, str]] | None = None

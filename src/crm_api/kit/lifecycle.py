@@ -477,7 +477,7 @@ async def insert_unless_exists(
             changes=audit.diff(None, after, resource.sensitive),
             occurred_at=now,
         )
-        both = audit.insert_if_created(stmt.cte("created"), event)
+        both = audit.insert_after(stmt, event)
         if (await execute(session, resource, both, overrides)).first() is None:
             return None
     return await present(session, resource, access, after, placement)

@@ -19,7 +19,7 @@ from enum import Enum, StrEnum
 from typing import Any, TypeAlias
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import QueryableAttribute
 
 from crm_api.errors import BadRequest
+from crm_api.kit.counting import DEFAULT_COUNT_CAP
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -57,6 +58,9 @@ class PageParams:
     cursor: str | None
     sort: tuple[SortKey, ...]
     include_total: bool
+    #: ``include_total`` is exact up to this many matches, an estimate above
+    #: (kit/counting.py; ``CRM_LIST_COUNT_CAP``).
+    count_cap: int = DEFAULT_COUNT_CAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +139,20 @@ class ListQuery(BaseModel):
         description="Comma-separated sort keys, `-` for descending; see the resource's list.",
     )
     include_total: bool = Field(
-        default=False, description="Also count all matches (costs a second query)."
+        default=False,
+        description="Also count the matches (a second query): exact up to a cap (10,000 by"
+        " default), above it the query planner's estimate, with `total_is_estimate: true`.",
     )
+    #: Set from the app's settings by :func:`crm_api.kit.routing.query_model`.
+    _count_cap: int = PrivateAttr(default=DEFAULT_COUNT_CAP)
 
     def page(self, sort_enum: type[StrEnum]) -> PageParams:
         return PageParams(
-            self.limit, self.cursor, parse_sort(self.sort, sort_enum), self.include_total
+            self.limit,
+            self.cursor,
+            parse_sort(self.sort, sort_enum),
+            self.include_total,
+            self._count_cap,
         )
 
 
@@ -377,6 +389,16 @@ def keyset_after(
     return or_(*clauses) if clauses else false()
 
 
+def sort_order(
+    columns: Mapping[str, SortColumn], id_column: SortColumn, sort: Sequence[SortKey]
+) -> list[ColumnElement[Any]]:
+    """The ORDER BY of a page sorted by ``sort``: the keys, then ``id`` in the direction of
+    the last key (so one index serves both directions)."""
+    order = [_ordered(columns[k.name], k.descending) for k in sort]
+    order.append(_ordered(id_column, sort[-1].descending))
+    return order
+
+
 def apply_keyset(
     stmt: Select[Any],
     columns: Mapping[str, SortColumn],
@@ -385,10 +407,8 @@ def apply_keyset(
 ) -> Select[Any]:
     """Order ``stmt`` by the sort keys plus id, continue after the cursor, fetch limit+1."""
     sort = params.sort
-    # the id tie-break follows the direction of the last key, so one index serves both
     id_desc = sort[-1].descending
-    order = [_ordered(columns[k.name], k.descending) for k in sort]
-    order.append(_ordered(id_column, id_desc))
+    order = sort_order(columns, id_column, sort)
     if params.cursor:
         values, last_id = decode_cursor(params.cursor, sort, columns)
         stmt = stmt.where(
@@ -402,9 +422,18 @@ def apply_keyset(
 
 
 def page_envelope(
-    rows: list[dict[str, Any]], params: PageParams, total: int | None = None
+    rows: list[dict[str, Any]],
+    params: PageParams,
+    total: int | None = None,
+    total_is_estimate: bool = False,
 ) -> dict[str, Any]:
     has_more = len(rows) > params.limit
     data = rows[: params.limit]
     next_cursor = encode_cursor(params.sort, data[-1]) if has_more and data else None
-    return {"data": data, "next_cursor": next_cursor, "has_more": has_more, "total": total}
+    return {
+        "data": data,
+        "next_cursor": next_cursor,
+        "has_more": has_more,
+        "total": total,
+        "total_is_estimate": total_is_estimate,
+    }

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from crm_api.db.reader import Executor
+from crm_api.kit.counting import count_total
 from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
 
 __all__ = ["Executor", "columns_of", "fetch_page", "to_dict"]
@@ -31,13 +32,12 @@ async def fetch_page(
     params: PageParams,
 ) -> dict[str, Any]:
     """Run a scoped, filtered statement as one keyset page (plus an opt-in count)."""
-    total = None
+    total, estimated = None, False
     if params.include_total:
-        count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
-        total = (await executor.execute(count_stmt)).scalar_one()
+        total, estimated = await count_total(executor, stmt, params.count_cap)
     paged = apply_keyset(stmt, sort_columns, id_column, params)
     result = await executor.execute(paged)
     # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
-    return page_envelope(rows, params, total)
+    return page_envelope(rows, params, total, estimated)

@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
 
 from crm_api.errors import ProblemError
-from crm_api.kit.pagination import CommaSeparated
+from crm_api.kit.pagination import CommaSeparated, ListQuery
 from crm_api.kit.schemas import Problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -200,6 +200,8 @@ def query_model(model: type[M]) -> Any:
             raise RequestValidationError([*repeated, *errors]) from None
         if repeated:
             raise RequestValidationError(repeated)
+        if isinstance(validated, ListQuery):
+            validated._count_cap = request.app.state.settings.list_count_cap
         return validated
 
     setattr(dependency, QUERY_MODEL_ATTR, model)

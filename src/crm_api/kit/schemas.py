@@ -42,7 +42,14 @@ class Page(BaseModel, Generic[T]):
     )
     has_more: bool = Field(description="Whether another page follows.")
     total: int | None = Field(
-        default=None, description="Number of matching records; only with `include_total=true`."
+        default=None,
+        description="Number of matching records; only with `include_total=true`. Exact up to"
+        " the server's count cap (10,000 by default), the query planner's estimate above it.",
+    )
+    total_is_estimate: bool = Field(
+        default=False,
+        description="Whether `total` is an estimate: the matches exceed the count cap, so"
+        " they were not all counted (`total` is then at least the cap + 1).",
     )
 
 

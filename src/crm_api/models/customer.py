@@ -135,6 +135,24 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
             "id",
             postgresql_where=LIVE,
         ),
+        # An org-scoped page walks one of these per unit (kit/scoped_page.py), one per
+        # sort key; the stage one serves the pipeline view (a stage, newest first).
+        Index(
+            "ix_customers_org_unit_updated",
+            "org_unit_id",
+            "updated_at",
+            "id",
+            postgresql_where=LIVE,
+        ),
+        Index("ix_customers_org_unit_name", "org_unit_id", "name", "id", postgresql_where=LIVE),
+        Index(
+            "ix_customers_org_unit_stage_created",
+            "org_unit_id",
+            "lifecycle_stage",
+            "created_at",
+            "id",
+            postgresql_where=LIVE,
+        ),
         Index(
             "ix_customers_stage_created",
             "lifecycle_stage",
