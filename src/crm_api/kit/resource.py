@@ -39,8 +39,9 @@ from crm_api.authz.scope import (
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, ProblemError
+from crm_api.kit import statements
 from crm_api.kit.filtering import mask
-from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
+from crm_api.kit.pagination import PageParams, SortColumn, page_envelope
 
 Executor = Reader | AsyncSession
 
@@ -241,6 +242,12 @@ def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
 def scoped(resource: Resource, access: Access, *, deleted: bool = False) -> ScopedSelect:
     """The response columns of the rows ``access`` covers; live ones, or only the trash
     with ``deleted``."""
+    return statements.memo(
+        ("scoped", resource.name, access, deleted), lambda: _scoped(resource, access, deleted)
+    )
+
+
+def _scoped(resource: Resource, access: Access, deleted: bool) -> ScopedSelect:
     stmt = resource._trash if deleted else resource._live
     clause = scope_of(resource, access)
     return ScopedSelect(stmt if clause is None else stmt.where(clause))
@@ -309,13 +316,17 @@ async def fetch_page(
     params: PageParams,
 ) -> dict[str, Any]:
     """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked."""
-    query = _with_flag(resource, access, stmt)
     total = None
     if params.include_total:
+        query = _with_flag(resource, access, stmt)
         count_stmt = select(func.count()).select_from(query.order_by(None).subquery())
         total = (await executor.execute(count_stmt)).scalar_one()
-    paged = apply_keyset(query, resource.sort_columns, resource.id_column, params)
-    result = await executor.execute(paged)
+    # built once per (statement, access, page shape); the cursor's values and the limit
+    # are parameters (kit/statements.py)
+    paged, values = statements.page(
+        resource, access, stmt, params, lambda: _with_flag(resource, access, stmt)
+    )
+    result = await executor.execute(paged, values)
     # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
@@ -332,8 +343,8 @@ async def get_row(
     record_id: uuid.UUID,
 ) -> dict[str, Any] | None:
     """One record of ``stmt`` by id, masked; ``None`` when ``stmt`` does not cover it."""
-    query = _with_flag(resource, access, stmt).where(resource.id_column == record_id)
-    row = (await executor.execute(query)).mappings().first()
+    query = statements.by_id(resource, access, stmt, lambda: _with_flag(resource, access, stmt))
+    row = (await executor.execute(query, {"record_id": record_id})).mappings().first()
     if row is None:
         return None
     return mask_row(resource, access, dict(row)) if resource.sensitive else dict(row)
