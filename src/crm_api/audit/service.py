@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import Insert, Table, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -118,12 +118,22 @@ def row(
     }
 
 
-def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+def insert_with(stmt: Insert, event: Mapping[str, Any], *, bind: bool = False) -> Insert:
     """``stmt`` carrying the audit ``event`` (:func:`row`) as a data-modifying CTE: the
     record and its event in one statement, one round trip; a constraint violation of the
-    record writes neither."""
+    record writes neither. With ``bind``, the event's values are the named parameters
+    ``a_<field>`` (:func:`bound` gives their values), so the statement can be reused."""
     table: Table = AuditEvent.__table__  # type: ignore[assignment]
-    return stmt.add_cte(insert(table).values(**event).cte("audit_event"))
+    if bind:
+        values: Mapping[str, Any] = {k: bindparam(f"a_{k}", type_=table.c[k].type) for k in event}
+    else:
+        values = event
+    return stmt.add_cte(insert(table).values(values).cte("audit_event"))
+
+
+def bound(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameter values of an event written by ``insert_with(..., bind=True)``."""
+    return {f"a_{k}": v for k, v in event.items()}
 
 
 async def record_all(
