@@ -258,8 +258,8 @@ async def breakdown(url: str, n: int, rounds: int) -> list[tuple[str, float]]:
 
 class _RoundTrips:
     """Counts what the write engine sends: statements (``before_cursor_execute``), the
-    transaction's BEGIN/COMMIT/ROLLBACK, and pool checkouts (each one a pre-ping, itself
-    BEGIN + ping + ROLLBACK on asyncpg, when pre-ping is on). The read pool is plain
+    transaction's BEGIN/COMMIT/ROLLBACK, and pool checkouts (each one ping, a
+    ``SELECT 1`` on the driver connection, when pre-ping is on). The read pool is plain
     asyncpg and not counted (a create does not use it)."""
 
     def __init__(self, engine: Any) -> None:
@@ -381,7 +381,10 @@ BUCKETS: list[tuple[str, str]] = [
         r"^(json_response|dumps|_with_etag|present|page_envelope|encode_cursor) ",
     ),
 ]
-PRE_PING = ("pre-ping (BEGIN; ping; ROLLBACK)", r"^(\S+\.)?(_async_ping|do_ping|_do_ping_w_event) ")
+PRE_PING = (
+    "checkout ping (SELECT 1)",
+    r"^(\S+\.)?(_ping_on_checkout|_async_ping|do_ping|_do_ping_w_event) ",
+)
 
 
 def bucket_samples(raw_path: str) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -96,8 +96,10 @@ class ComparingReader(Reader):
         self._readers = readers
         self.statements: list[str] = []
 
-    async def execute(self, stmt: Executable) -> ReadResult:
-        results = {path: await r.execute(stmt) for path, r in self._readers.items()}
+    async def execute(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> ReadResult:
+        results = {path: await r.execute(stmt, values) for path, r in self._readers.items()}
         (first_path, first), *others = results.items()
         rows = exact([tuple(r) for r in first.all()])
         for path, other in others:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     read_path: Literal["asyncpg", "engine"] = "asyncpg"
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
+    #: Ping a write connection when it leaves the pool (one round trip: see
+    #: ``crm_api.db.engine._ping_on_checkout``); the engine read path keeps SQLAlchemy's
+    #: pre-ping.
     db_pool_pre_ping: bool = True
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
     db_lock_timeout_ms: int = Field(default=5_000, ge=0)

@@ -12,7 +12,17 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
@@ -69,9 +79,15 @@ def _table() -> Table:
     return table
 
 
-def with_event(stmt: Insert, event: Mapping[str, Any]) -> Insert:
-    """``stmt`` carrying one event's values as a data-modifying CTE (one statement)."""
-    return stmt.add_cte(insert(_table()).values(**event).cte("audit_event"))
+def with_event(stmt: Insert, event: Mapping[str, Any], *, bind: bool = False) -> Insert:
+    """``stmt`` carrying one event's values as a data-modifying CTE (one statement); with
+    ``bind``, as the named parameters ``a_<field>`` instead (a statement to reuse)."""
+    table = _table()
+    if bind:
+        values: Mapping[str, Any] = {k: bindparam(f"a_{k}", type_=table.c[k].type) for k in event}
+    else:
+        values = event
+    return stmt.add_cte(insert(table).values(values).cte("audit_event"))
 
 
 def event_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:

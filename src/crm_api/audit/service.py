@@ -121,11 +121,17 @@ def row(
     }
 
 
-def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+def insert_with(stmt: Insert, event: Mapping[str, Any], *, bind: bool = False) -> Insert:
     """``stmt`` carrying the audit ``event`` (:func:`row`) as a data-modifying CTE: the
     record and its event in one statement, one round trip; a constraint violation of the
-    record writes neither."""
-    return repo.with_event(stmt, event)
+    record writes neither. With ``bind``, the event's values are the named parameters
+    ``a_<field>`` (:func:`bound` gives their values), so the statement can be reused."""
+    return repo.with_event(stmt, event, bind=bind)
+
+
+def bound(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameter values of an event written by ``insert_with(..., bind=True)``."""
+    return {f"a_{k}": v for k, v in event.items()}
 
 
 def insert_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:

@@ -24,6 +24,7 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
 from crm_api.kit import resource as kit
+from crm_api.kit import statements
 from crm_api.kit.filtering import (
     FIELD_SEPARATOR,
     contains_lowered,
@@ -117,9 +118,11 @@ async def list_page(
     customer_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """One page of the contacts ``access`` covers, masked (the kit's read path)."""
-    return await kit.fetch_page(
-        executor, R, access, filtered(access, query, customer_id), query.page(ContactSort)
+    stmt = statements.memo(
+        ("contacts.list", access, statements.query_key(query), customer_id),
+        lambda: filtered(access, query, customer_id),
     )
+    return await kit.fetch_page(executor, R, access, stmt, query.page(ContactSort))
 
 
 async def find_parent(

@@ -13,6 +13,7 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit import resource as kit
+from crm_api.kit import statements
 from crm_api.kit.filtering import (
     FIELD_SEPARATOR,
     contains_lowered,
@@ -104,9 +105,8 @@ def filtered(access: Access, query: CustomerListQuery) -> ScopedSelect:
 
 async def list_page(executor: Executor, access: Access, query: CustomerListQuery) -> dict[str, Any]:
     """One page of the customers ``access`` covers, masked (the kit's read path)."""
-    return await kit.fetch_page(
-        executor, R, access, filtered(access, query), query.page(CustomerSort)
-    )
+    stmt = statements.list_base(R, access, query, lambda: filtered(access, query))
+    return await kit.fetch_page(executor, R, access, stmt, query.page(CustomerSort))
 
 
 async def find_duplicate(

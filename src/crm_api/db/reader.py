@@ -30,7 +30,7 @@ import asyncio
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
@@ -124,7 +124,11 @@ class Statements:
         self._compiled: LRUCache[Any, Any] = LRUCache(size)
         self._plans: WeakKeyDictionary[SQLCompiler, _Plan] = WeakKeyDictionary()
 
-    def prepare(self, stmt: Executable) -> tuple[str, list[Any], _Plan]:
+    def prepare(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> tuple[str, list[Any], _Plan]:
+        """SQL, positional arguments and plan of ``stmt``; ``values`` are the values of
+        its named bind parameters (as in ``Connection.execute(stmt, values)``)."""
         element = cast(ClauseElement, stmt)
         compiled, extracted, collected, _ = element._compile_w_cache(
             self.dialect, compiled_cache=self._compiled, column_keys=[]
@@ -134,7 +138,10 @@ class Statements:
         if plan is None:
             plan = self._plans[compiled] = self._plan(compiled)
         params = compiled.construct_params(
-            extracted_parameters=extracted, escape_names=False, _collected_params=collected
+            values,
+            extracted_parameters=extracted,
+            escape_names=False,
+            _collected_params=collected,
         )
         sql, positions, bind = plan.sql, plan.positions, plan.bind
         if plan.expanding:  # IN (...) lists: rendered per parameter set
@@ -433,7 +440,9 @@ class Reader:
 
     __slots__ = ()
 
-    async def execute(self, stmt: Executable) -> ReadResult:
+    async def execute(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> ReadResult:
         raise NotImplementedError
 
 
@@ -445,8 +454,10 @@ class AsyncpgReader(Reader):
     def __init__(self, pool: ReadPool) -> None:
         self._pool = pool
 
-    async def execute(self, stmt: Executable) -> ReadResult:
-        sql, args, plan = self._pool.statements.prepare(stmt)
+    async def execute(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> ReadResult:
+        sql, args, plan = self._pool.statements.prepare(stmt, values)
         records = await self._pool.fetch(sql, args)
         if plan.results:
             rows = [_processed(r, plan.results) for r in records]
@@ -593,8 +604,10 @@ class EngineReader(Reader):
     def __init__(self, pool: EngineReadPool) -> None:
         self._pool = pool
 
-    async def execute(self, stmt: Executable) -> ReadResult:
-        return await self._pool.execute(stmt)
+    async def execute(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> ReadResult:
+        return await self._pool.execute(stmt, values)
 
 
 class EngineReadPool:
@@ -625,13 +638,15 @@ class EngineReadPool:
         #: Stateless: one per pool, handed to every request (``ReadConnection``).
         self.reader: Reader = EngineReader(self)
 
-    async def execute(self, stmt: Executable) -> ReadResult:
+    async def execute(
+        self, stmt: Executable, values: Mapping[str, Any] | None = None
+    ) -> ReadResult:
         if not self._reaping and not self._closed:
             self._reaping = True
             self._reaper.start()  # needs a running loop: started on first use
         async with self.engine.connect() as conn:
             try:
-                result = await conn.execute(stmt)
+                result = await conn.execute(stmt, dict(values) if values else None)
                 keys = tuple(result.keys())
                 rows = [tuple(r) for r in result.all()]
             except BaseException as exc:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Header
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
@@ -40,6 +40,44 @@ IdempotencyKeyHeader = Annotated[
         description="A unique key (e.g. a UUID) making this POST safe to retry for 24 hours.",
     ),
 ]
+
+
+# The three statements, built once with named parameters: Core statements on the table
+# (not the ORM entity, whose DML goes through the ORM's bulk machinery) and no literal
+# values to coerce per request.
+_T: Table = IdempotencyKey.__table__  # type: ignore[assignment]
+_FRESH = ("method", "path", "request_hash", "created_at")
+_claim = insert(_T).values(
+    principal=bindparam("principal"),
+    key=bindparam("key"),
+    status_code=0,
+    response_body=b"",
+    response_headers={},
+    **{c: bindparam(c) for c in _FRESH},
+)
+_CLAIM = _claim.on_conflict_do_update(
+    index_elements=[_T.c.principal, _T.c.key],
+    set_={
+        **{c: _claim.excluded[c] for c in _FRESH},
+        "status_code": 0,
+        "response_body": b"",
+        "response_headers": {},
+    },
+    where=_T.c.created_at < bindparam("expired_before", type_=_T.c.created_at.type),
+).returning(_T.c.key)
+_THIS_KEY = (_T.c.principal == bindparam("p_principal"), _T.c.key == bindparam("p_key"))
+_STORED = select(
+    _T.c.request_hash, _T.c.status_code, _T.c.response_body, _T.c.response_headers
+).where(*_THIS_KEY)
+_STORE = (
+    update(_T)
+    .where(*_THIS_KEY)
+    .values(
+        status_code=bindparam("p_status_code"),
+        response_body=bindparam("p_response_body"),
+        response_headers=bindparam("p_response_headers"),
+    )
+)
 
 
 def fingerprint(method: str, path: str, body: BaseModel | dict[str, Any] | None) -> str:
@@ -66,36 +104,25 @@ async def idempotent(
     request_hash = fingerprint(method, path, body)
     owner = principal.audit_key
     now = datetime.now(UTC)
-    fresh = {
-        "method": method,
-        "path": path,
-        "request_hash": request_hash,
-        "status_code": 0,
-        "response_body": b"",
-        "response_headers": {},
-        "created_at": now,
-    }
     # One statement claims the key: a new key is inserted; an expired one (older than
     # KEY_TTL) is taken over as if new; a live one is left alone and nothing is returned.
     # Either way the row stays locked by whoever wrote it until their transaction ends.
-    stmt = insert(IdempotencyKey).values(principal=owner, key=key, **fresh)
-    inserted = (
+    claimed = (
         await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[IdempotencyKey.principal, IdempotencyKey.key],
-                set_=fresh,
-                where=IdempotencyKey.created_at < now - KEY_TTL,
-            ).returning(IdempotencyKey.key)
+            _CLAIM,
+            {
+                "principal": owner,
+                "key": key,
+                "method": method,
+                "path": path,
+                "request_hash": request_hash,
+                "created_at": now,
+                "expired_before": now - KEY_TTL,
+            },
         )
     ).scalar_one_or_none()
-    if inserted is None:
-        stored = (
-            await session.execute(
-                select(IdempotencyKey).where(
-                    IdempotencyKey.principal == owner, IdempotencyKey.key == key
-                )
-            )
-        ).scalar_one()
+    if claimed is None:
+        stored = (await session.execute(_STORED, {"p_principal": owner, "p_key": key})).one()
         if stored.request_hash != request_hash:
             raise UnprocessableEntity(
                 "This Idempotency-Key was used with a different request.",
@@ -107,12 +134,13 @@ async def idempotent(
     response = await produce()
     kept = {k: v for k, v in response.headers.items() if k.lower() in _REPLAYED_HEADERS}
     await session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.principal == owner, IdempotencyKey.key == key)
-        .values(
-            status_code=response.status_code,
-            response_body=bytes(response.body),
-            response_headers=kept,
-        )
+        _STORE,
+        {
+            "p_principal": owner,
+            "p_key": key,
+            "p_status_code": response.status_code,
+            "p_response_body": bytes(response.body),
+            "p_response_headers": kept,
+        },
     )
     return response

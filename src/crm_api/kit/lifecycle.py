@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result, TextClause
+from sqlalchemy import ColumnElement, Executable, Insert, Result, TextClause, bindparam
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,7 @@ from crm_api.authz.masking import reject_masked, resolve_masked
 from crm_api.authz.scope import UNMASKED, per_row_sensitive
 from crm_api.authz.types import Access, PrincipalKind
 from crm_api.errors import Forbidden, ProblemError, UnprocessableEntity
+from crm_api.kit import statements
 from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.resource import (
     Locked,
@@ -126,11 +127,12 @@ async def execute(
     resource: Resource,
     stmt: Executable,
     overrides: Overrides | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Result[Any]:
-    """:func:`flush` for a Core statement: run it, mapping a declared constraint's
-    violation to the error it means."""
+    """:func:`flush` for a Core statement (with ``values`` for its named parameters): run
+    it, mapping a declared constraint's violation to the error it means."""
     try:
-        return await session.execute(stmt)
+        return await session.execute(stmt, values)
     except IntegrityError as exc:
         _raise_declared(exc, resource, overrides)
         raise
@@ -341,6 +343,12 @@ def _new_row(
     return row, from_server
 
 
+def _insert_of(resource: Resource, row: Mapping[str, Any]) -> Insert:
+    """``INSERT INTO <resource> (<row's columns>) VALUES (:r_<column>, …)``."""
+    table = resource.table
+    return sql_insert(table).values({k: bindparam(f"r_{k}", type_=table.c[k].type) for k in row})
+
+
 async def insert(
     session: AsyncSession,
     resource: Resource,
@@ -361,7 +369,6 @@ async def insert(
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
     record_id = row["id"]
-    stmt = sql_insert(resource.table).values(**row)
     flag: ColumnElement[bool] | None = None
     if (
         resource.sensitive
@@ -370,8 +377,6 @@ async def insert(
     ):
         # the read_sensitive decision on the row just inserted, in the same statement
         flag = unmasked_clause(resource, access).label(UNMASKED)
-    if from_server or flag is not None:
-        stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
     event = audit.row(
         access.principal,
         action="create",
@@ -392,9 +397,21 @@ async def insert(
         },
         occurred_at=now,
     )
-    if not from_server:
-        stmt = audit.insert_with(stmt, event)
-    returned = await execute(session, resource, stmt, overrides)
+    if not from_server and flag is None:
+        # the common case, one statement built once per (resource, columns): the record
+        # and its event as named parameters, nothing to coerce or hash per request
+        stmt = statements.memo(
+            ("insert", resource.name, tuple(row), tuple(event)),
+            lambda: audit.insert_with(_insert_of(resource, row), event, bind=True),
+        )
+        values = {**{f"r_{k}": v for k, v in row.items()}, **audit.bound(event)}
+        returned = await execute(session, resource, stmt, overrides, values)
+    else:
+        stmt = sql_insert(resource.table).values(**row)
+        stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
+        if not from_server:
+            stmt = audit.insert_with(stmt, event)
+        returned = await execute(session, resource, stmt, overrides)
     after = {c.key: row.get(c.key) for c in resource.columns}
     if from_server or flag is not None:
         got = returned.mappings().one()

@@ -27,12 +27,14 @@ from sqlalchemy import (
     Select,
     SmallInteger,
     and_,
+    bindparam,
     false,
     literal,
     or_,
     tuple_,
 )
 from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.sql.elements import BindParameter
 
 from crm_api.errors import BadRequest
 from crm_api.kit.counting import DEFAULT_COUNT_CAP
@@ -355,8 +357,7 @@ def _after(column: SortColumn, value: Any, descending: bool) -> ColumnElement[bo
     if value is None:
         # nothing is greater than NULL; descending, every non-NULL value comes after it
         return column.is_not(None) if descending else None
-    # a bound parameter of the column's type: `flagged > true` as well as `amount > $1`
-    bound = literal(value, column.type)
+    bound = _bound(column, value)
     if descending:
         before: ColumnElement[bool] = column < bound  # NULLs came first: already passed
         return before
@@ -367,8 +368,17 @@ def _after(column: SortColumn, value: Any, descending: bool) -> ColumnElement[bo
 def _same(column: SortColumn, value: Any) -> ColumnElement[bool]:
     if value is None:
         return column.is_(None)
-    same: ColumnElement[bool] = column == literal(value, column.type)
+    same: ColumnElement[bool] = column == _bound(column, value)
     return same
+
+
+def _bound(column: SortColumn, value: Any) -> ColumnElement[Any]:
+    """``value`` as a bound parameter of the column's type (``flagged > true`` as well as
+    ``amount > $1``); a ``bindparam`` placeholder (the cached page statements of
+    :mod:`crm_api.kit.statements`) as it is."""
+    if isinstance(value, BindParameter):
+        return value
+    return literal(value, column.type)
 
 
 def keyset_after(
@@ -419,6 +429,50 @@ def apply_keyset(
             )
         )
     return stmt.order_by(*order).limit(params.limit + 1)
+
+
+#: The shape of a page: its sort keys, and for a page after a cursor which of the cursor's
+#: sort values are NULL (``None``: the first page). Everything else is a parameter.
+PageShape: TypeAlias = tuple[tuple[SortKey, ...], tuple[bool, ...] | None]
+
+
+def page_shape(
+    params: PageParams, columns: Mapping[str, SortColumn]
+) -> tuple[PageShape, dict[str, Any]]:
+    """The shape of the page ``params`` ask for, and the values of the parameters of
+    :func:`keyset_statement` (the cursor checked as :func:`apply_keyset` checks it: an
+    invalid one is a 400)."""
+    values: dict[str, Any] = {"page_limit": params.limit + 1}
+    if not params.cursor:
+        return (params.sort, None), values
+    decoded, last_id = decode_cursor(params.cursor, params.sort, columns)
+    for i, value in enumerate([*decoded, last_id]):
+        if value is not None:
+            values[f"page_after_{i}"] = value
+    return (params.sort, tuple(v is None for v in decoded)), values
+
+
+def keyset_statement(
+    stmt: Select[Any],
+    columns: Mapping[str, SortColumn],
+    id_column: SortColumn,
+    shape: PageShape,
+) -> Select[Any]:
+    """:func:`apply_keyset` for every page of one :data:`PageShape`: the cursor's values
+    and the limit are the named parameters :func:`page_shape` gives values to, so one
+    statement (compiled once) serves every page of that shape."""
+    sort, nulls = shape
+    id_desc = sort[-1].descending
+    order = [_ordered(columns[k.name], k.descending) for k in sort]
+    order.append(_ordered(id_column, id_desc))
+    if nulls is not None:
+        cols = [*(columns[k.name] for k in sort), id_column]
+        slots = [
+            None if is_null else bindparam(f"page_after_{i}", type_=col.type)
+            for i, (col, is_null) in enumerate(zip(cols, [*nulls, False], strict=True))
+        ]
+        stmt = stmt.where(keyset_after(cols, slots, [*(k.descending for k in sort), id_desc]))
+    return stmt.order_by(*order).limit(bindparam("page_limit", type_=Integer()))
 
 
 def page_envelope(

@@ -42,6 +42,7 @@ from crm_api.authz.scope import (
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, ProblemError
+from crm_api.kit import statements
 from crm_api.kit.counting import count_total
 from crm_api.kit.filtering import mask
 from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
@@ -342,6 +343,12 @@ def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
 def scoped(resource: Resource, access: Access, *, deleted: bool = False) -> ScopedSelect:
     """The response columns of the rows ``access`` covers; live ones, or only the trash
     with ``deleted``."""
+    return statements.memo(
+        ("scoped", resource.name, access, deleted), lambda: _scoped(resource, access, deleted)
+    )
+
+
+def _scoped(resource: Resource, access: Access, deleted: bool) -> ScopedSelect:
     stmt = resource._trash if deleted else resource._live
     clause = scope_of(resource, access)
     return ScopedSelect(stmt if clause is None else stmt.where(clause))
@@ -389,7 +396,9 @@ def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSele
 
 # --- reads -----------------------------------------------------------------------------------
 def _flag(resource: Resource, access: Access) -> ColumnElement[Any] | None:
-    if not resource.sensitive:
+    """The per-row masking flag, when masking depends on the row: otherwise the answer
+    is ``access.sensitive`` for every row (:func:`_masks`), and no column."""
+    if not resource.sensitive or not per_row_sensitive(access):
         return None
     return unmasked_clause(resource, access).label(UNMASKED)
 
@@ -397,6 +406,11 @@ def _flag(resource: Resource, access: Access) -> ColumnElement[Any] | None:
 def _with_flag(resource: Resource, access: Access, stmt: ScopedSelect) -> Select[Any]:
     flag = _flag(resource, access)
     return stmt if flag is None else stmt.add_columns(flag)
+
+
+def _masks(resource: Resource, access: Access) -> bool:
+    """Whether rows read by ``access`` need :func:`mask_row` (some may be masked)."""
+    return bool(resource.sensitive) and (not access.sensitive or per_row_sensitive(access))
 
 
 def mask_row(resource: Resource, access: Access, row: dict[str, Any]) -> dict[str, Any]:
@@ -435,11 +449,21 @@ async def fetch_page(
     if params.include_total:
         # counted on the bare statement: the masking flag changes no row count
         total, estimated = await count_total(executor, stmt, params.count_cap)
-    result = await executor.execute(page_statement(resource, access, stmt, params))
+    merged = merged_page(resource, access, stmt, _flag(resource, access), params)
+    if merged is not None:
+        # an org scope that pays for per-unit walks (kit/scoped_page.py)
+        result = await executor.execute(merged)
+    else:
+        # built once per (statement, access, page shape); the cursor's values and the
+        # limit are parameters (kit/statements.py)
+        paged, values = statements.page(
+            resource, access, stmt, params, lambda: _with_flag(resource, access, stmt)
+        )
+        result = await executor.execute(paged, values)
     # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
-    if resource.sensitive:
+    if _masks(resource, access):
         rows = [mask_row(resource, access, r) for r in rows]
     return page_envelope(rows, params, total, estimated)
 
@@ -452,11 +476,11 @@ async def get_row(
     record_id: uuid.UUID,
 ) -> dict[str, Any] | None:
     """One record of ``stmt`` by id, masked; ``None`` when ``stmt`` does not cover it."""
-    query = _with_flag(resource, access, stmt).where(resource.id_column == record_id)
-    row = (await executor.execute(query)).mappings().first()
+    query = statements.by_id(resource, access, stmt, lambda: _with_flag(resource, access, stmt))
+    row = (await executor.execute(query, {"record_id": record_id})).mappings().first()
     if row is None:
         return None
-    return mask_row(resource, access, dict(row)) if resource.sensitive else dict(row)
+    return mask_row(resource, access, dict(row)) if _masks(resource, access) else dict(row)
 
 
 async def read_or_404(
