@@ -41,6 +41,7 @@ from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, ProblemError
 from crm_api.kit.filtering import mask
 from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
+from crm_api.kit.search import Search
 
 Executor = Reader | AsyncSession
 
@@ -143,6 +144,9 @@ class Resource:
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
     derived: tuple[str, ...] = ()
+    #: ``q`` over the n-gram index (:mod:`crm_api.kit.search`); ``None``: the resource's
+    #: repository matches ``q`` itself (small settings tables).
+    search: Search | None = None
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -285,7 +289,9 @@ def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSele
 
 
 # --- reads -----------------------------------------------------------------------------------
-def _with_flag(resource: Resource, access: Access, stmt: ScopedSelect) -> Select[Any]:
+def flagged(resource: Resource, access: Access, stmt: ScopedSelect) -> Select[Any]:
+    """``stmt`` plus the per-row masking flag (for :func:`mask_row`) when the resource has
+    sensitive fields."""
     if not resource.sensitive:
         return stmt
     return stmt.add_columns(unmasked_clause(resource, access).label(UNMASKED))
@@ -309,7 +315,7 @@ async def fetch_page(
     params: PageParams,
 ) -> dict[str, Any]:
     """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked."""
-    query = _with_flag(resource, access, stmt)
+    query = flagged(resource, access, stmt)
     total = None
     if params.include_total:
         count_stmt = select(func.count()).select_from(query.order_by(None).subquery())
@@ -332,7 +338,7 @@ async def get_row(
     record_id: uuid.UUID,
 ) -> dict[str, Any] | None:
     """One record of ``stmt`` by id, masked; ``None`` when ``stmt`` does not cover it."""
-    query = _with_flag(resource, access, stmt).where(resource.id_column == record_id)
+    query = flagged(resource, access, stmt).where(resource.id_column == record_id)
     row = (await executor.execute(query)).mappings().first()
     if row is None:
         return None

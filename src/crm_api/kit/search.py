@@ -1,0 +1,594 @@
+"""``q``: substring search served by an n-gram GIN index in core PostgreSQL, with the
+strategy chosen per request and relevance order.
+
+**Semantics** (unchanged from the LIKE over the generated search columns, migration 0003):
+the term, lower()ed by PostgreSQL, anywhere in one field of the declared search column (the
+fields lower()ed and joined by U+001F, the name first), or in the name of a live related
+row (a customer's contacts); ``%``, ``_`` and ``\\`` literal; any script, no word splitting;
+1- and 2-character terms included. A term holding U+001F is matched field by field
+(:func:`_fieldwise`), newest first.
+
+**Index** (migration 0008): ``crm_search_grams(search_text)``, a GIN expression index over
+live rows of the 1- and 2-character grams of the column, tagged by position: ``chr(2)`` +
+the name's first character and first pair (the name starts with them), the name's later
+characters and pairs untagged, its last character + ``chr(4)``, the other fields' grams
+behind ``chr(3)``. A term's grams (``crm_search_query``) therefore select candidates for
+"the name starts with it" (:func:`_prefix`), "it occurs in the name after the first
+character" (:func:`_inner`), "the name is it" (:func:`_exact`) and "it is in another field"
+(:func:`_other`). Every candidate is re-checked with the LIKE, so the index never changes
+a result, only how fast it is found.
+
+**Strategy** (:func:`_estimate`): each part of a search (the row's name, its other fields,
+related names; each relevance tier) is estimated from the index's own statistics
+(``pg_stats.most_common_elems`` of the expression, cached per process for
+:data:`STATS_TTL` seconds; no round trip per request): the rarest of its grams bounds the
+rows it can match. Up to :data:`COLLECT_MAX` candidates the part is **collected** from the
+index (``id = ANY(<array of matching ids>)``: a GIN bitmap scan, then the page sorted from
+the matches); above it the part is matched while **walking** the page's sort order (the
+LIKE as a filter on an index scan of the sort key, which stops at the end of the page: a
+term on 40 % of rows needs ~130 rows for a page of 50). Either way the caller's scope and
+filters are in the same statement (SQL predicates, never Python).
+
+**Relevance** (:func:`page`): with ``q`` and no explicit ``sort``, rows come best first:
+the name equal to the term (rank 0), the name starting with it (1), the name containing it
+(2), only another field or a related name containing it (3); within a rank newest first
+(``created_at`` descending, then ``id``). The cursor carries ``(rank, created_at, id)``.
+When every part is collected, one statement ranks all matches; otherwise the ranks are
+read one after the other (each rank a statement with its own strategy) until the page is
+full. An explicit ``sort`` wins: the matches in that order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    Text,
+    and_,
+    any_,
+    case,
+    cast,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql import FromClause
+
+from crm_api.errors import BadRequest
+from crm_api.kit.filtering import FIELD_SEPARATOR, contains_pattern, escape_like
+from crm_api.kit.pagination import (
+    PageParams,
+    SortColumn,
+    SortKey,
+    apply_keyset,
+    decode_cursor,
+    encode_cursor,
+    page_envelope,
+)
+
+if TYPE_CHECKING:
+    from crm_api.authz.types import Access
+    from crm_api.kit.resource import Executor, Resource, ScopedSelect
+
+Strategy = Literal["walk", "collect"]
+
+#: Up to this many candidate rows (an upper bound from the index statistics) a part is
+#: collected from the n-gram index; above it, matched while walking the sort order.
+COLLECT_MAX = 20_000
+#: Seconds the index statistics are kept per process (they change with ANALYZE only).
+STATS_TTL = 300.0
+
+START, OTHER, END = "\x02", "\x03", "\x04"
+RANK = "_rank"
+#: The sort a relevance cursor is issued for (rank ascending, newest first, then id).
+RELEVANCE_SORT = (SortKey(RANK, False), SortKey("created_at", True))
+_RECENCY = (SortKey("created_at", True),)
+_TEXTS = ARRAY(Text)
+
+#: The index expression's function, as migration 0008 created it (the migration holds a
+#: frozen copy; tests/test_search_index.py checks the two agree).
+GRAMS_FUNCTION = "crm_search_grams"
+
+
+@dataclass(frozen=True, slots=True)
+class Related:
+    """Rows of another table whose name makes a row match (a customer by the names of its
+    live contacts). ``table`` carries the same ``search_text`` and n-gram index."""
+
+    table: FromClause
+    #: The column of ``table`` holding the id of the row it makes match.
+    foreign_key: str
+    #: The GIN index over ``crm_search_grams(search_text)`` of ``table``'s live rows.
+    index: str
+    #: ``table``'s lower()ed name column (what the LIKE re-checks).
+    name: str = "search_name"
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """How a resource is searched by ``q``: its generated, lower()ed search column (the
+    fields joined by U+001F, the name first), the GIN index over its grams, the name column
+    relevance ranks on, and related rows whose names match too."""
+
+    #: The GIN index over ``crm_search_grams(<text>)`` of the live rows.
+    index: str
+    #: The fields, in the order the search column joins them (a term holding U+001F is
+    #: matched on each with ILIKE).
+    fields: tuple[str, ...]
+    text: str = "search_text"
+    #: The name column (ranked on); ``name_lowered``: it holds ``lower(name)`` already.
+    name: str = "name"
+    name_lowered: bool = False
+    related: tuple[Related, ...] = ()
+
+
+# --- index statistics ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What ANALYZE recorded of an n-gram index: the share of rows holding each of its most
+    common grams, the bound for any other gram, and the index's row count."""
+
+    freqs: Mapping[str, float]
+    floor: float
+    rows: float
+    loaded: float = 0.0
+
+    def estimate(self, grams: Sequence[str]) -> float:
+        """Most rows a search needing all of ``grams`` can match (the rarest gram's)."""
+        if not grams:
+            return self.rows
+        return self.rows * min(self.freqs.get(g, self.floor) for g in grams)
+
+
+_STATS: dict[str, IndexStats] = {}
+
+_STATS_SQL = text(
+    "SELECT c.reltuples::float8 AS rows, s.most_common_elems::text::text[] AS elems,"
+    " s.most_common_elem_freqs::float8[] AS freqs"
+    " FROM pg_class c LEFT JOIN pg_stats s"
+    " ON s.schemaname = c.relnamespace::regnamespace::name AND s.tablename = c.relname"
+    " WHERE c.oid = to_regclass(:index)"
+)
+
+
+async def index_stats(executor: Executor, index: str) -> IndexStats:
+    """The statistics of ``index``, from this process's cache when fresh."""
+    now = time.monotonic()
+    cached = _STATS.get(index)
+    if cached is not None and now - cached.loaded < STATS_TTL:
+        return cached
+    row = (await executor.execute(_STATS_SQL.bindparams(index=index))).first()
+    if row is None:
+        stats = IndexStats({}, 0.0, 0.0, now)
+    else:
+        rows, elems, freqs = row
+        elems, freqs = elems or [], freqs or []
+        listed = dict(zip(elems, freqs[: len(elems)], strict=True))
+        # the element frequencies are followed by their minimum, maximum and null share
+        floor = float(freqs[len(elems)]) if len(freqs) > len(elems) else 0.0
+        stats = IndexStats(listed, floor, max(float(rows or 0.0), 0.0), now)
+    _STATS[index] = stats
+    return stats
+
+
+# --- a term's grams (Python, for the estimate; SQL, for the query) ----------------------------
+def _pairs(term: str, tag: str) -> list[str]:
+    if not term:
+        return []
+    if len(term) == 1:
+        return [tag + term]
+    return [tag + term[i : i + 2] for i in range(len(term) - 1)]
+
+
+def _prefix(term: str) -> list[str]:
+    return [START + term[:2], *_pairs(term[1:], "")]
+
+
+def _exact(term: str) -> list[str]:
+    return [*_prefix(term), term[-1] + END]
+
+
+def _inner(term: str) -> list[str]:
+    return _pairs(term, "")
+
+
+def _other(term: str) -> list[str]:
+    return _pairs(term, OTHER)
+
+
+def _query(term: Any, tag: str) -> ColumnElement[Any]:
+    return func.crm_search_query(term, tag, type_=_TEXTS)
+
+
+def _q_prefix(term: str) -> ColumnElement[Any]:
+    first = literal(START, Text) + func.left(func.lower(literal(term, Text)), 2)
+    return func.array_prepend(first, _query(func.substr(literal(term, Text), 2), ""), type_=_TEXTS)
+
+
+def _q_exact(term: str) -> ColumnElement[Any]:
+    last = func.right(func.lower(literal(term, Text)), 1) + literal(END, Text)
+    return func.array_append(_q_prefix(term), last, type_=_TEXTS)
+
+
+def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
+    """``crm_search_grams(search_text) @> grams``: the indexed expression, as indexed."""
+    indexed = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
+    return indexed.op("@>", is_comparison=True)(grams)
+
+
+def _lowered(value: str) -> ColumnElement[str]:
+    """``lower(value)`` as a scalar subquery: evaluated once per statement, also in a
+    prepared statement's generic plan (see :func:`crm_api.kit.filtering.contains_lowered`)."""
+    return select(func.lower(literal(value, Text), type_=Text)).scalar_subquery()
+
+
+# --- the parts of a search -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """One term's patterns (each lower()ed by PostgreSQL once per statement)."""
+
+    term: str
+    lowered: ColumnElement[str]
+    contains: ColumnElement[str]
+    prefix: ColumnElement[str]
+
+    @classmethod
+    def of(cls, term: str) -> _Terms:
+        escaped = escape_like(term)
+        return cls(
+            term,
+            _lowered(term),
+            _lowered(f"%{escaped}%"),
+            _lowered(f"{escaped}%"),
+        )
+
+
+def _name(resource: Resource, table: FromClause) -> ColumnElement[str]:
+    spec = _spec(resource)
+    column = table.c[spec.name]
+    return column if spec.name_lowered else func.lower(column, type_=Text)
+
+
+def _spec(resource: Resource) -> Search:
+    spec = resource.search
+    if spec is None:
+        raise TypeError(f"{resource.name} declares no search")
+    return spec
+
+
+def _ids(resource: Resource, *queries: Select[Any]) -> ColumnElement[bool]:
+    """``id = ANY(<one array of the ids the queries select>)``: an InitPlan run once, then
+    the rows fetched by primary key; the page is sorted from those rows."""
+    matches = queries[0] if len(queries) == 1 else union_all(*queries)
+    sub = matches.subquery("m")
+    array_type = ARRAY(resource.id_column.type)
+    array = select(func.array_agg(sub.c[0], type_=array_type)).scalar_subquery()
+    # a cast, so that ANY takes an array expression rather than a subquery of arrays
+    return resource.id_column == any_(cast(array, array_type))
+
+
+def _own(
+    resource: Resource,
+    terms: _Terms,
+    grams: ColumnElement[Any] | Sequence[ColumnElement[Any]],
+    *where: ColumnElement[bool],
+) -> Select[Any]:
+    """Ids of live rows of the resource whose grams hold ``grams`` (any of several) and that
+    pass ``where``, found through the n-gram index (an alias: never correlated)."""
+    inner = resource.table.alias("s")
+    alternatives = [grams] if isinstance(grams, ColumnElement) else list(grams)
+    found = or_(*(_has(inner, g) for g in alternatives))
+    rewhere = [_rebind(resource, inner, c) for c in where]
+    return select(inner.c.id).where(inner.c.deleted_at.is_(None), found, *rewhere)
+
+
+def _rebind(resource: Resource, inner: Any, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+    from sqlalchemy.sql.util import ClauseAdapter
+
+    adapted: ColumnElement[bool] = ClauseAdapter(inner).traverse(clause)
+    return adapted
+
+
+def _related_names(rel: Related, terms: _Terms) -> Select[Any]:
+    """Ids the live related rows whose name holds the term point at (index-found)."""
+    t = rel.table
+    return select(t.c[rel.foreign_key]).where(
+        t.c.deleted_at.is_(None),
+        or_(_has(t, _q_prefix(terms.term)), _has(t, _query(terms.term, ""))),
+        t.c[rel.name].like(terms.contains),
+    )
+
+
+def _related_walk(resource: Resource, rel: Related, terms: _Terms) -> ColumnElement[bool]:
+    """A live related row of this row has the term in its name: a probe of the related
+    table's foreign-key index per row walked. ``OFFSET 0`` keeps it a per-row probe: without
+    it PostgreSQL may hash the whole subquery first, reading every related row's name."""
+    t = rel.table
+    probe = (
+        select(literal(1))
+        .where(
+            t.c[rel.foreign_key] == resource.id_column,
+            t.c.deleted_at.is_(None),
+            t.c[rel.name].like(terms.contains),
+        )
+        .offset(0)
+    )
+    return probe.exists()
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The estimates of one term over one resource, and the strategies they choose."""
+
+    resource: Resource
+    terms: _Terms
+    live: bool
+    name_est: float
+    other_est: float
+    related_est: list[float]
+    exact_est: float
+    prefix_est: float
+    inner_est: float
+
+    def choose(self, estimate: float) -> Strategy:
+        return "collect" if self.live and estimate <= COLLECT_MAX else "walk"
+
+    @property
+    def own(self) -> Strategy:
+        return self.choose(self.name_est + self.other_est)
+
+    def related(self, i: int) -> Strategy:
+        return "collect" if self.related_est[i] <= COLLECT_MAX else "walk"
+
+    @property
+    def all_collected(self) -> bool:
+        spec = _spec(self.resource)
+        return self.own == "collect" and all(
+            self.related(i) == "collect" for i in range(len(spec.related))
+        )
+
+
+async def plan(
+    executor: Executor, resource: Resource, term: str, *, deleted: bool = False
+) -> _Plan:
+    """Estimate each part of searching ``term`` from the indexes' statistics."""
+    spec = _spec(resource)
+    own = await index_stats(executor, spec.index)
+    t = term.lower()
+    related = [await index_stats(executor, r.index) for r in spec.related]
+    return _Plan(
+        resource=resource,
+        terms=_Terms.of(term),
+        live=not deleted,
+        name_est=own.estimate(_prefix(t)) + own.estimate(_inner(t)),
+        other_est=own.estimate(_other(t)),
+        related_est=[s.estimate(_prefix(t)) + s.estimate(_inner(t)) for s in related],
+        exact_est=own.estimate(_exact(t)),
+        prefix_est=own.estimate(_prefix(t)),
+        inner_est=own.estimate(_inner(t)),
+    )
+
+
+def match_clause(p: _Plan) -> ColumnElement[bool]:
+    """The rows the term matches, each part by its strategy."""
+    resource, terms = p.resource, p.terms
+    spec = _spec(resource)
+    table = resource.table
+    if FIELD_SEPARATOR in terms.term:
+        return _fieldwise(resource, terms.term)
+    if p.all_collected:
+        queries = [_own_all(resource, terms)]
+        queries += [_related_names(r, terms) for r in spec.related]
+        return _ids(resource, *queries)
+    parts: list[ColumnElement[bool]] = []
+    if p.own == "collect":
+        parts.append(resource.id_column.in_(_own_all(resource, terms)))
+    else:
+        parts.append(table.c[spec.text].like(terms.contains))
+    for i, rel in enumerate(spec.related):
+        if p.related(i) == "collect":
+            parts.append(resource.id_column.in_(_related_names(rel, terms)))
+        else:
+            parts.append(_related_walk(resource, rel, terms))
+    return or_(*parts)
+
+
+def _own_all(resource: Resource, terms: _Terms) -> Select[Any]:
+    spec = _spec(resource)
+    grams = [_q_prefix(terms.term), _query(terms.term, ""), _query(terms.term, OTHER)]
+    return _own(resource, terms, grams, resource.table.c[spec.text].like(terms.contains))
+
+
+def _fieldwise(resource: Resource, term: str) -> ColumnElement[bool]:
+    """A term holding U+001F (which joins the search column's fields, so one LIKE could
+    match across two of them): each field with ILIKE, related names too. Same rows, no
+    index."""
+    spec = _spec(resource)
+    pattern = contains_pattern(term)
+    parts: list[ColumnElement[bool]] = [resource.table.c[f].ilike(pattern) for f in spec.fields]
+    for rel in spec.related:
+        t = rel.table
+        parts.append(
+            resource.id_column.in_(
+                select(t.c[rel.foreign_key]).where(
+                    t.c.deleted_at.is_(None), t.c.name.ilike(pattern)
+                )
+            )
+        )
+    return or_(*parts)
+
+
+# --- relevance ---------------------------------------------------------------------------------
+def rank_expression(resource: Resource, terms: _Terms) -> ColumnElement[int]:
+    """0: the name is the term; 1: starts with it; 2: contains it; 3: only another field
+    or a related name does (any case, wildcards literal)."""
+    name = _name(resource, resource.table)
+    return case(
+        (name == terms.lowered, 0),
+        (name.like(terms.prefix), 1),
+        (name.like(terms.contains), 2),
+        else_=3,
+    ).cast(Integer)
+
+
+def _tier(p: _Plan, rank: int) -> ColumnElement[bool]:
+    """The rows of one rank, by that rank's own strategy."""
+    resource, terms = p.resource, p.terms
+    name = _name(resource, resource.table)
+    exact = name == terms.lowered
+    prefix = name.like(terms.prefix)
+    contains = name.like(terms.contains)
+    if rank == 0:
+        if p.choose(p.exact_est) == "collect":
+            return _ids(resource, _own(resource, terms, _q_exact(terms.term), exact))
+        return exact
+    if rank == 1:
+        where = and_(prefix, not_(exact))
+        if p.choose(p.prefix_est) == "collect":
+            return _ids(resource, _own(resource, terms, _q_prefix(terms.term), where))
+        return where
+    if rank == 2:
+        where = and_(contains, not_(prefix))
+        if p.choose(p.inner_est) == "collect":
+            return _ids(resource, _own(resource, terms, _query(terms.term, ""), where))
+        return where
+    # rank 3: another field or a related name, not the name
+    spec = _spec(resource)
+    parts: list[ColumnElement[bool]] = []
+    text_like = resource.table.c[spec.text].like(terms.contains)
+    if p.choose(p.other_est) == "collect":
+        own = _own(resource, terms, _query(terms.term, OTHER), text_like)
+        parts.append(resource.id_column.in_(own))
+    else:
+        parts.append(text_like)
+    for i, rel in enumerate(spec.related):
+        if p.related(i) == "collect":
+            parts.append(resource.id_column.in_(_related_names(rel, terms)))
+        else:
+            parts.append(_related_walk(resource, rel, terms))
+    return and_(or_(*parts), not_(contains))
+
+
+# --- the page --------------------------------------------------------------------------------
+async def page(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    params: PageParams,
+    term: str | None,
+    *,
+    relevance: bool,
+    deleted: bool = False,
+) -> dict[str, Any]:
+    """One page of ``stmt`` (scoped and filtered) narrowed to ``term``: best first when
+    ``relevance`` (no explicit sort), else in ``params``' sort. Without a term, the plain
+    page."""
+    from crm_api.kit import resource as kit
+
+    if not term:
+        return await kit.fetch_page(executor, resource, access, stmt, params)
+    p = await plan(executor, resource, term, deleted=deleted)
+    matched = kit.narrow(stmt, match_clause(p))
+    if not relevance or FIELD_SEPARATOR in term:
+        return await kit.fetch_page(executor, resource, access, matched, params)
+    total = None
+    if params.include_total:
+        count = select(func.count()).select_from(matched.order_by(None).subquery())
+        total = (await executor.execute(count)).scalar_one()
+    query = kit.flagged(resource, access, stmt)
+    ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
+    if p.all_collected:
+        rows = await _ranked(executor, resource, query.where(match_clause(p)), p, ranked)
+    else:
+        rows = await _tiers(executor, resource, query, p, ranked)
+    envelope = page_envelope(rows, ranked, total)
+    for row in envelope["data"]:
+        row.pop(RANK, None)
+    envelope["data"] = [kit.mask_row(resource, access, r) for r in envelope["data"]]
+    return envelope
+
+
+def _created(resource: Resource) -> SortColumn:
+    return resource.table.c.created_at
+
+
+async def _fetch(executor: Executor, stmt: Select[Any]) -> list[dict[str, Any]]:
+    result = await executor.execute(stmt)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+
+async def _ranked(
+    executor: Executor, resource: Resource, query: Select[Any], p: _Plan, params: PageParams
+) -> list[dict[str, Any]]:
+    """Every match ranked in one statement (all parts collected: the matches are few)."""
+    rank = rank_expression(resource, p.terms)
+    columns: dict[str, SortColumn] = {RANK: rank, "created_at": _created(resource)}
+    stmt = apply_keyset(query.add_columns(rank.label(RANK)), columns, resource.id_column, params)
+    return await _fetch(executor, stmt)
+
+
+def _decode(resource: Resource, cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    values, last_id = decode_cursor(cursor, RELEVANCE_SORT)
+    rank, created = values
+    if (
+        not isinstance(rank, int)
+        or isinstance(rank, bool)
+        or not 0 <= rank <= 3
+        or not isinstance(created, datetime)
+    ):
+        raise BadRequest("The cursor is malformed.", code="invalid_cursor")
+    return rank, created, last_id
+
+
+async def _tiers(
+    executor: Executor, resource: Resource, query: Select[Any], p: _Plan, params: PageParams
+) -> list[dict[str, Any]]:
+    """The ranks one after the other, each newest first by its own strategy, until the page
+    (and the one row that tells whether there is more) is full."""
+    after = _decode(resource, params.cursor)
+    first = after[0] if after else 0
+    want = params.limit + 1
+    rows: list[dict[str, Any]] = []
+    columns: dict[str, SortColumn] = {"created_at": _created(resource)}
+    for rank in range(first, 4):
+        cursor = None
+        if after is not None and rank == after[0]:
+            cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
+        tier = PageParams(want - len(rows) - 1, cursor, _RECENCY, False)
+        stmt = query.where(_tier(p, rank)).add_columns(literal(rank, Integer).label(RANK))
+        got = await _fetch(executor, apply_keyset(stmt, columns, resource.id_column, tier))
+        rows.extend(got[: want - len(rows)])
+        if len(rows) >= want:
+            break
+    return rows
+
+
+__all__ = [
+    "COLLECT_MAX",
+    "RELEVANCE_SORT",
+    "IndexStats",
+    "Related",
+    "Search",
+    "index_stats",
+    "match_clause",
+    "page",
+    "plan",
+    "rank_expression",
+]
