@@ -15,6 +15,9 @@ The index is an expression index over live rows: the arrays are never stored in 
 column was). Every match found through the index is re-checked with the LIKE ``q`` always
 used, so results are exactly those of substring matching; the index only finds candidates.
 
+The statistics target of the indexed expression is 1,000 (ANALYZE keeps the 10,000 most
+common grams): the search chooses its strategy per request from them.
+
 Both functions use only ``pg_catalog`` built-ins (no other function of ours), so they work
 under any ``search_path`` (pg_dump/restore, autovacuum's ANALYZE of the expression).
 
@@ -85,6 +88,10 @@ def upgrade() -> None:
             f"CREATE INDEX {name} ON {table} USING gin (crm_search_grams(search_text))"
             " WHERE deleted_at IS NULL"
         )
+        # ANALYZE keeps up to 10 x the target most common grams: at 1,000 (a sample of
+        # 300,000 rows) any gram it does not list is on fewer than ~0.06 % of 1,000,000
+        # customers, which is what tells a rare term from a frequent one (kit/search.py).
+        op.execute(f"ALTER INDEX {name} ALTER COLUMN 1 SET STATISTICS 1000")
 
 
 def downgrade() -> None:

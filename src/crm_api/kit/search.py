@@ -88,6 +88,10 @@ Strategy = Literal["walk", "collect"]
 #: Up to this many candidate rows (an upper bound from the index statistics) a part is
 #: collected from the n-gram index; above it, matched while walking the sort order.
 COLLECT_MAX = 20_000
+#: The same for a caller whose scope is not ``all``: the collecting statement carries the
+#: scope, which PostgreSQL combines with the n-gram index (BitmapAnd), while a walk of the
+#: sort order reads every other caller's rows too.
+COLLECT_MAX_SCOPED = 150_000
 #: Seconds the index statistics are kept per process (they change with ANALYZE only).
 STATS_TTL = 300.0
 
@@ -185,6 +189,11 @@ async def index_stats(executor: Executor, index: str) -> IndexStats:
 
 
 # --- a term's grams (Python, for the estimate; SQL, for the query) ----------------------------
+#: The kinds of gram arrays a term gives (each the SQL array of :func:`_sql_grams` and the
+#: Python list of :func:`_py_grams`, position for position).
+Kind = Literal["prefix", "exact", "inner", "other"]
+
+
 def _pairs(term: str, tag: str) -> list[str]:
     if not term:
         return []
@@ -193,34 +202,39 @@ def _pairs(term: str, tag: str) -> list[str]:
     return [tag + term[i : i + 2] for i in range(len(term) - 1)]
 
 
-def _prefix(term: str) -> list[str]:
-    return [START + term[:2], *_pairs(term[1:], "")]
+def _py_grams(term: str, kind: Kind) -> list[str]:
+    """A term's grams of one kind as Python sees them (lower()ed by Python: only used to
+    estimate, and to pick positions of the SQL array, so a disagreement between Python's
+    and PostgreSQL's case folding can slow a search but never change its result)."""
+    t = term.lower()
+    if kind == "inner":
+        return _pairs(t, "")
+    if kind == "other":
+        return _pairs(t, OTHER)
+    prefix = [START + t[:2], *_pairs(t[1:], "")]
+    return prefix if kind == "prefix" else [*prefix, t[-1] + END]
 
 
-def _exact(term: str) -> list[str]:
-    return [*_prefix(term), term[-1] + END]
+def _sql_grams(term: str, kind: Kind) -> ColumnElement[Any]:
+    """The same array computed by PostgreSQL (``crm_search_query``, migration 0008)."""
+    value = literal(term, Text)
+    if kind == "inner":
+        return func.crm_search_query(value, "", type_=_TEXTS)
+    if kind == "other":
+        return func.crm_search_query(value, OTHER, type_=_TEXTS)
+    first = literal(START, Text) + func.left(func.lower(value), 2)
+    rest = func.crm_search_query(func.substr(value, 2), "", type_=_TEXTS)
+    prefix = func.array_prepend(first, rest, type_=_TEXTS)
+    if kind == "prefix":
+        return prefix
+    last = func.right(func.lower(value), 1) + literal(END, Text)
+    return func.array_append(prefix, last, type_=_TEXTS)
 
 
-def _inner(term: str) -> list[str]:
-    return _pairs(term, "")
-
-
-def _other(term: str) -> list[str]:
-    return _pairs(term, OTHER)
-
-
-def _query(term: Any, tag: str) -> ColumnElement[Any]:
-    return func.crm_search_query(term, tag, type_=_TEXTS)
-
-
-def _q_prefix(term: str) -> ColumnElement[Any]:
-    first = literal(START, Text) + func.left(func.lower(literal(term, Text)), 2)
-    return func.array_prepend(first, _query(func.substr(literal(term, Text), 2), ""), type_=_TEXTS)
-
-
-def _q_exact(term: str) -> ColumnElement[Any]:
-    last = func.right(func.lower(literal(term, Text)), 1) + literal(END, Text)
-    return func.array_append(_q_prefix(term), last, type_=_TEXTS)
+#: Grams of a term looked up in the index: the rarest few. A row needing all of a term's
+#: grams is found as well by its rarest ones (the LIKE re-checks the rest), and each gram
+#: more costs the GIN scan a posting list to intersect.
+PICK = 2
 
 
 def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -248,18 +262,7 @@ class _Terms:
     @classmethod
     def of(cls, term: str) -> _Terms:
         escaped = escape_like(term)
-        return cls(
-            term,
-            _lowered(term),
-            _lowered(f"%{escaped}%"),
-            _lowered(f"{escaped}%"),
-        )
-
-
-def _name(resource: Resource, table: FromClause) -> ColumnElement[str]:
-    spec = _spec(resource)
-    column = table.c[spec.name]
-    return column if spec.name_lowered else func.lower(column, type_=Text)
+        return cls(term, _lowered(term), _lowered(f"%{escaped}%"), _lowered(f"{escaped}%"))
 
 
 def _spec(resource: Resource) -> Search:
@@ -267,6 +270,12 @@ def _spec(resource: Resource) -> Search:
     if spec is None:
         raise TypeError(f"{resource.name} declares no search")
     return spec
+
+
+def _name(resource: Resource, table: FromClause) -> ColumnElement[str]:
+    spec = _spec(resource)
+    column = table.c[spec.name]
+    return column if spec.name_lowered else func.lower(column, type_=Text)
 
 
 def _ids(resource: Resource, *queries: Select[Any]) -> ColumnElement[bool]:
@@ -280,136 +289,170 @@ def _ids(resource: Resource, *queries: Select[Any]) -> ColumnElement[bool]:
     return resource.id_column == any_(cast(array, array_type))
 
 
-def _own(
-    resource: Resource,
-    terms: _Terms,
-    grams: ColumnElement[Any] | Sequence[ColumnElement[Any]],
-    *where: ColumnElement[bool],
-) -> Select[Any]:
-    """Ids of live rows of the resource whose grams hold ``grams`` (any of several) and that
-    pass ``where``, found through the n-gram index (an alias: never correlated)."""
-    inner = resource.table.alias("s")
-    alternatives = [grams] if isinstance(grams, ColumnElement) else list(grams)
-    found = or_(*(_has(inner, g) for g in alternatives))
-    rewhere = [_rebind(resource, inner, c) for c in where]
-    return select(inner.c.id).where(inner.c.deleted_at.is_(None), found, *rewhere)
-
-
-def _rebind(resource: Resource, inner: Any, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+def _rebind(inner: Any, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``clause`` on the resource's table, rewritten onto the alias ``inner``."""
     from sqlalchemy.sql.util import ClauseAdapter
 
     adapted: ColumnElement[bool] = ClauseAdapter(inner).traverse(clause)
     return adapted
 
 
-def _related_names(rel: Related, terms: _Terms) -> Select[Any]:
-    """Ids the live related rows whose name holds the term point at (index-found)."""
-    t = rel.table
-    return select(t.c[rel.foreign_key]).where(
-        t.c.deleted_at.is_(None),
-        or_(_has(t, _q_prefix(terms.term)), _has(t, _query(terms.term, ""))),
-        t.c[rel.name].like(terms.contains),
-    )
-
-
-def _related_walk(resource: Resource, rel: Related, terms: _Terms) -> ColumnElement[bool]:
-    """A live related row of this row has the term in its name: a probe of the related
-    table's foreign-key index per row walked. ``OFFSET 0`` keeps it a per-row probe: without
-    it PostgreSQL may hash the whole subquery first, reading every related row's name."""
-    t = rel.table
-    probe = (
-        select(literal(1))
-        .where(
-            t.c[rel.foreign_key] == resource.id_column,
-            t.c.deleted_at.is_(None),
-            t.c[rel.name].like(terms.contains),
-        )
-        .offset(0)
-    )
-    return probe.exists()
-
-
 @dataclass(slots=True)
-class _Plan:
-    """The estimates of one term over one resource, and the strategies they choose."""
+class Plan:
+    """How one term is searched over one resource for one caller: the statistics of the
+    indexes, what each part is estimated to match, and the strategy that chooses."""
 
     resource: Resource
     terms: _Terms
-    live: bool
-    name_est: float
-    other_est: float
-    related_est: list[float]
-    exact_est: float
-    prefix_est: float
-    inner_est: float
+    #: The scope predicate (``None``: unscoped), repeated inside every collecting subquery
+    #: so PostgreSQL can combine the n-gram index with the scope's own indexes.
+    scope: ColumnElement[bool] | None
+    own: IndexStats
+    related_stats: list[IndexStats]
+    #: Above this many candidates a part is walked (see :data:`COLLECT_MAX`).
+    limit: float
+    #: Listing the trash: the index holds live rows only, so the row's own parts walk.
+    trash: bool = False
 
-    def choose(self, estimate: float) -> Strategy:
-        return "collect" if self.live and estimate <= COLLECT_MAX else "walk"
+    # -- estimates -------------------------------------------------------------------------
+    def estimate(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+        s = stats or self.own
+        return sum(s.estimate(_py_grams(self.terms.term, k)) for k in kinds)
+
+    def choose(self, *kinds: Kind, stats: IndexStats | None = None) -> Strategy:
+        if self.trash and stats is None:
+            return "walk"
+        return "collect" if self.estimate(kinds, stats) <= self.limit else "walk"
 
     @property
-    def own(self) -> Strategy:
-        return self.choose(self.name_est + self.other_est)
+    def own_strategy(self) -> Strategy:
+        return self.choose("prefix", "inner", "other")
 
-    def related(self, i: int) -> Strategy:
-        return "collect" if self.related_est[i] <= COLLECT_MAX else "walk"
+    def related_strategy(self, i: int) -> Strategy:
+        return self.choose("prefix", "inner", stats=self.related_stats[i])
 
     @property
     def all_collected(self) -> bool:
-        spec = _spec(self.resource)
-        return self.own == "collect" and all(
-            self.related(i) == "collect" for i in range(len(spec.related))
+        related = range(len(_spec(self.resource).related))
+        return self.own_strategy == "collect" and all(
+            self.related_strategy(i) == "collect" for i in related
         )
+
+    # -- SQL -------------------------------------------------------------------------------
+    def grams(self, kind: Kind, stats: IndexStats | None = None) -> ColumnElement[Any]:
+        """The rarest :data:`PICK` grams of ``kind`` (positions picked from the statistics,
+        the grams themselves computed by PostgreSQL)."""
+        s = stats or self.own
+        py = _py_grams(self.terms.term, kind)
+        sql = _sql_grams(self.terms.term, kind)
+        if len(py) <= PICK:
+            return sql
+        ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
+        picked = sorted(ranked[:PICK])
+        parts = [sql[i + 1 : i + 1] for i in picked]  # 1-based slices: never NULL elements
+        out = parts[0]
+        for part in parts[1:]:
+            out = func.array_cat(out, part, type_=_TEXTS)
+        return out
+
+    def collect(self, kinds: Sequence[Kind], *where: ColumnElement[bool]) -> Select[Any]:
+        """Ids of live, in-scope rows of the resource holding the grams of any of ``kinds``
+        and passing ``where``, found through the n-gram index (on an alias: a subquery on
+        the same table must not be correlated with the outer one)."""
+        resource = self.resource
+        inner = resource.table.alias("s")
+        found = or_(*(_has(inner, self.grams(k)) for k in kinds))
+        clauses = [inner.c.deleted_at.is_(None), found]
+        clauses += [_rebind(inner, c) for c in where]
+        if self.scope is not None:
+            clauses.append(_rebind(inner, self.scope))
+        return select(inner.c.id).where(*clauses)
+
+    def related_collect(self, i: int) -> Select[Any]:
+        """Ids the live related rows holding the term in their name point at."""
+        rel = _spec(self.resource).related[i]
+        stats = self.related_stats[i]
+        t = rel.table
+        return select(t.c[rel.foreign_key]).where(
+            t.c.deleted_at.is_(None),
+            or_(_has(t, self.grams("prefix", stats)), _has(t, self.grams("inner", stats))),
+            t.c[rel.name].like(self.terms.contains),
+        )
+
+    def related_walk(self, i: int) -> ColumnElement[bool]:
+        """A live related row of this row has the term in its name: a probe of the related
+        table's foreign-key index per row walked. ``OFFSET 0`` keeps it a per-row probe:
+        without it PostgreSQL may hash the whole subquery first, reading every related
+        row's name."""
+        rel = _spec(self.resource).related[i]
+        t = rel.table
+        probe = (
+            select(literal(1))
+            .where(
+                t.c[rel.foreign_key] == self.resource.id_column,
+                t.c.deleted_at.is_(None),
+                t.c[rel.name].like(self.terms.contains),
+            )
+            .offset(0)
+        )
+        return probe.exists()
+
+    def related_clauses(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        for i in range(len(_spec(self.resource).related)):
+            if self.related_strategy(i) == "collect":
+                out.append(self.resource.id_column.in_(self.related_collect(i)))
+            else:
+                out.append(self.related_walk(i))
+        return out
 
 
 async def plan(
-    executor: Executor, resource: Resource, term: str, *, deleted: bool = False
-) -> _Plan:
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    term: str,
+    *,
+    deleted: bool = False,
+) -> Plan:
     """Estimate each part of searching ``term`` from the indexes' statistics."""
+    from crm_api.kit.resource import scope_of
+
     spec = _spec(resource)
     own = await index_stats(executor, spec.index)
-    t = term.lower()
     related = [await index_stats(executor, r.index) for r in spec.related]
-    return _Plan(
+    # A walk over a caller's org units reads ~1/share rows per match of the page (the
+    # sort index holds everyone's rows); collecting reads only the candidates, and the
+    # scope's own index narrows them before the table is read.
+    wide = access.scope.is_all
+    return Plan(
         resource=resource,
         terms=_Terms.of(term),
-        live=not deleted,
-        name_est=own.estimate(_prefix(t)) + own.estimate(_inner(t)),
-        other_est=own.estimate(_other(t)),
-        related_est=[s.estimate(_prefix(t)) + s.estimate(_inner(t)) for s in related],
-        exact_est=own.estimate(_exact(t)),
-        prefix_est=own.estimate(_prefix(t)),
-        inner_est=own.estimate(_inner(t)),
+        scope=scope_of(resource, access),
+        own=own,
+        related_stats=related,
+        limit=COLLECT_MAX if wide else COLLECT_MAX_SCOPED,
+        trash=deleted,
     )
 
 
-def match_clause(p: _Plan) -> ColumnElement[bool]:
+def match_clause(p: Plan) -> ColumnElement[bool]:
     """The rows the term matches, each part by its strategy."""
     resource, terms = p.resource, p.terms
     spec = _spec(resource)
-    table = resource.table
     if FIELD_SEPARATOR in terms.term:
         return _fieldwise(resource, terms.term)
+    text_like = resource.table.c[spec.text].like(terms.contains)
     if p.all_collected:
-        queries = [_own_all(resource, terms)]
-        queries += [_related_names(r, terms) for r in spec.related]
+        queries = [p.collect(("prefix", "inner", "other"), text_like)]
+        queries += [p.related_collect(i) for i in range(len(spec.related))]
         return _ids(resource, *queries)
     parts: list[ColumnElement[bool]] = []
-    if p.own == "collect":
-        parts.append(resource.id_column.in_(_own_all(resource, terms)))
+    if p.own_strategy == "collect":
+        parts.append(resource.id_column.in_(p.collect(("prefix", "inner", "other"), text_like)))
     else:
-        parts.append(table.c[spec.text].like(terms.contains))
-    for i, rel in enumerate(spec.related):
-        if p.related(i) == "collect":
-            parts.append(resource.id_column.in_(_related_names(rel, terms)))
-        else:
-            parts.append(_related_walk(resource, rel, terms))
-    return or_(*parts)
-
-
-def _own_all(resource: Resource, terms: _Terms) -> Select[Any]:
-    spec = _spec(resource)
-    grams = [_q_prefix(terms.term), _query(terms.term, ""), _query(terms.term, OTHER)]
-    return _own(resource, terms, grams, resource.table.c[spec.text].like(terms.contains))
+        parts.append(text_like)
+    return or_(*parts, *p.related_clauses())
 
 
 def _fieldwise(resource: Resource, term: str) -> ColumnElement[bool]:
@@ -444,7 +487,7 @@ def rank_expression(resource: Resource, terms: _Terms) -> ColumnElement[int]:
     ).cast(Integer)
 
 
-def _tier(p: _Plan, rank: int) -> ColumnElement[bool]:
+def _tier(p: Plan, rank: int) -> ColumnElement[bool]:
     """The rows of one rank, by that rank's own strategy."""
     resource, terms = p.resource, p.terms
     name = _name(resource, resource.table)
@@ -452,34 +495,29 @@ def _tier(p: _Plan, rank: int) -> ColumnElement[bool]:
     prefix = name.like(terms.prefix)
     contains = name.like(terms.contains)
     if rank == 0:
-        if p.choose(p.exact_est) == "collect":
-            return _ids(resource, _own(resource, terms, _q_exact(terms.term), exact))
+        if p.choose("exact") == "collect":
+            return _ids(resource, p.collect(("exact",), exact))
         return exact
     if rank == 1:
         where = and_(prefix, not_(exact))
-        if p.choose(p.prefix_est) == "collect":
-            return _ids(resource, _own(resource, terms, _q_prefix(terms.term), where))
+        if p.choose("prefix") == "collect":
+            return _ids(resource, p.collect(("prefix",), where))
         return where
     if rank == 2:
+        # the term after the name's first character: every gram of it is untagged
         where = and_(contains, not_(prefix))
-        if p.choose(p.inner_est) == "collect":
-            return _ids(resource, _own(resource, terms, _query(terms.term, ""), where))
+        if p.choose("inner") == "collect":
+            return _ids(resource, p.collect(("inner",), where))
         return where
     # rank 3: another field or a related name, not the name
     spec = _spec(resource)
-    parts: list[ColumnElement[bool]] = []
     text_like = resource.table.c[spec.text].like(terms.contains)
-    if p.choose(p.other_est) == "collect":
-        own = _own(resource, terms, _query(terms.term, OTHER), text_like)
-        parts.append(resource.id_column.in_(own))
+    own: ColumnElement[bool]
+    if p.choose("other") == "collect":
+        own = resource.id_column.in_(p.collect(("other",), text_like))
     else:
-        parts.append(text_like)
-    for i, rel in enumerate(spec.related):
-        if p.related(i) == "collect":
-            parts.append(resource.id_column.in_(_related_names(rel, terms)))
-        else:
-            parts.append(_related_walk(resource, rel, terms))
-    return and_(or_(*parts), not_(contains))
+        own = text_like
+    return and_(or_(own, *p.related_clauses()), not_(contains))
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -501,7 +539,7 @@ async def page(
 
     if not term:
         return await kit.fetch_page(executor, resource, access, stmt, params)
-    p = await plan(executor, resource, term, deleted=deleted)
+    p = await plan(executor, resource, access, term, deleted=deleted)
     matched = kit.narrow(stmt, match_clause(p))
     if not relevance or FIELD_SEPARATOR in term:
         return await kit.fetch_page(executor, resource, access, matched, params)
@@ -509,40 +547,33 @@ async def page(
     if params.include_total:
         count = select(func.count()).select_from(matched.order_by(None).subquery())
         total = (await executor.execute(count)).scalar_one()
-    query = kit.flagged(resource, access, stmt)
     ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
+    _decode(params.cursor)  # a relevance cursor, whichever reader continues it
     if p.all_collected:
-        rows = await _ranked(executor, resource, query.where(match_clause(p)), p, ranked)
+        query = kit.flagged(resource, access, kit.narrow(stmt, match_clause(p)))
+        rows = await _ranked(executor, resource, query, p, ranked)
+        rows = [kit.mask_row(resource, access, r) for r in rows]
     else:
-        rows = await _tiers(executor, resource, query, p, ranked)
+        rows = await _tiers(executor, resource, access, stmt, p, ranked)
     envelope = page_envelope(rows, ranked, total)
     for row in envelope["data"]:
         row.pop(RANK, None)
-    envelope["data"] = [kit.mask_row(resource, access, r) for r in envelope["data"]]
     return envelope
 
 
-def _created(resource: Resource) -> SortColumn:
-    return resource.table.c.created_at
-
-
-async def _fetch(executor: Executor, stmt: Select[Any]) -> list[dict[str, Any]]:
+async def _ranked(
+    executor: Executor, resource: Resource, query: Select[Any], p: Plan, params: PageParams
+) -> list[dict[str, Any]]:
+    """Every match ranked in one statement (all parts collected: the matches are few)."""
+    rank = rank_expression(resource, p.terms)
+    columns: dict[str, SortColumn] = {RANK: rank, "created_at": resource.table.c.created_at}
+    stmt = apply_keyset(query.add_columns(rank.label(RANK)), columns, resource.id_column, params)
     result = await executor.execute(stmt)
     keys = tuple(result.keys())
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
-async def _ranked(
-    executor: Executor, resource: Resource, query: Select[Any], p: _Plan, params: PageParams
-) -> list[dict[str, Any]]:
-    """Every match ranked in one statement (all parts collected: the matches are few)."""
-    rank = rank_expression(resource, p.terms)
-    columns: dict[str, SortColumn] = {RANK: rank, "created_at": _created(resource)}
-    stmt = apply_keyset(query.add_columns(rank.label(RANK)), columns, resource.id_column, params)
-    return await _fetch(executor, stmt)
-
-
-def _decode(resource: Resource, cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
+def _decode(cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
     if cursor is None:
         return None
     values, last_id = decode_cursor(cursor, RELEVANCE_SORT)
@@ -558,23 +589,33 @@ def _decode(resource: Resource, cursor: str | None) -> tuple[int, datetime, uuid
 
 
 async def _tiers(
-    executor: Executor, resource: Resource, query: Select[Any], p: _Plan, params: PageParams
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    p: Plan,
+    params: PageParams,
 ) -> list[dict[str, Any]]:
-    """The ranks one after the other, each newest first by its own strategy, until the page
-    (and the one row that tells whether there is more) is full."""
-    after = _decode(resource, params.cursor)
+    """The ranks one after the other, each newest first by its own strategy through the
+    kit's page reader (:func:`crm_api.kit.resource.fetch_page`, so whatever it does for a
+    scope applies to each rank too), until the page and the one row that tells whether
+    there is more are read. Rows come masked."""
+    from crm_api.kit import resource as kit
+
+    after = _decode(params.cursor)
     first = after[0] if after else 0
     want = params.limit + 1
     rows: list[dict[str, Any]] = []
-    columns: dict[str, SortColumn] = {"created_at": _created(resource)}
     for rank in range(first, 4):
         cursor = None
         if after is not None and rank == after[0]:
             cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
-        tier = PageParams(want - len(rows) - 1, cursor, _RECENCY, False)
-        stmt = query.where(_tier(p, rank)).add_columns(literal(rank, Integer).label(RANK))
-        got = await _fetch(executor, apply_keyset(stmt, columns, resource.id_column, tier))
-        rows.extend(got[: want - len(rows)])
+        tier = PageParams(want - len(rows), cursor, _RECENCY, False)
+        query = kit.with_columns(
+            kit.narrow(stmt, _tier(p, rank)), literal(rank, Integer).label(RANK)
+        )
+        got = await kit.fetch_page(executor, resource, access, query, tier)
+        rows.extend(got["data"])
         if len(rows) >= want:
             break
     return rows
@@ -584,6 +625,7 @@ __all__ = [
     "COLLECT_MAX",
     "RELEVANCE_SORT",
     "IndexStats",
+    "Plan",
     "Related",
     "Search",
     "index_stats",
