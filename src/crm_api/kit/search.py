@@ -548,7 +548,7 @@ async def page(
         count = select(func.count()).select_from(matched.order_by(None).subquery())
         total = (await executor.execute(count)).scalar_one()
     ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
-    _decode(params.cursor)  # a relevance cursor, whichever reader continues it
+    _decode(resource, params.cursor)  # a relevance cursor, whichever reader continues it
     if p.all_collected:
         query = kit.flagged(resource, access, kit.narrow(stmt, match_clause(p)))
         rows = await _ranked(executor, resource, query, p, ranked)
@@ -573,10 +573,14 @@ async def _ranked(
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
-def _decode(cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
+def _decode(resource: Resource, cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
     if cursor is None:
         return None
-    values, last_id = decode_cursor(cursor, RELEVANCE_SORT)
+    columns: dict[str, SortColumn] = {
+        RANK: literal(0, Integer),
+        "created_at": resource.table.c.created_at,
+    }
+    values, last_id = decode_cursor(cursor, RELEVANCE_SORT, columns)
     rank, created = values
     if (
         not isinstance(rank, int)
@@ -602,7 +606,7 @@ async def _tiers(
     there is more are read. Rows come masked."""
     from crm_api.kit import resource as kit
 
-    after = _decode(params.cursor)
+    after = _decode(resource, params.cursor)
     first = after[0] if after else 0
     want = params.limit + 1
     rows: list[dict[str, Any]] = []
