@@ -221,9 +221,11 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
     if strategy == "collect":
         monkeypatch.setattr(search, "COLLECT_MAX", float("inf"))
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", float("inf"))
+        monkeypatch.setattr(search, "COLLECT_MAX_OWN", float("inf"))
     elif strategy == "walk":
         monkeypatch.setattr(search, "COLLECT_MAX", -1)
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", -1)
+        monkeypatch.setattr(search, "COLLECT_MAX_OWN", -1)
     else:
         # real statistics of this corpus; a threshold that splits its grams
         async with engine.connect() as conn:
@@ -232,6 +234,7 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
             await conn.commit()
         monkeypatch.setattr(search, "COLLECT_MAX", 8)
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", 8)
+        monkeypatch.setattr(search, "COLLECT_MAX_OWN", 8)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

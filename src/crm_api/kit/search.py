@@ -67,6 +67,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import FromClause
 
+from crm_api.authz.types import ScopeKind
 from crm_api.errors import BadRequest
 from crm_api.kit.filtering import FIELD_SEPARATOR, contains_pattern, escape_like
 from crm_api.kit.pagination import (
@@ -92,6 +93,10 @@ COLLECT_MAX = 20_000
 #: scope, which PostgreSQL combines with the n-gram index (BitmapAnd), while a walk of the
 #: sort order reads every other caller's rows too.
 COLLECT_MAX_SCOPED = 150_000
+#: The same for a caller who sees only their own records: a walk of their own rows in the
+#: sort order (the owner's index) reads at most their book of customers, so collecting
+#: only pays for parts rarer than about that.
+COLLECT_MAX_OWN = 2_000
 #: Seconds the index statistics are kept per process (they change with ANALYZE only).
 STATS_TTL = 300.0
 
@@ -424,14 +429,20 @@ async def plan(
     # A walk over a caller's org units reads ~1/share rows per match of the page (the
     # sort index holds everyone's rows); collecting reads only the candidates, and the
     # scope's own index narrows them before the table is read.
-    wide = access.scope.is_all
+    kinds = access.scope.kinds
+    if access.scope.is_all:
+        limit = COLLECT_MAX
+    elif kinds == {ScopeKind.own}:
+        limit = COLLECT_MAX_OWN
+    else:
+        limit = COLLECT_MAX_SCOPED
     return Plan(
         resource=resource,
         terms=_Terms.of(term),
         scope=scope_of(resource, access),
         own=own,
         related_stats=related,
-        limit=COLLECT_MAX if wide else COLLECT_MAX_SCOPED,
+        limit=limit,
         trash=deleted,
     )
 
