@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, func, select
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -203,9 +203,24 @@ class Resource:
 
 
 # --- scope ---------------------------------------------------------------------------------
-def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
-    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
+def scope_of(
+    resource: Resource, access: Access, table: FromClause | None = None
+) -> ColumnElement[bool] | None:
+    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data); on
+    ``table``, an alias of the resource's table, when given (a subquery of the kit's
+    search)."""
     scoping = resource.scoping
+    if table is not None:
+        if isinstance(scoping, OwnerScoped):
+            return scope_clause(access, table.c[scoping.owner], table.c[scoping.org_unit])
+        if isinstance(scoping, UnitScoped):
+            return scope_clause(access, None, table.c[scoping.org_unit])
+        if isinstance(scoping, ParentScoped):
+            parents = select(scoping.parent.id_column).where(
+                _parent_in_scope(scoping.parent, access)
+            )
+            return table.c[scoping.foreign_key].in_(parents)
+        return None
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
         return scope_clause(access, owner, unit)

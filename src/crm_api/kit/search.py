@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,11 +88,14 @@ Strategy = Literal["walk", "collect"]
 
 #: Up to this many candidate rows (an upper bound from the index statistics) a part is
 #: collected from the n-gram index; above it, matched while walking the sort order.
-COLLECT_MAX = 20_000
+#: Measured at 1,000,000 customers (docs/benchmarks.md): collecting costs ~30 us per
+#: match (the candidate re-checked, fetched by id, ranked, sorted), walking ~4 us per row
+#: read, and a walk reads ~50 / share rows for a page: even at ~3,000 matches (0.3 %).
+COLLECT_MAX = 3_000
 #: The same for a caller whose scope is not ``all``: the collecting statement carries the
 #: scope, which PostgreSQL combines with the n-gram index (BitmapAnd), while a walk of the
 #: sort order reads every other caller's rows too.
-COLLECT_MAX_SCOPED = 150_000
+COLLECT_MAX_SCOPED = 30_000
 #: The same for a caller who sees only their own records: a walk of their own rows in the
 #: sort order (the owner's index) reads at most their book of customers, so collecting
 #: only pays for parts rarer than about that.
@@ -220,9 +223,9 @@ def _py_grams(term: str, kind: Kind) -> list[str]:
     return prefix if kind == "prefix" else [*prefix, t[-1] + END]
 
 
-def _sql_grams(term: str, kind: Kind) -> ColumnElement[Any]:
+def _sql_grams(term: str | ColumnElement[str], kind: Kind) -> ColumnElement[Any]:
     """The same array computed by PostgreSQL (``crm_search_query``, migration 0008)."""
-    value = literal(term, Text)
+    value = literal(term, Text) if isinstance(term, str) else term
     if kind == "inner":
         return func.crm_search_query(value, "", type_=_TEXTS)
     if kind == "other":
@@ -260,6 +263,8 @@ class _Terms:
     """One term's patterns (each lower()ed by PostgreSQL once per statement)."""
 
     term: str
+    #: The term as one bound parameter, used by every gram array of the statement.
+    bound: ColumnElement[str]
     lowered: ColumnElement[str]
     contains: ColumnElement[str]
     prefix: ColumnElement[str]
@@ -267,7 +272,13 @@ class _Terms:
     @classmethod
     def of(cls, term: str) -> _Terms:
         escaped = escape_like(term)
-        return cls(term, _lowered(term), _lowered(f"%{escaped}%"), _lowered(f"{escaped}%"))
+        return cls(
+            term,
+            literal(term, Text),
+            _lowered(term),
+            _lowered(f"%{escaped}%"),
+            _lowered(f"{escaped}%"),
+        )
 
 
 def _spec(resource: Resource) -> Search:
@@ -294,12 +305,16 @@ def _ids(resource: Resource, *queries: Select[Any]) -> ColumnElement[bool]:
     return resource.id_column == any_(cast(array, array_type))
 
 
-def _rebind(inner: Any, clause: ColumnElement[bool]) -> ColumnElement[bool]:
-    """``clause`` on the resource's table, rewritten onto the alias ``inner``."""
-    from sqlalchemy.sql.util import ClauseAdapter
+_ALIASES: dict[str, FromClause] = {}
 
-    adapted: ColumnElement[bool] = ClauseAdapter(inner).traverse(clause)
-    return adapted
+
+def _alias(resource: Resource) -> FromClause:
+    """The alias collecting subqueries read the resource's table under (built once: an
+    alias proxies every column anew)."""
+    alias = _ALIASES.get(resource.name)
+    if alias is None:
+        alias = _ALIASES[resource.name] = resource.table.alias("s")
+    return alias
 
 
 @dataclass(slots=True)
@@ -309,9 +324,9 @@ class Plan:
 
     resource: Resource
     terms: _Terms
-    #: The scope predicate (``None``: unscoped), repeated inside every collecting subquery
-    #: so PostgreSQL can combine the n-gram index with the scope's own indexes.
-    scope: ColumnElement[bool] | None
+    #: The caller: its scope is repeated inside every collecting subquery, so only
+    #: candidates in scope come back.
+    access: Access
     own: IndexStats
     related_stats: list[IndexStats]
     #: Above this many candidates a part is walked (see :data:`COLLECT_MAX`).
@@ -344,12 +359,29 @@ class Plan:
         )
 
     # -- SQL -------------------------------------------------------------------------------
+    def text_like(self, table: FromClause) -> ColumnElement[bool]:
+        """The term in one field of the search column (the LIKE every candidate passes)."""
+        like: ColumnElement[bool] = table.c[_spec(self.resource).text].like(self.terms.contains)
+        return like
+
+    def rank_is(self, table: FromClause, rank: int) -> ColumnElement[bool]:
+        """Rows of relevance rank 0 (the name is the term), 1 (starts with it, is not it)
+        or 2 (contains it, does not start with it)."""
+        name = _name(self.resource, table)
+        exact = name == self.terms.lowered
+        prefix = name.like(self.terms.prefix)
+        if rank == 0:
+            return exact
+        if rank == 1:
+            return and_(prefix, not_(exact))
+        return and_(name.like(self.terms.contains), not_(prefix))
+
     def grams(self, kind: Kind, stats: IndexStats | None = None) -> ColumnElement[Any]:
         """The rarest :data:`PICK` grams of ``kind`` (positions picked from the statistics,
         the grams themselves computed by PostgreSQL)."""
         s = stats or self.own
         py = _py_grams(self.terms.term, kind)
-        sql = _sql_grams(self.terms.term, kind)
+        sql = _sql_grams(self.terms.bound, kind)
         if len(py) <= PICK:
             return sql
         ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
@@ -360,17 +392,22 @@ class Plan:
             out = func.array_cat(out, part, type_=_TEXTS)
         return out
 
-    def collect(self, kinds: Sequence[Kind], *where: ColumnElement[bool]) -> Select[Any]:
+    def collect(
+        self, kinds: Sequence[Kind], where: Callable[[FromClause], ColumnElement[bool]]
+    ) -> Select[Any]:
         """Ids of live, in-scope rows of the resource holding the grams of any of ``kinds``
-        and passing ``where``, found through the n-gram index (on an alias: a subquery on
-        the same table must not be correlated with the outer one)."""
+        and passing ``where`` (built on the alias it is given), found through the n-gram
+        index. An alias: a subquery on the same table must not be correlated with the
+        outer statement."""
+        from crm_api.kit.resource import scope_of
+
         resource = self.resource
-        inner = resource.table.alias("s")
+        inner = _alias(resource)
         found = or_(*(_has(inner, self.grams(k)) for k in kinds))
-        clauses = [inner.c.deleted_at.is_(None), found]
-        clauses += [_rebind(inner, c) for c in where]
-        if self.scope is not None:
-            clauses.append(_rebind(inner, self.scope))
+        clauses = [inner.c.deleted_at.is_(None), found, where(inner)]
+        scope = scope_of(resource, self.access, inner)
+        if scope is not None:
+            clauses.append(scope)
         return select(inner.c.id).where(*clauses)
 
     def related_collect(self, i: int) -> Select[Any]:
@@ -421,8 +458,6 @@ async def plan(
     deleted: bool = False,
 ) -> Plan:
     """Estimate each part of searching ``term`` from the indexes' statistics."""
-    from crm_api.kit.resource import scope_of
-
     spec = _spec(resource)
     own = await index_stats(executor, spec.index)
     related = [await index_stats(executor, r.index) for r in spec.related]
@@ -439,7 +474,7 @@ async def plan(
     return Plan(
         resource=resource,
         terms=_Terms.of(term),
-        scope=scope_of(resource, access),
+        access=access,
         own=own,
         related_stats=related,
         limit=limit,
@@ -453,17 +488,16 @@ def match_clause(p: Plan) -> ColumnElement[bool]:
     spec = _spec(resource)
     if FIELD_SEPARATOR in terms.term:
         return _fieldwise(resource, terms.term)
-    text_like = resource.table.c[spec.text].like(terms.contains)
     if p.all_collected:
-        queries = [p.collect(("prefix", "inner", "other"), text_like)]
+        queries = [p.collect(("prefix", "inner", "other"), p.text_like)]
         queries += [p.related_collect(i) for i in range(len(spec.related))]
         return _ids(resource, *queries)
-    parts: list[ColumnElement[bool]] = []
+    own: ColumnElement[bool]
     if p.own_strategy == "collect":
-        parts.append(resource.id_column.in_(p.collect(("prefix", "inner", "other"), text_like)))
+        own = resource.id_column.in_(p.collect(("prefix", "inner", "other"), p.text_like))
     else:
-        parts.append(text_like)
-    return or_(*parts, *p.related_clauses())
+        own = p.text_like(resource.table)
+    return or_(own, *p.related_clauses())
 
 
 def _fieldwise(resource: Resource, term: str) -> ColumnElement[bool]:
@@ -499,36 +533,26 @@ def rank_expression(resource: Resource, terms: _Terms) -> ColumnElement[int]:
 
 
 def _tier(p: Plan, rank: int) -> ColumnElement[bool]:
-    """The rows of one rank, by that rank's own strategy."""
-    resource, terms = p.resource, p.terms
-    name = _name(resource, resource.table)
-    exact = name == terms.lowered
-    prefix = name.like(terms.prefix)
-    contains = name.like(terms.contains)
-    if rank == 0:
-        if p.choose("exact") == "collect":
-            return _ids(resource, p.collect(("exact",), exact))
-        return exact
-    if rank == 1:
-        where = and_(prefix, not_(exact))
-        if p.choose("prefix") == "collect":
-            return _ids(resource, p.collect(("prefix",), where))
-        return where
-    if rank == 2:
-        # the term after the name's first character: every gram of it is untagged
-        where = and_(contains, not_(prefix))
-        if p.choose("inner") == "collect":
-            return _ids(resource, p.collect(("inner",), where))
-        return where
+    """The rows of one rank, by that rank's own strategy (a collecting subquery states the
+    rank's condition on its own alias of the table)."""
+    resource = p.resource
+    kinds: dict[int, Kind] = {0: "exact", 1: "prefix", 2: "inner"}
+    if rank in kinds:
+
+        def where(table: FromClause) -> ColumnElement[bool]:
+            return p.rank_is(table, rank)
+
+        if p.choose(kinds[rank]) == "collect":
+            return _ids(resource, p.collect((kinds[rank],), where))
+        return where(resource.table)
     # rank 3: another field or a related name, not the name
-    spec = _spec(resource)
-    text_like = resource.table.c[spec.text].like(terms.contains)
     own: ColumnElement[bool]
     if p.choose("other") == "collect":
-        own = resource.id_column.in_(p.collect(("other",), text_like))
+        own = resource.id_column.in_(p.collect(("other",), p.text_like))
     else:
-        own = text_like
-    return and_(or_(own, *p.related_clauses()), not_(contains))
+        own = p.text_like(resource.table)
+    name = _name(resource, resource.table)
+    return and_(or_(own, *p.related_clauses()), not_(name.like(p.terms.contains)))
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -551,11 +575,12 @@ async def page(
     if not term:
         return await kit.fetch_page(executor, resource, access, stmt, params)
     p = await plan(executor, resource, access, term, deleted=deleted)
-    matched = kit.narrow(stmt, match_clause(p))
     if not relevance or FIELD_SEPARATOR in term:
+        matched = kit.narrow(stmt, match_clause(p))
         return await kit.fetch_page(executor, resource, access, matched, params)
     total = None
     if params.include_total:
+        matched = kit.narrow(stmt, match_clause(p))
         count = select(func.count()).select_from(matched.order_by(None).subquery())
         total = (await executor.execute(count)).scalar_one()
     ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
