@@ -97,6 +97,7 @@ async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int
     if query.q:
         rec = Recording(conn)
         plan = await search.plan(rec, CUSTOMERS, access, query.q)  # type: ignore[arg-type]
+        await plan.decide_match(rec)  # type: ignore[arg-type]
         stmt = kit.narrow(stmt, search.match_clause(plan))
     sql, params = compile_for_asyncpg(select(func.count()).select_from(stmt.subquery()))
     return int(await conn.fetchval(sql, *params))

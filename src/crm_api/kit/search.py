@@ -43,7 +43,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -334,22 +334,83 @@ class Plan:
     #: Listing the trash: the index holds live rows only, so the row's own parts walk.
     trash: bool = False
 
+    #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
+    decided: dict[str, Strategy] = field(default_factory=dict)
+
     # -- estimates -------------------------------------------------------------------------
     def estimate(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+        """At most how many rows the part matches (each kind's rarest gram)."""
         s = stats or self.own
         return sum(s.estimate(_py_grams(self.terms.term, k)) for k in kinds)
 
-    def choose(self, *kinds: Kind, stats: IndexStats | None = None) -> Strategy:
+    def independent(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+        """How many rows hold all the grams looked up, were they independent: below the
+        truth for grams that go together (``上海`` and ``海``), so a part this says is
+        frequent is frequent."""
+        s = stats or self.own
+        total = 0.0
+        for kind in kinds:
+            freqs = sorted(s.freqs.get(g, s.floor) for g in _py_grams(self.terms.term, kind))
+            share = 1.0
+            for f in freqs[:PICK]:
+                share *= f
+            total += s.rows * share
+        return total
+
+    async def decide(
+        self,
+        executor: Executor,
+        key: str,
+        kinds: Sequence[Kind],
+        candidates: Callable[[], Select[Any]],
+        stats: IndexStats | None = None,
+    ) -> Strategy:
+        """Collect or walk one part. Below :attr:`limit` by the statistics' bound: collect.
+        Above it even for independent grams: walk. In between (grams common alone, maybe
+        rare together: ``bluewater`` as a name's inner part) the index says: its matches
+        are counted up to :attr:`limit` + 1 (a bounded bitmap scan), and the part is
+        collected when it has no more. A walk over a part that turns out empty would read
+        the whole scope."""
+        if key in self.decided:
+            return self.decided[key]
+        strategy: Strategy
         if self.trash and stats is None:
-            return "walk"
-        return "collect" if self.estimate(kinds, stats) <= self.limit else "walk"
+            strategy = "walk"
+        elif self.estimate(kinds, stats) <= self.limit:
+            strategy = "collect"
+        elif self.independent(kinds, stats) > self.limit:
+            strategy = "walk"
+        else:
+            cap = int(self.limit) + 1
+            probe = select(func.count()).select_from(candidates().limit(cap).subquery())
+            found = (await executor.execute(probe)).scalar_one()
+            strategy = "collect" if found < cap else "walk"
+        self.decided[key] = strategy
+        return strategy
+
+    async def decide_match(self, executor: Executor) -> None:
+        """The strategies :func:`match_clause` needs."""
+        await self.decide(
+            executor,
+            "own",
+            ("prefix", "inner", "other"),
+            lambda: self.collect(("prefix", "inner", "other"), self.text_like),
+        )
+        for i, stats in enumerate(self.related_stats):
+            await self.decide(
+                executor,
+                f"related{i}",
+                ("prefix", "inner"),
+                lambda i=i: self.related_collect(i),  # type: ignore[misc]
+                stats,
+            )
 
     @property
     def own_strategy(self) -> Strategy:
-        return self.choose("prefix", "inner", "other")
+        return self.decided["own"]
 
     def related_strategy(self, i: int) -> Strategy:
-        return self.choose("prefix", "inner", stats=self.related_stats[i])
+        return self.decided[f"related{i}"]
 
     @property
     def all_collected(self) -> bool:
@@ -532,22 +593,44 @@ def rank_expression(resource: Resource, terms: _Terms) -> ColumnElement[int]:
     ).cast(Integer)
 
 
+_RANK_KINDS: dict[int, Kind] = {0: "exact", 1: "prefix", 2: "inner", 3: "other"}
+
+
+async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
+    """The strategies :func:`_tier` needs for ``rank``. The exact name is always collected:
+    its candidates start and end like the term, and a walk for a name nobody has would
+    read the whole scope."""
+    kind = _RANK_KINDS[rank]
+    if rank == 0:
+        p.decided.setdefault("rank0", "collect")
+        return
+    if rank < 3:
+        await p.decide(
+            executor,
+            f"rank{rank}",
+            (kind,),
+            lambda: p.collect((kind,), lambda t: p.rank_is(t, rank)),
+        )
+        return
+    await p.decide(executor, "rank3", ("other",), lambda: p.collect(("other",), p.text_like))
+    await p.decide_match(executor)  # the related parts
+
+
 def _tier(p: Plan, rank: int) -> ColumnElement[bool]:
-    """The rows of one rank, by that rank's own strategy (a collecting subquery states the
-    rank's condition on its own alias of the table)."""
+    """The rows of one rank, by the strategy decided for it (a collecting subquery states
+    the rank's condition on its own alias of the table)."""
     resource = p.resource
-    kinds: dict[int, Kind] = {0: "exact", 1: "prefix", 2: "inner"}
-    if rank in kinds:
+    if rank < 3:
 
         def where(table: FromClause) -> ColumnElement[bool]:
             return p.rank_is(table, rank)
 
-        if p.choose(kinds[rank]) == "collect":
-            return _ids(resource, p.collect((kinds[rank],), where))
+        if p.decided[f"rank{rank}"] == "collect":
+            return _ids(resource, p.collect((_RANK_KINDS[rank],), where))
         return where(resource.table)
     # rank 3: another field or a related name, not the name
     own: ColumnElement[bool]
-    if p.choose("other") == "collect":
+    if p.decided["rank3"] == "collect":
         own = resource.id_column.in_(p.collect(("other",), p.text_like))
     else:
         own = p.text_like(resource.table)
@@ -575,6 +658,8 @@ async def page(
     if not term:
         return await kit.fetch_page(executor, resource, access, stmt, params)
     p = await plan(executor, resource, access, term, deleted=deleted)
+    if FIELD_SEPARATOR not in term:
+        await p.decide_match(executor)
     if not relevance or FIELD_SEPARATOR in term:
         matched = kit.narrow(stmt, match_clause(p))
         return await kit.fetch_page(executor, resource, access, matched, params)
@@ -651,6 +736,7 @@ async def _tiers(
         if after is not None and rank == after[0]:
             cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
         tier = PageParams(want - len(rows), cursor, _RECENCY, False)
+        await _decide_tier(executor, p, rank)
         query = kit.with_columns(
             kit.narrow(stmt, _tier(p, rank)), literal(rank, Integer).label(RANK)
         )
