@@ -245,9 +245,15 @@ def _sql_grams(term: str | ColumnElement[str], kind: Kind) -> ColumnElement[Any]
 PICK = 2
 
 
+_INDEXED: dict[int, ColumnElement[Any]] = {}
+
+
 def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
-    """``crm_search_grams(search_text) @> grams``: the indexed expression, as indexed."""
-    indexed = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
+    """``crm_search_grams(search_text) @> grams``: the indexed expression, as indexed
+    (built once per table)."""
+    indexed = _INDEXED.get(id(table))
+    if indexed is None:
+        indexed = _INDEXED[id(table)] = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
     return indexed.op("@>", is_comparison=True)(grams)
 
 
@@ -260,9 +266,14 @@ def _lowered(value: str) -> ColumnElement[str]:
 # --- the parts of a search -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Terms:
-    """One term's patterns (each lower()ed by PostgreSQL once per statement)."""
+    """One term's patterns. A term of ASCII and caseless characters (Chinese, digits,
+    punctuation) is lower()ed in Python, which agrees with PostgreSQL on exactly those, and
+    its patterns and grams are plain parameters; any other term is lower()ed by PostgreSQL
+    (once per statement), as the search column was."""
 
     term: str
+    #: Lower()ed in Python: the patterns and grams are parameters.
+    plain: bool
     #: The term as one bound parameter, used by every gram array of the statement.
     bound: ColumnElement[str]
     lowered: ColumnElement[str]
@@ -271,14 +282,31 @@ class _Terms:
 
     @classmethod
     def of(cls, term: str) -> _Terms:
+        if _plain(term):
+            lowered = term.lower()
+            escaped = escape_like(lowered)
+            return cls(
+                term,
+                True,
+                literal(term, Text),
+                literal(lowered, Text),
+                literal(f"%{escaped}%", Text),
+                literal(f"{escaped}%", Text),
+            )
         escaped = escape_like(term)
         return cls(
             term,
+            False,
             literal(term, Text),
             _lowered(term),
             _lowered(f"%{escaped}%"),
             _lowered(f"{escaped}%"),
         )
+
+
+def _plain(term: str) -> bool:
+    """ASCII or without letter case: Python's and PostgreSQL's lower() agree."""
+    return all(c < "\x80" or (c.lower() == c and c.upper() == c) for c in term)
 
 
 def _spec(resource: Resource) -> Search:
@@ -333,6 +361,9 @@ class Plan:
     limit: float
     #: Listing the trash: the index holds live rows only, so the row's own parts walk.
     trash: bool = False
+    #: A walk reads at most the caller's own rows (scope ``own``: the owner's index), so a
+    #: part above :attr:`limit` is walked without counting it first.
+    bounded_walk: bool = False
 
     #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
     decided: dict[str, Strategy] = field(default_factory=dict)
@@ -378,7 +409,7 @@ class Plan:
             strategy = "walk"
         elif self.estimate(kinds, stats) <= self.limit:
             strategy = "collect"
-        elif self.independent(kinds, stats) > self.limit:
+        elif self.bounded_walk or self.independent(kinds, stats) > self.limit:
             strategy = "walk"
         else:
             cap = int(self.limit) + 1
@@ -442,11 +473,13 @@ class Plan:
         the grams themselves computed by PostgreSQL)."""
         s = stats or self.own
         py = _py_grams(self.terms.term, kind)
+        ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
+        picked = sorted(ranked[:PICK])
+        if self.terms.plain:
+            return literal([py[i] for i in picked], _TEXTS)
         sql = _sql_grams(self.terms.bound, kind)
         if len(py) <= PICK:
             return sql
-        ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
-        picked = sorted(ranked[:PICK])
         parts = [sql[i + 1 : i + 1] for i in picked]  # 1-based slices: never NULL elements
         out = parts[0]
         for part in parts[1:]:
@@ -540,6 +573,7 @@ async def plan(
         related_stats=related,
         limit=limit,
         trash=deleted,
+        bounded_walk=kinds == {ScopeKind.own},
     )
 
 
