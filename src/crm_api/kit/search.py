@@ -285,13 +285,17 @@ class _Terms:
         if _plain(term):
             lowered = term.lower()
             escaped = escape_like(lowered)
+            # Still scalar subqueries: a pattern the planner can see makes it estimate the
+            # LIKE from the column's histogram and, for a frequent term in an org scope,
+            # trade the walk of the sort index for a bitmap scan of the whole scope and a
+            # sort (measured at 1M: 426 ms against 41 ms).
             return cls(
                 term,
                 True,
                 literal(term, Text),
-                literal(lowered, Text),
-                literal(f"%{escaped}%", Text),
-                literal(f"{escaped}%", Text),
+                _fixed(lowered),
+                _fixed(f"%{escaped}%"),
+                _fixed(f"{escaped}%"),
             )
         escaped = escape_like(term)
         return cls(
@@ -302,6 +306,10 @@ class _Terms:
             _lowered(f"%{escaped}%"),
             _lowered(f"{escaped}%"),
         )
+
+
+def _fixed(value: str) -> ColumnElement[str]:
+    return select(literal(value, Text)).scalar_subquery()
 
 
 def _plain(term: str) -> bool:
