@@ -423,3 +423,21 @@ class _Conn:
                 return rows[0] if rows else None
 
         return _R()
+
+
+async def test_the_trash_finds_an_exact_name(client, engine, fresh_stats):
+    """The n-gram index holds live rows only: the trash is walked, every rank of it
+    (the exact name too, which live searches always collect)."""
+    owner = await make_user(engine, org_unit=await make_org_unit(engine))
+    names = ["华信", "华信科技", "苏州华信", "无关"]
+    made = []
+    for name in names:
+        body = {"name": name, "owner_id": str(owner["id"])}
+        response = await client.post("/v1/customers", json=body)
+        assert response.status_code == 201, response.text
+        made.append(response.json())
+    for row in made:
+        assert (await client.delete(f"/v1/customers/{row['id']}")).status_code == 204
+    got = await _all_pages(client, "/v1/customers", q="华信", deleted="true", limit=2)
+    assert [r["name"] for r in got] == ["华信", "华信科技", "苏州华信"]
+    assert await _all_pages(client, "/v1/customers", q="华信", limit=2) == []

@@ -644,7 +644,8 @@ async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
     read the whole scope."""
     kind = _RANK_KINDS[rank]
     if rank == 0:
-        p.decided.setdefault("rank0", "collect")
+        # the trash is not in the (live rows') index: walked like every own part there
+        p.decided.setdefault("rank0", "walk" if p.trash else "collect")
         return
     if rank < 3:
         await p.decide(
