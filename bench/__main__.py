@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--jobs", type=int, default=2, help="loader processes (default 2)")
     gen.add_argument("--batch", type=int, default=10_000, help="customers per COPY")
     gen.add_argument(
+        "--orders",
+        type=int,
+        default=0,
+        help="also a 200-product catalog and this many orders (1-3 lines each) on the "
+        "customers (bench/orders.py)",
+    )
+    gen.add_argument(
         "--keep-indexes",
         action="store_true",
         help="load with every index and key in place (slower; for comparison)",
@@ -80,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             keep_indexes=args.keep_indexes,
         )
+        if args.orders:
+            from bench import asyncpg_url
+            from bench.orders import generate_orders
+
+            generate_orders(
+                asyncpg_url(args.database_url),
+                args.orders,
+                seed=args.seed,
+                jobs=args.jobs,
+                batch=args.batch,
+            )
         return 0
     if args.command == "breakdown":
         from bench.breakdown import breakdown_command

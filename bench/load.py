@@ -67,6 +67,20 @@ CREATE_BODY = json.dumps(
     ensure_ascii=False,
 )
 CREATED_TAG = "bench-load"
+#: An order of 3 lines (``{customer_id}``, ``{p0}`` … ``{p2}``: a live customer and three
+#: active products of the bench database, filled in by the runner).
+ORDER_BODY = json.dumps(
+    {
+        "customer_id": "{customer_id}",
+        "channel": "storefront",
+        "notes": CREATED_TAG,
+        "lines": [
+            {"product_id": "{p0}", "quantity": "1"},
+            {"product_id": "{p1}", "quantity": "2"},
+            {"product_id": "{p2}", "quantity": "3", "discount": "5.00"},
+        ],
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -82,9 +96,11 @@ class Scenario:
     #: Extra request headers; ``{n}`` in a value becomes the request's unique token too
     #: (a new ``Idempotency-Key`` per request).
     headers: tuple[tuple[str, str], ...] = ()
-    #: ``"any"``: ``{id}`` in the path is a random live customer; ``"own"``: one the login owns.
+    #: ``"any"``: ``{id}`` in the path is a random live customer; ``"own"``: one the login
+    #: owns; ``"ordered"``: a random customer with orders.
     ids: str | None = None
-    #: ``"list"`` or ``"get"``: also run the same SQL raw through asyncpg.
+    #: ``"list"`` or ``"get"`` (customers), ``"orders"`` (the orders list the path asks
+    #: for): also run the same SQL raw through asyncpg.
     floor: str | None = None
     #: Print EXPLAIN (ANALYZE, BUFFERS) of its SQL with ``--explain``.
     explain: bool = False
@@ -104,6 +120,14 @@ SCENARIOS: list[Scenario] = [
         method="POST",
         body=CREATE_BODY,
         headers=(("Idempotency-Key", "bench-{n}"),),
+        groups=("writes",),
+    ),
+    Scenario(
+        "upsert_new",
+        "upsert a new customer: PUT /v1/customers/by-external-ref/{n}",
+        "/v1/customers/by-external-ref/bench-{n}",
+        method="PUT",
+        body=CREATE_BODY,
         groups=("writes",),
     ),
     Scenario("search", "search: Chinese substring q", "/v1/customers?q={q}&limit=50", explain=True),
@@ -156,6 +180,43 @@ SCENARIOS: list[Scenario] = [
         ids="own",
         floor="get",
         groups=("roles",),
+    ),
+    # Orders (--scenarios orders; generate with --orders 1000000 for the recorded figures).
+    Scenario(
+        "order_create",
+        "place an order of 3 lines with a new Idempotency-Key each",
+        "/v1/orders",
+        method="POST",
+        body=ORDER_BODY,
+        headers=(("Idempotency-Key", "bench-order-{n}"),),
+        groups=("orders",),
+    ),
+    Scenario(
+        "orders_customer",
+        "orders of one customer (newest first)",
+        "/v1/customers/{id}/orders?limit=50",
+        ids="ordered",
+        floor="orders",
+        explain=True,
+        groups=("orders",),
+    ),
+    Scenario(
+        "orders_mine",
+        "my orders, as a sales rep (own scope, newest first)",
+        "/v1/orders?limit=50",
+        login="rep@bench.crm",
+        floor="orders",
+        explain=True,
+        groups=("orders",),
+    ),
+    Scenario(
+        "orders_manager",
+        "orders as a branch sales manager (org_subtree, newest first)",
+        "/v1/orders?limit=50",
+        login="manager@bench.crm",
+        floor="orders",
+        explain=True,
+        groups=("orders",),
     ),
     # What uvicorn + FastAPI + our middleware cost with no auth and no SQL: the ceiling of
     # any endpoint of this stack on this machine (run with --scenarios healthz).
@@ -534,6 +595,7 @@ async def _py_client(
         body = b""
         counter += 1
         token = f"{run_id}-{counter}"
+        path = path.replace("{n}", token)
         head = head_template.replace("{n}", token)
         if job.body is not None:
             body = job.body.replace("{n}", token).encode()
@@ -642,6 +704,30 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
     return Statement(sql, params)
 
 
+def orders_statement(access: Any, scenario: Scenario) -> Statement:
+    """The orders list the app runs for ``scenario`` (compiled from the orders repository,
+    lines included): one customer's orders when the path names a customer (``{id}``, the
+    random id parameter), else the login's list. The app also checks, first, that the
+    customer is one the caller sees (one more indexed lookup the floor does not run)."""
+    from crm_api.kit.pagination import apply_keyset
+    from crm_api.order import repository as repo
+    from crm_api.order.schemas import CustomerOrderListQuery, OrderListQuery, OrderSort
+    from crm_api.resources import ORDERS
+
+    if access is None:
+        raise SystemExit(f"{scenario.login} may not read orders")
+    query = (CustomerOrderListQuery if "{id}" in scenario.path else OrderListQuery)(limit=50)
+    sentinel = uuid.UUID(int=0) if "{id}" in scenario.path else None
+    stmt = apply_keyset(
+        repo.filtered(access, query, sentinel),
+        ORDERS.sort_columns,
+        ORDERS.id_column,
+        query.page(OrderSort),
+    )
+    sql, params = compile_for_asyncpg(stmt)
+    return Statement(sql, params, params.index(sentinel) if sentinel is not None else None)
+
+
 async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int:
     from sqlalchemy import func, select
 
@@ -719,6 +805,7 @@ class Login:
     user_id: uuid.UUID
     email: str
     access: Any  # crm_api Access for customers:read, as the app would build it
+    orders_access: Any = None  # the same for orders:read (None: not granted)
 
 
 class Runner:
@@ -740,6 +827,8 @@ class Runner:
         self.server: AppServer | None = None
         self.servers: list[AppServer] = []
         self.tokens: dict[tuple[int, str], str | None] = {}
+        #: What the order scenario's body refers to (:meth:`order_refs_for`).
+        self.order_refs: dict[str, str] = {}
 
     # -- identities -------------------------------------------------------------------------
     async def load_login(self, conn: asyncpg.Connection, email: str) -> Login:
@@ -774,11 +863,13 @@ class Runner:
             policy = PolicyEngine()
             await policy.load(engine)
             scope = policy.scope_for(principal, "customers", "read")
+            orders_scope = policy.scope_for(principal, "orders", "read")
         finally:
             await engine.dispose()
         if scope is None:
             raise SystemExit(f"{email} may not read customers")
-        login = Login(row["id"], email, Access(principal, "customers", "read", scope))
+        orders = Access(principal, "orders", "read", orders_scope) if orders_scope else None
+        login = Login(row["id"], email, Access(principal, "customers", "read", scope), orders)
         self.logins[email] = login
         return login
 
@@ -839,7 +930,18 @@ class Runner:
         key = (scenario.ids or "", scenario.login)
         if key not in self.ids:
             login = self.logins[scenario.login]
-            if scenario.ids == "own":
+            if scenario.ids == "ordered":
+                rows = await conn.fetch(
+                    "SELECT customer_id AS id FROM orders TABLESAMPLE SYSTEM (5) "
+                    "WHERE deleted_at IS NULL GROUP BY customer_id ORDER BY random() LIMIT $1",
+                    self.args.sample,
+                )
+                if not rows:  # a small table: TABLESAMPLE may miss every page
+                    rows = await conn.fetch(
+                        "SELECT DISTINCT customer_id AS id FROM orders LIMIT $1",
+                        self.args.sample,
+                    )
+            elif scenario.ids == "own":
                 rows = await conn.fetch(
                     "SELECT id FROM customers WHERE deleted_at IS NULL AND owner_id = $1 "
                     "ORDER BY random() LIMIT $2",
@@ -862,13 +964,37 @@ class Runner:
     def path_of(self, scenario: Scenario) -> str:
         return scenario.path.replace("{q}", quote(self.args.search_term))
 
+    async def order_refs_for(self, conn: asyncpg.Connection) -> None:
+        """A live customer and three active products for the order scenario's body."""
+        if self.order_refs:
+            return
+        customer = await conn.fetchval(
+            "SELECT id FROM customers WHERE deleted_at IS NULL ORDER BY created_at DESC LIMIT 1"
+        )
+        products = await conn.fetch(
+            "SELECT id FROM products WHERE active AND deleted_at IS NULL AND currency = 'CNY' "
+            "ORDER BY sku LIMIT 3"
+        )
+        if customer is None or len(products) < 3:
+            raise SystemExit("the order scenario needs customers and 3 products: generate --orders")
+        self.order_refs = {"customer_id": str(customer)} | {
+            f"p{i}": str(r["id"]) for i, r in enumerate(products)
+        }
+
+    def body_of(self, scenario: Scenario) -> str | None:
+        body = scenario.body
+        if body is not None:
+            for name, value in self.order_refs.items():
+                body = body.replace("{" + name + "}", value)
+        return body
+
     def job_for(self, scenario: Scenario) -> Job:
         ids_file = self.ids[(scenario.ids, scenario.login)][1] if scenario.ids else None
         return Job(
             scenario.method,
             self.path_of(scenario),
             {**self.headers_for(scenario), **dict(scenario.headers)},
-            scenario.body,
+            self.body_of(scenario),
             ids_file,
         )
 
@@ -906,6 +1032,7 @@ class Runner:
         path = job.path
         if job.ids_file and "{id}" in path:
             path = path.replace("{id}", Path(job.ids_file).read_text().split()[0])
+        path = path.replace("{n}", f"{self.run_id}-preflight")
         body = job.body.replace("{n}", f"{self.run_id}-preflight").encode() if job.body else None
         headers = {k: v.replace("{n}", f"{self.run_id}-preflight") for k, v in job.headers.items()}
         if body is not None:
@@ -1128,9 +1255,13 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                 login = await runner.load_login(conn, sc.login)
                 if sc.ids:
                     await runner.ids_for(conn, sc)
+                if sc.body is not None and "{customer_id}" in sc.body:
+                    await runner.order_refs_for(conn)
                 path = runner.path_of(sc)
                 searches = "q=" in path
-                if sc.method == "GET" and not searches:
+                if sc.floor == "orders":
+                    statements[sc.name] = orders_statement(login.orders_access, sc)
+                elif sc.method == "GET" and not searches:
                     statements[sc.name] = await scenario_statement(login.access, sc, path)
                 if searches:
                     # one to five statements chosen per request (kit/search.py): counted and
@@ -1372,10 +1503,33 @@ async def delete_created(url: str) -> int:
                 await conn.execute(
                     "DELETE FROM customers c USING bench_created b WHERE c.id = b.id"
                 )
+        orders = await _delete_created_orders(conn)
         await conn.execute("VACUUM ANALYZE customers, contacts")
-        return int(n)
+        return int(n) + orders
     finally:
         await conn.close()
+
+
+async def _delete_created_orders(conn: asyncpg.Connection) -> int:
+    """The orders the order scenario placed (``notes`` = the bench tag), their lines and
+    audit events."""
+    if await conn.fetchval("SELECT to_regclass('orders') IS NULL"):
+        return 0
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE bench_orders ON COMMIT DROP AS "
+            "SELECT id FROM orders WHERE notes = $1",
+            CREATED_TAG,
+        )
+        n = await conn.fetchval("SELECT count(*) FROM bench_orders")
+        if n:
+            await conn.execute(
+                "DELETE FROM audit_events a USING bench_orders b WHERE a.resource_id = b.id"
+            )
+            await conn.execute("DELETE FROM orders o USING bench_orders b WHERE o.id = b.id")
+    if n:
+        await conn.execute("VACUUM ANALYZE orders, order_lines")
+    return int(n)
 
 
 # --- profiling ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 -- wrk script for bench/load.py. Configured through the environment:
 --   BENCH_METHOD   GET | POST ...
---   BENCH_PATH     request path; "{id}" is replaced by a random line of BENCH_IDS
+--   BENCH_PATH     request path; "{id}" is replaced by a random line of BENCH_IDS, "{n}" as
+--                  in the body
 --   BENCH_IDS      file with one id per line (optional)
 --   BENCH_HEADERS  "Name: value" lines (optional); "{n}" in a value as in the body
 --   BENCH_BODY     request body; "{n}" is replaced by a unique token per request (optional)
@@ -52,6 +53,7 @@ function init(args)
   math.randomseed(os.time() * 1000 + my_thread)
   dynamic = (n_ids > 0 and string.find(path, "{id}", 1, true) ~= nil)
       or (body_template ~= nil and string.find(body_template, "{n}", 1, true) ~= nil)
+      or string.find(path, "{n}", 1, true) ~= nil
       or has_dynamic_headers
   if not dynamic then
     static_request = wrk.format(method, path, nil, body_template)
@@ -66,6 +68,7 @@ function request()
   end
   counter = counter + 1
   local token = run_id .. "-" .. my_thread .. "-" .. counter
+  p = string.gsub(p, "{n}", token)
   local b = body_template
   if b then
     b = string.gsub(b, "{n}", token)

@@ -202,6 +202,7 @@ async def _clean(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         )
         if application is not None:
             await application.state.policy.load(application.state.db.engine)
+            await application.state.system_settings.load(application.state.db.engine)
     yield
 
 

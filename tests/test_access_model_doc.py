@@ -33,7 +33,7 @@ def _sql(kind: ScopeKind) -> str:
     access = Access(
         principal, "customers", "read", Scope(frozenset({kind}), frozenset({uuid.uuid4()}))
     )
-    clause = scope_clause(access, column("owner_id"), column("org_unit_id"))
+    clause = scope_clause(access, column("owner_id"), column("org_unit_id"), column("created_by"))
     return str(clause.compile(dialect=postgresql.dialect()))
 
 
@@ -45,6 +45,7 @@ def _flat(text: str) -> str:
     ("kind", "sql_has", "doc_has"),
     [
         (ScopeKind.own, "owner_id = ", "`own`: `owner_id = :me`"),
+        (ScopeKind.created_by_self, "created_by = ", "`created_by_self`: `created_by = :me`"),
         (
             ScopeKind.subordinates,
             "owner_id IN (SELECT users.id FROM users WHERE",

@@ -410,3 +410,51 @@ async def _make_role(engine, name: str, *grants: tuple[str, str, str]) -> None:
             [{"role": name, "res": r, "act": a, "scope": sc} for r, a, sc in grants],
         )
         await conn.execute(text("UPDATE authz_state SET version = version + 1"))
+
+
+async def test_own_scope_reaches_the_clients_one_created(client, client_for, engine):
+    """A client is owned by whoever created it: with ``own`` grants on api_clients a person
+    reads and changes the clients they made, and another person with the same grants in
+    the same unit reaches none of them (404, not 403); the administrator sees all. No read
+    carries the secret, its hash, or the owner column."""
+    await _make_role(
+        engine,
+        "integrator",
+        *[("api_clients", a, "own") for a in ("read", "create", "update", "delete")],
+    )
+    unit = await make_org_unit(engine, "Shop", kind="team")
+    alice = await client_for(
+        await make_user(engine, roles=("integrator", "sales_manager"), org_unit=unit)
+    )
+    bob = await client_for(
+        await make_user(engine, roles=("integrator", "sales_manager"), org_unit=unit)
+    )
+    body = {"name": "alice's shop", "roles": ["partner"], "org_unit_id": str(unit["id"])}
+    made = await alice.post("/v1/api-clients", json=body)
+    assert made.status_code == 201, made.text
+    created = made.json()
+    other = await create_api_client(client, name="admin's", org_unit_id=str(unit["id"]))
+    url = f"/v1/api-clients/{created['id']}"
+
+    listed = (await alice.get("/v1/api-clients")).json()["data"]
+    assert [c["id"] for c in listed] == [created["id"]]
+    got = await alice.get(url)
+    assert got.status_code == 200
+    for record in (*listed, got.json()):
+        assert not {"client_secret", "secret_hash", "previous_secret_hash", "owner_id"} & set(
+            record
+        ), record
+    renamed = await alice.patch(
+        url, json={"name": "renamed"}, headers={"If-Match": got.headers["etag"]}
+    )
+    assert renamed.status_code == 200, renamed.text
+
+    assert (await bob.get("/v1/api-clients")).json()["data"] == []
+    problem(await bob.get(url), 404, "api_client_not_found")
+    problem(await bob.patch(url, json={"name": "mine now"}), 404, "api_client_not_found")
+    problem(await bob.delete(url), 404, "api_client_not_found")
+    problem(await alice.get(f"/v1/api-clients/{other['id']}"), 404, "api_client_not_found")
+
+    everything = (await client.get("/v1/api-clients")).json()["data"]
+    assert {c["id"] for c in everything} == {created["id"], other["id"]}
+    assert (await client.get(url)).json()["name"] == "renamed"

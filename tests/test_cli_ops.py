@@ -136,17 +136,18 @@ def test_no_database_url_and_no_embedded_postgresql(tmp_path: Path) -> None:
 async def test_seed_demo_is_idempotent_and_adds_customers_on_request(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    from crm_api.seed import DEFAULT_CUSTOMERS, seed_demo
+    from crm_api.seed import DEFAULT_CUSTOMERS, DEMO_PRODUCTS, seed_demo
 
     first = await seed_demo(database_url)
     assert first["new_users"] == 8 and first["customers_added"] == DEFAULT_CUSTOMERS
+    assert first["products_added"] == len(DEMO_PRODUCTS)
     counts = {
         t: await count_rows(engine, t)
-        for t in ("users", "org_units", "customers", "contacts", "authz_rules")
+        for t in ("users", "org_units", "customers", "contacts", "authz_rules", "products")
     }
     again = await seed_demo(database_url)  # e.g. `seed-demo` after `serve` loaded it
     assert again["new_users"] == 0 and again["new_org_units"] == 0
-    assert again["customers_added"] == 0
+    assert again["customers_added"] == 0 and again["products_added"] == 0
     assert {t: await count_rows(engine, t) for t in counts} == counts
 
     more = await seed_demo(database_url, customers=7)
@@ -229,7 +230,9 @@ def test_sigterm_on_dev_py_serve_stops_server_and_embedded_postgresql(data_dir: 
             # seed-demo while serve runs: a no-op on the demo data serve loaded.
             seeded = crm_api("seed-demo", cwd=ROOT, CRM_DATA_DIR=str(data_dir))
             assert seeded.returncode == 0, seeded.stderr
-            assert "0 customers added" in seeded.stdout and "(0 new)" in seeded.stdout
+            assert (
+                "0 customers and 0 products added" in seeded.stdout and "(0 new)" in seeded.stdout
+            )
             assert "XDG_RUNTIME_DIR" not in seeded.stderr
 
             os.kill(proc.pid, signal.SIGTERM)  # dev.py's pid, as `kill -TERM` would

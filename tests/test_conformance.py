@@ -24,11 +24,12 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import count_rows, problem, token_for
 from crm_api.kit.filtering import mask
-from crm_api.kit.resource import ParentScoped, Resource, Samples
+from crm_api.kit.resource import ParentScoped, Resource, Samples, Unscoped
 from crm_api.resources import REGISTRY
 from factories.identity import make_org_unit, make_user
 
@@ -92,18 +93,34 @@ async def make_world(engine: AsyncEngine) -> World:
     )
 
 
-async def make_record(
+async def sample_refs(
     subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A record owned by ``owner`` (through its parent for a child), created by the
-    administrator: ``(response body, body sent)``."""
+) -> dict[str, str]:
+    """What a sample body of ``subject`` refers to: its owner, a fresh unique string, and
+    the records it needs made first (its parent, ``Samples.requires``), owned by
+    ``owner``."""
     refs = {"owner_id": str(owner["id"]), "unique": uuid.uuid4().hex}
     scoping = subject.resource.scoping
     if isinstance(scoping, ParentScoped):
         parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, owner)
         refs["parent_id"] = parent["id"]
-    sent = subject.samples.create(refs)
-    response = await admin.post(subject.path, json=sent)
+    for ref, name in subject.samples.requires.items():
+        made, _ = await make_record(replace(subject, resource=REGISTRY[name]), admin, owner)
+        refs[ref] = made["id"]
+    return refs
+
+
+async def make_record(
+    subject: Subject, admin: httpx.AsyncClient, owner: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record owned by ``owner`` (through its parent for a child), created by the
+    administrator: ``(response body, body sent)``."""
+    sent = subject.samples.create(await sample_refs(subject, admin, owner))
+    if subject.samples.created_by_owner:
+        async with as_user(subject, owner) as own:
+            response = await own.post(subject.path, json=sent)
+    else:
+        response = await admin.post(subject.path, json=sent)
     assert response.status_code == 201, response.text
     return response.json(), sent
 
@@ -138,12 +155,17 @@ async def check_outsider_sees_nothing(subject: Subject) -> None:
         assert_whitelisted(subject, owned.json())
         assert record["id"] not in await ids_listed(outsider, subject.path)
         problem(await outsider.get(url), 404, code)
-        problem(await outsider.patch(url, json=subject.samples.patch), 404, code)
+        if subject.samples.patch is not None:
+            problem(await outsider.patch(url, json=subject.samples.patch), 404, code)
         problem(await outsider.delete(url), 404, code)
         if subject.samples.search is not None:
             q = subject.samples.search
             assert record["id"] in await ids_listed(owner, subject.path, q=q)
             assert record["id"] not in await ids_listed(outsider, subject.path, q=q)
+        if not subject.resource.soft_delete:
+            # no trash: the record is still there, and its owner still reaches it
+            assert (await owner.get(url)).status_code == 200
+            return
         # the trash, and restoring from it
         assert (await admin.delete(url)).status_code == 204
         assert record["id"] in await ids_listed(owner, subject.path, deleted="true")
@@ -205,18 +227,25 @@ async def check_masking(subject: Subject) -> None:
 
 async def check_pagination_over_ties(subject: Subject) -> None:
     """Every declared sort, both directions, walked two at a time over records whose sort
-    values are all equal: each record exactly once (the id tie-break)."""
+    values are all equal: each record exactly once (the id tie-break). A sort column a
+    unique index keeps from tying (products' SKU) is walked over its distinct values."""
     w = await make_world(subject.engine)
     table = subject.resource.table.name
     async with as_user(subject, w.admin) as admin, as_user(subject, w.owner) as owner:
         ids = [(await make_record(subject, admin, w.owner))[0]["id"] for _ in range(5)]
         columns = list(subject.resource.sort_columns)
-        async with subject.engine.begin() as conn:
-            sets = ", ".join(f"{c} = (SELECT {c} FROM {table} WHERE id = :first)" for c in columns)
-            await conn.execute(
-                text(f"UPDATE {table} SET {sets} WHERE id = ANY(:ids)"),
-                {"first": uuid.UUID(ids[0]), "ids": [uuid.UUID(i) for i in ids]},
-            )
+        for column in columns:
+            try:
+                async with subject.engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            f"UPDATE {table} SET {column} = "
+                            f"(SELECT {column} FROM {table} WHERE id = :first) WHERE id = ANY(:ids)"
+                        ),
+                        {"first": uuid.UUID(ids[0]), "ids": [uuid.UUID(i) for i in ids]},
+                    )
+            except IntegrityError as exc:
+                assert getattr(exc.orig, "sqlstate", None) == "23505", exc  # unique_violation
         for key in columns:
             for sort in (key, f"-{key}"):
                 seen: list[str] = []
@@ -284,12 +313,7 @@ async def check_idempotent_create(subject: Subject) -> None:
     w = await make_world(subject.engine)
     table = subject.resource.table.name
     async with as_user(subject, w.admin) as admin:
-        refs = {"owner_id": str(w.owner["id"]), "unique": uuid.uuid4().hex}
-        scoping = subject.resource.scoping
-        if isinstance(scoping, ParentScoped):
-            parent, _ = await make_record(replace(subject, resource=scoping.parent), admin, w.owner)
-            refs["parent_id"] = parent["id"]
-        body = subject.samples.create(refs)
+        body = subject.samples.create(await sample_refs(subject, admin, w.owner))
         before = await count_rows(subject.engine, table)
         key = {"Idempotency-Key": uuid.uuid4().hex}
         first = await admin.post(subject.path, json=body, headers=key)
@@ -313,7 +337,9 @@ async def check_bad_input(subject: Subject) -> None:
     table = subject.resource.table.name
     tables = (table, "audit_events", "idempotency_keys")
     limit = subject.app.state.settings.max_body_bytes
-    async with as_user(subject, w.admin) as admin:
+    # the one who writes such records: the administrator, or the owner of their own
+    writer = w.owner if subject.samples.created_by_owner else w.admin
+    async with as_user(subject, writer) as admin:
         record, sent = await make_record(subject, admin, w.owner)
         url = subject.url(record)
         counts = [await count_rows(subject.engine, t) for t in tables]
@@ -339,10 +365,15 @@ async def check_bad_input(subject: Subject) -> None:
         problem(
             await admin.post(subject.path, content=huge, headers=JSON), 413, "payload_too_large"
         )
-        problem(await admin.patch(url, json={"bogus": 1}), 422, "validation_error")
-        problem(await admin.patch(url, json=wrong), 422, "validation_error")
-        problem(await admin.patch(url, content=huge, headers=JSON), 413, "payload_too_large")
-        problem(await admin.patch(url, content=b"{", headers=JSON), 400, "malformed_json")
+        if subject.samples.patch is not None:
+            problem(await admin.patch(url, json={"bogus": 1}), 422, "validation_error")
+            problem(await admin.patch(url, json=wrong), 422, "validation_error")
+            problem(await admin.patch(url, content=huge, headers=JSON), 413, "payload_too_large")
+            problem(await admin.patch(url, content=b"{", headers=JSON), 400, "malformed_json")
+        else:
+            problem(
+                await admin.post(subject.path, content=b"{", headers=JSON), 400, "malformed_json"
+            )
         problem(
             await admin.get(subject.path, params={"cursor": "not-a-cursor!!"}),
             400,
@@ -383,6 +414,60 @@ async def check_every_write_is_audited(subject: Subject) -> None:
         assert all(sent[field] not in r.changes for r in rows), (field, rows)
 
 
+def _holds(role: str, resource: str, action: str) -> bool:
+    from crm_api.authz.defaults import DEFAULT_GRANTS
+
+    return any(
+        res in (resource, "*") and act in (action, "*") for res, act, _ in DEFAULT_GRANTS[role]
+    )
+
+
+async def check_reference_data(subject: Subject) -> None:
+    """Reference data (``Unscoped``): every built-in role whose default grants hold ``read``
+    sees every record, live and in the trash, whoever wrote it; a role without it gets 403
+    (never the record); a role without ``update``/``delete`` cannot change one (403, and
+    nothing changes)."""
+    from crm_api.authz.defaults import BUILTIN_ROLES
+
+    w = await make_world(subject.engine)
+    name = subject.resource.name
+    team = await make_org_unit(subject.engine, "Reference team")
+    users = {r: await make_user(subject.engine, roles=(r,), org_unit=team) for r in BUILTIN_ROLES}
+    readers = [r for r in BUILTIN_ROLES if _holds(r, name, "read")]
+    assert readers and len(readers) < len(BUILTIN_ROLES), "the check must see both cases"
+    async with as_user(subject, w.admin) as admin:
+        record, _ = await make_record(subject, admin, w.owner)
+        url = subject.url(record)
+        shown = (await admin.get(url)).json()
+        for role, user in users.items():
+            async with as_user(subject, user) as client:
+                if role in readers:
+                    assert record["id"] in await ids_listed(client, subject.path), role
+                    got = await client.get(url)
+                    assert got.status_code == 200, (role, got.text)
+                    assert_whitelisted(subject, got.json())
+                else:
+                    problem(await client.get(subject.path), 403)
+                    problem(await client.get(url), 403)
+                if not _holds(role, name, "update"):
+                    problem(await client.patch(url, json=subject.samples.patch), 403)
+                if subject.samples.deletes and not _holds(role, name, "delete"):
+                    problem(await client.delete(url), 403)
+        assert (await admin.get(url)).json() == shown, "a refused write changed the record"
+        if not (subject.samples.deletes and subject.resource.soft_delete):
+            return
+        assert (await admin.delete(url)).status_code == 204
+        for role in readers:
+            async with as_user(subject, users[role]) as client:
+                assert record["id"] in await ids_listed(client, subject.path, deleted="true")
+                problem(await client.get(url), 404, subject.resource.not_found_code)
+                if not _holds(role, name, "delete"):
+                    problem(await client.post(subject.url(record, "/restore")), 403)
+        assert (await admin.post(subject.url(record, "/restore"))).status_code == 200
+
+
+#: The checks of owned (or parent-scoped) records: tests/test_kit_scratch.py runs them all on
+#: its owned scratch resource.
 CHECKS = [
     check_outsider_sees_nothing,
     check_subtree_visibility,
@@ -396,8 +481,17 @@ CHECKS = [
 ]
 
 
+#: Checks that only make sense for one kind of scoping: whatever a resource declares, they
+#: run on the resources of that kind only.
+ONLY_FOR: dict[Any, type] = {check_reference_data: Unscoped}
+ALL_CHECKS = [check_reference_data, *CHECKS]
+
+
 # --- generated over the registry -----------------------------------------------------------
 def _applies(resource: Resource, check: Any) -> bool:
+    only = ONLY_FOR.get(check)
+    if only is not None and not isinstance(resource.scoping, only):
+        return False
     declared = resource.samples.checks if resource.samples is not None else None
     return declared is None or check.__name__.removeprefix("check_") in declared
 
@@ -405,7 +499,7 @@ def _applies(resource: Resource, check: Any) -> bool:
 APPLICABLE = [
     pytest.param(name, check, id=f"{name}-{check.__name__.removeprefix('check_')}")
     for name, resource in REGISTRY.items()
-    for check in CHECKS
+    for check in ALL_CHECKS
     if _applies(resource, check)
 ]
 
@@ -417,7 +511,7 @@ async def test_registered_resource_conforms(app, engine, name, check):
 
 def test_declared_checks_exist():
     """A resource declaring which checks apply names real ones (a typo would skip one)."""
-    names = {c.__name__.removeprefix("check_") for c in CHECKS}
+    names = {c.__name__.removeprefix("check_") for c in ALL_CHECKS}
     for resource in REGISTRY.values():
         declared = resource.samples.checks if resource.samples is not None else None
         assert declared is None or declared <= names, (resource.name, declared - names)

@@ -216,11 +216,14 @@ async def test_legitimate_delegation_still_works(client_for, engine, tree):
         *USERS_ADMIN_CREATE,
         *[
             (r, a, "org_subtree")
-            for r in ("customers", "contacts")
+            for r in ("customers", "contacts", "orders")
             for a in ("read", "create", "update", "delete")
         ],
         ("audit_events", "read", "org_subtree"),
         ("org_units", "read", "all"),
+        # what sales_rep holds beyond the business records
+        ("products", "read", "all"),
+        ("system_settings", "read", "all"),
     )
     manager = await make_user(engine, roles=("branch_lead",), org_unit=tree["east"])
     rep = await make_user(engine, roles=(), org_unit=tree["east_team"], manager=manager)

@@ -193,7 +193,7 @@ async def test_bad_questions_are_problems(client, engine):
             "/v1/authz/explain",
             params={
                 "user_id": str(s["rep"]["id"]),
-                "resource": "orders",
+                "resource": "tickets",
                 "record_id": str(uuid.uuid4()),
             },
         ),

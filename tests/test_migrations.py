@@ -177,3 +177,70 @@ def test_migrated_grants_and_roles_equal_the_live_defaults(scratch_url):
         _query(scratch_url, "SELECT name, description FROM roles WHERE builtin ORDER BY name")
     )
     assert roles == sorted(BUILTIN_ROLES.items())
+
+
+def test_api_clients_get_their_placement_on_upgrade(scratch_url):
+    """0011 places existing clients: their service account's unit, and as owner whoever
+    the audit trail says created them (a client without such an event keeps none)."""
+    upgrade(scratch_url, "0005")
+    unit, person, made, orphan = (uuid.uuid4() for _ in range(4))
+    accounts = {made: uuid.uuid4(), orphan: uuid.uuid4()}
+
+    async def seed() -> None:
+        engine = create_async_engine(scratch_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO org_units (id, name, kind, path, depth, active)"
+                        " VALUES (:id, 'Shop', 'team', :path, 0, true)"
+                    ),
+                    {"id": unit, "path": f"/{unit}/"},
+                )
+                users = [(person, "person", None)] + [
+                    (a, "service", unit) for a in accounts.values()
+                ]
+                for user_id, kind, org_unit in users:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO users (id, email, display_name, org_unit_id,"
+                            " manager_path, kind, active)"
+                            " VALUES (:id, :email, 'x', :unit, :path, :kind, true)"
+                        ),
+                        {
+                            "id": user_id,
+                            "email": f"{user_id}@example.cn",
+                            "unit": org_unit,
+                            "path": f"/{user_id}/",
+                            "kind": kind,
+                        },
+                    )
+                for client, account in accounts.items():
+                    await conn.execute(
+                        text(
+                            "INSERT INTO api_clients (id, client_id, name, secret_hash, user_id,"
+                            " active) VALUES (:id, :cid, 'x', 'h', :user, true)"
+                        ),
+                        {"id": client, "cid": f"cli_{client.hex[:12]}", "user": account},
+                    )
+                await conn.execute(
+                    text(
+                        "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, action,"
+                        " resource_type, resource_id, changes)"
+                        " VALUES (:id, now(), 'user', :actor, 'create', 'api_clients', :client,"
+                        " '{}')"
+                    ),
+                    {"id": uuid.uuid4(), "actor": person, "client": made},
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    upgrade(scratch_url)
+    rows = dict(
+        (r[0], (r[1], r[2]))
+        for r in asyncio.run(
+            _query(scratch_url, "SELECT id, owner_id, org_unit_id FROM api_clients")
+        )
+    )
+    assert rows == {made: (person, unit), orphan: (None, unit)}

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import count_rows, problem
+from crm_api.authz.defaults import BUILTIN_ROLES
 from crm_api.authz.state import settle
 from factories.customers import create_customer
 from factories.identity import make_org_unit, make_user
@@ -72,7 +73,7 @@ async def test_create_update_delete_role(client, engine):
     assert patched.status_code == 200 and patched.json()["description"] == "Top 50"
     problem(await client.patch(f"/v1/roles/{role['id']}", json={"name": "renamed"}), 422)
     builtin = await client.get("/v1/roles", params={"builtin": "true"})
-    assert len(builtin.json()["data"]) == 8
+    assert len(builtin.json()["data"]) == len(BUILTIN_ROLES)
     assert (await client.delete(f"/v1/roles/{role['id']}")).status_code == 204
     problem(await client.get(f"/v1/roles/{role['id']}"), 404, "role_not_found")
     assert await count_rows(engine, "audit_events", "resource_type = 'roles'") == 3

@@ -61,9 +61,13 @@ EXCLUDED = {
 
 #: Explicit (no schemathesis.toml discovery). Invalid requests may also be refused by the
 #: request middleware before validation: 413 (body too large) and 414 (query string too
-#: long) are rejections too, and documented.
+#: long) are rejections too, and documented. No generated ``Authorization`` header: every
+#: call sends the role's own token, so a negated one never reaches the app, yet the check
+#: still counted it as the invalid part of a request whose other part was valid once
+#: serialized (``/v1/products?category=…``: a 200 reported as "invalid data accepted").
 CONFIG = SchemathesisConfig.from_dict(
     {
+        "generation": {"with-security-parameters": False},
         "checks": {
             "negative_data_rejection": {
                 "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 428, 429],

@@ -5,13 +5,11 @@ Revises:
 Create Date: 2026-11-23 00:57:18.044013
 """
 
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-import uuid
-
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"

@@ -5,13 +5,11 @@ Revises: 0001
 Create Date: 2026-11-23 01:03:21.016535
 """
 
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-import uuid
-
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0002"

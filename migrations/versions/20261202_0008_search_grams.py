@@ -22,7 +22,7 @@ Both functions use only ``pg_catalog`` built-ins (no other function of ours), so
 under any ``search_path`` (pg_dump/restore, autovacuum's ANALYZE of the expression).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0011
 Create Date: 2026-12-02 09:45:00.000000
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0005"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

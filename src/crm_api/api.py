@@ -12,9 +12,13 @@ from crm_api.authz.endpoints import router as authz
 from crm_api.contact.endpoints import customer_router as customer_contacts
 from crm_api.contact.endpoints import router as contacts
 from crm_api.customer.endpoints import router as customers
+from crm_api.order.endpoints import customer_router as customer_orders
+from crm_api.order.endpoints import router as orders
 from crm_api.org_unit.endpoints import router as org_units
 from crm_api.pat.endpoints import router as me_tokens
+from crm_api.product.endpoints import router as products
 from crm_api.role.endpoints import router as roles
+from crm_api.system_settings.endpoints import router as system_settings
 from crm_api.user.endpoints import router as users
 
 #: Mounted under /v1, each directly on the app: FastAPI matches an included router by
@@ -26,6 +30,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     customers,
     customer_contacts,
     contacts,
+    orders,
+    customer_orders,
     auth,
     me_router,
     me_tokens,
@@ -35,6 +41,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     users,
     roles,
     authz,
+    products,
+    system_settings,
 )
 
 

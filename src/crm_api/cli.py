@@ -49,7 +49,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     print(
         f"demo data: {result['org_units']} org units ({result['new_org_units']} new), "
         f"{result['users']} users ({result['new_users']} new), "
-        f"{result['customers_added']} customers added; demo password {result['password']}"
+        f"{result['customers_added']} customers and {result['products_added']} products "
+        f"added; demo password {result['password']}"
     )
     return 0
 

@@ -31,6 +31,7 @@ from crm_api.health import router as health_router
 from crm_api.kit.routing import document_problems, document_query_models
 from crm_api.logs import configure_logging
 from crm_api.middleware import InflightCap, RequestMiddleware, SecurityHeadersMiddleware
+from crm_api.system_settings.store import SettingsStore
 
 logger = logging.getLogger("crm_api")
 
@@ -57,13 +58,17 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         principals = PrincipalResolver(db.engine)
         policy.listeners.append(principals.clear)
         policy.session_listeners.append(principals.revoked_sessions.load)
-        await policy.refresh_if_changed(db.engine)  # the policy and the revoked sessions
+        system_settings = SettingsStore()
+        policy.settings_listeners.append(system_settings.refresh)
+        # the policy, the revoked sessions and the system settings
+        await policy.refresh_if_changed(db.engine)
         policy.start_polling(db.engine, settings.authz_poll_interval_s)
         principals.start()
         db.reaper.start()
         app.state.db = db
         app.state.policy = policy
         app.state.principals = principals
+        app.state.system_settings = system_settings
         app.state.keyring = keyring_from_settings(settings)
         app.state.passwords = PasswordChecker(
             settings.password_hash_concurrency, settings.password_hash_wait_s

@@ -8,15 +8,18 @@ pagination, ETag, idempotency, bad input.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from crm_api.api_client import schemas as api_client_schemas
 from crm_api.contact import schemas as contact_schemas
 from crm_api.customer import schemas as customer_schemas
 from crm_api.errors import Conflict, UnprocessableEntity
 from crm_api.kit.resource import (
     OwnerScoped,
     ParentScoped,
+    Reference,
     Resource,
     Samples,
     UnitScoped,
@@ -25,10 +28,15 @@ from crm_api.kit.resource import (
 from crm_api.kit.search import Related, Search
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
-from crm_api.models.identity import Role
+from crm_api.models.identity import ApiClient, PersonalAccessToken, Role
+from crm_api.models.order import Order
 from crm_api.models.org_unit import OrgUnit
+from crm_api.models.product import Product
 from crm_api.models.user import User
+from crm_api.order import schemas as order_schemas
 from crm_api.org_unit import schemas as org_unit_schemas
+from crm_api.pat import schemas as pat_schemas
+from crm_api.product import schemas as product_schemas
 from crm_api.role import schemas as role_schemas
 from crm_api.user import schemas as user_schemas
 
@@ -63,7 +71,7 @@ CUSTOMERS = Resource(
     label="customer",
     model=Customer,
     schema=customer_schemas.Customer,
-    scoping=OwnerScoped(),
+    scoping=OwnerScoped(creator="created_by"),
     sorts=customer_schemas.CustomerSort,
     not_found_code="customer_not_found",
     sensitive=("bank_account", "tax_number"),
@@ -77,7 +85,14 @@ CUSTOMERS = Resource(
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),
         "uq_customers_tax_number_live": lambda: _customer_duplicate("tax_number"),
+        "uq_customers_email_key_live": lambda: _customer_duplicate("email"),
+        "uq_customers_phone_key_live": lambda: _customer_duplicate("phone"),
         "fk_customers_org_unit_id_org_units": _no_such_org_unit,
+        # purging a customer some order names (orders are kept: they are the books)
+        "fk_orders_customer_id_customers": lambda: Conflict(
+            "The customer has orders and cannot be purged; it stays in the trash.",
+            code="customer_has_orders",
+        ),
     },
     samples=Samples(
         path="/v1/customers",
@@ -145,6 +160,11 @@ USERS = Resource(
     sorts=user_schemas.UserSort,
     not_found_code="user_not_found",
     soft_delete=False,
+    constraints={
+        "uq_users_email_lower": lambda: Conflict(
+            "Another user has this e-mail address.", code="email_taken", field="email"
+        ),
+    },
     derived=("roles",),
     grant_group="none",
     samples=Samples(
@@ -207,9 +227,191 @@ ROLES = Resource(
         patch={"description": "华南区域销售"},
         wrong_type={"description": 42},
         search="华东区域",
-        checks=_SETTINGS_CHECKS,
+        checks=_SETTINGS_CHECKS | {"reference_data"},
+    ),
+)
+
+
+def product_duplicate(existing_id: uuid.UUID | None = None) -> Conflict:
+    return Conflict(
+        "A live product with this SKU already exists (SKUs ignore letter case).",
+        code="product_duplicate",
+        field="sku",
+        existing_id=str(existing_id) if existing_id is not None else None,
+    )
+
+
+def product_in_use() -> Conflict:
+    return Conflict(
+        "Order lines name this product, so it cannot be deleted or purged; deactivate it "
+        "instead (PATCH active=false): it then stays readable but cannot be ordered.",
+        code="product_in_use",
+        reason="order_lines",
+    )
+
+
+def _product_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "sku": f"HP-LJ-{refs['unique'][:12]}",
+        "name": "惠普 LaserJet Pro 黑白激光打印机",
+        "brand": "HP",
+        "series": "LaserJet Pro",
+        "category": "打印机",
+        "unit": "台",
+        "list_price": "2599.00",
+        "currency": "CNY",
+        "tax_rate": "0.13",
+        "parameters": {"打印速度(ppm)": 38, "双面打印": True},
+    }
+
+
+PRODUCTS = Resource(
+    name="products",
+    label="product",
+    model=Product,
+    schema=product_schemas.Product,
+    # Reference data: every holder of products:read reads the whole catalog.
+    scoping=Unscoped(),
+    sorts=product_schemas.ProductSort,
+    not_found_code="product_not_found",
+    constraints={
+        "uq_products_sku_live": product_duplicate,
+        # order_lines.product_id (ON DELETE RESTRICT), from the orders migration
+        "fk_order_lines_product_id_products": product_in_use,
+    },
+    referenced_by=(Reference("order_lines", "product_id", product_in_use),),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/products",
+        create=_product_sample,
+        patch={"list_price": "2399.50"},
+        wrong_type={"active": "yes"},
+        search="激光打印机",
+        checks=frozenset(
+            {
+                "reference_data",
+                "pagination_over_ties",
+                "if_match",
+                "if_match_required",
+                "idempotent_create",
+                "bad_input",
+                "every_write_is_audited",
+            }
+        ),
+    ),
+)
+
+
+def _api_client_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": f"Storefront {refs['unique'][:8]}", "roles": ["partner"]}
+
+
+API_CLIENTS = Resource(
+    name="api_clients",
+    label="API client",
+    model=ApiClient,
+    schema=api_client_schemas.ApiClient,
+    # Owned by whoever created it, placed in its service account's unit (docs/access-model.md).
+    # The secret hashes are no field of the schema: no read can return them.
+    scoping=OwnerScoped(),
+    sorts=api_client_schemas.ApiClientSort,
+    not_found_code="api_client_not_found",
+    soft_delete=False,
+    derived=("roles",),
+    grant_group="none",
+    samples=Samples(
+        path="/v1/api-clients",
+        create=_api_client_sample,
+        patch={"name": "Storefront (renamed)"},
+        wrong_type={"name": 42},
+        search="Storefront",
+        # no Idempotency-Key on create: a replay would have to keep the secret in clear
+        checks=_SETTINGS_CHECKS - {"idempotent_create"},
+    ),
+)
+
+
+def _token_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": f"nightly export {refs['unique'][:8]}",
+        "permissions": [{"resource": "customers", "action": "read"}],
+        "expires_in_days": 30,
+    }
+
+
+PERSONAL_ACCESS_TOKENS = Resource(
+    name="personal_access_tokens",
+    label="personal access token",
+    model=PersonalAccessToken,
+    schema=pat_schemas.PersonalAccessToken,
+    # Only ever its owner's, by being signed in (no grant reaches another user's tokens).
+    # The token itself is a signed JWT, never stored: no column could return it.
+    scoping=OwnerScoped(owner="user_id", org_unit=None),
+    sorts=pat_schemas.PersonalAccessTokenSort,
+    not_found_code="token_not_found",
+    soft_delete=False,
+    grant_group="self",
+    samples=Samples(
+        path="/v1/me/tokens",
+        create=_token_sample,
+        patch=None,
+        wrong_type={"name": 42},
+        checks=frozenset({"outsider_sees_nothing", "bad_input"}),
+        created_by_owner=True,
+    ),
+)
+
+
+def _order_sample(refs: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "customer_id": refs["customer_id"],
+        "channel": "web",
+        "external_ref": f"shop-{refs['unique']}",
+        "lines": [
+            {"product_id": refs["product_id"], "quantity": "2"},
+            {"product_id": refs["product_id"], "quantity": "1", "discount": "1.00"},
+        ],
+        "shipping_address": {"name": "李娜", "line1": "世纪大道 100 号", "city": "上海"},
+    }
+
+
+ORDERS = Resource(
+    name="orders",
+    label="order",
+    model=Order,
+    schema=order_schemas.Order,
+    # Owned like a customer's record; placed like its customer unless an assigner says
+    # otherwise (crm_api/order/service.py); ``created_by`` is who posted it (the
+    # storefront role reads the orders it posted).
+    scoping=OwnerScoped(creator="created_by"),
+    sorts=order_schemas.OrderSort,
+    not_found_code="order_not_found",
+    derived=("lines",),
+    constraints={
+        "fk_orders_org_unit_id_org_units": _no_such_org_unit,
+    },
+    samples=Samples(
+        path="/v1/orders",
+        create=_order_sample,
+        patch={"notes": "changed"},
+        wrong_type={"channel": 42},
+        search="shop-",
+        requires={"customer_id": "customers", "product_id": "products"},
     ),
 )
 
 #: Every registered resource, by its Casbin name.
-REGISTRY: dict[str, Resource] = {r.name: r for r in (CUSTOMERS, CONTACTS, USERS, ORG_UNITS, ROLES)}
+REGISTRY: dict[str, Resource] = {
+    r.name: r
+    for r in (
+        CUSTOMERS,
+        CONTACTS,
+        USERS,
+        ORG_UNITS,
+        ROLES,
+        PRODUCTS,
+        API_CLIENTS,
+        PERSONAL_ACCESS_TOKENS,
+        ORDERS,
+    )
+}

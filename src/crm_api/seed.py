@@ -1,5 +1,6 @@
-"""Demo data: an org tree, one user per built-in role (known passwords, demo only) and a few
-hundred customers with contacts, names mixed Chinese and English.
+"""Demo data: an org tree, one user per built-in role (known passwords, demo only), a few
+hundred customers with contacts, names mixed Chinese and English, and a small product
+catalog.
 
 Seeding is idempotent: the org units (by name under their parent) and users (by e-mail)
 that already exist are reused, never inserted twice, so ``crm-api seed-demo`` can run after
@@ -12,6 +13,7 @@ import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -20,7 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from crm_api.auth.passwords import hash_password
 from crm_api.authz.defaults import BUILTIN_ROLES
-from crm_api.models import AuthzRule, AuthzState, Contact, Customer, OrgUnit, Role, User
+from crm_api.models import (
+    AuthzRule,
+    AuthzState,
+    Contact,
+    Customer,
+    OrgUnit,
+    Product,
+    Role,
+    User,
+)
 
 DEMO_PASSWORD = "demo-pass-2026"
 
@@ -56,6 +67,155 @@ PEOPLE = ["王芳", "李强", "陈静", "赵磊", "Anna Müller", "James Brown",
 REGIONS = ["华东", "华北", "华南", "West", "Europe"]
 INDUSTRIES = ["制造业", "零售", "Software", "Logistics", "Finance"]
 
+
+#: The demo catalog: (sku, name, brand, series, category, unit, list price, tax rate,
+#: parameters, active). Added when missing (by SKU), never twice.
+DEMO_PRODUCTS: list[tuple[str, str, str, str, str, str, str, str, dict[str, Any], bool]] = [
+    (
+        "HP-LJ-M404DN",
+        "惠普 LaserJet Pro M404dn 黑白激光打印机",
+        "HP",
+        "LaserJet Pro",
+        "打印机",
+        "台",
+        "2599.00",
+        "0.13",
+        {"打印速度(ppm)": 38, "双面打印": True},
+        True,
+    ),
+    (
+        "HP-LJ-M428FDW",
+        "惠普 LaserJet Pro MFP M428fdw 多功能一体机",
+        "HP",
+        "LaserJet Pro",
+        "打印机",
+        "台",
+        "4299.00",
+        "0.13",
+        {"打印速度(ppm)": 38, "传真": True},
+        True,
+    ),
+    (
+        "HP-CF259A",
+        "惠普 59A 原装黑色硒鼓",
+        "HP",
+        "LaserJet 耗材",
+        "耗材",
+        "支",
+        "699.00",
+        "0.13",
+        {"页产量": 3000},
+        True,
+    ),
+    (
+        "LNV-X1C-G11",
+        "ThinkPad X1 Carbon Gen 11 Laptop",
+        "Lenovo",
+        "ThinkPad X1",
+        "笔记本电脑",
+        "台",
+        "12999.00",
+        "0.13",
+        {"CPU": "i7-1365U", "内存(GB)": 32},
+        True,
+    ),
+    (
+        "LNV-T14-G4",
+        "联想 ThinkPad T14 Gen 4 商务笔记本",
+        "Lenovo",
+        "ThinkPad T",
+        "笔记本电脑",
+        "台",
+        "8499.00",
+        "0.13",
+        {"CPU": "i5-1345U", "内存(GB)": 16},
+        True,
+    ),
+    (
+        "LNV-T480",
+        "ThinkPad T480 (discontinued)",
+        "Lenovo",
+        "ThinkPad T",
+        "笔记本电脑",
+        "台",
+        "5999.00",
+        "0.13",
+        {},
+        False,
+    ),
+    (
+        "DELL-U2723QE",
+        "Dell UltraSharp 27 4K USB-C Hub Monitor U2723QE",
+        "Dell",
+        "UltraSharp",
+        "显示器",
+        "台",
+        "4199.00",
+        "0.13",
+        {"尺寸(英寸)": 27, "分辨率": "3840x2160"},
+        True,
+    ),
+    (
+        "DELL-P2422H",
+        "戴尔 P2422H 23.8英寸 办公显示器",
+        "Dell",
+        "P Series",
+        "显示器",
+        "台",
+        "1299.00",
+        "0.13",
+        {"尺寸(英寸)": 23.8},
+        True,
+    ),
+    (
+        "HW-AX3-PRO",
+        "华为 WiFi AX3 Pro 无线路由器",
+        "Huawei",
+        "WiFi AX",
+        "网络设备",
+        "台",
+        "299.00",
+        "0.13",
+        {"WiFi": "6", "接口": ["WAN", "LAN", "LAN", "LAN"]},
+        True,
+    ),
+    (
+        "HW-S5735-L24",
+        "Huawei S5735-L24T4X Gigabit Switch",
+        "Huawei",
+        "S5735",
+        "网络设备",
+        "台",
+        "3680.00",
+        "0.13",
+        {"端口数": 28},
+        True,
+    ),
+    (
+        "SVC-ONSITE-1Y",
+        "上门维修服务 一年 On-site service, 1 year",
+        "Mingyuan",
+        "服务",
+        "服务",
+        "年",
+        "1200.00",
+        "0.06",
+        {"响应时间(h)": 24},
+        True,
+    ),
+    (
+        "SVC-INSTALL",
+        "安装调试 Installation and setup",
+        "Mingyuan",
+        "服务",
+        "服务",
+        "次",
+        "300.00",
+        "0.06",
+        {},
+        True,
+    ),
+]
 
 #: Customers a fresh demo database gets when no number is asked for.
 DEFAULT_CUSTOMERS = 200
@@ -95,6 +255,7 @@ async def seed_demo(
             units, new_units = await _org_tree(session)
             users, new_users = await _users(session, units)
             count = await _customers(session, users, wanted)
+            products = await _products(session)
             await session.execute(
                 update(AuthzState)
                 .where(AuthzState.id == 1)
@@ -107,6 +268,7 @@ async def seed_demo(
             "new_users": new_users,
             "customers": count,
             "customers_added": count,
+            "products_added": products,
             "password": DEMO_PASSWORD,
         }
     finally:
@@ -221,6 +383,38 @@ async def _users(session: AsyncSession, units: dict[str, OrgUnit]) -> tuple[dict
         users[role] = user
     await session.flush()
     return users, created
+
+
+async def _products(session: AsyncSession) -> int:
+    """The demo catalog's products that are missing (by SKU, any case); how many were
+    added."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "sku": sku,
+            "name": name,
+            "brand": brand,
+            "series": series,
+            "category": category,
+            "unit": unit,
+            "list_price": Decimal(price),
+            "currency": "CNY",
+            "tax_rate": Decimal(tax),
+            "parameters": parameters,
+            "active": active,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+        for sku, name, brand, series, category, unit, price, tax, parameters, active in (
+            DEMO_PRODUCTS
+        )
+    ]
+    added = await session.execute(
+        insert(Product).values(rows).on_conflict_do_nothing().returning(Product.id)
+    )
+    return len(added.all())
 
 
 async def _customers(session: AsyncSession, users: dict[str, User], n: int) -> int:

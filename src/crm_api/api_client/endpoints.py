@@ -7,7 +7,7 @@ purpose, since replaying a response would mean keeping the secret in plain text.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
@@ -24,8 +24,8 @@ from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
-from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
-from crm_api.kit.responses import json_response
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 
@@ -38,17 +38,6 @@ ApiClientsUpdate = Annotated[Access, require(R, Action.update)]
 ApiClientsDelete = Annotated[Access, require(R, Action.delete)]
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _with_etag(
-    row: dict[str, Any], status: int = 200, location: str | None = None, secret: bool = False
-) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}
-    if location:
-        headers["Location"] = location
-    if secret:
-        headers.update(_NO_STORE)
-    return json_response(row, status, headers)
 
 
 @router.get(
@@ -84,7 +73,7 @@ async def create_api_client(
     Roles must exist (422 `unknown_role`); you may only give roles whose every grant you
     hold yourself over no wider a scope (403 `role_not_grantable`)."""
     row = await service.create_client(session, get_policy(request), access, body)
-    return _with_etag(row, 201, f"/v1/api-clients/{row['id']}", secret=True)
+    return with_etag(row, 201, f"/v1/api-clients/{row['id']}", _NO_STORE)
 
 
 @router.get(
@@ -97,7 +86,7 @@ async def create_api_client(
 async def get_api_client(
     client_id: uuid.UUID, access: ApiClientsRead, conn: ReadConnection
 ) -> Response:
-    return _with_etag(await service.get_client(conn, access, client_id))
+    return with_etag(await service.get_client(conn, access, client_id))
 
 
 @router.patch(
@@ -128,7 +117,7 @@ async def update_api_client(
         if_match,
         require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.delete(
@@ -186,4 +175,4 @@ async def rotate_api_client_secret(
         if_match,
         require_if_match=strict,
     )
-    return _with_etag(row, secret=True)
+    return with_etag(row, headers=_NO_STORE)

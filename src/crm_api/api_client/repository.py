@@ -1,6 +1,7 @@
-"""All SQL of API clients. Reads start from :func:`scoped`: a client belongs to the org unit
-of its service account, so org-scoped grants on ``api_clients`` see their own units' clients.
-"""
+"""All SQL of API clients. Reads start from the kit's scoped statement
+(:data:`~crm_api.resources.API_CLIENTS`): a client is owned by whoever created it and
+placed in its service account's org unit, so grants on ``api_clients`` reach it by the
+common scope predicate."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Select, String, delete, func, literal, or_, select
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy import ARRAY, ColumnElement, String, cast, delete, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.api_client.schemas import ApiClientListQuery, ApiClientSort
-from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
+from crm_api.kit import resource as kit
 from crm_api.kit.filtering import contains_pattern
-from crm_api.kit.repository import Executor, fetch_page
+from crm_api.kit.resource import Executor, ScopedSelect
+from crm_api.kit.transfer import cast_table
 from crm_api.models import ApiClient, AuthzRule, OrgUnit, Role, User
+from crm_api.resources import API_CLIENTS
+
+R = API_CLIENTS
+T = cast_table(ApiClient)
 
 
 def subject(user_id: uuid.UUID) -> str:
@@ -29,88 +34,49 @@ def _roles_column() -> ColumnElement[Any]:
     """The client's role names, sorted, as one array (one index probe per row)."""
     names = (
         select(AuthzRule.v1)
-        .where(AuthzRule.ptype == "g", AuthzRule.v0 == literal("client:") + User.id.cast(String))
+        .where(
+            AuthzRule.ptype == "g", AuthzRule.v0 == literal("client:") + cast(T.c.user_id, String)
+        )
         .order_by(AuthzRule.v1)
         .scalar_subquery()
     )
     return func.array(names, type_=ARRAY(String)).label("roles")
 
 
-COLUMNS: list[Any] = [
-    ApiClient.id,
-    ApiClient.client_id,
-    ApiClient.name,
-    ApiClient.user_id,
-    User.org_unit_id,
-    ApiClient.active,
-    ApiClient.last_used_at,
-    ApiClient.previous_secret_expires_at,
-    ApiClient.created_at,
-    ApiClient.updated_at,
-    ApiClient.version,
-]
-SORT_COLUMNS: dict[str, Any] = {
-    ApiClientSort.created_at: ApiClient.created_at,
-    ApiClientSort.name: ApiClient.name,
-}
-
-
-def scope_of(access: Access) -> ColumnElement[bool]:
-    # No owner: an ``own`` grant covers no client (fail closed).
-    return scope_clause(access, None, User.org_unit_id.expression)
-
-
-def scoped(access: Access) -> Select[Any]:
-    return (
-        select(*COLUMNS, _roles_column())
-        .select_from(ApiClient)
-        .join(User, User.id == ApiClient.user_id)
-        .where(scope_of(access))
-    )
+def scoped(access: Access) -> ScopedSelect:
+    """Clients ``access`` covers, with their roles (the public schema's ``roles``)."""
+    return kit.with_columns(kit.scoped(R, access), _roles_column())
 
 
 async def list_page(
     executor: Executor, access: Access, query: ApiClientListQuery
 ) -> dict[str, Any]:
-    stmt = scoped(access)
-    if query.active is not None:
-        stmt = stmt.where(ApiClient.active.is_(query.active))
+    clauses: list[ColumnElement[bool] | None] = [
+        T.c.active.is_(query.active) if query.active is not None else None,
+    ]
     if query.q:
         pattern = contains_pattern(query.q)
-        stmt = stmt.where(or_(ApiClient.name.ilike(pattern), ApiClient.client_id.ilike(pattern)))
-    return await fetch_page(
-        executor, stmt, SORT_COLUMNS, ApiClient.id.expression, query.page(ApiClientSort)
-    )
+        clauses.append(or_(T.c.name.ilike(pattern), T.c.client_id.ilike(pattern)))
+    stmt = kit.narrow(scoped(access), *clauses)
+    return await kit.fetch_page(executor, R, access, stmt, query.page(ApiClientSort))
 
 
-async def get_row(
-    executor: Executor, access: Access, client_id: uuid.UUID
-) -> dict[str, Any] | None:
-    stmt = scoped(access).where(ApiClient.id == client_id)
-    row = (await executor.execute(stmt)).mappings().first()
-    return dict(row) if row is not None else None
+async def add_service_account(session: AsyncSession, account: User) -> None:
+    """Store the client's service account (before the client row, which references it)."""
+    session.add(account)
+    await session.flush()
 
 
-async def lock(
-    session: AsyncSession, access: Access, client_id: uuid.UUID
-) -> tuple[ApiClient, User] | None:
-    """The client and its service account, both locked ``FOR UPDATE``, if ``access`` covers
-    them."""
+async def service_account(session: AsyncSession, user_id: uuid.UUID) -> User:
+    """The client's service account, locked ``FOR UPDATE`` (after the client row: one
+    order everywhere)."""
     stmt = (
-        select(ApiClient, User)
-        .join(User, User.id == ApiClient.user_id)
-        .where(ApiClient.id == client_id, scope_of(access))
+        select(User)
+        .where(User.id == user_id)
         .with_for_update()
+        .execution_options(populate_existing=True)
     )
-    row = (await session.execute(stmt)).first()
-    return (row[0], row[1]) if row is not None else None
-
-
-async def covers(session: AsyncSession, access: Access, org_unit_id: uuid.UUID | None) -> bool:
-    """Whether ``access`` covers a client placed in ``org_unit_id`` (for creation, before
-    the row exists)."""
-    unit = literal(org_unit_id, PG_UUID(as_uuid=True))
-    return bool((await session.execute(select(scope_clause(access, None, unit)))).scalar_one())
+    return (await session.execute(stmt)).scalar_one()
 
 
 async def existing_roles(session: AsyncSession, names: Iterable[str]) -> set[str]:

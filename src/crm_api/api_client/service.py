@@ -39,17 +39,17 @@ from crm_api.auth.passwords import hash_password
 from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
-from crm_api.authz.types import Access
+from crm_api.authz.types import Access, PrincipalKind
 from crm_api.db.reader import Reader
-from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
-from crm_api.kit.concurrency import check_if_match
-from crm_api.models import ApiClient, User
+from crm_api.errors import Forbidden, UnprocessableEntity
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Locked, Placement, to_dict
+from crm_api.kit.transfer import position_in_scope
+from crm_api.models import User
+from crm_api.resources import API_CLIENTS
 
-RESOURCE = "api_clients"
-
-
-def not_found(client_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No API client {client_id}.", code="api_client_not_found")
+R = API_CLIENTS
 
 
 def _new_client_id() -> str:
@@ -118,17 +118,14 @@ async def list_clients(conn: Reader, access: Access, query: ApiClientListQuery) 
 
 
 async def get_client(conn: Reader, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, client_id)
-    if row is None:
-        raise not_found(client_id)
-    return row
+    return await kit.read_or_404(conn, R, access, client_id, repo.scoped(access))
 
 
-async def _reload(session: AsyncSession, access: Access, client_id: uuid.UUID) -> dict[str, Any]:
-    await session.flush()
-    row = await repo.get_row(session, access, client_id)
-    assert row is not None  # locked or created within the caller's scope just now
-    return row
+def _creator(access: Access) -> uuid.UUID | None:
+    """The owner of a client ``access`` creates: the person, or the client (its service
+    account) acting; nobody for the system."""
+    kind = access.principal.kind
+    return access.principal.id if kind in (PrincipalKind.user, PrincipalKind.api_client) else None
 
 
 async def create_client(
@@ -156,12 +153,14 @@ async def create_client(
                 }
             ],
         )
-    if not await repo.covers(session, access, data.org_unit_id):
+    placement = Placement(_creator(access), data.org_unit_id)
+    if not await position_in_scope(session, access, placement.owner_id, placement.org_unit_id):
         raise Forbidden(
             "Your scope does not cover clients in that org unit.", code="org_unit_out_of_scope"
         )
     public_id, secret = _new_client_id(), _new_secret()
-    session.add(
+    await repo.add_service_account(
+        session,
         User(
             id=user_id,
             email=f"{public_id}@api-clients.invalid",
@@ -171,36 +170,29 @@ async def create_client(
             kind="service",
             password_hash=None,
             active=True,
-        )
+        ),
     )
-    await session.flush()  # the user row first: no ORM relationship orders the inserts
-    session.add(
-        ApiClient(
-            id=client_pk,
-            client_id=public_id,
-            name=data.name,
-            secret_hash=hash_password(secret),
-            user_id=user_id,
-            active=True,
-        )
+    values = {
+        "client_id": public_id,
+        "name": data.name,
+        "secret_hash": hash_password(secret),
+        "user_id": user_id,
+        "active": True,
+        "owner_id": placement.owner_id,
+        "org_unit_id": placement.org_unit_id,
+    }
+    row = await lifecycle.insert(
+        session,
+        R,
+        access,
+        values,
+        placement,
+        record_id=client_pk,
+        extra=audit.diff(None, {"roles": roles}),
     )
     await repo.set_roles(session, user_id, roles)
     await bump_policy_version(session)
-    row = await _reload(session, access, client_pk)
-    audit.record(
-        session,
-        access.principal,
-        action="create",
-        resource_type=RESOURCE,
-        resource_id=client_pk,
-        changes=audit.diff(
-            None,
-            {k: row[k] for k in ("client_id", "name", "user_id", "roles", "org_unit_id", "active")},
-        ),
-        owner_id=user_id,
-        org_unit_id=data.org_unit_id,
-    )
-    return {**row, "client_secret": secret}
+    return {**row, "roles": roles, "client_secret": secret}
 
 
 async def _locked(
@@ -209,16 +201,16 @@ async def _locked(
     client_id: uuid.UUID,
     if_match: str | None,
     require_if_match: bool,
-) -> tuple[ApiClient, User]:
-    found = await repo.lock(session, access, client_id)
-    if found is None:
-        raise not_found(client_id)
-    check_if_match(if_match, found[0].version, required=require_if_match)
-    return found
+) -> tuple[Locked, User]:
+    """The client ``access`` covers and its service account, both locked."""
+    locked = await lifecycle.lock_or_404(
+        session, R, access, client_id, if_match=if_match, require_if_match=require_if_match
+    )
+    return locked, await repo.service_account(session, locked.row.user_id)
 
 
-def _set_active(client: ApiClient, user: User, active: bool, now: datetime) -> None:
-    client.active = active
+def _set_active(user: User, active: bool, now: datetime) -> None:
+    """The service account follows the client's flag."""
     user.active = active
     if not active:
         # Every token issued so far dies with the deactivation, even after a reactivation
@@ -237,58 +229,42 @@ async def update_client(
     require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
-    nulled = sorted(k for k, v in changes.items() if v is None)
-    if nulled:
-        raise UnprocessableEntity(
-            "These fields cannot be null.",
-            code="validation_error",
-            errors=[
-                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                for f in nulled
-            ],
-        )
-    client, user = await _locked(session, access, client_id, if_match, require_if_match)
-    before: dict[str, Any] = {
-        "name": client.name,
-        "active": client.active,
-        "roles": await repo.roles_of(session, user.id),
-    }
-    after = dict(before)
+    lifecycle.reject_nulls(changes, changes)
+    locked, user = await _locked(session, access, client_id, if_match, require_if_match)
+    client = locked.row
+    current = await repo.roles_of(session, user.id)
+    roles = current
     if "roles" in changes:
-        after["roles"] = await _check_roles(
+        roles = await _check_roles(
             session,
             policy,
             access,
             changes["roles"],
             await delegation.position_of(session, user.id, user.manager_path, user.org_unit_id),
-            before["roles"],
+            current,
         )
-    after.update({k: changes[k] for k in ("name", "active") if k in changes})
-    if after["active"] != before["active"]:
+    columns: dict[str, Any] = {
+        k: changes[k]
+        for k in ("name", "active")
+        if k in changes and changes[k] != getattr(client, k)
+    }
+    if "active" in columns:
         await _check_target(session, policy, access, user, ["active"])
-    diff = audit.diff(before, after)
-    if not diff:
-        return await _reload(session, access, client_id)
+    extra = audit.diff({"roles": current}, {"roles": roles})
     now = clock.now()
-    if "name" in diff:
-        client.name = user.display_name = after["name"]
-    if "active" in diff:
-        _set_active(client, user, after["active"], now)
-    if "roles" in diff:
-        await repo.set_roles(session, user.id, after["roles"])
-    client.updated_at = now  # also moves the version (and ETag) for a roles-only change
-    await bump_policy_version(session)
-    audit.record(
-        session,
-        access.principal,
-        action="update",
-        resource_type=RESOURCE,
-        resource_id=client.id,
-        changes=diff,
-        owner_id=user.id,
-        org_unit_id=user.org_unit_id,
+    if "name" in columns:
+        user.display_name = columns["name"]
+    if "active" in columns:
+        _set_active(user, columns["active"], now)
+    if extra:
+        await repo.set_roles(session, user.id, roles)
+    # a roles-only change moves the version (and ETag) all the same
+    row = await lifecycle.save_changes(
+        session, R, access, locked, to_dict(R, client), columns, extra=extra, now=now
     )
-    return await _reload(session, access, client_id)
+    if columns or extra:
+        await bump_policy_version(session)
+    return {**row, "roles": roles}
 
 
 async def deactivate_client(
@@ -303,25 +279,18 @@ async def deactivate_client(
     """Soft delete: the client can no longer get tokens and the ones it has stop working.
     Restorable with ``PATCH {"active": true}``. Deleting an inactive client changes nothing.
     A client holding more than the caller could give is not the caller's to switch off."""
-    client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    locked, user = await _locked(session, access, client_id, if_match, require_if_match)
+    client = locked.row
     if not client.active and not user.active:
         return
     await _check_target(session, policy, access, user, ["active"])
     now = clock.now()
-    _set_active(client, user, False, now)
-    client.updated_at = now
-    await bump_policy_version(session)
-    await session.flush()
-    audit.record(
-        session,
-        access.principal,
-        action="delete",
-        resource_type=RESOURCE,
-        resource_id=client.id,
-        changes={"active": {"before": True, "after": False}},
-        owner_id=user.id,
-        org_unit_id=user.org_unit_id,
+    _set_active(user, False, now)
+    before = {**to_dict(R, client), "active": True}
+    await lifecycle.save_changes(
+        session, R, access, locked, before, {"active": False}, action="delete", now=now
     )
+    await bump_policy_version(session)
 
 
 async def rotate_secret(
@@ -338,35 +307,29 @@ async def rotate_secret(
     until it ends (one previous secret at most: rotating again ends the earlier grace).
     Access tokens already issued stay valid until they expire. The secret is the client's
     credential: only for a caller who could confer everything the client holds."""
-    client, user = await _locked(session, access, client_id, if_match, require_if_match)
+    locked, user = await _locked(session, access, client_id, if_match, require_if_match)
+    client = locked.row
     await _check_target(session, policy, access, user, ["client_secret"])
     now = datetime.now(UTC)
     secret = _new_secret()
-    before_expiry = client.previous_secret_expires_at
-    if body.grace_period_s > 0:
-        client.previous_secret_hash = client.secret_hash
-        client.previous_secret_expires_at = now + timedelta(seconds=body.grace_period_s)
-    else:
-        client.previous_secret_hash = None
-        client.previous_secret_expires_at = None
-    client.secret_hash = hash_password(secret)
-    client.updated_at = now
-    await bump_policy_version(session)
-    audit.record(
+    grace = body.grace_period_s > 0
+    columns = {
+        "previous_secret_hash": client.secret_hash if grace else None,
+        "previous_secret_expires_at": now + timedelta(seconds=body.grace_period_s)
+        if grace
+        else None,
+        "secret_hash": hash_password(secret),
+    }
+    row = await lifecycle.save_changes(
         session,
-        access.principal,
+        R,
+        access,
+        locked,
+        to_dict(R, client),
+        columns,
         action="rotate_secret",
-        resource_type=RESOURCE,
-        resource_id=client.id,
-        changes={
-            "client_secret": {"before": audit.MASK, "after": audit.MASK},
-            **audit.diff(
-                {"previous_secret_expires_at": before_expiry},
-                {"previous_secret_expires_at": client.previous_secret_expires_at},
-            ),
-        },
-        owner_id=user.id,
-        org_unit_id=user.org_unit_id,
+        extra={"client_secret": {"before": audit.MASK, "after": audit.MASK}},
+        now=now,
     )
-    row = await _reload(session, access, client_id)
-    return {**row, "client_secret": secret}
+    await bump_policy_version(session)
+    return {**row, "roles": await repo.roles_of(session, user.id), "client_secret": secret}

@@ -1,16 +1,19 @@
-"""All SQL of reading the audit log. Every statement starts from :func:`scoped`.
+"""All SQL of the audit log. Every read starts from :func:`scoped`; the writes are the
+events :mod:`crm_api.audit.service` makes.
 
 Events carry the affected record's owner and org unit as of the change, so the same scope
 function that filters records filters their history. Events of records without an owner
-(users, roles, policy) are visible only to an ``all`` scope.
+(roles, policy) are visible only to an ``all`` scope.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, Insert, Select, Table, and_, insert, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
 from crm_api.authz.scope import scope_clause
@@ -58,3 +61,33 @@ async def list_page(
 async def get_row(executor: Executor, access: Access, event_id: uuid.UUID) -> dict[str, Any] | None:
     row = (await executor.execute(scoped(access).where(a.id == event_id))).mappings().first()
     return dict(row) if row is not None else None
+
+
+# --- writing ---------------------------------------------------------------------------------
+def _table() -> Table:
+    table: Table = AuditEvent.__table__  # type: ignore[assignment]
+    return table
+
+
+def with_event(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """``stmt`` carrying one event's values as a data-modifying CTE (one statement)."""
+    return stmt.add_cte(insert(_table()).values(**event).cte("audit_event"))
+
+
+def event_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """One event's insert selected from ``stmt``'s ``RETURNING`` (``stmt`` as a CTE): the
+    event exists exactly when ``stmt`` inserted a row (an ``ON CONFLICT DO NOTHING`` that
+    yielded writes neither). Returns the event's ``resource_id``."""
+    table = _table()
+    created = stmt.cte("created")
+    fields = select(*(literal(v, table.c[k].type) for k, v in event.items()))
+    return (
+        insert(table)
+        .from_select(list(event), fields.select_from(created))
+        .returning(table.c.resource_id)
+    )
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Events as one multi-row insert."""
+    await session.execute(insert(_table()), list(rows))

@@ -18,17 +18,23 @@ class AuditEventSort(StrEnum):
     occurred_at = "occurred_at"
 
 
+# Every registered resource (crm_api/resources.py) is listed: tests/test_contract.py checks.
+# (The docstring below is the published description in OpenAPI, so it stays as it is.)
 class AuditResource(StrEnum):
     """The resources whose changes are audited (each domain service's ``RESOURCE``); a
-    filter on anything else is a 422, not a silently empty list. A new audited domain adds
-    its name here (tests/test_contract.py checks every service's ``RESOURCE`` is listed)."""
+        filter on anything else is a 422, not a silently empty list. A new audited domain adds
+        its name here (tests/test_contract.py checks every service's ``RESOURCE`` and every
+    registered resource is listed)."""
 
     api_clients = "api_clients"
     contacts = "contacts"
     customers = "customers"
+    orders = "orders"
     org_units = "org_units"
     personal_access_tokens = "personal_access_tokens"
+    products = "products"
     roles = "roles"
+    system_settings = "system_settings"
     users = "users"
 
 

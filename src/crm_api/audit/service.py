@@ -11,14 +11,14 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import Insert, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
 from crm_api.audit.schemas import AuditEventListQuery
 from crm_api.authz.types import Access, Principal
+from crm_api.db.reader import Executor
 from crm_api.errors import NotFound
-from crm_api.kit.repository import Executor
 from crm_api.logs import request_id_var
 from crm_api.models.audit_event import AuditEvent
 
@@ -74,16 +74,19 @@ def record(
     owner_id: uuid.UUID | None = None,
     org_unit_id: uuid.UUID | None = None,
 ) -> AuditEvent:
+    """One event of a mutation, in the mutation's own transaction (written with the
+    session's next flush): who (``principal``), what, to which record, and where that
+    record is placed (its owner and unit, by which the trail is scoped)."""
     event = AuditEvent(
-        actor_type=principal.kind.value,
-        actor_id=principal.id,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        owner_id=owner_id,
-        org_unit_id=org_unit_id,
-        changes=changes,
-        request_id=request_id_var.get(),
+        **row(
+            principal,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            changes=changes,
+            owner_id=owner_id,
+            org_unit_id=org_unit_id,
+        )
     )
     session.add(event)
     return event
@@ -122,8 +125,15 @@ def insert_with(stmt: Insert, event: Mapping[str, Any]) -> Insert:
     """``stmt`` carrying the audit ``event`` (:func:`row`) as a data-modifying CTE: the
     record and its event in one statement, one round trip; a constraint violation of the
     record writes neither."""
-    table: Table = AuditEvent.__table__  # type: ignore[assignment]
-    return stmt.add_cte(insert(table).values(**event).cte("audit_event"))
+    return repo.with_event(stmt, event)
+
+
+def insert_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:
+    """The audit ``event`` (:func:`row`) written by one statement with ``stmt`` and only
+    if ``stmt`` inserted its row (it is selected from ``stmt``'s ``RETURNING``): for an
+    ``INSERT … ON CONFLICT DO NOTHING``, a yielded insert writes no event. The statement
+    returns the event's ``resource_id``, or no row."""
+    return repo.event_after(stmt, event)
 
 
 async def record_all(
@@ -148,8 +158,16 @@ async def record_all(
         }
         for event in events
     ]
-    table: Table = AuditEvent.__table__  # type: ignore[assignment]
-    await session.execute(insert(table), rows)
+    await repo.insert_events(session, rows)
+
+
+#: The events' id column (to pin one event in :func:`scoped`).
+ID_COLUMN = repo.a.id
+
+
+def scoped(access: Access) -> Select[Any]:
+    """The events ``access`` covers (what the access explainer counts)."""
+    return repo.scoped(access)
 
 
 async def list_events(

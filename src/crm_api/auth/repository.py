@@ -1,4 +1,4 @@
-"""The identity tables' SQL that the token service and the workers' caches share."""
+"""All SQL of the identity tables that the token service and the workers' caches share."""
 
 from __future__ import annotations
 
@@ -9,7 +9,59 @@ from sqlalchemy import Row, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from crm_api.models import AuthzState, LoginThrottle, RefreshToken, RevokedSession, User
+from crm_api.models import (
+    ApiClient,
+    AuthzState,
+    LoginThrottle,
+    RefreshToken,
+    RevokedSession,
+    User,
+)
+
+
+# --- grants ---------------------------------------------------------------------------
+async def client_for_credentials(
+    session: AsyncSession, client_id: str
+) -> Row[ApiClient, bool] | None:
+    """``(client, its service account's active flag)`` of the public ``client_id``."""
+    stmt = (
+        select(ApiClient, User.active)
+        .join(User, User.id == ApiClient.user_id)
+        .where(ApiClient.client_id == client_id)
+    )
+    return (await session.execute(stmt)).first()
+
+
+async def client_used(session: AsyncSession, client_pk: uuid.UUID, now: datetime) -> None:
+    """Record a successful token request. A plain UPDATE, not an attribute change: a token
+    request must not move the client's version (its ETag) or ``updated_at``, which belong
+    to administrative edits."""
+    await session.execute(
+        update(ApiClient)
+        .where(ApiClient.id == client_pk)
+        .values(last_used_at=now, updated_at=ApiClient.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def add_refresh_token(session: AsyncSession, token: RefreshToken) -> None:
+    session.add(token)
+    await session.flush()
+
+
+async def refresh_token_for_update(session: AsyncSession, token_hash: str) -> RefreshToken | None:
+    """The refresh token with this hash, locked ``FOR UPDATE`` (one use at a time)."""
+    stmt = select(RefreshToken).where(RefreshToken.token_hash == token_hash).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def family_of(session: AsyncSession, token_hash: str) -> uuid.UUID | None:
+    stmt = select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    return (await session.execute(select(User).where(User.id == user_id))).scalar_one()
 
 
 # --- sessions ---------------------------------------------------------------------------

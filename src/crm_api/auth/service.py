@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from crm_api.auth import clock, repository, sessions, throttle, tokens
@@ -30,7 +30,7 @@ from crm_api.auth.passwords import PasswordChecker
 from crm_api.auth.sessions import RevokedSessions
 from crm_api.config import Settings
 from crm_api.errors import ServiceUnavailable, Unauthorized
-from crm_api.models import ApiClient, RefreshToken, User
+from crm_api.models import RefreshToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,8 @@ async def _new_refresh_token(
 ) -> str:
     raw = "rt_" + secrets.token_urlsafe(32)
     now = clock.now()
-    session.add(
+    await repository.add_refresh_token(
+        session,
         RefreshToken(
             id=uuid.uuid4(),
             family_id=family_id,
@@ -76,9 +77,8 @@ async def _new_refresh_token(
             token_hash=_hash(raw),
             created_at=now,
             expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
-        )
+        ),
     )
-    await session.flush()
     return raw
 
 
@@ -128,13 +128,7 @@ async def client_credentials_grant(
     client_id: str,
     secret: str,
 ) -> IssuedTokens:
-    row = (
-        await session.execute(
-            select(ApiClient, User.active)
-            .join(User, User.id == ApiClient.user_id)
-            .where(ApiClient.client_id == client_id)
-        )
-    ).first()
+    row = await repository.client_for_credentials(session, client_id)
     client = row[0] if row else None
     now = clock.now()
     ok = await checker.verify(client.secret_hash if client else None, secret)
@@ -147,14 +141,7 @@ async def client_credentials_grant(
         ok = await checker.verify(client.previous_secret_hash, secret)
     if row is None or client is None or not ok or not client.active or not row[1]:
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
-    # A plain UPDATE, not an attribute change: a token request must not move the client's
-    # version (its ETag) or updated_at, which belong to administrative edits.
-    await session.execute(
-        update(ApiClient)
-        .where(ApiClient.id == client.id)
-        .values(last_used_at=now, updated_at=ApiClient.updated_at)
-        .execution_options(synchronize_session=False)
-    )
+    await repository.client_used(session, client.id, now)
     access, ttl = access_token_for(
         keyring, settings, f"client:{client.user_id}", {"cid": client.client_id}
     )
@@ -192,11 +179,7 @@ async def refresh_grant(
     """Raises ``Unauthorized`` (``invalid_grant``). Presenting a spent token again is reuse:
     the whole session ends, its access tokens included (on every worker within the poll
     interval, at once in this one: ``revoked``)."""
-    stored = (
-        await session.execute(
-            select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)).with_for_update()
-        )
-    ).scalar_one_or_none()
+    stored = await repository.refresh_token_for_update(session, _hash(raw))
     now = clock.now()
     if stored is None or stored.revoked_at is not None or stored.expires_at <= now:
         raise invalid_grant()
@@ -208,7 +191,7 @@ async def refresh_grant(
             code="invalid_grant",
             headers={},
         )
-    user = (await session.execute(select(User).where(User.id == stored.user_id))).scalar_one()
+    user = await repository.user(session, stored.user_id)
     if not user.active or stored.created_at <= user.tokens_valid_after:
         raise invalid_grant()
     stored.used_at = now
@@ -225,11 +208,7 @@ async def logout(
     """End the refresh token's session: every token of its family, and the access tokens it
     issued (``revoked``, this worker's set, learns it when the request commits; the others
     on their next poll). Unknown tokens are ignored (idempotent)."""
-    family = (
-        await session.execute(
-            select(RefreshToken.family_id).where(RefreshToken.token_hash == _hash(raw))
-        )
-    ).scalar_one_or_none()
+    family = await repository.family_of(session, _hash(raw))
     if family is None:
         return
     now = clock.now()

@@ -23,7 +23,8 @@ def known_resources(app: FastAPI) -> frozenset[str]:
     if cached is not None:
         return cached
     found = {res for grants in DEFAULT_GRANTS.values() for res, _, _ in grants if res != "*"}
-    found.update(REGISTRY)
+    # not those every caller has of their own (personal access tokens): no grant reaches them
+    found.update(n for n, r in REGISTRY.items() if r.grant_group != "self")
     # iter_route_contexts: app.routes holds included routers, not their routes (FastAPI
     # keeps an included router whole); this walks the routes as mounted.
     for route in iter_route_contexts(app.routes):

@@ -22,6 +22,10 @@ BUILTIN_ROLES: dict[str, str] = {
     "marketer": "Segments and campaigns: reads and exports every customer.",
     "staff": "General user: their own records.",
     "partner": "API client of a partner or storefront: its own records only.",
+    "storefront": (
+        "API client of an online shop: creates orders and upserts customers; reads only the "
+        "orders and customers it created."
+    ),
 }
 
 
@@ -32,6 +36,20 @@ def _grants(
 
 
 CRUD = ("read", "create", "update", "delete")
+
+#: Read by every role that sells or services (the catalog is reference data: scope ``all``);
+#: written by ``admin`` only, who may grant it to others. Not ``staff`` (no selling).
+CATALOG_READERS = (
+    "executive",
+    "sales_manager",
+    "sales_rep",
+    "service_agent",
+    "marketer",
+    "partner",
+)
+#: The system settings (decimal places, prefixes, SLA targets …) every internal role reads;
+#: not ``partner`` (external clients: commission rates are internal).
+SETTINGS_READERS = ("executive", "sales_manager", "sales_rep", "service_agent", "marketer", "staff")
 
 DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
     "admin": [("*", "*", "all")],
@@ -67,7 +85,19 @@ DEFAULT_GRANTS: dict[str, list[tuple[str, str, str]]] = {
     "partner": [
         *_grants(BUSINESS, ("read", "create", "update"), "own"),
     ],
+    # Not the business group: exactly these, over what the client itself created (a
+    # customer it made stays its own after a manager hands it to a rep). Migration 0009.
+    "storefront": [
+        *_grants(("customers",), ("read", "create", "update"), "created_by_self"),
+        *_grants(("orders",), ("read", "create"), "created_by_self"),
+    ],
 }
+
+
+for _role in CATALOG_READERS:
+    DEFAULT_GRANTS[_role].append(("products", "read", "all"))
+for _role in SETTINGS_READERS:
+    DEFAULT_GRANTS[_role].append(("system_settings", "read", "all"))
 
 
 def default_policy_rows() -> list[dict[str, str]]:

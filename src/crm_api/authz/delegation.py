@@ -116,7 +116,8 @@ def covers(
 ) -> bool:
     """Whether a holder of ``held`` may confer ``wanted`` (equal or narrower).
 
-    ``all`` covers everything. A relative scope (own, subordinates, org_unit, org_subtree)
+    ``all`` covers everything. ``created_by_self`` is covered by itself only (see the
+    code). A relative scope (own, subordinates, org_unit, org_subtree)
     is covered by a held relative scope at least as high on :data:`LADDER`; a held
     ``custom`` list never covers one (it is not anchored on the receiver). ``custom``
     units are covered one by one: each must be among the holder's own custom units, be
@@ -134,6 +135,14 @@ def covers(
         return True
     if wanted is ScopeKind.all:
         return False
+    if wanted is ScopeKind.created_by_self:
+        # Off the ladder: what the receiver creates is no one else's own, unit or
+        # subtree. Like ``own``, it is covered by itself judged without a position, and at
+        # a position only where that position is the holder (which :func:`check_roles`
+        # refuses as a self-grant): in effect only ``all`` confers it on someone else.
+        return ScopeKind.created_by_self in held.kinds and (
+            at is None or at.user_id == principal.id
+        )
     if wanted is ScopeKind.custom:
         rest = set(units)
         if ScopeKind.custom in held.kinds:

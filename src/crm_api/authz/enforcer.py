@@ -5,8 +5,9 @@ Decisions are memoized per (subject, resource, action) and dropped whenever the 
 version moves, so a request costs a dict lookup; Casbin itself answers each question once.
 
 The same poll carries ``authz_state.sessions_version`` for the revoked-session set
-(``auth/sessions.py``): one statement per tick for both, and a moved session version wakes
-the session listeners without reloading the policy.
+(``auth/sessions.py``) and ``system_settings.version`` for the system settings
+(``system_settings/store.py``): one statement per tick for all three; a moved session or
+settings version wakes its listeners without reloading the policy.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class PolicyEngine:
         self.sessions_version: int = -1
         #: Awaited with the engine when ``sessions_version`` moves (a session was revoked).
         self.session_listeners: list[Callable[[AsyncEngine], Awaitable[None]]] = []
+        #: ``system_settings.version`` last seen; -1 until the first poll.
+        self.settings_version: int = -1
+        #: Awaited with the engine when ``settings_version`` moves (an admin changed them).
+        self.settings_listeners: list[Callable[[AsyncEngine], Awaitable[None]]] = []
 
     # --- loading -------------------------------------------------------------------
     async def load(self, engine: AsyncEngine) -> None:
@@ -93,15 +98,21 @@ class PolicyEngine:
         for listener in self.listeners:
             listener()
 
-    async def current_versions(self, engine: AsyncEngine) -> tuple[int, int]:
-        """``(policy version, sessions version)`` in one statement."""
+    async def current_versions(self, engine: AsyncEngine) -> tuple[int, int, int]:
+        """``(policy version, sessions version, settings version)`` in one statement (0 for
+        a row that is missing)."""
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT version, sessions_version FROM authz_state WHERE id = 1")
+                    text(
+                        "SELECT a.version, a.sessions_version,"
+                        " coalesce((SELECT s.version FROM system_settings s WHERE s.id = 1), 0)"
+                        " FROM (SELECT 1) AS one"
+                        " LEFT JOIN authz_state a ON a.id = 1"
+                    )
                 )
-            ).first()
-        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+            ).one()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2])
 
     async def current_version(self, engine: AsyncEngine) -> int:
         return (await self.current_versions(engine))[0]
@@ -112,11 +123,15 @@ class PolicyEngine:
         # the poll's older version with it would reload again, for nothing, and empty the
         # principal cache with it.
         loads_before = self._loads
-        version, sessions_version = await self.current_versions(engine)
+        version, sessions_version, settings_version = await self.current_versions(engine)
         if sessions_version != self.sessions_version:
             for listener in self.session_listeners:
                 await listener(engine)
             self.sessions_version = sessions_version
+        if settings_version != self.settings_version:
+            for listener in self.settings_listeners:
+                await listener(engine)
+            self.settings_version = settings_version
         if version != self.version and self._loads == loads_before:
             await self.load(engine)
             return True

@@ -18,7 +18,6 @@ from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.types import SCOPE_RANK, Access, Principal, PrincipalKind, Scope, ScopeKind
 from crm_api.db.reader import Reader
 from crm_api.errors import NotFound, UnprocessableEntity
-from crm_api.models.audit_event import AuditEvent
 from crm_api.models.authz_rule import AuthzRule
 from crm_api.models.org_unit import OrgUnit
 from crm_api.models.user import User
@@ -29,6 +28,7 @@ Scoped = tuple[Callable[[Access], Select[Any]], ColumnElement[Any]]
 _SCOPE_TEXT = {
     ScopeKind.all: "every record",
     ScopeKind.own: "records the user owns",
+    ScopeKind.created_by_self: "records the user (or API client) created",
     ScopeKind.subordinates: "records the user or anyone reporting to them owns",
     ScopeKind.org_unit: "records of the user's org unit",
     ScopeKind.org_subtree: "records of the user's org unit and every unit below it",
@@ -50,18 +50,23 @@ def _registered(name: str) -> Callable[[], Scoped]:
 
 
 def _audit_events() -> Scoped:
-    from crm_api.audit import repository
+    from crm_api.audit import service
 
-    return repository.scoped, AuditEvent.__table__.c.id
+    return service.scoped, service.ID_COLUMN
 
 
 def _registry_names() -> tuple[str, ...]:
-    """The registered resources whose records a scope selects (reference data such as
-    roles has no per-record visibility to explain)."""
+    """The registered resources whose records a grant's scope selects (reference data such
+    as roles has no per-record visibility to explain; a personal access token is only ever
+    its owner's, whatever the grants)."""
     from crm_api.kit.resource import Unscoped
     from crm_api.resources import REGISTRY
 
-    return tuple(n for n, r in REGISTRY.items() if not isinstance(r.scoping, Unscoped))
+    return tuple(
+        n
+        for n, r in REGISTRY.items()
+        if not isinstance(r.scoping, Unscoped) and r.grant_group != "self"
+    )
 
 
 #: Every registered resource (users and org units among them), then those not yet on the

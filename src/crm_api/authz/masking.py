@@ -94,6 +94,7 @@ async def resolve_masked(
     *,
     owner_id: uuid.UUID,
     org_unit_id: uuid.UUID | None,
+    created_by: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """``sent`` (the fields of a patch) without the sensitive values that merely echo what
     the caller was shown for ``stored``. ``owner_id``/``org_unit_id`` are those that decide
@@ -105,7 +106,7 @@ async def resolve_masked(
     masked = [f for f in fields if f in sent and looks_masked(sent[f])]
     if not masked:
         return dict(sent)
-    shown_masked = not await unmasked_for(session, access, owner_id, org_unit_id)
+    shown_masked = not await unmasked_for(session, access, owner_id, org_unit_id, created_by)
     kept, bad = dict(sent), []
     for f in masked:
         echoed = sent[f] == stored[f] or (shown_masked and sent[f] == mask(stored[f]))

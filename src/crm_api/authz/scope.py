@@ -76,6 +76,7 @@ def sensitive_clause(
     access: Access,
     owner_col: SQLColumnExpression[Any] | None,
     org_unit_col: SQLColumnExpression[Any] | None,
+    creator_col: SQLColumnExpression[Any] | None = None,
 ) -> ColumnElement[bool]:
     """True for the rows whose sensitive fields ``access`` may show unmasked: those inside
     the caller's ``read_sensitive`` scope (which may be narrower than what it reads)."""
@@ -83,7 +84,9 @@ def sensitive_clause(
         return true()
     if access.sensitive_scope is None:
         return false()
-    return scope_clause(replace(access, scope=access.sensitive_scope), owner_col, org_unit_col)
+    return scope_clause(
+        replace(access, scope=access.sensitive_scope), owner_col, org_unit_col, creator_col
+    )
 
 
 def per_row_sensitive(access: Access) -> bool:
@@ -93,14 +96,22 @@ def per_row_sensitive(access: Access) -> bool:
 
 
 async def unmasked_for(
-    session: AsyncSession, access: Access, owner_id: uuid.UUID, org_unit_id: uuid.UUID | None
+    session: AsyncSession,
+    access: Access,
+    owner_id: uuid.UUID,
+    org_unit_id: uuid.UUID | None,
+    created_by: uuid.UUID | None = None,
 ) -> bool:
-    """The :data:`UNMASKED` flag of a record owned by ``owner_id`` in ``org_unit_id`` (a row
-    just written, read with no flag): :func:`sensitive_clause` evaluated on the values, with
-    no round trip when the answer is the same for every row."""
+    """The :data:`UNMASKED` flag of a record owned by ``owner_id`` in ``org_unit_id`` and
+    created by ``created_by`` (a row just written, read with no flag; no creator: the
+    ``created_by_self`` scope covers it not): :func:`sensitive_clause` evaluated on the
+    values, with no round trip when the answer is the same for every row."""
     if not per_row_sensitive(access):
         return access.sensitive
-    clause = sensitive_clause(access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()))
+    creator = literal(created_by, Uuid()) if created_by is not None else None
+    clause = sensitive_clause(
+        access, literal(owner_id, Uuid()), literal(org_unit_id, Uuid()), creator
+    )
     return bool((await session.execute(select(clause))).scalar())
 
 
@@ -108,11 +119,14 @@ def scope_clause(
     access: Access,
     owner_col: SQLColumnExpression[Any] | None,
     org_unit_col: SQLColumnExpression[Any] | None,
+    creator_col: SQLColumnExpression[Any] | None = None,
 ) -> ColumnElement[bool]:
     """A boolean SQL expression true exactly for the rows ``access`` covers.
 
-    ``owner_col``/``org_unit_col`` name the row's owner and org unit. A principal missing
-    what a scope needs (no org unit for ``org_unit``, say) matches nothing: fail closed.
+    ``owner_col``/``org_unit_col`` name the row's owner and org unit, ``creator_col`` who
+    created it (``created_by_self``). A principal missing what a scope needs (no org unit
+    for ``org_unit``, say), or a table without the column a scope is judged on (no creator
+    for ``created_by_self``), matches nothing: fail closed.
     """
     from crm_api.models.org_unit import OrgUnit
     from crm_api.models.user import User
@@ -124,6 +138,9 @@ def scope_clause(
     for kind in scope.kinds:
         if kind is ScopeKind.own and owner_col is not None:
             clauses.append(owner_col == principal.id)
+        elif kind is ScopeKind.created_by_self and creator_col is not None:
+            # an API client creates as its service account, whose id is the principal's
+            clauses.append(creator_col == principal.id)
         elif kind is ScopeKind.subordinates and owner_col is not None:
             clauses.append(owner_col == principal.id)
             if principal.manager_path:

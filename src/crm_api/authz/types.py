@@ -8,8 +8,11 @@ from enum import StrEnum
 
 
 class ScopeKind(StrEnum):
-    """Which records a grant covers, narrowest first."""
+    """Which records a grant covers, narrowest first. ``created_by_self`` (the records the
+    principal created, wherever they are now placed: a storefront's orders and customers)
+    is not comparable with the others; it ranks lowest."""
 
+    created_by_self = "created_by_self"
     own = "own"
     subordinates = "subordinates"
     org_unit = "org_unit"
@@ -22,12 +25,13 @@ class ScopeKind(StrEnum):
 #: comparable with the org scopes; several custom grants are merged, and a custom grant
 #: beside an org-scope grant is combined with it (see :func:`crm_api.authz.scope.merge`).
 SCOPE_RANK = {
-    ScopeKind.own: 0,
-    ScopeKind.subordinates: 1,
-    ScopeKind.org_unit: 2,
-    ScopeKind.custom: 3,
-    ScopeKind.org_subtree: 4,
-    ScopeKind.all: 5,
+    ScopeKind.created_by_self: 0,
+    ScopeKind.own: 1,
+    ScopeKind.subordinates: 2,
+    ScopeKind.org_unit: 3,
+    ScopeKind.custom: 4,
+    ScopeKind.org_subtree: 5,
+    ScopeKind.all: 6,
 }
 
 

@@ -53,7 +53,10 @@ class Parent:
 
 def customer_in_scope(access: Access) -> ColumnElement[bool]:
     """Live customers ``access`` covers (a predicate on ``customers``)."""
-    return and_(cu.deleted_at.is_(None), scope_clause(access, cu.owner_id, cu.org_unit_id))
+    return and_(
+        cu.deleted_at.is_(None),
+        scope_clause(access, cu.owner_id, cu.org_unit_id, cu.created_by),
+    )
 
 
 def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:

@@ -3,18 +3,20 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
-from crm_api.authz.dependencies import optional, public, require
+from crm_api.authz.dependencies import get_policy, optional, public, require
 from crm_api.authz.types import Access, Action
 from crm_api.customer import service
 from crm_api.customer.schemas import (
     Customer,
     CustomerCreate,
     CustomerListQuery,
+    CustomerPut,
     CustomerTransfer,
     CustomerTransferOne,
     CustomerUpdate,
+    ExternalRef,
     TransferResult,
 )
 from crm_api.db.session import ReadConnection, WriteSession
@@ -167,12 +169,13 @@ async def restore_customer(
     operation_id="customers_purge",
     summary="Remove a deleted customer for good",
     status_code=204,
-    responses=problems(404),
+    responses=problems(404, 409),
 )
 async def purge_customer(
     customer_id: uuid.UUID, access: CustomersPurge, session: WriteSession
 ) -> Response:
-    """Admin only. The customer must be deleted first; its contacts go with it."""
+    """Admin only. The customer must be deleted first; its contacts go with it. A customer
+    with orders is kept (409 `customer_has_orders`): orders are the books."""
     await service.purge_customer(session, access, customer_id)
     return Response(status_code=204)
 
@@ -220,4 +223,71 @@ async def transfer_customer(
         await service.transfer_customer(
             session, access, customer_id, body, if_match, require_if_match=strict
         )
+    )
+
+
+# --- upsert by external_ref ----------------------------------------------------------------
+@router.put(
+    "/by-external-ref/{external_ref}",
+    operation_id="customers_upsert_by_external_ref",
+    summary="Create or update a customer by its external_ref",
+    response_model=Customer,
+    responses={
+        **problems(409, 412, 428),
+        200: {"description": "The customer existed and was updated.", "headers": ETAG_HEADER},
+        201: {
+            "model": Customer,
+            "description": "The customer was created.",
+            "headers": {
+                **ETAG_HEADER,
+                "Location": {
+                    "description": "The new customer's URL.",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+    },
+)
+async def upsert_customer_by_external_ref(
+    request: Request,
+    external_ref: Annotated[ExternalRef, Path(description="Your system's id for the customer.")],
+    body: CustomerPut,
+    access: CustomersCreate,
+    session: WriteSession,
+    strict: RequireIfMatch,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """For catalogue and CRM syncs: the customer whose `external_ref` is in the path is
+    created (201, with `Location`) or updated with the fields sent (200; fields left out
+    are kept). Concurrent calls for one new `external_ref` create exactly one customer.
+    With `If-Match`, a stale version is a 412 (on a new `external_ref` any `If-Match` is:
+    there is nothing to match). The call needs `customers:create` (it may create);
+    updating also needs `customers:update` over the customer; one
+    outside that scope (or in the trash) is a 409 `customer_duplicate`, naming it only to
+    a caller who may see it, as `POST /v1/customers` does for a taken `external_ref`.
+    Send `Idempotency-Key` to replay a retry's first answer."""
+    rights = service.upsert_access(get_policy(request), access.principal)
+
+    async def produce() -> Response:
+        done = await service.upsert_customer_by_natural_key(
+            session,
+            rights,
+            body,
+            external_ref=external_ref,
+            if_match=if_match,
+            require_if_match=strict,
+        )
+        if done.created:
+            return with_etag(done.customer, 201, f"/v1/customers/{done.id}")
+        return with_etag(done.customer)
+
+    return await idempotent(
+        session,
+        access.principal,
+        idempotency_key,
+        method="PUT",
+        path=request.url.path,
+        body=body,
+        produce=produce,
     )

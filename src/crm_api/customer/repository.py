@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Text, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.scope import scope_clause
@@ -14,10 +15,11 @@ from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit import resource as kit
 from crm_api.kit import search
 from crm_api.kit.filtering import one_of, time_range
+from crm_api.kit.lifecycle import ConflictTarget
 from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.kit.transfer import Moved, Owned, audit_moves, reassign
 from crm_api.models.contact import Contact
-from crm_api.models.customer import Customer
+from crm_api.models.customer import KEYED_BY_EMAIL, KEYED_BY_PHONE, Customer
 from crm_api.resources import CUSTOMERS
 
 R = CUSTOMERS
@@ -26,7 +28,7 @@ SORT_COLUMNS = R.sort_columns
 
 
 def scope_of(access: Access) -> ColumnElement[bool]:
-    return scope_clause(access, Customer.owner_id, Customer.org_unit_id)
+    return scope_clause(access, Customer.owner_id, Customer.org_unit_id, Customer.created_by)
 
 
 def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
@@ -149,3 +151,59 @@ async def count_contacts(session: AsyncSession, customer_ids: list[uuid.UUID]) -
         Contact.customer_id.in_(customer_ids), Contact.deleted_at.is_(None)
     )
     return int((await session.execute(stmt)).scalar_one())
+
+
+# --- natural keys ----------------------------------------------------------------------------
+#: The fields a customer can be upserted by, in the order the key is chosen.
+KEY_FIELDS = ("external_ref", "email", "phone")
+
+
+@dataclass(frozen=True, slots=True)
+class NaturalKey:
+    """The key an upsert finds its customer by: ``field`` (one of :data:`KEY_FIELDS`) and
+    the value sent (normalised in SQL, by the same expression as the generated column)."""
+
+    field: str
+    value: str
+
+
+def _email_key(value: str) -> ColumnElement[Any]:
+    """:data:`crm_api.models.customer.EMAIL_KEY` applied to ``value``."""
+    return func.nullif(func.lower(func.btrim(literal(value, Text()))), "")
+
+
+def _phone_key(value: str) -> ColumnElement[Any]:
+    """:data:`crm_api.models.customer.PHONE_KEY` applied to ``value``."""
+    digits = func.regexp_replace(
+        func.split_part(func.lower(literal(value, Text())), "x", 1), "[^0-9]", "", "g"
+    )
+    return func.nullif(func.regexp_replace(digits, "^00", ""), "")
+
+
+def _key_clause(key: NaturalKey) -> ColumnElement[bool]:
+    """The customers holding ``key``: any with the ``external_ref`` (its index is over
+    every row, the trash too), or the live customer keyed by that e-mail or phone."""
+    t = Customer.__table__.c
+    if key.field == "external_ref":
+        return Customer.external_ref == key.value
+    if key.field == "email":
+        return and_(t.email_key == _email_key(key.value), KEYED_BY_EMAIL)
+    return and_(t.phone_key == _phone_key(key.value), KEYED_BY_PHONE)
+
+
+def conflict_target(key: NaturalKey) -> ConflictTarget:
+    """The unique index a new customer keyed by ``key`` yields to (``ON CONFLICT``)."""
+    if key.field == "external_ref":
+        return ConflictTarget(("external_ref",))
+    if key.field == "email":
+        return ConflictTarget(("email_key",), KEYED_BY_EMAIL)
+    return ConflictTarget(("phone_key",), KEYED_BY_PHONE)
+
+
+async def find_by_key(session: AsyncSession, key: NaturalKey) -> tuple[uuid.UUID, bool] | None:
+    """``(id, deleted)`` of the customer holding ``key``, whoever may see it (the caller
+    decides what to say about one outside the scope); ``None``: none does. Not scoped on
+    purpose, like :func:`find_duplicate`: the keys are unique across every scope."""
+    stmt = select(Customer.id, Customer.deleted_at.is_not(None)).where(_key_clause(key)).limit(1)
+    row = (await session.execute(stmt)).first()
+    return None if row is None else (row[0], bool(row[1]))

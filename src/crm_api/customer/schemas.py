@@ -5,7 +5,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import MISSING, Field, Strict
+from pydantic import MISSING, Field, Strict, model_validator
+from pydantic_core import PydanticCustomError
 
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
@@ -202,6 +203,11 @@ class Customer(OutputModel):
     org_unit_id: uuid.UUID | None
     external_ref: str | None
     notes: str | None
+    created_by: uuid.UUID | None = Field(
+        description="Who created the customer: a user, or an API client's service account "
+        "(null for customers created before this was recorded). What the `created_by_self` "
+        "data scope is judged on."
+    )
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
@@ -284,3 +290,98 @@ class TransferResult(OutputModel):
     contacts: int | None = Field(
         description="Live contacts that followed their customers (with `include_contacts`)."
     )
+
+
+# --- upsert by natural key --------------------------------------------------------------------
+class CustomerUpsertFields(InputModel):
+    """A customer's fields as an upsert sets them: on create, what is left out takes the
+    defaults of `POST /v1/customers`; on update, only the fields sent change (what is left
+    out is kept, `null` clears an optional field)."""
+
+    name: Name
+    type: Omittable[CustomerType] = MISSING
+    lifecycle_stage: Omittable[LifecycleStage] = MISSING
+    grade: Grade | None = None
+    credit_level: CreditLevel | None = None
+    industry: Str100 | None = None
+    region: Str100 | None = None
+    address: Annotated[str, Field(max_length=500)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    website: Website | None = None
+    bank_name: Str200 | None = None
+    bank_account: Str64 | None = Field(default=None, description="Sensitive.")
+    tax_number: Str64 | None = Field(
+        default=None, description="Sensitive. Unique among live customers."
+    )
+    ownership_type: OwnershipType | None = None
+    size: CompanySize | None = None
+    source: Source | None = None
+    tags: Omittable[Tags] = MISSING
+    custom_fields: Omittable[CustomFields] = MISSING
+    owner_id: Omittable[uuid.UUID] = Field(
+        default=MISSING,
+        description="Defaults to the caller on create. Another user needs `assign`.",
+    )
+    org_unit_id: uuid.UUID | None = Field(
+        default=None, description="Defaults to the owner's org unit; needs `assign` to set."
+    )
+    notes: Notes | None = None
+
+
+class CustomerUpsert(CustomerUpsertFields):
+    """A customer identified by its natural key: `external_ref` when sent, else the
+    e-mail (trimmed, any case), else the phone (its digits: `+86 138-0013-8000` and
+    `0086 13800138000` are one key). The customer holding that key is updated with the
+    fields sent; none holds it: one is created. Retries and concurrent requests for one
+    new key create exactly one customer. A customer created other than by an upsert is
+    found by its `external_ref` only."""
+
+    external_ref: ExternalRef | None = None
+
+    @model_validator(mode="after")
+    def _has_a_key(self) -> CustomerUpsert:
+        if self.external_ref is None and self.email is None and self.phone is None:
+            raise PydanticCustomError(
+                "natural_key_missing", "send external_ref, email or phone to identify the customer"
+            )
+        return self
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "email": "li.wei@example.cn",
+                    "name": "李伟 Li Wei",
+                    "type": "individual",
+                    "phone": "+86 138 0013 8000",
+                    "address": "上海市浦东新区世纪大道 100 号",
+                    "source": "storefront",
+                }
+            ]
+        }
+    }
+
+
+class CustomerPut(CustomerUpsertFields):
+    """`PUT /v1/customers/by-external-ref/{ref}`: the customer whose `external_ref` is in
+    the path, created (201) or updated with the fields sent (200)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "上海明远贸易有限公司",
+                    "type": "company",
+                    "email": "info@mingyuan.example.cn",
+                    "phone": "+86 21 5555 0101",
+                    "region": "华东",
+                    "tags": ["erp"],
+                }
+            ]
+        }
+    }
+
+
+#: Fields an upsert may not set to null.
+UPSERT_NOT_NULLABLE = frozenset({"type", "lifecycle_stage", "tags", "custom_fields", "owner_id"})

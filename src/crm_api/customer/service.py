@@ -8,24 +8,30 @@ Raises: ``NotFound`` (``customer_not_found``, also for records outside the calle
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.types import Access
+from crm_api.authz.dependencies import access_for
+from crm_api.authz.enforcer import PolicyEngine
+from crm_api.authz.types import Access, Action, Principal
 from crm_api.customer import repository as repo
 from crm_api.customer.schemas import (
     NOT_NULLABLE,
+    UPSERT_NOT_NULLABLE,
     CustomerCreate,
     CustomerListQuery,
     CustomerTransfer,
     CustomerTransferOne,
     CustomerUpdate,
+    CustomerUpsertFields,
 )
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, UnprocessableEntity
+from crm_api.errors import Conflict, Forbidden, PreconditionFailed, UnprocessableEntity
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
+from crm_api.kit.concurrency import check_if_match
 from crm_api.kit.resource import Locked
 from crm_api.kit.transfer import check_placement, invalid_owner
 from crm_api.models.user import User
@@ -204,3 +210,209 @@ async def transfer_customer(
         session, access, to_owner=to_user.id, to_org_unit=to_user.org_unit_id, ids=[customer_id]
     )
     return await kit.read_or_404(session, R, access, customer_id)
+
+
+# --- upsert by natural key -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class UpsertAccess:
+    """What an upsert may do with customers: ``create`` a new one, ``update`` the one
+    holding the key (within that scope), ``assign`` an owner or unit other than the
+    caller's. ``None``: not granted. Build it with :func:`upsert_access`."""
+
+    create: Access | None
+    update: Access | None
+    assign: Access | None = None
+
+
+def upsert_access(policy: PolicyEngine, principal: Principal) -> UpsertAccess:
+    """The caller's customer rights for an upsert, as the route dependencies would resolve
+    them (for a handler whose own permission is on another resource: order POSTs)."""
+    return UpsertAccess(
+        create=access_for(policy, principal, R.name, Action.create),
+        update=access_for(policy, principal, R.name, Action.update),
+        assign=access_for(policy, principal, R.name, Action.assign),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """The customer an upsert created or found: its id, whether it was created, and the
+    record as the caller may see it (masked)."""
+
+    id: uuid.UUID
+    created: bool
+    customer: dict[str, Any]
+
+
+#: What a created customer gets for the fields an upsert leaves out (POST's defaults).
+_CREATE_DEFAULTS: dict[str, Any] = {
+    "type": "company",
+    "lifecycle_stage": "lead",
+    "tags": [],
+    "custom_fields": {},
+}
+
+
+def natural_key(sent: dict[str, Any]) -> repo.NaturalKey:
+    """The first of ``external_ref``, e-mail, phone that ``sent`` carries (the schema
+    demands one; 422 ``natural_key_missing`` otherwise)."""
+    for name in repo.KEY_FIELDS:
+        value = sent.get(name)
+        if value:
+            return repo.NaturalKey(name, str(value))
+    raise UnprocessableEntity(
+        "Send external_ref, email or phone to identify the customer.",
+        code="natural_key_missing",
+        errors=[
+            {"field": f, "code": "natural_key_missing", "message": "one of these is required"}
+            for f in repo.KEY_FIELDS
+        ],
+    )
+
+
+def _taken(key: repo.NaturalKey, existing_id: uuid.UUID | None, *, deleted: bool) -> Conflict:
+    """The key is held by a customer this upsert may not change: out of the caller's
+    update scope (named by id only to a caller who may see it: the same 409 as a POST of
+    a taken ``external_ref``), or in the trash."""
+    detail = f"A customer with this {key.field} already exists."
+    if deleted:
+        detail = f"A deleted customer holds this {key.field}: restore it, or purge it first."
+    return Conflict(
+        detail,
+        code="customer_duplicate",
+        field=key.field,
+        existing_id=str(existing_id) if existing_id is not None else None,
+    )
+
+
+async def upsert_customer_by_natural_key(
+    session: AsyncSession,
+    access: UpsertAccess,
+    block: CustomerUpsertFields,
+    *,
+    external_ref: str | None = None,
+    if_match: str | None = None,
+    require_if_match: bool = False,
+) -> Upserted:
+    """Create or update the customer holding ``block``'s natural key (:func:`natural_key`;
+    ``external_ref`` from a URL overrides the block's). Never commits.
+
+    A new key is written by ``INSERT … ON CONFLICT DO NOTHING`` on the key's unique index:
+    concurrent upserts of one new buyer (orders posted twice, retries) wait for the first
+    and then update the customer it made, so exactly one exists. An existing customer is
+    locked and updated with the fields sent (masked write-back and placement rules as a
+    PATCH; nothing changed: no write, no event, same version). Audited like any create or
+    update.
+
+    Raises 403 ``permission_denied`` (no ``create`` for a new key, no ``update`` for an
+    existing one), 409 ``customer_duplicate`` (the key is held by a customer outside the
+    caller's update scope, named only when visible, or in the trash; or a taken tax
+    number), 412/428 (``if_match`` on an existing customer; on a new key any ``if_match``
+    is a 412: there is no version to match), 422 (bad placement, masked values, no key).
+    """
+    sent = block.model_dump(exclude_unset=True)
+    if external_ref is not None:
+        sent["external_ref"] = external_ref
+    key = natural_key(sent)
+    # Normally one pass. Another when the customer that won the insert was deleted (or
+    # lost its key) between our insert and our read: the key is free again.
+    for _ in range(3):
+        found = await repo.find_by_key(session, key)
+        if found is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"No customer holds this {key.field}: there is no version to match.",
+                    code="version_mismatch",
+                )
+            row = await _create_keyed(session, access, sent, key)
+            if row is not None:
+                return Upserted(row["id"], True, row)
+            continue
+        customer_id, deleted = found
+        row = await _update_keyed(
+            session,
+            access,
+            sent,
+            key,
+            customer_id,
+            deleted=deleted,
+            if_match=if_match,
+            require_if_match=require_if_match,
+        )
+        if row is not None:
+            return Upserted(customer_id, False, row)
+    raise Conflict(
+        f"The customer holding this {key.field} changed while it was being written; retry.",
+        code="customer_upsert_conflict",
+        field=key.field,
+    )
+
+
+def _denied(action: Action) -> Forbidden:
+    return Forbidden(
+        f"Your role does not allow '{action.value}' on '{R.name}'.",
+        code="permission_denied",
+        resource=R.name,
+        action=action.value,
+    )
+
+
+async def _create_keyed(
+    session: AsyncSession, access: UpsertAccess, sent: dict[str, Any], key: repo.NaturalKey
+) -> dict[str, Any] | None:
+    """The new customer, or ``None`` when a concurrent transaction took the key first."""
+    if access.create is None:
+        raise _denied(Action.create)
+    values = {**_CREATE_DEFAULTS, **sent, "key_kind": key.field}
+    values, placement = await lifecycle.prepare_create(
+        session, R, access.create, access.assign, values, users
+    )
+    assert placement is not None
+    if values.get("tax_number"):
+        await _duplicate_check(session, access.create, None, values["tax_number"])
+    return await lifecycle.insert_unless_exists(
+        session, R, access.create, values, placement, repo.conflict_target(key)
+    )
+
+
+async def _update_keyed(
+    session: AsyncSession,
+    access: UpsertAccess,
+    sent: dict[str, Any],
+    key: repo.NaturalKey,
+    customer_id: uuid.UUID,
+    *,
+    deleted: bool,
+    if_match: str | None,
+    require_if_match: bool,
+) -> dict[str, Any] | None:
+    """The customer holding the key, updated; ``None`` when it no longer holds it."""
+    visible_to = access.update or access.create
+    if deleted:
+        seen = visible_to is not None and await repo.is_visible(session, visible_to, customer_id)
+        raise _taken(key, customer_id if seen else None, deleted=True)
+    if access.update is None:
+        raise _denied(Action.update)
+    locked = await kit.lock(session, R, kit.scoped_entity(R, access.update), customer_id)
+    if locked is None:
+        if await repo.find_by_key(session, key) != (customer_id, False):
+            return None  # deleted or re-keyed meanwhile: look again
+        # Outside the update scope: a 409 like a POST of a taken external_ref, naming the
+        # customer only to a caller who may see it.
+        seen = await repo.is_visible(session, access.update, customer_id)
+        raise _taken(key, customer_id if seen else None, deleted=False)
+    check_if_match(if_match, locked.row.version, required=require_if_match)
+    before, changes = await lifecycle.prepare_update(
+        session,
+        R,
+        access.update,
+        access.assign,
+        locked,
+        sent,
+        not_nullable=UPSERT_NOT_NULLABLE,
+        users=users,
+    )
+    tax = changes.get("tax_number")
+    if tax:
+        await _duplicate_check(session, access.update, None, tax, exclude_id=customer_id)
+    return await lifecycle.save_changes(session, R, access.update, locked, before, changes)

@@ -23,6 +23,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: Joins the fields of a generated search column (``search_text``). A term without it can
+#: only match inside one field, so one LIKE over the column finds what one ILIKE per field
+#: found; a term with it (nobody types U+001F) has to be matched field by field. Here, not
+#: in the kit, because the models' generated columns are built with it.
+FIELD_SEPARATOR = "\x1f"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {

@@ -54,7 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.type_api import TypeEngine
@@ -663,3 +663,7 @@ class EngineReadPool:
 
 #: What ``Database.reads`` holds, by ``CRM_READ_PATH``.
 ReadPath = ReadPool | EngineReadPool
+
+#: What a read runs on: the read path's connection, or the request's write session (a read
+#: inside a write). Here, below the kit and every domain, so both can name it.
+Executor = Reader | AsyncSession

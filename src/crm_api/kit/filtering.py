@@ -8,10 +8,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, Text, func, select
 
-#: Joins the fields of a generated search column (``search_text``). A term without it can
-#: only match inside one field, so one LIKE over the column finds what one ILIKE per field
-#: found; a term with it (nobody types U+001F) has to be matched field by field.
-FIELD_SEPARATOR = "\x1f"
+# the search column's separator (db/base.py), with the filters that match across it
+from crm_api.db.base import FIELD_SEPARATOR as FIELD_SEPARATOR
 
 
 def escape_like(term: str) -> str:

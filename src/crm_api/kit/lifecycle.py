@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Result
+from sqlalchemy import ColumnElement, Executable, Result, TextClause
 from sqlalchemy import insert as sql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +43,7 @@ from crm_api.kit.resource import (
     lock,
     mask_row,
     present,
+    referenced,
     scoped_entity,
     to_dict,
     unmasked_clause,
@@ -62,6 +65,31 @@ class Users(Protocol):
 Overrides = Mapping[str, Callable[[], ProblemError]]
 
 
+def record_event(
+    session: AsyncSession,
+    access: Access,
+    resource: Resource,
+    action: str,
+    record_id: uuid.UUID,
+    placement: Placement,
+    changes: dict[str, Any],
+) -> None:
+    """One audit event of ``resource`` (through :func:`crm_api.audit.service.record`),
+    filed under the record's placement (its parent's for a child), so the trail is scoped
+    like the records: what every helper below writes, and what a resource's own actions
+    (``rotate_secret``, ``grant_create``, ``move``) write with changes of their own."""
+    audit.record(
+        session,
+        access.principal,
+        action=action,
+        resource_type=resource.name,
+        resource_id=record_id,
+        changes=changes,
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+    )
+
+
 def _audit(
     session: AsyncSession,
     access: Access,
@@ -71,19 +99,13 @@ def _audit(
     placement: Placement,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """One audit event with the field-level diff (sensitive values hidden), filed under the
-    record's placement (its parent's for a child), so the trail is scoped like the records."""
-    audit.record(
-        session,
-        access.principal,
-        action=action,
-        resource_type=resource.name,
-        resource_id=record_id,
-        changes=audit.diff(before, after, resource.sensitive),
-        owner_id=placement.owner_id,
-        org_unit_id=placement.org_unit_id,
-    )
+    """An event with the field-level diff (sensitive values hidden), plus ``extra``
+    changes that are not columns (a password changed, roles replaced)."""
+    changes = audit.diff(before, after, resource.sensitive)
+    changes.update(extra or {})
+    record_event(session, access, resource, action, record_id, placement, changes)
 
 
 # --- flush -----------------------------------------------------------------------------------
@@ -163,29 +185,35 @@ async def place_new(
     owner_id: uuid.UUID | None,
     org_unit_id: uuid.UUID | None,
     users: Users,
+    default: Placement | None = None,
 ) -> Placement:
-    """Owner and org unit of a new owned record: the caller and their unit unless the body
-    names others, which needs ``assign`` and must satisfy :func:`check_placement`."""
-    acting_user = _acting_user(access)
+    """Owner and org unit of a new owned record: ``default`` (an order: its customer's
+    owner and unit), else the caller and their unit, unless the body names others, which
+    needs ``assign`` and must satisfy :func:`check_placement`."""
+    base_owner: uuid.UUID | None
+    if default is not None and default.owner_id is not None:
+        base_owner, base_unit = default.owner_id, default.org_unit_id
+    else:
+        # The caller owns it, in their own unit: the principal already holds both (an
+        # active user: the token was just checked against the cached user facts, kept
+        # fresh like every authorization decision), so no user lookup.
+        base_owner, base_unit = _acting_user(access), access.principal.org_unit_id
     if owner_id is None:
-        if acting_user is None:
+        if base_owner is None:
             raise UnprocessableEntity(
                 "owner_id is required when the caller is not a user.",
                 code="owner_required",
                 errors=[{"field": "owner_id", "code": "missing", "message": "required"}],
             )
-        owner_id = acting_user
-    chosen = owner_id != acting_user or org_unit_id is not None
+        owner_id = base_owner
+    chosen = owner_id != base_owner or org_unit_id is not None
     if chosen and assign is None:
         raise Forbidden(
             "Setting another owner or the org unit needs the 'assign' permission.",
             code="assign_not_allowed",
         )
     if not chosen:
-        # The caller owns it, in their own unit: the principal already holds both (an
-        # active user: the token was just checked against the cached user facts, kept
-        # fresh like every authorization decision), so no user lookup.
-        return Placement(owner_id, access.principal.org_unit_id)
+        return Placement(owner_id, base_unit)
     owner = await users.get_active_user(session, owner_id)
     if owner is None:
         raise invalid_owner()
@@ -207,12 +235,12 @@ async def check_move(
     :func:`check_placement`; a new owner brings their unit unless one is sent. (A client
     that GETs a record and PATCHes it back whole sends the current values: no change.)"""
     row = locked.row
+    unit_key = scoping.org_unit
+    assert unit_key is not None, "only records placed in a unit move between units"
     owner_changed = scoping.owner in changes and changes[scoping.owner] != getattr(
         row, scoping.owner
     )
-    unit_changed = scoping.org_unit in changes and changes[scoping.org_unit] != getattr(
-        row, scoping.org_unit
-    )
+    unit_changed = unit_key in changes and changes[unit_key] != getattr(row, unit_key)
     if not (owner_changed or unit_changed):
         return
     if assign is None:
@@ -225,7 +253,7 @@ async def check_move(
         owner = await users.get_active_user(session, changes[scoping.owner])
         if owner is None:
             raise invalid_owner()
-        changes.setdefault(scoping.org_unit, owner.org_unit_id)
+        changes.setdefault(unit_key, owner.org_unit_id)
     else:
         # the current owner stays (even if deactivated since); only the unit moves
         owner = await users.find_user(session, getattr(row, scoping.owner))
@@ -233,7 +261,7 @@ async def check_move(
         session,
         assign,
         owner,
-        changes.get(scoping.org_unit, getattr(row, scoping.org_unit)),
+        changes.get(unit_key, getattr(row, unit_key)),
         check_owner=owner_changed,
     )
 
@@ -246,14 +274,19 @@ async def prepare_create(
     assign: Access | None,
     values: dict[str, Any],
     users: Users | None = None,
+    *,
+    default: Placement | None = None,
 ) -> tuple[dict[str, Any], Placement | None]:
     """``values`` of a new record checked by the rules every resource shares: no masked
     value in a sensitive field (422 ``masked_value``); for an owned resource, owner and
-    org unit resolved and placed (:func:`place_new`; needs ``users``), returned as the
-    record's :class:`Placement`."""
+    org unit resolved and placed (:func:`place_new`, ``default`` its default placement;
+    needs ``users``), returned as the record's :class:`Placement`."""
     reject_masked(values, resource.sensitive)
+    resource.canonical(values)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
-    if not isinstance(scoping, OwnerScoped):
+    if not isinstance(scoping, OwnerScoped) or scoping.org_unit is None:
+        # not placed by these rules: a record without a unit is its creator's, by its
+        # resource's own service (a personal access token)
         return values, None
     assert users is not None, "an owned resource needs users to place its records"
     placement = await place_new(
@@ -263,30 +296,30 @@ async def prepare_create(
         values.pop(scoping.owner, None),
         values.pop(scoping.org_unit, None),
         users,
+        default,
     )
     values[scoping.owner], values[scoping.org_unit] = placement.owner_id, placement.org_unit_id
+    if scoping.creator is not None:
+        placement = replace(placement, created_by=_acting_user(access))
     return values, placement
 
 
-async def insert(
-    session: AsyncSession,
+def _new_row(
     resource: Resource,
     access: Access,
     values: Mapping[str, Any],
-    placement: Placement,
-    overrides: Overrides | None = None,
-) -> dict[str, Any]:
-    """Insert a record of ``values``, audited as ``create`` under ``placement``; the record
-    as the caller may see it."""
-    now = datetime.now(UTC)
-    record_id = uuid.uuid4()
-    row: dict[str, Any] = {
-        "id": record_id,
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        **values,
-    }
+    now: datetime,
+    record_id: uuid.UUID | None = None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """The full row of a new record of ``values`` (``record_id``: an id chosen beforehand)
+    and the public columns only the server can fill (read back by ``RETURNING``)."""
+    row: dict[str, Any] = {"id": record_id or uuid.uuid4()}
+    # the bookkeeping columns a table has (a personal access token has no version)
+    row.update((k, v) for k, v in _bookkeeping(now) if k in resource.table.c)
+    row.update(values)
+    scoping = resource.scoping
+    if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
+        row.setdefault(scoping.creator, _acting_user(access))
     # Every public column gets an explicit value (its Python default, else NULL), so the
     # record as written — the response and the audit diff — is known before the INSERT,
     # and the INSERT needs no RETURNING nor a re-read. A column only the server can fill
@@ -305,6 +338,29 @@ async def insert(
             from_server.append(column)
         else:
             row[column.key] = None
+    return row, from_server
+
+
+async def insert(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    placement: Placement,
+    overrides: Overrides | None = None,
+    children: Mapping[str, Any] | None = None,
+    *,
+    record_id: uuid.UUID | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
+    reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
+    changes that are not public columns; the record as the caller may see it.
+    ``children``: what the caller writes beside the record (an order's lines), shown in
+    the audit event with it."""
+    now = datetime.now(UTC)
+    row, from_server = _new_row(resource, access, values, now, record_id)
+    record_id = row["id"]
     stmt = sql_insert(resource.table).values(**row)
     flag: ColumnElement[bool] | None = None
     if (
@@ -323,9 +379,17 @@ async def insert(
         resource_id=record_id,
         owner_id=placement.owner_id,
         org_unit_id=placement.org_unit_id,
-        changes=audit.diff(
-            None, {c.key: row[c.key] for c in resource.columns if c.key in row}, resource.sensitive
-        ),
+        changes={
+            **audit.diff(
+                None,
+                {
+                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
+                    **(children or {}),
+                },
+                resource.sensitive,
+            ),
+            **(extra or {}),
+        },
         occurred_at=now,
     )
     if not from_server:
@@ -336,7 +400,10 @@ async def insert(
         got = returned.mappings().one()
         after.update({c.key: got[c.key] for c in from_server})
     if from_server:
-        event["changes"] = audit.diff(None, after, resource.sensitive)
+        event["changes"] = {
+            **audit.diff(None, {**after, **(children or {})}, resource.sensitive),
+            **(extra or {}),
+        }
         await audit.record_all(
             session,
             access.principal,
@@ -351,6 +418,68 @@ async def insert(
     if flag is not None:
         after[UNMASKED] = bool(got[UNMASKED])
         return mask_row(resource, access, after)
+    return await present(session, resource, access, after, placement)
+
+
+def _bookkeeping(now: datetime) -> tuple[tuple[str, Any], ...]:
+    return (("created_at", now), ("updated_at", now), ("version", 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictTarget:
+    """A unique index an ``INSERT … ON CONFLICT DO NOTHING`` yields to: its columns and,
+    for a partial index, its predicate (which PostgreSQL needs to infer the index)."""
+
+    columns: tuple[str, ...]
+    where: ColumnElement[bool] | TextClause | None = None
+
+
+async def insert_unless_exists(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    values: Mapping[str, Any],
+    placement: Placement,
+    target: ConflictTarget,
+    overrides: Overrides | None = None,
+) -> dict[str, Any] | None:
+    """:func:`insert`, unless a row with the same key in ``target``'s unique index exists
+    or is being inserted by a concurrent transaction (whose end PostgreSQL waits for):
+    then nothing is written, no event, and ``None`` comes back — the caller reads the row
+    that won. One statement, so concurrent callers of one key make exactly one record
+    (where a check-then-insert lets both pass the check). A violation of any other
+    constraint raises as :func:`insert`'s does."""
+    now = datetime.now(UTC)
+    row, from_server = _new_row(resource, access, values, now)
+    stmt = (
+        pg_insert(resource.table)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
+        .returning(resource.id_column, *from_server)
+    )
+    after = {c.key: row.get(c.key) for c in resource.columns}
+    if from_server:
+        got = (await execute(session, resource, stmt, overrides)).mappings().first()
+        if got is None:
+            return None
+        after.update({c.key: got[c.key] for c in from_server})
+        _audit(session, access, resource, "create", row["id"], placement, None, after)
+    else:
+        # The record and its event in one statement, as :func:`insert` writes them: the
+        # event is selected from the insert's RETURNING, so a conflict writes neither.
+        event = audit.row(
+            access.principal,
+            action="create",
+            resource_type=resource.name,
+            resource_id=row["id"],
+            owner_id=placement.owner_id,
+            org_unit_id=placement.org_unit_id,
+            changes=audit.diff(None, after, resource.sensitive),
+            occurred_at=now,
+        )
+        both = audit.insert_after(stmt, event)
+        if (await execute(session, resource, both, overrides)).first() is None:
+            return None
     return await present(session, resource, access, after, placement)
 
 
@@ -393,9 +522,11 @@ async def prepare_update(
         resource.sensitive,
         owner_id=placement.owner_id,  # type: ignore[arg-type]
         org_unit_id=placement.org_unit_id,
+        created_by=placement.created_by,
     )
+    resource.canonical(changes)  # numeric values at their column's scale, as stored
     scoping = resource.scoping
-    if isinstance(scoping, OwnerScoped):
+    if isinstance(scoping, OwnerScoped) and scoping.org_unit is not None:
         assert users is not None, "an owned resource needs users to check owner changes"
         await check_move(session, assign, locked, scoping, changes, users)
     return before, {k: v for k, v in changes.items() if k not in before or before[k] != v}
@@ -409,19 +540,31 @@ async def save_changes(
     before: dict[str, Any],
     changes: Mapping[str, Any],
     overrides: Overrides | None = None,
+    *,
+    action: str = "update",
+    extra: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+    children: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``changes`` (from :func:`prepare_update`), audited as ``update``; nothing to
-    change: no write, no event, same version. The record as the caller may see it."""
-    if not changes:
+    """Write ``changes`` (from :func:`prepare_update`; columns outside the public schema
+    too), audited as ``action`` (``update``, or a state machine's transition: ``confirm``)
+    with the ``extra`` changes that are not columns (roles replaced: the record's version
+    moves all the same); nothing to change: no write, no event, same version.
+    ``children``: ``{name: (before, after)}`` of what the caller rewrote beside the record
+    (an order's lines), diffed in the same event. The record as the caller may see it."""
+    if not changes and not extra:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
     for key, value in changes.items():
         setattr(row, key, value)
-    row.updated_at = datetime.now(UTC)
+    if "updated_at" in resource.table.c:
+        row.updated_at = now or datetime.now(UTC)
     await flush(session, resource, overrides)
     after = to_dict(resource, row)
     placement = locked.placement
-    _audit(session, access, resource, "update", row.id, placement, before, after)
+    old = {**before, **{k: v[0] for k, v in (children or {}).items()}}
+    new = {**after, **{k: v[1] for k, v in (children or {}).items()}}
+    _audit(session, access, resource, action, row.id, placement, old, new, extra)
     return await present(session, resource, access, after, placement)
 
 
@@ -435,7 +578,10 @@ async def soft_delete(
     *,
     require_if_match: bool,
 ) -> Locked:
-    """Move a live record to the trash (restorable), audited as ``delete``."""
+    """Move a live record to the trash (restorable), audited as ``delete``. A record a
+    declared :class:`~crm_api.kit.resource.Reference` still points at is refused with its
+    error (checked under the row lock: a writer adding a reference holds a key-share lock
+    on the record until it commits, so the check sees it)."""
     locked = await lock_or_404(
         session,
         resource,
@@ -444,6 +590,7 @@ async def soft_delete(
         if_match=if_match,
         require_if_match=require_if_match,
     )
+    await _check_unreferenced(session, resource, record_id)
     before = to_dict(resource, locked.row)
     now = datetime.now(UTC)
     locked.row.deleted_at = now
@@ -489,7 +636,8 @@ async def purge(
     session: AsyncSession, resource: Resource, access: Access, record_id: uuid.UUID
 ) -> None:
     """Remove a record in the trash for good (a live one is a 404: delete it first, so
-    nothing disappears in one careless call), audited as ``purge``."""
+    nothing disappears in one careless call), audited as ``purge``; refused like
+    :func:`soft_delete` while a declared reference points at it."""
     locked = await lock_or_404(
         session,
         resource,
@@ -498,8 +646,32 @@ async def purge(
         deleted=True,
         detail=f"No deleted {resource.label} {record_id}; delete it before purging.",
     )
+    await _check_unreferenced(session, resource, record_id)
+    await remove(session, resource, access, locked, action="purge")
+
+
+async def remove(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    locked: Locked,
+    *,
+    action: str = "delete",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Delete a locked record for good (a purge; the hard delete of a resource without a
+    trash, such as roles), audited as ``action`` with what it was and ``extra``."""
     before = to_dict(resource, locked.row)
     placement = locked.placement
     await session.delete(locked.row)
-    await session.flush()
-    _audit(session, access, resource, "purge", record_id, placement, before, None)
+    # a foreign key (ON DELETE RESTRICT) is the safety net: mapped through the constraints
+    await flush(session, resource)
+    _audit(session, access, resource, action, locked.id, placement, before, None, extra)
+
+
+async def _check_unreferenced(
+    session: AsyncSession, resource: Resource, record_id: uuid.UUID
+) -> None:
+    ref = await referenced(session, resource, record_id)
+    if ref is not None:
+        raise ref.error()

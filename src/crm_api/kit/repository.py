@@ -6,14 +6,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.elements import KeyedColumnElement
 
-from crm_api.db.reader import Reader
+from crm_api.db.reader import Executor
 from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
 
-Executor = Reader | AsyncSession
+__all__ = ["Executor", "columns_of", "fetch_page", "to_dict"]
 
 
 def columns_of(model: type[DeclarativeBase]) -> list[KeyedColumnElement[Any]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Literal, NewType
 
@@ -28,6 +29,8 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.expression import exists, false
+from sqlalchemy.types import Numeric
 
 from crm_api.authz.scope import (
     UNMASKED,
@@ -53,10 +56,14 @@ ScopedSelect = NewType("ScopedSelect", Select[Any])
 
 @dataclass(frozen=True, slots=True)
 class OwnerScoped:
-    """Rows carry their own owner and org unit, which the scope applies to."""
+    """Rows carry their own owner and org unit, which the scope applies to (``org_unit``
+    ``None``: owned by a user and placed nowhere, as personal access tokens; the org
+    scopes then cover none); and, with ``creator``, who created them (the
+    ``created_by_self`` scope; without it that scope covers none of the rows)."""
 
     owner: str = "owner_id"
-    org_unit: str = "org_unit_id"
+    org_unit: str | None = "org_unit_id"
+    creator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,21 @@ class UnitScoped:
 
 @dataclass(frozen=True, slots=True)
 class Unscoped:
-    """Reference data every holder of the permission reads whole (products)."""
+    """Reference data every holder of the permission reads whole (products); an access
+    without any scope reads nothing (fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Rows of another table that keep a record from being deleted or purged (an order line
+    naming a product): :func:`crm_api.kit.lifecycle.soft_delete` and ``purge`` refuse with
+    ``error`` while one exists. The table is looked up by name in the models' metadata, so
+    a reference to a table a later migration adds is declared before it exists and checked
+    from the moment its model is part of the build (a ``Table`` is used as given)."""
+
+    table: str | Table
+    column: str
+    error: Callable[[], ProblemError]
 
 
 Scoping = OwnerScoped | ParentScoped | UnitScoped | Unscoped
@@ -91,6 +112,8 @@ class Placement:
 
     owner_id: uuid.UUID | None
     org_unit_id: uuid.UUID | None
+    #: Who created it, for a resource that records it (the ``created_by_self`` scope).
+    created_by: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +123,13 @@ class Samples:
     (``owner_id``; ``parent_id`` for a parent-scoped resource; ``unique``, a fresh hex
     string for fields that must be unique) and returns a create body, with a value for
     every sensitive field;
-    ``patch`` is a valid change; ``wrong_type`` a body field with a value of the wrong
-    JSON type."""
+    ``patch`` is a valid change (``None``: the resource has no ``PATCH``); ``wrong_type``
+    a body field with a value of the wrong JSON type."""
 
     #: The collection URL (``/v1/customers``).
     path: str
     create: Callable[[Mapping[str, str]], dict[str, Any]]
-    patch: dict[str, Any]
+    patch: dict[str, Any] | None
     wrong_type: dict[str, Any]
     #: A ``q`` term matching the sample record (``None``: the resource has no search).
     search: str | None = None
@@ -115,6 +138,13 @@ class Samples:
     checks: frozenset[str] | None = None
     #: ``DELETE`` on a record's URL exists (users are deactivated instead).
     deletes: bool = True
+    #: Records are made by their owner themself (a personal access token), not handed to
+    #: them by the administrator.
+    created_by_owner: bool = False
+    #: Records the sample refers to, made first (through their own samples, owned by the
+    #: same owner): ref name → registered resource name (orders: ``{"customer_id":
+    #: "customers", "product_id": "products"}``); their ids reach ``create`` in ``refs``.
+    requires: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -135,11 +165,15 @@ class Resource:
     not_found_code: str
     sensitive: tuple[str, ...] = ()
     soft_delete: bool = True
+    #: What keeps a record from being deleted (order lines → products).
+    referenced_by: tuple[Reference, ...] = ()
     #: Constraint name → the error a violation of it means (the safety net behind explicit
     #: checks: a concurrent writer won the index between our check and our write).
     constraints: Mapping[str, Callable[[], ProblemError]] = field(default_factory=dict)
-    #: ``business``: granted with the business roles' defaults (authz/defaults.py).
-    grant_group: Literal["business", "none"] = "business"
+    #: ``business``: granted with the business roles' defaults (authz/defaults.py);
+    #: ``self``: no grant reaches it, every caller has its own records (personal access
+    #: tokens: ``authz.dependencies.own_records``), so it is not a grantable resource.
+    grant_group: Literal["business", "none", "self"] = "business"
     samples: Samples | None = None
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
@@ -154,6 +188,8 @@ class Resource:
     sort_columns: dict[str, SortColumn] = field(init=False)
     _live: Select[Any] = field(init=False)
     _trash: Select[Any] = field(init=False)
+    #: ``numeric(p, s)`` columns → the quantum of their scale (``Decimal("0.0001")``).
+    decimal_scales: dict[str, Decimal] = field(init=False)
 
     def __post_init__(self) -> None:
         table: Table = self.model.__table__
@@ -176,6 +212,11 @@ class Resource:
             self._trash = base.where(table.c.deleted_at.is_not(None))
         else:
             self._live = self._trash = base
+        self.decimal_scales = {
+            c.key: Decimal(1).scaleb(-c.type.scale)
+            for c in self.columns
+            if isinstance(c.type, Numeric) and c.type.scale is not None
+        }
 
     # --- errors -------------------------------------------------------------------------
     def not_found(self, record_id: uuid.UUID, *, detail: str | None = None) -> NotFound:
@@ -188,18 +229,40 @@ class Resource:
         """Owner and org unit columns the scope applies to (the parent's for a child)."""
         scoping = self.scoping
         if isinstance(scoping, OwnerScoped):
-            return self.table.c[scoping.owner], self.table.c[scoping.org_unit]
+            unit = self.table.c[scoping.org_unit] if scoping.org_unit else None
+            return self.table.c[scoping.owner], unit
         if isinstance(scoping, UnitScoped):
             return None, self.table.c[scoping.org_unit]
         if isinstance(scoping, ParentScoped):
             return scoping.parent.placement_columns()
         return None, None
 
+    def creator_column(self) -> KeyedColumnElement[Any] | None:
+        """The column holding who created a row (the parent's for a child), for the
+        ``created_by_self`` scope; ``None``: that scope covers none of the rows."""
+        scoping = self.scoping
+        if isinstance(scoping, OwnerScoped) and scoping.creator is not None:
+            return self.table.c[scoping.creator]
+        if isinstance(scoping, ParentScoped):
+            return scoping.parent.creator_column()
+        return None
+
     def live_clause(self, deleted: bool = False) -> ColumnElement[bool] | None:
         if not self.soft_delete:
             return None
         col = self.table.c.deleted_at
         return col.is_not(None) if deleted else col.is_(None)
+
+    def canonical(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with each Decimal of a ``numeric(p, s)`` column at the column's scale,
+        as PostgreSQL stores it: a create or update answers (and audits) ``"12.5000"``,
+        the same string a later read gives, not the ``"12.5"`` that was sent; and "no real
+        change" compares like with like."""
+        for key, quantum in self.decimal_scales.items():
+            value = values.get(key)
+            if isinstance(value, Decimal):
+                values[key] = value.quantize(quantum, rounding=ROUND_HALF_UP)
+        return values
 
 
 # --- scope ---------------------------------------------------------------------------------
@@ -212,7 +275,9 @@ def scope_of(
     scoping = resource.scoping
     if table is not None:
         if isinstance(scoping, OwnerScoped):
-            return scope_clause(access, table.c[scoping.owner], table.c[scoping.org_unit])
+            unit = table.c[scoping.org_unit] if scoping.org_unit else None
+            creator = table.c[scoping.creator] if scoping.creator else None
+            return scope_clause(access, table.c[scoping.owner], unit, creator)
         if isinstance(scoping, UnitScoped):
             return scope_clause(access, None, table.c[scoping.org_unit])
         if isinstance(scoping, ParentScoped):
@@ -220,13 +285,14 @@ def scope_of(
                 _parent_in_scope(scoping.parent, access)
             )
             return table.c[scoping.foreign_key].in_(parents)
-        return None
+        return None if access.scope.kinds else false()
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
-        return scope_clause(access, owner, unit)
+        return scope_clause(access, owner, unit, resource.creator_column())
     if isinstance(scoping, ParentScoped):
         return _of_parents(resource, scoping, _parent_in_scope(scoping.parent, access))
-    return None
+    # reference data: every scope covers all of it, no scope none of it
+    return None if access.scope.kinds else false()
 
 
 def _parent_in_scope(parent: Resource, access: Access) -> ColumnElement[bool]:
@@ -250,7 +316,7 @@ def unmasked_clause(resource: Resource, access: Access) -> ColumnElement[bool]:
     ``read_sensitive`` scope (on the parent's owner and unit for a child). A constant, with
     no subquery, when the answer is the same for every row."""
     owner, unit = resource.placement_columns()
-    flag = sensitive_clause(access, owner, unit)
+    flag = sensitive_clause(access, owner, unit, resource.creator_column())
     scoping = resource.scoping
     if isinstance(scoping, ParentScoped) and per_row_sensitive(access):
         return _of_parents(resource, scoping, flag)
@@ -278,7 +344,9 @@ def scoped_entity(resource: Resource, access: Access, *, deleted: bool = False) 
         parent = scoping.parent
         owner, unit = parent.placement_columns()
         assert owner is not None and unit is not None, "a parent must be owner-scoped"
-        stmt = select(resource.model, owner, unit).join(
+        creator = parent.creator_column()
+        extra = [creator] if creator is not None else []
+        stmt = select(resource.model, owner, unit, *extra).join(
             parent.table, parent.id_column == resource.table.c[scoping.foreign_key]
         )
         clauses.append(_parent_in_scope(parent, access))
@@ -361,10 +429,17 @@ async def get_row(
 
 
 async def read_or_404(
-    executor: Executor, resource: Resource, access: Access, record_id: uuid.UUID
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    stmt: ScopedSelect | None = None,
 ) -> dict[str, Any]:
-    """The live record as ``access`` may see it; 404 (the resource's code) otherwise."""
-    row = await get_row(executor, resource, access, scoped(resource, access), record_id)
+    """The live record as ``access`` may see it (through ``stmt``, a resource's own scoped
+    statement with its derived columns, else :func:`scoped`); 404 (the resource's code)
+    otherwise."""
+    stmt = scoped(resource, access) if stmt is None else stmt
+    row = await get_row(executor, resource, access, stmt, record_id)
     if row is None:
         raise resource.not_found(record_id)
     return row
@@ -391,9 +466,29 @@ async def present(
         row[UNMASKED] = access.sensitive
     else:
         row[UNMASKED] = await unmasked_for(
-            session, access, placement.owner_id, placement.org_unit_id
+            session, access, placement.owner_id, placement.org_unit_id, placement.created_by
         )
     return mask_row(resource, access, row)
+
+
+async def referenced(
+    session: AsyncSession, resource: Resource, record_id: uuid.UUID
+) -> Reference | None:
+    """The first declared :class:`Reference` that rows of its table still make to the
+    record (one indexed ``EXISTS`` each); ``None`` when nothing does or the referencing
+    table is not part of this build."""
+    for ref in resource.referenced_by:
+        table = (
+            ref.table
+            if isinstance(ref.table, Table)
+            else resource.table.metadata.tables.get(ref.table)
+        )
+        if table is None:
+            continue
+        stmt = select(exists().where(table.c[ref.column] == record_id))
+        if (await session.execute(stmt)).scalar_one():
+            return ref
+    return None
 
 
 # --- locks -----------------------------------------------------------------------------------
@@ -412,7 +507,9 @@ class Locked:
             return self.parent
         scoping = self.resource.scoping
         if isinstance(scoping, OwnerScoped):
-            return Placement(getattr(self.row, scoping.owner), getattr(self.row, scoping.org_unit))
+            unit = getattr(self.row, scoping.org_unit) if scoping.org_unit else None
+            creator = getattr(self.row, scoping.creator) if scoping.creator else None
+            return Placement(getattr(self.row, scoping.owner), unit, creator)
         if isinstance(scoping, UnitScoped):
             return Placement(None, getattr(self.row, scoping.org_unit))
         return Placement(None, None)
@@ -438,5 +535,5 @@ async def lock(
     if row is None:
         return None
     if isinstance(resource.scoping, ParentScoped):
-        return Locked(resource, row[0], Placement(row[1], row[2]))
+        return Locked(resource, row[0], Placement(*row[1:]))
     return Locked(resource, row[0])

@@ -57,12 +57,16 @@ def json_response(
 
 
 def with_etag(
-    row: Mapping[str, Any], status_code: int = 200, location: str | None = None
+    row: Mapping[str, Any],
+    status_code: int = 200,
+    location: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """A record as JSON with its ``ETag`` (its ``version``), and ``Location`` on a create."""
+    """A record as JSON with its ``ETag`` (its ``version``), ``Location`` on a create, and
+    any other ``headers`` (``Cache-Control: no-store`` beside a secret)."""
     from crm_api.kit.concurrency import etag
 
-    headers = {"ETag": etag(int(row["version"]))}
+    sent = {"ETag": etag(int(row["version"])), **(headers or {})}
     if location:
-        headers["Location"] = location
-    return json_response(row, status_code, headers)
+        sent["Location"] = location
+    return json_response(row, status_code, sent)

@@ -14,7 +14,10 @@ from crm_api.models.identity import (
     RevokedSession,
     Role,
 )
+from crm_api.models.order import Order, OrderLine
 from crm_api.models.org_unit import OrgUnit
+from crm_api.models.product import Product
+from crm_api.models.system_setting import SystemSettingsRow
 from crm_api.models.user import User
 
 __all__ = [
@@ -27,10 +30,14 @@ __all__ = [
     "Customer",
     "IdempotencyKey",
     "LoginThrottle",
+    "Order",
+    "OrderLine",
     "OrgUnit",
     "PersonalAccessToken",
+    "Product",
     "RefreshToken",
     "RevokedSession",
     "Role",
+    "SystemSettingsRow",
     "User",
 ]

@@ -5,8 +5,8 @@ import uuid
 from sqlalchemy import Boolean, Computed, ForeignKey, Index, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from crm_api.db.base import FIELD_SEPARATOR as SEP
 from crm_api.db.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, VersionMixin
-from crm_api.kit.filtering import FIELD_SEPARATOR as SEP
 
 LIVE = text("deleted_at IS NULL")
 

@@ -30,7 +30,12 @@ class ApiClient(IdMixin, TimestampMixin, VersionMixin, Base):
     """A machine caller (partner, storefront) using the OAuth2 client-credentials grant.
 
     Each client acts through a service-account row in ``users`` (``user_id``), so records
-    it creates have an owner and the ``own`` scope means "this client's records"."""
+    it creates have an owner and the ``own`` scope means "this client's records".
+
+    The client itself is a record placed like others: owned by whoever created it
+    (``owner_id``) in its service account's org unit (``org_unit_id``, copied from the
+    account, which never moves), so grants on ``api_clients`` reach it by the same scope
+    predicate as any record."""
 
     __tablename__ = "api_clients"
 
@@ -43,10 +48,19 @@ class ApiClient(IdMixin, TimestampMixin, VersionMixin, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     last_used_at: Mapped[datetime | None]
+    #: Who created the client (``None`` for clients made before it was recorded, or whose
+    #: creator is gone): the ``own`` scope's owner.
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    #: The service account's org unit: the org scopes' unit.
+    org_unit_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("org_units.id", ondelete="RESTRICT")
+    )
 
     __table_args__ = (
         Index("uq_api_clients_client_id", "client_id", unique=True),
         Index("ix_api_clients_user_id", "user_id"),
+        Index("ix_api_clients_owner_id", "owner_id"),
+        Index("ix_api_clients_org_unit_id", "org_unit_id"),
     )
 
 

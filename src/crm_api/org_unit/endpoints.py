@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
@@ -9,9 +9,9 @@ from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.org_unit import service
@@ -29,13 +29,6 @@ R = "org_units"
 OrgUnitsRead = Annotated[Access, require(R, Action.read)]
 OrgUnitsCreate = Annotated[Access, require(R, Action.create)]
 OrgUnitsUpdate = Annotated[Access, require(R, Action.update)]
-
-
-def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
 
 
 @router.get(
@@ -74,7 +67,7 @@ async def create_org_unit(
 
     async def produce() -> Response:
         row = await service.create_org_unit(session, access, body)
-        return _with_etag(row, 201, f"/v1/org-units/{row['id']}")
+        return with_etag(row, 201, f"/v1/org-units/{row['id']}")
 
     return await idempotent(
         session,
@@ -97,7 +90,7 @@ async def create_org_unit(
 async def get_org_unit(
     org_unit_id: uuid.UUID, access: OrgUnitsRead, conn: ReadConnection
 ) -> Response:
-    return _with_etag(await service.get_org_unit(conn, access, org_unit_id))
+    return with_etag(await service.get_org_unit(conn, access, org_unit_id))
 
 
 @router.patch(
@@ -124,7 +117,7 @@ async def update_org_unit(
         if_match,
         require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.post(
@@ -151,7 +144,7 @@ async def move_org_unit(
     row = await service.move_org_unit(
         session, get_policy(request), access, org_unit_id, body.parent_id, if_match
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.post(
@@ -169,7 +162,7 @@ async def deactivate_org_unit(
 ) -> Response:
     """Refused (409 `org_unit_in_use`, with `active_children` and `active_users`) while
     active units or users remain in it. Idempotent."""
-    return _with_etag(await service.set_active(session, access, org_unit_id, False, if_match))
+    return with_etag(await service.set_active(session, access, org_unit_id, False, if_match))
 
 
 @router.post(
@@ -186,4 +179,4 @@ async def activate_org_unit(
     if_match: IfMatch = None,
 ) -> Response:
     """Refused (409 `parent_inactive`) under a deactivated parent. Idempotent."""
-    return _with_etag(await service.set_active(session, access, org_unit_id, True, if_match))
+    return with_etag(await service.set_active(session, access, org_unit_id, True, if_match))

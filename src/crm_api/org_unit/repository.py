@@ -54,19 +54,8 @@ async def list_page(executor: Executor, access: Access, query: OrgUnitListQuery)
     )
 
 
-async def get_row(executor: Executor, access: Access, unit_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, scoped(access), unit_id)
-
-
 async def lock_tree(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(TREE_LOCK)))
-
-
-async def lock(session: AsyncSession, access: Access, unit_id: uuid.UUID) -> OrgUnit | None:
-    """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it (fresh from the
-    database, not the identity map)."""
-    locked = await kit.lock(session, R, kit.scoped_entity(R, access), unit_id)
-    return locked.row if locked is not None else None
 
 
 async def find_in_scope(

@@ -15,7 +15,6 @@ Raises: ``NotFound`` (``org_unit_not_found``, also outside the caller's scope),
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,18 +25,16 @@ from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, Scope, ScopeKind
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
-from crm_api.kit.concurrency import check_if_match
-from crm_api.kit.repository import to_dict
+from crm_api.errors import Conflict, Forbidden, UnprocessableEntity
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Placement, to_dict
 from crm_api.models.org_unit import OrgUnit
 from crm_api.org_unit import repository as repo
 from crm_api.org_unit.schemas import OrgUnitCreate, OrgUnitListQuery, OrgUnitUpdate
+from crm_api.resources import ORG_UNITS
 
-RESOURCE = "org_units"
-
-
-def not_found(unit_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No org unit {unit_id}.", code="org_unit_not_found")
+R = ORG_UNITS
 
 
 def _invalid_parent(message: str) -> UnprocessableEntity:
@@ -53,10 +50,7 @@ async def list_org_units(conn: Reader, access: Access, query: OrgUnitListQuery) 
 
 
 async def get_org_unit(conn: Reader, access: Access, unit_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, unit_id)
-    if row is None:
-        raise not_found(unit_id)
-    return row
+    return await kit.read_or_404(conn, R, access, unit_id)
 
 
 async def create_org_unit(
@@ -82,31 +76,18 @@ async def create_org_unit(
                 parent_id=str(parent.id),
             )
         path = f"{parent.path}{unit_id}/"
-    now = datetime.now(UTC)
-    unit = OrgUnit(
-        id=unit_id,
-        name=data.name,
-        kind=data.kind.value,
-        parent_id=data.parent_id,
-        path=path,
-        depth=path.count("/") - 2,
-        active=True,
-        created_at=now,
-        updated_at=now,
-        version=1,
+    values = {
+        "name": data.name,
+        "kind": data.kind.value,
+        "parent_id": data.parent_id,
+        "path": path,
+        "depth": path.count("/") - 2,
+        "active": True,
+    }
+    # a unit is placed in itself (UnitScoped): its events are scoped like the unit
+    return await lifecycle.insert(
+        session, R, access, values, Placement(None, unit_id), record_id=unit_id
     )
-    session.add(unit)
-    await session.flush()
-    after = to_dict(unit, repo.R.columns)
-    audit.record(
-        session,
-        access.principal,
-        action="create",
-        resource_type=RESOURCE,
-        resource_id=unit_id,
-        changes=audit.diff(None, after),
-    )
-    return after
 
 
 async def update_org_unit(
@@ -118,38 +99,19 @@ async def update_org_unit(
     *,
     require_if_match: bool,
 ) -> dict[str, Any]:
-    unit = await repo.lock(session, access, unit_id)
-    if unit is None:
-        raise not_found(unit_id)
-    check_if_match(if_match, unit.version, required=require_if_match)
-    changes = patch.model_dump(exclude_unset=True, mode="json")
-    nulled = sorted(k for k, v in changes.items() if v is None)
-    if nulled:
-        raise UnprocessableEntity(
-            "These fields cannot be null.",
-            code="validation_error",
-            errors=[
-                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                for f in nulled
-            ],
-        )
-    before = to_dict(unit, repo.R.columns)
-    diff = audit.diff(before, {**before, **changes})
-    if not diff:
-        return before
-    for key, value in changes.items():
-        setattr(unit, key, value)
-    unit.updated_at = datetime.now(UTC)
-    await session.flush()
-    audit.record(
-        session,
-        access.principal,
-        action="update",
-        resource_type=RESOURCE,
-        resource_id=unit.id,
-        changes=diff,
+    locked = await lifecycle.lock_or_404(
+        session, R, access, unit_id, if_match=if_match, require_if_match=require_if_match
     )
-    return to_dict(unit, repo.R.columns)
+    before, changes = await lifecycle.prepare_update(
+        session,
+        R,
+        access,
+        None,
+        locked,
+        patch.model_dump(exclude_unset=True, mode="json"),
+        not_nullable=("name", "kind"),
+    )
+    return await lifecycle.save_changes(session, R, access, locked, before, changes)
 
 
 async def move_org_unit(
@@ -170,12 +132,10 @@ async def move_org_unit(
     ``invalid_parent``; and nobody moves a unit into their own subtree or moves the unit
     they stand in (:func:`crm_api.authz.delegation.check_unit_move`, ``reason: self``)."""
     await repo.lock_tree(session)
-    unit = await repo.lock(session, access, unit_id)
-    if unit is None:
-        raise not_found(unit_id)
-    check_if_match(if_match, unit.version, required=False)
+    locked = await lifecycle.lock_or_404(session, R, access, unit_id, if_match=if_match)
+    unit = locked.row
     if parent_id == unit.parent_id:
-        return to_dict(unit, repo.R.columns)
+        return to_dict(R, unit)
     if not access.scope.is_all and (
         unit.parent_id is None
         or await repo.find_in_scope(session, access, unit.parent_id, share=False) is None
@@ -211,25 +171,18 @@ async def move_org_unit(
             )
         new_prefix = f"{parent.path}{unit.id}/"
     delegation.check_unit_move(policy, access.principal, unit.path, new_prefix)
-    before = to_dict(unit, repo.R.columns)
+    before = to_dict(R, unit)
     old_prefix = before["path"]
     depth_delta = (new_prefix.count("/") - 2) - unit.depth
     moved = await repo.move_subtree(
         session, unit.id, parent_id, old_prefix, new_prefix, depth_delta
     )
-    refreshed = await repo.lock(session, access_all(access), unit.id)
-    assert refreshed is not None
-    after = to_dict(refreshed, repo.R.columns)
+    # re-read as moved (the row may have just left the caller's scope)
+    refreshed = await lifecycle.lock_or_404(session, R, access_all(access), unit.id)
+    after = to_dict(R, refreshed.row)
     changes = audit.diff(before, after)
     changes["units_moved"] = {"before": None, "after": moved}
-    audit.record(
-        session,
-        access.principal,
-        action="move",
-        resource_type=RESOURCE,
-        resource_id=unit.id,
-        changes=changes,
-    )
+    lifecycle.record_event(session, access, R, "move", unit.id, refreshed.placement, changes)
     await bump_policy_version(session)
     return after
 
@@ -256,12 +209,10 @@ async def set_active(
     """Deactivate (refused while active child units or active users remain, naming how
     many) or reactivate (refused under a deactivated parent)."""
     await repo.lock_tree(session)
-    unit = await repo.lock(session, access, unit_id)
-    if unit is None:
-        raise not_found(unit_id)
-    check_if_match(if_match, unit.version, required=False)
+    locked = await lifecycle.lock_or_404(session, R, access, unit_id, if_match=if_match)
+    unit = locked.row
     if unit.active is active:
-        return to_dict(unit, repo.R.columns)
+        return to_dict(R, unit)
     if not active:
         children, users = await repo.count_active_dependents(session, unit.id)
         if children or users:
@@ -280,19 +231,17 @@ async def set_active(
                 code="parent_inactive",
                 parent_id=str(parent.id),
             )
-    unit.active = active
-    unit.updated_at = datetime.now(UTC)
-    await session.flush()
-    audit.record(
+    after = await lifecycle.save_changes(
         session,
-        access.principal,
+        R,
+        access,
+        locked,
+        to_dict(R, unit),
+        {"active": active},
         action="activate" if active else "deactivate",
-        resource_type=RESOURCE,
-        resource_id=unit.id,
-        changes={"active": {"before": not active, "after": active}},
     )
     await bump_policy_version(session)
-    return to_dict(unit, repo.R.columns)
+    return after
 
 
 # --- for other domains ---------------------------------------------------------------------

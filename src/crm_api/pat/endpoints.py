@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
-from crm_api.authz.dependencies import authenticated, get_policy
+from crm_api.authz.dependencies import get_policy, own_records
 from crm_api.authz.state import PolicySession
-from crm_api.authz.types import Principal
+from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.responses import json_response
 from crm_api.kit.routing import problems, query_model
@@ -24,7 +24,11 @@ from crm_api.pat.schemas import (
 
 router = APIRouter(prefix="/me/tokens", tags=["me"])
 
-Caller = Annotated[Principal, authenticated()]
+#: The caller's own tokens (``own``, whatever their roles: nobody reaches another's).
+R = "personal_access_tokens"
+OwnRead = Annotated[Access, own_records(R, Action.read)]
+OwnCreate = Annotated[Access, own_records(R, Action.create)]
+OwnDelete = Annotated[Access, own_records(R, Action.delete)]
 
 
 @router.post(
@@ -36,14 +40,14 @@ Caller = Annotated[Principal, authenticated()]
     responses=problems(),
 )
 async def create_personal_access_token(
-    request: Request, body: PersonalAccessTokenCreate, principal: Caller, session: WriteSession
+    request: Request, body: PersonalAccessTokenCreate, access: OwnCreate, session: WriteSession
 ) -> Response:
     """The token (a bearer token for scripts) is in this response only. Each permission
     must be one you hold (403 `grant_not_allowed`); without an expiry it lasts 365 days.
     API clients, and callers using a personal access token, get 403 `pat_not_allowed`."""
     state = request.app.state
     row = await pat.create_token(
-        session, principal, get_policy(request), state.keyring, state.settings, body
+        session, access, get_policy(request), state.keyring, state.settings, body
     )
     return json_response(
         row,
@@ -64,11 +68,11 @@ async def create_personal_access_token(
     responses=problems(400),
 )
 async def list_personal_access_tokens(
-    principal: Caller,
+    access: OwnRead,
     conn: ReadConnection,
     query: Annotated[PersonalAccessTokenListQuery, query_model(PersonalAccessTokenListQuery)],
 ) -> Response:
-    return json_response(await pat.list_tokens(conn, principal, query))
+    return json_response(await pat.list_tokens(conn, access, query))
 
 
 @router.get(
@@ -79,9 +83,9 @@ async def list_personal_access_tokens(
     responses=problems(404),
 )
 async def get_personal_access_token(
-    token_id: uuid.UUID, principal: Caller, conn: ReadConnection
+    token_id: uuid.UUID, access: OwnRead, conn: ReadConnection
 ) -> Response:
-    return json_response(await pat.get_token(conn, principal, token_id))
+    return json_response(await pat.get_token(conn, access, token_id))
 
 
 @router.delete(
@@ -92,9 +96,9 @@ async def get_personal_access_token(
     responses=problems(404),
 )
 async def revoke_personal_access_token(
-    token_id: uuid.UUID, principal: Caller, session: PolicySession
+    token_id: uuid.UUID, access: OwnDelete, session: PolicySession
 ) -> Response:
     """Stops the token everywhere within the policy poll interval (at once on this worker).
     Idempotent."""
-    await pat.revoke_token(session, principal, token_id)
+    await pat.revoke_token(session, access, token_id)
     return Response(status_code=204)

@@ -15,33 +15,32 @@ shared delegation check), ``UnprocessableEntity`` (``invalid_expiry``), ``NotFou
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.audit import service as audit
 from crm_api.auth import tokens
 from crm_api.auth.keys import KeyRing
 from crm_api.authz import delegation
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
-from crm_api.authz.types import Principal, PrincipalKind
+from crm_api.authz.types import Access, Principal, PrincipalKind
 from crm_api.config import Settings
 from crm_api.db.reader import Reader
-from crm_api.errors import Forbidden, NotFound, UnprocessableEntity
-from crm_api.models import PersonalAccessToken
+from crm_api.errors import Forbidden, UnprocessableEntity
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Placement, to_dict
 from crm_api.pat import repository as repo
 from crm_api.pat.schemas import PersonalAccessTokenCreate, PersonalAccessTokenListQuery
+from crm_api.resources import PERSONAL_ACCESS_TOKENS
 
-RESOURCE = "personal_access_tokens"
+R = PERSONAL_ACCESS_TOKENS
 DEFAULT_LIFETIME = timedelta(days=365)
 MAX_LIFETIME = timedelta(days=3650)
 MIN_LIFETIME = timedelta(minutes=1)
-
-
-def not_found(token_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No personal access token {token_id}.", code="token_not_found")
 
 
 def _present(row: dict[str, Any]) -> dict[str, Any]:
@@ -79,9 +78,15 @@ def _check_caller(principal: Principal) -> None:
         )
 
 
+def _placement(principal: Principal) -> Placement:
+    """Where a token's events are filed: its owner, in the owner's unit (the token row has
+    no unit of its own), so a manager reading the trail of their unit sees them."""
+    return Placement(principal.id, principal.org_unit_id)
+
+
 async def create_token(
     session: AsyncSession,
-    principal: Principal,
+    access: Access,
     policy: PolicyEngine,
     keyring: KeyRing,
     settings: Settings,
@@ -90,6 +95,7 @@ async def create_token(
     """Store the token row and return it with the signed token (shown this once).
 
     No policy-version bump: a new row makes no cached fact stale."""
+    principal = access.principal
     _check_caller(principal)
     delegation.check_token_permissions(
         policy, principal, [(p.resource, p.action) for p in data.permissions]
@@ -97,15 +103,17 @@ async def create_token(
     wanted = sorted({(p.resource, p.action) for p in data.permissions})
     now = datetime.now(UTC).replace(microsecond=0)
     expires_at = _expiry(data, now)
-    token_row = PersonalAccessToken(
-        id=uuid.uuid4(),
-        user_id=principal.id,
-        name=data.name,
-        permissions=[list(p) for p in wanted],
-        created_at=now,
-        expires_at=expires_at,
+    token_id = uuid.uuid4()
+    values = {
+        "user_id": principal.id,
+        "name": data.name,
+        "permissions": [list(p) for p in wanted],
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    row = await lifecycle.insert(
+        session, R, access, values, _placement(principal), record_id=token_id
     )
-    row = await repo.insert(session, token_row)
     raw, _ = tokens.issue(
         keyring,
         subject=f"user:{principal.id}",
@@ -113,56 +121,39 @@ async def create_token(
         ttl_s=int((expires_at - now).total_seconds()),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
-        jti=str(token_row.id),
-    )
-    audit.record(
-        session,
-        principal,
-        action="create",
-        resource_type=RESOURCE,
-        resource_id=token_row.id,
-        changes=audit.diff(
-            None,
-            {"name": data.name, "permissions": token_row.permissions, "expires_at": expires_at},
-        ),
-        owner_id=principal.id,
-        org_unit_id=principal.org_unit_id,
+        jti=str(token_id),
     )
     return {**_present(row), "token": raw}
 
 
 async def list_tokens(
-    conn: Reader, principal: Principal, query: PersonalAccessTokenListQuery
+    conn: Reader, access: Access, query: PersonalAccessTokenListQuery
 ) -> dict[str, Any]:
-    page = await repo.list_page(conn, principal.id, query)
+    page = await repo.list_page(conn, access, query)
     page["data"] = [_present(r) for r in page["data"]]
     return page
 
 
-async def get_token(conn: Reader, principal: Principal, token_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, principal.id, token_id)
-    if row is None:
-        raise not_found(token_id)
-    return _present(row)
+async def get_token(conn: Reader, access: Access, token_id: uuid.UUID) -> dict[str, Any]:
+    return _present(await kit.read_or_404(conn, R, access, token_id))
 
 
-async def revoke_token(session: AsyncSession, principal: Principal, token_id: uuid.UUID) -> None:
+async def revoke_token(session: AsyncSession, access: Access, token_id: uuid.UUID) -> None:
     """Revoke one of the caller's tokens; revoking a revoked token changes nothing. The
     policy-version bump makes every worker drop its cached copy of the token's row."""
-    token_row = await repo.lock(session, principal.id, token_id)
-    if token_row is None:
-        raise not_found(token_id)
-    if token_row.revoked_at is not None:
+    locked = await repo.lock(session, access, token_id)
+    if locked is None:
+        raise R.not_found(token_id)
+    if locked.row.revoked_at is not None:
         return
-    token_row.revoked_at = datetime.now(UTC)
-    await bump_policy_version(session)
-    audit.record(
+    locked = replace(locked, parent=_placement(access.principal))
+    await lifecycle.save_changes(
         session,
-        principal,
+        R,
+        access,
+        locked,
+        to_dict(R, locked.row),
+        {"revoked_at": datetime.now(UTC)},
         action="revoke",
-        resource_type=RESOURCE,
-        resource_id=token_row.id,
-        changes={"revoked_at": {"before": None, "after": token_row.revoked_at.isoformat()}},
-        owner_id=principal.id,
-        org_unit_id=principal.org_unit_id,
     )
+    await bump_policy_version(session)

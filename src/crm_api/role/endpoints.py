@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
@@ -10,9 +10,9 @@ from crm_api.authz.dependencies import get_policy, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection, WriteSession
-from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.role import service
@@ -33,13 +33,6 @@ RolesRead = Annotated[Access, require(R, Action.read)]
 RolesCreate = Annotated[Access, require(R, Action.create)]
 RolesUpdate = Annotated[Access, require(R, Action.update)]
 RolesDelete = Annotated[Access, require(R, Action.delete)]
-
-
-def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
 
 
 @router.get(
@@ -77,7 +70,7 @@ async def create_role(
 
     async def produce() -> Response:
         row = await service.create_role(session, access, body)
-        return _with_etag(row, 201, f"/v1/roles/{row['id']}")
+        return with_etag(row, 201, f"/v1/roles/{row['id']}")
 
     return await idempotent(
         session,
@@ -98,7 +91,7 @@ async def create_role(
     responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_role(role_id: uuid.UUID, access: RolesRead, conn: ReadConnection) -> Response:
-    return _with_etag(await service.get_role(conn, access, role_id))
+    return with_etag(await service.get_role(conn, access, role_id))
 
 
 @router.patch(
@@ -124,7 +117,7 @@ async def update_role(
         if_match,
         require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.delete(

@@ -27,8 +27,6 @@ from crm_api.resources import ROLES
 from crm_api.role.schemas import GrantListQuery, GrantSort, RoleListQuery, RoleSort
 
 RESOURCE = ROLES
-#: The role row's columns (what a response and an audit diff see).
-COLUMNS = ROLES.columns
 R = cast_table(Role)
 A = cast_table(AuthzRule)
 GRANT_COLUMNS = [
@@ -62,16 +60,6 @@ async def list_page(executor: Executor, access: Access, query: RoleListQuery) ->
         clauses.append(or_(R.c.name.ilike(pattern), R.c.description.ilike(pattern)))
     stmt = kit.narrow(scoped(access), *clauses)
     return await kit.fetch_page(executor, RESOURCE, access, stmt, query.page(RoleSort))
-
-
-async def get_row(executor: Executor, access: Access, role_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, RESOURCE, access, scoped(access), role_id)
-
-
-async def lock(session: AsyncSession, access: Access, role_id: uuid.UUID) -> Role | None:
-    stmt = kit.narrow(kit.scoped_entity(RESOURCE, access), None if access.scope.kinds else false())
-    locked = await kit.lock(session, RESOURCE, stmt, role_id)
-    return locked.row if locked is not None else None
 
 
 async def name_exists(session: AsyncSession, name: str) -> bool:

@@ -19,34 +19,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.audit import service as audit
 from crm_api.authz import catalog, delegation
 from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, ScopeKind
 from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
-from crm_api.kit.concurrency import check_if_match
-from crm_api.kit.repository import to_dict
-from crm_api.models.identity import Role
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Locked, Placement
 from crm_api.org_unit import service as org_units
+from crm_api.resources import ROLES
 from crm_api.role import repository as repo
 from crm_api.role.schemas import GrantCreate, GrantListQuery, RoleCreate, RoleListQuery, RoleUpdate
 
-RESOURCE = "roles"
+R = ROLES
+#: Roles are configuration: no owner, no unit (their events are for an ``all`` scope).
+UNPLACED = Placement(None, None)
 #: The grant that keeps the system administrable.
 PROTECTED_GRANT = ("admin", "*", "*", ScopeKind.all.value)
 ACTIONS = catalog.ACTIONS | {"*"}
-
-
-def not_found(role_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No role {role_id}.", code="role_not_found")
 
 
 def present_grant(row: dict[str, Any]) -> dict[str, Any]:
@@ -60,10 +56,7 @@ async def list_roles(conn: Reader, access: Access, query: RoleListQuery) -> dict
 
 
 async def get_role(conn: Reader, access: Access, role_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, role_id)
-    if row is None:
-        raise not_found(role_id)
-    return row
+    return await kit.read_or_404(conn, R, access, role_id, repo.scoped(access))
 
 
 async def unknown_roles(session: AsyncSession, names: Iterable[str]) -> list[str]:
@@ -73,36 +66,17 @@ async def unknown_roles(session: AsyncSession, names: Iterable[str]) -> list[str
     return sorted(wanted - await repo.existing_names(session, wanted))
 
 
+def _role_exists(name: str) -> Conflict:
+    return Conflict(f"A role named {name!r} exists.", code="role_exists", name=name)
+
+
 async def create_role(session: AsyncSession, access: Access, data: RoleCreate) -> dict[str, Any]:
     if await repo.name_exists(session, data.name):
-        raise Conflict(f"A role named {data.name!r} exists.", code="role_exists", name=data.name)
-    now = datetime.now(UTC)
-    role = Role(
-        id=uuid.uuid4(),
-        name=data.name,
-        description=data.description,
-        builtin=False,
-        created_at=now,
-        updated_at=now,
-        version=1,
-    )
-    session.add(role)
-    try:
-        await session.flush()
-    except IntegrityError as exc:  # a concurrent create won the unique index
-        raise Conflict(
-            f"A role named {data.name!r} exists.", code="role_exists", name=data.name
-        ) from exc
-    after = to_dict(role, repo.COLUMNS)
-    audit.record(
-        session,
-        access.principal,
-        action="create",
-        resource_type=RESOURCE,
-        resource_id=role.id,
-        changes=audit.diff(None, after),
-    )
-    return after
+        raise _role_exists(data.name)
+    # a concurrent create winning the unique index between the check and the insert
+    overrides = {"uq_roles_name": lambda: _role_exists(data.name)}
+    values = {"name": data.name, "description": data.description, "builtin": False}
+    return await lifecycle.insert(session, R, access, values, UNPLACED, overrides)
 
 
 async def update_role(
@@ -114,28 +88,11 @@ async def update_role(
     *,
     require_if_match: bool,
 ) -> dict[str, Any]:
-    role = await repo.lock(session, access, role_id)
-    if role is None:
-        raise not_found(role_id)
-    check_if_match(if_match, role.version, required=require_if_match)
-    before = to_dict(role, repo.COLUMNS)
-    changes = patch.model_dump(exclude_unset=True)
-    diff = audit.diff(before, {**before, **changes})
-    if not diff:
-        return before
-    for key, value in changes.items():
-        setattr(role, key, value)
-    role.updated_at = datetime.now(UTC)
-    await session.flush()
-    audit.record(
-        session,
-        access.principal,
-        action="update",
-        resource_type=RESOURCE,
-        resource_id=role.id,
-        changes=diff,
+    locked = await _lock(session, access, role_id, if_match, require_if_match)
+    before, changes = await lifecycle.prepare_update(
+        session, R, access, None, locked, patch.model_dump(exclude_unset=True)
     )
-    return to_dict(role, repo.COLUMNS)
+    return await lifecycle.save_changes(session, R, access, locked, before, changes)
 
 
 async def delete_role(
@@ -148,10 +105,8 @@ async def delete_role(
 ) -> None:
     """Remove a custom role nobody holds, with its grants. Built-in roles stay (409
     ``role_builtin``); a role still held is 409 ``role_in_use`` naming how many hold it."""
-    role = await repo.lock(session, access, role_id)
-    if role is None:
-        raise not_found(role_id)
-    check_if_match(if_match, role.version, required=require_if_match)
+    locked = await _lock(session, access, role_id, if_match, require_if_match)
+    role = locked.row
     if role.builtin:
         raise Conflict(f"{role.name!r} is a built-in role.", code="role_builtin")
     held = await repo.holders(session, role.name)
@@ -161,38 +116,35 @@ async def delete_role(
             code="role_in_use",
             holders=held,
         )
-    before = to_dict(role, repo.COLUMNS)
     grants = [present_grant(g) for g in await repo.all_grants(session, role.name)]
     await repo.delete_policy_rows(session, role.name)
-    await session.delete(role)
-    await session.flush()
-    changes = audit.diff(before, None)
-    changes["grants"] = {"before": [_grant_summary(g) for g in grants], "after": None}
-    audit.record(
-        session,
-        access.principal,
-        action="delete",
-        resource_type=RESOURCE,
-        resource_id=role_id,
-        changes=changes,
+    summary = [_grant_summary(g) for g in grants]
+    await lifecycle.remove(
+        session, R, access, locked, extra={"grants": {"before": summary, "after": None}}
     )
     await bump_policy_version(session)
 
 
+async def _lock(
+    session: AsyncSession,
+    access: Access,
+    role_id: uuid.UUID,
+    if_match: str | None = None,
+    require_if_match: bool = False,
+) -> Locked:
+    """The role, locked, if ``access`` reaches roles at all (a grant with any scope)."""
+    if not access.scope.kinds:
+        raise R.not_found(role_id)
+    return await lifecycle.lock_or_404(
+        session, R, access, role_id, if_match=if_match, require_if_match=require_if_match
+    )
+
+
 # --- grants ------------------------------------------------------------------------------
-async def _role(
-    executor: Reader | AsyncSession, access: Access, role_id: uuid.UUID
-) -> dict[str, Any]:
-    row = await repo.get_row(executor, access, role_id)
-    if row is None:
-        raise not_found(role_id)
-    return row
-
-
 async def list_grants(
     conn: Reader, access: Access, role_id: uuid.UUID, query: GrantListQuery
 ) -> dict[str, Any]:
-    role = await _role(conn, access, role_id)
+    role = await get_role(conn, access, role_id)
     page = await repo.grants_page(conn, role["name"], query)
     page["data"] = [present_grant(r) for r in page["data"]]
     return page
@@ -214,9 +166,8 @@ async def add_grant(
 ) -> dict[str, Any]:
     """Grant the role ``action`` on ``resource`` over ``scope``. The same (resource,
     action, scope) twice is a 409 ``grant_exists``."""
-    role = await repo.lock(session, access, role_id)
-    if role is None:
-        raise not_found(role_id)
+    locked = await _lock(session, access, role_id)
+    role = locked.row
     if data.resource != "*" and data.resource not in known_resources:
         raise _invalid(
             "resource",
@@ -267,13 +218,14 @@ async def add_grant(
             code="grant_exists",
         )
     grant = present_grant(row)
-    audit.record(
+    lifecycle.record_event(
         session,
-        access.principal,
-        action="grant_create",
-        resource_type=RESOURCE,
-        resource_id=role.id,
-        changes={"grant": {"before": None, "after": _grant_summary(grant)}},
+        access,
+        R,
+        "grant_create",
+        role.id,
+        UNPLACED,
+        {"grant": {"before": None, "after": _grant_summary(grant)}},
     )
     await bump_policy_version(session)
     return grant
@@ -296,9 +248,8 @@ async def remove_grant(
     role_id: uuid.UUID,
     grant_id: uuid.UUID,
 ) -> None:
-    role = await repo.lock(session, access, role_id)
-    if role is None:
-        raise not_found(role_id)
+    locked = await _lock(session, access, role_id)
+    role = locked.row
     await delegation.check_grant_edit(session, policy, access.principal, role.name, None)
     row = await repo.get_grant(session, role.name, grant_id)
     if row is None:
@@ -310,12 +261,13 @@ async def remove_grant(
             code="grant_protected",
         )
     await repo.delete_grant(session, grant_id)
-    audit.record(
+    lifecycle.record_event(
         session,
-        access.principal,
-        action="grant_delete",
-        resource_type=RESOURCE,
-        resource_id=role.id,
-        changes={"grant": {"before": _grant_summary(grant), "after": None}},
+        access,
+        R,
+        "grant_delete",
+        role.id,
+        UNPLACED,
+        {"grant": {"before": _grant_summary(grant), "after": None}},
     )
     await bump_policy_version(session)

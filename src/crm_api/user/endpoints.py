@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 
@@ -9,9 +9,9 @@ from crm_api.authz.dependencies import get_policy, optional, require
 from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
-from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
+from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
-from crm_api.kit.responses import json_response
+from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.user import service
@@ -24,13 +24,6 @@ UsersRead = Annotated[Access, require(R, Action.read)]
 UsersCreate = Annotated[Access, require(R, Action.create)]
 UsersUpdate = Annotated[Access, require(R, Action.update)]
 UsersAssign = Annotated[Access | None, optional(R, Action.assign)]
-
-
-def _with_etag(row: dict[str, Any], status: int = 200, location: str | None = None) -> Response:
-    headers = {"ETag": etag(int(row["version"]))}
-    if location:
-        headers["Location"] = location
-    return json_response(row, status, headers)
 
 
 @router.get(
@@ -72,7 +65,7 @@ async def create_user(
 
     async def produce() -> Response:
         row = await service.create_user(session, get_policy(request), access, assign, body)
-        return _with_etag(row, 201, f"/v1/users/{row['id']}")
+        return with_etag(row, 201, f"/v1/users/{row['id']}")
 
     return await idempotent(
         session,
@@ -93,7 +86,7 @@ async def create_user(
     responses={**problems(404), 200: {"headers": ETAG_HEADER}},
 )
 async def get_user(user_id: uuid.UUID, access: UsersRead, conn: ReadConnection) -> Response:
-    return _with_etag(await service.get_user(conn, access, user_id))
+    return with_etag(await service.get_user(conn, access, user_id))
 
 
 @router.patch(
@@ -129,7 +122,7 @@ async def update_user(
         if_match,
         require_if_match=strict,
     )
-    return _with_etag(row)
+    return with_etag(row)
 
 
 @router.post(
@@ -150,7 +143,7 @@ async def deactivate_user(
     Their records stay theirs: hand them over with `POST /v1/customers/transfer`. A user
     holding more than you could give is not yours to switch off (403 `grant_not_allowed`,
     `reason: target_outranks`)."""
-    return _with_etag(
+    return with_etag(
         await service.set_active(session, get_policy(request), access, user_id, False, if_match)
     )
 
@@ -171,6 +164,6 @@ async def activate_user(
 ) -> Response:
     """Refused (403 `grant_not_allowed`, `reason: target_outranks`) for a user holding
     more than you could give."""
-    return _with_etag(
+    return with_etag(
         await service.set_active(session, get_policy(request), access, user_id, True, if_match)
     )

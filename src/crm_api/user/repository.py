@@ -89,16 +89,6 @@ async def list_page(executor: Executor, access: Access, query: UserListQuery) ->
     return await kit.fetch_page(executor, R, access, filtered(access, query), query.page(UserSort))
 
 
-async def get_row(executor: Executor, access: Access, user_id: uuid.UUID) -> dict[str, Any] | None:
-    return await kit.get_row(executor, R, access, scoped(access), user_id)
-
-
-async def lock(session: AsyncSession, access: Access, user_id: uuid.UUID) -> User | None:
-    """The ORM row, locked ``FOR UPDATE``, if ``access`` covers it."""
-    locked = await kit.lock(session, R, kit.scoped_entity(R, access), user_id)
-    return locked.row if locked is not None else None
-
-
 async def lock_reporting_lines(session: AsyncSession) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(REPORTING_LOCK)))
 
@@ -193,12 +183,15 @@ async def replace_roles(session: AsyncSession, subject_name: str, roles: Iterabl
         await session.execute(insert(cast_table(AuthzRule)), rows)
 
 
-async def move_reports(session: AsyncSession, old_prefix: str, new_prefix: str) -> int:
+async def move_reports(
+    session: AsyncSession, old_prefix: str, new_prefix: str, *, exclude_id: uuid.UUID
+) -> int:
     """Rewrite ``manager_path`` of everyone reporting (directly or not) to the user whose
-    path was ``old_prefix``, in one UPDATE. Returns how many rows moved."""
+    path is ``old_prefix`` (``exclude_id``, whose own row its write sets), in one UPDATE.
+    Returns how many rows moved."""
     stmt = (
         update(T)
-        .where(T.c.manager_path.startswith(old_prefix, autoescape=True))
+        .where(T.c.manager_path.startswith(old_prefix, autoescape=True), T.c.id != exclude_id)
         .values(
             manager_path=literal(new_prefix) + func.substring(T.c.manager_path, len(old_prefix) + 1)
         )

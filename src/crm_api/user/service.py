@@ -23,7 +23,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import service as audit
@@ -34,27 +33,20 @@ from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
-from crm_api.kit.concurrency import check_if_match
+from crm_api.errors import Conflict, Forbidden, UnprocessableEntity
+from crm_api.kit import lifecycle
+from crm_api.kit import resource as kit
+from crm_api.kit.resource import Locked, Placement, to_dict
 from crm_api.kit.transfer import position_in_scope
 from crm_api.models.user import User
 from crm_api.org_unit import service as org_units
+from crm_api.resources import USERS
 from crm_api.role import service as roles
 from crm_api.user import repository as repo
 from crm_api.user.schemas import NOT_NULLABLE, UserCreate, UserListQuery, UserUpdate
 
-RESOURCE = "users"
+R = USERS
 ADMIN_ROLE = delegation.ADMIN_ROLE
-#: What the audit trail records of a user (never the hash).
-AUDITED = (
-    "email",
-    "display_name",
-    "phone",
-    "kind",
-    "org_unit_id",
-    "manager_id",
-    "active",
-)
 
 
 async def get_active_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
@@ -72,40 +64,12 @@ async def me_facts(conn: Reader, user_id: uuid.UUID) -> dict[str, Any] | None:
     return await repo.me_facts(conn, user_id)
 
 
-def not_found(user_id: uuid.UUID) -> NotFound:
-    return NotFound(f"No user {user_id}.", code="user_not_found")
-
-
-def _snapshot(user: User, role_names: list[str]) -> dict[str, Any]:
-    return {**{k: getattr(user, k) for k in AUDITED}, "roles": role_names}
-
-
-def _present(user: User, role_names: list[str]) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "display_name": user.display_name,
-        "phone": user.phone,
-        "kind": user.kind,
-        "org_unit_id": user.org_unit_id,
-        "manager_id": user.manager_id,
-        "roles": role_names,
-        "active": user.active,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "version": user.version,
-    }
-
-
 async def list_users(conn: Reader, access: Access, query: UserListQuery) -> dict[str, Any]:
     return await repo.list_page(conn, access, query)
 
 
 async def get_user(conn: Reader, access: Access, user_id: uuid.UUID) -> dict[str, Any]:
-    row = await repo.get_row(conn, access, user_id)
-    if row is None:
-        raise not_found(user_id)
-    return row
+    return await kit.read_or_404(conn, R, access, user_id, repo.scoped(access))
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -260,17 +224,6 @@ async def _manager(session: AsyncSession, manager_id: uuid.UUID) -> User:
     return manager
 
 
-async def _flush(session: AsyncSession) -> None:
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if "email" in str(exc.orig):
-            raise Conflict(
-                "Another user has this e-mail address.", code="email_taken", field="email"
-            ) from exc
-        raise
-
-
 # --- writes ------------------------------------------------------------------------------
 async def create_user(
     session: AsyncSession,
@@ -301,52 +254,52 @@ async def create_user(
             sorted(set(data.roles)),
         )
     await _check_org_unit(session, access, user_id, data.org_unit_id)
-    now = clock.now()
-    user = User(
-        id=user_id,
-        email=data.email,
-        display_name=data.display_name,
-        phone=data.phone,
-        org_unit_id=data.org_unit_id,
-        manager_id=data.manager_id,
-        manager_path=manager_path,
-        kind="person",
-        password_hash=password_hash,
-        active=True,
-        tokens_valid_after=now,
-        created_at=now,
-        updated_at=now,
-        version=1,
-    )
-    session.add(user)
-    await _flush(session)
     role_names = sorted(set(data.roles))
-    await repo.replace_roles(session, repo.subject(user_id, "person"), role_names)
-    changes = audit.diff(None, _snapshot(user, role_names))
+    values = {
+        "email": data.email,
+        "display_name": data.display_name,
+        "phone": data.phone,
+        "org_unit_id": data.org_unit_id,
+        "manager_id": data.manager_id,
+        "manager_path": manager_path,
+        "kind": "person",
+        "password_hash": password_hash,
+        "active": True,
+        "tokens_valid_after": clock.now(),
+    }
+    extra = audit.diff(None, {"roles": role_names})
     if password_hash:
-        changes["password"] = {"before": None, "after": audit.MASK}
-    audit.record(
+        extra["password"] = {"before": None, "after": audit.MASK}
+    row = await lifecycle.insert(
         session,
-        access.principal,
-        action="create",
-        resource_type=RESOURCE,
-        resource_id=user_id,
-        changes=changes,
+        R,
+        access,
+        values,
+        Placement(user_id, data.org_unit_id),
+        record_id=user_id,
+        extra=extra,
     )
+    await repo.replace_roles(session, repo.subject(user_id, "person"), role_names)
     await bump_policy_version(session)
-    return _present(user, role_names)
+    return {**row, "roles": role_names}
 
 
-async def _lock_person(session: AsyncSession, access: Access, user_id: uuid.UUID) -> User:
-    user = await repo.lock(session, access, user_id)
-    if user is None:
-        raise not_found(user_id)
-    if user.kind == "service":
+async def _lock_person(
+    session: AsyncSession,
+    access: Access,
+    user_id: uuid.UUID,
+    if_match: str | None,
+    require_if_match: bool,
+) -> Locked:
+    locked = await lifecycle.lock_or_404(
+        session, R, access, user_id, if_match=if_match, require_if_match=require_if_match
+    )
+    if locked.row.kind == "service":
         raise Conflict(
             "This is the account behind an API client; manage it through the API client.",
             code="service_account",
         )
-    return user
+    return locked
 
 
 async def update_user(
@@ -361,23 +314,13 @@ async def update_user(
     require_if_match: bool,
 ) -> dict[str, Any]:
     changes = patch.model_dump(exclude_unset=True)
-    nulled = sorted(k for k, v in changes.items() if v is None and k in NOT_NULLABLE)
-    if nulled:
-        raise UnprocessableEntity(
-            "These fields cannot be null.",
-            code="validation_error",
-            errors=[
-                {"field": f, "code": "null_not_allowed", "message": "may not be null"}
-                for f in nulled
-            ],
-        )
+    lifecycle.reject_nulls(changes, NOT_NULLABLE)
     if "manager_id" in changes:
         await repo.lock_reporting_lines(session)  # before the row lock: one order everywhere
-    user = await _lock_person(session, access, user_id)
-    check_if_match(if_match, user.version, required=require_if_match)
+    locked = await _lock_person(session, access, user_id, if_match, require_if_match)
+    user = locked.row
     subject = repo.subject(user.id, user.kind)
     current_roles = await repo.roles_of(session, subject)
-    before = _snapshot(user, current_roles)
     new_roles = current_roles
     if "roles" in changes and sorted(set(changes["roles"])) != current_roles:
         new_roles = sorted(set(changes["roles"]))
@@ -436,47 +379,35 @@ async def update_user(
     )
     if new_prefix != old_prefix:
         delegation.check_reporting_line(policy, access.principal, old_prefix, new_prefix)
-    password = changes.pop("password", None)
-    password_hash = None
+    now = clock.now()
+    columns: dict[str, Any] = {
+        k: changes[k]
+        for k in ("email", "display_name", "phone", "org_unit_id", "manager_id")
+        if k in changes and changes[k] != getattr(user, k)
+    }
+    extra: dict[str, Any] = {}
+    password = changes.get("password")
     if password is not None:
-        password_hash = _check_password(
+        columns["password_hash"] = _check_password(
             password.get_secret_value(), changes.get("email", user.email)
         )
-    for key in ("email", "display_name", "phone", "org_unit_id", "manager_id"):
-        if key in changes:
-            setattr(user, key, changes[key])
-    after = _snapshot(user, new_roles)
-    diff = audit.diff(before, after)
-    if password_hash is not None:
-        diff["password"] = {"before": audit.MASK, "after": audit.MASK}
-    if not diff:
-        return _present(user, current_roles)
-    now = clock.now()
-    user.updated_at = now
-    if password_hash is not None:
-        user.password_hash = password_hash
         # The app's clock, the one tokens are minted by: compared to the microsecond.
-        user.tokens_valid_after = now
-    user.manager_path = new_prefix
-    await _flush(session)
+        columns["tokens_valid_after"] = now
+        extra["password"] = {"before": audit.MASK, "after": audit.MASK}
+    if new_roles != current_roles:
+        extra.update(audit.diff({"roles": current_roles}, {"roles": new_roles}))
     if new_prefix != old_prefix:
-        diff["reports_moved"] = {
-            "before": None,
-            "after": await repo.move_reports(session, old_prefix, new_prefix),
-        }
+        columns["manager_path"] = new_prefix
+        moved = await repo.move_reports(session, old_prefix, new_prefix, exclude_id=user.id)
+        extra["reports_moved"] = {"before": None, "after": moved}
+    row = await lifecycle.save_changes(
+        session, R, access, locked, to_dict(R, user), columns, extra=extra, now=now
+    )
     if new_roles != current_roles:
         await repo.replace_roles(session, subject, new_roles)
-    audit.record(
-        session,
-        access.principal,
-        action="update",
-        resource_type=RESOURCE,
-        resource_id=user.id,
-        changes=diff,
-    )
-    await bump_policy_version(session)
-    await session.refresh(user, ["tokens_valid_after", "updated_at", "version"])
-    return _present(user, new_roles)
+    if columns or extra:
+        await bump_policy_version(session)
+    return {**row, "roles": new_roles}
 
 
 async def set_active(
@@ -490,11 +421,11 @@ async def set_active(
     """Deactivate (every token of the user stops working at once) or reactivate; either
     needs that the user holds nothing the caller could not confer (403
     ``grant_not_allowed``)."""
-    user = await _lock_person(session, access, user_id)
-    check_if_match(if_match, user.version, required=False)
+    locked = await _lock_person(session, access, user_id, if_match, False)
+    user = locked.row
     role_names = await repo.roles_of(session, repo.subject(user.id, user.kind))
     if user.active is active:
-        return _present(user, role_names)
+        return {**to_dict(R, user), "roles": role_names}
     if not active and user.id == access.principal.id:
         raise Conflict("You cannot deactivate yourself.", code="cannot_deactivate_self")
     if not active and ADMIN_ROLE in role_names:
@@ -509,20 +440,20 @@ async def set_active(
         new_org_unit_id=user.org_unit_id,
         fields=["active"],
     )
-    user.active = active
-    user.updated_at = clock.now()
+    now = clock.now()
+    changes: dict[str, Any] = {"active": active}
     if not active:
         # The app's clock, the one tokens are minted by: compared to the microsecond.
-        user.tokens_valid_after = user.updated_at
-    await session.flush()
-    audit.record(
+        changes["tokens_valid_after"] = now
+    row = await lifecycle.save_changes(
         session,
-        access.principal,
+        R,
+        access,
+        locked,
+        to_dict(R, user),
+        changes,
         action="activate" if active else "deactivate",
-        resource_type=RESOURCE,
-        resource_id=user.id,
-        changes={"active": {"before": not active, "after": active}},
+        now=now,
     )
     await bump_policy_version(session)
-    await session.refresh(user, ["tokens_valid_after", "updated_at", "version"])
-    return _present(user, role_names)
+    return {**row, "roles": role_names}
