@@ -1,4 +1,5 @@
-"""``python -m bench generate|run|breakdown|faults …`` (also ``python3 dev.py bench …``)."""
+"""``python -m bench generate|run|breakdown|faults|search-explain …``
+(also ``python3 dev.py bench …``)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,20 @@ def main(argv: list[str] | None = None) -> int:
         from bench.faults import main as faults_main
 
         return faults_main(args_in[1:])
+    if args_in[:1] == ["search-explain"]:
+        from bench.search import main as search_main
+
+        return search_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "faults",
         help="restart a private PostgreSQL under write load "
         "(see `faults --help`, docs/operations.md)",
+    )
+    sub.add_parser(
+        "search-explain",
+        help="EXPLAIN of the statements a q search runs per role (see `search-explain --help`)",
     )
 
     gen = sub.add_parser("generate", help="drop, create, migrate and fill a bench database")

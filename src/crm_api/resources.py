@@ -25,6 +25,7 @@ from crm_api.kit.resource import (
     UnitScoped,
     Unscoped,
 )
+from crm_api.kit.search import Related, Search
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 from crm_api.models.identity import ApiClient, PersonalAccessToken, Role
@@ -74,6 +75,13 @@ CUSTOMERS = Resource(
     sorts=customer_schemas.CustomerSort,
     not_found_code="customer_not_found",
     sensitive=("bank_account", "tax_number"),
+    # ``q``: name, e-mail and phone (``search_text``, migration 0003) and the names of the
+    # customer's live contacts, through the n-gram indexes of migration 0008.
+    search=Search(
+        index="ix_customers_search_grams",
+        fields=("name", "email", "phone"),
+        related=(Related(Contact.__table__, "customer_id", index="ix_contacts_search_grams"),),
+    ),
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),
         "uq_customers_tax_number_live": lambda: _customer_duplicate("tax_number"),
@@ -109,6 +117,14 @@ CONTACTS = Resource(
     sorts=contact_schemas.ContactSort,
     not_found_code="contact_not_found",
     sensitive=("mobile",),
+    # ``q``: name, e-mail and work phone; ``mobile`` is deliberately not searched (matching
+    # on it would reveal a masked value).
+    search=Search(
+        index="ix_contacts_search_grams",
+        fields=("name", "email", "phone"),
+        name="search_name",
+        name_lowered=True,
+    ),
     constraints={
         "uq_contacts_one_primary": lambda: Conflict(
             "Another contact of this customer became primary at the same time; retry.",

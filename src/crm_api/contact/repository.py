@@ -24,11 +24,8 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.contact.schemas import ContactListQuery, ContactSort, CustomerContactListQuery
 from crm_api.kit import resource as kit
-from crm_api.kit import statements
+from crm_api.kit import search, statements
 from crm_api.kit.filtering import (
-    FIELD_SEPARATOR,
-    contains_lowered,
-    contains_pattern,
     one_of,
     time_range,
 )
@@ -79,18 +76,6 @@ def _primary(wanted: bool | None) -> ColumnElement[bool] | None:
     return c.is_primary if wanted else ~c.is_primary
 
 
-def _search(term: str) -> ColumnElement[bool]:
-    """``q``: the term in the name, e-mail or work phone, any case, anywhere; one LIKE over
-    the generated, lower()ed ``search_text`` (migration 0003).
-
-    ``mobile`` is deliberately not searched: matching on it would reveal a masked value."""
-    if FIELD_SEPARATOR not in term:
-        return contains_lowered(c.search_text, term)
-    # could match across two fields of search_text: field by field (same rows, slower)
-    pattern = contains_pattern(term)
-    return Contact.name.ilike(pattern) | Contact.email.ilike(pattern) | Contact.phone.ilike(pattern)
-
-
 def filtered(
     access: Access,
     query: CustomerContactListQuery,
@@ -105,7 +90,6 @@ def filtered(
         one_of(c.customer_id, ids),
         Contact.email == query.email if query.email else None,
         _primary(query.is_primary),
-        _search(query.q) if query.q else None,
         *time_range(c.created_at, query.created_after, query.created_before),
         *time_range(c.updated_at, query.updated_after, query.updated_before),
     )
@@ -117,12 +101,22 @@ async def list_page(
     query: CustomerContactListQuery,
     customer_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
-    """One page of the contacts ``access`` covers, masked (the kit's read path)."""
+    """One page of the contacts ``access`` covers, masked (the kit's read path); with ``q``
+    the kit's search (:mod:`crm_api.kit.search`: best first unless ``sort`` is given)."""
     stmt = statements.memo(
         ("contacts.list", access, statements.query_key(query), customer_id),
         lambda: filtered(access, query, customer_id),
     )
-    return await kit.fetch_page(executor, R, access, stmt, query.page(ContactSort))
+    return await search.page(
+        executor,
+        R,
+        access,
+        stmt,
+        query.page(ContactSort),
+        query.q,
+        relevance="sort" not in query.model_fields_set,
+        deleted=query.deleted,
+    )
 
 
 async def find_parent(

@@ -133,7 +133,11 @@ class CustomerContactListQuery(ListQuery):
         default=None,
         min_length=1,
         max_length=200,
-        description="Free text over name, e-mail and work phone (substring, any script).",
+        description="Free text over name, e-mail and work phone (substring, any script, any"
+        " case; `%` and `_` literal). Without `sort`, results come best first: the name"
+        " equal to the term, then starting with it, then containing it, then a match in"
+        " another field; newest first within each. An explicit `sort` wins.",
+        examples=["王芳"],
     )
     email: Email | None = Field(
         default=None,

@@ -13,11 +13,8 @@ from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit import resource as kit
-from crm_api.kit import statements
+from crm_api.kit import search, statements
 from crm_api.kit.filtering import (
-    FIELD_SEPARATOR,
-    contains_lowered,
-    contains_pattern,
     one_of,
     time_range,
 )
@@ -42,49 +39,9 @@ def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
     return kit.scoped(R, access, deleted=deleted)
 
 
-def _search(term: str) -> ColumnElement[bool]:
-    """``q``: the term in the customer's name, e-mail or phone, or in the name of one of its
-    live contacts; any case, anywhere (substring matching is what makes unsegmented
-    scripts such as Chinese searchable).
-
-    One LIKE over each generated, lower()ed search column (migration 0003) instead of an
-    ILIKE per field. The contacts are a correlated EXISTS, which PostgreSQL plans either
-    way (EXPLAIN ANALYZE at 100,000 customers): over many customers (a wide scope) as one
-    hashed pass over contacts while it walks customers in the page's order, stopping at
-    the page's end, like an uncorrelated IN; over a narrow scope (a sales rep's own
-    customers) as a probe of ``ix_contacts_customer_id`` per customer: under 1 ms where
-    that IN, reading every contact, took ~50 ms. A UNION of matching ids wins for rare
-    terms but has to find and sort every match: several times slower for frequent ones."""
-    if FIELD_SEPARATOR in term:
-        return _search_fields(term)
-    contact_match = (
-        select(Contact.id)
-        .where(
-            Contact.customer_id == Customer.id,
-            Contact.deleted_at.is_(None),
-            contains_lowered(Contact.__table__.c.search_name, term),
-        )
-        .exists()
-    )
-    return contains_lowered(Customer.__table__.c.search_text, term) | contact_match
-
-
-def _search_fields(term: str) -> ColumnElement[bool]:
-    """:func:`_search` field by field, for a term holding the search columns' separator
-    (which could otherwise match across two fields). Same rows, no speed-up."""
-    pattern = contains_pattern(term)
-    contact_match = Customer.id.in_(
-        select(Contact.customer_id).where(Contact.deleted_at.is_(None), Contact.name.ilike(pattern))
-    )
-    return (
-        Customer.name.ilike(pattern)
-        | Customer.email.ilike(pattern)
-        | Customer.phone.ilike(pattern)
-        | contact_match
-    )
-
-
 def filtered(access: Access, query: CustomerListQuery) -> ScopedSelect:
+    """The scoped statement narrowed by the query's filters (``q`` is the kit's:
+    :func:`list_page`)."""
     return kit.narrow(
         scoped(access, deleted=query.deleted),
         one_of(Customer.type, query.type),
@@ -97,16 +54,25 @@ def filtered(access: Access, query: CustomerListQuery) -> ScopedSelect:
         one_of(Customer.org_unit_id, query.org_unit_id),
         Customer.external_ref == query.external_ref if query.external_ref else None,
         Customer.tags.contains(query.tag) if query.tag else None,
-        _search(query.q) if query.q else None,
         *time_range(Customer.created_at, query.created_after, query.created_before),
         *time_range(Customer.updated_at, query.updated_after, query.updated_before),
     )
 
 
 async def list_page(executor: Executor, access: Access, query: CustomerListQuery) -> dict[str, Any]:
-    """One page of the customers ``access`` covers, masked (the kit's read path)."""
+    """One page of the customers ``access`` covers, masked (the kit's read path); with
+    ``q`` the kit's search (:mod:`crm_api.kit.search`: best first unless ``sort`` is given)."""
     stmt = statements.list_base(R, access, query, lambda: filtered(access, query))
-    return await kit.fetch_page(executor, R, access, stmt, query.page(CustomerSort))
+    return await search.page(
+        executor,
+        R,
+        access,
+        stmt,
+        query.page(CustomerSort),
+        query.q,
+        relevance="sort" not in query.model_fields_set,
+        deleted=query.deleted,
+    )
 
 
 async def find_duplicate(

@@ -220,7 +220,12 @@ class CustomerListQuery(ListQuery):
         default=None,
         min_length=1,
         max_length=200,
-        description="Free text over name, phone, e-mail and contact names (substring, any script).",
+        description="Free text over name, phone, e-mail and contact names (substring, any"
+        " script, any case; `%` and `_` literal). Without `sort`, results come best first:"
+        " the name equal to the term, then starting with it, then containing it, then a"
+        " match in another field or a contact's name; newest first within each. An"
+        " explicit `sort` wins.",
+        examples=["华信"],
     )
     type: list[CustomerType] | None = None
     lifecycle_stage: list[LifecycleStage] | None = None

@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Literal, NewType
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, Table, and_, select
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import KeyedColumnElement
 from sqlalchemy.sql.expression import exists, false
@@ -47,6 +47,7 @@ from crm_api.kit.counting import count_total
 from crm_api.kit.filtering import mask
 from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
 from crm_api.kit.scoped_page import TRASH_OPTION, merged_page
+from crm_api.kit.search import Search
 
 Executor = Reader | AsyncSession
 
@@ -180,6 +181,9 @@ class Resource:
     #: Schema fields that are not columns of the table: the resource's repository adds
     #: them to the scoped statement (:func:`with_columns`), as users' ``roles``.
     derived: tuple[str, ...] = ()
+    #: ``q`` over the n-gram index (:mod:`crm_api.kit.search`); ``None``: the resource's
+    #: repository matches ``q`` itself (small settings tables).
+    search: Search | None = None
 
     table: Table = field(init=False)
     columns: list[KeyedColumnElement[Any]] = field(init=False)
@@ -300,9 +304,26 @@ class Resource:
 
 
 # --- scope ---------------------------------------------------------------------------------
-def scope_of(resource: Resource, access: Access) -> ColumnElement[bool] | None:
-    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data)."""
+def scope_of(
+    resource: Resource, access: Access, table: FromClause | None = None
+) -> ColumnElement[bool] | None:
+    """The scope predicate on ``resource``'s rows (``None``: unscoped reference data); on
+    ``table``, an alias of the resource's table, when given (a subquery of the kit's
+    search)."""
     scoping = resource.scoping
+    if table is not None:
+        if isinstance(scoping, OwnerScoped):
+            unit = table.c[scoping.org_unit] if scoping.org_unit else None
+            creator = table.c[scoping.creator] if scoping.creator else None
+            return scope_clause(access, table.c[scoping.owner], unit, creator)
+        if isinstance(scoping, UnitScoped):
+            return scope_clause(access, None, table.c[scoping.org_unit])
+        if isinstance(scoping, ParentScoped):
+            parents = select(scoping.parent.id_column).where(
+                _parent_in_scope(scoping.parent, access)
+            )
+            return table.c[scoping.foreign_key].in_(parents)
+        return None if access.scope.kinds else false()
     if isinstance(scoping, OwnerScoped | UnitScoped):
         owner, unit = resource.placement_columns()
         return scope_clause(access, owner, unit, resource.creator_column())
@@ -411,6 +432,10 @@ def _with_flag(resource: Resource, access: Access, stmt: ScopedSelect) -> Select
 def _masks(resource: Resource, access: Access) -> bool:
     """Whether rows read by ``access`` need :func:`mask_row` (some may be masked)."""
     return bool(resource.sensitive) and (not access.sensitive or per_row_sensitive(access))
+
+
+#: ``stmt`` with the per-row masking flag where masking depends on the row (kit/search.py).
+flagged = _with_flag
 
 
 def mask_row(resource: Resource, access: Access, row: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Boolean, Computed, ForeignKey, Index, String, Text, text
+from sqlalchemy import Boolean, Computed, ForeignKey, Index, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_api.db.base import FIELD_SEPARATOR as SEP
@@ -66,4 +66,12 @@ class Contact(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         Index("ix_contacts_updated_at_id", "updated_at", "id", postgresql_where=LIVE),
         Index("ix_contacts_name_id", "name", "id", postgresql_where=LIVE),
         Index("ix_contacts_email", "email", postgresql_where=LIVE),
+        #: ``q``'s n-gram index (migration 0008, :mod:`crm_api.kit.search`): an expression,
+        #: so the grams are never stored in the table.
+        Index(
+            "ix_contacts_search_grams",
+            func.crm_search_grams(text("search_text")),
+            postgresql_using="gin",
+            postgresql_where=LIVE,
+        ),
     )

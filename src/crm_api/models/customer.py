@@ -11,6 +11,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -163,6 +164,14 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         Index("ix_customers_grade", "grade", postgresql_where=LIVE),
         Index("ix_customers_region", "region", postgresql_where=LIVE),
         Index("ix_customers_industry", "industry", postgresql_where=LIVE),
+        #: ``q``'s n-gram index (migration 0008, :mod:`crm_api.kit.search`): an expression,
+        #: so the grams are never stored in the table.
+        Index(
+            "ix_customers_search_grams",
+            func.crm_search_grams(text("search_text")),
+            postgresql_using="gin",
+            postgresql_where=LIVE,
+        ),
         Index("ix_customers_tags", "tags", postgresql_using="gin", postgresql_where=LIVE),
         Index(
             "ix_customers_deleted_at",

@@ -1,0 +1,135 @@
+"""``q`` in the benchmark: the statements the app runs for one search request, captured
+by running the repository's own ``list_page`` on a recording executor (a search is one to
+five statements, chosen per request from the index statistics, so there is no single
+statement to compile), for EXPLAIN and for counting matches.
+
+``python -m bench search-explain --database-url … [--term T]…`` prints EXPLAIN (ANALYZE,
+BUFFERS) of every statement of the rare, medium and frequent terms for admin, manager and
+rep (the load runner's ``--scenarios search`` stores the same in its results file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+#: The terms of the ``search`` scenario group at 1,000,000 customers (`bench generate`,
+#: seed 2026): matches among 989,815 live customers, by name/e-mail/phone or a contact name.
+TERMS = {
+    "rare": "联创科技实业",  # 41 customers
+    "medium": "bluewater",  # 10,374 (1.0 %)
+    "frequent": "有限",  # 461,909 (46.7 %)
+}
+LOGINS = {"admin": "admin@bench.crm", "manager": "manager@bench.crm", "rep": "rep@bench.crm"}
+
+
+@dataclass
+class Recording:
+    """Executor for the repositories (the ``Reader`` interface) that runs each statement on
+    one asyncpg connection and keeps its SQL and parameters."""
+
+    conn: asyncpg.Connection
+    statements: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    async def execute(self, stmt: Any) -> Any:
+        from sqlalchemy.sql.elements import TextClause
+
+        from bench.load import compile_for_asyncpg
+        from crm_api.db.reader import ReadResult
+
+        if isinstance(stmt, TextClause):
+            compiled = stmt.compile(dialect=_dialect())
+            sql = str(compiled)
+            params = [compiled.params[n] for n in compiled.positiontup or ()]
+        else:
+            sql, params = compile_for_asyncpg(stmt)
+        self.statements.append((sql, params))
+        records = await self.conn.fetch(sql, *params)
+        keys = tuple(records[0].keys()) if records else ()
+        return ReadResult(keys, [tuple(r) for r in records])
+
+
+def _dialect() -> Any:
+    from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
+
+    return pg_asyncpg.dialect()
+
+
+async def request_statements(
+    conn: asyncpg.Connection, access: Any, path: str
+) -> tuple[list[tuple[str, list[Any]]], int]:
+    """The statements one ``GET path`` runs (stats loading left out) and the rows it got."""
+    from bench.load import list_query_from_path
+    from crm_api.customer import repository as repo
+
+    query = list_query_from_path(path)
+    rec = Recording(conn)
+    page = await repo.list_page(rec, access, query)  # type: ignore[arg-type]
+    kept = [(s, p) for s, p in rec.statements if "pg_stats" not in s]
+    return kept, len(page["data"])
+
+
+async def explain(conn: asyncpg.Connection, access: Any, path: str) -> str:
+    statements, rows = await request_statements(conn, access, path)
+    out = [f"{len(statements)} statement(s), {rows} rows"]
+    for sql, params in statements:
+        plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *params)
+        out.append("\n".join(r[0] for r in plan))
+    return "\n\n".join(out)
+
+
+async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int:
+    """How many customers ``access`` covers that the path's ``q`` matches."""
+    from sqlalchemy import func, select
+
+    from bench.load import compile_for_asyncpg, list_query_from_path
+    from crm_api.customer import repository as repo
+    from crm_api.kit import resource as kit
+    from crm_api.kit import search
+    from crm_api.resources import CUSTOMERS
+
+    query = list_query_from_path(path)
+    stmt = repo.filtered(access, query)
+    if query.q:
+        rec = Recording(conn)
+        plan = await search.plan(rec, CUSTOMERS, access, query.q)  # type: ignore[arg-type]
+        await plan.decide_match(rec)  # type: ignore[arg-type]
+        stmt = kit.narrow(stmt, search.match_clause(plan))
+    sql, params = compile_for_asyncpg(select(func.count()).select_from(stmt.subquery()))
+    return int(await conn.fetchval(sql, *params))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from urllib.parse import quote
+
+    from bench import asyncpg_url, default_url
+    from bench.load import Runner
+
+    p = argparse.ArgumentParser(prog="python -m bench search-explain")
+    p.add_argument("--database-url", default=default_url())
+    p.add_argument("--term", action="append", help="terms (default: rare, medium, frequent)")
+    p.add_argument("--login", action="append", help="admin, manager, rep (default: all)")
+    args = p.parse_args(argv)
+    terms = args.term or list(TERMS.values())
+    logins = args.login or list(LOGINS)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(asyncpg_url(args.database_url))
+        runner = Runner.__new__(Runner)
+        runner.db_url = args.database_url
+        runner.logins = {}
+        try:
+            for who in logins:
+                login = await runner.load_login(conn, LOGINS[who])
+                for term in terms:
+                    path = f"/v1/customers?q={quote(term)}&limit=50"
+                    print(f"\n=== {who}: q={term}\n{await explain(conn, login.access, path)}")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return 0

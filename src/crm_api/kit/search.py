@@ -1,0 +1,807 @@
+"""``q``: substring search served by an n-gram GIN index in core PostgreSQL, with the
+strategy chosen per request and relevance order.
+
+**Semantics** (unchanged from the LIKE over the generated search columns, migration 0003):
+the term, lower()ed by PostgreSQL, anywhere in one field of the declared search column (the
+fields lower()ed and joined by U+001F, the name first), or in the name of a live related
+row (a customer's contacts); ``%``, ``_`` and ``\\`` literal; any script, no word splitting;
+1- and 2-character terms included. A term holding U+001F is matched field by field
+(:func:`_fieldwise`), newest first.
+
+**Index** (migration 0008): ``crm_search_grams(search_text)``, a GIN expression index over
+live rows of the 1- and 2-character grams of the column, tagged by position: ``chr(2)`` +
+the name's first character and first pair (the name starts with them), the name's later
+characters and pairs untagged, its last character + ``chr(4)``, the other fields' grams
+behind ``chr(3)``. A term's grams (``crm_search_query``) therefore select candidates for
+"the name starts with it" (:func:`_prefix`), "it occurs in the name after the first
+character" (:func:`_inner`), "the name is it" (:func:`_exact`) and "it is in another field"
+(:func:`_other`). Every candidate is re-checked with the LIKE, so the index never changes
+a result, only how fast it is found.
+
+**Strategy** (:func:`_estimate`): each part of a search (the row's name, its other fields,
+related names; each relevance tier) is estimated from the index's own statistics
+(``pg_stats.most_common_elems`` of the expression, cached per process for
+:data:`STATS_TTL` seconds; no round trip per request): the rarest of its grams bounds the
+rows it can match. Up to :data:`COLLECT_MAX` candidates the part is **collected** from the
+index (``id = ANY(<array of matching ids>)``: a GIN bitmap scan, then the page sorted from
+the matches); above it the part is matched while **walking** the page's sort order (the
+LIKE as a filter on an index scan of the sort key, which stops at the end of the page: a
+term on 40 % of rows needs ~130 rows for a page of 50). Either way the caller's scope and
+filters are in the same statement (SQL predicates, never Python).
+
+**Relevance** (:func:`page`): with ``q`` and no explicit ``sort``, rows come best first:
+the name equal to the term (rank 0), the name starting with it (1), the name containing it
+(2), only another field or a related name containing it (3); within a rank newest first
+(``created_at`` descending, then ``id``). The cursor carries ``(rank, created_at, id)``.
+When every part is collected, one statement ranks all matches; otherwise the ranks are
+read one after the other (each rank a statement with its own strategy) until the page is
+full. An explicit ``sort`` wins: the matches in that order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    Text,
+    and_,
+    any_,
+    case,
+    cast,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql import FromClause
+
+from crm_api.authz.types import ScopeKind
+from crm_api.errors import BadRequest
+from crm_api.kit.counting import count_total
+from crm_api.kit.filtering import FIELD_SEPARATOR, contains_pattern, escape_like
+from crm_api.kit.pagination import (
+    PageParams,
+    SortColumn,
+    SortKey,
+    apply_keyset,
+    decode_cursor,
+    encode_cursor,
+    page_envelope,
+)
+
+if TYPE_CHECKING:
+    from crm_api.authz.types import Access
+    from crm_api.kit.resource import Executor, Resource, ScopedSelect
+
+Strategy = Literal["walk", "collect"]
+
+#: Up to this many candidate rows (an upper bound from the index statistics) a part is
+#: collected from the n-gram index; above it, matched while walking the sort order.
+#: Measured at 1,000,000 customers (docs/benchmarks.md): collecting costs ~30 us per
+#: match (the candidate re-checked, fetched by id, ranked, sorted), walking ~4 us per row
+#: read, and a walk reads ~50 / share rows for a page: even at ~3,000 matches (0.3 %).
+COLLECT_MAX = 3_000
+#: The same for a caller whose scope is not ``all``: the collecting statement carries the
+#: scope, which PostgreSQL combines with the n-gram index (BitmapAnd), while a walk of the
+#: sort order reads every other caller's rows too.
+COLLECT_MAX_SCOPED = 30_000
+#: The same for a caller who sees only their own records: a walk of their own rows in the
+#: sort order (the owner's index) reads at most their book of customers, so collecting
+#: only pays for parts rarer than about that.
+COLLECT_MAX_OWN = 2_000
+#: Seconds the index statistics are kept per process (they change with ANALYZE only).
+STATS_TTL = 300.0
+
+START, OTHER, END = "\x02", "\x03", "\x04"
+RANK = "_rank"
+#: The sort a relevance cursor is issued for (rank ascending, newest first, then id).
+RELEVANCE_SORT = (SortKey(RANK, False), SortKey("created_at", True))
+_RECENCY = (SortKey("created_at", True),)
+_TEXTS = ARRAY(Text)
+
+#: The index expression's function, as migration 0008 created it (the migration holds a
+#: frozen copy; tests/test_search_index.py checks the two agree).
+GRAMS_FUNCTION = "crm_search_grams"
+
+
+@dataclass(frozen=True, slots=True)
+class Related:
+    """Rows of another table whose name makes a row match (a customer by the names of its
+    live contacts). ``table`` carries the same ``search_text`` and n-gram index."""
+
+    table: FromClause
+    #: The column of ``table`` holding the id of the row it makes match.
+    foreign_key: str
+    #: The GIN index over ``crm_search_grams(search_text)`` of ``table``'s live rows.
+    index: str
+    #: ``table``'s lower()ed name column (what the LIKE re-checks).
+    name: str = "search_name"
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """How a resource is searched by ``q``: its generated, lower()ed search column (the
+    fields joined by U+001F, the name first), the GIN index over its grams, the name column
+    relevance ranks on, and related rows whose names match too."""
+
+    #: The GIN index over ``crm_search_grams(<text>)`` of the live rows.
+    index: str
+    #: The fields, in the order the search column joins them (a term holding U+001F is
+    #: matched on each with ILIKE).
+    fields: tuple[str, ...]
+    text: str = "search_text"
+    #: The name column (ranked on); ``name_lowered``: it holds ``lower(name)`` already.
+    name: str = "name"
+    name_lowered: bool = False
+    related: tuple[Related, ...] = ()
+
+
+# --- index statistics ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What ANALYZE recorded of an n-gram index: the share of rows holding each of its most
+    common grams, the bound for any other gram, and the index's row count."""
+
+    freqs: Mapping[str, float]
+    floor: float
+    rows: float
+    loaded: float = 0.0
+
+    def estimate(self, grams: Sequence[str]) -> float:
+        """Most rows a search needing all of ``grams`` can match (the rarest gram's)."""
+        if not grams:
+            return self.rows
+        return self.rows * min(self.freqs.get(g, self.floor) for g in grams)
+
+
+_STATS: dict[str, IndexStats] = {}
+
+_STATS_SQL = text(
+    "SELECT c.reltuples::float8 AS rows, s.most_common_elems::text::text[] AS elems,"
+    " s.most_common_elem_freqs::float8[] AS freqs"
+    " FROM pg_class c LEFT JOIN pg_stats s"
+    " ON s.schemaname = c.relnamespace::regnamespace::name AND s.tablename = c.relname"
+    " WHERE c.oid = to_regclass(:index)"
+)
+
+
+async def index_stats(executor: Executor, index: str) -> IndexStats:
+    """The statistics of ``index``, from this process's cache when fresh."""
+    now = time.monotonic()
+    cached = _STATS.get(index)
+    if cached is not None and now - cached.loaded < STATS_TTL:
+        return cached
+    row = (await executor.execute(_STATS_SQL.bindparams(index=index))).first()
+    if row is None:
+        stats = IndexStats({}, 0.0, 0.0, now)
+    else:
+        rows, elems, freqs = row
+        elems, freqs = elems or [], freqs or []
+        listed = dict(zip(elems, freqs[: len(elems)], strict=True))
+        # the element frequencies are followed by their minimum, maximum and null share
+        floor = float(freqs[len(elems)]) if len(freqs) > len(elems) else 0.0
+        stats = IndexStats(listed, floor, max(float(rows or 0.0), 0.0), now)
+    _STATS[index] = stats
+    return stats
+
+
+# --- a term's grams (Python, for the estimate; SQL, for the query) ----------------------------
+#: The kinds of gram arrays a term gives (each the SQL array of :func:`_sql_grams` and the
+#: Python list of :func:`_py_grams`, position for position).
+Kind = Literal["prefix", "exact", "inner", "other"]
+
+
+def _pairs(term: str, tag: str) -> list[str]:
+    if not term:
+        return []
+    if len(term) == 1:
+        return [tag + term]
+    return [tag + term[i : i + 2] for i in range(len(term) - 1)]
+
+
+def _py_grams(term: str, kind: Kind) -> list[str]:
+    """A term's grams of one kind as Python sees them (lower()ed by Python: only used to
+    estimate, and to pick positions of the SQL array, so a disagreement between Python's
+    and PostgreSQL's case folding can slow a search but never change its result)."""
+    t = term.lower()
+    if kind == "inner":
+        return _pairs(t, "")
+    if kind == "other":
+        return _pairs(t, OTHER)
+    prefix = [START + t[:2], *_pairs(t[1:], "")]
+    return prefix if kind == "prefix" else [*prefix, t[-1] + END]
+
+
+def _sql_grams(term: str | ColumnElement[str], kind: Kind) -> ColumnElement[Any]:
+    """The same array computed by PostgreSQL (``crm_search_query``, migration 0008)."""
+    value = literal(term, Text) if isinstance(term, str) else term
+    if kind == "inner":
+        return func.crm_search_query(value, "", type_=_TEXTS)
+    if kind == "other":
+        return func.crm_search_query(value, OTHER, type_=_TEXTS)
+    first = literal(START, Text) + func.left(func.lower(value), 2)
+    rest = func.crm_search_query(func.substr(value, 2), "", type_=_TEXTS)
+    prefix = func.array_prepend(first, rest, type_=_TEXTS)
+    if kind == "prefix":
+        return prefix
+    last = func.right(func.lower(value), 1) + literal(END, Text)
+    return func.array_append(prefix, last, type_=_TEXTS)
+
+
+#: Grams of a term looked up in the index: the rarest few. A row needing all of a term's
+#: grams is found as well by its rarest ones (the LIKE re-checks the rest), and each gram
+#: more costs the GIN scan a posting list to intersect.
+PICK = 2
+
+
+_INDEXED: dict[int, ColumnElement[Any]] = {}
+
+
+def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
+    """``crm_search_grams(search_text) @> grams``: the indexed expression, as indexed
+    (built once per table)."""
+    indexed = _INDEXED.get(id(table))
+    if indexed is None:
+        indexed = _INDEXED[id(table)] = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
+    return indexed.op("@>", is_comparison=True)(grams)
+
+
+def _lowered(value: str) -> ColumnElement[str]:
+    """``lower(value)`` as a scalar subquery: evaluated once per statement, also in a
+    prepared statement's generic plan (see :func:`crm_api.kit.filtering.contains_lowered`)."""
+    return select(func.lower(literal(value, Text), type_=Text)).scalar_subquery()
+
+
+# --- the parts of a search -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """One term's patterns. A term of ASCII and caseless characters (Chinese, digits,
+    punctuation) is lower()ed in Python, which agrees with PostgreSQL on exactly those, and
+    its patterns and grams are plain parameters; any other term is lower()ed by PostgreSQL
+    (once per statement), as the search column was."""
+
+    term: str
+    #: Lower()ed in Python: the patterns and grams are parameters.
+    plain: bool
+    #: The term as one bound parameter, used by every gram array of the statement.
+    bound: ColumnElement[str]
+    lowered: ColumnElement[str]
+    contains: ColumnElement[str]
+    prefix: ColumnElement[str]
+
+    @classmethod
+    def of(cls, term: str) -> _Terms:
+        if _plain(term):
+            lowered = term.lower()
+            escaped = escape_like(lowered)
+            # Still scalar subqueries: a pattern the planner can see makes it estimate the
+            # LIKE from the column's histogram and, for a frequent term in an org scope,
+            # trade the walk of the sort index for a bitmap scan of the whole scope and a
+            # sort (measured at 1M: 426 ms against 41 ms).
+            return cls(
+                term,
+                True,
+                literal(term, Text),
+                _fixed(lowered),
+                _fixed(f"%{escaped}%"),
+                _fixed(f"{escaped}%"),
+            )
+        escaped = escape_like(term)
+        return cls(
+            term,
+            False,
+            literal(term, Text),
+            _lowered(term),
+            _lowered(f"%{escaped}%"),
+            _lowered(f"{escaped}%"),
+        )
+
+
+def _fixed(value: str) -> ColumnElement[str]:
+    return select(literal(value, Text)).scalar_subquery()
+
+
+def _plain(term: str) -> bool:
+    """ASCII or without letter case: Python's and PostgreSQL's lower() agree."""
+    return all(c < "\x80" or (c.lower() == c and c.upper() == c) for c in term)
+
+
+def _spec(resource: Resource) -> Search:
+    spec = resource.search
+    if spec is None:
+        raise TypeError(f"{resource.name} declares no search")
+    return spec
+
+
+def _name(resource: Resource, table: FromClause) -> ColumnElement[str]:
+    spec = _spec(resource)
+    column = table.c[spec.name]
+    return column if spec.name_lowered else func.lower(column, type_=Text)
+
+
+def _ids(resource: Resource, *queries: Select[Any]) -> ColumnElement[bool]:
+    """``id = ANY(<one array of the ids the queries select>)``: an InitPlan run once, then
+    the rows fetched by primary key; the page is sorted from those rows."""
+    matches = queries[0] if len(queries) == 1 else union_all(*queries)
+    sub = matches.subquery("m")
+    array_type = ARRAY(resource.id_column.type)
+    array = select(func.array_agg(sub.c[0], type_=array_type)).scalar_subquery()
+    # a cast, so that ANY takes an array expression rather than a subquery of arrays
+    return resource.id_column == any_(cast(array, array_type))
+
+
+_ALIASES: dict[str, FromClause] = {}
+
+
+def _alias(resource: Resource) -> FromClause:
+    """The alias collecting subqueries read the resource's table under (built once: an
+    alias proxies every column anew)."""
+    alias = _ALIASES.get(resource.name)
+    if alias is None:
+        alias = _ALIASES[resource.name] = resource.table.alias("s")
+    return alias
+
+
+@dataclass(slots=True)
+class Plan:
+    """How one term is searched over one resource for one caller: the statistics of the
+    indexes, what each part is estimated to match, and the strategy that chooses."""
+
+    resource: Resource
+    terms: _Terms
+    #: The caller: its scope is repeated inside every collecting subquery, so only
+    #: candidates in scope come back.
+    access: Access
+    own: IndexStats
+    related_stats: list[IndexStats]
+    #: Above this many candidates a part is walked (see :data:`COLLECT_MAX`).
+    limit: float
+    #: Listing the trash: the index holds live rows only, so the row's own parts walk.
+    trash: bool = False
+    #: A walk reads at most the caller's own rows (scope ``own``: the owner's index), so a
+    #: part above :attr:`limit` is walked without counting it first.
+    bounded_walk: bool = False
+
+    #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
+    decided: dict[str, Strategy] = field(default_factory=dict)
+
+    # -- estimates -------------------------------------------------------------------------
+    def estimate(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+        """At most how many rows the part matches (each kind's rarest gram)."""
+        s = stats or self.own
+        return sum(s.estimate(_py_grams(self.terms.term, k)) for k in kinds)
+
+    def independent(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+        """How many rows hold all the grams looked up, were they independent: below the
+        truth for grams that go together (``上海`` and ``海``), so a part this says is
+        frequent is frequent."""
+        s = stats or self.own
+        total = 0.0
+        for kind in kinds:
+            freqs = sorted(s.freqs.get(g, s.floor) for g in _py_grams(self.terms.term, kind))
+            share = 1.0
+            for f in freqs[:PICK]:
+                share *= f
+            total += s.rows * share
+        return total
+
+    async def decide(
+        self,
+        executor: Executor,
+        key: str,
+        kinds: Sequence[Kind],
+        candidates: Callable[[], Select[Any]],
+        stats: IndexStats | None = None,
+    ) -> Strategy:
+        """Collect or walk one part. Below :attr:`limit` by the statistics' bound: collect.
+        Above it even for independent grams: walk. In between (grams common alone, maybe
+        rare together: ``bluewater`` as a name's inner part) the index says: its matches
+        are counted up to :attr:`limit` + 1 (a bounded bitmap scan), and the part is
+        collected when it has no more. A walk over a part that turns out empty would read
+        the whole scope."""
+        if key in self.decided:
+            return self.decided[key]
+        strategy: Strategy
+        if self.trash and stats is None:
+            strategy = "walk"
+        elif self.estimate(kinds, stats) <= self.limit:
+            strategy = "collect"
+        elif self.bounded_walk or self.independent(kinds, stats) > self.limit:
+            strategy = "walk"
+        else:
+            cap = int(self.limit) + 1
+            probe = select(func.count()).select_from(candidates().limit(cap).subquery())
+            found = (await executor.execute(probe)).scalar_one()
+            strategy = "collect" if found < cap else "walk"
+        self.decided[key] = strategy
+        return strategy
+
+    async def decide_match(self, executor: Executor) -> None:
+        """The strategies :func:`match_clause` needs."""
+        await self.decide(
+            executor,
+            "own",
+            ("prefix", "inner", "other"),
+            lambda: self.collect(("prefix", "inner", "other"), self.text_like),
+        )
+        for i, stats in enumerate(self.related_stats):
+            await self.decide(
+                executor,
+                f"related{i}",
+                ("prefix", "inner"),
+                lambda i=i: self.related_collect(i),  # type: ignore[misc]
+                stats,
+            )
+
+    @property
+    def own_strategy(self) -> Strategy:
+        return self.decided["own"]
+
+    def related_strategy(self, i: int) -> Strategy:
+        return self.decided[f"related{i}"]
+
+    @property
+    def all_collected(self) -> bool:
+        related = range(len(_spec(self.resource).related))
+        return self.own_strategy == "collect" and all(
+            self.related_strategy(i) == "collect" for i in related
+        )
+
+    # -- SQL -------------------------------------------------------------------------------
+    def text_like(self, table: FromClause) -> ColumnElement[bool]:
+        """The term in one field of the search column (the LIKE every candidate passes)."""
+        like: ColumnElement[bool] = table.c[_spec(self.resource).text].like(self.terms.contains)
+        return like
+
+    def rank_is(self, table: FromClause, rank: int) -> ColumnElement[bool]:
+        """Rows of relevance rank 0 (the name is the term), 1 (starts with it, is not it)
+        or 2 (contains it, does not start with it)."""
+        name = _name(self.resource, table)
+        exact = name == self.terms.lowered
+        prefix = name.like(self.terms.prefix)
+        if rank == 0:
+            return exact
+        if rank == 1:
+            return and_(prefix, not_(exact))
+        return and_(name.like(self.terms.contains), not_(prefix))
+
+    def grams(self, kind: Kind, stats: IndexStats | None = None) -> ColumnElement[Any]:
+        """The rarest :data:`PICK` grams of ``kind`` (positions picked from the statistics,
+        the grams themselves computed by PostgreSQL)."""
+        s = stats or self.own
+        py = _py_grams(self.terms.term, kind)
+        ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
+        picked = sorted(ranked[:PICK])
+        if self.terms.plain:
+            return literal([py[i] for i in picked], _TEXTS)
+        sql = _sql_grams(self.terms.bound, kind)
+        if len(py) <= PICK:
+            return sql
+        parts = [sql[i + 1 : i + 1] for i in picked]  # 1-based slices: never NULL elements
+        out = parts[0]
+        for part in parts[1:]:
+            out = func.array_cat(out, part, type_=_TEXTS)
+        return out
+
+    def collect(
+        self, kinds: Sequence[Kind], where: Callable[[FromClause], ColumnElement[bool]]
+    ) -> Select[Any]:
+        """Ids of live, in-scope rows of the resource holding the grams of any of ``kinds``
+        and passing ``where`` (built on the alias it is given), found through the n-gram
+        index. An alias: a subquery on the same table must not be correlated with the
+        outer statement."""
+        from crm_api.kit.resource import scope_of
+
+        resource = self.resource
+        inner = _alias(resource)
+        found = or_(*(_has(inner, self.grams(k)) for k in kinds))
+        clauses = [inner.c.deleted_at.is_(None), found, where(inner)]
+        scope = scope_of(resource, self.access, inner)
+        if scope is not None:
+            clauses.append(scope)
+        return select(inner.c.id).where(*clauses)
+
+    def related_collect(self, i: int) -> Select[Any]:
+        """Ids the live related rows holding the term in their name point at."""
+        rel = _spec(self.resource).related[i]
+        stats = self.related_stats[i]
+        t = rel.table
+        return select(t.c[rel.foreign_key]).where(
+            t.c.deleted_at.is_(None),
+            or_(_has(t, self.grams("prefix", stats)), _has(t, self.grams("inner", stats))),
+            t.c[rel.name].like(self.terms.contains),
+        )
+
+    def related_walk(self, i: int) -> ColumnElement[bool]:
+        """A live related row of this row has the term in its name: a probe of the related
+        table's foreign-key index per row walked. ``OFFSET 0`` keeps it a per-row probe:
+        without it PostgreSQL may hash the whole subquery first, reading every related
+        row's name."""
+        rel = _spec(self.resource).related[i]
+        t = rel.table
+        probe = (
+            select(literal(1))
+            .where(
+                t.c[rel.foreign_key] == self.resource.id_column,
+                t.c.deleted_at.is_(None),
+                t.c[rel.name].like(self.terms.contains),
+            )
+            .offset(0)
+        )
+        return probe.exists()
+
+    def related_clauses(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        for i in range(len(_spec(self.resource).related)):
+            if self.related_strategy(i) == "collect":
+                out.append(self.resource.id_column.in_(self.related_collect(i)))
+            else:
+                out.append(self.related_walk(i))
+        return out
+
+
+async def plan(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    term: str,
+    *,
+    deleted: bool = False,
+) -> Plan:
+    """Estimate each part of searching ``term`` from the indexes' statistics."""
+    spec = _spec(resource)
+    own = await index_stats(executor, spec.index)
+    related = [await index_stats(executor, r.index) for r in spec.related]
+    # A walk over a caller's org units reads ~1/share rows per match of the page (the
+    # sort index holds everyone's rows); collecting reads only the candidates, and the
+    # scope's own index narrows them before the table is read.
+    kinds = access.scope.kinds
+    if access.scope.is_all:
+        limit = COLLECT_MAX
+    elif kinds == {ScopeKind.own}:
+        limit = COLLECT_MAX_OWN
+    else:
+        limit = COLLECT_MAX_SCOPED
+    return Plan(
+        resource=resource,
+        terms=_Terms.of(term),
+        access=access,
+        own=own,
+        related_stats=related,
+        limit=limit,
+        trash=deleted,
+        bounded_walk=kinds == {ScopeKind.own},
+    )
+
+
+def match_clause(p: Plan) -> ColumnElement[bool]:
+    """The rows the term matches, each part by its strategy."""
+    resource, terms = p.resource, p.terms
+    spec = _spec(resource)
+    if FIELD_SEPARATOR in terms.term:
+        return _fieldwise(resource, terms.term)
+    if p.all_collected:
+        queries = [p.collect(("prefix", "inner", "other"), p.text_like)]
+        queries += [p.related_collect(i) for i in range(len(spec.related))]
+        return _ids(resource, *queries)
+    own: ColumnElement[bool]
+    if p.own_strategy == "collect":
+        own = resource.id_column.in_(p.collect(("prefix", "inner", "other"), p.text_like))
+    else:
+        own = p.text_like(resource.table)
+    return or_(own, *p.related_clauses())
+
+
+def _fieldwise(resource: Resource, term: str) -> ColumnElement[bool]:
+    """A term holding U+001F (which joins the search column's fields, so one LIKE could
+    match across two of them): each field with ILIKE, related names too. Same rows, no
+    index."""
+    spec = _spec(resource)
+    pattern = contains_pattern(term)
+    parts: list[ColumnElement[bool]] = [resource.table.c[f].ilike(pattern) for f in spec.fields]
+    for rel in spec.related:
+        t = rel.table
+        parts.append(
+            resource.id_column.in_(
+                select(t.c[rel.foreign_key]).where(
+                    t.c.deleted_at.is_(None), t.c.name.ilike(pattern)
+                )
+            )
+        )
+    return or_(*parts)
+
+
+# --- relevance ---------------------------------------------------------------------------------
+def rank_expression(resource: Resource, terms: _Terms) -> ColumnElement[int]:
+    """0: the name is the term; 1: starts with it; 2: contains it; 3: only another field
+    or a related name does (any case, wildcards literal)."""
+    name = _name(resource, resource.table)
+    return case(
+        (name == terms.lowered, 0),
+        (name.like(terms.prefix), 1),
+        (name.like(terms.contains), 2),
+        else_=3,
+    ).cast(Integer)
+
+
+_RANK_KINDS: dict[int, Kind] = {0: "exact", 1: "prefix", 2: "inner", 3: "other"}
+
+
+async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
+    """The strategies :func:`_tier` needs for ``rank``. The exact name is always collected:
+    its candidates start and end like the term, and a walk for a name nobody has would
+    read the whole scope."""
+    kind = _RANK_KINDS[rank]
+    if rank == 0:
+        # the trash is not in the (live rows') index: walked like every own part there
+        p.decided.setdefault("rank0", "walk" if p.trash else "collect")
+        return
+    if rank < 3:
+        await p.decide(
+            executor,
+            f"rank{rank}",
+            (kind,),
+            lambda: p.collect((kind,), lambda t: p.rank_is(t, rank)),
+        )
+        return
+    await p.decide(executor, "rank3", ("other",), lambda: p.collect(("other",), p.text_like))
+    await p.decide_match(executor)  # the related parts
+
+
+def _tier(p: Plan, rank: int) -> ColumnElement[bool]:
+    """The rows of one rank, by the strategy decided for it (a collecting subquery states
+    the rank's condition on its own alias of the table)."""
+    resource = p.resource
+    if rank < 3:
+
+        def where(table: FromClause) -> ColumnElement[bool]:
+            return p.rank_is(table, rank)
+
+        if p.decided[f"rank{rank}"] == "collect":
+            return _ids(resource, p.collect((_RANK_KINDS[rank],), where))
+        return where(resource.table)
+    # rank 3: another field or a related name, not the name
+    own: ColumnElement[bool]
+    if p.decided["rank3"] == "collect":
+        own = resource.id_column.in_(p.collect(("other",), p.text_like))
+    else:
+        own = p.text_like(resource.table)
+    name = _name(resource, resource.table)
+    return and_(or_(own, *p.related_clauses()), not_(name.like(p.terms.contains)))
+
+
+# --- the page --------------------------------------------------------------------------------
+async def page(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    params: PageParams,
+    term: str | None,
+    *,
+    relevance: bool,
+    deleted: bool = False,
+) -> dict[str, Any]:
+    """One page of ``stmt`` (scoped and filtered) narrowed to ``term``: best first when
+    ``relevance`` (no explicit sort), else in ``params``' sort. Without a term, the plain
+    page."""
+    from crm_api.kit import resource as kit
+
+    if not term:
+        return await kit.fetch_page(executor, resource, access, stmt, params)
+    p = await plan(executor, resource, access, term, deleted=deleted)
+    if FIELD_SEPARATOR not in term:
+        await p.decide_match(executor)
+    if not relevance or FIELD_SEPARATOR in term:
+        matched = kit.narrow(stmt, match_clause(p))
+        return await kit.fetch_page(executor, resource, access, matched, params)
+    total, estimated = None, False
+    if params.include_total:
+        # exact up to the cap, then an estimate (kit/counting.py), as for any list
+        total, estimated = await count_total(
+            executor, kit.narrow(stmt, match_clause(p)), params.count_cap
+        )
+    ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
+    _decode(resource, params.cursor)  # a relevance cursor, whichever reader continues it
+    if p.all_collected:
+        query = kit.flagged(resource, access, kit.narrow(stmt, match_clause(p)))
+        rows = await _ranked(executor, resource, query, p, ranked)
+        rows = [kit.mask_row(resource, access, r) for r in rows]
+    else:
+        rows = await _tiers(executor, resource, access, stmt, p, ranked)
+    envelope = page_envelope(rows, ranked, total, estimated)
+    for row in envelope["data"]:
+        row.pop(RANK, None)
+    return envelope
+
+
+async def _ranked(
+    executor: Executor, resource: Resource, query: Select[Any], p: Plan, params: PageParams
+) -> list[dict[str, Any]]:
+    """Every match ranked in one statement (all parts collected: the matches are few)."""
+    rank = rank_expression(resource, p.terms)
+    columns: dict[str, SortColumn] = {RANK: rank, "created_at": resource.table.c.created_at}
+    stmt = apply_keyset(query.add_columns(rank.label(RANK)), columns, resource.id_column, params)
+    result = await executor.execute(stmt)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+
+def _decode(resource: Resource, cursor: str | None) -> tuple[int, datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    columns: dict[str, SortColumn] = {
+        RANK: literal(0, Integer),
+        "created_at": resource.table.c.created_at,
+    }
+    values, last_id = decode_cursor(cursor, RELEVANCE_SORT, columns)
+    rank, created = values
+    if (
+        not isinstance(rank, int)
+        or isinstance(rank, bool)
+        or not 0 <= rank <= 3
+        or not isinstance(created, datetime)
+    ):
+        raise BadRequest("The cursor is malformed.", code="invalid_cursor")
+    return rank, created, last_id
+
+
+async def _tiers(
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    stmt: ScopedSelect,
+    p: Plan,
+    params: PageParams,
+) -> list[dict[str, Any]]:
+    """The ranks one after the other, each newest first by its own strategy through the
+    kit's page reader (:func:`crm_api.kit.resource.fetch_page`, so whatever it does for a
+    scope applies to each rank too), until the page and the one row that tells whether
+    there is more are read. Rows come masked."""
+    from crm_api.kit import resource as kit
+
+    after = _decode(resource, params.cursor)
+    first = after[0] if after else 0
+    want = params.limit + 1
+    rows: list[dict[str, Any]] = []
+    for rank in range(first, 4):
+        cursor = None
+        if after is not None and rank == after[0]:
+            cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
+        tier = PageParams(want - len(rows), cursor, _RECENCY, False)
+        await _decide_tier(executor, p, rank)
+        query = kit.with_columns(
+            kit.narrow(stmt, _tier(p, rank)), literal(rank, Integer).label(RANK)
+        )
+        got = await kit.fetch_page(executor, resource, access, query, tier)
+        rows.extend(got["data"])
+        if len(rows) >= want:
+            break
+    return rows
+
+
+__all__ = [
+    "COLLECT_MAX",
+    "RELEVANCE_SORT",
+    "IndexStats",
+    "Plan",
+    "Related",
+    "Search",
+    "index_stats",
+    "match_clause",
+    "page",
+    "plan",
+    "rank_expression",
+]
