@@ -437,3 +437,24 @@ async def test_ordered_products_and_customers_stay(client, engine, world):
     assert (await client.delete(customer_url)).status_code == 204
     problem(await client.post(f"{customer_url}/purge"), 409, "customer_has_orders")
     assert (await client.get(f"/v1/orders/{order['id']}")).json() == order
+
+
+async def test_a_new_orders_products_are_key_share_locked_until_it_commits(engine):
+    """A product's delete (row lock, then a look for order lines naming it) cannot slip
+    between a new order's product check and its commit: the check holds FOR KEY SHARE, so
+    the delete's FOR UPDATE waits for the order and then sees its lines."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from crm_api.order.repository import products
+
+    product = await make_product(engine)
+    pid = uuid.UUID(str(product["id"]))
+    async with AsyncSession(engine) as order_tx, engine.connect() as deleter, order_tx.begin():
+        assert pid in await products(order_tx, [pid])
+        async with deleter.begin():
+            with pytest.raises(Exception) as refused:
+                await deleter.execute(
+                    text("SELECT 1 FROM products WHERE id = :id FOR UPDATE NOWAIT"),
+                    {"id": pid},
+                )
+            assert "55P03" in repr(refused.value) or "lock" in str(refused.value).lower()

@@ -190,8 +190,12 @@ class ProductFacts:
 
 
 def _products_of(ids: Sequence[uuid.UUID]) -> Any:
-    return select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active).where(
-        pr.id.in_(list(set(ids))), pr.deleted_at.is_(None)
+    # FOR KEY SHARE: a concurrent delete or purge of a product (which locks it FOR UPDATE
+    # and then looks for order lines naming it) waits for this order, then sees its lines
+    return (
+        select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active)
+        .where(pr.id.in_(list(set(ids))), pr.deleted_at.is_(None))
+        .with_for_update(read=True, key_share=True)
     )
 
 
