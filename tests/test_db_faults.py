@@ -111,6 +111,24 @@ async def test_pool_timeout_is_503_with_retry_after() -> None:
         assert response.headers["retry-after"] == "1"
 
 
+async def test_checkout_with_only_dead_connections_is_503_not_500() -> None:
+    """SQLAlchemy gives up a checkout after three dead connections in a row (a restart
+    under load) with InvalidRequestError "This connection is closed": no connection, so a
+    503 with Retry-After; any other InvalidRequestError is a bug and stays a 500."""
+    from sqlalchemy.exc import InvalidRequestError
+
+    app = _app_raising(
+        {
+            "exhausted": InvalidRequestError("This connection is closed"),
+            "bug": InvalidRequestError("Can't operate on closed transaction"),
+        }
+    )
+    response = await _ask(app, "POST", "exhausted")
+    problem(response, 503, "database_unavailable")
+    assert response.headers["retry-after"] == "1"
+    problem(await _ask(app, "POST", "bug"), 500, "internal_error")
+
+
 @pytest.mark.parametrize("wrap", [False, True], ids=["driver", "sqlalchemy"])
 async def test_statement_timeout_is_503_with_retry_after(wrap) -> None:
     error = asyncpg.QueryCanceledError("canceling statement due to statement timeout")

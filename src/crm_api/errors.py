@@ -15,7 +15,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidRequestError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -220,6 +220,9 @@ _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     SQLAlchemyTimeoutError,
 )
 
+#: SQLAlchemy's message when a checkout's reconnect attempts are exhausted.
+_CHECKOUT_EXHAUSTED = "This connection is closed"
+
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -270,6 +273,10 @@ def is_database_unavailable(exc: BaseException, chain: list[BaseException] | Non
         if isinstance(e, _UNAVAILABLE_TYPES):
             return True
         if getattr(e, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+            return True
+        if isinstance(e, InvalidRequestError) and str(e) == _CHECKOUT_EXHAUSTED:
+            # the pool's checkout found only dead connections three times over (a restart
+            # while new connections are refused or killed too): no connection, not a bug
             return True
         state = getattr(e, "sqlstate", None)
         if isinstance(state, str) and (
@@ -368,6 +375,7 @@ def install_error_handlers(app: FastAPI) -> None:
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
         SQLAlchemyTimeoutError,
+        InvalidRequestError,
         OSError,
         TimeoutError,
     ):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -101,19 +101,23 @@ def _ping_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """The write pool's liveness check: one simple query (``SELECT 1``), one round trip. A
     connection that fails it (closed by a restart or a terminated backend, or left
     mid-error by one) is replaced: SQLAlchemy retries the checkout on
-    :class:`DisconnectionError`.
+    :class:`InvalidatePoolError` (a DisconnectionError).
 
     SQLAlchemy's own ``pool_pre_ping`` on asyncpg sends BEGIN, the ping and ROLLBACK (for
     pgbouncer's transaction mode): three round trips before each write request's first
     statement, half of a create's round trips. A connection asyncpg already knows is
     closed costs no round trip at all."""
     driver = dbapi_connection.driver_connection
+    # InvalidatePoolError, as SQLAlchemy's own pre-ping raises: every connection pooled
+    # before this one is replaced on its next checkout instead of being pinged (after a
+    # restart all of them are dead; pinging them one by one exhausts the checkout's three
+    # attempts — "This connection is closed", a 500 — found by test_faults)
     if driver.is_closed():
-        raise DisconnectionError("the server closed this pooled connection")
+        raise InvalidatePoolError("the server closed this pooled connection")
     try:
         await_(driver.execute("SELECT 1"))
     except Exception as exc:
-        raise DisconnectionError(f"ping failed: {type(exc).__name__}: {exc}") from exc
+        raise InvalidatePoolError(f"ping failed: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(slots=True)
