@@ -487,3 +487,24 @@ async def test_a_product_deleted_while_an_order_is_written_is_never_left_on_its_
             )
         )
     assert dangling == 0
+
+
+async def test_a_new_orders_products_are_key_share_locked_until_it_commits(engine):
+    """A product's delete (row lock, then a look for order lines naming it) cannot slip
+    between a new order's product check and its commit: the check holds FOR KEY SHARE, so
+    the delete's FOR UPDATE waits for the order and then sees its lines."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from crm_api.order.repository import products
+
+    product = await make_product(engine)
+    pid = uuid.UUID(str(product["id"]))
+    async with AsyncSession(engine) as order_tx, engine.connect() as deleter, order_tx.begin():
+        assert pid in await products(order_tx, [pid])
+        async with deleter.begin():
+            with pytest.raises(Exception) as refused:
+                await deleter.execute(
+                    text("SELECT 1 FROM products WHERE id = :id FOR UPDATE NOWAIT"),
+                    {"id": pid},
+                )
+            assert "55P03" in repr(refused.value) or "lock" in str(refused.value).lower()

@@ -190,11 +190,8 @@ class ProductFacts:
 
 
 def _products_of(ids: Sequence[uuid.UUID]) -> Any:
-    """The live products among ``ids``, key-share locked until the order commits (the lock
-    the order lines' foreign key takes anyway, taken when the products are read): a
-    product delete (``FOR UPDATE``, then its reference check) waits for this order and is
-    refused, instead of committing between this read and the lines' insert and leaving
-    the order naming a product in the trash."""
+    # FOR KEY SHARE: a concurrent delete or purge of a product (which locks it FOR UPDATE
+    # and then looks for order lines naming it) waits for this order, then sees its lines
     return (
         select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active)
         .where(pr.id.in_(list(set(ids))), pr.deleted_at.is_(None))
