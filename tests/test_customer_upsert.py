@@ -321,3 +321,19 @@ async def test_two_keyed_customers_cannot_come_to_share_an_email(app, client, ad
     b = await _upsert_in_own_transaction(app, rights, {"name": "B", "email": "b@example.cn"})
     body = problem(await client.patch(f"/v1/customers/{b.id}", json={"email": "A@example.cn"}), 409)
     assert body["code"] == "customer_duplicate" and body["field"] == "email"
+
+
+async def test_the_ref_in_the_path_is_trimmed_like_the_ref_in_a_body(client, engine):
+    """Request bodies strip their strings, so a ``customer`` block's ``"ws1 "`` is
+    ``ws1``; the path's ref must be the same key, or ``PUT …/ws1%20`` makes a second
+    customer for the buyer an order's block calls ``ws1`` — and a blank ref is no key."""
+    made = await client.put(f"{URL}/ws1", json={"name": "Trim"})
+    assert made.status_code == 201, made.text
+    for ref in ("ws1%20", "%20ws1", "%09ws1"):
+        again = await client.put(f"{URL}/{ref}", json={"name": "Trim"})
+        assert again.status_code == 200, (ref, again.text)
+        assert again.json()["id"] == made.json()["id"]
+        assert again.json()["external_ref"] == "ws1"
+    for blank in ("%20", "%20%20", "%09"):
+        problem(await client.put(f"{URL}/{blank}", json={"name": "Blank"}), 422)
+    assert await count_rows(engine, "customers") == 1

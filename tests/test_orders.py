@@ -439,6 +439,56 @@ async def test_ordered_products_and_customers_stay(client, engine, world):
     assert (await client.get(f"/v1/orders/{order['id']}")).json() == order
 
 
+async def test_a_product_deleted_while_an_order_is_written_is_never_left_on_its_lines(
+    client, engine, world, monkeypatch
+):
+    """The race: an order has read its (live) products and is about to write its lines when
+    an administrator deletes one of them. Either the delete waits for the order and is
+    refused (409 product_in_use), or the order sees the product gone (422); never both
+    succeed, leaving a line that names a product in the trash."""
+    from crm_api.order import repository as order_repo
+
+    product = await make_product(engine)
+    real_next_number = order_repo.next_number
+    deleting: dict[str, asyncio.Task[Any]] = {}
+
+    async def _waiting_on_a_lock() -> bool:
+        async with engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        return bool(waiting)
+
+    async def next_number_while_deleting(session: Any) -> int:
+        number = await real_next_number(session)
+        # the order's transaction has read its products: delete one from another now, and
+        # go on once that delete has finished or is waiting on this transaction's locks
+        task = asyncio.create_task(client.delete(f"/v1/products/{product['id']}"))
+        deleting["task"] = task
+        while not await _waiting_on_a_lock():
+            finished, _ = await asyncio.wait({task}, timeout=0.01)
+            if finished:
+                break
+        return number
+
+    monkeypatch.setattr(order_repo, "next_number", next_number_while_deleting)
+    ordered = await post_order(client, world["customer"], line(product))
+    deleted = await deleting["task"]
+    outcome = (ordered.status_code, deleted.status_code)
+    assert outcome in ((201, 409), (422, 204)), (outcome, ordered.text, deleted.text)
+    async with engine.connect() as conn:
+        dangling = await conn.scalar(
+            text(
+                "SELECT count(*) FROM order_lines l JOIN products p ON p.id = l.product_id"
+                " WHERE p.deleted_at IS NOT NULL"
+            )
+        )
+    assert dangling == 0
+
+
 async def test_a_new_orders_products_are_key_share_locked_until_it_commits(engine):
     """A product's delete (row lock, then a look for order lines naming it) cannot slip
     between a new order's product check and its commit: the check holds FOR KEY SHARE, so

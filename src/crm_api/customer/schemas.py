@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import MISSING, Field, Strict, model_validator
+from pydantic import MISSING, Field, Strict, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from crm_api.kit.pagination import ListQuery, sort_field
@@ -79,6 +79,9 @@ Str64 = Annotated[str, Field(min_length=1, max_length=64)]
 Notes = Annotated[str, Field(max_length=10_000)]
 ExternalRef = Annotated[
     str,
+    # stripped here too, not only by InputModel: the upsert's path parameter is the same
+    # key as a body's (``ws1 `` in a URL is ``ws1``; a blank ref is a 422)
+    StringConstraints(strip_whitespace=True),
     Field(
         min_length=1,
         max_length=200,
