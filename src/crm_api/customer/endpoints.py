@@ -74,7 +74,8 @@ async def create_customer(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a customer. Send `Idempotency-Key` to make retries safe. A duplicate
-    `external_ref` or `tax_number` is a 409 naming the existing customer."""
+    `external_ref`, or a live customer's `tax_number`, `email` or `phone`, is a 409
+    naming the existing customer."""
 
     async def produce() -> Response:
         row = await service.create_customer(session, access, assign, body)
