@@ -72,15 +72,7 @@ async def create_role(
         row = await service.create_role(session, access, body)
         return with_etag(row, 201, f"/v1/roles/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(
@@ -186,15 +178,7 @@ async def create_grant(
         )
         return json_response(row, 201, {"Location": f"/v1/roles/{role_id}/grants/{row['id']}"})
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.delete(
