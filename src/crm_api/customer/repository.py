@@ -131,13 +131,17 @@ async def find_duplicate(
             )
         )
     )
+    # then every lookup in one statement (a snapshot taken after the locks were granted)
+    lookups = []
     for field, _, clause in keys:
         stmt = select(Customer.id).where(clause)
         if exclude_id is not None:
             stmt = stmt.where(Customer.id != exclude_id)
-        found = (await session.execute(stmt.limit(1))).scalar_one_or_none()
-        if found is not None:
-            return field, found
+        lookups.append(stmt.limit(1).scalar_subquery().label(field))
+    found = (await session.execute(select(*lookups))).one()
+    for (field, _, _), existing in zip(keys, found, strict=True):
+        if existing is not None:
+            return field, existing
     return None
 
 
