@@ -74,21 +74,14 @@ async def create_customer(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a customer. Send `Idempotency-Key` to make retries safe. A duplicate
-    `external_ref` or `tax_number` is a 409 naming the existing customer."""
+    `external_ref`, or a live customer's `tax_number`, `email` or `phone`, is a 409
+    naming the existing customer."""
 
     async def produce() -> Response:
         row = await service.create_customer(session, access, assign, body)
         return with_etag(row, 201, f"/v1/customers/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(
@@ -282,12 +275,4 @@ async def upsert_customer_by_external_ref(
             return with_etag(done.customer, 201, f"/v1/customers/{done.id}")
         return with_etag(done.customer)
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="PUT",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)

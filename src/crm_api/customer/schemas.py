@@ -100,8 +100,14 @@ class CustomerCreate(InputModel):
     industry: Str100 | None = Field(default=None, examples=["制造业"])
     region: Str100 | None = Field(default=None, examples=["华东"])
     address: Annotated[str, Field(max_length=500)] | None = None
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: Phone | None = Field(
+        default=None,
+        description="Unique among live customers by its digits (a natural key of upserts).",
+    )
+    email: Email | None = Field(
+        default=None,
+        description="Unique among live customers, in any case (a natural key of upserts).",
+    )
     website: Website | None = None
     bank_name: Str200 | None = None
     bank_account: Str64 | None = Field(default=None, description="Sensitive.")
@@ -309,8 +315,14 @@ class CustomerUpsertFields(InputModel):
     industry: Str100 | None = None
     region: Str100 | None = None
     address: Annotated[str, Field(max_length=500)] | None = None
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: Phone | None = Field(
+        default=None,
+        description="Unique among live customers by its digits (a natural key of upserts).",
+    )
+    email: Email | None = Field(
+        default=None,
+        description="Unique among live customers, in any case (a natural key of upserts).",
+    )
     website: Website | None = None
     bank_name: Str200 | None = None
     bank_account: Str64 | None = Field(default=None, description="Sensitive.")
@@ -333,12 +345,12 @@ class CustomerUpsertFields(InputModel):
 
 
 class CustomerUpsert(CustomerUpsertFields):
-    """A customer identified by its natural key: `external_ref` when sent, else the
-    e-mail (trimmed, any case), else the phone (its digits: `+86 138-0013-8000` and
-    `0086 13800138000` are one key). The customer holding that key is updated with the
-    fields sent; none holds it: one is created. Retries and concurrent requests for one
-    new key create exactly one customer. A customer created other than by an upsert is
-    found by its `external_ref` only."""
+    """A customer identified by its natural keys: `external_ref`, the e-mail (trimmed, any
+    case), the phone (its digits: `+86 138-0013-8000` and `0086 13800138000` are one
+    key), tried in that order. The first a customer holds finds it (however it was
+    written) and it is updated with the fields sent; none is held: one is created.
+    Retries and concurrent requests for one new key create exactly one customer. Found by
+    e-mail or phone with another `external_ref`: 409 `customer_duplicate`."""
 
     external_ref: ExternalRef | None = None
 

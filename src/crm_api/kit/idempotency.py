@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
 from starlette.responses import Response
 
 from crm_api.authz.types import Principal
@@ -90,15 +91,18 @@ def fingerprint(method: str, path: str, body: BaseModel | dict[str, Any] | None)
 
 
 async def idempotent(
+    request: Request,
     session: AsyncSession,
     principal: Principal,
     key: str | None,
-    *,
-    method: str,
-    path: str,
     body: BaseModel | dict[str, Any] | None,
     produce: Callable[[], Awaitable[Response]],
 ) -> Response:
+    """``produce()``'s response, or with ``key`` (the ``Idempotency-Key`` header) the one
+    stored for the same ``principal``, method, path and ``body`` (both read off
+    ``request``): a replay. The same key with another request is a 422
+    ``idempotency_key_reused``."""
+    method, path = request.method, request.url.path
     if key is None:
         return await produce()
     request_hash = fingerprint(method, path, body)

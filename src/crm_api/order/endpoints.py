@@ -102,15 +102,7 @@ async def create_order(
         row = await service.create_order(session, access, assign, rights, body, _rules(settings))
         return with_etag(row, 201, f"/v1/orders/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(
@@ -193,15 +185,7 @@ async def restore_order(
     async def produce() -> Response:
         return with_etag(await service.restore_order(session, access, order_id))
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=None,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, None, produce)
 
 
 @router.post(
@@ -234,15 +218,7 @@ def _action_route(action: OrderAction, summary: str, doc: str) -> None:
             )
             return with_etag(row)
 
-        return await idempotent(
-            session,
-            access.principal,
-            idempotency_key,
-            method="POST",
-            path=request.url.path,
-            body=None,
-            produce=produce,
-        )
+        return await idempotent(request, session, access.principal, idempotency_key, None, produce)
 
     act.__name__ = f"{action.value}_order"
     act.__doc__ = doc + (
