@@ -9,10 +9,17 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    Boolean,
     ColumnElement,
+    Insert,
+    Select,
     Text,
     Uuid,
+    any_,
+    bindparam,
     cast,
+    column,
     delete,
     func,
     insert,
@@ -27,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.kit import resource as kit
+from crm_api.kit import statements
 from crm_api.kit.filtering import (
     FIELD_SEPARATOR,
     contains_lowered,
@@ -34,7 +42,9 @@ from crm_api.kit.filtering import (
     one_of,
     time_range,
 )
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import Executor, Placement, ScopedSelect
+from crm_api.kit.responses import dumps
 from crm_api.kit.transfer import cast_table
 from crm_api.models.customer import Customer
 from crm_api.models.order import NUMBER_SEQUENCE, Order, OrderLine
@@ -199,39 +209,76 @@ def _products_of(ids: Sequence[uuid.UUID]) -> Any:
     )
 
 
-async def products_and_customer(
+def _refs_statement(customers: Access | None, orders: Access, claim: bool) -> Select[Any]:
+    """What a new order refers to, in one statement with named parameters
+    (``product_ids``, an array; ``customer_id``, ``None`` for a ``customer`` block): the
+    live products among ``product_ids`` (locked ``FOR KEY SHARE``), and the live customer
+    when ``customers`` covers it and an order of the caller placed like it is inside
+    ``orders`` — the customer's row full-joined to the products' (one row per product,
+    the customer's columns on each), left-joined to one row so that the statement always
+    returns a row (the Idempotency-Key's ``claimed`` column, with ``claim``)."""
+    product_ids = bindparam("product_ids", type_=ARRAY(Uuid()))
+    p = (
+        select(pr.id, pr.sku, pr.name, pr.list_price, pr.currency, pr.tax_rate, pr.active)
+        .where(pr.id == any_(product_ids), pr.deleted_at.is_(None))
+        .with_for_update(read=True, key_share=True)
+        .subquery("p")
+    )
+    one = select(literal(1).label("one")).subquery("one")
+    if customers is None:
+        stmt = select(*p.c, literal(None, Boolean()).label("found"))
+        stmt = stmt.add_columns(literal(None, Uuid()).label("owner_id"))
+        stmt = stmt.add_columns(literal(None, Uuid()).label("org_unit_id"))
+        stmt = stmt.select_from(one.outerjoin(p, true()))
+    else:
+        creator = literal(orders.principal.id, Uuid())
+        c = (
+            select(literal(True).label("found"), cu.owner_id, cu.org_unit_id)
+            .where(
+                cu.id == bindparam("customer_id", type_=Uuid()),
+                cu.deleted_at.is_(None),
+                scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+                scope_clause(orders, cu.owner_id, cu.org_unit_id, creator),
+            )
+            .subquery("c")
+        )
+        stmt = select(*p.c, c.c.found, c.c.owner_id, c.c.org_unit_id).select_from(
+            one.outerjoin(c.join(p, true(), full=True), true())
+        )
+    return Claim.attach(stmt) if claim else stmt
+
+
+async def order_refs(
     executor: Executor,
     ids: Sequence[uuid.UUID],
     customers: Access | None,
     orders: Access,
-    customer_id: uuid.UUID,
+    customer_id: uuid.UUID | None,
+    claim: Claim | None = None,
 ) -> tuple[dict[uuid.UUID, ProductFacts], Placement | None]:
-    """:func:`products`, and the owner and unit of the live customer ``customer_id`` when
-    ``customers`` (the caller's customers ``read``) covers it and an order of the caller
-    placed like it would be inside ``orders`` (their orders ``create``; else ``None``) —
-    in one round trip, as a new order needs both: the customer's row full-joined to the
-    products' (one row per product, the customer's columns on each; the customer's alone
-    when no product matched)."""
-    if customers is None:
-        return await products(executor, ids), None
-    creator = literal(orders.principal.id, Uuid())
-    c = (
-        select(literal(True).label("found"), cu.owner_id, cu.org_unit_id)
-        .where(
-            cu.id == customer_id,
-            cu.deleted_at.is_(None),
-            scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
-            scope_clause(orders, cu.owner_id, cu.org_unit_id, creator),
-        )
-        .subquery("c")
+    """The live products among ``ids`` (active or not) by id, and — for a
+    ``customer_id`` — the owner and unit of that live customer when ``customers`` (the
+    caller's customers ``read``) covers it and an order of the caller placed like it
+    would be inside ``orders`` (their orders ``create``; else ``None``): one round trip,
+    with the ``Idempotency-Key``'s ``claim`` in it (settled before anything else is
+    looked at, so a live key replays). The statement is built once per (accesses,
+    claim or not)."""
+    with_customer = customers if customer_id is not None else None
+    stmt = statements.memo(
+        ("order-refs", with_customer, orders, claim is not None),
+        lambda: _refs_statement(with_customer, orders, claim is not None),
     )
-    p = _products_of(ids).subquery("p")
-    stmt = select(*p.c, c.c.found, c.c.owner_id, c.c.org_unit_id).select_from(
-        c.join(p, true(), full=True)
-    )
+    values: dict[str, Any] = {"product_ids": list(dict.fromkeys(ids))}
+    if with_customer is not None:
+        values["customer_id"] = customer_id
+    if claim is not None:
+        values.update(claim.values())
+    rows = (await executor.execute(stmt, values)).all()
+    if claim is not None:
+        claim.settle(bool(rows[0].claimed))
     found: dict[uuid.UUID, ProductFacts] = {}
     placement = None
-    for r in (await executor.execute(stmt)).all():
+    for r in rows:
         if r.id is not None:
             found[r.id] = ProductFacts(
                 r.id, r.sku, r.name, r.list_price, r.currency, r.tax_rate, r.active
@@ -247,8 +294,46 @@ async def products(executor: Executor, ids: Sequence[uuid.UUID]) -> dict[uuid.UU
     return {r.id: ProductFacts(*r) for r in rows}
 
 
-async def next_number(session: AsyncSession) -> int:
-    return int((await session.execute(select(NUMBER_SEQUENCE.next_value()))).scalar_one())
+def number_expression() -> ColumnElement[str]:
+    """An order's number as the INSERT draws it: ``:number_prefix`` and the next value of
+    the sequence, zero-padded to 8 digits (``SO-00000042``)."""
+    return cast(bindparam("number_prefix", type_=Text()), Text) + func.lpad(
+        cast(NUMBER_SEQUENCE.next_value(), Text), 8, literal_column("'0'")
+    )
+
+
+#: A line's columns as the JSON of :func:`lines_values` carries them.
+_LINE_COLUMNS = ("id", "position", "product_id", *LINE_FIELDS[3:])
+
+
+def insert_lines_of_new() -> Insert:
+    """``INSERT INTO order_lines … SELECT :r_id, x.* FROM jsonb_to_recordset(:lines) AS
+    x(<typed columns>)``: every line of a new order (``:r_id``, the order's id as the
+    kit's insert binds it) from one JSON parameter, so one statement serves any number
+    of lines; run inside the order's INSERT (``lifecycle.Beside``)."""
+    table = cast_table(OrderLine)
+    source = (
+        func.jsonb_to_recordset(cast(bindparam("lines", type_=Text()), JSONB))
+        .table_valued(*(column(k, table.c[k].type) for k in _LINE_COLUMNS))
+        .render_derived(name="x", with_types=True)
+    )
+    return insert(table).from_select(
+        ["order_id", *_LINE_COLUMNS],
+        select(bindparam("r_id", type_=Uuid()), *(source.c[k] for k in _LINE_COLUMNS)),
+    )
+
+
+def lines_values(lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters of :func:`insert_lines_of_new` for these line rows (Decimals as
+    strings: exact)."""
+    return {"lines": dumps([{k: line[k] for k in _LINE_COLUMNS} for line in lines]).decode()}
+
+
+async def next_number(session: AsyncSession) -> ColumnElement[str]:
+    """The number of the order about to be inserted, as the INSERT draws it
+    (:func:`number_expression`; no round trip here): called once the order is known to be
+    good, the seam between its checks and its write."""
+    return number_expression()
 
 
 async def find_by_external_ref(
