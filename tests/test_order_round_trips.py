@@ -119,3 +119,69 @@ async def test_a_different_body_under_a_live_key_is_refused_even_when_bad_in_its
     assert await count_rows(engine, "idempotency_keys") == keys
     # and the key is free for a good order afterwards
     assert (await caller.post("/v1/orders", json=good, headers=fresh)).status_code == 201
+
+
+class _ReadStatements:
+    def __init__(self, monkeypatch) -> None:
+        from crm_api.db.reader import ReadPool
+
+        self.sql: list[str] = []
+        original = ReadPool.fetch
+
+        async def fetch(pool, sql, args):
+            self.sql.append(sql)
+            return await original(pool, sql, args)
+
+        monkeypatch.setattr(ReadPool, "fetch", fetch)
+
+
+async def test_a_customers_orders_are_one_statement_and_its_check_holds(
+    engine, client, client_for, monkeypatch
+):
+    """``GET /v1/customers/{id}/orders``: the customer's check (customers ``read``) is
+    part of the list statement. A page with orders is one statement; an empty page asks
+    again, so a customer the caller cannot see is a 404 even where their orders scope
+    covers its orders, and a visible customer without orders an empty page."""
+    role = (await client.post("/v1/roles", json={"name": "orders_everywhere"})).json()
+    for resource, scope in (("orders", "all"), ("customers", "own")):
+        granted = await client.post(
+            f"/v1/roles/{role['id']}/grants",
+            json={"resource": resource, "action": "read", "scope": scope},
+        )
+        assert granted.status_code == 201, granted.text
+    unit = await make_org_unit(engine)
+    reader = await make_user(engine, org_unit=unit, roles=("orders_everywhere",))
+    other = await make_user(engine, org_unit=unit, roles=("sales_rep",))
+    theirs = await create_customer(client, other)
+    mine = await create_customer(client, reader)
+    empty = await create_customer(client, reader)
+    product = await make_product(engine)
+    for customer in (theirs, mine, mine):
+        body = {"customer_id": customer["id"], "lines": [line(product)]}
+        assert (await client.post("/v1/orders", json=body)).status_code == 201
+    as_reader = await client_for(reader)
+    # the orders of both are in the reader's orders scope
+    assert len((await as_reader.get("/v1/orders")).json()["data"]) == 3
+    reads = _ReadStatements(monkeypatch)
+    page = await as_reader.get(f"/v1/customers/{mine['id']}/orders?limit=1")
+    assert page.status_code == 200, page.text
+    assert len(page.json()["data"]) == 1 and page.json()["has_more"] is True
+    assert len(reads.sql) == 1, reads.sql
+    assert "EXISTS" in reads.sql[0] and "FROM customers" in reads.sql[0]
+    rest = await as_reader.get(
+        f"/v1/customers/{mine['id']}/orders?limit=1&cursor={page.json()['next_cursor']}"
+    )
+    assert len(rest.json()["data"]) == 1 and rest.json()["has_more"] is False
+    before = len(reads.sql)
+    problem(await as_reader.get(f"/v1/customers/{theirs['id']}/orders"), 404, "customer_not_found")
+    # the same statement for every customer (the id is a parameter), then the check
+    assert reads.sql[before] == reads.sql[0]
+    assert len(reads.sql) == before + 2
+    problem(await as_reader.get(f"/v1/customers/{uuid.uuid4()}/orders"), 404, "customer_not_found")
+    nothing = await as_reader.get(f"/v1/customers/{empty['id']}/orders?include_total=true")
+    assert nothing.status_code == 200 and nothing.json()["data"] == []
+    assert nothing.json()["total"] == 0
+    counted_page = (
+        await as_reader.get(f"/v1/customers/{mine['id']}/orders?include_total=true")
+    ).json()
+    assert counted_page["total"] == 2 and len(counted_page["data"]) == 2

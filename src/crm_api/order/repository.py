@@ -21,6 +21,7 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -117,8 +118,21 @@ def _search(term: str) -> ColumnElement[bool]:
     return own | o.customer_id.in_(customers)
 
 
+#: The customer of ``GET /v1/customers/{id}/orders``: a named parameter, so one statement
+#: serves every customer (kit/statements.py).
+CUSTOMER_ID = bindparam("customer_id", type_=Uuid())
+
+
 def filtered(
     access: Access, query: CustomerOrderListQuery, customer_id: uuid.UUID | None = None
+) -> ScopedSelect:
+    return _narrowed(
+        access, query, o.customer_id == customer_id if customer_id is not None else None
+    )
+
+
+def _narrowed(
+    access: Access, query: CustomerOrderListQuery, customer: ColumnElement[bool] | None
 ) -> ScopedSelect:
     ids = query.customer_id if isinstance(query, OrderListQuery) else None
     with_products: ColumnElement[bool] | None = None
@@ -126,7 +140,7 @@ def filtered(
         with_products = o.id.in_(select(ln.order_id).where(ln.product_id.in_(query.product_id)))
     return kit.narrow(
         scoped(access, deleted=query.deleted),
-        o.customer_id == customer_id if customer_id is not None else None,
+        customer,
         one_of(o.customer_id, ids),
         one_of(o.status, query.status),
         one_of(o.channel, query.channel),
@@ -142,15 +156,58 @@ def filtered(
     )
 
 
+def _visible_customer(customers: Access) -> ColumnElement[bool]:
+    """The live customer :data:`CUSTOMER_ID` is inside ``customers``."""
+    return exists(
+        select(cu.id).where(
+            cu.id == CUSTOMER_ID,
+            cu.deleted_at.is_(None),
+            scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+        )
+    )
+
+
+def customer_filtered(
+    access: Access, customers: Access, query: CustomerOrderListQuery
+) -> ScopedSelect:
+    """The orders of the customer :data:`CUSTOMER_ID` that ``access`` covers, filtered,
+    while that customer is one ``customers`` (the caller's customers ``read``) sees: the
+    customer's check is part of the list statement (a one-time filter, not a round trip
+    of its own)."""
+    return kit.narrow(
+        _narrowed(access, query, o.customer_id == CUSTOMER_ID), _visible_customer(customers)
+    )
+
+
 async def list_page(
+    executor: Executor, access: Access, query: CustomerOrderListQuery
+) -> dict[str, Any]:
+    """One page of the orders ``access`` covers; the statement is built once per (access,
+    filter values)."""
+    stmt = statements.list_base(R, access, query, lambda: filtered(access, query))
+    return await kit.fetch_page(executor, R, access, stmt, query.page(OrderSort))
+
+
+async def customer_page(
     executor: Executor,
     access: Access,
+    customers: Access,
+    customer_id: uuid.UUID,
     query: CustomerOrderListQuery,
-    customer_id: uuid.UUID | None = None,
-) -> dict[str, Any]:
-    return await kit.fetch_page(
-        executor, R, access, filtered(access, query, customer_id), query.page(OrderSort)
+) -> dict[str, Any] | None:
+    """One page of the orders of ``customer_id``, or ``None`` when ``customers`` does not
+    see that customer (a second statement only when the page is empty: a customer with
+    orders on the page is one the list statement found visible)."""
+    stmt = statements.memo(
+        ("customer-orders", access, customers, statements.query_key(query)),
+        lambda: customer_filtered(access, customers, query),
     )
+    page = await kit.fetch_page(
+        executor, R, access, stmt, query.page(OrderSort), {"customer_id": customer_id}
+    )
+    if not page["data"] and not await customer_visible(executor, customers, customer_id):
+        return None
+    return page
 
 
 async def get_row(executor: Executor, access: Access, order_id: uuid.UUID) -> dict[str, Any] | None:
@@ -180,12 +237,10 @@ async def customer_visible(
     customers ``read``; ``None``: none is)."""
     if customers is None:
         return False
-    stmt = select(cu.id).where(
-        cu.id == customer_id,
-        cu.deleted_at.is_(None),
-        scope_clause(customers, cu.owner_id, cu.org_unit_id, cu.created_by),
+    stmt = statements.memo(
+        ("customer-visible", customers), lambda: select(_visible_customer(customers))
     )
-    return (await executor.execute(stmt)).first() is not None
+    return bool((await executor.execute(stmt, {"customer_id": customer_id})).scalar())
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,9 +112,12 @@ async def list_customer_orders(
     """One customer's orders (those ``access`` covers). A customer the caller cannot see
     (``customers``: their customers ``read``) is a 404, so a client can tell "no orders"
     from "wrong customer"."""
-    if not await repo.customer_visible(conn, customers, customer_id):
+    page = None
+    if customers is not None:
+        page = await repo.customer_page(conn, access, customers, customer_id, query)
+    if page is None:
         raise customer_not_found(customer_id)
-    return await repo.list_page(conn, access, query, customer_id)
+    return page
 
 
 async def get_order(conn: Executor, access: Access, order_id: uuid.UUID) -> dict[str, Any]:
