@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    JSON,
     Boolean,
     ColumnElement,
     Insert,
@@ -85,11 +86,11 @@ def _lines_column() -> ColumnElement[Any]:
     pairs: list[Any] = []
     for name in LINE_FIELDS:
         pairs += [literal(name), cast(ln[name], Text) if name in _NUMERIC else ln[name]]
-    agg = func.jsonb_agg(
-        aggregate_order_by(func.jsonb_build_object(*pairs), ln.position), type_=JSONB
-    )
+    # json, not jsonb: the array is only ever sent on, so PostgreSQL need not build (and
+    # then print) a binary document per order; the keys stay in the schema's order
+    agg = func.json_agg(aggregate_order_by(func.json_build_object(*pairs), ln.position), type_=JSON)
     return (
-        select(func.coalesce(agg, literal_column("'[]'::jsonb", JSONB), type_=JSONB))
+        select(func.coalesce(agg, literal_column("'[]'::json", JSON), type_=JSON))
         .where(ln.order_id == o.id)
         .scalar_subquery()
         .label("lines")
