@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ARRAY,
     JSON,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
 
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
@@ -79,18 +81,35 @@ LINE_FIELDS = (
 _NUMERIC = frozenset({"quantity", "unit_price", "discount", "tax_rate", "subtotal", "tax", "total"})
 
 
-def _lines_column() -> ColumnElement[Any]:
+class _SentAsIs(TypeDecorator[Any]):
+    """JSON text read as an ``orjson.Fragment``: rendered into the response as it came
+    from PostgreSQL, never parsed into Python objects and serialized again."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else orjson.Fragment(value)
+
+
+def _lines_column(*, parsed: bool = False) -> ColumnElement[Any]:
     """``lines``: the order's lines as one JSON array, by position, read in the same
     statement as the order (a correlated subquery on ``uq_order_lines_position``: one
-    index probe per order of the page, no second round trip)."""
+    index probe per order of the page, no second round trip). Sent on as it comes
+    (:class:`_SentAsIs`) unless ``parsed`` (a list, for audit diffs)."""
     pairs: list[Any] = []
     for name in LINE_FIELDS:
-        pairs += [literal(name), cast(ln[name], Text) if name in _NUMERIC else ln[name]]
+        # the keys as SQL literals: no parameters to bind per request
+        pairs += [
+            literal_column(f"'{name}'"),
+            cast(ln[name], Text) if name in _NUMERIC else ln[name],
+        ]
     # json, not jsonb: the array is only ever sent on, so PostgreSQL need not build (and
     # then print) a binary document per order; the keys stay in the schema's order
     agg = func.json_agg(aggregate_order_by(func.json_build_object(*pairs), ln.position), type_=JSON)
+    array = func.coalesce(agg, literal_column("'[]'::json", JSON), type_=JSON)
     return (
-        select(func.coalesce(agg, literal_column("'[]'::json", JSON), type_=JSON))
+        select(array if parsed else cast(array, _SentAsIs()))
         .where(ln.order_id == o.id)
         .scalar_subquery()
         .label("lines")
@@ -98,6 +117,7 @@ def _lines_column() -> ColumnElement[Any]:
 
 
 LINES = _lines_column()
+_PARSED_LINES = _lines_column(parsed=True)
 
 
 def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
@@ -423,6 +443,6 @@ async def delete_lines(session: AsyncSession, order_id: uuid.UUID) -> None:
 
 async def lines_of(session: AsyncSession, order_id: uuid.UUID) -> list[dict[str, Any]]:
     """An order's lines as a response shows them (for audit diffs of a line change)."""
-    stmt = select(LINES).select_from(Order.__table__).where(o.id == order_id)
+    stmt = select(_PARSED_LINES).select_from(Order.__table__).where(o.id == order_id)
     got = (await session.execute(stmt)).scalar_one()
     return list(got)
