@@ -378,6 +378,8 @@ def number_expression() -> ColumnElement[str]:
     )
 
 
+_NUMBER = number_expression()
+
 #: A line's columns as the JSON of :func:`lines_values` carries them.
 _LINE_COLUMNS = ("id", "position", "product_id", *LINE_FIELDS[3:])
 
@@ -409,7 +411,7 @@ async def next_number(session: AsyncSession) -> ColumnElement[str]:
     """The number of the order about to be inserted, as the INSERT draws it
     (:func:`number_expression`; no round trip here): called once the order is known to be
     good, the seam between its checks and its write."""
-    return number_expression()
+    return _NUMBER
 
 
 async def find_by_external_ref(
