@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Header
 from pydantic import BaseModel
-from sqlalchemy import Select, Table, bindparam, func, select, update
+from sqlalchemy import CTE, Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
@@ -104,12 +104,18 @@ class Claim:
         self.ran = False
 
     @staticmethod
+    def source() -> CTE:
+        """The claim as a CTE that returns one row when this request took the key, none
+        when the key is live: an INSERT may select its values from it."""
+        return _CLAIM.cte("idempotency_claim")
+
+    @staticmethod
     def attach(stmt: Select[Any]) -> Select[Any]:
         """``stmt`` with the claim as a CTE and a ``claimed`` column (true when
         this request took the key). ``stmt`` must return at least one row, or the caller
         cannot tell; the statement is the same for every key (parameters only), so it
         can be built once and cached."""
-        claim = _CLAIM.cte("idempotency_claim")
+        claim = Claim.source()
         claimed = select(func.count()).select_from(claim).scalar_subquery() > 0
         return stmt.add_cte(claim).add_columns(claimed.label("claimed"))
 

@@ -36,6 +36,7 @@ from crm_api.authz.types import Access, PrincipalKind
 from crm_api.errors import Forbidden, ProblemError, UnprocessableEntity
 from crm_api.kit import statements
 from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import (
     Locked,
     OwnerScoped,
@@ -403,6 +404,7 @@ async def insert(
     extra: Mapping[str, Any] | None = None,
     drawn: Drawn | None = None,
     beside: Beside | None = None,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
     """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
     reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
@@ -411,10 +413,14 @@ async def insert(
     the audit event with it; ``beside``: the statement that writes them, run inside the
     record's INSERT. ``drawn``: columns whose values the INSERT itself draws (an order's
     number: ``{"number": lambda: <SQL expression>}``), read back and audited like the
-    others; only for a record of no server-filled column and no per-row masking."""
+    others; only for a record of no server-filled column and no per-row masking.
+    ``claim``: the request's ``Idempotency-Key`` (:func:`crm_api.kit.idempotency.
+    idempotent_folded`), claimed in the record's own statement where it can be (else
+    by a statement of its own, first)."""
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
     if drawn or beside is not None:
+        assert claim is None, "claim the key in an earlier statement"
         return await _insert_drawn(
             session,
             resource,
@@ -458,7 +464,21 @@ async def insert(
         },
         occurred_at=now,
     )
-    if not from_server and flag is None:
+    if not from_server and flag is None and claim is not None:
+        # the Idempotency-Key's claim in the same statement: the record and its event are
+        # selected from the claim's RETURNING, so a live key writes neither
+        stmt = statements.memo(
+            ("insert-claimed", resource.name, tuple(row), tuple(event)),
+            lambda: _insert_claimed(resource, row, event),
+        )
+        values = {
+            **{f"r_{k}": v for k, v in row.items()},
+            **audit.bound(event),
+            **claim.values(),
+        }
+        returned = await execute(session, resource, stmt, overrides, values)
+        claim.settle(returned.first() is not None)
+    elif not from_server and flag is None:
         # the common case, one statement built once per (resource, columns): the record
         # and its event as named parameters, nothing to coerce or hash per request
         stmt = statements.memo(
@@ -468,6 +488,8 @@ async def insert(
         values = {**{f"r_{k}": v for k, v in row.items()}, **audit.bound(event)}
         returned = await execute(session, resource, stmt, overrides, values)
     else:
+        if claim is not None:
+            await claim.run()
         stmt = sql_insert(resource.table).values(**row)
         stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
         if not from_server:
@@ -562,6 +584,22 @@ async def _insert_drawn(
     after = {c.key: row.get(c.key) for c in resource.columns}
     after.update(zip(drawn, got, strict=True))
     return await present(session, resource, access, after, placement)
+
+
+def _insert_claimed(resource: Resource, row: Mapping[str, Any], event: Mapping[str, Any]) -> Insert:
+    """``WITH idempotency_claim AS (<claim>), audit_event AS (INSERT … SELECT :a_…
+    FROM idempotency_claim) INSERT INTO <resource> (…) SELECT :r_<column>, … FROM
+    idempotency_claim RETURNING id``: one row back exactly when this request took the
+    key (and wrote the record and its event)."""
+    table = resource.table
+    source = Claim.source()
+    values = [bindparam(f"r_{k}", type_=table.c[k].type) for k in row]
+    stmt = (
+        sql_insert(table)
+        .from_select(list(row), select(*values).select_from(source))
+        .returning(resource.id_column)
+    )
+    return audit.insert_with_drawn(stmt, event, source, ())
 
 
 def _bookkeeping(now: datetime) -> tuple[tuple[str, Any], ...]:
