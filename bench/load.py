@@ -753,11 +753,12 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
     return Statement(sql, params)
 
 
-def orders_statement(access: Any, scenario: Scenario) -> Statement:
+def orders_statement(access: Any, scenario: Scenario, customers: Any = None) -> Statement:
     """The orders list the app runs for ``scenario`` (compiled from the orders repository,
     lines included): one customer's orders when the path names a customer (``{id}``, the
-    random id parameter), else the login's list. The app also checks, first, that the
-    customer is one the caller sees (one more indexed lookup the floor does not run)."""
+    random id parameter; with the check that ``customers``, the login's customers read,
+    sees that customer, which the app runs inside the same statement), else the login's
+    list."""
     from crm_api.kit.pagination import apply_keyset
     from crm_api.order import repository as repo
     from crm_api.order.schemas import CustomerOrderListQuery, OrderListQuery, OrderSort
@@ -767,8 +768,13 @@ def orders_statement(access: Any, scenario: Scenario) -> Statement:
         raise SystemExit(f"{scenario.login} may not read orders")
     query = (CustomerOrderListQuery if "{id}" in scenario.path else OrderListQuery)(limit=50)
     sentinel = uuid.UUID(int=0) if "{id}" in scenario.path else None
+    base = (
+        repo.customer_filtered(access, customers, query).params(customer_id=sentinel)
+        if sentinel is not None and customers is not None
+        else repo.filtered(access, query, sentinel)
+    )
     stmt = apply_keyset(
-        repo.filtered(access, query, sentinel),
+        base,
         ORDERS.sort_columns,
         ORDERS.id_column,
         query.page(OrderSort),
@@ -1322,7 +1328,7 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                 path = runner.path_of(sc)
                 searches = "q=" in path
                 if sc.floor == "orders":
-                    statements[sc.name] = orders_statement(login.orders_access, sc)
+                    statements[sc.name] = orders_statement(login.orders_access, sc, login.access)
                 elif sc.method == "GET" and not searches:
                     statements[sc.name] = await scenario_statement(login.access, sc, path)
                 if searches:

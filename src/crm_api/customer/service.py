@@ -32,6 +32,7 @@ from crm_api.errors import Conflict, Forbidden, PreconditionFailed, Unprocessabl
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
 from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import Locked
 from crm_api.kit.transfer import check_placement, invalid_owner
 from crm_api.models.user import User
@@ -85,8 +86,14 @@ async def _duplicate_check(
 
 
 async def create_customer(
-    session: AsyncSession, access: Access, assign: Access | None, data: CustomerCreate
+    session: AsyncSession,
+    access: Access,
+    assign: Access | None,
+    data: CustomerCreate,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
+    """A new customer; ``claim``: the request's ``Idempotency-Key``, claimed in the
+    record's own INSERT (the checks before it only read)."""
     values, placement = await lifecycle.prepare_create(
         session, R, access, assign, data.model_dump(), users
     )
@@ -94,7 +101,7 @@ async def create_customer(
     await _duplicate_check(
         session, access, data.external_ref, data.tax_number, email=data.email, phone=data.phone
     )
-    return await lifecycle.insert(session, R, access, values, placement)
+    return await lifecycle.insert(session, R, access, values, placement, claim=claim)
 
 
 async def update_customer(

@@ -235,13 +235,9 @@ class Resource:
 
     def _unit_walks(self) -> tuple[KeyedColumnElement[Any] | None, frozenset[str]]:
         scoping = self.scoping
-        if (
-            not isinstance(scoping, OwnerScoped | UnitScoped)
-            or scoping.org_unit is None
-            or self.derived
-        ):
-            # placed in no unit; or derived columns, which come with the repository's
-            # statement, not the projection
+        if not isinstance(scoping, OwnerScoped | UnitScoped) or scoping.org_unit is None:
+            # placed in no unit (derived columns come with the repository's statement,
+            # which the merged page reads them from)
             return None, frozenset()
         unit = self.table.c[scoping.org_unit]
         if unit is self.id_column:
@@ -468,23 +464,28 @@ async def fetch_page(
     access: Access,
     stmt: ScopedSelect,
     params: PageParams,
+    values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked."""
+    """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked.
+    ``values``: those of ``stmt``'s own named parameters (a statement built once for
+    every customer, its customer id a parameter)."""
     total, estimated = None, False
     if params.include_total:
-        # counted on the bare statement: the masking flag changes no row count
-        total, estimated = await count_total(executor, stmt, params.count_cap)
+        # counted on the bare statement: the masking flag changes no row count (its own
+        # parameters bound into it: the planner's estimate is an EXPLAIN)
+        counted = stmt.params(values) if values else stmt
+        total, estimated = await count_total(executor, counted, params.count_cap)
     merged = merged_page(resource, access, stmt, _flag(resource, access), params)
     if merged is not None:
         # an org scope that pays for per-unit walks (kit/scoped_page.py)
-        result = await executor.execute(merged)
+        result = await executor.execute(merged, values)
     else:
         # built once per (statement, access, page shape); the cursor's values and the
         # limit are parameters (kit/statements.py)
-        paged, values = statements.page(
+        paged, page_values = statements.page(
             resource, access, stmt, params, lambda: _with_flag(resource, access, stmt)
         )
-        result = await executor.execute(paged, values)
+        result = await executor.execute(paged, {**values, **page_values} if values else page_values)
     # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result.all()]

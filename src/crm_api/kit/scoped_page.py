@@ -107,7 +107,11 @@ def merged_page(
     )
     # The rows of the merged ids: the WHERE is not repeated (each id comes from ``stmt``
     # itself, narrowed), which halves what SQLAlchemy hashes to find the compiled form.
-    rows = resource.projection if flag is None else resource.projection.add_columns(flag)
+    # the resource's derived columns (an order's lines) as the statement selects them:
+    # correlated to the table, so they are computed for the page's rows only
+    derived = list(stmt.selected_columns)[len(resource.columns) :]
+    rows = resource.projection.add_columns(*derived) if derived else resource.projection
+    rows = rows if flag is None else rows.add_columns(flag)
     return rows.join_from(resource.table, page_ids, keys.on).order_by(*keys.order).limit(size)
 
 

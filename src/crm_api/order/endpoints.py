@@ -10,7 +10,7 @@ from crm_api.authz.types import Access, Action
 from crm_api.customer.service import upsert_access
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
-from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
+from crm_api.kit.idempotency import Claim, IdempotencyKeyHeader, idempotent, idempotent_folded
 from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
@@ -98,11 +98,15 @@ async def create_order(
         upsert=upsert_access(policy, access.principal) if body.customer is not None else None,
     )
 
-    async def produce() -> Response:
-        row = await service.create_order(session, access, assign, rights, body, _rules(settings))
+    async def produce(claim: Claim | None) -> Response:
+        row = await service.create_order(
+            session, access, assign, rights, body, _rules(settings), claim
+        )
         return with_etag(row, 201, f"/v1/orders/{row['id']}")
 
-    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
+    return await idempotent_folded(
+        request, session, access.principal, idempotency_key, body, produce
+    )
 
 
 @router.get(
