@@ -27,20 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.kit import resource as kit
-from crm_api.kit.filtering import (
-    FIELD_SEPARATOR,
-    contains_lowered,
-    contains_pattern,
-    one_of,
-    time_range,
-)
+from crm_api.kit import search, statements
+from crm_api.kit.filtering import one_of, time_range
 from crm_api.kit.resource import Executor, Placement, ScopedSelect
 from crm_api.kit.transfer import cast_table
 from crm_api.models.customer import Customer
 from crm_api.models.order import NUMBER_SEQUENCE, Order, OrderLine
 from crm_api.models.product import Product
 from crm_api.order.schemas import CustomerOrderListQuery, OrderListQuery, OrderSort
-from crm_api.resources import ORDERS
+from crm_api.resources import CUSTOMERS, ORDERS
 
 R = ORDERS
 o = Order.__table__.c
@@ -94,19 +89,6 @@ def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
     return kit.with_columns(kit.scoped(R, access, deleted=deleted), LINES)
 
 
-def _search(term: str) -> ColumnElement[bool]:
-    """``q``: the term in the number or external_ref (one LIKE over the generated,
-    lower()ed ``search_text``), or in the name of the order's customer."""
-    customers = select(cu.id).where(cu.name.ilike(contains_pattern(term)))
-    own: ColumnElement[bool]
-    if FIELD_SEPARATOR in term:
-        pattern = contains_pattern(term)
-        own = o.number.ilike(pattern) | o.external_ref.ilike(pattern)
-    else:
-        own = contains_lowered(o.search_text, term)
-    return own | o.customer_id.in_(customers)
-
-
 def filtered(
     access: Access, query: CustomerOrderListQuery, customer_id: uuid.UUID | None = None
 ) -> ScopedSelect:
@@ -127,7 +109,6 @@ def filtered(
         o.number == query.number if query.number else None,
         o.total >= query.total_min if query.total_min is not None else None,
         o.total <= query.total_max if query.total_max is not None else None,
-        _search(query.q) if query.q else None,
         *time_range(o.created_at, query.created_after, query.created_before),
     )
 
@@ -137,9 +118,27 @@ async def list_page(
     access: Access,
     query: CustomerOrderListQuery,
     customer_id: uuid.UUID | None = None,
+    customers: Access | None = None,
 ) -> dict[str, Any]:
-    return await kit.fetch_page(
-        executor, R, access, filtered(access, query, customer_id), query.page(OrderSort)
+    """One page of the orders ``access`` covers; with ``q`` the kit's search
+    (:mod:`crm_api.kit.search`: the number and external_ref through the orders' n-gram
+    index, the customer's name through the customers', best first unless ``sort`` is
+    given). ``customers``: the caller's customers ``read``; an order matches by its
+    customer's name only when that customer is live and inside it (``None``: never)."""
+    stmt = statements.memo(
+        ("orders.list", access, statements.query_key(query), customer_id),
+        lambda: filtered(access, query, customer_id),
+    )
+    return await search.page(
+        executor,
+        R,
+        access,
+        stmt,
+        query.page(OrderSort),
+        query.q,
+        relevance="sort" not in query.model_fields_set,
+        deleted=query.deleted,
+        referenced={CUSTOMERS.name: customers},
     )
 
 
