@@ -378,12 +378,28 @@ def _expected_orders(world: OrderWorld, who: str, term: str, deleted: bool = Fal
     ]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "hashed"])
 async def test_orders_same_as_substring_matching_per_scope(
     client, client_for, engine, monkeypatch, fresh_stats, strategy
 ):
     world = await _order_world(engine, client)
-    await _force(monkeypatch, engine, strategy)
+    if strategy == "hashed":
+        # the customer-name part with too many orders to collect, its customers few: the
+        # set of customers hashed and checked per order walked; every other part collected
+        for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
+            monkeypatch.setattr(search, name, 1e9)
+        monkeypatch.setattr(search, "_fanned", lambda s, own: search.IndexStats({}, 1.0, 1e15))
+    else:
+        await _force(monkeypatch, engine, strategy)
+    decided: set[tuple[str, str]] = set()
+    decide = search.Plan.decide
+
+    async def recording(self, executor, key, *args, **kwargs):
+        got = await decide(self, executor, key, *args, **kwargs)
+        decided.add((key, got))
+        return got
+
+    monkeypatch.setattr(search.Plan, "decide", recording)
     callers = {
         "admin": await client_for(world.admin),
         "manager": await client_for(world.manager),
@@ -407,6 +423,14 @@ async def test_orders_same_as_substring_matching_per_scope(
             expected = _expected_orders(world, who, term, deleted=True)
             got = await _all_pages(http, "/v1/orders", q=term, deleted="true", limit=7)
             assert sorted(got) == sorted(str(o.id) for o in expected), (who, term)
+    # the customer-name part ran the way the strategy says
+    wanted = {
+        "collect": {("referenced0", "collect")},
+        "walk": {("referenced0", "walk"), ("referenced0.set", "walk")},
+        "hashed": {("referenced0", "walk"), ("referenced0.set", "collect")},
+        "mixed": set(),
+    }[strategy]
+    assert wanted <= decided, decided
 
 
 async def test_orders_found_by_a_readable_customer_name_only(
