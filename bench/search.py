@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--time", type=int, default=0, help="instead of EXPLAIN: the median ms of N runs"
     )
+    p.add_argument("--sort", help="an explicit sort (default: none, relevance order)")
     args = p.parse_args(argv)
     default_terms = ORDER_TERMS if args.resource == "orders" else TERMS
     terms = args.term or list(default_terms.values())
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 login = await runner.load_login(conn, LOGINS[who])
                 for term in terms:
                     path = f"/v1/{args.resource}?q={quote(term)}&limit=50"
+                    if args.sort:
+                        path += f"&sort={quote(args.sort)}"
                     if args.time:
                         ms = await time_request(conn, login, path, args.time)
                         print(f"{who}\tq={term}\t{ms:.1f} ms")

@@ -497,3 +497,50 @@ async def test_bad_q_is_a_422_naming_it_like_customers(client, path):
         response = await client.get(path, params={"q": q})
         assert response.status_code == 200, (q, response.text)
         assert response.json()["data"] == []
+
+
+@pytest.mark.parametrize("strategy", ["walk", "collect"])
+async def test_org_scoped_search_through_merged_unit_pages(
+    client, client_for, engine, monkeypatch, fresh_stats, strategy
+):
+    """A manager's search read rank by rank, each rank's page merged from per-unit walks
+    (kit/scoped_page.py, what a branch of a large tree gets): the merge re-selects the
+    resource's own columns, so the rank each row came with must not depend on the
+    statement's extra column (it was a KeyError, a 500, for every walked search of a
+    manager whose subtree was small enough to merge)."""
+    from crm_api.kit import scoped_page
+
+    monkeypatch.setattr(scoped_page, "worth_merging", lambda units: True)
+    await _force(monkeypatch, engine, strategy)
+    root = await make_org_unit(engine, "Group", kind="group")
+    branch = await make_org_unit(engine, "Branch", parent=root, kind="branch")
+    teams = [await make_org_unit(engine, f"Team {i}", parent=branch) for i in range(2)]
+    manager = await make_user(engine, roles=("sales_manager",), org_unit=branch)
+    reps = [await make_user(engine, org_unit=t) for t in teams]
+    base = datetime.now(UTC) - timedelta(hours=1)
+    names = ["华信", "华信科技", "苏州华信", "东方", "华信", "深圳华信贸易", "无关"]
+    rows = []
+    async with engine.begin() as conn:
+        for i, name in enumerate(names):
+            rep, team = reps[i % 2], teams[i % 2]
+            cid = uuid.uuid4()
+            created = base + timedelta(minutes=i)
+            rows.append(Item(cid, name, [f"c{i}@example.cn"], created))
+            await conn.execute(
+                insert(Customer).values(
+                    id=cid,
+                    name=name,
+                    type="company",
+                    email=f"c{i}@example.cn",
+                    owner_id=rep["id"],
+                    org_unit_id=team["id"],
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+    http = await client_for(manager)
+    for term in ("华信", "华", "c1", "example"):
+        expected = [r for r in rows if r.own_match(term)]
+        for limit in (1, 2, 50):
+            got = await _all_pages(http, "/v1/customers", q=term, limit=limit)
+            assert got == _relevance_order(expected, term), (term, limit)
