@@ -1343,7 +1343,7 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                         searched[sc.name] = {
                             "sql": f"(the statements of GET {path})",
                             "params": [],
-                            "plan": await bench_search.explain(conn, login.access, path),
+                            "plan": await bench_search.explain(conn, login, path),
                         }
                 if sc.name == "search" or "{q}" in sc.path:
                     info["search_term"] = args.search_term

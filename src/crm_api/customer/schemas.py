@@ -10,7 +10,16 @@ from pydantic_core import PydanticCustomError
 
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import CustomFields, Email, Phone, Tag, Tags, UtcDatetime, Website
+from crm_api.kit.types import (
+    CustomFields,
+    Email,
+    Phone,
+    SearchTerm,
+    Tag,
+    Tags,
+    UtcDatetime,
+    Website,
+)
 
 
 class CustomerType(StrEnum):
@@ -225,10 +234,8 @@ class Customer(OutputModel):
 
 class CustomerListQuery(ListQuery):
     sort: str = sort_field(CustomerSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Free text over name, phone, e-mail and contact names (substring, any"
         " script, any case; `%` and `_` literal). Without `sort`, results come best first:"
         " the name equal to the term, then starting with it, then containing it, then a"

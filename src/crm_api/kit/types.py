@@ -106,3 +106,15 @@ CustomFields = Annotated[
     AfterValidator(_json_object),
 ]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+def _searchable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("may not hold NUL characters (no text can: nothing would match)")
+    return value
+
+
+#: A list's ``q`` (the description is the list query's): 1 to 200 characters; a NUL is a
+#: 422 naming the field here, not a database error (PostgreSQL text cannot hold one). Any
+#: other character, control characters included, is searched for as it is.
+SearchTerm = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_searchable)]

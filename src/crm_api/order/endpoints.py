@@ -53,14 +53,18 @@ def _rules(settings: SystemSettings) -> service.Rules:
     responses=problems(400),
 )
 async def list_orders(
+    request: Request,
     access: OrdersRead,
     conn: ReadConnection,
     query: Annotated[OrderListQuery, query_model(OrderListQuery)],
 ) -> Response:
     """Orders in your data scope, with their lines, filtered and sorted, one cursor page
     at a time. "My orders" is `owner_id=<your id>` (or simply your list, with an `own`
-    scope)."""
-    return json_response(await service.list_orders(conn, access, query))
+    scope). `q` matches the number, the external_ref and the name of the order's customer
+    when you may read that customer (live and inside your customers scope): a search never
+    reveals the name of a customer you cannot read."""
+    customers = access_for(get_policy(request), access.principal, "customers", Action.read)
+    return json_response(await service.list_orders(conn, access, query, customers))
 
 
 @router.post(

@@ -38,14 +38,8 @@ from sqlalchemy.types import TypeDecorator
 from crm_api.authz.scope import scope_clause
 from crm_api.authz.types import Access
 from crm_api.kit import resource as kit
-from crm_api.kit import statements
-from crm_api.kit.filtering import (
-    FIELD_SEPARATOR,
-    contains_lowered,
-    contains_pattern,
-    one_of,
-    time_range,
-)
+from crm_api.kit import search, statements
+from crm_api.kit.filtering import one_of, time_range
 from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import Executor, Placement, ScopedSelect
 from crm_api.kit.responses import dumps
@@ -54,7 +48,7 @@ from crm_api.models.customer import Customer
 from crm_api.models.order import NUMBER_SEQUENCE, Order, OrderLine
 from crm_api.models.product import Product
 from crm_api.order.schemas import CustomerOrderListQuery, OrderListQuery, OrderSort
-from crm_api.resources import ORDERS
+from crm_api.resources import CUSTOMERS, ORDERS
 
 R = ORDERS
 o = Order.__table__.c
@@ -126,19 +120,6 @@ def scoped(access: Access, *, deleted: bool = False) -> ScopedSelect:
     return kit.with_columns(kit.scoped(R, access, deleted=deleted), LINES)
 
 
-def _search(term: str) -> ColumnElement[bool]:
-    """``q``: the term in the number or external_ref (one LIKE over the generated,
-    lower()ed ``search_text``), or in the name of the order's customer."""
-    customers = select(cu.id).where(cu.name.ilike(contains_pattern(term)))
-    own: ColumnElement[bool]
-    if FIELD_SEPARATOR in term:
-        pattern = contains_pattern(term)
-        own = o.number.ilike(pattern) | o.external_ref.ilike(pattern)
-    else:
-        own = contains_lowered(o.search_text, term)
-    return own | o.customer_id.in_(customers)
-
-
 #: The customer of ``GET /v1/customers/{id}/orders``: a named parameter, so one statement
 #: serves every customer (kit/statements.py).
 CUSTOMER_ID = bindparam("customer_id", type_=Uuid())
@@ -172,7 +153,6 @@ def _narrowed(
         o.number == query.number if query.number else None,
         o.total >= query.total_min if query.total_min is not None else None,
         o.total <= query.total_max if query.total_max is not None else None,
-        _search(query.q) if query.q else None,
         *time_range(o.created_at, query.created_after, query.created_before),
     )
 
@@ -201,12 +181,33 @@ def customer_filtered(
 
 
 async def list_page(
-    executor: Executor, access: Access, query: CustomerOrderListQuery
+    executor: Executor,
+    access: Access,
+    query: CustomerOrderListQuery,
+    customer_id: uuid.UUID | None = None,
+    customers: Access | None = None,
 ) -> dict[str, Any]:
-    """One page of the orders ``access`` covers; the statement is built once per (access,
-    filter values)."""
-    stmt = statements.list_base(R, access, query, lambda: filtered(access, query))
-    return await kit.fetch_page(executor, R, access, stmt, query.page(OrderSort))
+    """One page of the orders ``access`` covers (the statement built once per access and
+    filter values); with ``q`` the kit's search (:mod:`crm_api.kit.search`: the number
+    and external_ref through the orders' n-gram index, the customer's name through the
+    customers', best first unless ``sort`` is given). ``customers``: the caller's
+    customers ``read``; an order matches by its customer's name only when that customer
+    is live and inside it (``None``: never)."""
+    stmt = statements.memo(
+        ("orders.list", access, statements.query_key(query), customer_id),
+        lambda: filtered(access, query, customer_id),
+    )
+    return await search.page(
+        executor,
+        R,
+        access,
+        stmt,
+        query.page(OrderSort),
+        query.q,
+        relevance="sort" not in query.model_fields_set,
+        deleted=query.deleted,
+        referenced={CUSTOMERS.name: customers},
+    )
 
 
 async def customer_page(
@@ -217,8 +218,14 @@ async def customer_page(
     query: CustomerOrderListQuery,
 ) -> dict[str, Any] | None:
     """One page of the orders of ``customer_id``, or ``None`` when ``customers`` does not
-    see that customer (a second statement only when the page is empty: a customer with
-    orders on the page is one the list statement found visible)."""
+    see that customer. Without ``q``, one statement for every customer (the customer's
+    check inside it; a second statement only when the page is empty: a customer with
+    orders on the page is one the list statement found visible). With ``q``, the check
+    first, then the kit's search (:func:`list_page`)."""
+    if query.q:
+        if not await customer_visible(executor, customers, customer_id):
+            return None
+        return await list_page(executor, access, query, customer_id, customers)
     stmt = statements.memo(
         ("customer-orders", access, customers, statements.query_key(query)),
         lambda: customer_filtered(access, customers, query),

@@ -12,7 +12,7 @@ from crm_api.customer.schemas import CustomerUpsert
 from crm_api.kit.money import PLAIN_DECIMAL, Amount, Currency
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import Phone, UtcDatetime
+from crm_api.kit.types import Phone, SearchTerm, UtcDatetime
 from crm_api.order.states import OrderStatus
 
 #: The most lines one order may carry (a request with more is a 422 naming ``lines``).
@@ -235,11 +235,15 @@ class CustomerOrderListQuery(ListQuery):
     """The filters of ``/customers/{id}/orders`` (the customer is the path's)."""
 
     sort: str = sort_field(OrderSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
-        description="Free text over the number, external_ref and the customer's name.",
+        description="Free text over the number, external_ref and the name of the order's"
+        " customer, when you may read that customer (live and inside your customers scope)"
+        " (substring, any case, any script; `%` and `_` literal). Without `sort`, results come"
+        " best first: the number equal to the term, then starting with it, then containing"
+        " it, then a match in external_ref or the customer's name; newest first within each."
+        " An explicit `sort` wins.",
+        examples=["SO-"],
     )
     status: list[OrderStatus] | None = None
     channel: list[Channel] | None = None

@@ -98,8 +98,12 @@ def _plain(value: Decimal, places: int) -> Decimal:
 
 
 # --- reads -----------------------------------------------------------------------------------
-async def list_orders(conn: Reader, access: Access, query: OrderListQuery) -> dict[str, Any]:
-    return await repo.list_page(conn, access, query)
+async def list_orders(
+    conn: Reader, access: Access, query: OrderListQuery, customers: Access | None = None
+) -> dict[str, Any]:
+    """Orders ``access`` covers. ``q`` finds an order by its customer's name only when
+    ``customers`` (the caller's customers ``read``) covers that customer."""
+    return await repo.list_page(conn, access, query, customers=customers)
 
 
 async def list_customer_orders(

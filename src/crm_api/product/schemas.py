@@ -13,7 +13,7 @@ from pydantic import MISSING, AfterValidator, Field, StrictBool, StrictInt
 from crm_api.kit.money import Amount, Currency, Rate
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import UtcDatetime
+from crm_api.kit.types import SearchTerm, UtcDatetime
 
 
 class ProductSort(StrEnum):
@@ -182,12 +182,14 @@ class Product(OutputModel):
 
 class ProductListQuery(ListQuery):
     sort: str = sort_field(ProductSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
-        description="Free text over SKU, name, brand and series (substring, any case, any "
-        "script: `打印机`, `laserjet`).",
+        description="Free text over name, SKU, brand and series (substring, any case, any"
+        " script: `打印机`, `laserjet`; `%` and `_` literal). Without `sort`, results come best"
+        " first: the name equal to the term, then starting with it, then containing it, then a"
+        " match in the SKU, brand or series; newest first within each. An explicit `sort`"
+        " wins.",
+        examples=["打印机"],
     )
     brand: list[Str100] | None = Field(default=None, max_length=50)
     series: list[Str100] | None = Field(default=None, max_length=50)
