@@ -35,6 +35,12 @@ LATENCY = Histogram(
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def _query_has_nul(query_string: bytes) -> bool:
+    """Whether a query parameter would hold U+0000, which no PostgreSQL text (a filter, a
+    search term) can: refused here rather than as a database error naming nothing."""
+    return b"%00" in query_string or b"\x00" in query_string
+
+
 def _query_is_utf8(query_string: bytes) -> bool:
     """Whether the percent-decoded query string is UTF-8. Starlette decodes it with
     ``errors="replace"``, so ``q=%ff`` would otherwise search for U+FFFD and a filter
@@ -170,6 +176,15 @@ class RequestMiddleware:
                     400,
                     "invalid_query",
                     "The query string is not valid UTF-8 once percent-decoded.",
+                )
+                return
+            if _query_has_nul(scope.get("query_string", b"")):
+                status_holder[0] = 400
+                await _send_problem(
+                    send_wrapper,
+                    400,
+                    "invalid_query",
+                    "The query string holds a NUL character (%00).",
                 )
                 return
             declared = _content_length(scope)

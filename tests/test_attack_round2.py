@@ -1,0 +1,118 @@
+"""Leaks found by probing a demo server as a low-privilege caller (second attack round),
+each pinned here so it cannot come back:
+
+- a duplicate ``tax_number`` 409 named the customer holding the number to a caller who
+  sees that customer's tax number masked: a rep could confirm a guessed (masked) tax
+  number of a specific customer by sending it on another one (``existing_id`` linked the
+  masked value to its record).
+"""
+
+from __future__ import annotations
+
+from conftest import count_rows, problem
+from factories.customers import create_customer
+from factories.identity import make_org_unit, make_user
+
+TAX = "91310000MA1FL8XQ3K"
+
+
+async def test_a_duplicate_masked_tax_number_names_no_record(client, client_for, engine):
+    unit = await make_org_unit(engine, "East")
+    rep = await make_user(engine, org_unit=unit)  # sales_rep: own, tax numbers masked
+    manager = await make_user(engine, roles=("sales_manager",), org_unit=unit)
+    holder = await create_customer(client, rep, tax_number=TAX, external_ref="ext-holder")
+    other = await create_customer(client, rep, name="another")
+    as_rep = await client_for(rep)
+    shown = (await as_rep.get(f"/v1/customers/{holder['id']}")).json()
+    assert shown["tax_number"] != TAX  # masked for the rep
+    customers = await count_rows(engine, "customers")
+
+    # the 409 stays (the number is unique), but it does not say who holds the number
+    for response in (
+        await as_rep.patch(f"/v1/customers/{other['id']}", json={"tax_number": TAX}),
+        await as_rep.post("/v1/customers", json={"name": "probe", "tax_number": TAX}),
+    ):
+        body = problem(response, 409, "customer_duplicate")
+        assert body["field"] == "tax_number" and body.get("existing_id") is None, body
+    assert await count_rows(engine, "customers") == customers
+
+    # a field the rep sees in full is still named: nothing masked is revealed
+    body = problem(
+        await as_rep.post("/v1/customers", json={"name": "probe", "external_ref": "ext-holder"}),
+        409,
+        "customer_duplicate",
+    )
+    assert body["existing_id"] == holder["id"]
+
+    # a caller who sees tax numbers unmasked is told which customer holds it
+    as_manager = await client_for(manager)
+    body = problem(
+        await as_manager.patch(f"/v1/customers/{other['id']}", json={"tax_number": TAX}),
+        409,
+        "customer_duplicate",
+    )
+    assert body["existing_id"] == holder["id"]
+
+
+async def test_a_nul_character_is_a_422_naming_the_field_and_writes_nothing(client, engine):
+    """PostgreSQL text cannot hold U+0000. A NUL in a body's string reached SQL and came
+    back as ``invalid_value`` "A value is out of range." naming no field; in the query
+    string or the path it did the same. Now: refused before any SQL, naming the field."""
+    customer = await create_customer(client, await make_user(engine), name="nul")
+    customers = await count_rows(engine, "customers")
+    for body, field in (
+        ({"name": "a\x00b"}, "name"),
+        ({"name": "ok", "tags": ["vip", "\x00"]}, "tags"),
+        ({"name": "ok", "notes": "\x00"}, "notes"),
+    ):
+        refused = problem(await client.post("/v1/customers", json=body), 422, "validation_error")
+        assert [e["field"] for e in refused["errors"]] == [field], refused
+        refused = problem(
+            await client.patch(f"/v1/customers/{customer['id']}", json=body),
+            422,
+            "validation_error",
+        )
+        assert field in [e["field"] for e in refused["errors"]], refused
+    refused = problem(
+        await client.put("/v1/customers/by-external-ref/ref-1", json={"name": "a\x00"}),
+        422,
+        "validation_error",
+    )
+    assert [e["field"] for e in refused["errors"]] == ["name"]
+    # a nested body: an order's customer block
+    refused = problem(
+        await client.post(
+            "/v1/orders",
+            json={
+                "channel": "web",
+                "customer": {"email": "nul@example.cn", "name": "x\x00"},
+                "lines": [],
+            },
+        ),
+        422,
+        "validation_error",
+    )
+    assert "customer.name" in [e["field"] for e in refused["errors"]], refused
+    for query in ("q=a%00", "external_ref=%00", "sort=name&tag=v%00ip"):
+        problem(await client.get(f"/v1/customers?{query}"), 400, "invalid_query")
+    refused = problem(
+        await client.put("/v1/customers/by-external-ref/a%00b", json={"name": "x"}),
+        422,
+        "validation_error",
+    )
+    assert [e["field"] for e in refused["errors"]] == ["path.external_ref"], refused
+    assert await count_rows(engine, "customers") == customers
+    stored = (await client.get(f"/v1/customers/{customer['id']}")).json()
+    assert stored["name"] == "nul" and stored["version"] == 1
+
+
+async def test_a_nul_in_product_parameters_is_a_422_naming_the_field(client, engine):
+    products = await count_rows(engine, "products")
+    for parameters in ({"a": "b\x00"}, {"a\x00": 1}, {"a": ["x", "\x00"]}):
+        body = {"sku": "NUL-1", "name": "n", "list_price": "1", "parameters": parameters}
+        refused = problem(await client.post("/v1/products", json=body), 422, "validation_error")
+        assert [e["field"] for e in refused["errors"]] == ["parameters"], refused
+    assert await count_rows(engine, "products") == products
+    # a backslash and "u0000" are ordinary text
+    body = {"sku": "NUL-2", "name": "n", "list_price": "1", "parameters": {"a": "\\u0000"}}
+    assert (await client.post("/v1/products", json=body)).status_code == 201
