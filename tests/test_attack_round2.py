@@ -116,3 +116,17 @@ async def test_a_nul_in_product_parameters_is_a_422_naming_the_field(client, eng
     # a backslash and "u0000" are ordinary text
     body = {"sku": "NUL-2", "name": "n", "list_price": "1", "parameters": {"a": "\\u0000"}}
     assert (await client.post("/v1/products", json=body)).status_code == 201
+
+
+async def test_a_nul_in_a_login_is_a_422_naming_the_field(anon_client):
+    for form, field in (
+        ({"grant_type": "password", "username": "a\x00@x.cn", "password": "x"}, "username"),
+        (
+            {"grant_type": "client_credentials", "client_id": "a\x00", "client_secret": "x"},
+            "client_id",
+        ),
+    ):
+        refused = problem(
+            await anon_client.post("/v1/auth/token", data=form), 422, "invalid_request"
+        )
+        assert [e["field"] for e in refused["errors"]] == [field], refused
