@@ -130,3 +130,34 @@ async def test_a_nul_in_a_login_is_a_422_naming_the_field(anon_client):
             await anon_client.post("/v1/auth/token", data=form), 422, "invalid_request"
         )
         assert [e["field"] for e in refused["errors"]] == [field], refused
+
+
+async def test_timestamps_are_iso_8601_strings_not_unix_numbers(client, engine):
+    """The contract says ``format: date-time``; pydantic also took a number as Unix
+    seconds (``updated_before=0.5`` was 1970-01-01T00:00:00.5Z, a JSON ``expires_at``
+    of 1893456000 a token valid until 2030): a client's mistake answered as valid."""
+    for query in (
+        "updated_before=0.5",
+        "created_after=1733000000",
+        "created_before=1e9",
+    ):
+        for path in ("/v1/customers", "/v1/orders", "/v1/products"):
+            refused = problem(await client.get(f"{path}?{query}"), 422, "validation_error")
+            assert refused["errors"][0]["field"] == f"query.{query.split('=')[0]}", refused
+    problem(await client.get("/v1/audit-events?occurred_after=0"), 422, "validation_error")
+    tokens = await count_rows(engine, "personal_access_tokens")
+    body = {"name": "t", "permissions": [{"resource": "customers", "action": "read"}]}
+    for expires_at in (1893456000, "1893456000", 1.5e9):
+        refused = problem(
+            await client.post("/v1/me/tokens", json={**body, "expires_at": expires_at}),
+            422,
+            "validation_error",
+        )
+        assert [e["field"] for e in refused["errors"]] == ["expires_at"], refused
+    assert await count_rows(engine, "personal_access_tokens") == tokens
+    # ISO-8601 with an offset (or Z) still works, in the query and in a body
+    for value in ("2026-01-01T00:00:00Z", "2026-01-01T08:00:00+08:00", "2026-01-01 00:00:00Z"):
+        response = await client.get("/v1/customers", params={"updated_before": value})
+        assert response.status_code == 200, (value, response.text)
+    made = await client.post("/v1/me/tokens", json={**body, "expires_in_days": 1})
+    assert made.status_code == 201, made.text

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, EmailStr, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, EmailStr, Field
+from pydantic_core import PydanticCustomError
 
 _PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-.]*(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$"
 _PHONE = re.compile(_PHONE_PATTERN)
@@ -67,6 +68,24 @@ def _tags(value: list[str]) -> list[str]:
     return list(seen)
 
 
+#: The start of an ISO-8601 / RFC 3339 date-time: a date, then ``T`` (or a space) and a time.
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_string(value: Any) -> Any:
+    """Only what the contract's ``format: date-time`` says: pydantic alone also takes a
+    number (in JSON, or a numeric query string) as Unix seconds, so ``created_after=0.5``
+    or ``"expires_at": 1893456000`` would be answered as if valid."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            "must be an ISO-8601 date-time with an offset, e.g. 2026-12-02T08:00:00Z",
+        )
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
@@ -105,4 +124,4 @@ CustomFields = Annotated[
     Field(description="Free-form JSON object (≤100 keys, ≤16 KiB).", examples=[{"erp_id": "C-1"}]),
     AfterValidator(_json_object),
 ]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_string), AfterValidator(_utc)]
