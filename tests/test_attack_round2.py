@@ -161,3 +161,13 @@ async def test_timestamps_are_iso_8601_strings_not_unix_numbers(client, engine):
         assert response.status_code == 200, (value, response.text)
     made = await client.post("/v1/me/tokens", json={**body, "expires_in_days": 1})
     assert made.status_code == 201, made.text
+
+
+async def test_allow_names_the_methods_of_the_static_route(client):
+    """``/v1/customers/transfer`` also matches ``/v1/customers/{customer_id}``'s pattern,
+    so its 405 advertised ``DELETE, GET, PATCH, POST, PUT`` (schemathesis: ST205); a path
+    that a route without parameters matches is that route's resource."""
+    for method in ("OPTIONS", "PUT"):
+        response = await client.request(method, "/v1/customers/transfer")
+        problem(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == "POST", response.headers
