@@ -171,3 +171,40 @@ async def test_allow_names_the_methods_of_the_static_route(client):
         response = await client.request(method, "/v1/customers/transfer")
         problem(response, 405, "method_not_allowed")
         assert response.headers["allow"] == "POST", response.headers
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {"a": 1}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_deeply_nested_custom_fields_are_refused_not_stored(client, engine):
+    """custom_fields nested ~250 levels passed validation (orjson, which renders responses,
+    stops at 255) and was stored: then every page listing the customer (two levels more)
+    and its audit events (four more) answered 500 to everyone who could see it — a stored
+    denial of service by any caller who may create a customer. A depth of 254 was a 500 on
+    the create itself (rolled back). Now nesting past 32 levels is a 422 naming the field."""
+    customers = await count_rows(engine, "customers")
+    for depth in (33, 250, 254):
+        refused = problem(
+            await client.post(
+                "/v1/customers", json={"name": "deep", "custom_fields": _nested(depth)}
+            ),
+            422,
+            "validation_error",
+        )
+        assert [e["field"] for e in refused["errors"]] == ["custom_fields"], refused
+    assert await count_rows(engine, "customers") == customers
+    made = await client.post("/v1/customers", json={"name": "deep", "custom_fields": _nested(32)})
+    assert made.status_code == 201, made.text
+    problem(
+        await client.patch(
+            f"/v1/customers/{made.json()['id']}", json={"custom_fields": _nested(250)}
+        ),
+        422,
+        "validation_error",
+    )
+    for path in ("/v1/customers", f"/v1/audit-events?resource_id={made.json()['id']}"):
+        assert (await client.get(path)).status_code == 200, path
