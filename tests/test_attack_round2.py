@@ -208,3 +208,24 @@ async def test_deeply_nested_custom_fields_are_refused_not_stored(client, engine
     )
     for path in ("/v1/customers", f"/v1/audit-events?resource_id={made.json()['id']}"):
         assert (await client.get(path)).status_code == 200, path
+
+
+async def test_head_is_answered_like_get_without_a_body(client, anon_client, engine):
+    """RFC 9110: a general-purpose server MUST support HEAD wherever GET is. It was a 405
+    everywhere, /healthz and /readyz included (load balancers' and monitors' HEAD checks
+    marked the service down), and a client could not read a record's ETag without its body."""
+    customer = await create_customer(client, await make_user(engine), name="head")
+    got = await client.get(f"/v1/customers/{customer['id']}")
+    head = await client.head(f"/v1/customers/{customer['id']}")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == got.headers["etag"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+    for path in ("/healthz", "/readyz"):
+        response = await anon_client.head(path)
+        assert response.status_code == 200 and response.content == b"", path
+    missing = await client.head("/v1/customers/00000000-0000-0000-0000-000000000000")
+    assert missing.status_code == 404 and missing.content == b""
+    assert (await anon_client.head("/v1/customers")).status_code == 401
+    # no GET there: still a 405
+    refused = await client.head("/v1/customers/transfer")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"

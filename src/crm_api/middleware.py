@@ -121,6 +121,15 @@ def leave_inflight(scope: Scope) -> None:
         cap.leave(key)
 
 
+def _without_body(send: Send) -> Send:
+    async def head_send(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -140,6 +149,12 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]  # for the metrics and the log: HEAD stays HEAD
+        if method == "HEAD":
+            # RFC 9110: HEAD wherever GET is, answered as GET without the body (headers,
+            # ETag and Content-Length included). The routes declare GET only.
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         incoming = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -218,7 +233,6 @@ class RequestMiddleware:
             leave_inflight(scope)
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            method = scope["method"]
             REQUESTS.labels(method, route, str(status_holder[0])).inc()
             LATENCY.labels(method, route, str(status_holder[0])).observe(elapsed)
             if logger.isEnabledFor(logging.INFO):
@@ -315,6 +329,12 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]  # for the metrics and the log: HEAD stays HEAD
+        if method == "HEAD":
+            # RFC 9110: HEAD wherever GET is, answered as GET without the body (headers,
+            # ETag and Content-Length included). The routes declare GET only.
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         authenticated = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_secured(message: Message) -> None:
