@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause
+from crm_api.authz.scope import scope_clause, sensitive_clause
 from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit import resource as kit
@@ -145,8 +145,16 @@ async def find_duplicate(
     return None
 
 
-async def is_visible(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> bool:
+async def is_visible(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID, *, unmasked: bool = False
+) -> bool:
+    """Whether ``access`` reaches the customer; with ``unmasked``, also sees its sensitive
+    fields in full (its ``read_sensitive`` scope covers it)."""
     stmt = select(Customer.id).where(Customer.id == customer_id, scope_of(access))
+    if unmasked:
+        stmt = stmt.where(
+            sensitive_clause(access, Customer.owner_id, Customer.org_unit_id, Customer.created_by)
+        )
     return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 

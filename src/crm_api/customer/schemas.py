@@ -9,7 +9,7 @@ from pydantic import MISSING, Field, Strict, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from crm_api.kit.pagination import ListQuery, sort_field
-from crm_api.kit.schemas import InputModel, Omittable, OutputModel
+from crm_api.kit.schemas import InputModel, NoNul, Omittable, OutputModel
 from crm_api.kit.types import (
     CustomFields,
     Email,
@@ -97,6 +97,7 @@ ExternalRef = Annotated[
         description="Your system's id for this customer; unique.",
         examples=["shop-cust-10042"],
     ),
+    NoNul,
 ]
 
 

@@ -75,8 +75,10 @@ async def _duplicate_check(
     if found is None:
         return
     field, existing_id = found
-    # Name the existing record only to a caller allowed to see it (no existence leak).
-    visible = await repo.is_visible(session, access, existing_id)
+    # Name the existing record only to a caller allowed to see it (no existence leak) and,
+    # for a sensitive field, to see it unmasked there: naming the holder of a tax number
+    # shown masked would confirm a guessed value of that record.
+    visible = await repo.is_visible(session, access, existing_id, unmasked=field in R.sensitive)
     raise Conflict(
         f"A customer with this {field} already exists.",
         code="customer_duplicate",

@@ -12,7 +12,7 @@ from pydantic import MISSING, AfterValidator, Field, StrictBool, StrictInt
 
 from crm_api.kit.money import Amount, Currency, Rate
 from crm_api.kit.pagination import ListQuery, sort_field
-from crm_api.kit.schemas import InputModel, Omittable, OutputModel
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel, holds_nul
 from crm_api.kit.types import SearchTerm, UtcDatetime
 
 
@@ -61,8 +61,11 @@ ParameterValue = ParameterScalar | Annotated[list[ParameterScalar], Field(max_le
 
 
 def _parameters(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > PARAMETERS_MAX_BYTES:
+    encoded = orjson.dumps(value)
+    if len(encoded) > PARAMETERS_MAX_BYTES:
         raise ValueError(f"parameters must be at most {PARAMETERS_MAX_BYTES} bytes of JSON")
+    if holds_nul(value):  # jsonb cannot hold U+0000
+        raise ValueError("parameters may not hold NUL (U+0000) characters")
     return value
 
 
