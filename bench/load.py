@@ -59,8 +59,9 @@ CREATE_BODY = json.dumps(
         "grade": "B",
         "industry": "制造业",
         "region": "华东",
-        "phone": "+86 21 5555 0101",
-        "email": "bench@example.cn",
+        # unique per request: a live customer's e-mail is a natural key (migration
+        # 0012_fixes), a second one is a 409; no phone (the token is not digits)
+        "email": "bench-{n}@example.cn",
         "tags": ["bench-load"],
         "source": "web",
     },
@@ -1100,9 +1101,16 @@ class Runner:
         path = job.path
         if job.ids_file and "{id}" in path:
             path = path.replace("{id}", Path(job.ids_file).read_text().split()[0])
-        path = path.replace("{n}", f"{self.run_id}-preflight")
-        body = job.body.replace("{n}", f"{self.run_id}-preflight").encode() if job.body else None
-        headers = {k: v.replace("{n}", f"{self.run_id}-preflight") for k, v in job.headers.items()}
+        path = path.replace("{n}", f"{self.run_id}-preflight-{scenario.name}")
+        body = (
+            job.body.replace("{n}", f"{self.run_id}-preflight-{scenario.name}").encode()
+            if job.body
+            else None
+        )
+        headers = {
+            k: v.replace("{n}", f"{self.run_id}-preflight-{scenario.name}")
+            for k, v in job.headers.items()
+        }
         if body is not None:
             headers["Content-Type"] = "application/json"
         status, raw = http_request(self.server.port, job.method, path, body, headers)
