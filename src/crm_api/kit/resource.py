@@ -468,23 +468,26 @@ async def fetch_page(
     access: Access,
     stmt: ScopedSelect,
     params: PageParams,
+    values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked."""
+    """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked.
+    ``values``: the values of ``stmt``'s own named parameters (a cached ``q`` statement's
+    term, patterns and grams: kit/search.py)."""
     total, estimated = None, False
     if params.include_total:
         # counted on the bare statement: the masking flag changes no row count
-        total, estimated = await count_total(executor, stmt, params.count_cap)
+        total, estimated = await count_total(executor, stmt, params.count_cap, values)
     merged = merged_page(resource, access, stmt, _flag(resource, access), params)
     if merged is not None:
         # an org scope that pays for per-unit walks (kit/scoped_page.py)
-        result = await executor.execute(merged)
+        result = await executor.execute(merged, values)
     else:
         # built once per (statement, access, page shape); the cursor's values and the
         # limit are parameters (kit/statements.py)
-        paged, values = statements.page(
+        paged, page_values = statements.page(
             resource, access, stmt, params, lambda: _with_flag(resource, access, stmt)
         )
-        result = await executor.execute(paged, values)
+        result = await executor.execute(paged, {**values, **page_values} if values else page_values)
     # Plain tuples zipped with the keys once: ~20% cheaper than a RowMapping per row.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row, strict=True)) for row in result.all()]

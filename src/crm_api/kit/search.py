@@ -36,13 +36,22 @@ the name equal to the term (rank 0), the name starting with it (1), the name con
 When every part is collected, one statement ranks all matches; otherwise the ranks are
 read one after the other (each rank a statement with its own strategy) until the page is
 full. An explicit ``sort`` wins: the matches in that order.
+
+**Statements** are built once per shape, not per request (kit/statements.py): the key is
+everything a statement is built from (the caller's whole ``Access``, the resource, the
+scoped and filtered base statement, what it selects, each part's strategy, the relevance
+tier, plain or cased term and, for a cased term, which of its grams are looked up), and
+the term reaches it as named parameters: ``q_term``, its patterns ``q_lowered``,
+``q_contains``, ``q_prefix`` and, for a plain term, one ``text[]`` of grams per part and
+kind (:class:`Plan`). Building and cache-keying a search statement cost 2-3 ms of Python
+per request before (docs/benchmarks.md, "Search statements cached").
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,10 +63,12 @@ from sqlalchemy import (
     Text,
     and_,
     any_,
+    bindparam,
     case,
     cast,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -69,16 +80,18 @@ from sqlalchemy.sql import FromClause
 
 from crm_api.authz.types import ScopeKind
 from crm_api.errors import BadRequest
+from crm_api.kit import statements
 from crm_api.kit.counting import count_total
 from crm_api.kit.filtering import FIELD_SEPARATOR, contains_pattern, escape_like
 from crm_api.kit.pagination import (
     PageParams,
     SortColumn,
     SortKey,
-    apply_keyset,
     decode_cursor,
     encode_cursor,
+    keyset_statement,
     page_envelope,
+    page_shape,
 )
 
 if TYPE_CHECKING:
@@ -258,10 +271,44 @@ def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
     return indexed.op("@>", is_comparison=True)(grams)
 
 
-def _lowered(value: str) -> ColumnElement[str]:
-    """``lower(value)`` as a scalar subquery: evaluated once per statement, also in a
-    prepared statement's generic plan (see :func:`crm_api.kit.filtering.contains_lowered`)."""
-    return select(func.lower(literal(value, Text), type_=Text)).scalar_subquery()
+# --- the term as parameters ------------------------------------------------------------------
+#: A search statement is built once per shape (kit/statements.py) and the term reaches it
+#: as these named parameters (:meth:`_Terms.values`); its grams as ``q_grams_<part>_<kind>``.
+_TERM = bindparam("q_term", type_=Text)
+_LOWERED = bindparam("q_lowered", type_=Text)
+_CONTAINS = bindparam("q_contains", type_=Text)
+_PREFIX = bindparam("q_prefix", type_=Text)
+#: The ILIKE pattern of a term holding U+001F (:func:`_fieldwise`).
+_FIELDWISE = bindparam("q_fieldwise", type_=Text)
+#: How many candidates the strategy's probe counts up to (:meth:`Plan.decide`).
+_CAP = bindparam("q_cap", type_=Integer)
+
+
+def _scalar(value: ColumnElement[str], lower: bool) -> ColumnElement[str]:
+    """``value`` (lower()ed when ``lower``) as a scalar subquery: evaluated once per
+    statement, also in a prepared statement's generic plan (see
+    :func:`crm_api.kit.filtering.contains_lowered`), and a pattern the planner cannot see:
+    one it can see makes it estimate the LIKE from the column's histogram and, for a
+    frequent term in an org scope, trade the walk of the sort index for a bitmap scan of
+    the whole scope and a sort (measured at 1M: 426 ms against 41 ms)."""
+    inner = func.lower(value, type_=Text) if lower else value
+    return select(inner).scalar_subquery()
+
+
+@dataclass(frozen=True, slots=True)
+class _Patterns:
+    """The SQL of a term's patterns: parameters, lower()ed by PostgreSQL or not."""
+
+    lowered: ColumnElement[str]
+    contains: ColumnElement[str]
+    prefix: ColumnElement[str]
+
+    @classmethod
+    def of(cls, lower: bool) -> _Patterns:
+        return cls(_scalar(_LOWERED, lower), _scalar(_CONTAINS, lower), _scalar(_PREFIX, lower))
+
+
+_PLAIN, _CASED = _Patterns.of(False), _Patterns.of(True)
 
 
 # --- the parts of a search -------------------------------------------------------------------
@@ -270,12 +317,13 @@ class _Terms:
     """One term's patterns. A term of ASCII and caseless characters (Chinese, digits,
     punctuation) is lower()ed in Python, which agrees with PostgreSQL on exactly those, and
     its patterns and grams are plain parameters; any other term is lower()ed by PostgreSQL
-    (once per statement), as the search column was."""
+    (once per statement), as the search column was. Either way the statement holds only
+    parameters (the same SQL for every term of that kind), :meth:`values` their values."""
 
     term: str
     #: Lower()ed in Python: the patterns and grams are parameters.
     plain: bool
-    #: The term as one bound parameter, used by every gram array of the statement.
+    #: The term as one bound parameter, used by every gram array of a cased term.
     bound: ColumnElement[str]
     lowered: ColumnElement[str]
     contains: ColumnElement[str]
@@ -283,34 +331,21 @@ class _Terms:
 
     @classmethod
     def of(cls, term: str) -> _Terms:
-        if _plain(term):
-            lowered = term.lower()
-            escaped = escape_like(lowered)
-            # Still scalar subqueries: a pattern the planner can see makes it estimate the
-            # LIKE from the column's histogram and, for a frequent term in an org scope,
-            # trade the walk of the sort index for a bitmap scan of the whole scope and a
-            # sort (measured at 1M: 426 ms against 41 ms).
-            return cls(
-                term,
-                True,
-                literal(term, Text),
-                _fixed(lowered),
-                _fixed(f"%{escaped}%"),
-                _fixed(f"{escaped}%"),
-            )
-        escaped = escape_like(term)
-        return cls(
-            term,
-            False,
-            literal(term, Text),
-            _lowered(term),
-            _lowered(f"%{escaped}%"),
-            _lowered(f"{escaped}%"),
-        )
+        sql = _PLAIN if _plain(term) else _CASED
+        return cls(term, sql is _PLAIN, _TERM, sql.lowered, sql.contains, sql.prefix)
 
-
-def _fixed(value: str) -> ColumnElement[str]:
-    return select(literal(value, Text)).scalar_subquery()
+    def values(self) -> dict[str, Any]:
+        """The values of the term's parameters (the patterns still to be lower()ed by
+        PostgreSQL for a cased term)."""
+        lowered = self.term.lower() if self.plain else self.term
+        escaped = escape_like(lowered)
+        return {
+            "q_term": self.term,
+            "q_lowered": lowered,
+            "q_contains": f"%{escaped}%",
+            "q_prefix": f"{escaped}%",
+            "q_fieldwise": contains_pattern(self.term),
+        }
 
 
 def _plain(term: str) -> bool:
@@ -357,7 +392,13 @@ def _alias(resource: Resource) -> FromClause:
 @dataclass(slots=True)
 class Plan:
     """How one term is searched over one resource for one caller: the statistics of the
-    indexes, what each part is estimated to match, and the strategy that chooses."""
+    indexes, what each part is estimated to match, and the strategy that chooses.
+
+    Its statements are built once per shape (:meth:`shape_key`: the caller's ``Access``,
+    the resource, the base statement, what is selected, the strategy of each part in it,
+    the kind of term and, for a cased term, which of its grams are looked up) and cached
+    (``statements.SEARCHES``); the term, its patterns and its grams are the parameters
+    :attr:`values` gives values to."""
 
     resource: Resource
     terms: _Terms
@@ -376,18 +417,80 @@ class Plan:
 
     #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
     decided: dict[str, Strategy] = field(default_factory=dict)
+    #: The values of the statements' parameters: the term's patterns, and for a plain term
+    #: the grams each part looks up (``q_grams_<part>_<kind>``).
+    values: dict[str, Any] = field(default_factory=dict)
+    #: Per part (``own``, ``rel<i>``) and kind: the positions of the term's grams looked up
+    #: (the rarest :data:`PICK` by the statistics).
+    picks: dict[tuple[str, Kind], tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        term = self.terms.term
+        self.values.update(self.terms.values())
+        parts: list[tuple[str, IndexStats, tuple[Kind, ...]]] = [
+            ("own", self.own, ("prefix", "exact", "inner", "other"))
+        ]
+        parts += [(f"rel{i}", s, ("prefix", "inner")) for i, s in enumerate(self.related_stats)]
+        for part, stats, kinds in parts:
+            for kind in kinds:
+                py = _py_grams(term, kind)
+                ranked = sorted(
+                    range(len(py)), key=lambda i: (stats.freqs.get(py[i], stats.floor), i)
+                )
+                picked = tuple(sorted(ranked[:PICK]))
+                self.picks[part, kind] = picked
+                if self.terms.plain:
+                    self.values[f"q_grams_{part}_{kind}"] = [py[i] for i in picked]
+
+    # -- the cache key -----------------------------------------------------------------------
+    def shape_key(self, *what: Hashable) -> tuple[Hashable, ...]:
+        """What a statement of this search is built from besides its base statement:
+        ``what`` (what it selects and the strategies of its parts), the resource, the
+        caller's whole ``Access`` (the scope inside collecting subqueries), and the kind of
+        term; for a cased term (grams computed by PostgreSQL from the bound term) the
+        positions of the grams looked up and the term's length class. A plain term's grams
+        are one array parameter each, whatever their number."""
+        cased: Hashable = None
+        if not self.terms.plain:
+            cased = (tuple(sorted(self.picks.items())), len(self.terms.term))
+        return ("search", *what, self.resource.name, self.access, self.terms.plain, cased)
+
+    def match_strategies(self) -> tuple[Strategy, ...]:
+        related = range(len(_spec(self.resource).related))
+        return (self.own_strategy, *(self.related_strategy(i) for i in related))
+
+    def matched(self, base: ScopedSelect) -> ScopedSelect:
+        """``base`` narrowed to the rows the term matches (:func:`match_clause`), built
+        once per shape."""
+        from crm_api.kit import resource as kit
+
+        what: tuple[Hashable, ...]
+        if FIELD_SEPARATOR in self.terms.term:
+            what = ("fieldwise",)
+        else:
+            what = ("match", self.match_strategies())
+        stmt = statements.derived(
+            self.shape_key(*what),
+            base,
+            lambda: kit.narrow(base, match_clause(self)),
+            statements.SEARCHES,
+        )
+        return _cast_scoped(stmt)
 
     # -- estimates -------------------------------------------------------------------------
-    def estimate(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+    def _stats(self, part: str) -> IndexStats:
+        return self.own if part == "own" else self.related_stats[int(part[3:])]
+
+    def estimate(self, kinds: Sequence[Kind], part: str = "own") -> float:
         """At most how many rows the part matches (each kind's rarest gram)."""
-        s = stats or self.own
+        s = self._stats(part)
         return sum(s.estimate(_py_grams(self.terms.term, k)) for k in kinds)
 
-    def independent(self, kinds: Sequence[Kind], stats: IndexStats | None = None) -> float:
+    def independent(self, kinds: Sequence[Kind], part: str = "own") -> float:
         """How many rows hold all the grams looked up, were they independent: below the
         truth for grams that go together (``上海`` and ``海``), so a part this says is
         frequent is frequent."""
-        s = stats or self.own
+        s = self._stats(part)
         total = 0.0
         for kind in kinds:
             freqs = sorted(s.freqs.get(g, s.floor) for g in _py_grams(self.terms.term, kind))
@@ -403,7 +506,7 @@ class Plan:
         key: str,
         kinds: Sequence[Kind],
         candidates: Callable[[], Select[Any]],
-        stats: IndexStats | None = None,
+        part: str = "own",
     ) -> Strategy:
         """Collect or walk one part. Below :attr:`limit` by the statistics' bound: collect.
         Above it even for independent grams: walk. In between (grams common alone, maybe
@@ -414,16 +517,19 @@ class Plan:
         if key in self.decided:
             return self.decided[key]
         strategy: Strategy
-        if self.trash and stats is None:
+        if self.trash and part == "own":
             strategy = "walk"
-        elif self.estimate(kinds, stats) <= self.limit:
+        elif self.estimate(kinds, part) <= self.limit:
             strategy = "collect"
-        elif self.bounded_walk or self.independent(kinds, stats) > self.limit:
+        elif self.bounded_walk or self.independent(kinds, part) > self.limit:
             strategy = "walk"
         else:
             cap = int(self.limit) + 1
-            probe = select(func.count()).select_from(candidates().limit(cap).subquery())
-            found = (await executor.execute(probe)).scalar_one()
+            probe = statements.memo(
+                self.shape_key("probe", key, tuple(kinds)),
+                lambda: select(func.count()).select_from(candidates().limit(_CAP).subquery()),
+            )
+            found = (await executor.execute(probe, {**self.values, "q_cap": cap})).scalar_one()
             strategy = "collect" if found < cap else "walk"
         self.decided[key] = strategy
         return strategy
@@ -436,13 +542,13 @@ class Plan:
             ("prefix", "inner", "other"),
             lambda: self.collect(("prefix", "inner", "other"), self.text_like),
         )
-        for i, stats in enumerate(self.related_stats):
+        for i in range(len(self.related_stats)):
             await self.decide(
                 executor,
                 f"related{i}",
                 ("prefix", "inner"),
                 lambda i=i: self.related_collect(i),  # type: ignore[misc]
-                stats,
+                f"rel{i}",
             )
 
     @property
@@ -477,22 +583,21 @@ class Plan:
             return and_(prefix, not_(exact))
         return and_(name.like(self.terms.contains), not_(prefix))
 
-    def grams(self, kind: Kind, stats: IndexStats | None = None) -> ColumnElement[Any]:
-        """The rarest :data:`PICK` grams of ``kind`` (positions picked from the statistics,
-        the grams themselves computed by PostgreSQL)."""
-        s = stats or self.own
-        py = _py_grams(self.terms.term, kind)
-        ranked = sorted(range(len(py)), key=lambda i: (s.freqs.get(py[i], s.floor), i))
-        picked = sorted(ranked[:PICK])
+    def grams(self, kind: Kind, part: str = "own") -> ColumnElement[Any]:
+        """The rarest :data:`PICK` grams of ``kind`` for ``part``: for a plain term the
+        parameter :meth:`__post_init__` gave them to; for a cased term computed by
+        PostgreSQL from the bound term (positions picked from the statistics, and part of
+        the statement's key)."""
         if self.terms.plain:
-            return literal([py[i] for i in picked], _TEXTS)
+            return bindparam(f"q_grams_{part}_{kind}", type_=_TEXTS)
         sql = _sql_grams(self.terms.bound, kind)
-        if len(py) <= PICK:
+        picked = self.picks[part, kind]
+        if len(_py_grams(self.terms.term, kind)) <= PICK:
             return sql
         parts = [sql[i + 1 : i + 1] for i in picked]  # 1-based slices: never NULL elements
         out = parts[0]
-        for part in parts[1:]:
-            out = func.array_cat(out, part, type_=_TEXTS)
+        for piece in parts[1:]:
+            out = func.array_cat(out, piece, type_=_TEXTS)
         return out
 
     def collect(
@@ -516,11 +621,11 @@ class Plan:
     def related_collect(self, i: int) -> Select[Any]:
         """Ids the live related rows holding the term in their name point at."""
         rel = _spec(self.resource).related[i]
-        stats = self.related_stats[i]
+        part = f"rel{i}"
         t = rel.table
         return select(t.c[rel.foreign_key]).where(
             t.c.deleted_at.is_(None),
-            or_(_has(t, self.grams("prefix", stats)), _has(t, self.grams("inner", stats))),
+            or_(_has(t, self.grams("prefix", part)), _has(t, self.grams("inner", part))),
             t.c[rel.name].like(self.terms.contains),
         )
 
@@ -609,7 +714,7 @@ def _fieldwise(resource: Resource, term: str) -> ColumnElement[bool]:
     match across two of them): each field with ILIKE, related names too. Same rows, no
     index."""
     spec = _spec(resource)
-    pattern = contains_pattern(term)
+    pattern = _FIELDWISE
     parts: list[ColumnElement[bool]] = [resource.table.c[f].ilike(pattern) for f in spec.fields]
     for rel in spec.related:
         t = rel.table
@@ -660,6 +765,13 @@ async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
     await p.decide_match(executor)  # the related parts
 
 
+def _tier_strategies(p: Plan, rank: int) -> tuple[Strategy, ...]:
+    """The strategies :func:`_tier` reads for ``rank`` (part of its statement's key)."""
+    if rank < 3:
+        return (p.decided[f"rank{rank}"],)
+    return (p.decided["rank3"], *p.match_strategies()[1:])
+
+
 def _tier(p: Plan, rank: int) -> ColumnElement[bool]:
     """The rows of one rank, by the strategy decided for it (a collecting subquery states
     the rank's condition on its own alias of the table)."""
@@ -696,7 +808,8 @@ async def page(
 ) -> dict[str, Any]:
     """One page of ``stmt`` (scoped and filtered) narrowed to ``term``: best first when
     ``relevance`` (no explicit sort), else in ``params``' sort. Without a term, the plain
-    page."""
+    page. Every statement is built once per shape and takes the term as parameters
+    (:class:`Plan`)."""
     from crm_api.kit import resource as kit
 
     if not term:
@@ -705,19 +818,15 @@ async def page(
     if FIELD_SEPARATOR not in term:
         await p.decide_match(executor)
     if not relevance or FIELD_SEPARATOR in term:
-        matched = kit.narrow(stmt, match_clause(p))
-        return await kit.fetch_page(executor, resource, access, matched, params)
+        return await kit.fetch_page(executor, resource, access, p.matched(stmt), params, p.values)
     total, estimated = None, False
     if params.include_total:
         # exact up to the cap, then an estimate (kit/counting.py), as for any list
-        total, estimated = await count_total(
-            executor, kit.narrow(stmt, match_clause(p)), params.count_cap
-        )
+        total, estimated = await count_total(executor, p.matched(stmt), params.count_cap, p.values)
     ranked = PageParams(params.limit, params.cursor, RELEVANCE_SORT, False)
     _decode(resource, params.cursor)  # a relevance cursor, whichever reader continues it
     if p.all_collected:
-        query = kit.flagged(resource, access, kit.narrow(stmt, match_clause(p)))
-        rows = await _ranked(executor, resource, query, p, ranked)
+        rows = await _ranked(executor, resource, access, stmt, p, ranked)
         rows = [kit.mask_row(resource, access, r) for r in rows]
     else:
         rows = await _tiers(executor, resource, access, stmt, p, ranked)
@@ -727,14 +836,47 @@ async def page(
     return envelope
 
 
+def _cast_scoped(stmt: Select[Any]) -> ScopedSelect:
+    """A statement derived from a scoped one by narrowing it (what :func:`narrow` returns,
+    read back from the statement cache)."""
+    from crm_api.kit.resource import ScopedSelect
+
+    return ScopedSelect(stmt)
+
+
+#: The relevance cursor's columns, for decoding it (the rank's type only).
+_RANK_TYPE: ColumnElement[int] = literal_column("0", Integer)
+
+
+def _cursor_columns(resource: Resource) -> dict[str, SortColumn]:
+    return {RANK: _RANK_TYPE, "created_at": resource.table.c.created_at}
+
+
 async def _ranked(
-    executor: Executor, resource: Resource, query: Select[Any], p: Plan, params: PageParams
+    executor: Executor,
+    resource: Resource,
+    access: Access,
+    base: ScopedSelect,
+    p: Plan,
+    params: PageParams,
 ) -> list[dict[str, Any]]:
-    """Every match ranked in one statement (all parts collected: the matches are few)."""
-    rank = rank_expression(resource, p.terms)
-    columns: dict[str, SortColumn] = {RANK: rank, "created_at": resource.table.c.created_at}
-    stmt = apply_keyset(query.add_columns(rank.label(RANK)), columns, resource.id_column, params)
-    result = await executor.execute(stmt)
+    """Every match ranked in one statement (all parts collected: the matches are few),
+    built once per shape: the page's cursor values and limit are parameters too."""
+    from crm_api.kit import resource as kit
+
+    shape, page_values = page_shape(params, _cursor_columns(resource))
+
+    def build() -> Select[Any]:
+        rank = rank_expression(resource, p.terms)
+        columns: dict[str, SortColumn] = {RANK: rank, "created_at": resource.table.c.created_at}
+        query = kit.flagged(resource, access, p.matched(base))
+        return keyset_statement(
+            query.add_columns(rank.label(RANK)), columns, resource.id_column, shape
+        )
+
+    key = p.shape_key("ranked", p.match_strategies(), shape)
+    stmt = statements.derived(key, base, build, statements.SEARCHES)
+    result = await executor.execute(stmt, {**p.values, **page_values})
     keys = tuple(result.keys())
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
@@ -782,10 +924,15 @@ async def _tiers(
             cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
         tier = PageParams(want - len(rows), cursor, _RECENCY, False)
         await _decide_tier(executor, p, rank)
-        query = kit.with_columns(
-            kit.narrow(stmt, _tier(p, rank)), literal(rank, Integer).label(RANK)
+        query = statements.derived(
+            p.shape_key("tier", rank, _tier_strategies(p, rank)),
+            stmt,
+            lambda rank=rank: kit.with_columns(  # type: ignore[misc]
+                kit.narrow(stmt, _tier(p, rank)), literal_column(str(rank), Integer).label(RANK)
+            ),
+            statements.SEARCHES,
         )
-        got = await kit.fetch_page(executor, resource, access, query, tier)
+        got = await kit.fetch_page(executor, resource, access, _cast_scoped(query), tier, p.values)
         rows.extend(got["data"])
         if len(rows) >= want:
             break
