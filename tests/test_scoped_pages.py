@@ -136,16 +136,17 @@ async def _walk(http: httpx.AsyncClient, params: dict[str, Any], limit: int) -> 
 
 @pytest.fixture
 def merges(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records, per page, whether the page builder merged per-unit walks."""
+    """Records, per page, whether the page builder merged per-unit walks (its decision,
+    made per request; the merged statement itself is built once per shape)."""
     seen: list[bool] = []
-    real = scoped_page.merged_page
+    real = scoped_page.merges
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        built = real(*args, **kwargs)
-        seen.append(built is not None)
-        return built
+        units = real(*args, **kwargs)
+        seen.append(units is not None)
+        return units
 
-    monkeypatch.setattr("crm_api.kit.resource.merged_page", spy)
+    monkeypatch.setattr("crm_api.kit.resource.merges", spy)
     return seen
 
 

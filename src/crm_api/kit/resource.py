@@ -45,8 +45,14 @@ from crm_api.errors import NotFound, ProblemError
 from crm_api.kit import statements
 from crm_api.kit.counting import count_total
 from crm_api.kit.filtering import mask
-from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
-from crm_api.kit.scoped_page import TRASH_OPTION, merged_page
+from crm_api.kit.pagination import (
+    PageParams,
+    SortColumn,
+    apply_keyset,
+    page_envelope,
+    page_shape,
+)
+from crm_api.kit.scoped_page import TRASH_OPTION, merged_page, merged_statement, merges
 from crm_api.kit.search import Search
 
 Executor = Reader | AsyncSession
@@ -477,10 +483,19 @@ async def fetch_page(
     if params.include_total:
         # counted on the bare statement: the masking flag changes no row count
         total, estimated = await count_total(executor, stmt, params.count_cap, values)
-    merged = merged_page(resource, access, stmt, _flag(resource, access), params)
-    if merged is not None:
-        # an org scope that pays for per-unit walks (kit/scoped_page.py)
-        result = await executor.execute(merged, values)
+    units = merges(resource, access, stmt, params.sort)
+    if units is not None:
+        # an org scope that pays for per-unit walks (kit/scoped_page.py), built once per
+        # (statement, access, page shape) like the plain page
+        shape, page_values = page_shape(params, resource.sort_columns)
+        merged = statements.derived(
+            ("merged", access, shape),
+            stmt,
+            lambda: merged_statement(resource, stmt, _flag(resource, access), units, shape),
+        )
+        result = await executor.execute(
+            merged, {**values, **page_values} if values else page_values
+        )
     else:
         # built once per (statement, access, page shape); the cursor's values and the
         # limit are parameters (kit/statements.py)
