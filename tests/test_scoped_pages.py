@@ -305,3 +305,23 @@ async def test_a_custom_unit_list_is_merged_too(engine, client_for, world, merge
     assert merges and all(merges)
     monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
     assert await _walk(http, {"sort": "-name"}, 4) == want
+
+
+@pytest.mark.parametrize("term", ["beta", "阿里"])
+async def test_a_walked_relevance_search_is_merged_and_keeps_its_rank(
+    engine, client_for, world, merges, monkeypatch, term
+):
+    """A manager's ``q`` in relevance order whose ranks are walked (a frequent term): each
+    rank's page is a merge of per-unit walks, and the rank it selects survives the merge
+    (it was dropped: a 500 at 1,000,000 customers). The same rows, in the same order, as
+    with the merge off."""
+    from crm_api.kit import search
+
+    for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
+        monkeypatch.setattr(search, name, -1)
+    manager = await client_for(world["manager"])
+    merged = await _walk(manager, {"q": term}, 3)
+    assert merges and all(merges)
+    assert merged  # the term matches something in the subtree
+    monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
+    assert await _walk(manager, {"q": term}, 3) == merged

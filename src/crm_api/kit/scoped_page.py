@@ -145,6 +145,11 @@ def merged_statement(
     # The rows of the merged ids: the WHERE is not repeated (each id comes from ``stmt``
     # itself, narrowed), which halves what SQLAlchemy hashes to find the compiled form.
     rows = resource.projection if flag is None else resource.projection.add_columns(flag)
+    # columns ``stmt`` selects besides the resource's (a search tier's rank: kit/search.py)
+    known = {id(c) for c in resource.columns}
+    extra = [c for c in stmt.selected_columns if id(c) not in known]
+    if extra:
+        rows = rows.add_columns(*extra)
     return rows.join_from(resource.table, page_ids, keys.on).order_by(*keys.order).limit(size)
 
 
