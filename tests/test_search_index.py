@@ -214,7 +214,7 @@ def fresh_stats(monkeypatch):
     monkeypatch.setattr(search, "_STATS", {})
 
 
-STRATEGIES = ("collect", "walk", "mixed")
+STRATEGIES = ("collect", "walk", "mixed", "sampled")
 
 
 async def _force(monkeypatch, engine, strategy: str) -> None:
@@ -227,7 +227,9 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", -1)
         monkeypatch.setattr(search, "COLLECT_MAX_OWN", -1)
     else:
-        # real statistics of this corpus; a threshold that splits its grams
+        # real statistics of this corpus; a threshold that splits its grams; "sampled":
+        # a sample small enough to be full, so parts the statistics cannot tell are
+        # collected or walked by what the sample finds
         async with engine.connect() as conn:
             await conn.execute(text("ANALYZE customers"))
             await conn.execute(text("ANALYZE contacts"))
@@ -235,6 +237,8 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
         monkeypatch.setattr(search, "COLLECT_MAX", 8)
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", 8)
         monkeypatch.setattr(search, "COLLECT_MAX_OWN", 8)
+        if strategy == "sampled":
+            monkeypatch.setattr(search, "SAMPLE", 16)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -243,14 +247,44 @@ async def test_same_customers_as_substring_matching_per_scope(
 ):
     world = await _world(engine, client_for)
     await _force(monkeypatch, engine, strategy)
-    if strategy == "mixed":
+    if strategy in ("mixed", "sampled"):
         stats = await search.index_stats(_Conn(engine), "ix_customers_search_grams")
         assert stats.rows > 0 and stats.freqs, "ANALYZE left no statistics to choose by"
+    sampled = _sampled_outcomes(monkeypatch)
     callers = {
         "admin": await client_for(world.admin),
         "manager": await client_for(world.manager),
         "rep": await client_for(world.rep),
     }
+    await _check_customers(world, callers)
+    if strategy == "sampled":
+        # parts the statistics could not tell went both ways by what their sample found
+        assert sampled == {"collect", "walk"}, sampled
+
+
+def _sampled_outcomes(monkeypatch) -> set[str]:
+    """The strategies decided by a sample (:meth:`search.Plan.decide`)."""
+    outcomes: set[str] = set()
+    samples = [0]
+    real_sample, real_decide = search.Plan.sample, search.Plan.decide
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        samples[0] += 1
+        return real_sample(self, *args, **kwargs)
+
+    async def decide(self, *args: Any, **kwargs: Any) -> Any:
+        before = samples[0]
+        out = await real_decide(self, *args, **kwargs)
+        if samples[0] > before:
+            outcomes.add(out)
+        return out
+
+    monkeypatch.setattr(search.Plan, "sample", sample)
+    monkeypatch.setattr(search.Plan, "decide", decide)
+    return outcomes
+
+
+async def _check_customers(world: World, callers: dict[str, Any]) -> None:
     for who, client in callers.items():
         for term in TERMS:
             expected = _expected_customers(world, who, term)

@@ -114,6 +114,10 @@ COLLECT_MAX_SCOPED = 30_000
 #: sort order (the owner's index) reads at most their book of customers, so collecting
 #: only pays for parts rarer than about that.
 COLLECT_MAX_OWN = 2_000
+#: Rows of the caller's statement a part whose frequency the statistics cannot tell is
+#: sampled on (:meth:`Plan.decide`): a part on ~1 % of rows finds ~10 of them, and is
+#: collected (projected to <= 3,000 of 1,000,000) in ~1 % of such samples.
+SAMPLE = 1_000
 #: Seconds the index statistics are kept per process (they change with ANALYZE only).
 STATS_TTL = 300.0
 
@@ -280,8 +284,8 @@ _CONTAINS = bindparam("q_contains", type_=Text)
 _PREFIX = bindparam("q_prefix", type_=Text)
 #: The ILIKE pattern of a term holding U+001F (:func:`_fieldwise`).
 _FIELDWISE = bindparam("q_fieldwise", type_=Text)
-#: How many candidates the strategy's probe counts up to (:meth:`Plan.decide`).
-_CAP = bindparam("q_cap", type_=Integer)
+#: How many rows the strategy's sample reads (:meth:`Plan.decide`).
+_SAMPLE = bindparam("q_sample", type_=Integer)
 
 
 def _scalar(value: ColumnElement[str], lower: bool) -> ColumnElement[str]:
@@ -412,8 +416,10 @@ class Plan:
     #: Listing the trash: the index holds live rows only, so the row's own parts walk.
     trash: bool = False
     #: A walk reads at most the caller's own rows (scope ``own``: the owner's index), so a
-    #: part above :attr:`limit` is walked without counting it first.
+    #: part above :attr:`limit` is walked without sampling it first.
     bounded_walk: bool = False
+    #: The caller's scoped, filtered statement (what a part's sample reads).
+    base: ScopedSelect | None = None
 
     #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
     decided: dict[str, Strategy] = field(default_factory=dict)
@@ -487,13 +493,14 @@ class Plan:
         return sum(s.estimate(_py_grams(self.terms.term, k)) for k in kinds)
 
     def independent(self, kinds: Sequence[Kind], part: str = "own") -> float:
-        """How many rows hold all the grams looked up, were they independent: below the
-        truth for grams that go together (``上海`` and ``海``), so a part this says is
-        frequent is frequent."""
+        """How many rows hold all the grams looked up, were they independent, counting
+        only what the statistics know: a gram they do not list (rarer than the rarest they
+        list, by how much unknown) counts as on no row. Below the truth for grams that go
+        together (``上海`` and ``海``), so a part this says is frequent is frequent."""
         s = self._stats(part)
         total = 0.0
         for kind in kinds:
-            freqs = sorted(s.freqs.get(g, s.floor) for g in _py_grams(self.terms.term, kind))
+            freqs = sorted(s.freqs.get(g, 0.0) for g in _py_grams(self.terms.term, kind))
             share = 1.0
             for f in freqs[:PICK]:
                 share *= f
@@ -505,15 +512,19 @@ class Plan:
         executor: Executor,
         key: str,
         kinds: Sequence[Kind],
-        candidates: Callable[[], Select[Any]],
+        where: Callable[[FromClause], ColumnElement[bool]],
         part: str = "own",
     ) -> Strategy:
         """Collect or walk one part. Below :attr:`limit` by the statistics' bound: collect.
-        Above it even for independent grams: walk. In between (grams common alone, maybe
-        rare together: ``bluewater`` as a name's inner part) the index says: its matches
-        are counted up to :attr:`limit` + 1 (a bounded bitmap scan), and the part is
-        collected when it has no more. A walk over a part that turns out empty would read
-        the whole scope."""
+        Above it even by what the statistics know for sure (:meth:`independent`): walk.
+        In between (grams common alone, maybe rare together: ``bluewater`` as a name's
+        start; or grams the statistics do not list) a sample says: :data:`SAMPLE` rows of
+        the caller's statement (or the related table), any order, are checked for the
+        part's condition (``where``), and the part is collected when the share found
+        projects to at most :attr:`limit` matches. A sample reads ~1,000 rows (2-4 ms at
+        1M, any term); the count of candidates through the index it replaces read up to
+        3,001 heap rows (20-60 ms). A walk over a part that turns out empty would read
+        the whole scope; collecting a frequent part would fetch every match."""
         if key in self.decided:
             return self.decided[key]
         strategy: Strategy
@@ -524,32 +535,49 @@ class Plan:
         elif self.bounded_walk or self.independent(kinds, part) > self.limit:
             strategy = "walk"
         else:
-            cap = int(self.limit) + 1
-            probe = statements.memo(
-                self.shape_key("probe", key, tuple(kinds)),
-                lambda: select(func.count()).select_from(candidates().limit(_CAP).subquery()),
-            )
-            found = (await executor.execute(probe, {**self.values, "q_cap": cap})).scalar_one()
-            strategy = "collect" if found < cap else "walk"
+            probe = self.sample(key, where, part)
+            values = {**self.values, "q_sample": SAMPLE}
+            seen, hits = (await executor.execute(probe, values)).one()
+            if seen < SAMPLE:
+                # the whole scope (or related table) was read: a walk reads no more
+                strategy = "walk"
+            else:
+                found = hits / seen * self._stats(part).rows
+                strategy = "collect" if found <= self.limit else "walk"
         self.decided[key] = strategy
         return strategy
 
+    def sample(
+        self, key: str, where: Callable[[FromClause], ColumnElement[bool]], part: str
+    ) -> Select[Any]:
+        """``(rows read, rows passing where)`` of up to :data:`SAMPLE` rows of the
+        caller's scoped, filtered statement (the related table's live rows for a related
+        part), in whatever order is cheapest; built once per shape."""
+        base = self.base
+        assert base is not None  # set by plan()
+
+        def build() -> Select[Any]:
+            if part == "own":
+                table: FromClause = self.resource.table
+                rows = base.with_only_columns(where(table).label("hit")).order_by(None)
+            else:
+                table = _spec(self.resource).related[int(part[3:])].table
+                rows = select(where(table).label("hit")).where(table.c.deleted_at.is_(None))
+            sub = rows.limit(_SAMPLE).subquery("sample")
+            hits = func.count().filter(sub.c.hit)
+            return select(func.count(), hits)  # type: ignore[return-value]
+
+        return statements.derived(self.shape_key("sample", key), base, build, statements.SEARCHES)
+
     async def decide_match(self, executor: Executor) -> None:
         """The strategies :func:`match_clause` needs."""
-        await self.decide(
-            executor,
-            "own",
-            ("prefix", "inner", "other"),
-            lambda: self.collect(("prefix", "inner", "other"), self.text_like),
-        )
-        for i in range(len(self.related_stats)):
-            await self.decide(
-                executor,
-                f"related{i}",
-                ("prefix", "inner"),
-                lambda i=i: self.related_collect(i),  # type: ignore[misc]
-                f"rel{i}",
-            )
+        await self.decide(executor, "own", ("prefix", "inner", "other"), self.text_like)
+        for i, rel in enumerate(_spec(self.resource).related):
+
+            def named(table: FromClause, rel: Related = rel) -> ColumnElement[bool]:
+                return table.c[rel.name].like(self.terms.contains)
+
+            await self.decide(executor, f"related{i}", ("prefix", "inner"), named, f"rel{i}")
 
     @property
     def own_strategy(self) -> Strategy:
@@ -664,8 +692,13 @@ async def plan(
     term: str,
     *,
     deleted: bool = False,
+    base: ScopedSelect | None = None,
 ) -> Plan:
-    """Estimate each part of searching ``term`` from the indexes' statistics."""
+    """Estimate each part of searching ``term`` from the indexes' statistics. ``base``:
+    the caller's scoped, filtered statement (default: the scoped one), which a sample of a
+    part reads."""
+    from crm_api.kit import resource as kit
+
     spec = _spec(resource)
     own = await index_stats(executor, spec.index)
     related = [await index_stats(executor, r.index) for r in spec.related]
@@ -688,6 +721,7 @@ async def plan(
         limit=limit,
         trash=deleted,
         bounded_walk=kinds == {ScopeKind.own},
+        base=kit.scoped(resource, access, deleted=deleted) if base is None else base,
     )
 
 
@@ -754,14 +788,14 @@ async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
         p.decided.setdefault("rank0", "walk" if p.trash else "collect")
         return
     if rank < 3:
-        await p.decide(
-            executor,
-            f"rank{rank}",
-            (kind,),
-            lambda: p.collect((kind,), lambda t: p.rank_is(t, rank)),
-        )
+        await p.decide(executor, f"rank{rank}", (kind,), lambda t: p.rank_is(t, rank))
         return
-    await p.decide(executor, "rank3", ("other",), lambda: p.collect(("other",), p.text_like))
+
+    def other(table: FromClause) -> ColumnElement[bool]:
+        name = _name(p.resource, table)
+        return and_(p.text_like(table), not_(name.like(p.terms.contains)))
+
+    await p.decide(executor, "rank3", ("other",), other)
     await p.decide_match(executor)  # the related parts
 
 
@@ -814,7 +848,7 @@ async def page(
 
     if not term:
         return await kit.fetch_page(executor, resource, access, stmt, params)
-    p = await plan(executor, resource, access, term, deleted=deleted)
+    p = await plan(executor, resource, access, term, deleted=deleted, base=stmt)
     if FIELD_SEPARATOR not in term:
         await p.decide_match(executor)
     if not relevance or FIELD_SEPARATOR in term:
