@@ -416,10 +416,9 @@ class Plan:
     #: Listing the trash: the index holds live rows only, so the row's own parts walk.
     trash: bool = False
     #: A walk reads at most the caller's own rows (scope ``own``: the owner's index), so a
-    #: part above :attr:`limit` is walked without sampling it first.
+    #: relevance rank above :attr:`limit` is walked without sampling it first (whether
+    #: the whole match is rare enough to collect in one statement is still sampled).
     bounded_walk: bool = False
-    #: The caller's scoped, filtered statement (what a part's sample reads).
-    base: ScopedSelect | None = None
 
     #: Strategies decided so far, by part: ``own``, ``related<i>``, ``rank<r>``.
     decided: dict[str, Strategy] = field(default_factory=dict)
@@ -518,12 +517,13 @@ class Plan:
         """Collect or walk one part. Below :attr:`limit` by the statistics' bound: collect.
         Above it even by what the statistics know for sure (:meth:`independent`): walk.
         In between (grams common alone, maybe rare together: ``bluewater`` as a name's
-        start; or grams the statistics do not list) a sample says: :data:`SAMPLE` rows of
-        the caller's statement (or the related table), any order, are checked for the
-        part's condition (``where``), and the part is collected when the share found
-        projects to at most :attr:`limit` matches. A sample reads ~1,000 rows (2-4 ms at
-        1M, any term); the count of candidates through the index it replaces read up to
-        3,001 heap rows (20-60 ms). A walk over a part that turns out empty would read
+        start; or grams the statistics do not list) a sample says (:meth:`sample`): the
+        condition of the rows collecting the part would fetch (``where``) is checked on
+        :data:`SAMPLE` rows, and the part is collected when the share found projects to at
+        most :attr:`limit` rows. A
+        sample reads 1,000 rows (~1 ms at 1M, any term); the count of candidates through
+        the index it replaces re-checked up to 3,001 heap rows (20-60 ms). A walk over a
+        part that turns out empty would read
         the whole scope; collecting a frequent part would fetch every match."""
         if key in self.decided:
             return self.decided[key]
@@ -532,14 +532,16 @@ class Plan:
             strategy = "walk"
         elif self.estimate(kinds, part) <= self.limit:
             strategy = "collect"
-        elif self.bounded_walk or self.independent(kinds, part) > self.limit:
+        elif (self.bounded_walk and key.startswith("rank")) or self.independent(
+            kinds, part
+        ) > self.limit:
             strategy = "walk"
         else:
             probe = self.sample(key, where, part)
             values = {**self.values, "q_sample": SAMPLE}
             seen, hits = (await executor.execute(probe, values)).one()
             if seen < SAMPLE:
-                # the whole scope (or related table) was read: a walk reads no more
+                # the whole table was read: a walk reads no more
                 strategy = "walk"
             else:
                 found = hits / seen * self._stats(part).rows
@@ -550,24 +552,30 @@ class Plan:
     def sample(
         self, key: str, where: Callable[[FromClause], ColumnElement[bool]], part: str
     ) -> Select[Any]:
-        """``(rows read, rows passing where)`` of up to :data:`SAMPLE` rows of the
-        caller's scoped, filtered statement (the related table's live rows for a related
-        part), in whatever order is cheapest; built once per shape."""
-        base = self.base
-        assert base is not None  # set by plan()
+        """``(rows read, rows passing where)`` of the first :data:`SAMPLE` live rows of the
+        resource's table (the related table's for a related part) by primary key: ids are
+        random, so the sample is too. Not "any order": PostgreSQL then read the first
+        names in alphabetical order from the name index, and found no ``bluewater%``
+        among them. The whole table, not the caller's scope: collecting reads the
+        candidates of the whole table anyway (the n-gram index knows no scope), and an
+        org scope's own indexes are ordered by name too. Built once per shape."""
 
         def build() -> Select[Any]:
             if part == "own":
                 table: FromClause = self.resource.table
-                rows = base.with_only_columns(where(table).label("hit")).order_by(None)
             else:
                 table = _spec(self.resource).related[int(part[3:])].table
-                rows = select(where(table).label("hit")).where(table.c.deleted_at.is_(None))
-            sub = rows.limit(_SAMPLE).subquery("sample")
-            hits = func.count().filter(sub.c.hit)
+            rows = (
+                select(where(table).label("hit"))
+                .where(table.c.deleted_at.is_(None))
+                .order_by(table.c.id)
+                .limit(_SAMPLE)
+                .subquery("sample")
+            )
+            hits = func.count().filter(rows.c.hit)
             return select(func.count(), hits)  # type: ignore[return-value]
 
-        return statements.derived(self.shape_key("sample", key), base, build, statements.SEARCHES)
+        return statements.memo(self.shape_key("sample", key), build)
 
     async def decide_match(self, executor: Executor) -> None:
         """The strategies :func:`match_clause` needs."""
@@ -692,13 +700,8 @@ async def plan(
     term: str,
     *,
     deleted: bool = False,
-    base: ScopedSelect | None = None,
 ) -> Plan:
-    """Estimate each part of searching ``term`` from the indexes' statistics. ``base``:
-    the caller's scoped, filtered statement (default: the scoped one), which a sample of a
-    part reads."""
-    from crm_api.kit import resource as kit
-
+    """Estimate each part of searching ``term`` from the indexes' statistics."""
     spec = _spec(resource)
     own = await index_stats(executor, spec.index)
     related = [await index_stats(executor, r.index) for r in spec.related]
@@ -721,7 +724,6 @@ async def plan(
         limit=limit,
         trash=deleted,
         bounded_walk=kinds == {ScopeKind.own},
-        base=kit.scoped(resource, access, deleted=deleted) if base is None else base,
     )
 
 
@@ -791,11 +793,9 @@ async def _decide_tier(executor: Executor, p: Plan, rank: int) -> None:
         await p.decide(executor, f"rank{rank}", (kind,), lambda t: p.rank_is(t, rank))
         return
 
-    def other(table: FromClause) -> ColumnElement[bool]:
-        name = _name(p.resource, table)
-        return and_(p.text_like(table), not_(name.like(p.terms.contains)))
-
-    await p.decide(executor, "rank3", ("other",), other)
+    # sampled on what collecting it fetches: the term in any field (the name's matches
+    # are left out after)
+    await p.decide(executor, "rank3", ("other",), p.text_like)
     await p.decide_match(executor)  # the related parts
 
 
@@ -848,7 +848,7 @@ async def page(
 
     if not term:
         return await kit.fetch_page(executor, resource, access, stmt, params)
-    p = await plan(executor, resource, access, term, deleted=deleted, base=stmt)
+    p = await plan(executor, resource, access, term, deleted=deleted)
     if FIELD_SEPARATOR not in term:
         await p.decide_match(executor)
     if not relevance or FIELD_SEPARATOR in term:
