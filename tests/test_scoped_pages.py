@@ -308,20 +308,30 @@ async def test_a_custom_unit_list_is_merged_too(engine, client_for, world, merge
 
 
 @pytest.mark.parametrize("term", ["beta", "阿里"])
-async def test_a_walked_relevance_search_is_merged_and_keeps_its_rank(
+async def test_relevance_ranks_take_the_plain_page_and_a_merge_would_keep_their_rank(
     engine, client_for, world, merges, monkeypatch, term
 ):
-    """A manager's ``q`` in relevance order whose ranks are walked (a frequent term): each
-    rank's page is a merge of per-unit walks, and the rank it selects survives the merge
-    (it was dropped: a 500 at 1,000,000 customers). The same rows, in the same order, as
-    with the merge off."""
+    """A manager's ``q`` in relevance order reads each rank through the plain keyset page
+    (kit/search.py asks for it: a per-unit walk read every unit's rows whole for a collected
+    rank, and bitmap-scanned them for a walked one), with the same rows as all ranks
+    collected in one statement. Were a rank merged, the rank it selects would survive the
+    merge (it was dropped: a KeyError, a 500, at 1,000,000 customers)."""
     from crm_api.kit import search
 
-    for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
-        monkeypatch.setattr(search, name, -1)
+    def force(limit: float) -> None:
+        for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
+            monkeypatch.setattr(search, name, limit)
+
     manager = await client_for(world["manager"])
-    merged = await _walk(manager, {"q": term}, 3)
+    force(float("inf"))
+    collected = await _walk(manager, {"q": term}, 3)
+    assert collected  # the term matches something in the subtree
+    force(-1)
+    merges.clear()
+    assert await _walk(manager, {"q": term}, 3) == collected
+    assert merges and not any(merges)
+    # the plain-page request ignored: the ranks are merged, and keep their rank
+    monkeypatch.setattr(scoped_page, "PLAIN_OPTION", "ignored")
+    merges.clear()
+    assert await _walk(manager, {"q": term}, 3) == collected
     assert merges and all(merges)
-    assert merged  # the term matches something in the subtree
-    monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
-    assert await _walk(manager, {"q": term}, 3) == merged

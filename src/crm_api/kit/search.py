@@ -93,6 +93,7 @@ from crm_api.kit.pagination import (
     page_envelope,
     page_shape,
 )
+from crm_api.kit.scoped_page import PLAIN_OPTION
 
 if TYPE_CHECKING:
     from crm_api.authz.types import Access
@@ -963,7 +964,7 @@ async def _tiers(
             stmt,
             lambda rank=rank: kit.with_columns(  # type: ignore[misc]
                 kit.narrow(stmt, _tier(p, rank)), literal_column(str(rank), Integer).label(RANK)
-            ),
+            ).execution_options(**{PLAIN_OPTION: True}),
             statements.SEARCHES,
         )
         got = await kit.fetch_page(executor, resource, access, _cast_scoped(query), tier, p.values)
