@@ -475,3 +475,56 @@ async def test_the_trash_finds_an_exact_name(client, engine, fresh_stats):
     got = await _all_pages(client, "/v1/customers", q="华信", deleted="true", limit=2)
     assert [r["name"] for r in got] == ["华信", "华信科技", "苏州华信"]
     assert await _all_pages(client, "/v1/customers", q="华信", limit=2) == []
+
+
+async def test_scoped_callers_collect_through_their_scope_tokens(client_for, engine, monkeypatch):
+    """A manager (a set of org units) and a rep (own rows) collect with ``&& <their scope's
+    tokens>`` in the index condition, written as the index has it (migration 0012_sperf);
+    an administrator without; every one of them keeps the scope predicate. (That the rows
+    are the same is the oracle's job, above.)"""
+    from sqlalchemy.dialects import postgresql
+
+    from crm_api.authz.scope import unit_set
+    from crm_api.resources import CUSTOMERS
+
+    world = await _world(engine, client_for)
+    monkeypatch.setattr(search, "COLLECT_MAX", float("inf"))
+    monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", float("inf"))
+    monkeypatch.setattr(search, "COLLECT_MAX_OWN", float("inf"))
+    seen: dict[str, str] = {}
+    for who, user in (("admin", world.admin), ("manager", world.manager), ("rep", world.rep)):
+        http = await client_for(user)
+        token = http.headers["Authorization"].split()[1]
+        access = await _access_of(http, token, user)
+        p = await search.plan(_Conn(engine), CUSTOMERS, access, "华信")
+        p.decided.update({"own": "collect", "related0": "collect"})
+        sql = str(search.match_clause(p).compile(dialect=postgresql.dialect()))
+        seen[who] = sql
+        if who == "manager":
+            assert unit_set(access) is not None
+    index = "crm_search_grams(s.search_text) || ARRAY[chr(5) || CAST(s.org_unit_id AS TEXT)"
+    assert index in seen["manager"] and index in seen["rep"] and index in seen["admin"]
+    assert "&& (SELECT array_agg(chr(5) ||" in seen["manager"]
+    assert "&& ARRAY[chr(6) ||" in seen["rep"]
+    assert "&&" not in seen["admin"]
+
+
+async def _access_of(http, token: str, user: dict[str, Any]):
+    """The ``Access`` the app resolves for ``user`` reading customers."""
+    from crm_api.auth import tokens
+
+    app = http._transport.app
+    st = app.state
+    claims = tokens.verify(
+        st.keyring,
+        token,
+        issuer=st.settings.jwt_issuer,
+        audience=st.settings.jwt_audience,
+        token_types=frozenset({"access"}),
+    )
+    principal = await st.principals.resolve(claims)
+    from crm_api.authz.dependencies import access_for
+
+    access = access_for(st.policy, principal, "customers", "read")
+    assert access is not None
+    return access

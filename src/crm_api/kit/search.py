@@ -76,9 +76,10 @@ from sqlalchemy import (
     text,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.sql import FromClause
 
+from crm_api.authz.scope import unit_set
 from crm_api.authz.types import ScopeKind
 from crm_api.errors import BadRequest
 from crm_api.kit import statements
@@ -165,6 +166,12 @@ class Search:
     name: str = "name"
     name_lowered: bool = False
     related: tuple[Related, ...] = ()
+    #: The index also holds each live row's org unit and owner as tokens:
+    #: ``crm_search_grams(<text>) || ARRAY[chr(5) || org_unit_id::text, chr(6) ||
+    #: owner_id::text]`` (customers: migration 0012_sperf). A caller whose scope is a set
+    #: of org units, or their own rows, then gets only in-scope candidates from one GIN
+    #: scan (``&& <the scope's tokens>``); the scope predicate is applied as always.
+    scope_tokens: bool = False
 
 
 # --- index statistics ------------------------------------------------------------------------
@@ -179,8 +186,10 @@ class IndexStats:
     loaded: float = 0.0
 
     def estimate(self, grams: Sequence[str]) -> float:
-        """Most rows a search needing all of ``grams`` can match (the rarest gram's)."""
-        if not grams:
+        """Most rows a search needing all of ``grams`` can match (the rarest gram's). An
+        index without statistics (never analyzed, e.g. just re-created) bounds nothing:
+        every row."""
+        if not grams or not self.freqs:
             return self.rows
         return self.rows * min(self.freqs.get(g, self.floor) for g in grams)
 
@@ -265,16 +274,38 @@ def _sql_grams(term: str | ColumnElement[str], kind: Kind) -> ColumnElement[Any]
 PICK = 2
 
 
-_INDEXED: dict[int, ColumnElement[Any]] = {}
+_INDEXED: dict[tuple[int, bool], ColumnElement[Any]] = {}
+
+#: The tags of the scope tokens an index may hold (:attr:`Search.scope_tokens`), written as
+#: SQL constants: PostgreSQL matches a statement's expression to the index's only when the
+#: same constants stand where the index has them (a bound parameter would not match in a
+#: prepared statement's generic plan).
+_UNIT_TAG = literal_column("chr(5)", Text)
+_OWNER_TAG = literal_column("chr(6)", Text)
 
 
-def _has(table: FromClause, grams: ColumnElement[Any]) -> ColumnElement[bool]:
-    """``crm_search_grams(search_text) @> grams``: the indexed expression, as indexed
-    (built once per table)."""
-    indexed = _INDEXED.get(id(table))
+def _indexed(table: FromClause, tokens: bool = False) -> ColumnElement[Any]:
+    """The indexed expression, as indexed: ``crm_search_grams(search_text)``, followed by
+    the row's org unit and owner tokens where the index holds them (built once per table)."""
+    key = (id(table), tokens)
+    indexed = _INDEXED.get(key)
     if indexed is None:
-        indexed = _INDEXED[id(table)] = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
-    return indexed.op("@>", is_comparison=True)(grams)
+        indexed = func.crm_search_grams(table.c.search_text, type_=_TEXTS)
+        if tokens:
+            row = array(
+                [
+                    _UNIT_TAG + cast(table.c.org_unit_id, Text),
+                    _OWNER_TAG + cast(table.c.owner_id, Text),
+                ]
+            )
+            indexed = indexed.op("||", return_type=_TEXTS)(row)
+        _INDEXED[key] = indexed
+    return indexed
+
+
+def _has(table: FromClause, grams: ColumnElement[Any], tokens: bool = False) -> ColumnElement[bool]:
+    """``<the indexed expression> @> grams``."""
+    return _indexed(table, tokens).op("@>", is_comparison=True)(grams)
 
 
 # --- the term as parameters ------------------------------------------------------------------
@@ -649,12 +680,31 @@ class Plan:
 
         resource = self.resource
         inner = _alias(resource)
-        found = or_(*(_has(inner, self.grams(k)) for k in kinds))
+        tokens = _spec(resource).scope_tokens
+        found = or_(*(_has(inner, self.grams(k), tokens) for k in kinds))
         clauses = [inner.c.deleted_at.is_(None), found, where(inner)]
+        in_scope = self.scope_tokens(inner) if tokens else None
+        if in_scope is not None:
+            clauses.append(_indexed(inner, True).op("&&", is_comparison=True)(in_scope))
         scope = scope_of(resource, self.access, inner)
         if scope is not None:
             clauses.append(scope)
         return select(inner.c.id).where(*clauses)
+
+    def scope_tokens(self, table: FromClause) -> ColumnElement[Any] | None:
+        """The tokens of the rows the caller's scope covers, when it is nothing but a set
+        of org units (:func:`crm_api.authz.scope.unit_set`) or the caller's own rows;
+        ``None`` for any other scope (its predicate alone narrows the candidates)."""
+        access = self.access
+        units = unit_set(access)
+        if units is not None:
+            unit = func.unnest(units.ids).table_valued("unit").render_derived(name="scope_units")
+            tags = func.array_agg(_UNIT_TAG + cast(unit.c.unit, Text), type_=_TEXTS)
+            return select(tags).select_from(unit).scalar_subquery()
+        if access.scope.kinds == {ScopeKind.own}:
+            owner = literal(access.principal.id, table.c.owner_id.type)
+            return array([_OWNER_TAG + cast(owner, Text)])
+        return None
 
     def related_collect(self, i: int) -> Select[Any]:
         """Ids the live related rows holding the term in their name point at."""
