@@ -52,7 +52,13 @@ from crm_api.kit.pagination import (
     page_envelope,
     page_shape,
 )
-from crm_api.kit.scoped_page import TRASH_OPTION, merged_page, merged_statement, merges
+from crm_api.kit.scoped_page import (
+    PLAIN_OPTION,
+    TRASH_OPTION,
+    merged_page,
+    merged_statement,
+    merges,
+)
 from crm_api.kit.search import Search
 
 Executor = Reader | AsyncSession
@@ -419,6 +425,23 @@ def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSele
     """``stmt`` selecting ``columns`` too (a resource's :attr:`Resource.derived` fields):
     more columns of the same rows, so the result is still scoped."""
     return ScopedSelect(stmt.add_columns(*columns))
+
+
+def plain_page(stmt: ScopedSelect) -> ScopedSelect:
+    """``stmt``, read as the plain keyset page even where a per-unit merge would apply
+    (kit/scoped_page.py, ``PLAIN_OPTION``: a search's relevance ranks)."""
+    return ScopedSelect(stmt.execution_options(**{PLAIN_OPTION: True}))
+
+
+def derived(
+    key: tuple[Any, ...],
+    base: ScopedSelect,
+    build: Callable[[], ScopedSelect],
+    cache: statements.LRU | None = None,
+) -> ScopedSelect:
+    """``build()`` (``base`` narrowed, or with columns added: still scoped), once per
+    ``key`` and ``base`` (:func:`crm_api.kit.statements.derived`)."""
+    return ScopedSelect(statements.derived(key, base, build, cache))
 
 
 # --- reads -----------------------------------------------------------------------------------

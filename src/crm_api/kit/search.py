@@ -95,7 +95,6 @@ from crm_api.kit.pagination import (
     page_envelope,
     page_shape,
 )
-from crm_api.kit.scoped_page import PLAIN_OPTION
 
 if TYPE_CHECKING:
     from crm_api.authz.types import Access
@@ -507,13 +506,12 @@ class Plan:
             what = ("fieldwise",)
         else:
             what = ("match", self.match_strategies())
-        stmt = statements.derived(
+        return kit.derived(
             self.shape_key(*what),
             base,
             lambda: kit.narrow(base, match_clause(self)),
             statements.SEARCHES,
         )
-        return _cast_scoped(stmt)
 
     # -- estimates -------------------------------------------------------------------------
     def _stats(self, part: str) -> IndexStats:
@@ -922,14 +920,6 @@ async def page(
     return envelope
 
 
-def _cast_scoped(stmt: Select[Any]) -> ScopedSelect:
-    """A statement derived from a scoped one by narrowing it (what :func:`narrow` returns,
-    read back from the statement cache)."""
-    from crm_api.kit.resource import ScopedSelect
-
-    return ScopedSelect(stmt)
-
-
 #: The relevance cursor's columns, for decoding it (the rank's type only).
 _RANK_TYPE: ColumnElement[int] = literal_column("0", Integer)
 
@@ -1010,15 +1000,18 @@ async def _tiers(
             cursor = encode_cursor(_RECENCY, {"created_at": after[1], "id": after[2]})
         tier = PageParams(want - len(rows), cursor, _RECENCY, False)
         await _decide_tier(executor, p, rank)
-        query = statements.derived(
+        query = kit.derived(
             p.shape_key("tier", rank, _tier_strategies(p, rank)),
             stmt,
-            lambda rank=rank: kit.with_columns(  # type: ignore[misc]
-                kit.narrow(stmt, _tier(p, rank)), literal_column(str(rank), Integer).label(RANK)
-            ).execution_options(**{PLAIN_OPTION: True}),
+            lambda rank=rank: kit.plain_page(  # type: ignore[misc]
+                kit.with_columns(
+                    kit.narrow(stmt, _tier(p, rank)),
+                    literal_column(str(rank), Integer).label(RANK),
+                )
+            ),
             statements.SEARCHES,
         )
-        got = await kit.fetch_page(executor, resource, access, _cast_scoped(query), tier, p.values)
+        got = await kit.fetch_page(executor, resource, access, query, tier, p.values)
         rows.extend(got["data"])
         if len(rows) >= want:
             break
