@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: py-spy the in-process app for SECONDS per request "
         "kind and group the samples by layer",
     )
+    bd.add_argument(
+        "--orders",
+        action="store_true",
+        help="instead: the order scenarios (create, one customer's orders, my orders), "
+        "with statements per request",
+    )
     args = parser.parse_args(args_in)
 
     if args.command == "generate":
@@ -110,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "breakdown":
         from bench.breakdown import breakdown_command
 
-        return breakdown_command(args.database_url, args.n, args.rounds, args.profile)
+        return breakdown_command(
+            args.database_url, args.n, args.rounds, args.profile, orders=args.orders
+        )
     from bench.load import run_command
 
     return run_command(args)

@@ -509,9 +509,142 @@ async def profile_app(url: str, seconds: float) -> None:
     await lifespan
 
 
-def breakdown_command(url: str, n: int, rounds: int, profile: float = 0) -> int:
+# --- orders (issue 10): create, one customer's orders, my orders ---------------------------
+class _ReadCount:
+    """Counts the statements the read pool runs (``ReadPool.fetch``: every statement of a
+    request that only reads), beside :class:`_RoundTrips` for the write engine."""
+
+    def __init__(self) -> None:
+        from crm_api.db.reader import ReadPool
+
+        self.n = 0
+        original = ReadPool.fetch
+
+        async def fetch(pool: Any, sql: str, args: Any) -> Any:
+            self.n += 1
+            return await original(pool, sql, args)
+
+        self._restore = (ReadPool, original)
+        ReadPool.fetch = fetch  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        cls, original = self._restore
+        cls.fetch = original  # type: ignore[method-assign]
+
+
+async def orders_breakdown(url: str, n: int, rounds: int) -> None:
+    """The order scenarios of ``bench run --scenarios orders``, in-process: CPU per request
+    and statements per request (write engine: statements, BEGIN/COMMIT, checkouts; read
+    pool: statements)."""
+    import random
+
+    from crm_api.config import get_settings
+    from crm_api.main import create_app
+
+    args = argparse.Namespace(
+        database_url=url, client="python", token=None, sample=1000, search_term="华信"
+    )
+    runner = Runner(args)
+    by_name = {s.name: s for s in SCENARIOS}
+    create_sc, customer_sc, mine_sc = (
+        by_name["order_create"],
+        by_name["orders_customer"],
+        by_name["orders_mine"],
+    )
+    conn = await asyncpg.connect(asyncpg_url(url))
+    try:
+        admin = await runner.load_login(conn, create_sc.login)
+        rep = await runner.load_login(conn, mine_sc.login)
+        ordered, _ = await runner.ids_for(conn, customer_sc)
+        await runner.order_refs_for(conn)
+    finally:
+        await conn.close()
+    body_template = runner.body_of(create_sc)
+    assert body_template is not None
+    os.environ.update(
+        CRM_DATABASE_URL=sqlalchemy_url(url),
+        CRM_LOG_LEVEL="WARNING",
+        CRM_DB_POOL_SIZE="2",
+        CRM_DB_MAX_OVERFLOW="0",
+        CRM_JWT_SIGNING_KEY="bench-breakdown-" + uuid.uuid4().hex + uuid.uuid4().hex,
+    )
+    get_settings.cache_clear()
+    app = create_app()
+    startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await startup.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, startup.get, events.put)
+    )
+    started = await events.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise SystemExit(f"app start-up failed: {started}")
+
+    class _Server:
+        signing_key = os.environ["CRM_JWT_SIGNING_KEY"]
+        data_dir = get_settings().data_dir
+
+    as_admin = _Asgi(app, runner.mint_token(admin, _Server()))  # type: ignore[arg-type]
+    as_rep = _Asgi(app, runner.mint_token(rep, _Server()))  # type: ignore[arg-type]
+    writes = _RoundTrips(app.state.db.engine)
+    reads = _ReadCount()
+    seq = iter(range(10**9))
+
+    async def create() -> None:
+        await as_admin.post(
+            "/v1/orders",
+            body_template.encode(),
+            {"idempotency-key": f"bd-order-{uuid.uuid4().hex}-{next(seq)}"},
+        )
+
+    async def customer_orders() -> None:
+        await as_admin.get(f"/v1/customers/{random.choice(ordered)}/orders?limit=50")
+
+    async def my_orders() -> None:
+        await as_rep.get("/v1/orders?limit=50")
+
+    try:
+        for label, fn in (
+            ("order_create: POST /v1/orders, 3 lines, new Idempotency-Key", create),
+            ("orders_customer: GET /v1/customers/{id}/orders?limit=50 (admin)", customer_orders),
+            ("orders_mine: GET /v1/orders?limit=50 (rep)", my_orders),
+        ):
+            ms = await _cpu_per_call(fn, n, rounds)
+            print(f"  {label:<66} {ms:7.3f} ms", flush=True)
+            writes.reset()
+            reads.n = 0
+            for _ in range(20):
+                await fn()
+            per = {k: v / 20 for k, v in sorted(writes.counts.items())}
+            per["read statements"] = reads.n / 20
+            print(f"      per request: {per}", flush=True)
+            for sql, times in writes.statements.items():
+                print(f"        {times / 20:4.1f} x {sql}", flush=True)
+    finally:
+        reads.close()
+        await startup.put({"type": "lifespan.shutdown"})
+        await events.get()
+        await lifespan
+    for c in (as_admin, as_rep):
+        if c.status - {200, 201}:
+            raise SystemExit(f"unexpected statuses {c.status}")
+
+
+def breakdown_command(
+    url: str, n: int, rounds: int, profile: float = 0, orders: bool = False
+) -> int:
     import uvloop
 
+    if orders:
+        print(
+            f"orders: CPU per request, one at a time, best of {rounds} x {n} "
+            f"(load average {os.getloadavg()[0]:.1f}):"
+        )
+        uvloop.run(orders_breakdown(url, n, rounds))
+        from bench.load import delete_created
+
+        print(f"deleted {uvloop.run(delete_created(asyncpg_url(url)))} records made by create")
+        return 0
     if profile:
         uvloop.run(profile_app(url, profile))
         return 0

@@ -565,11 +565,22 @@ def _person(rng: random.Random, chinese: bool) -> tuple[str, str]:
     return f"{first} {last}", f"{first}.{last}".lower().replace("'", "").replace("ü", "ue")
 
 
-def _mobile(rng: random.Random) -> str:
-    return (
+def _mobile(rng: random.Random, unique: int | None = None) -> str:
+    number = (
         f"+86 1{rng.choice('3456789')}{rng.randint(0, 9)} {rng.randint(1000, 9999)} "
         f"{rng.randint(1000, 9999)}"
     )
+    if unique is None:  # a contact's: may repeat
+        return number
+    return f"{number[:8]}{_unique_digits(unique, 8)}"
+
+
+def _unique_digits(i: int, width: int) -> str:
+    """The last ``width`` digits of a customer's phone, from its index: a customer's phone
+    is unique among live customers (a natural key, migration 0012_fixes), and the random
+    draws they replace are still made, so the rest of the data stays as it was."""
+    digits = f"{i % 10**width:0{width}d}"
+    return f"{digits[:-4]} {digits[-4:]}"
 
 
 # --- org tree and users -------------------------------------------------------------------
@@ -809,17 +820,19 @@ def customer_batch(
             website = None
         if chinese:
             address = f"{city}市{rng.choice(DISTRICTS)}{rng.choice(ROADS)}路{randint(1, 999)}号"
-            phone = (
-                f"+86 {randint(20, 29)} {randint(1000, 9999)} {randint(1000, 9999)}"
-                if company_kind
-                else _mobile(rng)
-            )
+            if company_kind:
+                area, _, _ = randint(20, 29), randint(1000, 9999), randint(1000, 9999)
+                phone = f"+86 {area} {_unique_digits(i, 8)}"
+            else:
+                phone = _mobile(rng, unique=i)
         else:
             address = f"{randint(1, 300)} {rng.choice(EN_STREETS)}"
-            phone = (
-                f"+{rng.choice(('44', '49', '65', '1', '33'))} {randint(100, 999)} "
-                f"{randint(1000, 9999)}"
+            cc, _, _ = (
+                rng.choice(("44", "49", "65", "1", "33")),
+                randint(100, 999),
+                randint(1000, 9999),
             )
+            phone = f"+{cc} {_unique_digits(i, 7)}"
         region = ch(*COMPANY_REGIONS[company])[0] if company >= 0 else "华东"
         # More customers recently: the sqrt skews the spread towards now.
         created = start + timedelta(seconds=span * math.sqrt(rand()))

@@ -331,14 +331,27 @@ def free_port() -> int:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far (Linux /proc)."""
-    total = 0
+def proc_cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of ``pids`` still alive (Linux /proc)."""
+    seen: dict[int, float] = {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+            seen[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return seen
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (Linux /proc)."""
+    return sum(proc_cpu_by_pid(pids).values())
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two :func:`proc_cpu_by_pid` readings, by the processes
+    alive at the second one (a process that started in between counts from zero). One
+    that exited in between is left out rather than counted negative: its last seconds
+    are lost, so the figure is a slight underestimate when backends close mid-run."""
+    return sum(now - before.get(pid, 0.0) for pid, now in after.items())
 
 
 async def backend_pids(url: str, application_name: str) -> list[int]:
@@ -742,11 +755,12 @@ async def scenario_statement(access: Any, scenario: Scenario, path: str) -> Stat
     return Statement(sql, params)
 
 
-def orders_statement(access: Any, scenario: Scenario) -> Statement:
+def orders_statement(access: Any, scenario: Scenario, customers: Any = None) -> Statement:
     """The orders list the app runs for ``scenario`` (compiled from the orders repository,
     lines included): one customer's orders when the path names a customer (``{id}``, the
-    random id parameter), else the login's list. The app also checks, first, that the
-    customer is one the caller sees (one more indexed lookup the floor does not run)."""
+    random id parameter; with the check that ``customers``, the login's customers read,
+    sees that customer, which the app runs inside the same statement), else the login's
+    list."""
     from crm_api.kit.pagination import apply_keyset
     from crm_api.order import repository as repo
     from crm_api.order.schemas import CustomerOrderListQuery, OrderListQuery, OrderSort
@@ -756,8 +770,13 @@ def orders_statement(access: Any, scenario: Scenario) -> Statement:
         raise SystemExit(f"{scenario.login} may not read orders")
     query = (CustomerOrderListQuery if "{id}" in scenario.path else OrderListQuery)(limit=50)
     sentinel = uuid.UUID(int=0) if "{id}" in scenario.path else None
+    base = (
+        repo.customer_filtered(access, customers, query).params(customer_id=sentinel)
+        if sentinel is not None and customers is not None
+        else repo.filtered(access, query, sentinel)
+    )
     stmt = apply_keyset(
-        repo.filtered(access, query, sentinel),
+        base,
         ORDERS.sort_columns,
         ORDERS.id_column,
         query.page(OrderSort),
@@ -1052,7 +1071,7 @@ class Runner:
         a = self.args
         pg_pids = asyncio.run(backend_pids(self.db_url, "crm-api")) if measure_cpu else []
         server_pids = self.server.pids()
-        cpu0, pg0 = proc_cpu_s(server_pids), proc_cpu_s(pg_pids)
+        cpu0, pg0 = proc_cpu_s(server_pids), proc_cpu_by_pid(pg_pids)
         # a fresh token prefix per load (warm-up, every round): "{n}" must never repeat, or
         # a later round's Idempotency-Keys would replay an earlier round's creates
         self.loads += 1
@@ -1069,7 +1088,10 @@ class Runner:
         if measure_cpu and stats.requests:
             cpu = proc_cpu_s(server_pids) - cpu0
             stats.cpu_ms_per_req = round(cpu * 1000 / stats.requests, 3)
-            stats.pg_cpu_ms_per_req = round((proc_cpu_s(pg_pids) - pg0) * 1000 / stats.requests, 3)
+            # backends opened during the run count too; closed ones drop out (never < 0)
+            pg_now = asyncio.run(backend_pids(self.db_url, "crm-api"))
+            pg_cpu = cpu_spent(pg0, proc_cpu_by_pid(sorted({*pg_pids, *pg_now})))
+            stats.pg_cpu_ms_per_req = round(pg_cpu * 1000 / stats.requests, 3)
             stats.detail["server_cpu_share"] = round(cpu / stats.seconds, 2)
         stats.loadavg_1m = os.getloadavg()[0]
         return stats
@@ -1308,7 +1330,7 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                 path = runner.path_of(sc)
                 searches = "q=" in path
                 if sc.floor == "orders":
-                    statements[sc.name] = orders_statement(login.orders_access, sc)
+                    statements[sc.name] = orders_statement(login.orders_access, sc, login.access)
                 elif sc.method == "GET" and not searches:
                     statements[sc.name] = await scenario_statement(login.access, sc, path)
                 if searches:
@@ -1323,7 +1345,7 @@ def _run(runner: Runner, scenarios: list[Scenario], args: argparse.Namespace) ->
                         searched[sc.name] = {
                             "sql": f"(the statements of GET {path})",
                             "params": [],
-                            "plan": await bench_search.explain(conn, login.access, path),
+                            "plan": await bench_search.explain(conn, login, path),
                         }
                 if sc.name == "search" or "{q}" in sc.path:
                     info["search_term"] = args.search_term

@@ -59,22 +59,71 @@ def _dialect() -> Any:
     return pg_asyncpg.dialect()
 
 
+#: The ``orders`` terms at 1,000,000 orders (bench_orders: 100,000 customers): orders
+#: matched by number, external_ref or their customer's name.
+ORDER_TERMS = {
+    "rare (customer name)": "振华精密",  # 43 customers, 341 orders
+    "rare (number)": "SO-00123456",  # 1 order, its number exactly
+    "medium (customer name)": "northwind",  # 1,034 customers, 10,143 orders (1.0 %)
+    "medium (number)": "so-0099",  # 10,000 orders (1.0 %)
+    "frequent (external_ref)": "web-",  # 599,376 orders (60 %)
+}
+
+
+async def _list_page(rec: Recording, login: Any, path: str) -> dict[str, Any]:
+    """``GET path`` (``/v1/customers?…`` or ``/v1/orders?…``) through its repository."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from bench.load import list_query_from_path
+
+    if not urlsplit(path).path.endswith("/orders"):
+        from crm_api.customer import repository as customers
+
+        query = list_query_from_path(path)
+        return await customers.list_page(rec, login.access, query)  # type: ignore[arg-type]
+    from crm_api.order import repository as orders
+    from crm_api.order.schemas import OrderListQuery
+
+    raw = parse_qs(urlsplit(path).query, keep_blank_values=True)
+    data = {k: v[-1] for k, v in raw.items()}
+    fields = OrderListQuery.model_fields
+    query = OrderListQuery.model_validate(data)
+    query.__pydantic_fields_set__ = {k for k in data if k in fields}
+    return await orders.list_page(
+        rec,  # type: ignore[arg-type]
+        login.orders_access,
+        query,
+        customers=login.access,
+    )
+
+
 async def request_statements(
-    conn: asyncpg.Connection, access: Any, path: str
+    conn: asyncpg.Connection, login: Any, path: str
 ) -> tuple[list[tuple[str, list[Any]]], int]:
     """The statements one ``GET path`` runs (stats loading left out) and the rows it got."""
-    from bench.load import list_query_from_path
-    from crm_api.customer import repository as repo
-
-    query = list_query_from_path(path)
     rec = Recording(conn)
-    page = await repo.list_page(rec, access, query)  # type: ignore[arg-type]
+    page = await _list_page(rec, login, path)
     kept = [(s, p) for s, p in rec.statements if "pg_stats" not in s]
     return kept, len(page["data"])
 
 
-async def explain(conn: asyncpg.Connection, access: Any, path: str) -> str:
-    statements, rows = await request_statements(conn, access, path)
+async def time_request(conn: asyncpg.Connection, login: Any, path: str, runs: int) -> float:
+    """Median milliseconds of ``runs`` runs of the request's statements (SQL and the
+    repository's Python; no HTTP), after one warm-up run."""
+    import statistics
+    import time
+
+    await _list_page(Recording(conn), login, path)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await _list_page(Recording(conn), login, path)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def explain(conn: asyncpg.Connection, login: Any, path: str) -> str:
+    statements, rows = await request_statements(conn, login, path)
     out = [f"{len(statements)} statement(s), {rows} rows"]
     for sql, params in statements:
         plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *params)
@@ -115,8 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", default=default_url())
     p.add_argument("--term", action="append", help="terms (default: rare, medium, frequent)")
     p.add_argument("--login", action="append", help="admin, manager, rep (default: all)")
+    p.add_argument(
+        "--resource",
+        choices=("customers", "orders"),
+        default="customers",
+        help="orders: bench_orders' terms, found by number, external_ref or customer name",
+    )
+    p.add_argument(
+        "--time", type=int, default=0, help="instead of EXPLAIN: the median ms of N runs"
+    )
+    p.add_argument("--sort", help="an explicit sort (default: none, relevance order)")
     args = p.parse_args(argv)
-    terms = args.term or list(TERMS.values())
+    default_terms = ORDER_TERMS if args.resource == "orders" else TERMS
+    terms = args.term or list(default_terms.values())
     logins = args.login or list(LOGINS)
 
     async def run() -> None:
@@ -128,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             for who in logins:
                 login = await runner.load_login(conn, LOGINS[who])
                 for term in terms:
-                    path = f"/v1/customers?q={quote(term)}&limit=50"
-                    print(f"\n=== {who}: q={term}\n{await explain(conn, login.access, path)}")
+                    path = f"/v1/{args.resource}?q={quote(term)}&limit=50"
+                    if args.sort:
+                        path += f"&sort={quote(args.sort)}"
+                    if args.time:
+                        ms = await time_request(conn, login, path, args.time)
+                        print(f"{who}\tq={term}\t{ms:.1f} ms")
+                    else:
+                        print(f"\n=== {who}: q={term}\n{await explain(conn, login, path)}")
         finally:
             await conn.close()
 

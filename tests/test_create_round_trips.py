@@ -1,7 +1,8 @@
 """The kit's create path is lean (issue 8): a create is one statement — the record and its
 audit event in one INSERT with a data-modifying CTE, no user lookup when the caller owns
-the record, no re-read for masking — and an ``Idempotency-Key`` adds two (claim the key,
-store the response), with an expired key taken over by the claim itself.
+the record, no re-read for masking — and an ``Idempotency-Key`` adds one: the key is
+claimed inside the record's statement (an expired key taken over by the claim itself),
+and the response is stored after it.
 
 Counted at the SQLAlchemy engine (``before_cursor_execute``), as test_auth_round_trips.py
 does; the policy poller's own statements are left out.
@@ -125,7 +126,7 @@ async def test_per_record_masking_of_a_create_is_decided_in_its_statement(
     assert not any("read_sensitive" in s or s.startswith("SELECT anon") for s in statements)
 
 
-async def test_an_idempotent_create_adds_two_statements_and_takes_over_expired_keys(
+async def test_an_idempotent_create_adds_one_statement_and_takes_over_expired_keys(
     app, engine, client_for
 ):
     unit = await make_org_unit(engine)
@@ -136,12 +137,14 @@ async def test_an_idempotent_create_adds_two_statements_and_takes_over_expired_k
     with counted(app) as statements:
         first = await caller.post("/v1/customers", json={"name": "Once"}, headers=headers)
     assert first.status_code == 201, first.text
-    # claim the key (insert, or take over an expired one), the record + its event, the
-    # stored response
-    assert len(statements) == 3, statements
-    assert statements[0].startswith("INSERT INTO idempotency_keys"), statements
+    # claim the key (insert, or take over an expired one) with the record + its event in
+    # one statement (both selected from the claim's RETURNING), then the stored response
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("WITH idempotency_claim AS (INSERT INTO idempotency_keys")
     assert "ON CONFLICT" in statements[0]
-    assert statements[2].startswith("UPDATE idempotency_keys"), statements
+    assert "INSERT INTO customers" in statements[0]
+    assert "INSERT INTO audit_events" in statements[0]
+    assert statements[1].startswith("UPDATE idempotency_keys"), statements
     replay = await caller.post("/v1/customers", json={"name": "Once"}, headers=headers)
     assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == first.json()
@@ -160,3 +163,28 @@ async def test_an_idempotent_create_adds_two_statements_and_takes_over_expired_k
     assert again.json()["id"] != first.json()["id"]
     replay = await caller.post("/v1/customers", json={"name": "Twice"}, headers=headers)
     assert replay.json() == again.json()
+
+
+async def test_a_retry_replays_though_its_checks_would_now_refuse_it(app, engine, client_for):
+    """The claim runs in the record's INSERT, after the duplicate check: a retry of a
+    create with an external_ref finds its own first record a duplicate, and still gets
+    the first response (the claim is then run on its own and finds the key live)."""
+    unit = await make_org_unit(engine)
+    user = await make_user(engine, org_unit=unit, roles=("sales_rep",))
+    caller = await client_for(user)
+    headers = {"Idempotency-Key": "retry-with-external-ref"}
+    body = {"name": "Retried Ltd.", "external_ref": "retry-ext-1"}
+    first = await caller.post("/v1/customers", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await caller.post("/v1/customers", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    other = await caller.post(
+        "/v1/customers", json=body, headers={"Idempotency-Key": "retry-with-external-ref-2"}
+    )
+    assert other.status_code == 409 and other.json()["code"] == "customer_duplicate"
+    async with engine.connect() as conn:
+        keys = await conn.scalar(
+            text("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'retry-with-external%'")
+        )
+    assert keys == 1

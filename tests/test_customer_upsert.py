@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import count_rows, problem
+from crm_api.errors import Conflict
 from factories.identity import make_org_unit, make_user
 
 URL = "/v1/customers/by-external-ref"
@@ -277,32 +278,46 @@ async def test_twenty_concurrent_orders_of_one_new_buyer_make_one_customer(
     assert again.id == results[0].id and not again.created
 
 
-async def test_the_key_is_the_first_of_ref_email_phone(app, client, admin_user, engine):
+async def test_the_first_key_sent_that_a_customer_holds_finds_it(app, client, admin_user, engine):
+    """``external_ref``, else the e-mail, else the phone: the first the block carries that
+    some customer holds finds that customer, however it was written (POST, PATCH, an
+    upsert). Until migration 0012 only an upsert's own key found a customer, so a buyer
+    known by phone, or a CRM customer's e-mail, made a second customer."""
     await app.state.policy.load(engine)
     rights = _rights(app, admin_user)
     by_email = await _upsert_in_own_transaction(
         app, rights, {"name": "A", "email": "a@example.cn", "phone": "+86 138 0000 0001"}
     )
+    assert by_email.created
     by_phone = await _upsert_in_own_transaction(
         app, rights, {"name": "A", "phone": "8613800000001"}
     )
-    assert by_phone.created  # the first customer was keyed by its e-mail, not its phone
+    assert by_phone.id == by_email.id and not by_phone.created
     with_ref = await _upsert_in_own_transaction(
-        app, rights, {"name": "A", "external_ref": "r1", "email": "a@example.cn"}
+        app, rights, {"name": "A", "external_ref": "r1", "email": "A@Example.cn"}
     )
-    assert with_ref.created and with_ref.id != by_email.id
-    # a customer made by POST is found by its external_ref only
+    assert with_ref.id == by_email.id and not with_ref.created
+    assert with_ref.customer["external_ref"] == "r1"  # it had none: it takes the one sent
+    # a customer made by POST: found by its external_ref, and by its e-mail
     posted = await client.post(
         "/v1/customers", json={"name": "P", "email": "p@example.cn", "external_ref": "r2"}
     )
+    assert posted.status_code == 201, posted.text
     found = await _upsert_in_own_transaction(
         app, rights, {"name": "P2", "external_ref": "r2", "email": "p@example.cn"}
     )
     assert found.id == uuid.UUID(posted.json()["id"]) and not found.created
     assert found.customer["name"] == "P2"
-    fresh = await _upsert_in_own_transaction(app, rights, {"name": "P", "email": "p@example.cn"})
-    assert fresh.created
-    assert await count_rows(engine, "customers") == 5
+    again = await _upsert_in_own_transaction(app, rights, {"name": "P", "email": "p@example.cn"})
+    assert again.id == found.id and not again.created
+    # found by e-mail, but another system's record: a 409 naming it, not a takeover
+    with pytest.raises(Conflict) as refused:
+        await _upsert_in_own_transaction(
+            app, rights, {"name": "P", "external_ref": "r3", "email": "p@example.cn"}
+        )
+    assert refused.value.code == "customer_duplicate"
+    assert refused.value.extra["field"] == "email"
+    assert await count_rows(engine, "customers") == 2
 
 
 async def test_a_block_without_a_key_is_refused():

@@ -500,3 +500,54 @@ async def test_nobody_brings_others_into_their_own_reporting_line(client, client
     # an administrator may
     ok = await client.patch(f"/v1/users/{stranger['id']}", json={"manager_id": str(lead["id"])})
     assert ok.status_code == 200, ok.text
+
+
+async def test_only_administrators_edit_built_in_roles_grants(client, client_for, engine, tree):
+    """A sales manager holding ``roles:update`` could otherwise add what they hold to
+    ``sales_rep`` and widen every rep of every team, whoever assigns the role. Built-in
+    roles are the product's defaults: an administrator edits them; others make a custom
+    role, whose grants the delegation rules alone govern."""
+    await make_role(engine, "role_editor", ("roles", "read", "all"), ("roles", "update", "all"))
+    manager = await make_user(engine, roles=("sales_manager", "role_editor"), org_unit=tree["east"])
+    await make_user(engine, roles=("sales_rep",), org_unit=tree["east_team"])
+    as_manager = await client_for(manager)
+    grant = {"resource": "customers", "action": "export", "scope": "own"}  # a manager holds it
+    before = await count_rows(engine, "authz_rules", "ptype = 'p'")
+    version = await policy_version(engine)
+    for name in ("sales_rep", "service_agent", "staff", "storefront"):
+        body = problem(
+            await as_manager.post(f"/v1/roles/{await role_id(client, name)}/grants", json=grant),
+            403,
+            "grant_not_allowed",
+        )
+        assert body["reason"] == "builtin_role" and body["refused"] == [name]
+    # withdrawing a default is changing it too
+    rep_role = await role_id(client, "sales_rep")
+    rep_grants = (await client.get(f"/v1/roles/{rep_role}/grants")).json()["data"]
+    body = problem(
+        await as_manager.delete(f"/v1/roles/{rep_role}/grants/{rep_grants[0]['id']}"),
+        403,
+        "grant_not_allowed",
+    )
+    assert body["reason"] == "builtin_role"
+    # the admin role keeps its own answer
+    body = problem(
+        await as_manager.post(f"/v1/roles/{await role_id(client, 'admin')}/grants", json=grant),
+        403,
+        "grant_not_allowed",
+    )
+    assert body["reason"] == "admin_role"
+    assert await count_rows(engine, "authz_rules", "ptype = 'p'") == before
+    assert await policy_version(engine) == version
+    # a custom role: the delegation rules alone (the manager holds customers:export)
+    await make_role(engine, "east_exporter", ("customers", "read", "own"))
+    custom = await role_id(client, "east_exporter")
+    added = await as_manager.post(f"/v1/roles/{custom}/grants", json=grant)
+    assert added.status_code == 201, added.text
+    removed = await as_manager.delete(f"/v1/roles/{custom}/grants/{added.json()['id']}")
+    assert removed.status_code == 204, removed.text
+    # an administrator edits the defaults, both ways
+    added = await client.post(f"/v1/roles/{rep_role}/grants", json=grant)
+    assert added.status_code == 201, added.text
+    removed = await client.delete(f"/v1/roles/{rep_role}/grants/{added.json()['id']}")
+    assert removed.status_code == 204, removed.text

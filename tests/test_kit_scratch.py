@@ -191,15 +191,7 @@ def make_router(R: Resource, flaw: str | None = None) -> APIRouter:
             row = await lifecycle.insert(session, R, seen_by(access), values, placement)
             return with_etag(row, 201, f"{R.samples.path}/{row['id']}")  # type: ignore[union-attr]
 
-        return await idempotent(
-            session,
-            access.principal,
-            idempotency_key,
-            method="POST",
-            path=request.url.path,
-            body=body,
-            produce=produce,
-        )
+        return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
     @router.get("/{note_id}")
     async def get_note(note_id: uuid.UUID, access: Read, conn: ReadConnection) -> Response:

@@ -313,3 +313,33 @@ async def test_forwarded_for_is_ignored_unless_the_peer_is_trusted(
     problem(await _login(from_ip("10.0.0.2", **forwarded), "a@example.com", WRONG), 401)
     assert await count_rows(engine, "login_throttle", "key = 'ip:203.0.113.200'") == 1
     assert await count_rows(engine, "login_throttle", "key LIKE '%10.0.0.%'") == 0
+
+
+async def test_client_secret_guesses_count_against_the_client(
+    app, client, tune, engine, from_ip, checked
+):
+    """``client_credentials`` was not throttled at all: every guess cost an argon2 check,
+    so a flood of wrong secrets from one address (no credentials needed) kept the
+    password-check slots busy and real logins got 503 ``login_busy`` (measured against a
+    uvicorn server: 2 of 6 logins during an 8-connection flood). A wrong secret now counts
+    against the client's address like a wrong password: one budget per client."""
+    from factories.api_clients import client_credentials
+
+    tune(login_ip_max_failures=4)
+    made = await client.post("/v1/api-clients", json={"name": "Shop", "roles": ["storefront"]})
+    created = made.json()
+    http = from_ip(ATTACKER)
+    for n in range(2):
+        problem(await client_credentials(http, created["client_id"], f"cs_wrong{n}"), 401)
+        problem(await client_credentials(http, f"cli_unknown{n}", "cs_wrong"), 401)
+    checks = len(checked)
+    # locked: not even the right secret is checked
+    _retry_after(await client_credentials(http, created["client_id"], created["client_secret"]))
+    _retry_after(await _login(http, "anyone@example.com", WRONG))  # the same budget
+    assert len(checked) == checks
+    # another client is not affected, and a success gives its attempt back
+    owner = from_ip(OWNER)
+    for _ in range(6):
+        ok = await client_credentials(owner, created["client_id"], created["client_secret"])
+        assert ok.status_code == 200, ok.text
+    assert await count_rows(engine, "login_throttle", f"key = 'ip:{OWNER}' AND failures > 0") == 0

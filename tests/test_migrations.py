@@ -244,3 +244,73 @@ def test_api_clients_get_their_placement_on_upgrade(scratch_url):
         )
     )
     assert rows == {made: (person, unit), orphan: (None, unit)}
+
+
+def test_customers_hold_their_keys_on_upgrade_and_duplicates_give_them_up(scratch_url):
+    """0012_fixes: every live customer holds its e-mail and phone keys, except the younger
+    of those sharing one (the one an upsert keyed by it wins over an older one); the trash
+    keeps its flags; the unique indexes are built over what is held."""
+    upgrade(scratch_url, "0008")
+    owner = uuid.uuid4()
+    a, b, c, d, e, f = (uuid.uuid4() for _ in range(6))
+    # (id, email, phone, key_kind, age in days, deleted)
+    rows = [
+        (a, "x@example.cn", "+86 21 5555 0000", None, 9, False),
+        (b, " X@Example.cn", "0086 21-5555-0000", None, 8, False),
+        (c, "x@example.cn ", None, "email", 1, False),  # an upsert's own key: it wins
+        (d, "y@example.cn", "+86 21 5555 0000", None, 7, False),
+        (e, "x@example.cn", None, None, 20, True),  # in the trash
+        (f, None, None, None, 5, False),
+    ]
+
+    async def seed() -> None:
+        engine = create_async_engine(scratch_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO users (id, email, display_name, manager_path, kind, active)"
+                        " VALUES (:id, 'o@example.cn', 'o', :path, 'person', true)"
+                    ),
+                    {"id": owner, "path": f"/{owner}/"},
+                )
+                for id_, email, phone, kind, age, deleted in rows:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO customers (id, name, type, owner_id, email, phone,"
+                            " key_kind, created_at, updated_at, deleted_at, version)"
+                            " VALUES (:id, 'c', 'company', :owner, :email, :phone, :kind,"
+                            " now() - make_interval(days => :age), now(),"
+                            " CASE WHEN :deleted THEN now() END, 1)"
+                        ),
+                        {
+                            "id": id_,
+                            "owner": owner,
+                            "email": email,
+                            "phone": phone,
+                            "kind": kind,
+                            "age": age,
+                            "deleted": deleted,
+                        },
+                    )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    upgrade(scratch_url)
+    held = {
+        r[0]: (r[1], r[2])
+        for r in asyncio.run(
+            _query(scratch_url, "SELECT id, email_held, phone_held FROM customers")
+        )
+    }
+    assert held == {
+        a: (False, True),  # the oldest phone; its e-mail went to the upserted c
+        b: (False, False),
+        c: (True, True),
+        d: (True, False),
+        e: (True, True),
+        f: (True, True),
+    }
+    downgrade(scratch_url, "0008")
+    upgrade(scratch_url)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import (
@@ -72,6 +73,8 @@ def exact(value: Any) -> Any:
         return ("datetime", value.isoformat(), repr(value.tzinfo))
     if isinstance(value, enum.Enum):
         return (type(value).__qualname__, value.name)
+    if isinstance(value, orjson.Fragment):  # JSON sent on as is (orders' lines): its text
+        return ("Fragment", orjson.dumps(value))
     return (type(value).__name__, value)
 
 
@@ -303,7 +306,11 @@ async def test_every_registered_resource_reads_the_same_on_both_paths(
             for record_id in ids:
                 response = await client.get(f"{samples.path}/{record_id}")
                 assert response.status_code in (200, 404), (who, response.text)
-    assert both.statements and all(resource.table.name in s for s in both.statements)
+    # every read starts from the resource's table; the search also reads its n-gram
+    # index's statistics (pg_stats, cached per process for a few minutes: whether this test
+    # sees that statement depends on what ran before it)
+    reads = [s for s in both.statements if "pg_stats" not in s]
+    assert reads and all(resource.table.name in s for s in reads)
 
     # the kit's list and get statements directly, live and trash, every kind of access
     seen = 0

@@ -24,6 +24,7 @@ from crm_api.kit import scoped_page
 from crm_api.models.customer import Customer
 from crm_api.resources import CUSTOMERS
 from factories.identity import make_org_unit, make_user
+from factories.orders import line, make_product
 
 BASE = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 NAMES = ["同名公司", "Beta", "beta", "阿里巴巴", "Zeta", "Acme"]
@@ -335,3 +336,48 @@ async def test_relevance_ranks_take_the_plain_page_and_a_merge_would_keep_their_
     merges.clear()
     assert await _walk(manager, {"q": term}, 3) == collected
     assert merges and all(merges)
+
+
+async def test_a_managers_orders_merge_per_unit_walks_with_their_lines(
+    engine,
+    client,
+    client_for,
+    world,
+    merges,
+    monkeypatch,
+):
+    """Orders, a resource with a derived column (lines), take part in the per-unit walks
+    of an org-scoped page (kit/scoped_page.py): the merged pages equal the plain ones,
+    lines included."""
+
+    product = await make_product(engine)
+    live = [r for r in world["rows"] if r["deleted_at"] is None]
+    for i, row in enumerate(live[::3]):
+        body = {"customer_id": str(row["id"]), "lines": [line(product, str(1 + i % 4))]}
+        assert (await client.post("/v1/orders", json=body)).status_code == 201
+    manager = await client_for(world["manager"])
+
+    async def walk(limit: int) -> list[dict]:
+        got: list[dict] = []
+        cursor = None
+        while True:
+            query = f"/v1/orders?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            page = (await manager.get(query)).json()
+            got += page["data"]
+            if not page["has_more"]:
+                return got
+            cursor = page["next_cursor"]
+
+    merges.clear()
+    merged = await walk(4)
+    assert merges and all(merges), "the manager's order pages were not merged"
+    assert merged and all(
+        o["lines"] and o["org_unit_id"] in {str(u) for u in world["subtree"]} for o in merged
+    )
+    monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
+    merges.clear()
+    plain = await walk(4)
+    assert merges and not any(merges)
+    assert merged == plain
+    expected = sum(1 for r in live[::3] if r["org_unit_id"] in world["subtree"])
+    assert len(plain) == expected

@@ -237,6 +237,55 @@ async def test_no_search_statement_is_shared_across_scopes(engine, monkeypatch):
                     assert seen.setdefault(id(stmt), who) == who, (strategy, who)
 
 
+async def test_no_orders_search_statement_is_shared_across_customers_scopes(engine, monkeypatch):
+    """An order matches by its customer's name only inside the caller's customers scope
+    (``Referenced``): that scope is inside the statements, so callers with the same orders
+    access but different customers accesses (two reps' own, everything, none) share no
+    statement object, whichever way the customer-name part runs (collected, walked,
+    hashed)."""
+    from crm_api.kit import search
+    from crm_api.order.schemas import OrderListQuery, OrderSort
+    from crm_api.resources import ORDERS
+
+    monkeypatch.setattr(search, "_STATS", {})
+    orders = replace(_access(ScopeKind.all), resource="orders")
+    rep_a, rep_b = _access(ScopeKind.own), _access(ScopeKind.own)
+    customers: dict[str, Access | None] = {
+        "a": rep_a,
+        "b": rep_b,
+        "all": _access(ScopeKind.all),
+        "none": None,
+    }
+
+    async def run(referenced: Access | None, **query: Any) -> list[Any]:
+        rec = _Recorder(engine)
+        await search.page(
+            rec,  # type: ignore[arg-type]
+            ORDERS,
+            orders,
+            kit.scoped(ORDERS, orders),
+            OrderListQuery(**query).page(OrderSort),
+            "华信",
+            relevance="sort" not in query,
+            referenced={CUSTOMERS.name: referenced},
+        )
+        return rec.statements
+
+    for strategy in ("collect", "walk", "hashed"):
+        if strategy == "hashed":
+            for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
+                monkeypatch.setattr(search, name, 1e9)
+            monkeypatch.setattr(search, "_fanned", lambda s, own: search.IndexStats({}, 1.0, 1e15))
+        else:
+            _force_strategy(monkeypatch, strategy)
+        for query in ({}, {"sort": "-created_at"}):
+            seen: dict[int, str] = {}
+            for who, referenced in customers.items():
+                for _ in range(2):
+                    for stmt in await run(referenced, **query):
+                        assert seen.setdefault(id(stmt), who) == who, (strategy, query, who)
+
+
 async def test_searching_callers_never_see_each_others_rows(client, client_for, engine):
     """Two reps and their manager search one term in turns, many times over (from the
     second request on, through cached statements): each gets exactly their own matches."""

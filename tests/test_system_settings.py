@@ -18,6 +18,7 @@ from conftest import count_rows, problem, token_for
 from crm_api.authz.state import settle
 from crm_api.main import create_app
 from crm_api.system_settings import SystemSettings
+from crm_api.system_settings.store import effective
 from factories.identity import make_org_unit, make_user
 
 DEFAULTS = SystemSettings().model_dump(mode="json")
@@ -107,6 +108,12 @@ BAD = [
     ({"default_currency": "XYZ"}, "default_currency"),
     ({"default_currency": "usd"}, "default_currency"),
     ({"order_number_prefix": "SO 1"}, "order_number_prefix"),
+    ({"order_number_prefix": ""}, "order_number_prefix"),
+    ({"order_number_prefix": "  "}, "order_number_prefix"),
+    ({"contract_number_prefix": ""}, "contract_number_prefix"),
+    ({"ticket_number_prefix": ""}, "ticket_number_prefix"),
+    ({"ticket_number_prefix": "TK?"}, "ticket_number_prefix"),
+    ({"order_number_prefix": "SO\u00e9"}, "order_number_prefix"),
     ({"order_number_prefix": "X" * 17}, "order_number_prefix"),
     ({"contract_number_prefix": "合同-"}, "contract_number_prefix"),
     ({"ticket_number_prefix": 7}, "ticket_number_prefix"),
@@ -293,3 +300,12 @@ async def test_a_stored_value_the_code_no_longer_accepts_falls_back_to_its_defau
     assert store.version == 4
     assert store.current.amount_decimal_places == 2
     assert store.current.default_currency == "JPY"
+
+
+def test_an_empty_prefix_stored_before_prefixes_were_required_reads_as_the_default():
+    """Releases before this one accepted ``""``: such a stored prefix now reads as the
+    default (logged), and the other stored settings are kept."""
+    got = effective({"order_number_prefix": "", "ticket_number_prefix": "T/", "sla_hours": None})
+    assert got.order_number_prefix == "SO-"
+    assert got.ticket_number_prefix == "T/"
+    assert got.contract_number_prefix == "CT-"

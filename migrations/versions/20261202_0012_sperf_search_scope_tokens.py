@@ -12,7 +12,7 @@ tokens only narrow what the index hands over. Built in ~5 min at 1,000,000 custo
 loaded 2-core machine; 154 MB against the plain index's 146 MB.
 
 Revision ID: 0012_sperf
-Revises: 0008
+Revises: 0012_sdecl
 Create Date: 2026-12-02 13:05:00.000000
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0012_sperf"
-down_revision: str | None = "0008"
+down_revision: str | None = "0012_sdecl"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

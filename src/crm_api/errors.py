@@ -191,14 +191,27 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+#: Set on a handler that only refuses methods (``kit.routing.reserve_path``): its route
+#: does not make those methods allowed.
+REFUSES_ONLY_ATTR = "__crm_refuses_only__"
+
+
 def _allowed_methods(request: Request) -> str:
+    """The methods of the resource at the request's path. A route without path parameters
+    that matches it is the resource (``/v1/customers/transfer``), whatever a parameterised
+    route's pattern also matches (``/v1/customers/{customer_id}``)."""
     path = request.scope["path"]
     methods: set[str] = set()
+    static: set[str] = set()
     for route in iter_route_contexts(request.app.routes):
         regex = getattr(route, "path_regex", None)
+        if getattr(getattr(route, "endpoint", None), REFUSES_ONLY_ATTR, False):
+            continue
         if regex is not None and regex.match(path):
             methods |= set(route.methods or ())
-    return ", ".join(sorted(methods))
+            if not getattr(route, "param_convertors", None):
+                static |= set(route.methods or ())
+    return ", ".join(sorted(static or methods))
 
 
 #: Seconds a client is asked to wait after a 503 (or a 409 worth retrying).

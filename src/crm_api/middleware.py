@@ -35,6 +35,12 @@ LATENCY = Histogram(
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def _query_has_nul(query_string: bytes) -> bool:
+    """Whether a query parameter would hold U+0000, which no PostgreSQL text (a filter, a
+    search term) can: refused here rather than as a database error naming nothing."""
+    return b"%00" in query_string or b"\x00" in query_string
+
+
 def _query_is_utf8(query_string: bytes) -> bool:
     """Whether the percent-decoded query string is UTF-8. Starlette decodes it with
     ``errors="replace"``, so ``q=%ff`` would otherwise search for U+FFFD and a filter
@@ -115,6 +121,15 @@ def leave_inflight(scope: Scope) -> None:
         cap.leave(key)
 
 
+def _without_body(send: Send) -> Send:
+    async def head_send(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -134,6 +149,12 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]  # for the metrics and the log: HEAD stays HEAD
+        if method == "HEAD":
+            # RFC 9110: HEAD wherever GET is, answered as GET without the body (headers,
+            # ETag and Content-Length included). The routes declare GET only.
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         incoming = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -172,6 +193,15 @@ class RequestMiddleware:
                     "The query string is not valid UTF-8 once percent-decoded.",
                 )
                 return
+            if _query_has_nul(scope.get("query_string", b"")):
+                status_holder[0] = 400
+                await _send_problem(
+                    send_wrapper,
+                    400,
+                    "invalid_query",
+                    "The query string holds a NUL character (%00).",
+                )
+                return
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body:
                 status_holder[0] = 413
@@ -203,7 +233,6 @@ class RequestMiddleware:
             leave_inflight(scope)
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            method = scope["method"]
             REQUESTS.labels(method, route, str(status_holder[0])).inc()
             LATENCY.labels(method, route, str(status_holder[0])).observe(elapsed)
             if logger.isEnabledFor(logging.INFO):
@@ -300,6 +329,12 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]  # for the metrics and the log: HEAD stays HEAD
+        if method == "HEAD":
+            # RFC 9110: HEAD wherever GET is, answered as GET without the body (headers,
+            # ETag and Content-Length included). The routes declare GET only.
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         authenticated = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_secured(message: Message) -> None:

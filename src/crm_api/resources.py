@@ -25,7 +25,7 @@ from crm_api.kit.resource import (
     UnitScoped,
     Unscoped,
 )
-from crm_api.kit.search import Related, Search
+from crm_api.kit.search import Referenced, Related, Search
 from crm_api.models.contact import Contact
 from crm_api.models.customer import Customer
 from crm_api.models.identity import ApiClient, PersonalAccessToken, Role
@@ -276,6 +276,9 @@ PRODUCTS = Resource(
     scoping=Unscoped(),
     sorts=product_schemas.ProductSort,
     not_found_code="product_not_found",
+    # ``q``: name, SKU, brand and series (``search_text``, the name first: relevance ranks
+    # on it), through the n-gram index of migration 0012_sdecl.
+    search=Search(index="ix_products_search_grams", fields=("name", "sku", "brand", "series")),
     constraints={
         "uq_products_sku_live": product_duplicate,
         # order_lines.product_id (ON DELETE RESTRICT), from the orders migration
@@ -388,6 +391,16 @@ ORDERS = Resource(
     scoping=OwnerScoped(creator="created_by"),
     sorts=order_schemas.OrderSort,
     not_found_code="order_not_found",
+    # ``q``: number and external_ref (``search_text``; relevance ranks on the number),
+    # through the n-gram index of migration 0012_sdecl, and the name of the order's
+    # customer through the customers' index, when the caller may read that customer
+    # (live, inside their customers scope: ``Referenced``).
+    search=Search(
+        index="ix_orders_search_grams",
+        fields=("number", "external_ref"),
+        name="number",
+        referenced=(Referenced(CUSTOMERS, "customer_id"),),
+    ),
     derived=("lines",),
     constraints={
         "fk_orders_org_unit_id_org_units": _no_such_org_unit,

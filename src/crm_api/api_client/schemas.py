@@ -14,6 +14,7 @@ from pydantic import MISSING, Field, Strict
 
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
+from crm_api.kit.types import SearchTerm
 
 ClientName = Annotated[
     str, Field(min_length=1, max_length=200, examples=["Storefront (shop.example.com)"])
@@ -101,10 +102,8 @@ class ApiClientSort(StrEnum):
 
 class ApiClientListQuery(ListQuery):
     sort: str = sort_field(ApiClientSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Substring of the name or the client_id.",
     )
     active: bool | None = Field(default=None, description="Only active (or inactive) clients.")

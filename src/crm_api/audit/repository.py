@@ -13,16 +13,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Insert,
     Select,
     Table,
     and_,
     bindparam,
+    func,
     insert,
     literal,
+    literal_column,
+    null,
     select,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit.schemas import AuditEventListQuery, AuditEventSort
@@ -88,6 +93,34 @@ def with_event(stmt: Insert, event: Mapping[str, Any], *, bind: bool = False) ->
     else:
         values = event
     return stmt.add_cte(insert(table).values(values).cte("audit_event"))
+
+
+def with_event_drawn(
+    stmt: Insert, event: Mapping[str, Any], source: CTE, drawn: Sequence[str]
+) -> Insert:
+    """:func:`with_event` (bound) selecting from ``source``, whose ``drawn`` columns are
+    added to the changes as ``{"before": null, "after": <value>}``."""
+    table = _table()
+    values: list[Any] = []
+    for k in event:
+        value: Any = bindparam(f"a_{k}", type_=table.c[k].type)
+        if k == "changes" and drawn:
+            pairs: list[Any] = []
+            for name in drawn:
+                pairs += [
+                    literal_column(f"'{name}'"),
+                    func.jsonb_build_object(
+                        literal_column("'before'"),
+                        null(),
+                        literal_column("'after'"),
+                        source.c[name],
+                        type_=JSONB,
+                    ),
+                ]
+            value = value.op("||", return_type=JSONB)(func.jsonb_build_object(*pairs, type_=JSONB))
+        values.append(value)
+    event_insert = insert(table).from_select(list(event), select(*values).select_from(source))
+    return stmt.add_cte(event_insert.cte("audit_event"))
 
 
 def event_after(stmt: Insert, event: Mapping[str, Any]) -> Insert:

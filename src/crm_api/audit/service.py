@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Insert, Select
+from sqlalchemy import CTE, Insert, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.audit import repository as repo
@@ -127,6 +127,15 @@ def insert_with(stmt: Insert, event: Mapping[str, Any], *, bind: bool = False) -
     record writes neither. With ``bind``, the event's values are the named parameters
     ``a_<field>`` (:func:`bound` gives their values), so the statement can be reused."""
     return repo.with_event(stmt, event, bind=bind)
+
+
+def insert_with_drawn(
+    stmt: Insert, event: Mapping[str, Any], source: CTE, drawn: Sequence[str]
+) -> Insert:
+    """:func:`insert_with` (bound) for a record whose ``drawn`` columns the statement
+    itself computes in the CTE ``source`` (an order's number): their ``after`` values
+    join the event's changes from ``source``."""
+    return repo.with_event_drawn(stmt, event, source, drawn)
 
 
 def bound(event: Mapping[str, Any]) -> dict[str, Any]:

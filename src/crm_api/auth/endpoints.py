@@ -101,8 +101,9 @@ def _tokens(issued: service.IssuedTokens) -> Response:
 async def issue_token(request: Request, session: WriteSession) -> Response:
     """`password` (people: username = e-mail), `client_credentials` (API clients; form
     fields or HTTP Basic) or `refresh_token`. Wrong credentials are 401 `invalid_grant`;
-    too many failed logins (for one account from one client, from one client overall, or
-    for one account overall) are 429 `too_many_attempts` with `Retry-After`; when every
+    too many failed logins (for one account from one client, from one client overall —
+    wrong client secrets included — or for one account overall) are 429
+    `too_many_attempts` with `Retry-After`; when every
     password-check slot of the worker is busy, 503 `login_busy` with `Retry-After`."""
     body = await _token_request(request)
     app = request.app.state
@@ -124,11 +125,13 @@ async def issue_token(request: Request, session: WriteSession) -> Response:
             raise _missing("client_id", "client_secret")
         issued = await service.client_credentials_grant(
             session,
+            app.db.engine,
             app.keyring,
             app.settings,
             app.passwords,
             body.client_id,
             body.client_secret,
+            client_key(request, app.settings.trusted_proxies),
         )
     else:
         if not body.refresh_token:

@@ -122,25 +122,39 @@ async def password_grant(
 # --- client credentials -----------------------------------------------------------------
 async def client_credentials_grant(
     session: AsyncSession,
+    engine: AsyncEngine,
     keyring: KeyRing,
     settings: Settings,
     checker: PasswordChecker,
     client_id: str,
     secret: str,
+    caller: str,
 ) -> IssuedTokens:
+    """``caller`` is the throttle identity of the request's client (``auth/client_ip.py``):
+    a wrong secret counts against it like a wrong password. Raises ``Unauthorized``
+    (``invalid_client``), ``TooManyRequests`` (``too_many_attempts``) or
+    ``ServiceUnavailable`` (``login_busy``)."""
     row = await repository.client_for_credentials(session, client_id)
     client = row[0] if row else None
     now = clock.now()
-    ok = await checker.verify(client.secret_hash if client else None, secret)
-    if (
-        not ok
-        and client is not None
-        and client.previous_secret_hash
-        and (client.previous_secret_expires_at and client.previous_secret_expires_at > now)
-    ):
-        ok = await checker.verify(client.previous_secret_hash, secret)
+    keys = throttle.client_secret_keys(settings, caller)
+    await throttle.reserve(engine, settings, keys, now)
+    try:
+        ok = await checker.verify(client.secret_hash if client else None, secret)
+        if (
+            not ok
+            and client is not None
+            and client.previous_secret_hash
+            and (client.previous_secret_expires_at and client.previous_secret_expires_at > now)
+        ):
+            ok = await checker.verify(client.previous_secret_hash, secret)
+    except ServiceUnavailable:
+        await throttle.unchecked(engine, keys)  # busy: not a guess, so not counted
+        raise
     if row is None or client is None or not ok or not client.active or not row[1]:
+        await throttle.expire(engine, now)  # the attempt stays counted: it failed
         raise Unauthorized("Invalid client credentials.", code="invalid_client", headers={})
+    await throttle.succeeded(session, keys)
     await repository.client_used(session, client.id, now)
     access, ttl = access_token_for(
         keyring, settings, f"client:{client.user_id}", {"cid": client.client_id}

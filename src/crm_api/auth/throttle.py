@@ -81,6 +81,15 @@ def keys_for(settings: Settings, client: str, user_id: uuid.UUID | None, email: 
     ]
 
 
+def client_secret_keys(settings: Settings, client: str) -> list[Key]:
+    """The keys an API client's secret check counts against: the caller's address alone,
+    the budget its password logins share. Every check costs an argon2 hash, so unthrottled
+    guesses would keep the password-check slots busy (503 ``login_busy`` for everyone).
+    No per-client_id key: secrets are random and long (no guessing one), and a lock-out
+    per client_id would let anyone shut a partner's integration out."""
+    return [Key(f"ip:{client}", settings.login_ip_max_failures, settings.login_lockout_s)]
+
+
 def _memory_s(settings: Settings, key: Key) -> int:
     return settings.login_lockout_max_s if key.backoff else 0
 

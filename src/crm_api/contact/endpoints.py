@@ -56,15 +56,7 @@ async def _create(
         row = await service.create_contact(session, access, customer_id, body)
         return with_etag(row, 201, f"/v1/contacts/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(

@@ -12,7 +12,7 @@ from pydantic import MISSING, Field, Strict
 from crm_api.authz.masking import AllowMasked
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import Email, Phone, UtcDatetime
+from crm_api.kit.types import Email, Phone, SearchTerm, UtcDatetime
 
 
 class ContactSort(StrEnum):
@@ -129,10 +129,8 @@ class CustomerContactListQuery(ListQuery):
     """Filters of a customer's own contact list (the customer comes from the path)."""
 
     sort: str = sort_field(ContactSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Free text over name, e-mail and work phone (substring, any script, any"
         " case; `%` and `_` literal). Without `sort`, results come best first: the name"
         " equal to the term, then starting with it, then containing it, then a match in"

@@ -21,7 +21,7 @@ from crm_api.customer.schemas import (
 )
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
-from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
+from crm_api.kit.idempotency import Claim, IdempotencyKeyHeader, idempotent, idempotent_folded
 from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model, reserve_path
 from crm_api.kit.schemas import Page
@@ -74,20 +74,15 @@ async def create_customer(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a customer. Send `Idempotency-Key` to make retries safe. A duplicate
-    `external_ref` or `tax_number` is a 409 naming the existing customer."""
+    `external_ref`, or a live customer's `tax_number`, `email` or `phone`, is a 409
+    naming the existing customer."""
 
-    async def produce() -> Response:
-        row = await service.create_customer(session, access, assign, body)
+    async def produce(claim: Claim | None) -> Response:
+        row = await service.create_customer(session, access, assign, body, claim)
         return with_etag(row, 201, f"/v1/customers/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
+    return await idempotent_folded(
+        request, session, access.principal, idempotency_key, body, produce
     )
 
 
@@ -282,12 +277,4 @@ async def upsert_customer_by_external_ref(
             return with_etag(done.customer, 201, f"/v1/customers/{done.id}")
         return with_etag(done.customer)
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="PUT",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_api.authz.scope import scope_clause
+from crm_api.authz.scope import scope_clause, sensitive_clause
 from crm_api.authz.types import Access
 from crm_api.customer.schemas import CustomerListQuery, CustomerSort
 from crm_api.kit import resource as kit
@@ -80,43 +80,81 @@ async def find_duplicate(
     *,
     external_ref: str | None,
     tax_number: str | None,
+    email: str | None = None,
+    phone: str | None = None,
     exclude_id: uuid.UUID | None = None,
 ) -> tuple[str, uuid.UUID] | None:
-    """The first existing customer sharing ``external_ref`` (any) or ``tax_number``
-    (live ones), as ``(field, id)``.
+    """The first existing customer sharing ``external_ref`` (any), ``tax_number`` (live
+    ones) or the natural key of ``email`` / ``phone`` (the live customer holding it), as
+    ``(field, id)``.
 
-    First takes a transaction-scoped advisory lock per value, so concurrent writers of one
-    value queue here: the second looks only after the first has committed, and sees its
-    row (READ COMMITTED: a new snapshot per statement). Without it both find nothing and
-    the loser hits the unique index, whose 409 cannot name the existing customer."""
-    keys = [
-        f"customers.{name}:{value}"
-        for name, value in (("external_ref", external_ref), ("tax_number", tax_number))
-        if value is not None
-    ]
-    if keys:  # one statement; always in this order, so two writers cannot deadlock
-        await session.execute(
-            select(*(func.pg_advisory_xact_lock(func.hashtextextended(k, 0)) for k in keys))
-        )
-    checks: list[tuple[str, ColumnElement[bool]]] = []
+    First takes a transaction-scoped advisory lock per value (per normalised key for the
+    e-mail and phone), so concurrent writers of one value queue here: the second looks
+    only after the first has committed, and sees its row (READ COMMITTED: a new snapshot
+    per statement). Without it both find nothing and the loser hits the unique index,
+    whose 409 cannot name the existing customer."""
+    t = Customer.__table__.c
+    keys: list[tuple[str, ColumnElement[Any], ColumnElement[bool]]] = []
     if external_ref is not None:
-        checks.append(("external_ref", Customer.external_ref == external_ref))
-    if tax_number is not None:
-        checks.append(
-            ("tax_number", and_(Customer.tax_number == tax_number, Customer.deleted_at.is_(None)))
+        keys.append(
+            ("external_ref", literal(external_ref, Text()), Customer.external_ref == external_ref)
         )
-    for field, clause in checks:
+    if tax_number is not None:
+        keys.append(
+            (
+                "tax_number",
+                literal(tax_number, Text()),
+                and_(Customer.tax_number == tax_number, Customer.deleted_at.is_(None)),
+            )
+        )
+    if email is not None:
+        keys.append(
+            ("email", _email_key(email), and_(t.email_key == _email_key(email), KEYED_BY_EMAIL))
+        )
+    if phone is not None:
+        keys.append(
+            ("phone", _phone_key(phone), and_(t.phone_key == _phone_key(phone), KEYED_BY_PHONE))
+        )
+    if not keys:
+        return None
+    # one statement; always in this order, so two writers cannot deadlock (a key that
+    # normalises to nothing locks a value no key has)
+    await session.execute(
+        select(
+            *(
+                func.pg_advisory_xact_lock(
+                    func.hashtextextended(
+                        literal(f"customers.{name}:") + func.coalesce(value, ""), 0
+                    )
+                )
+                for name, value, _ in keys
+            )
+        )
+    )
+    # then every lookup in one statement (a snapshot taken after the locks were granted)
+    lookups = []
+    for field, _, clause in keys:
         stmt = select(Customer.id).where(clause)
         if exclude_id is not None:
             stmt = stmt.where(Customer.id != exclude_id)
-        found = (await session.execute(stmt.limit(1))).scalar_one_or_none()
-        if found is not None:
-            return field, found
+        lookups.append(stmt.limit(1).scalar_subquery().label(field))
+    found = (await session.execute(select(*lookups))).one()
+    for (field, _, _), existing in zip(keys, found, strict=True):
+        if existing is not None:
+            return field, existing
     return None
 
 
-async def is_visible(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> bool:
+async def is_visible(
+    session: AsyncSession, access: Access, customer_id: uuid.UUID, *, unmasked: bool = False
+) -> bool:
+    """Whether ``access`` reaches the customer; with ``unmasked``, also sees its sensitive
+    fields in full (its ``read_sensitive`` scope covers it)."""
     stmt = select(Customer.id).where(Customer.id == customer_id, scope_of(access))
+    if unmasked:
+        stmt = stmt.where(
+            sensitive_clause(access, Customer.owner_id, Customer.org_unit_id, Customer.created_by)
+        )
     return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 

@@ -9,8 +9,17 @@ from pydantic import MISSING, Field, Strict, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from crm_api.kit.pagination import ListQuery, sort_field
-from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import CustomFields, Email, Phone, Tag, Tags, UtcDatetime, Website
+from crm_api.kit.schemas import InputModel, NoNul, Omittable, OutputModel
+from crm_api.kit.types import (
+    CustomFields,
+    Email,
+    Phone,
+    SearchTerm,
+    Tag,
+    Tags,
+    UtcDatetime,
+    Website,
+)
 
 
 class CustomerType(StrEnum):
@@ -88,6 +97,7 @@ ExternalRef = Annotated[
         description="Your system's id for this customer; unique.",
         examples=["shop-cust-10042"],
     ),
+    NoNul,
 ]
 
 
@@ -100,8 +110,14 @@ class CustomerCreate(InputModel):
     industry: Str100 | None = Field(default=None, examples=["制造业"])
     region: Str100 | None = Field(default=None, examples=["华东"])
     address: Annotated[str, Field(max_length=500)] | None = None
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: Phone | None = Field(
+        default=None,
+        description="Unique among live customers by its digits (a natural key of upserts).",
+    )
+    email: Email | None = Field(
+        default=None,
+        description="Unique among live customers, in any case (a natural key of upserts).",
+    )
     website: Website | None = None
     bank_name: Str200 | None = None
     bank_account: Str64 | None = Field(default=None, description="Sensitive.")
@@ -219,10 +235,8 @@ class Customer(OutputModel):
 
 class CustomerListQuery(ListQuery):
     sort: str = sort_field(CustomerSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Free text over name, phone, e-mail and contact names (substring, any"
         " script, any case; `%` and `_` literal). Without `sort`, results come best first:"
         " the name equal to the term, then starting with it, then containing it, then a"
@@ -309,8 +323,14 @@ class CustomerUpsertFields(InputModel):
     industry: Str100 | None = None
     region: Str100 | None = None
     address: Annotated[str, Field(max_length=500)] | None = None
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: Phone | None = Field(
+        default=None,
+        description="Unique among live customers by its digits (a natural key of upserts).",
+    )
+    email: Email | None = Field(
+        default=None,
+        description="Unique among live customers, in any case (a natural key of upserts).",
+    )
     website: Website | None = None
     bank_name: Str200 | None = None
     bank_account: Str64 | None = Field(default=None, description="Sensitive.")
@@ -333,12 +353,12 @@ class CustomerUpsertFields(InputModel):
 
 
 class CustomerUpsert(CustomerUpsertFields):
-    """A customer identified by its natural key: `external_ref` when sent, else the
-    e-mail (trimmed, any case), else the phone (its digits: `+86 138-0013-8000` and
-    `0086 13800138000` are one key). The customer holding that key is updated with the
-    fields sent; none holds it: one is created. Retries and concurrent requests for one
-    new key create exactly one customer. A customer created other than by an upsert is
-    found by its `external_ref` only."""
+    """A customer identified by its natural keys: `external_ref`, the e-mail (trimmed, any
+    case), the phone (its digits: `+86 138-0013-8000` and `0086 13800138000` are one
+    key), tried in that order. The first a customer holds finds it (however it was
+    written) and it is updated with the fields sent; none is held: one is created.
+    Retries and concurrent requests for one new key create exactly one customer. Found by
+    e-mail or phone with another `external_ref`: 409 `customer_duplicate`."""
 
     external_ref: ExternalRef | None = None
 

@@ -32,6 +32,7 @@ from crm_api.errors import Conflict, Forbidden, PreconditionFailed, Unprocessabl
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
 from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import Locked
 from crm_api.kit.transfer import check_placement, invalid_owner
 from crm_api.models.user import User
@@ -55,15 +56,29 @@ async def _duplicate_check(
     external_ref: str | None,
     tax_number: str | None,
     exclude_id: uuid.UUID | None = None,
+    *,
+    email: str | None = None,
+    phone: str | None = None,
 ) -> None:
+    """409 ``customer_duplicate`` naming ``field`` (and the existing customer, to a caller
+    who may see it) when another customer has the ``external_ref``, or a live one the tax
+    number, the e-mail or the phone (compared as natural keys: ``A@x.cn `` is ``a@x.cn``,
+    ``+86 21-5555 0000`` is ``862155550000``)."""
     found = await repo.find_duplicate(
-        session, external_ref=external_ref, tax_number=tax_number, exclude_id=exclude_id
+        session,
+        external_ref=external_ref,
+        tax_number=tax_number,
+        email=email,
+        phone=phone,
+        exclude_id=exclude_id,
     )
     if found is None:
         return
     field, existing_id = found
-    # Name the existing record only to a caller allowed to see it (no existence leak).
-    visible = await repo.is_visible(session, access, existing_id)
+    # Name the existing record only to a caller allowed to see it (no existence leak) and,
+    # for a sensitive field, to see it unmasked there: naming the holder of a tax number
+    # shown masked would confirm a guessed value of that record.
+    visible = await repo.is_visible(session, access, existing_id, unmasked=field in R.sensitive)
     raise Conflict(
         f"A customer with this {field} already exists.",
         code="customer_duplicate",
@@ -73,14 +88,22 @@ async def _duplicate_check(
 
 
 async def create_customer(
-    session: AsyncSession, access: Access, assign: Access | None, data: CustomerCreate
+    session: AsyncSession,
+    access: Access,
+    assign: Access | None,
+    data: CustomerCreate,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
+    """A new customer; ``claim``: the request's ``Idempotency-Key``, claimed in the
+    record's own INSERT (the checks before it only read)."""
     values, placement = await lifecycle.prepare_create(
         session, R, access, assign, data.model_dump(), users
     )
     assert placement is not None
-    await _duplicate_check(session, access, data.external_ref, data.tax_number)
-    return await lifecycle.insert(session, R, access, values, placement)
+    await _duplicate_check(
+        session, access, data.external_ref, data.tax_number, email=data.email, phone=data.phone
+    )
+    return await lifecycle.insert(session, R, access, values, placement, claim=claim)
 
 
 async def update_customer(
@@ -106,10 +129,27 @@ async def update_customer(
         not_nullable=NOT_NULLABLE,
         users=users,
     )
-    ext, tax = changes.get("external_ref"), changes.get("tax_number")
-    if ext or tax:
-        await _duplicate_check(session, access, ext, tax, exclude_id=customer_id)
+    await _check_changes(session, access, locked, changes)
     return await lifecycle.save_changes(session, R, access, locked, before, changes)
+
+
+async def _check_changes(
+    session: AsyncSession, access: Access, locked: Locked, changes: dict[str, Any]
+) -> None:
+    """The duplicate check of an update (PATCH or upsert) over the unique fields it
+    changes. A new e-mail or phone is held from now on (``changes`` gains the flag): a
+    duplicate that migration 0012 left without its key takes the new one like any other
+    customer."""
+    ext, tax = changes.get("external_ref"), changes.get("tax_number")
+    email, phone = changes.get("email"), changes.get("phone")
+    if ext or tax or email or phone:
+        await _duplicate_check(
+            session, access, ext, tax, exclude_id=locked.row.id, email=email, phone=phone
+        )
+    if email and not locked.row.email_held:
+        changes["email_held"] = True
+    if phone and not locked.row.phone_held:
+        changes["phone_held"] = True
 
 
 async def delete_customer(
@@ -128,12 +168,22 @@ async def delete_customer(
 async def restore_customer(
     session: AsyncSession, access: Access, customer_id: uuid.UUID
 ) -> dict[str, Any]:
-    """A customer whose tax number a live customer took meanwhile stays deleted (409)."""
+    """A customer whose tax number, e-mail or phone a live customer took meanwhile stays
+    deleted (409)."""
 
     async def no_duplicate(locked: Locked) -> None:
-        if locked.row.tax_number:
+        row = locked.row
+        email = row.email if row.email_held else None
+        phone = row.phone if row.phone_held else None
+        if row.tax_number or email or phone:
             await _duplicate_check(
-                session, access, None, locked.row.tax_number, exclude_id=customer_id
+                session,
+                access,
+                None,
+                row.tax_number,
+                exclude_id=customer_id,
+                email=email,
+                phone=phone,
             )
 
     return await lifecycle.restore(session, R, access, customer_id, prepare=no_duplicate)
@@ -253,13 +303,12 @@ _CREATE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def natural_key(sent: dict[str, Any]) -> repo.NaturalKey:
-    """The first of ``external_ref``, e-mail, phone that ``sent`` carries (the schema
-    demands one; 422 ``natural_key_missing`` otherwise)."""
-    for name in repo.KEY_FIELDS:
-        value = sent.get(name)
-        if value:
-            return repo.NaturalKey(name, str(value))
+def natural_keys(sent: dict[str, Any]) -> list[repo.NaturalKey]:
+    """Each of ``external_ref``, e-mail, phone that ``sent`` carries, in that order (the
+    schema demands one; 422 ``natural_key_missing`` otherwise)."""
+    keys = [repo.NaturalKey(name, str(sent[name])) for name in repo.KEY_FIELDS if sent.get(name)]
+    if keys:
+        return keys
     raise UnprocessableEntity(
         "Send external_ref, email or phone to identify the customer.",
         code="natural_key_missing",
@@ -294,8 +343,11 @@ async def upsert_customer_by_natural_key(
     if_match: str | None = None,
     require_if_match: bool = False,
 ) -> Upserted:
-    """Create or update the customer holding ``block``'s natural key (:func:`natural_key`;
-    ``external_ref`` from a URL overrides the block's). Never commits.
+    """Create or update the customer holding ``block``'s natural key (the first of
+    :func:`natural_keys` that a customer holds — any customer, however it was written;
+    ``external_ref`` from a URL overrides the block's). Never commits. A customer found by
+    e-mail or phone takes the ``external_ref`` sent unless it has another (409
+    ``customer_duplicate``).
 
     A new key is written by ``INSERT … ON CONFLICT DO NOTHING`` on the key's unique index:
     concurrent upserts of one new buyer (orders posted twice, retries) wait for the first
@@ -313,12 +365,17 @@ async def upsert_customer_by_natural_key(
     sent = block.model_dump(exclude_unset=True)
     if external_ref is not None:
         sent["external_ref"] = external_ref
-    key = natural_key(sent)
+    keys = natural_keys(sent)
     # Normally one pass. Another when the customer that won the insert was deleted (or
     # lost its key) between our insert and our read: the key is free again.
     for _ in range(3):
-        found = await repo.find_by_key(session, key)
+        key, found = keys[0], None
+        for key in keys:  # the first key sent that a customer holds finds it
+            found = await repo.find_by_key(session, key)
+            if found is not None:
+                break
         if found is None:
+            key = keys[0]
             if if_match is not None:
                 raise PreconditionFailed(
                     f"No customer holds this {key.field}: there is no version to match.",
@@ -370,6 +427,14 @@ async def _create_keyed(
     assert placement is not None
     if values.get("tax_number"):
         await _duplicate_check(session, access.create, None, values["tax_number"])
+    # Another key the block carries (its phone, when found by neither ref nor e-mail) may
+    # be held meanwhile, by a concurrent upsert of the same buyer: look again, and that
+    # customer is the one (the key is the insert's own conflict target).
+    others = {f: values.get(f) for f in ("email", "phone") if f != key.field}
+    if any(others.values()) and await repo.find_duplicate(
+        session, external_ref=None, tax_number=None, **others
+    ):
+        return None
     return await lifecycle.insert_unless_exists(
         session, R, access.create, values, placement, repo.conflict_target(key)
     )
@@ -402,6 +467,15 @@ async def _update_keyed(
         seen = await repo.is_visible(session, access.update, customer_id)
         raise _taken(key, customer_id if seen else None, deleted=False)
     check_if_match(if_match, locked.row.version, required=require_if_match)
+    ref, held_ref = sent.get("external_ref"), locked.row.external_ref
+    if key.field != "external_ref" and ref and held_ref not in (None, ref):
+        # found by e-mail or phone, but it is another system's record of that name
+        raise Conflict(
+            f"The customer holding this {key.field} has another external_ref.",
+            code="customer_duplicate",
+            field=key.field,
+            existing_id=str(customer_id),
+        )
     before, changes = await lifecycle.prepare_update(
         session,
         R,
@@ -412,7 +486,5 @@ async def _update_keyed(
         not_nullable=UPSERT_NOT_NULLABLE,
         users=users,
     )
-    tax = changes.get("tax_number")
-    if tax:
-        await _duplicate_check(session, access.update, None, tax, exclude_id=customer_id)
+    await _check_changes(session, access.update, locked, changes)
     return await lifecycle.save_changes(session, R, access.update, locked, before, changes)

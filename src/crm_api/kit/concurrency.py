@@ -33,7 +33,9 @@ IfMatch = Annotated[
 ]
 
 
-def _require_if_match(request: Request) -> bool:
+async def _require_if_match(request: Request) -> bool:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool (a thread hop per
+    # request for reading an attribute)
     return bool(request.app.state.settings.require_if_match)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Executable, Insert, Result, TextClause, bindparam
+from sqlalchemy import ColumnElement, Executable, Insert, Result, TextClause, bindparam, select
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +36,7 @@ from crm_api.authz.types import Access, PrincipalKind
 from crm_api.errors import Forbidden, ProblemError, UnprocessableEntity
 from crm_api.kit import statements
 from crm_api.kit.concurrency import check_if_match
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import (
     Locked,
     OwnerScoped,
@@ -349,6 +350,47 @@ def _insert_of(resource: Resource, row: Mapping[str, Any]) -> Insert:
     return sql_insert(table).values({k: bindparam(f"r_{k}", type_=table.c[k].type) for k in row})
 
 
+@dataclass(frozen=True, slots=True)
+class Beside:
+    """A data-modifying statement written in the record's own INSERT (a CTE: one round
+    trip), such as an order's lines: built once by ``build`` (named parameters only; the
+    new record's id is ``:r_id``), cached under ``name``, run with ``values``."""
+
+    name: str
+    build: Callable[[], Insert]
+    values: Mapping[str, Any]
+
+
+Drawn = Mapping[str, Callable[[], ColumnElement[Any]]]
+
+
+def _insert_drawing(
+    resource: Resource,
+    row: Mapping[str, Any],
+    event: Mapping[str, Any],
+    drawn: Drawn,
+    beside: Beside | None,
+) -> Insert:
+    """``WITH drawn AS (SELECT <expr> AS <column>, …), <beside>, <audit event>
+    INSERT INTO <resource> (<row's columns>, <drawn columns>) SELECT :r_<column>, …,
+    drawn.<column> FROM drawn RETURNING <drawn columns>``: values the database draws
+    (a number from a sequence) evaluated once, after every check made before this
+    statement, and seen by the record and its event alike."""
+    table = resource.table
+    source = select(*(build().label(name) for name, build in drawn.items())).cte("drawn")
+    values = [bindparam(f"r_{k}", type_=table.c[k].type) for k in row]
+    stmt = (
+        sql_insert(table)
+        .from_select(
+            [*row, *drawn], select(*values, *(source.c[k] for k in drawn)).select_from(source)
+        )
+        .returning(*(table.c[k] for k in drawn))
+    )
+    if beside is not None:
+        stmt = stmt.add_cte(beside.build().cte(f"beside_{beside.name}"))
+    return audit.insert_with_drawn(stmt, event, source, tuple(drawn))
+
+
 async def insert(
     session: AsyncSession,
     resource: Resource,
@@ -360,14 +402,39 @@ async def insert(
     *,
     record_id: uuid.UUID | None = None,
     extra: Mapping[str, Any] | None = None,
+    drawn: Drawn | None = None,
+    beside: Beside | None = None,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
     """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
     reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
     changes that are not public columns; the record as the caller may see it.
     ``children``: what the caller writes beside the record (an order's lines), shown in
-    the audit event with it."""
+    the audit event with it; ``beside``: the statement that writes them, run inside the
+    record's INSERT. ``drawn``: columns whose values the INSERT itself draws (an order's
+    number: ``{"number": lambda: <SQL expression>}``), read back and audited like the
+    others; only for a record of no server-filled column and no per-row masking.
+    ``claim``: the request's ``Idempotency-Key`` (:func:`crm_api.kit.idempotency.
+    idempotent_folded`), claimed in the record's own statement where it can be (else
+    by a statement of its own, first)."""
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
+    if drawn or beside is not None:
+        assert claim is None, "claim the key in an earlier statement"
+        return await _insert_drawn(
+            session,
+            resource,
+            access,
+            row,
+            placement,
+            overrides,
+            children,
+            extra,
+            now,
+            drawn or {},
+            beside,
+            from_server,
+        )
     record_id = row["id"]
     flag: ColumnElement[bool] | None = None
     if (
@@ -397,7 +464,21 @@ async def insert(
         },
         occurred_at=now,
     )
-    if not from_server and flag is None:
+    if not from_server and flag is None and claim is not None:
+        # the Idempotency-Key's claim in the same statement: the record and its event are
+        # selected from the claim's RETURNING, so a live key writes neither
+        stmt = statements.memo(
+            ("insert-claimed", resource.name, tuple(row), tuple(event)),
+            lambda: _insert_claimed(resource, row, event),
+        )
+        values = {
+            **{f"r_{k}": v for k, v in row.items()},
+            **audit.bound(event),
+            **claim.values(),
+        }
+        returned = await execute(session, resource, stmt, overrides, values)
+        claim.settle(returned.first() is not None)
+    elif not from_server and flag is None:
         # the common case, one statement built once per (resource, columns): the record
         # and its event as named parameters, nothing to coerce or hash per request
         stmt = statements.memo(
@@ -407,6 +488,8 @@ async def insert(
         values = {**{f"r_{k}": v for k, v in row.items()}, **audit.bound(event)}
         returned = await execute(session, resource, stmt, overrides, values)
     else:
+        if claim is not None:
+            await claim.run()
         stmt = sql_insert(resource.table).values(**row)
         stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
         if not from_server:
@@ -436,6 +519,87 @@ async def insert(
         after[UNMASKED] = bool(got[UNMASKED])
         return mask_row(resource, access, after)
     return await present(session, resource, access, after, placement)
+
+
+async def _insert_drawn(
+    session: AsyncSession,
+    resource: Resource,
+    access: Access,
+    row: dict[str, Any],
+    placement: Placement,
+    overrides: Overrides | None,
+    children: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+    now: datetime,
+    drawn: Drawn,
+    beside: Beside | None,
+    from_server: list[Any],
+) -> dict[str, Any]:
+    """:func:`insert` with ``drawn`` columns and a ``beside`` statement: one statement,
+    built once per (resource, columns, drawn, beside)."""
+    per_row = resource.sensitive and isinstance(resource.scoping, OwnerScoped)
+    assert not from_server and not (per_row and per_row_sensitive(access)), (
+        "drawn columns need a record known before its INSERT"
+    )
+    assert not set(drawn) & set(resource.sensitive), "a drawn column is shown in the audit"
+    for name in drawn:
+        row.pop(name, None)
+    event = audit.row(
+        access.principal,
+        action="create",
+        resource_type=resource.name,
+        resource_id=row["id"],
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+        changes={
+            **audit.diff(
+                None,
+                {
+                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
+                    **(children or {}),
+                },
+                resource.sensitive,
+            ),
+            **(extra or {}),
+        },
+        occurred_at=now,
+    )
+    stmt = statements.memo(
+        (
+            "insert-drawn",
+            resource.name,
+            tuple(row),
+            tuple(event),
+            tuple(drawn),
+            beside.name if beside is not None else None,
+        ),
+        lambda: _insert_drawing(resource, row, event, drawn, beside),
+    )
+    values = {
+        **{f"r_{k}": v for k, v in row.items()},
+        **audit.bound(event),
+        **(beside.values if beside is not None else {}),
+    }
+    got = (await execute(session, resource, stmt, overrides, values)).one()
+    after = {c.key: row.get(c.key) for c in resource.columns}
+    after.update(zip(drawn, got, strict=True))
+    return await present(session, resource, access, after, placement)
+
+
+def _insert_claimed(resource: Resource, row: Mapping[str, Any], event: Mapping[str, Any]) -> Insert:
+    """``WITH idempotency_claim AS (<claim>), audit_event AS (INSERT … SELECT :a_…
+    FROM idempotency_claim) INSERT INTO <resource> (…) SELECT :r_<column>, … FROM
+    idempotency_claim RETURNING id``: one row back exactly when this request took the
+    key (and wrote the record and its event)."""
+    table = resource.table
+    source = Claim.source()
+    values = [bindparam(f"r_{k}", type_=table.c[k].type) for k in row]
+    stmt = (
+        sql_insert(table)
+        .from_select(list(row), select(*values).select_from(source))
+        .returning(resource.id_column)
+    )
+    return audit.insert_with_drawn(stmt, event, source, ())
 
 
 def _bookkeeping(now: datetime) -> tuple[tuple[str, Any], ...]:

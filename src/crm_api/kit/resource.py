@@ -247,13 +247,9 @@ class Resource:
 
     def _unit_walks(self) -> tuple[KeyedColumnElement[Any] | None, frozenset[str]]:
         scoping = self.scoping
-        if (
-            not isinstance(scoping, OwnerScoped | UnitScoped)
-            or scoping.org_unit is None
-            or self.derived
-        ):
-            # placed in no unit; or derived columns, which come with the repository's
-            # statement, not the projection
+        if not isinstance(scoping, OwnerScoped | UnitScoped) or scoping.org_unit is None:
+            # placed in no unit (derived columns come with the repository's statement,
+            # which the merged page reads them from)
             return None, frozenset()
         unit = self.table.c[scoping.org_unit]
         if unit is self.id_column:

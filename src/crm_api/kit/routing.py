@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
 
-from crm_api.errors import ProblemError
+from crm_api.errors import REFUSES_ONLY_ATTR, ProblemError
 from crm_api.kit.pagination import CommaSeparated, ListQuery
 from crm_api.kit.schemas import Problem
 
@@ -128,6 +128,7 @@ def reserve_path(router: APIRouter, path: str, *allowed: str, dependencies: list
             f"{request.method} is not allowed here; use {allow}.", headers={"Allow": allow}
         )
 
+    setattr(method_not_allowed, REFUSES_ONLY_ATTR, True)
     router.add_api_route(
         path,
         method_not_allowed,

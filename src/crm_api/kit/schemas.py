@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import MISSING, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    MISSING,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
@@ -23,10 +31,43 @@ what the API does; ``null`` is a 422 ``null_not_allowed``. Left out, the field i
 (``model_dump(exclude_unset=True)`` omits it, as it omits every field not sent)."""
 
 
+def holds_nul(value: object, *, objects: bool = True) -> bool:
+    """Whether ``value`` (a string, or lists and, with ``objects``, JSON objects of them)
+    holds U+0000, which PostgreSQL text and jsonb cannot store."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(holds_nul(item, objects=objects) for item in value)
+    if objects and isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    return False
+
+
+def _refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "may not hold NUL (U+0000) characters")
+    return value
+
+
+#: For a string taken from the path (which :class:`InputModel` does not see): no U+0000.
+NoNul = AfterValidator(_refuse_nul)
+
+
 class InputModel(BaseModel):
-    """Request bodies: unknown fields are rejected (422), strings are stripped."""
+    """Request bodies: unknown fields are rejected (422), strings are stripped, and no
+    string may hold U+0000 (PostgreSQL text cannot: it would reach SQL and come back as a
+    422 naming no field)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # not into objects: a nested input model checks its own fields (so the error names
+        # the nested field); free-form JSON fields check themselves (holds_nul)
+        if holds_nul(value, objects=False):
+            raise PydanticCustomError("nul_character", "may not hold NUL (U+0000) characters")
+        return value
 
 
 class OutputModel(BaseModel):

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, EmailStr, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, EmailStr, Field
+from pydantic_core import PydanticCustomError
 
 _PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-.]*(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$"
 _PHONE = re.compile(_PHONE_PATTERN)
@@ -29,19 +30,33 @@ def _website(value: str) -> str:
     return value
 
 
-def _storable(value: Any) -> None:
-    """What jsonb refuses although Python parsed it: NaN/Infinity and NUL characters."""
+#: How deep custom_fields may nest (objects and arrays). orjson, which renders every
+#: response, stops at 255 levels, and a record is rendered a few levels down (a list page,
+#: an audit event's diff): a value near that limit was stored and then made every page
+#: showing it a 500.
+CUSTOM_FIELDS_MAX_DEPTH = 32
+
+
+def _storable(value: Any, depth: int = 0) -> None:
+    """What jsonb refuses although Python parsed it (NaN/Infinity, NUL characters), and
+    nesting past :data:`CUSTOM_FIELDS_MAX_DEPTH`."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("custom_fields may not hold NaN or Infinity (not JSON)")
     if isinstance(value, str) and "\x00" in value:
         raise ValueError("custom_fields may not hold NUL characters")
+    if isinstance(value, dict | list):
+        depth += 1
+        if depth > CUSTOM_FIELDS_MAX_DEPTH:
+            raise ValueError(
+                f"custom_fields may nest at most {CUSTOM_FIELDS_MAX_DEPTH} levels deep"
+            )
     if isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
-            _storable(item)
+            _storable(key, depth)
+            _storable(item, depth)
     elif isinstance(value, list):
         for item in value:
-            _storable(item)
+            _storable(item, depth)
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +80,24 @@ def _tags(value: list[str]) -> list[str]:
     for tag in value:
         seen.setdefault(tag.strip(), None)
     return list(seen)
+
+
+#: The start of an ISO-8601 / RFC 3339 date-time: a date, then ``T`` (or a space) and a time.
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_string(value: Any) -> Any:
+    """Only what the contract's ``format: date-time`` says: pydantic alone also takes a
+    number (in JSON, or a numeric query string) as Unix seconds, so ``created_after=0.5``
+    or ``"expires_at": 1893456000`` would be answered as if valid."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            "must be an ISO-8601 date-time with an offset, e.g. 2026-12-02T08:00:00Z",
+        )
+    return value
 
 
 def _utc(value: datetime) -> datetime:
@@ -102,7 +135,22 @@ Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^,\s][^,]*$"
 Tags = Annotated[list[Tag], Field(max_length=50, examples=[["vip", "华东"]]), AfterValidator(_tags)]
 CustomFields = Annotated[
     dict[str, Any],
-    Field(description="Free-form JSON object (≤100 keys, ≤16 KiB).", examples=[{"erp_id": "C-1"}]),
+    Field(
+        description="Free-form JSON object (≤100 keys, ≤16 KiB, nested ≤32 levels).",
+        examples=[{"erp_id": "C-1"}],
+    ),
     AfterValidator(_json_object),
 ]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_string), AfterValidator(_utc)]
+
+
+def _searchable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("may not hold NUL characters (no text can: nothing would match)")
+    return value
+
+
+#: A list's ``q`` (the description is the list query's): 1 to 200 characters; a NUL is a
+#: 422 naming the field here, not a database error (PostgreSQL text cannot hold one). Any
+#: other character, control characters included, is searched for as it is.
+SearchTerm = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_searchable)]

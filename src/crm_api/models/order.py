@@ -15,6 +15,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -108,6 +109,14 @@ class Order(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
             "ix_orders_org_unit_created", "org_unit_id", "created_at", "id", postgresql_where=LIVE
         ),
         Index("ix_orders_status_created", "status", "created_at", "id", postgresql_where=LIVE),
+        #: ``q``'s n-gram index over number and external_ref (migration 0012_sdecl,
+        #: :mod:`crm_api.kit.search`); the customer's name is found through the customers'.
+        Index(
+            "ix_orders_search_grams",
+            func.crm_search_grams(text("search_text")),
+            postgresql_using="gin",
+            postgresql_where=LIVE,
+        ),
         Index(
             "ix_orders_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")
         ),

@@ -22,11 +22,13 @@ from crm_api.db.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, Vers
 
 LIVE = text("deleted_at IS NULL")
 
-#: ``search_text``: what ``q`` matches on a product (sku, name, brand, series), lower()ed
+#: ``search_text``: what ``q`` matches on a product (name, sku, brand, series), lower()ed
 #: once on write, joined by U+001F like customers' (:data:`crm_api.models.customer.
-#: SEARCH_TEXT`). Migration 0006 holds a copy.
+#: SEARCH_TEXT`). The name comes first: the n-gram index (:mod:`crm_api.kit.search`) tags
+#: the first field's grams as the name's, which relevance ranks on. Migration 0012_sdecl
+#: holds a copy (0006 had the SKU first).
 SEARCH_TEXT = (
-    f"lower(sku) || '{SEP}' || lower(name) || '{SEP}' || lower(coalesce(brand, ''))"
+    f"lower(name) || '{SEP}' || lower(sku) || '{SEP}' || lower(coalesce(brand, ''))"
     f" || '{SEP}' || lower(coalesce(series, ''))"
 )
 
@@ -75,6 +77,13 @@ class Product(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         Index("ix_products_list_price_id", "list_price", "id", postgresql_where=LIVE),
         Index("ix_products_brand_series", "brand", "series", postgresql_where=LIVE),
         Index("ix_products_category", "category", postgresql_where=LIVE),
+        #: ``q``'s n-gram index (migration 0012_sdecl, :mod:`crm_api.kit.search`).
+        Index(
+            "ix_products_search_grams",
+            func.crm_search_grams(text("search_text")),
+            postgresql_using="gin",
+            postgresql_where=LIVE,
+        ),
         Index(
             "ix_products_deleted_at",
             "deleted_at",

@@ -10,7 +10,7 @@ from crm_api.authz.types import Access, Action
 from crm_api.customer.service import upsert_access
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
-from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
+from crm_api.kit.idempotency import Claim, IdempotencyKeyHeader, idempotent, idempotent_folded
 from crm_api.kit.responses import json_response, with_etag
 from crm_api.kit.routing import ETAG_HEADER, problems, query_model
 from crm_api.kit.schemas import Page
@@ -53,14 +53,18 @@ def _rules(settings: SystemSettings) -> service.Rules:
     responses=problems(400),
 )
 async def list_orders(
+    request: Request,
     access: OrdersRead,
     conn: ReadConnection,
     query: Annotated[OrderListQuery, query_model(OrderListQuery)],
 ) -> Response:
     """Orders in your data scope, with their lines, filtered and sorted, one cursor page
     at a time. "My orders" is `owner_id=<your id>` (or simply your list, with an `own`
-    scope)."""
-    return json_response(await service.list_orders(conn, access, query))
+    scope). `q` matches the number, the external_ref and the name of the order's customer
+    when you may read that customer (live and inside your customers scope): a search never
+    reveals the name of a customer you cannot read."""
+    customers = access_for(get_policy(request), access.principal, "customers", Action.read)
+    return json_response(await service.list_orders(conn, access, query, customers))
 
 
 @router.post(
@@ -98,18 +102,14 @@ async def create_order(
         upsert=upsert_access(policy, access.principal) if body.customer is not None else None,
     )
 
-    async def produce() -> Response:
-        row = await service.create_order(session, access, assign, rights, body, _rules(settings))
+    async def produce(claim: Claim | None) -> Response:
+        row = await service.create_order(
+            session, access, assign, rights, body, _rules(settings), claim
+        )
         return with_etag(row, 201, f"/v1/orders/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
+    return await idempotent_folded(
+        request, session, access.principal, idempotency_key, body, produce
     )
 
 
@@ -193,15 +193,7 @@ async def restore_order(
     async def produce() -> Response:
         return with_etag(await service.restore_order(session, access, order_id))
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=None,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, None, produce)
 
 
 @router.post(
@@ -234,15 +226,7 @@ def _action_route(action: OrderAction, summary: str, doc: str) -> None:
             )
             return with_etag(row)
 
-        return await idempotent(
-            session,
-            access.principal,
-            idempotency_key,
-            method="POST",
-            path=request.url.path,
-            body=None,
-            produce=produce,
-        )
+        return await idempotent(request, session, access.principal, idempotency_key, None, produce)
 
     act.__name__ = f"{action.value}_order"
     act.__doc__ = doc + (

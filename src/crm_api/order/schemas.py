@@ -9,10 +9,10 @@ from typing import Annotated
 from pydantic import MISSING, BaseModel, ConfigDict, Field
 
 from crm_api.customer.schemas import CustomerUpsert
-from crm_api.kit.money import Amount, Currency
+from crm_api.kit.money import PLAIN_DECIMAL, Amount, Currency
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import Phone, UtcDatetime
+from crm_api.kit.types import Phone, SearchTerm, UtcDatetime
 from crm_api.order.states import OrderStatus
 
 #: The most lines one order may carry (a request with more is a 422 naming ``lines``).
@@ -53,6 +53,7 @@ Quantity = Annotated[
         description="Units of the product; greater than 0, at most 3 decimal places.",
         examples=["2"],
     ),
+    PLAIN_DECIMAL,
 ]
 
 
@@ -230,18 +231,19 @@ class Order(OutputModel):
     version: int
 
 
-MoneyFilter = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
-
-
 class CustomerOrderListQuery(ListQuery):
     """The filters of ``/customers/{id}/orders`` (the customer is the path's)."""
 
     sort: str = sort_field(OrderSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
-        description="Free text over the number, external_ref and the customer's name.",
+        description="Free text over the number, external_ref and the name of the order's"
+        " customer, when you may read that customer (live and inside your customers scope)"
+        " (substring, any case, any script; `%` and `_` literal). Without `sort`, results come"
+        " best first: the number equal to the term, then starting with it, then containing"
+        " it, then a match in external_ref or the customer's name; newest first within each."
+        " An explicit `sort` wins.",
+        examples=["SO-"],
     )
     status: list[OrderStatus] | None = None
     channel: list[Channel] | None = None
@@ -252,8 +254,8 @@ class CustomerOrderListQuery(ListQuery):
     org_unit_id: list[uuid.UUID] | None = Field(default=None, max_length=50)
     external_ref: ExternalRef | None = None
     number: Annotated[str, Field(min_length=1, max_length=40)] | None = None
-    total_min: MoneyFilter | None = Field(default=None, description="total ≥ this.")
-    total_max: MoneyFilter | None = Field(default=None, description="total ≤ this.")
+    total_min: Amount | None = Field(default=None, description="total ≥ this.")
+    total_max: Amount | None = Field(default=None, description="total ≤ this.")
     created_after: UtcDatetime | None = None
     created_before: UtcDatetime | None = None
     deleted: bool = Field(default=False, description="List deleted orders (the trash) instead.")

@@ -30,6 +30,7 @@ from crm_api.db.reader import Reader
 from crm_api.errors import Conflict, NotFound, UnprocessableEntity
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
+from crm_api.kit.idempotency import Claim
 from crm_api.kit.resource import Executor, Placement
 from crm_api.order import repository as repo
 from crm_api.order.pricing import (
@@ -97,8 +98,12 @@ def _plain(value: Decimal, places: int) -> Decimal:
 
 
 # --- reads -----------------------------------------------------------------------------------
-async def list_orders(conn: Reader, access: Access, query: OrderListQuery) -> dict[str, Any]:
-    return await repo.list_page(conn, access, query)
+async def list_orders(
+    conn: Reader, access: Access, query: OrderListQuery, customers: Access | None = None
+) -> dict[str, Any]:
+    """Orders ``access`` covers. ``q`` finds an order by its customer's name only when
+    ``customers`` (the caller's customers ``read``) covers that customer."""
+    return await repo.list_page(conn, access, query, customers=customers)
 
 
 async def list_customer_orders(
@@ -111,9 +116,12 @@ async def list_customer_orders(
     """One customer's orders (those ``access`` covers). A customer the caller cannot see
     (``customers``: their customers ``read``) is a 404, so a client can tell "no orders"
     from "wrong customer"."""
-    if not await repo.customer_visible(conn, customers, customer_id):
+    page = None
+    if customers is not None:
+        page = await repo.customer_page(conn, access, customers, customer_id, query)
+    if page is None:
         raise customer_not_found(customer_id)
-    return await repo.list_page(conn, access, query, customer_id)
+    return page
 
 
 async def get_order(conn: Executor, access: Access, order_id: uuid.UUID) -> dict[str, Any]:
@@ -298,7 +306,7 @@ async def _customer(
             "missing",
             "required",
         )
-    # ``checked``: read with the products (repository.products_and_customer)
+    # ``checked``: read with the products (repository.order_refs)
     if checked is None:
         raise invalid_customer()
     return data.customer_id, checked
@@ -311,24 +319,24 @@ async def create_order(
     rights: CustomerRights,
     data: OrderCreate,
     rules: Rules,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
     """A new pending order of ``data``. Placed like its customer (owner and org unit)
     unless ``owner_id``/``org_unit_id`` say otherwise (needs ``assign``; the placement
-    rule of :func:`crm_api.kit.transfer.check_placement`).
+    rule of :func:`crm_api.kit.transfer.check_placement`). ``claim``: the request's
+    ``Idempotency-Key``, claimed in the first statement (a live key replays).
 
-    Lines are checked first (reads only), then the customer (a ``customer`` block is
-    upserted here), then the number is drawn: a rejected request leaves no gap in the
-    numbering. A request that fails after it (a concurrent order of yours with the same
-    external_ref, a database fault) does: a sequence value is never handed out twice."""
+    Two statements: the products and the customer (with the key's claim) are read and
+    checked first, then the order, its lines, its audit event and its number go in one
+    INSERT — the number is drawn there, after every check, so a rejected request leaves
+    no gap in the numbering. A request that fails in that INSERT (a concurrent order of
+    yours with the same external_ref, a database fault) does: a sequence value is never
+    handed out twice. An ``external_ref`` adds a look-up for your earlier order, and a
+    ``customer`` block its upsert."""
     currency = data.currency or rules.default_currency
     product_ids = [line.product_id for line in data.lines]
-    checked = None
-    if data.customer_id is not None and data.customer is None:
-        found, checked = await repo.products_and_customer(
-            session, product_ids, rights.read, access, data.customer_id
-        )
-    else:
-        found = await repo.products(session, product_ids)
+    by_id = data.customer_id if data.customer is None else None
+    found, checked = await repo.order_refs(session, product_ids, rights.read, access, by_id, claim)
     priced = _priced(found, data.lines, currency, rules)
     customer_id, default = await _customer(session, access, rights, data, checked)
     values = data.model_dump(exclude={"lines", "customer"})
@@ -342,9 +350,7 @@ async def create_order(
         existing = await repo.find_by_external_ref(session, actor, data.external_ref)
         if existing is not None:
             raise _duplicate(existing if await repo.is_visible(session, access, existing) else None)
-    number = f"{rules.number_prefix}{await repo.next_number(session):08d}"
     values.update(
-        number=number,
         currency=currency,
         status=OrderStatus.pending.value,
         created_by=actor,
@@ -352,6 +358,8 @@ async def create_order(
         **_totals(priced.amounts),
     )
     shown_lines = _shown(priced.rows)
+    order_id = uuid.uuid4()
+    number = await repo.next_number(session)
     row = await lifecycle.insert(
         session,
         R,
@@ -360,9 +368,14 @@ async def create_order(
         placement,
         overrides={_EXTERNAL_REF: lambda: _duplicate(None)},
         children={"lines": shown_lines},
+        record_id=order_id,
+        drawn={"number": lambda: number},
+        beside=lifecycle.Beside(
+            "order_lines",
+            repo.insert_lines_of_new,
+            {"number_prefix": rules.number_prefix, **repo.lines_values(priced.rows)},
+        ),
     )
-    order_id = row["id"]
-    await repo.insert_lines(session, [{**r, "order_id": order_id} for r in priced.rows])
     row["lines"] = shown_lines
     return row
 

@@ -69,15 +69,7 @@ async def create_org_unit(
         row = await service.create_org_unit(session, access, body)
         return with_etag(row, 201, f"/v1/org-units/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(

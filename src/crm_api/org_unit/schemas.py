@@ -9,6 +9,7 @@ from pydantic import Field
 
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.types import SearchTerm
 
 
 class OrgUnitKind(StrEnum):
@@ -88,6 +89,4 @@ class OrgUnitListQuery(ListQuery):
     root: bool | None = Field(default=None, description="Only roots (true) or only non-roots.")
     kind: list[OrgUnitKind] | None = None
     active: bool | None = Field(default=None, description="Omit for both.")
-    q: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Substring of the name."
-    )
+    q: SearchTerm | None = Field(default=None, description="Substring of the name.")

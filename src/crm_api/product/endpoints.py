@@ -69,15 +69,7 @@ async def create_product(
         row = await service.create_product(session, access, settings, body)
         return with_etag(row, 201, f"/v1/products/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(

@@ -6,39 +6,19 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_api.authz.types import Access
 from crm_api.kit import resource as kit
-from crm_api.kit.filtering import (
-    FIELD_SEPARATOR,
-    contains_lowered,
-    contains_pattern,
-    one_of,
-    time_range,
-)
+from crm_api.kit import search, statements
+from crm_api.kit.filtering import one_of, time_range
 from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.models.product import Product
 from crm_api.product.schemas import ProductListQuery, ProductSort
 from crm_api.resources import PRODUCTS
 
 R = PRODUCTS
-
-
-def _search(term: str) -> ColumnElement[bool]:
-    """``q``: the term in the SKU, name, brand or series; any case, anywhere (substring
-    matching is what makes Chinese searchable). One LIKE over the generated, lower()ed
-    ``search_text`` (migration 0006), as for customers."""
-    if FIELD_SEPARATOR in term:  # could match across two fields: field by field instead
-        pattern = contains_pattern(term)
-        return (
-            Product.sku.ilike(pattern)
-            | Product.name.ilike(pattern)
-            | Product.brand.ilike(pattern)
-            | Product.series.ilike(pattern)
-        )
-    return contains_lowered(Product.__table__.c.search_text, term)
 
 
 def filtered(access: Access, query: ProductListQuery) -> ScopedSelect:
@@ -52,15 +32,24 @@ def filtered(access: Access, query: ProductListQuery) -> ScopedSelect:
         Product.list_price >= query.min_price if query.min_price is not None else None,
         Product.list_price <= query.max_price if query.max_price is not None else None,
         func.lower(Product.sku) == func.lower(query.sku) if query.sku else None,
-        _search(query.q) if query.q else None,
         *time_range(Product.created_at, query.created_after, query.created_before),
         *time_range(Product.updated_at, query.updated_after, query.updated_before),
     )
 
 
 async def list_page(executor: Executor, access: Access, query: ProductListQuery) -> dict[str, Any]:
-    return await kit.fetch_page(
-        executor, R, access, filtered(access, query), query.page(ProductSort)
+    """One page of the catalog; with ``q`` the kit's search (:mod:`crm_api.kit.search`,
+    the n-gram index of migration 0012_sdecl: best first unless ``sort`` is given)."""
+    stmt = statements.list_base(R, access, query, lambda: filtered(access, query))
+    return await search.page(
+        executor,
+        R,
+        access,
+        stmt,
+        query.page(ProductSort),
+        query.q,
+        relevance="sort" not in query.model_fields_set,
+        deleted=query.deleted,
     )
 
 

@@ -12,8 +12,8 @@ from pydantic import MISSING, AfterValidator, Field, StrictBool, StrictInt
 
 from crm_api.kit.money import Amount, Currency, Rate
 from crm_api.kit.pagination import ListQuery, sort_field
-from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import UtcDatetime
+from crm_api.kit.schemas import InputModel, Omittable, OutputModel, holds_nul
+from crm_api.kit.types import SearchTerm, UtcDatetime
 
 
 class ProductSort(StrEnum):
@@ -61,8 +61,11 @@ ParameterValue = ParameterScalar | Annotated[list[ParameterScalar], Field(max_le
 
 
 def _parameters(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > PARAMETERS_MAX_BYTES:
+    encoded = orjson.dumps(value)
+    if len(encoded) > PARAMETERS_MAX_BYTES:
         raise ValueError(f"parameters must be at most {PARAMETERS_MAX_BYTES} bytes of JSON")
+    if holds_nul(value):  # jsonb cannot hold U+0000
+        raise ValueError("parameters may not hold NUL (U+0000) characters")
     return value
 
 
@@ -182,12 +185,14 @@ class Product(OutputModel):
 
 class ProductListQuery(ListQuery):
     sort: str = sort_field(ProductSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
-        description="Free text over SKU, name, brand and series (substring, any case, any "
-        "script: `打印机`, `laserjet`).",
+        description="Free text over name, SKU, brand and series (substring, any case, any"
+        " script: `打印机`, `laserjet`; `%` and `_` literal). Without `sort`, results come best"
+        " first: the name equal to the term, then starting with it, then containing it, then a"
+        " match in the SKU, brand or series; newest first within each. An explicit `sort`"
+        " wins.",
+        examples=["打印机"],
     )
     brand: list[Str100] | None = Field(default=None, max_length=50)
     series: list[Str100] | None = Field(default=None, max_length=50)

@@ -72,15 +72,7 @@ async def create_role(
         row = await service.create_role(session, access, body)
         return with_etag(row, 201, f"/v1/roles/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(
@@ -176,7 +168,8 @@ async def create_grant(
     enforces it within the policy poll interval. The same grant twice is 409
     `grant_exists`; an unknown resource or action is 422. You may grant only what you
     hold over no wider a scope, never to a role you hold, and only administrators edit
-    the `admin` role (403 `grant_not_allowed`)."""
+    a built-in role's grants (403 `grant_not_allowed`, `reason` `admin_role` or
+    `builtin_role`: make a custom role instead)."""
     resources = known_resources(request.app)
 
     async def produce() -> Response:
@@ -185,15 +178,7 @@ async def create_grant(
         )
         return json_response(row, 201, {"Location": f"/v1/roles/{role_id}/grants/{row['id']}"})
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.delete(
@@ -210,6 +195,8 @@ async def delete_grant(
     access: RolesUpdate,
     session: PolicySession,
 ) -> Response:
-    """The admin role's `*`/`*`/`all` grant cannot be withdrawn (409 `grant_protected`)."""
+    """The admin role's `*`/`*`/`all` grant cannot be withdrawn (409 `grant_protected`).
+    Only administrators withdraw a built-in role's grants (403 `grant_not_allowed`,
+    `reason: builtin_role`)."""
     await service.remove_grant(session, get_policy(request), access, role_id, grant_id)
     return Response(status_code=204)

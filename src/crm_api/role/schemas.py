@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from crm_api.authz.types import ScopeKind
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, OutputModel
+from crm_api.kit.types import SearchTerm
 
 RoleName = Annotated[
     str,
@@ -58,9 +59,7 @@ class Role(OutputModel):
 class RoleListQuery(ListQuery):
     sort: str = sort_field(RoleSort, "name")
     builtin: bool | None = None
-    q: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Substring of name or description."
-    )
+    q: SearchTerm | None = Field(default=None, description="Substring of name or description.")
 
 
 class GrantCreate(InputModel):

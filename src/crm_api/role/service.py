@@ -6,7 +6,8 @@ worker enforces it within the poll interval.
 
 Grant edits go through :func:`crm_api.authz.delegation.check_grant_edit`: an editor grants
 only what it holds, over no wider a scope, never to a role it holds itself, and only an
-administrator touches the ``admin`` role.
+administrator touches the ``admin`` role. Built-in roles' grants are an administrator's to
+edit (:func:`_check_builtin`): everyone else makes a custom role.
 
 Raises: ``Forbidden`` (``grant_not_allowed``), ``NotFound`` (``role_not_found``,
 ``grant_not_found``), ``Conflict``
@@ -28,7 +29,7 @@ from crm_api.authz.enforcer import PolicyEngine
 from crm_api.authz.state import bump_policy_version
 from crm_api.authz.types import Access, ScopeKind
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, NotFound, UnprocessableEntity
+from crm_api.errors import Conflict, Forbidden, NotFound, UnprocessableEntity
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
 from crm_api.kit.resource import Locked, Placement
@@ -150,6 +151,27 @@ async def list_grants(
     return page
 
 
+def _check_builtin(policy: PolicyEngine, access: Access, role: Any, what: str) -> None:
+    """Refuse (403 ``grant_not_allowed``, ``reason: builtin_role``) a non-administrator's
+    edit of a built-in role's grants, adding or removing.
+
+    A built-in role is the product's default for a job (``sales_rep``, ``service_agent``):
+    whoever assigns it later expects those defaults, and an edit reaches every current and
+    future holder, in every branch, whoever assigns it. The delegation rule alone lets a
+    manager holding ``roles:update`` add what they hold to ``sales_rep`` and so widen the
+    reps of other managers' teams; as with Salesforce's standard profiles, only
+    administrators change the defaults, and others make a custom role (``POST
+    /v1/roles``) and grant that."""
+    if role.builtin and not delegation.is_admin(policy, access.principal):
+        raise Forbidden(
+            f"{role.name!r} is a built-in role: only an administrator edits its grants. "
+            f"Create a custom role instead and {what} that.",
+            code="grant_not_allowed",
+            refused=[role.name],
+            reason="builtin_role",
+        )
+
+
 def _invalid(field: str, code: str, message: str) -> UnprocessableEntity:
     return UnprocessableEntity(
         message, code=code, errors=[{"field": field, "code": code, "message": message}]
@@ -168,6 +190,8 @@ async def add_grant(
     action, scope) twice is a 409 ``grant_exists``."""
     locked = await _lock(session, access, role_id)
     role = locked.row
+    if role.name != delegation.ADMIN_ROLE:  # the admin role keeps its own reason
+        _check_builtin(policy, access, role, "grant")
     if data.resource != "*" and data.resource not in known_resources:
         raise _invalid(
             "resource",
@@ -250,6 +274,8 @@ async def remove_grant(
 ) -> None:
     locked = await _lock(session, access, role_id)
     role = locked.row
+    if role.name != delegation.ADMIN_ROLE:  # the admin role keeps its own reason
+        _check_builtin(policy, access, role, "edit")
     await delegation.check_grant_edit(session, policy, access.principal, role.name, None)
     row = await repo.get_grant(session, role.name, grant_id)
     if row is None:

@@ -17,8 +17,9 @@ from crm_api.system_settings.schemas import SystemSettings
 from crm_api.system_settings.store import SettingsStore
 
 
-def current_system_settings(request: Request) -> SystemSettings:
-    """The process's cached snapshot (``app.state.system_settings``): no query."""
+async def current_system_settings(request: Request) -> SystemSettings:
+    """The process's cached snapshot (``app.state.system_settings``): no query. Async,
+    so FastAPI does not run it in its thread pool (a thread hop per order create)."""
     store: SettingsStore = request.app.state.system_settings
     return store.current
 

@@ -23,7 +23,7 @@ SettingsRead = Annotated[Access, require(R, Action.read)]
 SettingsUpdate = Annotated[Access, require(R, Action.update)]
 
 
-def _store(request: Request) -> SettingsStore:
+async def _store(request: Request) -> SettingsStore:
     store: SettingsStore = request.app.state.system_settings
     return store
 

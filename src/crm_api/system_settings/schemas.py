@@ -14,9 +14,14 @@ from crm_api.kit.schemas import InputModel, Omittable
 NumberPrefix = Annotated[
     str,
     Field(
+        min_length=1,
         max_length=16,
-        pattern=r"^[A-Za-z0-9_./-]*$",
-        description="Up to 16 characters of A-Z, a-z, 0-9 and `_ . / -` (may be empty).",
+        pattern=r"^[A-Za-z0-9_./-]+$",
+        description="1 to 16 characters of A-Z, a-z, 0-9 and `_ . / -`: what a number shows "
+        "before its digits (`SO-00000042`). Never empty, so every kind of number is told "
+        "apart by its prefix; no spaces, quotes or other characters that need escaping in "
+        "a URL, a CSV cell or a file name.",
+        examples=["SO-"],
     ),
 ]
 Hours = Annotated[int, Strict(), Field(ge=1, le=8760, description="Hours (1 … 8760).")]

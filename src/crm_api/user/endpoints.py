@@ -67,15 +67,7 @@ async def create_user(
         row = await service.create_user(session, get_policy(request), access, assign, body)
         return with_etag(row, 201, f"/v1/users/{row['id']}")
 
-    return await idempotent(
-        session,
-        access.principal,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body,
-        produce=produce,
-    )
+    return await idempotent(request, session, access.principal, idempotency_key, body, produce)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from pydantic import MISSING, Field, SecretStr
 
 from crm_api.kit.pagination import ListQuery, sort_field
 from crm_api.kit.schemas import InputModel, Omittable, OutputModel
-from crm_api.kit.types import Email, Phone
+from crm_api.kit.types import Email, Phone, SearchTerm
 from crm_api.role.schemas import RoleName
 
 
@@ -106,10 +106,8 @@ class User(OutputModel):
 
 class UserListQuery(ListQuery):
     sort: str = sort_field(UserSort, "-created_at")
-    q: str | None = Field(
+    q: SearchTerm | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Substring of the e-mail or display name.",
     )
     org_unit_id: list[uuid.UUID] | None = Field(default=None, max_length=50)
