@@ -21,12 +21,20 @@ def main(argv: list[str] | None = None) -> int:
         from bench.search import main as search_main
 
         return search_main(args_in[1:])
+    if args_in[:1] == ["search-cpu"]:
+        from bench.search import cpu_main
+
+        return cpu_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "faults",
         help="restart a private PostgreSQL under write load "
         "(see `faults --help`, docs/operations.md)",
+    )
+    sub.add_parser(
+        "search-cpu",
+        help="Python and PostgreSQL CPU per q search request, in-process (see `search-cpu --help`)",
     )
     sub.add_parser(
         "search-explain",

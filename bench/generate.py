@@ -942,6 +942,18 @@ SELECT 'index', i.indexname, 'i', i.tablename, i.indexdef
                     WHERE c.contype IN ('p', 'u', 'x')
                       AND c.conindid = (quote_ident(i.schemaname) || '.' ||
                                         quote_ident(i.indexname))::regclass)
+UNION ALL
+-- an index column's statistics target (0008's n-gram indexes: 1,000), which the index's
+-- definition does not carry: without it ANALYZE lists 1,000 grams, not 10,000, and the
+-- search's strategy sees rare grams as possibly frequent (kit/search.py)
+SELECT 'stats', i.indexname || '.' || a.attnum, 's', i.tablename,
+       format('ALTER INDEX %I ALTER COLUMN %s SET STATISTICS %s', i.indexname, a.attnum,
+              a.attstattarget)
+  FROM pg_indexes i
+  JOIN pg_attribute a ON a.attrelid = (quote_ident(i.schemaname) || '.' ||
+                                      quote_ident(i.indexname))::regclass
+ WHERE i.schemaname = current_schema() AND i.tablename = ANY($2::text[])
+   AND a.attstattarget >= 0
 ORDER BY 1, 2
 """
 
@@ -966,7 +978,11 @@ async def drop_keys(conn: asyncpg.Connection, defs: list[dict[str, str]]) -> Non
 async def restore_keys(url: str, defs: list[dict[str, str]], jobs: int) -> None:
     """Primary/unique keys and indexes on ``jobs`` connections at once, then foreign keys
     (each validated by one scan) one by one."""
-    first = [d["ddl"] for d in defs if not (d["what"] == "constraint" and d["kind"] == "f")]
+    first = [
+        d["ddl"]
+        for d in defs
+        if d["what"] != "stats" and not (d["what"] == "constraint" and d["kind"] == "f")
+    ]
     # biggest first, so the two builders finish together: contacts, then the GIN index
     first.sort(key=lambda s: (" contacts" not in s and "contacts " not in s, "gin" not in s))
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -988,7 +1004,7 @@ async def restore_keys(url: str, defs: list[dict[str, str]], jobs: int) -> None:
     try:
         await conn.execute("SET maintenance_work_mem = '512MB'")
         for d in defs:
-            if d["what"] == "constraint" and d["kind"] == "f":
+            if d["what"] == "stats" or (d["what"] == "constraint" and d["kind"] == "f"):
                 await conn.execute(d["ddl"])
     finally:
         await conn.close()

@@ -708,11 +708,13 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def compile_for_asyncpg(stmt: Any) -> tuple[str, list[Any]]:
+def compile_for_asyncpg(stmt: Any, values: Any = None) -> tuple[str, list[Any]]:
+    """SQL and positional arguments of ``stmt`` for asyncpg (``values``: those of its named
+    parameters, as ``execute(stmt, values)`` takes them)."""
     from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 
     compiled = stmt.compile(dialect=pg_asyncpg.dialect())
-    params = compiled.params
+    params = compiled.construct_params(values) if values else compiled.params
     return str(compiled), [_plain(params[name]) for name in compiled.positiontup]
 
 

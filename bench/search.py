@@ -35,25 +35,18 @@ class Recording:
     conn: asyncpg.Connection
     statements: list[tuple[str, list[Any]]] = field(default_factory=list)
 
-    async def execute(self, stmt: Any, values: dict[str, Any] | None = None) -> Any:
-        """``values``: the named parameters of a cached statement (the kit's page and
-        by-id statements bind the cursor, the limit and the id)."""
+    async def execute(self, stmt: Any, values: Any = None) -> Any:
         from sqlalchemy.sql.elements import TextClause
 
-        from bench.load import _plain, compile_for_asyncpg
+        from bench.load import compile_for_asyncpg
         from crm_api.db.reader import ReadResult
 
         if isinstance(stmt, TextClause):
             compiled = stmt.compile(dialect=_dialect())
             sql = str(compiled)
             params = [compiled.params[n] for n in compiled.positiontup or ()]
-        elif values:
-            compiled = stmt.compile(dialect=_dialect())
-            bound = compiled.construct_params(values)
-            sql = str(compiled)
-            params = [_plain(bound[n]) for n in compiled.positiontup or ()]
         else:
-            sql, params = compile_for_asyncpg(stmt)
+            sql, params = compile_for_asyncpg(stmt, values)
         self.statements.append((sql, params))
         records = await self.conn.fetch(sql, *params)
         keys = tuple(records[0].keys()) if records else ()
@@ -144,7 +137,6 @@ async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int
 
     from bench.load import compile_for_asyncpg, list_query_from_path
     from crm_api.customer import repository as repo
-    from crm_api.kit import resource as kit
     from crm_api.kit import search
     from crm_api.resources import CUSTOMERS
 
@@ -154,8 +146,11 @@ async def count_matches(conn: asyncpg.Connection, access: Any, path: str) -> int
         rec = Recording(conn)
         plan = await search.plan(rec, CUSTOMERS, access, query.q)  # type: ignore[arg-type]
         await plan.decide_match(rec)  # type: ignore[arg-type]
-        stmt = kit.narrow(stmt, search.match_clause(plan))
-    sql, params = compile_for_asyncpg(select(func.count()).select_from(stmt.subquery()))
+        stmt = plan.matched(stmt)
+        values = plan.values
+    else:
+        values = {}
+    sql, params = compile_for_asyncpg(select(func.count()).select_from(stmt.subquery()), values)
     return int(await conn.fetchval(sql, *params))
 
 
@@ -205,4 +200,116 @@ def main(argv: list[str] | None = None) -> int:
             await conn.close()
 
     asyncio.run(run())
+    return 0
+
+
+# --- CPU per search request, in-process (``python -m bench search-cpu``) --------------------
+async def cpu_per_request(
+    url: str, logins: list[str], terms: dict[str, str], n: int, rounds: int
+) -> list[tuple[str, str, float, float, int]]:
+    """``(login, term label, Python ms, PostgreSQL ms, statements)`` per request of the
+    repository's ``list_page`` on the app's own reader (one connection, one request at a
+    time): Python is this process's CPU (``time.process_time``: building, cache keys,
+    compiling, asyncpg, rows), PostgreSQL the reading backend's (``/proc``). The fastest
+    round's Python and the median round's PostgreSQL are kept (a noisy machine only adds)."""
+    import statistics
+    import time
+    from urllib.parse import quote
+
+    from bench import asyncpg_url, sqlalchemy_url
+    from bench.load import Runner, list_query_from_path, proc_cpu_s
+    from crm_api.config import Settings
+    from crm_api.customer import repository as repo
+    from crm_api.db.engine import create_database
+
+    raw = asyncpg_url(url)
+    conn = await asyncpg.connect(raw)
+    runner = Runner.__new__(Runner)
+    runner.db_url = url
+    runner.logins = {}
+    try:
+        access = {who: (await runner.load_login(conn, LOGINS[who])).access for who in logins}
+        db_name = await conn.fetchval("SELECT current_database()")
+    finally:
+        await conn.close()
+    settings = Settings(database_url=sqlalchemy_url(url), db_read_pool_size=1)
+    db = create_database(settings)
+    reader = db.reads.reader
+    out: list[tuple[str, str, float, float, int]] = []
+    try:
+        await reader.execute(_select_one())
+        conn = await asyncpg.connect(raw)
+        try:
+            pids = [
+                r["pid"]
+                for r in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1"
+                    " AND application_name = 'crm-api'",
+                    db_name,
+                )
+            ]
+        finally:
+            await conn.close()
+        for who in logins:
+            for label, term in [("list", ""), *terms.items()]:
+                path = "/v1/customers?limit=50" + (f"&q={quote(term)}" if term else "")
+                query = list_query_from_path(path)
+                counting = _Counting(reader)
+                try:
+                    await repo.list_page(counting, access[who], query)  # type: ignore[arg-type]
+                except Exception as exc:  # a tree with a bug: say so, measure the rest
+                    print(f"  {who:<8} {label:<9} failed: {type(exc).__name__}: {exc}")
+                    continue
+                statements = counting.count
+                for _ in range(min(10, n)):
+                    await repo.list_page(reader, access[who], query)
+                py, pg = [], []
+                for _ in range(rounds):
+                    c0, p0 = time.process_time(), proc_cpu_s(pids)
+                    for _ in range(n):
+                        await repo.list_page(reader, access[who], query)
+                    py.append((time.process_time() - c0) / n * 1000)
+                    pg.append((proc_cpu_s(pids) - p0) / n * 1000)
+                row = (who, label, min(py), statistics.median(pg), statements)
+                print(
+                    f"  {who:<8} {label:<9} python {row[2]:6.2f} ms  postgres {row[3]:6.2f} ms"
+                    f"  ({statements} statement(s))",
+                    flush=True,
+                )
+                out.append(row)
+    finally:
+        await db.dispose()
+    return out
+
+
+def _select_one() -> Any:
+    from sqlalchemy import literal, select
+
+    return select(literal(1))
+
+
+class _Counting:
+    """A reader that counts the statements it runs (index statistics loads left out)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.count = 0
+
+    async def execute(self, stmt: Any, values: Any = None) -> Any:
+        if "pg_stats" not in str(stmt):
+            self.count += 1
+        return await self.reader.execute(stmt, values)
+
+
+def cpu_main(argv: list[str] | None = None) -> int:
+    from bench import default_url
+
+    p = argparse.ArgumentParser(prog="python -m bench search-cpu")
+    p.add_argument("--database-url", default=default_url())
+    p.add_argument("--login", action="append", help="admin, manager, rep (default: all)")
+    p.add_argument("-n", type=int, default=100, help="requests per round (default 100)")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    logins = args.login or list(LOGINS)
+    asyncio.run(cpu_per_request(args.database_url, logins, TERMS, args.n, args.rounds))
     return 0

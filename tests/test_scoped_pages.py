@@ -137,16 +137,17 @@ async def _walk(http: httpx.AsyncClient, params: dict[str, Any], limit: int) -> 
 
 @pytest.fixture
 def merges(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records, per page, whether the page builder merged per-unit walks."""
+    """Records, per page, whether the page builder merged per-unit walks (its decision,
+    made per request; the merged statement itself is built once per shape)."""
     seen: list[bool] = []
-    real = scoped_page.merged_page
+    real = scoped_page.merges
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        built = real(*args, **kwargs)
-        seen.append(built is not None)
-        return built
+        units = real(*args, **kwargs)
+        seen.append(units is not None)
+        return units
 
-    monkeypatch.setattr("crm_api.kit.resource.merged_page", spy)
+    monkeypatch.setattr("crm_api.kit.resource.merges", spy)
     return seen
 
 
@@ -305,6 +306,36 @@ async def test_a_custom_unit_list_is_merged_too(engine, client_for, world, merge
     assert merges and all(merges)
     monkeypatch.setattr(scoped_page, "worth_merging", lambda units: False)
     assert await _walk(http, {"sort": "-name"}, 4) == want
+
+
+@pytest.mark.parametrize("term", ["beta", "阿里"])
+async def test_relevance_ranks_take_the_plain_page_and_a_merge_would_keep_their_rank(
+    engine, client_for, world, merges, monkeypatch, term
+):
+    """A manager's ``q`` in relevance order reads each rank through the plain keyset page
+    (kit/search.py asks for it: a per-unit walk read every unit's rows whole for a collected
+    rank, and bitmap-scanned them for a walked one), with the same rows as all ranks
+    collected in one statement. Were a rank merged, the rank it selects would survive the
+    merge (it was dropped: a KeyError, a 500, at 1,000,000 customers)."""
+    from crm_api.kit import search
+
+    def force(limit: float) -> None:
+        for name in ("COLLECT_MAX", "COLLECT_MAX_SCOPED", "COLLECT_MAX_OWN"):
+            monkeypatch.setattr(search, name, limit)
+
+    manager = await client_for(world["manager"])
+    force(float("inf"))
+    collected = await _walk(manager, {"q": term}, 3)
+    assert collected  # the term matches something in the subtree
+    force(-1)
+    merges.clear()
+    assert await _walk(manager, {"q": term}, 3) == collected
+    assert merges and not any(merges)
+    # the plain-page request ignored: the ranks are merged, and keep their rank
+    monkeypatch.setattr(scoped_page, "PLAIN_OPTION", "ignored")
+    merges.clear()
+    assert await _walk(manager, {"q": term}, 3) == collected
+    assert merges and all(merges)
 
 
 async def test_a_managers_orders_merge_per_unit_walks_with_their_lines(

@@ -217,7 +217,7 @@ def fresh_stats(monkeypatch):
     monkeypatch.setattr(search, "_STATS", {})
 
 
-STRATEGIES = ("collect", "walk", "mixed")
+STRATEGIES = ("collect", "walk", "mixed", "sampled")
 
 
 async def _force(monkeypatch, engine, strategy: str) -> None:
@@ -230,7 +230,9 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", -1)
         monkeypatch.setattr(search, "COLLECT_MAX_OWN", -1)
     else:
-        # real statistics of this corpus; a threshold that splits its grams
+        # real statistics of this corpus; a threshold that splits its grams; "sampled":
+        # a sample small enough to be full, so parts the statistics cannot tell are
+        # collected or walked by what the sample finds
         async with engine.connect() as conn:
             await conn.execute(text("ANALYZE customers"))
             await conn.execute(text("ANALYZE contacts"))
@@ -238,6 +240,8 @@ async def _force(monkeypatch, engine, strategy: str) -> None:
         monkeypatch.setattr(search, "COLLECT_MAX", 8)
         monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", 8)
         monkeypatch.setattr(search, "COLLECT_MAX_OWN", 8)
+        if strategy == "sampled":
+            monkeypatch.setattr(search, "SAMPLE", 16)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -246,14 +250,44 @@ async def test_same_customers_as_substring_matching_per_scope(
 ):
     world = await _world(engine, client_for)
     await _force(monkeypatch, engine, strategy)
-    if strategy == "mixed":
+    if strategy in ("mixed", "sampled"):
         stats = await search.index_stats(_Conn(engine), "ix_customers_search_grams")
         assert stats.rows > 0 and stats.freqs, "ANALYZE left no statistics to choose by"
+    sampled = _sampled_outcomes(monkeypatch)
     callers = {
         "admin": await client_for(world.admin),
         "manager": await client_for(world.manager),
         "rep": await client_for(world.rep),
     }
+    await _check_customers(world, callers)
+    if strategy == "sampled":
+        # parts the statistics could not tell went both ways by what their sample found
+        assert sampled == {"collect", "walk"}, sampled
+
+
+def _sampled_outcomes(monkeypatch) -> set[str]:
+    """The strategies decided by a sample (:meth:`search.Plan.decide`)."""
+    outcomes: set[str] = set()
+    samples = [0]
+    real_sample, real_decide = search.Plan.sample, search.Plan.decide
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        samples[0] += 1
+        return real_sample(self, *args, **kwargs)
+
+    async def decide(self, *args: Any, **kwargs: Any) -> Any:
+        before = samples[0]
+        out = await real_decide(self, *args, **kwargs)
+        if samples[0] > before:
+            outcomes.add(out)
+        return out
+
+    monkeypatch.setattr(search.Plan, "sample", sample)
+    monkeypatch.setattr(search.Plan, "decide", decide)
+    return outcomes
+
+
+async def _check_customers(world: World, callers: dict[str, Any]) -> None:
     for who, client in callers.items():
         for term in TERMS:
             expected = _expected_customers(world, who, term)
@@ -444,3 +478,56 @@ async def test_the_trash_finds_an_exact_name(client, engine, fresh_stats):
     got = await _all_pages(client, "/v1/customers", q="华信", deleted="true", limit=2)
     assert [r["name"] for r in got] == ["华信", "华信科技", "苏州华信"]
     assert await _all_pages(client, "/v1/customers", q="华信", limit=2) == []
+
+
+async def test_scoped_callers_collect_through_their_scope_tokens(client_for, engine, monkeypatch):
+    """A manager (a set of org units) and a rep (own rows) collect with ``&& <their scope's
+    tokens>`` in the index condition, written as the index has it (migration 0012_sperf);
+    an administrator without; every one of them keeps the scope predicate. (That the rows
+    are the same is the oracle's job, above.)"""
+    from sqlalchemy.dialects import postgresql
+
+    from crm_api.authz.scope import unit_set
+    from crm_api.resources import CUSTOMERS
+
+    world = await _world(engine, client_for)
+    monkeypatch.setattr(search, "COLLECT_MAX", float("inf"))
+    monkeypatch.setattr(search, "COLLECT_MAX_SCOPED", float("inf"))
+    monkeypatch.setattr(search, "COLLECT_MAX_OWN", float("inf"))
+    seen: dict[str, str] = {}
+    for who, user in (("admin", world.admin), ("manager", world.manager), ("rep", world.rep)):
+        http = await client_for(user)
+        token = http.headers["Authorization"].split()[1]
+        access = await _access_of(http, token, user)
+        p = await search.plan(_Conn(engine), CUSTOMERS, access, "华信")
+        p.decided.update({"own": "collect", "related0": "collect"})
+        sql = str(search.match_clause(p).compile(dialect=postgresql.dialect()))
+        seen[who] = sql
+        if who == "manager":
+            assert unit_set(access) is not None
+    index = "crm_search_grams(s.search_text) || ARRAY[chr(5) || CAST(s.org_unit_id AS TEXT)"
+    assert index in seen["manager"] and index in seen["rep"] and index in seen["admin"]
+    assert "&& (SELECT array_agg(chr(5) ||" in seen["manager"]
+    assert "&& ARRAY[chr(6) ||" in seen["rep"]
+    assert "&&" not in seen["admin"]
+
+
+async def _access_of(http, token: str, user: dict[str, Any]):
+    """The ``Access`` the app resolves for ``user`` reading customers."""
+    from crm_api.auth import tokens
+
+    app = http._transport.app
+    st = app.state
+    claims = tokens.verify(
+        st.keyring,
+        token,
+        issuer=st.settings.jwt_issuer,
+        audience=st.settings.jwt_audience,
+        token_types=frozenset({"access"}),
+    )
+    principal = await st.principals.resolve(claims)
+    from crm_api.authz.dependencies import access_for
+
+    access = access_for(st.policy, principal, "customers", "read")
+    assert access is not None
+    return access

@@ -486,15 +486,21 @@ async def test_orders_found_by_a_readable_customer_name_only(
 
 @pytest.mark.parametrize("path", ["/v1/products", "/v1/orders"])
 async def test_bad_q_is_a_422_naming_it_like_customers(client, path):
-    """Too long, empty, a NUL (PostgreSQL text cannot hold one): 422 naming ``query.q``,
-    as for customers; other control characters are searched for like any character."""
-    for q in ("", "x" * 201, "a\x00b"):
+    """Too long, empty: 422 naming ``query.q``, as for customers; a NUL (PostgreSQL text
+    cannot hold one) is refused before any route, for every parameter, as a 400
+    ``invalid_query`` (the middleware: tests/test_attack_round2.py); other control
+    characters are searched for like any character."""
+    for q in ("", "x" * 201):
         for where in (path, "/v1/customers"):
             response = await client.get(where, params={"q": q})
             assert response.status_code == 422, (where, q, response.text)
             body = response.json()
             assert body["code"] == "validation_error", body
             assert [e["field"] for e in body["errors"]] == ["query.q"], body
+    for where in (path, "/v1/customers"):
+        response = await client.get(where, params={"q": "a\x00b"})
+        assert response.status_code == 400, (where, response.text)
+        assert response.json()["code"] == "invalid_query", response.text
     for q in ("\x01", "a\tb", "\x1f", "x" * 200, "华\x1f信"):
         response = await client.get(path, params={"q": q})
         assert response.status_code == 200, (q, response.text)

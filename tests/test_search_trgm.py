@@ -193,7 +193,8 @@ async def _compare(conn, monkeypatch, resource, rows: list[dict[str, Any]]) -> i
             stmt = select(resource.id_column).where(
                 resource.table.c.deleted_at.is_(None), search.match_clause(p)
             )
-            found[strategy] = await _ids(conn, stmt) & live  # this corpus only
+            # the statement takes the term as parameters (kit/search.py's cached shapes)
+            found[strategy] = await _ids(conn, stmt, p.values) & live  # this corpus only
         trgm = found["LIKE"] & live
         assert found["ILIKE"] & live == trgm, (table, term)
         assert found["collect"] == trgm, (table, term, "collect")

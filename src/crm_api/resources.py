@@ -81,6 +81,8 @@ CUSTOMERS = Resource(
         index="ix_customers_search_grams",
         fields=("name", "email", "phone"),
         related=(Related(Contact.__table__, "customer_id", index="ix_contacts_search_grams"),),
+        # the index holds each row's org unit and owner too (migration 0012_sperf)
+        scope_tokens=True,
     ),
     constraints={
         "uq_customers_external_ref": lambda: _customer_duplicate("external_ref"),

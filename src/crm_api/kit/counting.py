@@ -12,6 +12,7 @@ not how many.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -66,11 +67,14 @@ def estimated_rows(plan: Any) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-async def count_total(executor: Any, query: Select[Any], cap: int) -> tuple[int, bool]:
+async def count_total(
+    executor: Any, query: Select[Any], cap: int, values: Mapping[str, Any] | None = None
+) -> tuple[int, bool]:
     """``(total, is_estimate)`` of ``query``'s rows: exact up to ``cap``, else the planner's
-    estimate (at least ``cap + 1``). ``executor``: a Reader or an AsyncSession."""
-    exact = int((await executor.execute(capped_count(query, cap))).scalar_one())
+    estimate (at least ``cap + 1``). ``executor``: a Reader or an AsyncSession; ``values``:
+    those of ``query``'s named parameters."""
+    exact = int((await executor.execute(capped_count(query, cap), values)).scalar_one())
     if exact <= cap:
         return exact, False
-    planned = estimated_rows((await executor.execute(estimate(query))).scalar_one())
+    planned = estimated_rows((await executor.execute(estimate(query), values)).scalar_one())
     return max(planned, cap + 1), True

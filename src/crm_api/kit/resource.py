@@ -45,8 +45,20 @@ from crm_api.errors import NotFound, ProblemError
 from crm_api.kit import statements
 from crm_api.kit.counting import count_total
 from crm_api.kit.filtering import mask
-from crm_api.kit.pagination import PageParams, SortColumn, apply_keyset, page_envelope
-from crm_api.kit.scoped_page import TRASH_OPTION, merged_page
+from crm_api.kit.pagination import (
+    PageParams,
+    SortColumn,
+    apply_keyset,
+    page_envelope,
+    page_shape,
+)
+from crm_api.kit.scoped_page import (
+    PLAIN_OPTION,
+    TRASH_OPTION,
+    merged_page,
+    merged_statement,
+    merges,
+)
 from crm_api.kit.search import Search
 
 Executor = Reader | AsyncSession
@@ -411,6 +423,23 @@ def with_columns(stmt: ScopedSelect, *columns: ColumnElement[Any]) -> ScopedSele
     return ScopedSelect(stmt.add_columns(*columns))
 
 
+def plain_page(stmt: ScopedSelect) -> ScopedSelect:
+    """``stmt``, read as the plain keyset page even where a per-unit merge would apply
+    (kit/scoped_page.py, ``PLAIN_OPTION``: a search's relevance ranks)."""
+    return ScopedSelect(stmt.execution_options(**{PLAIN_OPTION: True}))
+
+
+def derived(
+    key: tuple[Any, ...],
+    base: ScopedSelect,
+    build: Callable[[], ScopedSelect],
+    cache: statements.LRU | None = None,
+) -> ScopedSelect:
+    """``build()`` (``base`` narrowed, or with columns added: still scoped), once per
+    ``key`` and ``base`` (:func:`crm_api.kit.statements.derived`)."""
+    return ScopedSelect(statements.derived(key, base, build, cache))
+
+
 # --- reads -----------------------------------------------------------------------------------
 def _flag(resource: Resource, access: Access) -> ColumnElement[Any] | None:
     """The per-row masking flag, when masking depends on the row: otherwise the answer
@@ -467,18 +496,25 @@ async def fetch_page(
     values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run a scoped, filtered statement as one keyset page (plus an opt-in count), masked.
-    ``values``: those of ``stmt``'s own named parameters (a statement built once for
-    every customer, its customer id a parameter)."""
+    ``values``: the values of ``stmt``'s own named parameters (a cached ``q`` statement's
+    term, patterns and grams: kit/search.py)."""
     total, estimated = None, False
     if params.include_total:
-        # counted on the bare statement: the masking flag changes no row count (its own
-        # parameters bound into it: the planner's estimate is an EXPLAIN)
-        counted = stmt.params(values) if values else stmt
-        total, estimated = await count_total(executor, counted, params.count_cap)
-    merged = merged_page(resource, access, stmt, _flag(resource, access), params)
-    if merged is not None:
-        # an org scope that pays for per-unit walks (kit/scoped_page.py)
-        result = await executor.execute(merged, values)
+        # counted on the bare statement: the masking flag changes no row count
+        total, estimated = await count_total(executor, stmt, params.count_cap, values)
+    units = merges(resource, access, stmt, params.sort)
+    if units is not None:
+        # an org scope that pays for per-unit walks (kit/scoped_page.py), built once per
+        # (statement, access, page shape) like the plain page
+        shape, page_values = page_shape(params, resource.sort_columns)
+        merged = statements.derived(
+            ("merged", access, shape),
+            stmt,
+            lambda: merged_statement(resource, stmt, _flag(resource, access), units, shape),
+        )
+        result = await executor.execute(
+            merged, {**values, **page_values} if values else page_values
+        )
     else:
         # built once per (statement, access, page shape); the cursor's values and the
         # limit are parameters (kit/statements.py)

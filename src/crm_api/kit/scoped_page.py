@@ -52,24 +52,57 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select, true
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, func, literal_column, select, true
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from crm_api.authz.scope import UnitSet, unit_set
 from crm_api.authz.types import Access
-from crm_api.kit.pagination import PageParams, SortColumn, SortKey, apply_keyset, sort_order
+from crm_api.kit.pagination import (
+    PageParams,
+    PageShape,
+    SortColumn,
+    SortKey,
+    keyset_statement,
+    page_shape,
+    sort_order,
+)
 
 if TYPE_CHECKING:
     from crm_api.kit.resource import Resource, ScopedSelect
 
 #: Execution option marking a statement of the trash (soft-deleted rows), set by the kit.
 TRASH_OPTION = "crm_trash"
+#: Execution option asking for the plain keyset page: set by kit/search.py on a relevance
+#: rank's statement. A collected rank (``id = ANY(<matches>)``) is a primary-key lookup and
+#: a sort, which a per-unit walk would turn into a read of every unit's whole index; a
+#: walked rank's LIKE hides its share from the planner, which then reads each unit's rows
+#: whole through a bitmap and sorts them (a manager's frequent term at 1M: 299 ms cold,
+#: against ~4 ms for the plain walk of the sort index).
+PLAIN_OPTION = "crm_plain_page"
 
 
 def worth_merging(units: UnitSet) -> bool:
     """The rule above: ``units / 4 + 1 < total / units``, in integers."""
     n = units.units
     return n >= 2 and n * (n + 4) < 4 * units.total
+
+
+def merges(
+    resource: Resource, access: Access, stmt: ScopedSelect, sort: tuple[SortKey, ...]
+) -> UnitSet | None:
+    """The caller's units when a page of ``stmt`` sorted by ``sort`` is a merge of
+    per-unit walks, else ``None`` (the plain keyset page is the right one)."""
+    if sort[0].name not in resource.unit_sorts:
+        return None
+    options = stmt.get_execution_options()
+    if options.get(TRASH_OPTION):
+        return None  # the trash: the per-unit indexes hold live rows only
+    if options.get(PLAIN_OPTION):
+        return None
+    units = unit_set(access)
+    if units is None or not worth_merging(units):
+        return None
+    return units
 
 
 def merged_page(
@@ -80,24 +113,38 @@ def merged_page(
     params: PageParams,
 ) -> Select[Any] | None:
     """The page of ``stmt`` (its rows read with the masking ``flag``) as a merge of
-    per-unit walks, or ``None`` where the plain keyset page is the right one."""
-    if params.sort[0].name not in resource.unit_sorts:
+    per-unit walks, its values bound, or ``None`` where the plain keyset page is the right
+    one. (The read path runs :func:`merged_statement`, cached per shape, with the values
+    as parameters.)"""
+    units = merges(resource, access, stmt, params.sort)
+    if units is None:
         return None
-    if stmt.get_execution_options().get(TRASH_OPTION):
-        return None  # the trash: the per-unit indexes hold live rows only
-    units = unit_set(access)
-    if units is None or not worth_merging(units):
-        return None
+    shape, values = page_shape(params, resource.sort_columns)
+    return merged_statement(resource, stmt, flag, units, shape).params(values)
+
+
+def merged_statement(
+    resource: Resource,
+    stmt: ScopedSelect,
+    flag: ColumnElement[Any] | None,
+    units: UnitSet,
+    shape: PageShape,
+) -> Select[Any]:
+    """The merge for every page of one :data:`~crm_api.kit.pagination.PageShape`: the
+    cursor's values and the limit are the parameters
+    :func:`~crm_api.kit.pagination.page_shape` gives values to (``page_after_<i>``,
+    ``page_limit``), as for the plain page."""
+    sort = shape[0]
     unit, in_unit = _units_from(resource, units.ids)
-    keys = _keys(resource, params.sort)
+    keys = _keys(resource, sort)
     id_col = resource.id_column
-    per_unit = apply_keyset(
+    per_unit = keyset_statement(
         stmt.with_only_columns(*keys.table, id_col).where(in_unit),
         resource.sort_columns,
         id_col,
-        params,
+        shape,
     ).lateral(_PER_UNIT)
-    size = params.limit + 1
+    size = bindparam("page_limit", type_=Integer())
     page_ids = (
         select(keys.merged_id, *keys.merged.values())
         .select_from(unit.join(per_unit, true()))
@@ -107,11 +154,12 @@ def merged_page(
     )
     # The rows of the merged ids: the WHERE is not repeated (each id comes from ``stmt``
     # itself, narrowed), which halves what SQLAlchemy hashes to find the compiled form.
-    # the resource's derived columns (an order's lines) as the statement selects them:
-    # correlated to the table, so they are computed for the page's rows only
-    derived = list(stmt.selected_columns)[len(resource.columns) :]
-    rows = resource.projection.add_columns(*derived) if derived else resource.projection
-    rows = rows if flag is None else rows.add_columns(flag)
+    rows = resource.projection if flag is None else resource.projection.add_columns(flag)
+    # columns ``stmt`` selects besides the resource's (a search tier's rank: kit/search.py)
+    known = {id(c) for c in resource.columns}
+    extra = [c for c in stmt.selected_columns if id(c) not in known]
+    if extra:
+        rows = rows.add_columns(*extra)
     return rows.join_from(resource.table, page_ids, keys.on).order_by(*keys.order).limit(size)
 
 

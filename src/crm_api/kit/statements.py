@@ -78,6 +78,10 @@ class LRU:
 BASES = LRU(4096)
 #: Page and get-by-id statements, by (the base statement, access, shape).
 SHAPES = LRU(4096)
+#: ``q`` statements (kit/search.py), by (what they select, the base statement, access, the
+#: search's shape): kept apart so that searches with many shapes cannot push the plain
+#: lists' statements out.
+SEARCHES = LRU(4096)
 
 
 def memo(key: Hashable, build: Callable[[], T]) -> T:
@@ -123,13 +127,21 @@ class _Entry:
         self.stmt = stmt
 
 
-def _derived(
-    key: tuple[Any, ...], base: Select[Any], build: Callable[[], Select[Any]]
+def derived(
+    key: tuple[Any, ...],
+    base: Select[Any],
+    build: Callable[[], Select[Any]],
+    cache: LRU | None = None,
 ) -> Select[Any]:
-    entry: _Entry = SHAPES.get_or_build(key, lambda: _Entry(base, build()))
+    """``build()``, a statement derived from ``base``, once per ``key`` and ``base``
+    (``base`` by identity: a cached scoped statement). ``key`` must hold everything else
+    ``build`` reads (the ``Access``, the shape)."""
+    lru = SHAPES if cache is None else cache
+    full = (*key, id(base))
+    entry: _Entry = lru.get_or_build(full, lambda: _Entry(base, build()))
     if entry.base is not base:  # an id reused by a new statement: rebuild
         entry = _Entry(base, build())
-        SHAPES._data[key] = entry
+        lru._data[full] = entry
     return entry.stmt
 
 
@@ -144,8 +156,8 @@ def page(
     :func:`crm_api.kit.resource.fetch_page` selects it) for ``params``' shape, and the
     values of its parameters. A malformed cursor is a 400 (``invalid_cursor``)."""
     shape, values = page_shape(params, resource.sort_columns)
-    stmt = _derived(
-        ("page", id(base), access, shape),
+    stmt = derived(
+        ("page", access, shape),
         base,
         lambda: keyset_statement(flagged(), resource.sort_columns, resource.id_column, shape),
     )
@@ -156,8 +168,8 @@ def by_id(
     resource: Resource, access: Access, base: Select[Any], flagged: Callable[[], Select[Any]]
 ) -> Select[Any]:
     """``flagged()`` narrowed to one record, whose id is the parameter ``record_id``."""
-    return _derived(
-        ("get", id(base), access),
+    return derived(
+        ("get", access),
         base,
         lambda: flagged().where(
             resource.id_column == bindparam("record_id", type_=resource.id_column.type)
@@ -174,4 +186,7 @@ def stats() -> Mapping[str, int]:
         "shapes": len(SHAPES),
         "shape_hits": SHAPES.hits,
         "shape_misses": SHAPES.misses,
+        "searches": len(SEARCHES),
+        "search_hits": SEARCHES.hits,
+        "search_misses": SEARCHES.misses,
     }

@@ -12,7 +12,6 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -179,7 +178,11 @@ class Customer(IdMixin, TimestampMixin, VersionMixin, SoftDeleteMixin, Base):
         #: so the grams are never stored in the table.
         Index(
             "ix_customers_search_grams",
-            func.crm_search_grams(text("search_text")),
+            # with the row's org unit and owner as tokens (migration 0012_sperf)
+            text(
+                "(crm_search_grams(search_text)"
+                " || ARRAY[chr(5) || org_unit_id::text, chr(6) || owner_id::text])"
+            ),
             postgresql_using="gin",
             postgresql_where=LIVE,
         ),
