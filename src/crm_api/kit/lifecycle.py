@@ -391,6 +391,40 @@ def _insert_drawing(
     return audit.insert_with_drawn(stmt, event, source, tuple(drawn))
 
 
+def _create_event(
+    resource: Resource,
+    access: Access,
+    record_id: uuid.UUID,
+    placement: Placement,
+    row: Mapping[str, Any],
+    children: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``create`` audit event of a new record: its columns (and ``children``) as the
+    diff from nothing, sensitive ones masked, plus ``extra``."""
+    return audit.row(
+        access.principal,
+        action="create",
+        resource_type=resource.name,
+        resource_id=record_id,
+        owner_id=placement.owner_id,
+        org_unit_id=placement.org_unit_id,
+        changes={
+            **audit.diff(
+                None,
+                {
+                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
+                    **(children or {}),
+                },
+                resource.sensitive,
+            ),
+            **(extra or {}),
+        },
+        occurred_at=now,
+    )
+
+
 async def insert(
     session: AsyncSession,
     resource: Resource,
@@ -444,26 +478,7 @@ async def insert(
     ):
         # the read_sensitive decision on the row just inserted, in the same statement
         flag = unmasked_clause(resource, access).label(UNMASKED)
-    event = audit.row(
-        access.principal,
-        action="create",
-        resource_type=resource.name,
-        resource_id=record_id,
-        owner_id=placement.owner_id,
-        org_unit_id=placement.org_unit_id,
-        changes={
-            **audit.diff(
-                None,
-                {
-                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
-                    **(children or {}),
-                },
-                resource.sensitive,
-            ),
-            **(extra or {}),
-        },
-        occurred_at=now,
-    )
+    event = _create_event(resource, access, record_id, placement, row, children, extra, now)
     if not from_server and flag is None and claim is not None:
         # the Idempotency-Key's claim in the same statement: the record and its event are
         # selected from the claim's RETURNING, so a live key writes neither
@@ -544,26 +559,7 @@ async def _insert_drawn(
     assert not set(drawn) & set(resource.sensitive), "a drawn column is shown in the audit"
     for name in drawn:
         row.pop(name, None)
-    event = audit.row(
-        access.principal,
-        action="create",
-        resource_type=resource.name,
-        resource_id=row["id"],
-        owner_id=placement.owner_id,
-        org_unit_id=placement.org_unit_id,
-        changes={
-            **audit.diff(
-                None,
-                {
-                    **{c.key: row[c.key] for c in resource.columns if c.key in row},
-                    **(children or {}),
-                },
-                resource.sensitive,
-            ),
-            **(extra or {}),
-        },
-        occurred_at=now,
-    )
+    event = _create_event(resource, access, row["id"], placement, row, children, extra, now)
     stmt = statements.memo(
         (
             "insert-drawn",
