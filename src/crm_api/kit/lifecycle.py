@@ -511,7 +511,8 @@ async def insert(
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
     if drawn or beside is not None:
-        assert claim is None and resolve is None, "claim the key in an earlier statement"
+        assert claim is None, "claim the key in an earlier statement"
+        assert resolve is None, "a drawn insert maps its constraints by overrides"
         return await _insert_drawn(
             session,
             resource,
