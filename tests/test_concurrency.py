@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from conftest import count_rows, problem
@@ -227,6 +228,71 @@ async def test_same_tax_number_exactly_one_created(client, engine):
             assert body["field"] == "tax_number"
             assert body["existing_id"] == created[0].json()["id"], body
     assert await count_rows(engine, "customers") == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "spellings"),
+    [
+        ("email", ["li.wei@example.cn", " LI.Wei@Example.CN", "Li.Wei@example.cn "]),
+        ("phone", ["+86 138 0013 8000", "0086 138-0013-8000", "+86 (138) 0013.8000 x12"]),
+    ],
+)
+async def test_same_natural_key_exactly_one_created(client, engine, field, spellings):
+    """No check before the INSERT: the unique index decides among concurrent creates of
+    one e-mail (phone), spelt three ways, and each loser's 409 names the winner, found
+    after its own INSERT failed."""
+    owner = await _owner(engine)
+    responses = await _gather(
+        *(
+            client.post(
+                "/v1/customers",
+                json={"name": f"key {i}", "owner_id": str(owner["id"]), field: spellings[i % 3]},
+            )
+            for i in range(N)
+        )
+    )
+    created = [r for r in responses if r.status_code == 201]
+    assert len(created) == 1, [r.status_code for r in responses]
+    for r in responses:
+        if r.status_code != 201:
+            body = problem(r, 409, "customer_duplicate")
+            assert body["field"] == field
+            assert body["existing_id"] == created[0].json()["id"], body
+    assert await count_rows(engine, "customers") == 1
+    assert await count_rows(engine, "audit_events") == 1
+
+
+async def test_same_email_with_idempotency_keys_one_created_no_409_stored(client, engine):
+    """Each request its own Idempotency-Key: one 201 (its key stored, replayed), the
+    others 409 — refused after their INSERT (and its folded claim) failed, so no key of
+    theirs is kept: a retry of one is decided afresh, a 201 once the e-mail is free."""
+    owner = await _owner(engine)
+    body = {"name": "Keyed", "owner_id": str(owner["id"]), "email": "keyed@example.cn"}
+    responses = await _gather(
+        *(
+            client.post("/v1/customers", json=body, headers={"Idempotency-Key": f"ck-{i}"})
+            for i in range(N)
+        )
+    )
+    won = [i for i, r in enumerate(responses) if r.status_code == 201]
+    assert len(won) == 1, [r.text for r in responses]
+    winner = responses[won[0]].json()
+    for r in responses:
+        if r.status_code != 201:
+            assert problem(r, 409, "customer_duplicate")["existing_id"] == winner["id"]
+    assert await count_rows(engine, "idempotency_keys") == 1
+    assert await count_rows(engine, "customers") == 1
+    replay = await client.post(
+        "/v1/customers", json=body, headers={"Idempotency-Key": f"ck-{won[0]}"}
+    )
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json() == winner
+    loser = next(i for i in range(N) if i != won[0])
+    headers = {"Idempotency-Key": f"ck-{loser}"}
+    problem(await client.post("/v1/customers", json=body, headers=headers), 409)
+    assert (await client.delete(f"/v1/customers/{winner['id']}")).status_code == 204
+    retried = await client.post("/v1/customers", json=body, headers=headers)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert await count_rows(engine, "idempotency_keys") == 2
 
 
 async def test_write_blocked_past_the_lock_timeout(client, engine, app, settings, database_url):

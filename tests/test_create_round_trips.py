@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
+from conftest import problem
 from factories.identity import make_org_unit, make_user
 
 BANK = "6222021001123443445"
@@ -188,3 +189,98 @@ async def test_a_retry_replays_though_its_checks_would_now_refuse_it(app, engine
             text("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'retry-with-external%'")
         )
     assert keys == 1
+
+
+# --- natural keys: the unique indexes decide -----------------------------------------------
+KEYED = {
+    "email": "Keys@Example.cn",
+    "phone": "+86 21 5555 0199",
+    "tax_number": "91310000MA1KEYS01X",
+    "external_ref": "keys-1",
+}
+
+
+async def _warm_caller(app, engine, client_for, role: str = "sales_rep") -> Any:
+    user = await make_user(engine, org_unit=await make_org_unit(engine), roles=(role,))
+    caller = await client_for(user)
+    await app.state.policy.refresh_if_changed(engine)
+    assert (await caller.get("/v1/customers?limit=1")).status_code == 200  # warm principal
+    return caller
+
+
+async def test_a_create_with_natural_keys_is_one_statement_and_two_with_a_key(
+    app, engine, client_for
+):
+    """The e-mail, phone, tax number and external_ref are unique, and their indexes say
+    so: no advisory lock, no look-up before the INSERT (3 statements, 4 with an
+    Idempotency-Key, until the indexes decided)."""
+    caller = await _warm_caller(app, engine, client_for)
+    with counted(app) as statements:
+        plain = await caller.post("/v1/customers", json={"name": "Keys Ltd.", **KEYED})
+    assert plain.status_code == 201, plain.text
+    assert len(statements) == 1, statements
+    assert "INSERT INTO customers" in statements[0], statements
+    assert "INSERT INTO audit_events" in statements[0], statements
+    keyed = {k: v.replace("1", "2").replace("Keys", "Keyed") for k, v in KEYED.items()}
+    with counted(app) as statements:
+        claimed = await caller.post(
+            "/v1/customers",
+            json={"name": "Keyed Ltd.", **keyed},
+            headers={"Idempotency-Key": "keys-create-1"},
+        )
+    assert claimed.status_code == 201, claimed.text
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("WITH idempotency_claim AS"), statements
+    assert statements[1].startswith("UPDATE idempotency_keys"), statements
+    assert not any("pg_advisory" in s for s in statements)
+
+
+@pytest.mark.parametrize(
+    ("field", "respelt"),
+    [
+        ("email", " keys@EXAMPLE.cn"),
+        ("phone", "0086 (21) 5555-0199"),
+        ("tax_number", KEYED["tax_number"]),
+        ("external_ref", KEYED["external_ref"]),
+    ],
+)
+async def test_a_duplicate_is_found_after_the_insert_fails(
+    app, engine, client, client_for, field, respelt
+):
+    """A taken key: the INSERT fails on the field's unique index (its transaction rolled
+    back: nothing written), then one look-up finds the holder and one more decides whether
+    the caller may see it — the same 409 as before, paid only by the duplicate."""
+    holder = (await client.post("/v1/customers", json={"name": "Holder", **KEYED})).json()
+    caller = await _warm_caller(app, engine, client_for, "admin")
+    with counted(app) as statements:
+        refused = await caller.post("/v1/customers", json={"name": "Second", field: respelt})
+    body = problem(refused, 409, "customer_duplicate")
+    assert body["field"] == field and body["existing_id"] == holder["id"]
+    assert "INSERT INTO customers" in statements[0], statements
+    assert len(statements) == 3, statements
+    assert not any("pg_advisory" in s for s in statements)
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM customers")) == 1
+        assert await conn.scalar(text("SELECT count(*) FROM audit_events")) == 1
+
+
+async def test_a_patch_of_a_key_is_the_lock_and_the_update(app, engine, client_for):
+    caller = await _warm_caller(app, engine, client_for)
+    made = (await caller.post("/v1/customers", json={"name": "Moving"})).json()
+    url = f"/v1/customers/{made['id']}"
+    with counted(app) as statements:
+        patched = await caller.patch(
+            url, json={"email": "moved@example.cn", "phone": "+86 21 5555 0188"}
+        )
+    assert patched.status_code == 200, patched.text
+    # the row lock (with the If-Match check), the UPDATE, its audit event
+    assert len(statements) == 3, statements
+    assert not any("pg_advisory" in s for s in statements)
+    other = (await caller.post("/v1/customers", json={"name": "Other"})).json()
+    with counted(app) as statements:
+        refused = await caller.patch(
+            f"/v1/customers/{other['id']}", json={"email": "MOVED@example.cn"}
+        )
+    body = problem(refused, 409, "customer_duplicate")
+    assert body["field"] == "email" and body["existing_id"] == made["id"]
+    assert (await caller.get(f"/v1/customers/{other['id']}")).json()["version"] == 1

@@ -352,3 +352,53 @@ async def test_the_ref_in_the_path_is_trimmed_like_the_ref_in_a_body(client, eng
     for blank in ("%20", "%20%20", "%09"):
         problem(await client.put(f"{URL}/{blank}", json={"name": "Blank"}), 422)
     assert await count_rows(engine, "customers") == 1
+
+
+async def test_twenty_concurrent_upserts_with_one_tax_number_make_one_customer(
+    app, admin_user, engine
+):
+    """The insert yields to any of the customers' unique indexes (``ON CONFLICT DO
+    NOTHING``): the losers find the winner by the key sent and update it, where a check of
+    the tax number before the insert answered them 409 once the winner had committed."""
+    await app.state.policy.load(engine)
+    rights = _rights(app, admin_user)
+    block = {"name": "Taxed", "email": "taxed@example.cn", "tax_number": "91310000MA1TAXED1"}
+    results = await asyncio.gather(
+        *(_upsert_in_own_transaction(app, rights, block) for _ in range(20))
+    )
+    assert sum(r.created for r in results) == 1
+    assert len({r.id for r in results}) == 1
+    assert await count_rows(engine, "customers") == 1
+    assert await count_rows(engine, "audit_events", "action = 'create'") == 1
+
+
+async def test_a_taken_tax_number_or_key_is_a_409_naming_its_holder(
+    app, client, admin_user, engine
+):
+    """No look-up before the writes: a new buyer whose tax number another customer has is
+    refused after the insert yielded to the index; an update that takes another
+    customer's e-mail after the UPDATE failed on it (the caller's transaction rolled
+    back; the holder found afterwards). Nothing of either is written."""
+    await app.state.policy.load(engine)
+    rights = _rights(app, admin_user)
+    holder = await client.post(
+        "/v1/customers",
+        json={"name": "Holder", "email": "held@example.cn", "tax_number": "91310000MA1HELD01"},
+    )
+    assert holder.status_code == 201, holder.text
+    with pytest.raises(Conflict) as refused:
+        await _upsert_in_own_transaction(
+            app,
+            rights,
+            {"name": "New", "email": "new@example.cn", "tax_number": "91310000MA1HELD01"},
+        )
+    assert refused.value.extra == {"field": "tax_number", "existing_id": holder.json()["id"]}
+    other = await _upsert_in_own_transaction(app, rights, {"name": "B", "external_ref": "rb"})
+    with pytest.raises(Conflict) as refused:
+        await _upsert_in_own_transaction(
+            app, rights, {"name": "B2", "external_ref": "rb", "email": " HELD@example.cn"}
+        )
+    assert refused.value.extra == {"field": "email", "existing_id": holder.json()["id"]}
+    assert await count_rows(engine, "customers") == 2
+    got = (await client.get(f"/v1/customers/{other.id}")).json()
+    assert got["name"] == "B" and got["email"] is None and got["version"] == 1

@@ -18,7 +18,6 @@ from crm_api.kit.filtering import (
     one_of,
     time_range,
 )
-from crm_api.kit.lifecycle import ConflictTarget
 from crm_api.kit.resource import Executor, ScopedSelect
 from crm_api.kit.transfer import Moved, Owned, audit_moves, reassign
 from crm_api.models.contact import Contact
@@ -75,74 +74,34 @@ async def list_page(executor: Executor, access: Access, query: CustomerListQuery
     )
 
 
-async def find_duplicate(
-    session: AsyncSession,
-    *,
-    external_ref: str | None,
-    tax_number: str | None,
-    email: str | None = None,
-    phone: str | None = None,
-    exclude_id: uuid.UUID | None = None,
-) -> tuple[str, uuid.UUID] | None:
-    """The first existing customer sharing ``external_ref`` (any), ``tax_number`` (live
-    ones) or the natural key of ``email`` / ``phone`` (the live customer holding it), as
-    ``(field, id)``.
+#: The unique indexes that keep a customer's keys unique, and the field each keeps: a write
+#: that violates one is a 409 ``customer_duplicate`` naming the field (the service's).
+UNIQUE_FIELDS = {
+    "uq_customers_external_ref": "external_ref",
+    "uq_customers_tax_number_live": "tax_number",
+    "uq_customers_email_key_live": "email",
+    "uq_customers_phone_key_live": "phone",
+}
 
-    First takes a transaction-scoped advisory lock per value (per normalised key for the
-    e-mail and phone), so concurrent writers of one value queue here: the second looks
-    only after the first has committed, and sees its row (READ COMMITTED: a new snapshot
-    per statement). Without it both find nothing and the loser hits the unique index,
-    whose 409 cannot name the existing customer."""
-    t = Customer.__table__.c
-    keys: list[tuple[str, ColumnElement[Any], ColumnElement[bool]]] = []
-    if external_ref is not None:
-        keys.append(
-            ("external_ref", literal(external_ref, Text()), Customer.external_ref == external_ref)
-        )
-    if tax_number is not None:
-        keys.append(
-            (
-                "tax_number",
-                literal(tax_number, Text()),
-                and_(Customer.tax_number == tax_number, Customer.deleted_at.is_(None)),
-            )
-        )
-    if email is not None:
-        keys.append(
-            ("email", _email_key(email), and_(t.email_key == _email_key(email), KEYED_BY_EMAIL))
-        )
-    if phone is not None:
-        keys.append(
-            ("phone", _phone_key(phone), and_(t.phone_key == _phone_key(phone), KEYED_BY_PHONE))
-        )
-    if not keys:
-        return None
-    # one statement; always in this order, so two writers cannot deadlock (a key that
-    # normalises to nothing locks a value no key has)
-    await session.execute(
-        select(
-            *(
-                func.pg_advisory_xact_lock(
-                    func.hashtextextended(
-                        literal(f"customers.{name}:") + func.coalesce(value, ""), 0
-                    )
-                )
-                for name, value, _ in keys
-            )
-        )
-    )
-    # then every lookup in one statement (a snapshot taken after the locks were granted)
-    lookups = []
-    for field, _, clause in keys:
-        stmt = select(Customer.id).where(clause)
-        if exclude_id is not None:
-            stmt = stmt.where(Customer.id != exclude_id)
-        lookups.append(stmt.limit(1).scalar_subquery().label(field))
-    found = (await session.execute(select(*lookups))).one()
-    for (field, _, _), existing in zip(keys, found, strict=True):
-        if existing is not None:
-            return field, existing
-    return None
+
+async def find_holder(
+    session: AsyncSession, field: str, value: str, *, exclude_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
+    """The customer holding ``value`` in the unique index of ``field`` (one of
+    :data:`UNIQUE_FIELDS`' fields): any customer with the ``external_ref``, the live one
+    with the tax number, the live one keyed by the e-mail or phone (compared as keys).
+    Not scoped, like :func:`find_by_key`: the keys are unique across every scope.
+
+    No lock and no check before a write: the write itself fails on the index, and this
+    look-up after it (a new snapshot, READ COMMITTED) sees the holder that won."""
+    if field == "tax_number":
+        clause = and_(Customer.tax_number == value, Customer.deleted_at.is_(None))
+    else:
+        clause = _key_clause(NaturalKey(field, value))
+    stmt = select(Customer.id).where(clause)
+    if exclude_id is not None:
+        stmt = stmt.where(Customer.id != exclude_id)
+    return (await session.execute(stmt.limit(1))).scalar_one_or_none()
 
 
 async def is_visible(
@@ -233,19 +192,10 @@ def _key_clause(key: NaturalKey) -> ColumnElement[bool]:
     return and_(t.phone_key == _phone_key(key.value), KEYED_BY_PHONE)
 
 
-def conflict_target(key: NaturalKey) -> ConflictTarget:
-    """The unique index a new customer keyed by ``key`` yields to (``ON CONFLICT``)."""
-    if key.field == "external_ref":
-        return ConflictTarget(("external_ref",))
-    if key.field == "email":
-        return ConflictTarget(("email_key",), KEYED_BY_EMAIL)
-    return ConflictTarget(("phone_key",), KEYED_BY_PHONE)
-
-
 async def find_by_key(session: AsyncSession, key: NaturalKey) -> tuple[uuid.UUID, bool] | None:
     """``(id, deleted)`` of the customer holding ``key``, whoever may see it (the caller
     decides what to say about one outside the scope); ``None``: none does. Not scoped on
-    purpose, like :func:`find_duplicate`: the keys are unique across every scope."""
+    purpose: the keys are unique across every scope."""
     stmt = select(Customer.id, Customer.deleted_at.is_not(None)).where(_key_clause(key)).limit(1)
     row = (await session.execute(stmt)).first()
     return None if row is None else (row[0], bool(row[1]))

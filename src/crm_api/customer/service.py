@@ -8,6 +8,7 @@ Raises: ``NotFound`` (``customer_not_found``, also for records outside the calle
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,13 @@ from crm_api.customer.schemas import (
     CustomerUpsertFields,
 )
 from crm_api.db.reader import Reader
-from crm_api.errors import Conflict, Forbidden, PreconditionFailed, UnprocessableEntity
+from crm_api.errors import (
+    Conflict,
+    Forbidden,
+    PreconditionFailed,
+    ProblemError,
+    UnprocessableEntity,
+)
 from crm_api.kit import lifecycle
 from crm_api.kit import resource as kit
 from crm_api.kit.concurrency import check_if_match
@@ -50,41 +57,47 @@ async def get_customer(conn: Reader, access: Access, customer_id: uuid.UUID) -> 
     return await kit.read_or_404(conn, R, access, customer_id)
 
 
-async def _duplicate_check(
-    session: AsyncSession,
-    access: Access,
-    external_ref: str | None,
-    tax_number: str | None,
-    exclude_id: uuid.UUID | None = None,
-    *,
-    email: str | None = None,
-    phone: str | None = None,
-) -> None:
-    """409 ``customer_duplicate`` naming ``field`` (and the existing customer, to a caller
-    who may see it) when another customer has the ``external_ref``, or a live one the tax
-    number, the e-mail or the phone (compared as natural keys: ``A@x.cn `` is ``a@x.cn``,
-    ``+86 21-5555 0000`` is ``862155550000``)."""
-    found = await repo.find_duplicate(
-        session,
-        external_ref=external_ref,
-        tax_number=tax_number,
-        email=email,
-        phone=phone,
-        exclude_id=exclude_id,
-    )
-    if found is None:
-        return
-    field, existing_id = found
+async def _duplicate(
+    session: AsyncSession, access: Access, field: str, holder: uuid.UUID | None
+) -> Conflict:
+    """409 ``customer_duplicate`` naming ``field``, and ``holder`` (the customer that has
+    it) to a caller who may see it."""
     # Name the existing record only to a caller allowed to see it (no existence leak) and,
     # for a sensitive field, to see it unmasked there: naming the holder of a tax number
     # shown masked would confirm a guessed value of that record.
-    visible = await repo.is_visible(session, access, existing_id, unmasked=field in R.sensitive)
-    raise Conflict(
+    visible = holder is not None and await repo.is_visible(
+        session, access, holder, unmasked=field in R.sensitive
+    )
+    return Conflict(
         f"A customer with this {field} already exists.",
         code="customer_duplicate",
         field=field,
-        existing_id=str(existing_id) if visible else None,
+        existing_id=str(holder) if visible else None,
     )
+
+
+def _duplicates(access: Access) -> lifecycle.Resolve:
+    """What a customer write that violates a unique index means: another customer has the
+    ``external_ref``, or a live one the tax number, the e-mail or the phone (compared as
+    natural keys: ``A@x.cn `` is ``a@x.cn``, ``+86 21-5555 0000`` is ``862155550000``).
+
+    The index decides, so a write pays nothing for the check (a look-up before it would
+    need a lock per key to be right under concurrency: two statements per write). Only
+    the write that fails looks up the holder, after its transaction was rolled back, to
+    build the 409 (:func:`_duplicate`)."""
+
+    async def resolve(
+        session: AsyncSession, constraint: str, record: Mapping[str, Any]
+    ) -> ProblemError | None:
+        field = repo.UNIQUE_FIELDS.get(constraint)
+        if field is None or record.get(field) is None:
+            return None
+        holder = await repo.find_holder(
+            session, field, str(record[field]), exclude_id=record.get("id")
+        )
+        return await _duplicate(session, access, field, holder)
+
+    return resolve
 
 
 async def create_customer(
@@ -95,15 +108,15 @@ async def create_customer(
     claim: Claim | None = None,
 ) -> dict[str, Any]:
     """A new customer; ``claim``: the request's ``Idempotency-Key``, claimed in the
-    record's own INSERT (the checks before it only read)."""
+    record's own INSERT (the checks before it only read). A taken key is the unique
+    index's verdict on that INSERT (:func:`_duplicates`)."""
     values, placement = await lifecycle.prepare_create(
         session, R, access, assign, data.model_dump(), users
     )
     assert placement is not None
-    await _duplicate_check(
-        session, access, data.external_ref, data.tax_number, email=data.email, phone=data.phone
+    return await lifecycle.insert(
+        session, R, access, values, placement, claim=claim, resolve=_duplicates(access)
     )
-    return await lifecycle.insert(session, R, access, values, placement, claim=claim)
 
 
 async def update_customer(
@@ -129,26 +142,19 @@ async def update_customer(
         not_nullable=NOT_NULLABLE,
         users=users,
     )
-    await _check_changes(session, access, locked, changes)
-    return await lifecycle.save_changes(session, R, access, locked, before, changes)
+    _hold_keys(locked, changes)
+    return await lifecycle.save_changes(
+        session, R, access, locked, before, changes, resolve=_duplicates(access)
+    )
 
 
-async def _check_changes(
-    session: AsyncSession, access: Access, locked: Locked, changes: dict[str, Any]
-) -> None:
-    """The duplicate check of an update (PATCH or upsert) over the unique fields it
-    changes. A new e-mail or phone is held from now on (``changes`` gains the flag): a
-    duplicate that migration 0012 left without its key takes the new one like any other
-    customer."""
-    ext, tax = changes.get("external_ref"), changes.get("tax_number")
-    email, phone = changes.get("email"), changes.get("phone")
-    if ext or tax or email or phone:
-        await _duplicate_check(
-            session, access, ext, tax, exclude_id=locked.row.id, email=email, phone=phone
-        )
-    if email and not locked.row.email_held:
+def _hold_keys(locked: Locked, changes: dict[str, Any]) -> None:
+    """A new e-mail or phone of an update (PATCH or upsert) is held from now on
+    (``changes`` gains the flag): a duplicate that migration 0012 left without its key
+    takes the new one like any other customer, and the index then checks it."""
+    if changes.get("email") and not locked.row.email_held:
         changes["email_held"] = True
-    if phone and not locked.row.phone_held:
+    if changes.get("phone") and not locked.row.phone_held:
         changes["phone_held"] = True
 
 
@@ -169,24 +175,8 @@ async def restore_customer(
     session: AsyncSession, access: Access, customer_id: uuid.UUID
 ) -> dict[str, Any]:
     """A customer whose tax number, e-mail or phone a live customer took meanwhile stays
-    deleted (409)."""
-
-    async def no_duplicate(locked: Locked) -> None:
-        row = locked.row
-        email = row.email if row.email_held else None
-        phone = row.phone if row.phone_held else None
-        if row.tax_number or email or phone:
-            await _duplicate_check(
-                session,
-                access,
-                None,
-                row.tax_number,
-                exclude_id=customer_id,
-                email=email,
-                phone=phone,
-            )
-
-    return await lifecycle.restore(session, R, access, customer_id, prepare=no_duplicate)
+    deleted (409, :func:`_duplicates`)."""
+    return await lifecycle.restore(session, R, access, customer_id, resolve=_duplicates(access))
 
 
 async def purge_customer(session: AsyncSession, access: Access, customer_id: uuid.UUID) -> None:
@@ -349,9 +339,10 @@ async def upsert_customer_by_natural_key(
     e-mail or phone takes the ``external_ref`` sent unless it has another (409
     ``customer_duplicate``).
 
-    A new key is written by ``INSERT … ON CONFLICT DO NOTHING`` on the key's unique index:
-    concurrent upserts of one new buyer (orders posted twice, retries) wait for the first
-    and then update the customer it made, so exactly one exists. An existing customer is
+    A new key is written by ``INSERT … ON CONFLICT DO NOTHING`` on the customers' unique
+    indexes: concurrent upserts of one new buyer (orders posted twice, retries) wait for
+    the first and then update the customer it made, so exactly one exists; an insert that
+    yields to another customer's tax number is a 409 then. An existing customer is
     locked and updated with the fields sent (masked write-back and placement rules as a
     PATCH; nothing changed: no write, no event, same version). Audited like any create or
     update.
@@ -366,8 +357,10 @@ async def upsert_customer_by_natural_key(
     if external_ref is not None:
         sent["external_ref"] = external_ref
     keys = natural_keys(sent)
-    # Normally one pass. Another when the customer that won the insert was deleted (or
-    # lost its key) between our insert and our read: the key is free again.
+    # Normally one pass. Another when our insert yielded to a unique index: a concurrent
+    # upsert of the same buyer won (found now), or the tax number is taken (a 409), or the
+    # winner was deleted (or lost its key) before our read: the key is free again.
+    yielded = False
     for _ in range(3):
         key, found = keys[0], None
         for key in keys:  # the first key sent that a customer holds finds it
@@ -381,9 +374,15 @@ async def upsert_customer_by_natural_key(
                     f"No customer holds this {key.field}: there is no version to match.",
                     code="version_mismatch",
                 )
+            if yielded and access.create is not None and sent.get("tax_number"):
+                # no customer holds a key sent, yet the insert yielded: to the tax number?
+                holder = await repo.find_holder(session, "tax_number", sent["tax_number"])
+                if holder is not None:
+                    raise await _duplicate(session, access.create, "tax_number", holder)
             row = await _create_keyed(session, access, sent, key)
             if row is not None:
                 return Upserted(row["id"], True, row)
+            yielded = True
             continue
         customer_id, deleted = found
         row = await _update_keyed(
@@ -417,7 +416,10 @@ def _denied(action: Action) -> Forbidden:
 async def _create_keyed(
     session: AsyncSession, access: UpsertAccess, sent: dict[str, Any], key: repo.NaturalKey
 ) -> dict[str, Any] | None:
-    """The new customer, or ``None`` when a concurrent transaction took the key first."""
+    """The new customer, or ``None`` when the insert yielded to a unique index (any of
+    the customer's: a key sent, held meanwhile by a concurrent upsert of the same buyer,
+    or the tax number): the caller looks again. ``INSERT … ON CONFLICT DO NOTHING``, so
+    the caller's transaction goes on (an order's claimed ``Idempotency-Key`` with it)."""
     if access.create is None:
         raise _denied(Action.create)
     values = {**_CREATE_DEFAULTS, **sent, "key_kind": key.field}
@@ -425,19 +427,7 @@ async def _create_keyed(
         session, R, access.create, access.assign, values, users
     )
     assert placement is not None
-    if values.get("tax_number"):
-        await _duplicate_check(session, access.create, None, values["tax_number"])
-    # Another key the block carries (its phone, when found by neither ref nor e-mail) may
-    # be held meanwhile, by a concurrent upsert of the same buyer: look again, and that
-    # customer is the one (the key is the insert's own conflict target).
-    others = {f: values.get(f) for f in ("email", "phone") if f != key.field}
-    if any(others.values()) and await repo.find_duplicate(
-        session, external_ref=None, tax_number=None, **others
-    ):
-        return None
-    return await lifecycle.insert_unless_exists(
-        session, R, access.create, values, placement, repo.conflict_target(key)
-    )
+    return await lifecycle.insert_unless_exists(session, R, access.create, values, placement)
 
 
 async def _update_keyed(
@@ -486,5 +476,13 @@ async def _update_keyed(
         not_nullable=UPSERT_NOT_NULLABLE,
         users=users,
     )
-    await _check_changes(session, access.update, locked, changes)
-    return await lifecycle.save_changes(session, R, access.update, locked, before, changes)
+    _hold_keys(locked, changes)
+    return await lifecycle.save_changes(
+        session,
+        R,
+        access.update,
+        locked,
+        before,
+        changes,
+        resolve=_duplicates(access.update),
+    )

@@ -9,7 +9,9 @@ create, update, delete, restore and purge does, in one place, each auditing itse
 - null checks and "nothing really changed → no write, no event": :func:`prepare_update`,
   :func:`save_changes`;
 - soft delete, restore, purge: :func:`soft_delete`, :func:`restore`, :func:`purge`;
-- constraint name → the documented 409/422: :func:`flush`.
+- constraint name → the documented 409/422: :func:`flush`; or, where the error must name
+  what holds a unique key, the transaction rolled back and the error built by a look-up
+  after it (:data:`Resolve`): the unique index decides, and only a duplicate pays.
 
 Services call these and add their own rules in between (duplicates, a primary contact);
 they never commit (the request owns the transaction).
@@ -66,6 +68,15 @@ class Users(Protocol):
 
 Overrides = Mapping[str, Callable[[], ProblemError]]
 
+#: The error a violated constraint means, given a session to read in, the constraint's
+#: name and the record as the failed statement was writing it (every column it set, ``id``
+#: included); ``None``: nothing to say beyond the declared error. Called after the
+#: request's transaction was rolled back, with a session of its own (the request's may be
+#: inside ``session.begin()``, which takes no statement after a rollback): it may read the
+#: holder of a unique key, committed by now, and whether the caller may see it. The
+#: caller then raises, and the request writes nothing.
+Resolve = Callable[[AsyncSession, str, Mapping[str, Any]], Awaitable[ProblemError | None]]
+
 
 def record_event(
     session: AsyncSession,
@@ -112,13 +123,21 @@ def _audit(
 
 # --- flush -----------------------------------------------------------------------------------
 async def flush(
-    session: AsyncSession, resource: Resource, overrides: Overrides | None = None
+    session: AsyncSession,
+    resource: Resource,
+    overrides: Overrides | None = None,
+    *,
+    resolve: Resolve | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> None:
     """Flush, turning a violation of a declared constraint (``resource.constraints``, then
-    ``overrides`` for this call) into the error it means; anything else propagates."""
+    ``overrides`` for this call) into the error it means; anything else propagates. With
+    ``resolve``, a violation first rolls the transaction back and asks it for the error
+    (:data:`Resolve`, given ``record``)."""
     try:
         await session.flush()
     except IntegrityError as exc:
+        await _resolve(session, exc, resolve, record)
         _raise_declared(exc, resource, overrides)
         raise
 
@@ -129,14 +148,49 @@ async def execute(
     stmt: Executable,
     overrides: Overrides | None = None,
     values: Mapping[str, Any] | None = None,
+    *,
+    resolve: Resolve | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> Result[Any]:
     """:func:`flush` for a Core statement (with ``values`` for its named parameters): run
     it, mapping a declared constraint's violation to the error it means."""
     try:
         return await session.execute(stmt, values)
     except IntegrityError as exc:
+        await _resolve(session, exc, resolve, record)
         _raise_declared(exc, resource, overrides)
         raise
+
+
+def violated(exc: IntegrityError) -> str | None:
+    """The name of the constraint (or unique index) ``exc`` reports violated, as asyncpg
+    gives it; ``None`` when the driver named none."""
+    name = getattr(exc.orig, "constraint_name", None) or getattr(
+        getattr(exc.orig, "__cause__", None), "constraint_name", None
+    )
+    return name if isinstance(name, str) else None
+
+
+async def _resolve(
+    session: AsyncSession,
+    exc: IntegrityError,
+    resolve: Resolve | None,
+    record: Mapping[str, Any] | None,
+) -> None:
+    """Raise what ``resolve`` says ``exc`` means, after rolling back the transaction the
+    violation aborted (PostgreSQL refuses every statement in it until then). Rolling back
+    drops whatever the request wrote before (an ``Idempotency-Key`` claimed in an earlier
+    statement too): fine, because the caller raises, and a refused request writes nothing.
+    A caller whose transaction must go on after a taken key uses ``INSERT … ON CONFLICT``
+    instead (:func:`insert_unless_exists`)."""
+    name = violated(exc)
+    if resolve is None or name is None:
+        return
+    await session.rollback()
+    async with AsyncSession(session.bind) as reader:
+        error = await resolve(reader, name, record or {})
+    if error is not None:
+        raise error from exc
 
 
 def _raise_declared(exc: IntegrityError, resource: Resource, overrides: Overrides | None) -> None:
@@ -439,6 +493,7 @@ async def insert(
     drawn: Drawn | None = None,
     beside: Beside | None = None,
     claim: Claim | None = None,
+    resolve: Resolve | None = None,
 ) -> dict[str, Any]:
     """Insert a record of ``values`` (``record_id``: an id chosen beforehand, as a user's
     reporting line needs), audited as ``create`` under ``placement`` with the ``extra``
@@ -450,11 +505,14 @@ async def insert(
     others; only for a record of no server-filled column and no per-row masking.
     ``claim``: the request's ``Idempotency-Key`` (:func:`crm_api.kit.idempotency.
     idempotent_folded`), claimed in the record's own statement where it can be (else
-    by a statement of its own, first)."""
+    by a statement of its own, first). ``resolve``: the error a violated unique key
+    means, looked up after the failed INSERT (:data:`Resolve`) — the index decides, no
+    check before it."""
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now, record_id)
     if drawn or beside is not None:
         assert claim is None, "claim the key in an earlier statement"
+        assert resolve is None, "a drawn insert maps its constraints by overrides"
         return await _insert_drawn(
             session,
             resource,
@@ -491,7 +549,9 @@ async def insert(
             **audit.bound(event),
             **claim.values(),
         }
-        returned = await execute(session, resource, stmt, overrides, values)
+        returned = await execute(
+            session, resource, stmt, overrides, values, resolve=resolve, record=row
+        )
         claim.settle(returned.first() is not None)
     elif not from_server and flag is None:
         # the common case, one statement built once per (resource, columns): the record
@@ -501,7 +561,9 @@ async def insert(
             lambda: audit.insert_with(_insert_of(resource, row), event, bind=True),
         )
         values = {**{f"r_{k}": v for k, v in row.items()}, **audit.bound(event)}
-        returned = await execute(session, resource, stmt, overrides, values)
+        returned = await execute(
+            session, resource, stmt, overrides, values, resolve=resolve, record=row
+        )
     else:
         if claim is not None:
             await claim.run()
@@ -509,7 +571,7 @@ async def insert(
         stmt = stmt.returning(*from_server, *([flag] if flag is not None else []))
         if not from_server:
             stmt = audit.insert_with(stmt, event)
-        returned = await execute(session, resource, stmt, overrides)
+        returned = await execute(session, resource, stmt, overrides, resolve=resolve, record=row)
     after = {c.key: row.get(c.key) for c in resource.columns}
     if from_server or flag is not None:
         got = returned.mappings().one()
@@ -617,21 +679,25 @@ async def insert_unless_exists(
     access: Access,
     values: Mapping[str, Any],
     placement: Placement,
-    target: ConflictTarget,
+    target: ConflictTarget | None = None,
     overrides: Overrides | None = None,
 ) -> dict[str, Any] | None:
-    """:func:`insert`, unless a row with the same key in ``target``'s unique index exists
-    or is being inserted by a concurrent transaction (whose end PostgreSQL waits for):
-    then nothing is written, no event, and ``None`` comes back — the caller reads the row
-    that won. One statement, so concurrent callers of one key make exactly one record
-    (where a check-then-insert lets both pass the check). A violation of any other
-    constraint raises as :func:`insert`'s does."""
+    """:func:`insert`, unless a row with the same key in ``target``'s unique index (with
+    no ``target``: in any unique index of the table) exists or is being inserted by a
+    concurrent transaction (whose end PostgreSQL waits for): then nothing is written, no
+    event, and ``None`` comes back — the caller reads the row that won. One statement, so
+    concurrent callers of one key make exactly one record (where a check-then-insert lets
+    both pass the check), and the transaction goes on either way. A violation of any
+    other constraint raises as :func:`insert`'s does."""
     now = datetime.now(UTC)
     row, from_server = _new_row(resource, access, values, now)
     stmt = (
         pg_insert(resource.table)
         .values(**row)
-        .on_conflict_do_nothing(index_elements=list(target.columns), index_where=target.where)
+        .on_conflict_do_nothing(
+            index_elements=list(target.columns) if target is not None else None,
+            index_where=target.where if target is not None else None,
+        )
         .returning(resource.id_column, *from_server)
     )
     after = {c.key: row.get(c.key) for c in resource.columns}
@@ -722,13 +788,16 @@ async def save_changes(
     extra: Mapping[str, Any] | None = None,
     now: datetime | None = None,
     children: Mapping[str, tuple[Any, Any]] | None = None,
+    resolve: Resolve | None = None,
 ) -> dict[str, Any]:
     """Write ``changes`` (from :func:`prepare_update`; columns outside the public schema
     too), audited as ``action`` (``update``, or a state machine's transition: ``confirm``)
     with the ``extra`` changes that are not columns (roles replaced: the record's version
     moves all the same); nothing to change: no write, no event, same version.
     ``children``: ``{name: (before, after)}`` of what the caller rewrote beside the record
-    (an order's lines), diffed in the same event. The record as the caller may see it."""
+    (an order's lines), diffed in the same event. ``resolve``: the error a violated
+    unique key means (:data:`Resolve`, given the record as it was to be). The record as
+    the caller may see it."""
     if not changes and not extra:
         return await present(session, resource, access, before, locked.placement)
     row = locked.row
@@ -736,7 +805,7 @@ async def save_changes(
         setattr(row, key, value)
     if "updated_at" in resource.table.c:
         row.updated_at = now or datetime.now(UTC)
-    await flush(session, resource, overrides)
+    await flush(session, resource, overrides, resolve=resolve, record={**before, **changes})
     after = to_dict(resource, row)
     placement = locked.placement
     old = {**before, **{k: v[0] for k, v in (children or {}).items()}}
@@ -786,9 +855,11 @@ async def restore(
     *,
     prepare: Callable[[Locked], Awaitable[None]] | None = None,
     overrides: Overrides | None = None,
+    resolve: Resolve | None = None,
 ) -> dict[str, Any]:
     """Bring a record back from the trash, audited as ``restore``; ``prepare`` applies the
-    resource's own rules first (a duplicate check, a primary flag)."""
+    resource's own rules first (a primary flag); ``resolve``: the error a unique key that
+    a live record took meanwhile means (:data:`Resolve`)."""
     locked = await lock_or_404(
         session,
         resource,
@@ -802,7 +873,7 @@ async def restore(
         await prepare(locked)
     locked.row.deleted_at = None
     locked.row.updated_at = datetime.now(UTC)
-    await flush(session, resource, overrides)
+    await flush(session, resource, overrides, resolve=resolve, record=before)
     after = to_dict(resource, locked.row)
     placement = locked.placement
     _audit(session, access, resource, "restore", locked.id, placement, before, after)
