@@ -497,7 +497,9 @@ async def test_a_slow_statement_on_a_live_server_runs_past_the_liveness_deadline
 ):
     """The watchdog probes the server when a connection is busy past the deadline; a
     server that answers keeps its slow statements (read path and write path)."""
-    db = create_database(settings, database_url)
+    # the probe's connect timeout generous, so that a busy machine's slow fork cannot
+    # pass for a hung server; the liveness deadline as by default
+    db = create_database(settings.model_copy(update={"db_connect_timeout_s": 20.0}), database_url)
     sleep_s = settings.db_liveness_timeout_s * 1.75
     try:
         read = await db.reads.reader.execute(text(f"SELECT pg_sleep({sleep_s}), 1 AS one"))

@@ -126,8 +126,9 @@ async def test_started_while_the_database_hangs(settings, database_url, engine):
         async with _started(settings, proxy.url) as app:
             elapsed = time.monotonic() - started
             assert app.state.warm_up.ready is False
-            # one attempt, bounded by the connect timeout (2 s); 3x for a busy machine
-            assert elapsed < 3 * settings.db_connect_timeout_s, elapsed
+            # one attempt, bounded by the connect timeout (2 s), not asyncpg's 60 s default
+            # (the freeze lasts until thaw: starting at all means the deadline fired)
+            assert elapsed < 15, elapsed
             await _assert_unavailable(app, admin)
             proxy.thaw()
             await _assert_serving(app, admin)

@@ -17,7 +17,8 @@ the busy connections are terminated, so each request on them fails at once with 
 connection error, which the problem handler answers 503 ``database_unavailable`` with
 ``Retry-After``; a write whose COMMIT was cut this way is never reported as a success.
 
-One probe per check, however many connections are busy; no probe while none has been
+One probe per check, however many connections are busy, and at most one per
+``after_s / 2`` while the server keeps answering; no probe while no connection has been
 busy that long (the steady state costs a ``monotonic()`` and two dict operations per
 checkout or statement).
 """
@@ -73,6 +74,9 @@ class Watchdog:
         self._busy: dict[int, tuple[float, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        #: When a probe last got an answer (monotonic): a live server is asked again only
+        #: after ``after_s / 2``, so a long statement costs a probe a second, not a tick.
+        self._answered_at = float("-inf")
         #: Probes run, and connections terminated because the server did not answer.
         self.probes = 0
         self.terminated = 0
@@ -106,7 +110,10 @@ class Watchdog:
                 self._busy.pop(key, None)
             elif now - since >= self.after_s:
                 stale.append((key, since, conn))
-        if not stale or await self.server_answers():
+        if not stale or now - self._answered_at < self.after_s / 2:
+            return 0
+        if await self.server_answers():
+            self._answered_at = time.monotonic()
             return 0
         dropped = 0
         for key, since, conn in stale:
