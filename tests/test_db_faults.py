@@ -412,3 +412,144 @@ async def test_write_pool_exhaustion_is_503(client, engine, app, settings, datab
     finally:
         await db.dispose()
         app.state.db = real
+
+
+# --- a hung server with the default deadlines: a quick 503, slow statements unharmed ------
+
+
+def _deadline(settings) -> float:
+    """The longest a request should wait on a hung server with ``settings``: a busy
+    connection gets ``db_liveness_timeout_s`` to answer, then the probe
+    ``db_connect_timeout_s`` (crm_api.db.liveness); a new connection, the ping and the
+    pool wait are each shorter."""
+    return settings.db_liveness_timeout_s + settings.db_connect_timeout_s
+
+
+@pytest.fixture
+async def proxied_defaults(app, settings, database_url) -> AsyncIterator[PgProxy]:
+    """The app's data path through a proxy, with the deadlines as configured by default
+    (statement timeout 15 s: only the liveness deadline can make the answer quick)."""
+    assert settings.db_statement_timeout_ms == 15_000  # the defaults, not test values
+    proxy = await PgProxy(database_url).start()
+    real = app.state.db
+    app.state.db = create_database(settings, proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.thaw()
+        await app.state.db.dispose()
+        app.state.db = real
+        await proxy.close()
+
+
+async def _timed(request: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+async def test_a_hung_database_answers_503_within_seconds_by_default(
+    client, anon_client, engine, settings, proxied_defaults
+):
+    owner = await _owner(engine)
+    customer = await create_customer(client, owner)
+    url = f"/v1/customers/{customer['id']}"
+    # connections in both pools: requests meet the hang on established connections
+    warm = await asyncio.gather(
+        client.get(url), client.get("/v1/customers"), client.patch(url, json={"grade": "B"})
+    )
+    assert [r.status_code for r in warm] == [200, 200, 200], [r.text for r in warm]
+    proxied_defaults.freeze()
+    try:
+        async with asyncio.timeout(60):  # a hang fails the test instead of wedging the run
+            answers = await asyncio.gather(
+                _timed(client.get(url)),
+                _timed(client.get("/v1/customers")),
+                _timed(client.patch(url, json={"grade": "C"})),
+                _timed(
+                    client.post(
+                        "/v1/customers", json={"name": "Hung", "owner_id": str(owner["id"])}
+                    )
+                ),
+                _timed(anon_client.get("/readyz")),
+            )
+        for response, _ in answers:
+            problem(response, 503, "database_unavailable")
+            assert response.headers["retry-after"] == "1"
+        slowest = max(elapsed for _, elapsed in answers)
+        # 3x the configured deadline, so a busy machine cannot fail it; before the
+        # liveness deadline these took 17-27 s (statement deadline + connect timeout)
+        assert slowest < 3 * _deadline(settings), [round(e, 2) for _, e in answers]
+        print(f"hung database, default deadlines: {[round(e, 2) for _, e in answers]} s")
+    finally:
+        proxied_defaults.thaw()
+    async with asyncio.timeout(60):
+        for _ in range(50):
+            if (await client.get(url)).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get(url)).status_code == 200
+        assert (await anon_client.get("/readyz")).status_code == 200
+
+
+async def test_a_slow_statement_on_a_live_server_runs_past_the_liveness_deadline(
+    settings, database_url
+):
+    """The watchdog probes the server when a connection is busy past the deadline; a
+    server that answers keeps its slow statements (read path and write path)."""
+    # the probe's connect timeout generous, so that a busy machine's slow fork cannot
+    # pass for a hung server; the liveness deadline as by default
+    db = create_database(settings.model_copy(update={"db_connect_timeout_s": 20.0}), database_url)
+    sleep_s = settings.db_liveness_timeout_s * 1.75
+    try:
+        read = await db.reads.reader.execute(text(f"SELECT pg_sleep({sleep_s}), 1 AS one"))
+        assert read.one().one == 1
+        async with db.sessionmaker() as session:
+            written = await session.execute(text(f"SELECT pg_sleep({sleep_s}), 2 AS two"))
+            assert written.one().two == 2
+            await session.commit()
+        assert db.watchdog.probes > 0, "the watchdog never looked"
+        assert db.watchdog.terminated == 0
+    finally:
+        await db.dispose()
+
+
+async def test_a_commit_cut_by_a_hung_server_is_not_reported_as_success(
+    client, engine, app, proxied_defaults
+):
+    """The server stops answering at COMMIT: the outcome is unknown, so the client gets
+    503, never 201; its retry with the same Idempotency-Key then yields exactly one
+    customer, whichever way the cut COMMIT went."""
+    from sqlalchemy import event
+
+    owner = await _owner(engine)
+    body = {"name": "Commit cut", "owner_id": str(owner["id"])}
+    key = {"Idempotency-Key": "commit-cut-1"}
+
+    def freeze_at_commit(_conn: Any) -> None:
+        proxied_defaults.freeze()
+
+    sync_engine = app.state.db.engine.sync_engine
+    event.listen(sync_engine, "commit", freeze_at_commit)
+    try:
+        async with asyncio.timeout(60):
+            cut = await client.post("/v1/customers", json=body, headers=key)
+    finally:
+        event.remove(sync_engine, "commit", freeze_at_commit)
+        proxied_defaults.thaw()
+    problem(cut, 503, "database_unavailable")
+    assert cut.headers["retry-after"] == "1"
+    async with asyncio.timeout(60):
+        for _ in range(100):  # the first retries may still meet the cut connection's end
+            retry = await client.post("/v1/customers", json=body, headers=key)
+            if retry.status_code != 503:
+                break
+            await asyncio.sleep(0.1)
+    assert retry.status_code == 201, retry.text
+    async with engine.connect() as conn:
+        ids = (
+            (await conn.execute(text("SELECT id::text FROM customers WHERE name = 'Commit cut'")))
+            .scalars()
+            .all()
+        )
+    assert ids == [retry.json()["id"]]

@@ -195,3 +195,91 @@ async def test_crm_api_serve_embedded_starts_and_stops_its_postgres(tmp_path):
     finally:
         for p in _cluster_processes(pgdata):  # never leak the cluster, even on failure
             p.kill()
+
+
+def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+    workers = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                workers.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return workers
+
+
+async def test_uvicorn_workers_started_without_the_database_stay_up_and_become_ready(
+    database_url, tmp_path
+):
+    """``uvicorn --workers 2`` whose database does not answer (a proxy that never
+    forwards: a hung server) when the workers start: no worker exits (uvicorn would stop
+    them all), health is up, readiness and the API answer 503 with Retry-After; once the
+    database answers, both become ready without a restart."""
+    from pgproxy import PgProxy
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "uvicorn-workers.log"
+    async with PgProxy(database_url) as proxy:
+        proxy.freeze()
+        env = _env(
+            CRM_DATABASE_URL=proxy.url,
+            CRM_LOG_LEVEL="WARNING",
+            CRM_DATA_DIR=str(tmp_path / "data"),
+        )
+        args = [
+            str(BIN / "python"),
+            "-m",
+            "uvicorn",
+            "crm_api.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ]
+        with _process(args, env, log) as proc:
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                while True:  # both workers up and answering (a worker that failed to start
+                    # would have made uvicorn stop every worker)
+                    assert proc.poll() is None, f"uvicorn exited ({proc.returncode}):\n{_log(log)}"
+                    seen: object = None
+                    try:
+                        seen = (await http.get("/healthz")).status_code
+                        if seen == 200 and len(_workers(proc)) == 2:
+                            break
+                    except httpx.TransportError as exc:
+                        seen = exc
+                    assert time.monotonic() < deadline, (
+                        f"not up in 60 s ({len(_workers(proc))} workers, {seen!r}):\n{_log(log)}"
+                    )
+                    await asyncio.sleep(0.25)
+                for _ in range(6):  # over several connections: whichever worker answers
+                    async with httpx.AsyncClient(base_url=base, timeout=10) as fresh:
+                        ready = await fresh.get("/readyz")
+                        problem(ready, 503)
+                        assert ready.headers["retry-after"] == "1"
+                        api = await fresh.get("/v1/customers")
+                        problem(api, 503, "database_unavailable")
+                        assert api.headers["retry-after"] == "1"
+                assert proc.poll() is None and len(_workers(proc)) == 2
+                proxy.thaw()
+                await _wait_ready(base, proc, log, within_s=60)
+                served = 0
+                deadline = time.monotonic() + 60
+                while served < 10:  # ten fresh connections in a row: both workers ready
+                    async with httpx.AsyncClient(base_url=base, timeout=10) as fresh:
+                        if (await fresh.get("/readyz")).status_code == 200:
+                            problem(await fresh.get("/v1/customers"), 401, "missing_token")
+                            served += 1
+                        else:
+                            served = 0
+                            assert time.monotonic() < deadline, _log(log)
+                            await asyncio.sleep(0.25)
+                assert len(_workers(proc)) == 2
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) in (0, -signal.SIGTERM), _log(log)

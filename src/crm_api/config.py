@@ -45,10 +45,26 @@ class Settings(BaseSettings):
     #: statements through SQLAlchemy's AsyncEngine: public API only, slower). The fallback
     #: for when start-up says the installed SQLAlchemy broke the asyncpg path.
     read_path: Literal["asyncpg", "engine"] = "asyncpg"
-    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    #: How long a request waits for a pooled connection (either pool) before 503. Short on
+    #: purpose: a healthy request holds a connection for milliseconds, so a pool still full
+    #: after this long means the database is hung or the worker is past its capacity, and
+    #: the client (or the load balancer, via another worker) does better retrying than
+    #: queueing (docs/operations.md, "Deadlines").
+    db_pool_timeout_s: float = Field(default=2.0, gt=0)
+    #: Opening a new connection (TCP, TLS, start-up and authentication) of either pool, and
+    #: the liveness probe's connection: a server that accepts but never answers (a hung
+    #: host, a dead proxy) costs a request this long, not asyncpg's 60 s.
+    db_connect_timeout_s: float = Field(default=2.0, gt=0)
+    #: A connection busy this long (a statement, COMMIT or the checkout ping without an
+    #: answer) makes the worker ask whether the server still answers at all, on a fresh
+    #: connection within ``db_connect_timeout_s``; if it does not, the busy connections are
+    #: dropped (503 at once) instead of waiting for the statement deadline. A slow statement
+    #: on a server that answers runs on, up to ``db_statement_timeout_ms``. Also the
+    #: checkout ping's own deadline.
+    db_liveness_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
     #: Ping a write connection when it leaves the pool (one round trip: see
-    #: ``crm_api.db.engine._ping_on_checkout``); the engine read path keeps SQLAlchemy's
+    #: ``crm_api.db.engine.checkout_ping``); the engine read path keeps SQLAlchemy's
     #: pre-ping.
     db_pool_pre_ping: bool = True
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)

@@ -18,6 +18,7 @@ from crm_api.config import Settings
 from crm_api.db.engine import Database
 from crm_api.errors import problem_response
 from crm_api.kit.responses import json_response
+from crm_api.warmup import WarmUp
 
 router = APIRouter(tags=["health"], dependencies=[public()])
 
@@ -49,14 +50,18 @@ async def healthz() -> Response:
     summary="Database reachable and migrations at head",
     response_model=Health,
     description="Opens a fresh database connection (so a server refusing new connections "
-    "is not ready) within `CRM_READINESS_TIMEOUT_S`. In production the migration revision "
-    "is shown only with `Authorization: Bearer <CRM_METRICS_TOKEN>`.",
+    "is not ready) within `CRM_READINESS_TIMEOUT_S`. 503 `database_unavailable` when the "
+    "database does not answer, `migrations_pending` when its schema is not the code's, "
+    "`starting` while a worker that started without its database has not loaded its "
+    "access policy yet (the API answers 503 meanwhile). In production the migration "
+    "revision is shown only with `Authorization: Bearer <CRM_METRICS_TOKEN>`.",
     responses={503: {"description": "Not ready", "content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> Response:
     db: Database = request.app.state.db
     settings: Settings = request.app.state.settings
     head: str | None = request.app.state.migration_head
+    warm_up: WarmUp = request.app.state.warm_up
     try:
         current = await db.reads.probe(
             "SELECT version_num FROM alembic_version", settings.readiness_timeout_s
@@ -65,7 +70,10 @@ async def readyz(request: Request) -> Response:
         return problem_response(
             503,
             "database_unavailable",
-            "The database is not reachable.",
+            "The database is not reachable."
+            if warm_up.ready
+            else "The database is not reachable; this worker has not loaded its access "
+            "policy yet and answers 503 to the API until it has.",
             headers={"Retry-After": "1"},
         )
     detail = not settings.is_production or _has_metrics_token(request, settings)
@@ -77,6 +85,17 @@ async def readyz(request: Request) -> Response:
             if detail
             else "Database migrations are not at the expected revision.",
             headers={"Retry-After": "5"},
+        )
+    if not warm_up.ready:
+        # reachable now, but the worker's background load has not succeeded yet (it
+        # retries within seconds; crm_api.warmup)
+        why = f" Last attempt: {warm_up.last_error}" if detail and warm_up.last_error else ""
+        return problem_response(
+            503,
+            "starting",
+            "This worker is still loading its access policy, revoked sessions and system "
+            f"settings from the database.{why}",
+            headers={"Retry-After": "1"},
         )
     body = {"status": "ok", "database": "ok"}
     if detail:

@@ -32,6 +32,7 @@ from crm_api.kit.routing import document_problems, document_query_models
 from crm_api.logs import configure_logging
 from crm_api.middleware import InflightCap, RequestMiddleware, SecurityHeadersMiddleware
 from crm_api.system_settings.store import SettingsStore
+from crm_api.warmup import WarmUp
 
 logger = logging.getLogger("crm_api")
 
@@ -60,11 +61,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         policy.session_listeners.append(principals.revoked_sessions.load)
         system_settings = SettingsStore()
         policy.settings_listeners.append(system_settings.refresh)
-        # the policy, the revoked sessions and the system settings
-        await policy.refresh_if_changed(db.engine)
-        policy.start_polling(db.engine, settings.authz_poll_interval_s)
-        principals.start()
-        db.reaper.start()
         app.state.db = db
         app.state.policy = policy
         app.state.principals = principals
@@ -75,7 +71,19 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         )
         app.state.settings = settings
         app.state.migration_head = head_revision()
-        logger.info("crm-api started", extra={"embedded": settings.database_url is None})
+        # The policy, the revoked sessions and the system settings: loaded now, or (the
+        # database down, hung or full) in the background while the API answers 503; the
+        # worker starts either way (crm_api.warmup).
+        await warm_up.start(
+            lambda: policy.refresh_if_changed(db.engine),
+            lambda: policy.start_polling(db.engine, settings.authz_poll_interval_s),
+        )
+        principals.start()
+        db.reaper.start()
+        logger.info(
+            "crm-api started",
+            extra={"embedded": settings.database_url is None, "ready": warm_up.ready},
+        )
         # Everything built so far (routes, models, SQLAlchemy and pydantic metadata: several
         # hundred thousand objects) lives as long as the app: keep it out of the cyclic
         # collector, whose full passes over it were the longest pauses under load (list p99
@@ -86,6 +94,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             yield
         finally:
             gc.unfreeze()
+            await warm_up.stop()
             await policy.stop()
             await principals.stop()
             await db.dispose()
@@ -102,6 +111,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     )
     install_error_handlers(app)
     app.state.inflight = InflightCap(settings.max_inflight_per_principal)
+    app.state.warm_up = warm_up = WarmUp()
     api.mount(app)
     app.include_router(health_router)
     _mount_docs(app)
@@ -113,6 +123,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         max_body_bytes=settings.max_body_bytes,
         max_query_string_bytes=settings.max_query_string_bytes,
         max_concurrent=settings.max_concurrent_requests,
+        warm_up=warm_up,
     )
     if settings.cors_origins:
         # Outermost (added last): the problems RequestMiddleware answers itself (413, 414,

@@ -19,8 +19,9 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crm_api.errors import problem_body
+from crm_api.errors import RETRY_AFTER_S, problem_body
 from crm_api.logs import request_id_var
+from crm_api.warmup import WarmUp
 
 logger = logging.getLogger("crm_api.access")
 
@@ -63,19 +64,28 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"The body exceeds {limit} bytes.")
 
 
-async def _send_problem(send: Send, status: int, code: str, detail: str) -> None:
+async def _send_problem(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     import orjson
 
     body = orjson.dumps(problem_body(status, code, detail))
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
+        *(extra_headers or ()),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 _INFLIGHT_KEY = "crm.inflight"
+#: What the warm-up gate holds back: the API, not health, metrics or the docs.
+_API_PREFIX = "/v1/"
 
 
 class InflightCap:
@@ -138,8 +148,10 @@ class RequestMiddleware:
         max_body_bytes: int,
         max_query_string_bytes: int,
         max_concurrent: int,
+        warm_up: WarmUp | None = None,
     ) -> None:
         self.app = app
+        self.warm_up = warm_up
         self.max_body = max_body_bytes
         self.max_qs = max_query_string_bytes
         self.semaphore = asyncio.Semaphore(max_concurrent)
@@ -219,6 +231,22 @@ class RequestMiddleware:
                     415,
                     "unsupported_media_type",
                     "Send the body as application/json.",
+                )
+                return
+            if (
+                self.warm_up is not None
+                and not self.warm_up.ready
+                and scope["path"].startswith(_API_PREFIX)
+            ):
+                # started without its database: nothing under /v1 may run (no policy to
+                # authorise it against) until the warm-up has loaded it (crm_api.warmup)
+                status_holder[0] = 503
+                await _send_problem(
+                    send_wrapper,
+                    503,
+                    "database_unavailable",
+                    "The database is not available yet; retry.",
+                    [(b"retry-after", RETRY_AFTER_S.encode())],
                 )
                 return
             if self.semaphore.locked():

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crm_api.authz.scope import merge
 from crm_api.authz.types import SCOPE_RANK, Principal, PrincipalKind, Scope, ScopeKind
+from crm_api.errors import RETRY_AFTER_S, ServiceUnavailable
 
 logger = logging.getLogger("crm_api.authz")
 
@@ -177,6 +178,15 @@ class PolicyEngine:
         return scope
 
     def _decide(self, subject: str, resource: str, action: str) -> Scope | None:
+        if self._loads == 0:
+            # Never loaded (a worker started without its database): an empty enforcer
+            # would deny everything as 403, as if the role lacked the grant. Default deny
+            # holds either way; the honest answer is that the policy is not available.
+            raise ServiceUnavailable(
+                "The access policy is not loaded yet; retry.",
+                code="database_unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
         granted: list[tuple[ScopeKind, list[uuid.UUID]]] = []
         for kind in _SCOPES_WIDEST_FIRST:
             if self.enforcer.enforce(subject, resource, action, kind.value):

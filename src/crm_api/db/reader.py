@@ -60,6 +60,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.util import LRUCache
 
+from crm_api.db.liveness import Watchdog, probe_fresh
 from crm_api.errors import is_database_unavailable
 
 
@@ -487,14 +488,18 @@ class ReadPool:
         *,
         size: int,
         acquire_timeout: float,
+        connect_timeout: float,
         idle_s: float,
         command_timeout: float | None,
         server_settings: dict[str, str],
+        watchdog: Watchdog | None = None,
     ) -> None:
         sa_url = make_url(url)
         self._dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._size = size
         self._acquire_timeout = acquire_timeout
+        self._connect_timeout = connect_timeout
+        self._watchdog = watchdog
         self._idle_s = idle_s
         self._command_timeout = command_timeout
         self._server_settings = server_settings
@@ -517,7 +522,7 @@ class ReadPool:
                     max_size=self._size,
                     init=_init_connection,
                     reset=_reset,
-                    timeout=self._acquire_timeout,
+                    timeout=self._connect_timeout,  # opening one connection
                     # idle connections go back to the server (min_size=0: all of them)
                     max_inactive_connection_lifetime=self._idle_s,
                     # the client-side deadline per statement (a hung server: 503, no hang)
@@ -544,6 +549,10 @@ class ReadPool:
             # connections), so no acquire timeout: asyncpg wraps one in a task per call.
             # Opening a new connection is bounded by the connect timeout.
             async with pool.acquire() as conn:
+                watchdog = self._watchdog
+                if watchdog is not None:
+                    # the server has this long to show it is alive (crm_api.db.liveness)
+                    watchdog.busy(id(conn), conn)
                 try:
                     return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
                 except TimeoutError:
@@ -552,6 +561,9 @@ class ReadPool:
                     # connection instead (the pool opens a new one when asked).
                     conn.terminate()
                     raise
+                finally:
+                    if watchdog is not None:
+                        watchdog.idle(id(conn))
         finally:
             self._turns.release()
 
@@ -560,7 +572,7 @@ class ReadPool:
         within ``deadline_s`` seconds overall: readiness must see what a new worker would see
         (a server refusing new connections, too many clients, a hung host), which a pooled
         connection would hide."""
-        return await _probe(self._dsn, self._server_settings, sql, deadline_s)
+        return await probe_fresh(self._dsn, self._server_settings, sql, deadline_s)
 
     def open_connections(self) -> int:
         """Connections the pool holds open, idle or lent out."""
@@ -573,17 +585,6 @@ class ReadPool:
                 await asyncio.wait_for(pool.close(), timeout=10)
             except (TimeoutError, OSError):
                 pool.terminate()
-
-
-async def _probe(dsn: str, server_settings: dict[str, str], sql: str, deadline_s: float) -> Any:
-    async with asyncio.timeout(deadline_s):
-        conn = await asyncpg.connect(
-            dsn, timeout=deadline_s, command_timeout=deadline_s, server_settings=server_settings
-        )
-        try:
-            return await conn.fetchval(sql)
-        finally:
-            conn.terminate()  # no goodbye round trip to a server that may be hung
 
 
 # --- CRM_READ_PATH=engine ------------------------------------------------------------------
@@ -659,7 +660,7 @@ class EngineReadPool:
 
     async def probe(self, sql: str, deadline_s: float) -> Any:
         """As :meth:`ReadPool.probe`: a fresh connection, within ``deadline_s``."""
-        return await _probe(self._dsn, self._server_settings, sql, deadline_s)
+        return await probe_fresh(self._dsn, self._server_settings, sql, deadline_s)
 
     def open_connections(self) -> int:
         """Connections the pool holds open, idle or lent out."""
