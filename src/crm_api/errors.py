@@ -329,6 +329,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _STARLETTE_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else None
+        if isinstance(exc.__cause__, ProblemError):
+            # raised inside FastAPI's body parser, which wraps what it does not know in a
+            # 400 (kit.routing.StrictRoute parses first, so this is a safety net)
+            return await on_problem(request, exc.__cause__)
         if exc.status_code == 404:
             detail = "No such resource or route."
         elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):

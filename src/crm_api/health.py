@@ -18,9 +18,10 @@ from crm_api.config import Settings
 from crm_api.db.engine import Database
 from crm_api.errors import problem_response
 from crm_api.kit.responses import json_response
+from crm_api.kit.routing import StrictRoute
 from crm_api.warmup import WarmUp
 
-router = APIRouter(tags=["health"], dependencies=[public()])
+router = APIRouter(tags=["health"], dependencies=[public()], route_class=StrictRoute)
 
 
 class Health(BaseModel):

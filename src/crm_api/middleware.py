@@ -70,10 +70,11 @@ async def _send_problem(
     code: str,
     detail: str,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    **extra: Any,
 ) -> None:
     import orjson
 
-    body = orjson.dumps(problem_body(status, code, detail))
+    body = orjson.dumps(problem_body(status, code, detail, **extra))
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
@@ -224,15 +225,15 @@ class RequestMiddleware:
                     f"The body exceeds {self.max_body} bytes.",
                 )
                 return
-            if scope["method"] in _BODY_METHODS and _has_body(scope) and not _json_or_form(scope):
-                status_holder[0] = 415
-                await _send_problem(
-                    send_wrapper,
-                    415,
-                    "unsupported_media_type",
-                    "Send the body as application/json.",
-                )
-                return
+            if scope["method"] in _BODY_METHODS and _has_body(scope):
+                refused = _refused_media_type(scope)
+                if refused is not None:
+                    detail, extra = refused
+                    status_holder[0] = 415
+                    await _send_problem(
+                        send_wrapper, 415, "unsupported_media_type", detail, **extra
+                    )
+                    return
             if (
                 self.warm_up is not None
                 and not self.warm_up.ready
@@ -386,12 +387,32 @@ def _has_body(scope: Scope) -> bool:
     return False
 
 
-def _json_or_form(scope: Scope) -> bool:
+def _refused_media_type(scope: Scope) -> tuple[str, dict[str, str]] | None:
+    """Why a body's ``Content-Type`` is refused (the problem's detail and extension
+    members), or ``None``: JSON or a form, in UTF-8. A body is read as UTF-8 whatever it
+    declares, so a declared ``charset=latin-1`` (or ``utf-16``, ...) would be misread,
+    not converted; ``charset=utf-8`` in any case, quoted or not, is the same as none."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media in _ACCEPTED_TYPES or media.endswith(b"+json")
-    return False
+            media, *params = value.split(b";")
+            media = media.strip().lower()
+            if not (media in _ACCEPTED_TYPES or media.endswith(b"+json")):
+                break
+            for param in params:
+                key, _, charset = param.partition(b"=")
+                if key.strip().lower() != b"charset":
+                    continue
+                charset = charset.strip()
+                if charset[:1] == b'"' and charset[-1:] == b'"' and len(charset) > 1:
+                    charset = charset[1:-1]
+                if charset.lower() != b"utf-8":
+                    named = charset.decode("latin-1")
+                    return (
+                        f"The body's charset {named!r} is not supported: send it in UTF-8.",
+                        {"charset": named},
+                    )
+            return None
+    return "Send the body as application/json.", {}
 
 
 def _content_length(scope: Scope) -> int | None:

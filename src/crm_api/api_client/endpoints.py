@@ -26,10 +26,10 @@ from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 
-router = APIRouter(prefix="/api-clients", tags=["api-clients"])
+router = APIRouter(prefix="/api-clients", tags=["api-clients"], route_class=StrictRoute)
 
 R = "api_clients"
 ApiClientsRead = Annotated[Access, require(R, Action.read)]

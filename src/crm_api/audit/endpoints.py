@@ -14,10 +14,10 @@ from crm_api.authz.dependencies import require
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems, query_model
+from crm_api.kit.routing import StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 
-router = APIRouter(prefix="/audit-events", tags=["audit"])
+router = APIRouter(prefix="/audit-events", tags=["audit"], route_class=StrictRoute)
 
 AuditEventsRead = Annotated[Access, require("audit_events", Action.read)]
 

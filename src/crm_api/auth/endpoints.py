@@ -15,12 +15,13 @@ from crm_api.authz.enforcer import subject_of
 from crm_api.authz.types import Principal
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.errors import BadRequest, UnprocessableEntity
+from crm_api.kit.body import loads_body
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems
+from crm_api.kit.routing import StrictRoute, problems
 from crm_api.user import service as users
 
-router = APIRouter(prefix="/auth", tags=["auth"])
-me_router = APIRouter(prefix="/me", tags=["me"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=StrictRoute)
+me_router = APIRouter(prefix="/me", tags=["me"], route_class=StrictRoute)
 
 _TOKEN_BODY = {
     "requestBody": {
@@ -40,10 +41,7 @@ async def _token_request(request: Request) -> TokenRequest:
         form = await request.form()
         data = {k: v for k, v in form.items() if isinstance(v, str)}
     else:
-        try:
-            raw = await request.json()
-        except ValueError as exc:
-            raise BadRequest("The request body is not valid JSON.", code="malformed_json") from exc
+        raw = loads_body(await request.body())
         if not isinstance(raw, dict):
             raise UnprocessableEntity("Expected a JSON object.", code="validation_error")
         data = raw

@@ -13,9 +13,9 @@ from crm_api.authz.schemas import ExplainQuery, Explanation, Visibility, Visibil
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems, query_model
+from crm_api.kit.routing import StrictRoute, problems, query_model
 
-router = APIRouter(prefix="/authz", tags=["access control"])
+router = APIRouter(prefix="/authz", tags=["access control"], route_class=StrictRoute)
 
 
 async def _fresh_policy(request: Request) -> PolicyEngine:

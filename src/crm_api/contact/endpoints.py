@@ -27,12 +27,12 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 
-router = APIRouter(prefix="/contacts", tags=["contacts"])
+router = APIRouter(prefix="/contacts", tags=["contacts"], route_class=StrictRoute)
 #: The contacts of one customer; mounted beside the customers router.
-customer_router = APIRouter(prefix="/customers", tags=["contacts"])
+customer_router = APIRouter(prefix="/customers", tags=["contacts"], route_class=StrictRoute)
 
 R = "contacts"
 ContactsRead = Annotated[Access, require(R, Action.read)]

@@ -23,10 +23,10 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import Claim, IdempotencyKeyHeader, idempotent, idempotent_folded
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model, reserve_path
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model, reserve_path
 from crm_api.kit.schemas import Page
 
-router = APIRouter(prefix="/customers", tags=["customers"])
+router = APIRouter(prefix="/customers", tags=["customers"], route_class=StrictRoute)
 
 R = "customers"
 CustomersRead = Annotated[Access, require(R, Action.read)]

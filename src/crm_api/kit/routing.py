@@ -1,23 +1,28 @@
-"""Route helpers: documented problem responses, common headers, query models."""
+"""Route helpers: the route class of every router, documented problem responses, common
+headers, query models."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response, params
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
 
 from crm_api.errors import REFUSES_ONLY_ATTR, ProblemError
+from crm_api.kit.body import is_json_media, loads_body
 from crm_api.kit.pagination import CommaSeparated, ListQuery
 from crm_api.kit.schemas import Problem
 
 M = TypeVar("M", bound=BaseModel)
 
 _DESCRIPTIONS = {
-    400: "Malformed request (bad JSON, bad cursor, a query string that is not UTF-8).",
+    400: "Malformed request (bad JSON, a key twice in one JSON object, bad cursor, a query"
+    " string that is not UTF-8).",
     401: "Missing or invalid credentials.",
     403: "Your role lacks this permission.",
     404: "Not found, or outside your data scope.",
@@ -25,8 +30,9 @@ _DESCRIPTIONS = {
     412: "If-Match does not match the current version.",
     413: "Request body too large.",
     414: "Query string too long.",
-    415: "Body is not application/json.",
-    422: "Validation failed; see `errors`.",
+    415: "Body is not application/json, or not in UTF-8.",
+    422: "Validation failed (a field, or a query parameter the operation does not take);"
+    " see `errors`.",
     428: "If-Match required.",
     429: "Too many requests (login throttling, or too many of your requests in flight);"
     " retry after `Retry-After` seconds.",
@@ -46,16 +52,22 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 PROBLEM_JSON = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-#: Answered by the request middleware or the body parser for any operation with a body.
-_BODY_PROBLEMS = (400, 413, 415)
-#: Answered by the request middleware for any request, before routing, whether or not the
-#: operation takes query parameters: 414 ``query_too_long``, 400 ``invalid_query``
-#: (percent-escapes that are not UTF-8).
-_QUERY_PROBLEMS = (400, 414)
+#: Answered by the body parser for any operation with a body: 400 ``malformed_json``,
+#: ``duplicate_key``.
+_BODY_PROBLEMS = (400,)
+#: Answered by the request middleware for any POST, PUT or PATCH that carries a body,
+#: whether or not the operation takes one: 415 (not JSON or a form, not UTF-8).
+_BODY_METHOD_PROBLEMS = (415,)
+#: Answered for any request, whether or not the operation takes query parameters: 414
+#: ``query_too_long`` and 400 ``invalid_query`` (percent-escapes that are not UTF-8) by the
+#: request middleware before routing, 422 (a query parameter the operation does not take)
+#: by :class:`StrictRoute`.
+_QUERY_PROBLEMS = (400, 414, 422)
 #: Answered for any authenticated operation: the per-principal in-flight cap.
 _AUTHENTICATED_PROBLEMS = (429,)
-#: Answered for any operation: the server at capacity or the database unavailable.
-_ANY_PROBLEMS = (503,)
+#: Answered for any operation: 413 (a body past the cap, declared or streamed: the request
+#: middleware), 503 (the server at capacity or the database unavailable).
+_ANY_PROBLEMS = (413, 503)
 #: Statuses a client should retry after the ``Retry-After`` header's seconds.
 _RETRY_AFTER = {
     "Retry-After": {
@@ -71,11 +83,16 @@ def document_problems(app: FastAPI) -> None:
     * every error response (4xx/5xx) is ``application/problem+json`` with the ``Problem``
       schema (and not ``application/json``, which errors never are), so generated clients
       type their errors;
-    * every operation with a body documents 400 (``malformed_json``), 413 and 415, which
-      the body parser and the request middleware answer before any handler runs;
+    * every operation with a body documents 400 (``malformed_json``, ``duplicate_key``),
+      every POST, PUT and PATCH 415, and every operation 413: the body parser and the
+      request middleware answer them before any handler runs, the last two whether or not
+      the operation takes a body (``POST /orders/{id}/cancel`` with a text/plain body, or
+      one past the size cap);
     * every operation documents 414 (``query_too_long``) and 400 (``invalid_query``): the
       request middleware answers them before routing, for any operation (tests/conftest.py's
-      response check found ``POST /v1/customers?q=<5 kB>`` answered with an undocumented 414);
+      response check found ``POST /v1/customers?q=<5 kB>`` answered with an undocumented 414),
+      and 422: :class:`StrictRoute` refuses a query parameter the operation does not take
+      (``/healthz?x=1``);
     * every authenticated operation documents 429 (the per-principal in-flight cap) and
       every operation 503 (database unavailable, query timeout, server at capacity), both
       with their ``Retry-After`` header.
@@ -87,11 +104,13 @@ def document_problems(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         for path in schema.get("paths", {}).values():
-            for operation in path.values():
+            for method, operation in path.items():
                 responses = operation.setdefault("responses", {})
                 extra: list[int] = []
                 if "requestBody" in operation:
                     extra.extend(_BODY_PROBLEMS)
+                if method in ("post", "put", "patch"):
+                    extra.extend(_BODY_METHOD_PROBLEMS)
                 extra.extend(_QUERY_PROBLEMS)
                 if operation.get("security"):
                     extra.extend(_AUTHENTICATED_PROBLEMS)
@@ -262,3 +281,93 @@ def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> lis
             parameter.update(style="form", explode=False)
         parameters.append(parameter)
     return parameters
+
+
+# --- the route class ---------------------------------------------------------------------
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _ParsedJsonRequest(Request):
+    """A request whose JSON body :class:`StrictRoute` has already parsed with
+    :func:`~crm_api.kit.body.loads_body`; FastAPI's ``await request.json()`` gets that."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_body(await self.body())
+        return self._json
+
+
+class StrictRoute(APIRoute):
+    """The route class of every router (``APIRouter(route_class=StrictRoute)``; a test
+    fails when a route is not one). Before the dependencies and the handler run:
+
+    * a query parameter the operation does not declare is a 422 ``validation_error`` whose
+      ``errors`` name it (``query.<name>``, ``unknown_field``), the answer a
+      :func:`query_model` (``extra="forbid"``) gives on the list routes, which check their
+      own; an operation that declares none takes none;
+    * a JSON body is parsed by :func:`~crm_api.kit.body.loads_body` (400 ``malformed_json``
+      or ``duplicate_key``) instead of ``json.loads``, so no handler sees a body that names a
+      key twice;
+    * a chunked body sent to an operation that takes none is still read up to the size cap
+      (the request middleware answers 413 past it), as a declared ``Content-Length`` past
+      the cap is refused before routing: an oversized body is refused whatever the route.
+
+    Problems found here come before authentication, as FastAPI's own body errors do: they
+    depend on nothing but the request and the published contract."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        allowed = _declared_query(self.dependant)
+        if getattr(self.endpoint, REFUSES_ONLY_ATTR, False):
+            allowed = None  # it answers 405 whatever the query says
+        takes_json = self.body_field is not None and not isinstance(
+            self.body_field.field_info, params.Form
+        )
+        # a handler may read the body itself (the token endpoint: a form or JSON)
+        takes_body = self.body_field is not None or "requestBody" in (self.openapi_extra or {})
+
+        async def strict_handler(request: Request) -> Response:
+            if allowed is not None and request.scope["query_string"]:
+                _refuse_unknown_query(request, allowed)
+            if request.method in _BODY_METHODS:
+                if takes_json:
+                    request = _ParsedJsonRequest(request.scope, request.receive)
+                    if is_json_media(request.headers.get("content-type")) and await request.body():
+                        await request.json()  # problems raised here, not in FastAPI's parser
+                elif not takes_body and "transfer-encoding" in request.headers:
+                    await request.body()  # counted against the cap, then ignored
+            return await handle(request)
+
+        return strict_handler
+
+
+def _declared_query(dependant: Dependant) -> frozenset[str] | None:
+    """The query parameters an operation declares, or ``None`` when a :func:`query_model`
+    of its checks them (with every other error of the query string, in one answer)."""
+    names: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        if current.call is not None and getattr(current.call, QUERY_MODEL_ATTR, None):
+            return None
+        names.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    return frozenset(names)
+
+
+def _refuse_unknown_query(request: Request, allowed: frozenset[str]) -> None:
+    unknown = {
+        key: value for key, value in request.query_params.multi_items() if key not in allowed
+    }
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", key),
+                    "msg": "Extra inputs are not permitted",
+                    "input": value,
+                }
+                for key, value in unknown.items()
+            ]
+        )

@@ -12,7 +12,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import Claim, IdempotencyKeyHeader, idempotent, idempotent_folded
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.order import service
 from crm_api.order.schemas import (
@@ -25,8 +25,8 @@ from crm_api.order.schemas import (
 from crm_api.order.states import OrderAction
 from crm_api.system_settings import CurrentSystemSettings, SystemSettings
 
-router = APIRouter(prefix="/orders", tags=["orders"])
-customer_router = APIRouter(prefix="/customers", tags=["orders"])
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictRoute)
+customer_router = APIRouter(prefix="/customers", tags=["orders"], route_class=StrictRoute)
 
 R = "orders"
 OrdersRead = Annotated[Access, require(R, Action.read)]

@@ -12,7 +12,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.org_unit import service
 from crm_api.org_unit.schemas import (
@@ -23,7 +23,7 @@ from crm_api.org_unit.schemas import (
     OrgUnitUpdate,
 )
 
-router = APIRouter(prefix="/org-units", tags=["org units"])
+router = APIRouter(prefix="/org-units", tags=["org units"], route_class=StrictRoute)
 
 R = "org_units"
 OrgUnitsRead = Annotated[Access, require(R, Action.read)]

@@ -12,7 +12,7 @@ from crm_api.authz.state import PolicySession
 from crm_api.authz.types import Access, Action
 from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import problems, query_model
+from crm_api.kit.routing import StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.pat import service as pat
 from crm_api.pat.schemas import (
@@ -22,7 +22,7 @@ from crm_api.pat.schemas import (
     PersonalAccessTokenListQuery,
 )
 
-router = APIRouter(prefix="/me/tokens", tags=["me"])
+router = APIRouter(prefix="/me/tokens", tags=["me"], route_class=StrictRoute)
 
 #: The caller's own tokens (``own``, whatever their roles: nobody reaches another's).
 R = "personal_access_tokens"

@@ -11,13 +11,13 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.product import service
 from crm_api.product.schemas import Product, ProductCreate, ProductListQuery, ProductUpdate
 from crm_api.system_settings import CurrentSystemSettings
 
-router = APIRouter(prefix="/products", tags=["products"])
+router = APIRouter(prefix="/products", tags=["products"], route_class=StrictRoute)
 
 R = "products"
 ProductsRead = Annotated[Access, require(R, Action.read)]

@@ -13,7 +13,7 @@ from crm_api.db.session import ReadConnection, WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.role import service
 from crm_api.role.schemas import (
@@ -26,7 +26,7 @@ from crm_api.role.schemas import (
     RoleUpdate,
 )
 
-router = APIRouter(prefix="/roles", tags=["roles"])
+router = APIRouter(prefix="/roles", tags=["roles"], route_class=StrictRoute)
 
 R = "roles"
 RolesRead = Annotated[Access, require(R, Action.read)]

@@ -11,12 +11,12 @@ from crm_api.authz.types import Access, Action
 from crm_api.db.session import WriteSession
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch, etag
 from crm_api.kit.responses import json_response
-from crm_api.kit.routing import ETAG_HEADER, problems
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems
 from crm_api.system_settings import service
 from crm_api.system_settings.schemas import SystemSettings, SystemSettingsOut, SystemSettingsUpdate
 from crm_api.system_settings.store import SettingsStore
 
-router = APIRouter(prefix="/settings", tags=["settings"])
+router = APIRouter(prefix="/settings", tags=["settings"], route_class=StrictRoute)
 
 R = "system_settings"
 SettingsRead = Annotated[Access, require(R, Action.read)]

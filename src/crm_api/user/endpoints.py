@@ -12,12 +12,12 @@ from crm_api.db.session import ReadConnection
 from crm_api.kit.concurrency import IfMatch, RequireIfMatch
 from crm_api.kit.idempotency import IdempotencyKeyHeader, idempotent
 from crm_api.kit.responses import json_response, with_etag
-from crm_api.kit.routing import ETAG_HEADER, problems, query_model
+from crm_api.kit.routing import ETAG_HEADER, StrictRoute, problems, query_model
 from crm_api.kit.schemas import Page
 from crm_api.user import service
 from crm_api.user.schemas import User, UserCreate, UserListQuery, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=StrictRoute)
 
 R = "users"
 UsersRead = Annotated[Access, require(R, Action.read)]
