@@ -1,0 +1,106 @@
+"""Defects found by probing a demo server as a low-privilege caller (third attack round),
+each pinned here so it cannot come back:
+
+- the request head had no size limit: uvicorn's httptools parser buffers a header of any
+  length, re-concatenating it as it arrives, so one unauthenticated request with a 50 MB
+  ``Authorization`` header held the worker's event loop for seconds (``/healthz`` took
+  3.5 s meanwhile) and its memory grew with the header; a few in parallel, and the worker
+  is gone. A request line past 64 KiB got uvicorn's ``text/plain`` 400, not a problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+
+from test_uvicorn import BIN, _env, _free_port, _log, _process, _wait_ready
+
+HEAD_LIMIT = 32 * 1024  # Settings.max_request_head_bytes' default
+
+
+async def _exchange(port: int, head: bytes, *, send_at_most: int | None = None) -> bytes:
+    """Send ``head`` (only its first ``send_at_most`` bytes, when given, without ever
+    finishing it) on a fresh connection and return everything the server answers before it
+    closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head if send_at_most is None else head[:send_at_most])
+        with contextlib.suppress(ConnectionError):  # the server may stop reading early
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=60)
+    finally:
+        writer.close()
+
+
+def _problem(raw: bytes, status: int, code: str) -> dict:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} "), raw[:300]
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/problem+json", headers
+    assert headers["connection"] == "close", headers
+    assert int(headers["content-length"]) == len(body), headers
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["code"] == code, problem
+    assert {"type", "title", "detail", "request_id"} <= problem.keys()
+    assert headers["x-request-id"] == problem["request_id"]
+    return problem
+
+
+async def test_an_oversized_request_head_is_refused_early_as_a_problem(database_url, tmp_path):
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = _env(
+        CRM_DATABASE_URL=database_url,
+        CRM_PORT=str(port),
+        CRM_LOG_LEVEL="WARNING",
+        CRM_DATA_DIR=str(tmp_path / "data"),
+    )
+    # `crm-api serve`, as deployed (the Dockerfile's entry point): the limit is the
+    # server's, before the application sees a byte
+    with _process([str(BIN / "crm-api"), "serve"], env, log) as proc:
+        await _wait_ready(f"http://127.0.0.1:{port}", proc, log, within_s=90)
+
+        # a header of 50 MB: refused after at most the limit, without the rest being sent
+        huge = b"GET /v1/customers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * (
+            50 * 1024 * 1024
+        )
+        raw = await _exchange(port, huge, send_at_most=HEAD_LIMIT + 65_536)
+        body = _problem(raw, 431, "request_head_too_large")
+        assert str(HEAD_LIMIT) in body["detail"]
+
+        # many headers add up the same way, and a whole head sent in one piece too
+        many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-Pad-%d: %s\r\n" % (i, b"p" * 100) for i in range(400)
+        )
+        _problem(await _exchange(port, many + b"\r\n"), 431, "request_head_too_large")
+
+        # a request line past the limit is a 414 (uvicorn answered a URL past 64 KiB with
+        # a text/plain 400)
+        long_url = b"GET /v1/customers/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        _problem(await _exchange(port, long_url), 414, "uri_too_long")
+
+        # what the parser cannot read at all is a problem too, not text/plain
+        _problem(await _exchange(port, b"NOT HTTP AT ALL\r\n\r\n"), 400, "invalid_http_request")
+
+        # a head just under the limit, a body far over it, keep-alive: all still served
+        pad = b"p" * (HEAD_LIMIT - 1024)
+        ok = await _exchange(
+            port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + b"\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert ok.count(b"HTTP/1.1 200 OK") == 2, ok[:500]
+        body_ok = json.dumps({"name": "n" * (HEAD_LIMIT * 4)}).encode()
+        raw = await _exchange(
+            port,
+            b"POST /v1/customers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body_ok) + body_ok,
+        )
+        _problem(raw, 401, "missing_token")  # reached the application, body and all
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM), _log(log)
+    assert "Traceback" not in _log(log), _log(log)
