@@ -5,7 +5,9 @@ each pinned here so it cannot come back:
   length, re-concatenating it as it arrives, so one unauthenticated request with a 50 MB
   ``Authorization`` header held the worker's event loop for seconds (``/healthz`` took
   3.5 s meanwhile) and its memory grew with the header; a few in parallel, and the worker
-  is gone. A request line past 64 KiB got uvicorn's ``text/plain`` 400, not a problem.
+  is gone. A chunked body's trailer fields were buffered the same way, after the body the
+  middleware counts (a 50 MB trailer: 19 s of a stalled worker). A request line past 64 KiB
+  got uvicorn's ``text/plain`` 400, not a problem.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import contextlib
 import json
 import signal
 
-from test_uvicorn import BIN, _env, _free_port, _log, _process, _wait_ready
+import httpx
+
+from conftest import count_rows
+from crm_api.auth.passwords import hash_password
+from factories.identity import make_org_unit, make_user
+from test_uvicorn import BIN, PASSWORD, _env, _free_port, _log, _process, _wait_ready
 
 HEAD_LIMIT = 32 * 1024  # Settings.max_request_head_bytes' default
 
@@ -49,7 +56,15 @@ def _problem(raw: bytes, status: int, code: str) -> dict:
     return problem
 
 
-async def test_an_oversized_request_head_is_refused_early_as_a_problem(database_url, tmp_path):
+async def test_an_oversized_request_head_is_refused_early_as_a_problem(
+    database_url, engine, tmp_path
+):
+    rep = await make_user(
+        engine,
+        org_unit=await make_org_unit(engine),
+        email="round3-rep@test.crm",
+        password_hash=hash_password(PASSWORD),
+    )
     port = _free_port()
     log = tmp_path / "serve.log"
     env = _env(
@@ -100,6 +115,22 @@ async def test_an_oversized_request_head_is_refused_early_as_a_problem(database_
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body_ok) + body_ok,
         )
         _problem(raw, 401, "missing_token")  # reached the application, body and all
+
+        # a chunked body's trailer fields count like headers (the parser buffers them so)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            login = {"grant_type": "password", "username": rep["email"], "password": PASSWORD}
+            token = (await http.post("/v1/auth/token", data=login)).json()["access_token"]
+        customers = await count_rows(engine, "customers")
+        chunked = (
+            b"POST /v1/customers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n"
+        )
+        body = b'{"name": "trailer"}'
+        trailer = b"%x\r\n%s\r\n0\r\nX-Trailer: " % (len(body), body) + b"t" * (50 * 1024 * 1024)
+        signed_in = chunked + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+        raw = await _exchange(port, signed_in + trailer, send_at_most=HEAD_LIMIT * 3)
+        assert "trailer" in _problem(raw, 431, "request_head_too_large")["detail"]
+        assert await count_rows(engine, "customers") == customers
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM), _log(log)
