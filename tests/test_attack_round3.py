@@ -8,6 +8,11 @@ each pinned here so it cannot come back:
   is gone. A chunked body's trailer fields were buffered the same way, after the body the
   middleware counts (a 50 MB trailer: 19 s of a stalled worker). A request line past 64 KiB
   got uvicorn's ``text/plain`` 400, not a problem.
+- a path with a trailing slash was redirected (307) to the path without it, on the host the
+  request named: ``GET /v1/customers/`` with ``Host: evil.example`` answered ``Location:
+  http://evil.example/v1/customers`` (host-header reflection: a poisoned cache or a
+  link through a proxy that passes Host sends clients, and their retried POST bodies,
+  elsewhere). No path of the API ends in a slash: it is a 404 ``not_found`` now.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import signal
 
 import httpx
 
-from conftest import count_rows
+from conftest import count_rows, problem
 from crm_api.auth.passwords import hash_password
 from factories.identity import make_org_unit, make_user
 from test_uvicorn import BIN, PASSWORD, _env, _free_port, _log, _process, _wait_ready
@@ -135,3 +140,25 @@ async def test_an_oversized_request_head_is_refused_early_as_a_problem(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM), _log(log)
     assert "Traceback" not in _log(log), _log(log)
+
+
+async def test_a_trailing_slash_is_no_redirect_to_the_host_the_request_named(
+    client, anon_client, engine
+):
+    customers = await count_rows(engine, "customers")
+    for http in (client, anon_client):
+        for method, path in (
+            ("GET", "/v1/customers/"),
+            ("POST", "/v1/customers/"),
+            ("GET", "/v1/customers/%2e%2e/"),
+            ("GET", "/v1/me/"),
+            ("GET", "/healthz/"),
+        ):
+            response = await http.request(
+                method, path, headers={"Host": "evil.example"}, json={"name": "slash"}
+            )
+            problem(response, 404, "not_found")
+            assert "location" not in response.headers, (path, response.headers)
+    assert await count_rows(engine, "customers") == customers
+    # the paths themselves answer as before
+    assert (await client.get("/v1/customers")).status_code == 200
