@@ -176,9 +176,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     os.environ["CRM_DATABASE_URL"] = url  # workers join the same cluster
+    from crm_api.protocol import BoundedHttpToolsProtocol
+
     uvicorn.run(
         "crm_api.main:create_app",
         factory=True,
+        # httptools with a bounded request head; answers what it refuses as problems
+        http=BoundedHttpToolsProtocol,
         host=host,
         port=port,
         workers=args.workers,

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     #: Requests with a larger body get 413 before the body is read.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_query_string_bytes: int = Field(default=4096, ge=256)
+    #: The request line and headers together (``crm-api serve``'s protocol,
+    #: ``crm_api.protocol``): a longer head gets 414/431 before it is read to the end.
+    max_request_head_bytes: int = Field(default=32_768, ge=4096)
     #: Concurrent requests a worker serves; the rest get 503 quickly instead of piling up.
     max_concurrent_requests: int = Field(default=256, ge=1)
     log_level: str = "INFO"

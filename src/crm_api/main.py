@@ -108,6 +108,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         docs_url=None,  # served by _mount_docs from local assets
         redoc_url=None,
         openapi_url="/openapi.json",
+        # No path ends in a slash. Starlette's redirect to the path without it named the
+        # host from the request's Host header (``Location: http://<any host>/v1/…``):
+        # a 404 problem instead, like any other path that is not the API's.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.state.inflight = InflightCap(settings.max_inflight_per_principal)
