@@ -430,3 +430,24 @@ def test_route_walk_sees_an_unguarded_route(app: FastAPI):
     assert not _has_permission(route.dependant)
     guarded = [r for r in iter_route_contexts(app.routes) if r.path == "/v1/customers"]
     assert guarded and all(_has_permission(r.dependant) for r in guarded)
+
+
+async def test_the_apps_connections_run_no_parallel_plans_and_no_jit(app) -> None:
+    """Both paths (the write engine and the read pool) open their connections with
+    ``max_parallel_workers_per_gather = 0`` and ``jit = off`` (CRM_DB_PARALLEL_WORKERS_PER_GATHER,
+    CRM_DB_JIT): a request's short statement must not start worker processes or compile."""
+    db = app.state.db
+    async with db.engine.connect() as conn:
+        written = (
+            await conn.execute(
+                text(
+                    "SELECT current_setting('max_parallel_workers_per_gather'),"
+                    " current_setting('jit')"
+                )
+            )
+        ).one()
+    assert tuple(written) == ("0", "off")
+    read = await db.reads.reader.execute(
+        text("SELECT current_setting('max_parallel_workers_per_gather'), current_setting('jit')")
+    )
+    assert tuple(read.one()) == ("0", "off")

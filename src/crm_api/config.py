@@ -49,19 +49,22 @@ class Settings(BaseSettings):
     #: purpose: a healthy request holds a connection for milliseconds, so a pool still full
     #: after this long means the database is hung or the worker is past its capacity, and
     #: the client (or the load balancer, via another worker) does better retrying than
-    #: queueing (docs/operations.md, "Deadlines").
-    db_pool_timeout_s: float = Field(default=2.0, gt=0)
+    #: queueing (docs/operations.md, "Deadlines"). Not shorter: at 2 s a busy 2-core machine
+    #: answered 503s to 50 concurrent order posts that 5 s serves (test_orders_uvicorn).
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
     #: Opening a new connection (TCP, TLS, start-up and authentication) of either pool, and
     #: the liveness probe's connection: a server that accepts but never answers (a hung
-    #: host, a dead proxy) costs a request this long, not asyncpg's 60 s.
-    db_connect_timeout_s: float = Field(default=2.0, gt=0)
+    #: host, a dead proxy) costs a request this long, not asyncpg's 60 s. 5 s: under load
+    #: (load average 9 on 2 cores) a healthy server took over 2 s to hand out a connection,
+    #: and the liveness probe then judged it hung and cut live statements (503s).
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
     #: A connection busy this long (a statement, COMMIT or the checkout ping without an
     #: answer) makes the worker ask whether the server still answers at all, on a fresh
     #: connection within ``db_connect_timeout_s``; if it does not, the busy connections are
     #: dropped (503 at once) instead of waiting for the statement deadline. A slow statement
     #: on a server that answers runs on, up to ``db_statement_timeout_ms``. Also the
     #: checkout ping's own deadline.
-    db_liveness_timeout_s: float = Field(default=2.0, gt=0)
+    db_liveness_timeout_s: float = Field(default=3.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
     #: Ping a write connection when it leaves the pool (one round trip: see
     #: ``crm_api.db.engine.checkout_ping``); the engine read path keeps SQLAlchemy's
@@ -69,6 +72,16 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = True
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
     db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    #: ``max_parallel_workers_per_gather`` of the app's connections. 0: no parallel plans.
+    #: A request's statement is short; a parallel plan starts worker processes for it (a
+    #: branch manager's frequent-term search at 1,000,000 customers: Gather Merge with 2
+    #: workers, 34 ms before the first row) and, with every worker's connections busy,
+    #: only oversubscribes the cores the other requests need (docs/benchmarks.md).
+    db_parallel_workers_per_gather: int = Field(default=0, ge=0, le=64)
+    #: PostgreSQL's JIT for the app's connections (off: compiling costs tens of ms per
+    #: statement whose estimated cost passes ``jit_above_cost``, which a short API
+    #: statement never earns back).
+    db_jit: bool = False
     db_echo: bool = False
     #: Load the demo data set (org tree, one user per role, customers) at start-up.
     demo_data: bool = False

@@ -69,12 +69,13 @@ async def _send_problem(
     status: int,
     code: str,
     detail: str,
+    *,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
-    **extra: Any,
+    fields: dict[str, Any] | None = None,
 ) -> None:
     import orjson
 
-    body = orjson.dumps(problem_body(status, code, detail, **extra))
+    body = orjson.dumps(problem_body(status, code, detail, **(fields or {})))
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
@@ -231,7 +232,7 @@ class RequestMiddleware:
                     detail, extra = refused
                     status_holder[0] = 415
                     await _send_problem(
-                        send_wrapper, 415, "unsupported_media_type", detail, **extra
+                        send_wrapper, 415, "unsupported_media_type", detail, fields=extra
                     )
                     return
             if (
@@ -247,7 +248,7 @@ class RequestMiddleware:
                     503,
                     "database_unavailable",
                     "The database is not available yet; retry.",
-                    [(b"retry-after", RETRY_AFTER_S.encode())],
+                    extra_headers=[(b"retry-after", RETRY_AFTER_S.encode())],
                 )
                 return
             if self.semaphore.locked():

@@ -165,6 +165,8 @@ def create_database(settings: Settings, url: str | None = None) -> Database:
         "idle_in_transaction_session_timeout": "60000",
         "application_name": "crm-api",
         "timezone": "UTC",
+        "max_parallel_workers_per_gather": str(settings.db_parallel_workers_per_gather),
+        "jit": "on" if settings.db_jit else "off",
     }
     # asyncpg waits 60 s by default for a server that accepts but never answers (a hung
     # host, a dead proxy): bound opening a connection. command_timeout: the client-side
