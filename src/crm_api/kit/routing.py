@@ -12,8 +12,9 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
-from crm_api.errors import REFUSES_ONLY_ATTR, ProblemError
+from crm_api.errors import REFUSES_ONLY_ATTR, BadRequest, ProblemError
 from crm_api.kit.body import is_json_media, loads_body
 from crm_api.kit.pagination import CommaSeparated, ListQuery
 from crm_api.kit.schemas import Problem
@@ -330,12 +331,20 @@ class StrictRoute(APIRoute):
             if allowed is not None and request.scope["query_string"]:
                 _refuse_unknown_query(request, allowed)
             if request.method in _BODY_METHODS:
-                if takes_json:
-                    request = _ParsedJsonRequest(request.scope, request.receive)
-                    if is_json_media(request.headers.get("content-type")) and await request.body():
-                        await request.json()  # problems raised here, not in FastAPI's parser
-                elif not takes_body and "transfer-encoding" in request.headers:
-                    await request.body()  # counted against the cap, then ignored
+                try:
+                    if takes_json:
+                        request = _ParsedJsonRequest(request.scope, request.receive)
+                        media = request.headers.get("content-type")
+                        if is_json_media(media) and await request.body():
+                            await request.json()  # problems raised here, not in FastAPI's
+                    elif not takes_body and "transfer-encoding" in request.headers:
+                        await request.body()  # counted against the cap, then ignored
+                except ClientDisconnect:
+                    # the client left mid-body (or the server cut a body past its limits):
+                    # nothing ran; a 400 as FastAPI's own body reader answers, not a 500
+                    raise BadRequest(
+                        "The request body was not received whole.", code="incomplete_body"
+                    ) from None
             return await handle(request)
 
         return strict_handler
